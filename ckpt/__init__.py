@@ -1,0 +1,126 @@
+"""ckpt: Git for machine-learning checkpoints.
+
+A versioned, content-addressed store of snapshots on any storage fsspec reaches::
+
+    import ckpt
+    store = ckpt.open()                                   # ./.ckpt, $CKPT_STORE, or any fsspec URL
+    snap = store.save({"model": model.state_dict()}, step=1200, metrics={"val_loss": 0.41})
+    store.freeze(snap.id, model="tiny-llama")             # -> "tiny-llama-2026-11-28", immutable
+    ckpt.restore(model, store, "main")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ckpt._version import __version__
+from ckpt.errors import (
+    AmbiguousRevisionError,
+    BackendError,
+    CkptError,
+    CorruptChunkError,
+    FormatVersionError,
+    FrozenRefError,
+    IntegrityError,
+    InvalidNameError,
+    MissingObjectError,
+    RecordError,
+    RefConflictError,
+    RefError,
+    RefExistsError,
+    RevisionError,
+    RevisionNotFoundError,
+    StateError,
+    StateMismatchError,
+    StoreError,
+    StoreExistsError,
+    StoreNotFoundError,
+    UnsupportedStateError,
+)
+from ckpt.model import ReflogEntry, Relation, Snapshot, StoreConfig, TagRecord, TensorEntry, TensorTable
+from ckpt.store import Damage, GcReport, LazyTensors, Store, VerifyReport, init, open
+
+
+def restore(
+    module: Any,
+    store: Store,
+    rev: str = "main",
+    *,
+    optimizer: Any = None,
+    strict: bool = True,
+    key: str | None = "model",
+    optimizer_key: str = "optimizer",
+    verify: bool = True,
+) -> Any:
+    """Load a snapshot's weights (and optimizer state) into live torch objects.
+
+    Args:
+        module: a ``torch.nn.Module``.
+        store: the store.
+        rev: the revision to restore.
+        optimizer: a ``torch.optim.Optimizer`` to restore from ``state[optimizer_key]``, if given.
+        strict: refuse missing or unexpected keys (as ``load_state_dict`` does).
+        key: where the module's state dict sits in the saved tree; ``None``: the tree is the state dict.
+        optimizer_key: where the optimizer's state dict sits.
+        verify: check every chunk against its digest.
+
+    Returns:
+        The whole loaded state tree (so that step, scheduler and RNG state can be restored too).
+
+    Raises:
+        StateMismatchError: keys, shapes or dtypes do not fit the module (the message lists them).
+
+    Example:
+        >>> state = ckpt.restore(model, store, "main", optimizer=opt)  # doctest: +SKIP
+    """
+    from ckpt.state.torch import restore_into
+
+    return restore_into(
+        module, store, rev, optimizer=optimizer, strict=strict, key=key, optimizer_key=optimizer_key, verify=verify
+    )
+
+
+restore.__module__ = "ckpt"
+for _obj in (Store, Snapshot, LazyTensors, GcReport, VerifyReport, Damage, init, open):
+    _obj.__module__ = "ckpt"
+del _obj
+
+__all__ = [
+    "AmbiguousRevisionError",
+    "BackendError",
+    "CkptError",
+    "CorruptChunkError",
+    "Damage",
+    "FormatVersionError",
+    "FrozenRefError",
+    "GcReport",
+    "IntegrityError",
+    "InvalidNameError",
+    "LazyTensors",
+    "MissingObjectError",
+    "RecordError",
+    "RefConflictError",
+    "RefError",
+    "RefExistsError",
+    "ReflogEntry",
+    "Relation",
+    "RevisionError",
+    "RevisionNotFoundError",
+    "Snapshot",
+    "StateError",
+    "StateMismatchError",
+    "Store",
+    "StoreConfig",
+    "StoreError",
+    "StoreExistsError",
+    "StoreNotFoundError",
+    "TagRecord",
+    "TensorEntry",
+    "TensorTable",
+    "UnsupportedStateError",
+    "VerifyReport",
+    "__version__",
+    "init",
+    "open",
+    "restore",
+]

@@ -1,0 +1,32 @@
+"""Pydantic models of the on-disk records, canonical JSON and ids (layer 2: imports only ``errors``)."""
+
+from ckpt.model.canonical import canonical_json, digest_bytes, is_digest, parse_json
+from ckpt.model.config import FORMAT_VERSION, READABLE_MAJOR, StoreConfig
+from ckpt.model.refs import BranchRecord, PrunedMarker, ReflogEntry, TagRecord, check_ref_name
+from ckpt.model.snapshot import RECORD_FIELDS_SNAPSHOT, Relation, Snapshot, format_time, parse_time, utcnow
+from ckpt.model.table import DTYPE_SIZES, FileEntry, TensorEntry, TensorTable
+
+__all__ = [
+    "DTYPE_SIZES",
+    "FORMAT_VERSION",
+    "READABLE_MAJOR",
+    "RECORD_FIELDS_SNAPSHOT",
+    "BranchRecord",
+    "FileEntry",
+    "PrunedMarker",
+    "ReflogEntry",
+    "Relation",
+    "Snapshot",
+    "StoreConfig",
+    "TagRecord",
+    "TensorEntry",
+    "TensorTable",
+    "canonical_json",
+    "check_ref_name",
+    "digest_bytes",
+    "format_time",
+    "is_digest",
+    "parse_json",
+    "parse_time",
+    "utcnow",
+]

@@ -1,0 +1,43 @@
+"""The store configuration record, ``ckpt.json`` at the root of every store."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["FORMAT_VERSION", "READABLE_MAJOR", "StoreConfig"]
+
+#: The format version this ckpt writes, ``"MAJOR.MINOR"``.
+FORMAT_VERSION = "1.0"
+#: The newest major format version this ckpt reads.
+READABLE_MAJOR = 1
+
+
+class StoreConfig(BaseModel):
+    """What a store is: written once by ``init``, read by every ``open``.
+
+    Attributes:
+        format: always ``"ckpt"``; tells a ckpt store from any other folder.
+        format_version: ``"MAJOR.MINOR"`` of the layout and records. A reader refuses a newer MAJOR.
+        hash: the content hash of every id and chunk address; ``"blake3"``.
+        chunk_size: the size in bytes tensors are cut into (the last chunk of a tensor may be shorter).
+        created_at: when the store was created, ISO 8601 UTC.
+
+    Example:
+        >>> StoreConfig(chunk_size=1 << 20, created_at="2026-11-28T10:00:00.000000Z").format_version
+        '1.0'
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: Literal["ckpt"] = "ckpt"
+    format_version: str = Field(default=FORMAT_VERSION, pattern=r"^[0-9]+\.[0-9]+$")
+    hash: Literal["blake3"] = "blake3"
+    chunk_size: int = Field(gt=0)
+    created_at: str
+
+    @property
+    def major(self) -> int:
+        """The MAJOR part of ``format_version``."""
+        return int(self.format_version.split(".")[0])

@@ -1,0 +1,131 @@
+"""Ref records (branches, tags), reflog entries, pruned markers, and the rules for ref names."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from ckpt.errors import InvalidNameError
+
+__all__ = ["BranchRecord", "PrunedMarker", "ReflogAction", "ReflogEntry", "TagRecord", "check_ref_name"]
+
+ReflogAction = Literal["commit", "branch", "delete", "tag", "freeze", "conflict", "sync", "reset"]
+
+_BAD_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+_MAX_NAME = 200
+
+
+def check_ref_name(name: str, *, kind: str = "ref") -> str:
+    """Check a branch or tag name against Git's check-ref-format rules.
+
+    The rules: not empty, at most 200 characters; no ASCII control characters, space, ``~ ^ : ? * [ \\``;
+    no ``..``, ``@{``, ``//``; does not start or end with ``/``, does not start with ``-``; no component
+    starts with ``.`` or ends with ``.lock``; does not end with ``.``; is not ``@``. A valid name can never
+    reach outside the store's ``refs/`` folder.
+
+    Args:
+        name: the proposed name.
+        kind: ``branch`` or ``tag``, for the message.
+
+    Returns:
+        The name, unchanged.
+
+    Raises:
+        InvalidNameError: the name breaks a rule; the message says which.
+
+    Example:
+        >>> check_ref_name("exp/lr-3e-4")
+        'exp/lr-3e-4'
+    """
+    problem = _name_problem(name)
+    if problem:
+        raise InvalidNameError(f"invalid {kind} name {name!r}: {problem}")
+    return name
+
+
+def _name_problem(name: str) -> str | None:
+    if not isinstance(name, str) or not name:
+        return "it is empty"
+    if len(name) > _MAX_NAME:
+        return f"it is longer than {_MAX_NAME} characters"
+    if name == "@":
+        return "'@' alone is reserved"
+    m = _BAD_CHARS.search(name)
+    if m:
+        return f"it contains the character {m.group()!r} (no control characters, spaces or ~^:?*[\\)"
+    if ".." in name:
+        return "it contains '..'"
+    if "@{" in name:
+        return "it contains '@{'"
+    if name.startswith("/") or name.endswith("/") or "//" in name:
+        return "it starts or ends with '/' or contains '//'"
+    if name.startswith("-"):
+        return "it starts with '-'"
+    if name.endswith("."):
+        return "it ends with '.'"
+    for part in name.split("/"):
+        if part.startswith("."):
+            return f"the component {part!r} starts with '.'"
+        if part.endswith(".lock"):
+            return f"the component {part!r} ends with '.lock'"
+    return None
+
+
+class BranchRecord(BaseModel):
+    """The content of ``refs/heads/<name>``: the snapshot the branch points at."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+
+
+class TagRecord(BaseModel):
+    """The content of ``refs/tags/<name>``.
+
+    Attributes:
+        id: the tagged snapshot.
+        frozen: a frozen tag is a published release: it never moves, is never deleted, and its snapshot is
+            never pruned.
+        created_at: when the tag was made.
+        message: optional note.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    frozen: bool = False
+    created_at: str
+    message: str | None = None
+
+
+class ReflogEntry(BaseModel):
+    """One move of a ref, stored append-only under ``logs/``.
+
+    Attributes:
+        ref: the full ref path, e.g. ``refs/heads/main``.
+        old: the id before the move (``None``: the ref was created).
+        new: the id after the move (``None``: the ref was deleted).
+        action: what moved it; ``conflict`` records a snapshot whose ref move lost a race.
+        time: when, ISO 8601 UTC.
+        message: free text.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ref: str
+    old: str | None
+    new: str | None
+    action: ReflogAction
+    time: str
+    message: str | None = None
+
+
+class PrunedMarker(BaseModel):
+    """The content of ``pruned/<id>.json``: the snapshot's tensors were released, its record stays."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    pruned_at: str
+    reason: str | None = None

@@ -1,0 +1,95 @@
+"""Settings read from the environment, lazily, on each call.
+
+Precedence everywhere is: explicit argument > environment variable > default. Nothing is read at import time,
+so tests and programs can change the environment at any moment.
+
+| variable | meaning | default |
+| --- | --- | --- |
+| ``CKPT_STORE`` | the store ``ckpt.open()`` uses when given no URL | ``./.ckpt`` |
+| ``CKPT_CHUNK_SIZE`` | chunk size for ``ckpt.init`` (bytes, or ``64MiB``, ``1GB``…) | ``64MiB`` |
+| ``CKPT_THREADS`` | worker threads for hashing and I/O | ``min(8, 2 × cores)`` |
+| ``CKPT_DEBUG`` | ``1``: the CLI prints full tracebacks | off |
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_STORE",
+    "chunk_size",
+    "debug",
+    "parse_size",
+    "store_url",
+    "threads",
+]
+
+DEFAULT_STORE = ".ckpt"
+DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+}
+
+
+def parse_size(text: str | int) -> int:
+    """Parse a byte size such as ``4096``, ``64MiB``, ``5GB`` or ``1.5 GiB``.
+
+    Args:
+        text: the size; an int is returned as is.
+
+    Returns:
+        The size in bytes.
+
+    Raises:
+        ValueError: the text is not a size.
+
+    Example:
+        >>> parse_size("64MiB")
+        67108864
+    """
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"not a size: {text!r} (examples: 4096, 64MiB, 5GB)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def store_url() -> str:
+    """The store URL to use when none is given: ``$CKPT_STORE`` or ``./.ckpt``."""
+    return os.environ.get("CKPT_STORE") or DEFAULT_STORE
+
+
+def chunk_size() -> int:
+    """The chunk size for new stores: ``$CKPT_CHUNK_SIZE`` or 64 MiB."""
+    raw = os.environ.get("CKPT_CHUNK_SIZE")
+    return parse_size(raw) if raw else DEFAULT_CHUNK_SIZE
+
+
+def threads() -> int:
+    """How many worker threads hash and move chunks: ``$CKPT_THREADS`` or ``min(8, 2 × cores)``."""
+    raw = os.environ.get("CKPT_THREADS")
+    if raw:
+        return max(1, int(raw))
+    return max(2, min(8, 2 * (os.cpu_count() or 1)))
+
+
+def debug() -> bool:
+    """Whether ``$CKPT_DEBUG`` asks for full tracebacks."""
+    return os.environ.get("CKPT_DEBUG", "") not in ("", "0", "false", "no")

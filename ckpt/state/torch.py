@@ -1,0 +1,142 @@
+"""torch glue: tensors ↔ raw bytes, and ``restore`` into live modules. Imported only when torch is used."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ckpt.errors import StateError
+from ckpt.state.arrays import TensorSource, unsupported
+
+__all__ = ["TORCH_DTYPES", "dtype_name", "empty_torch", "torch_dtype", "torch_source"]
+
+
+def _build() -> dict[str, torch.dtype]:
+    table: dict[str, torch.dtype] = {
+        "BOOL": torch.bool,
+        "U8": torch.uint8,
+        "I8": torch.int8,
+        "I16": torch.int16,
+        "F16": torch.float16,
+        "BF16": torch.bfloat16,
+        "I32": torch.int32,
+        "F32": torch.float32,
+        "I64": torch.int64,
+        "F64": torch.float64,
+        "C64": torch.complex64,
+        "C128": torch.complex128,
+    }
+    optional = {
+        "U16": "uint16",
+        "U32": "uint32",
+        "U64": "uint64",
+        "F8_E4M3": "float8_e4m3fn",
+        "F8_E4M3FNUZ": "float8_e4m3fnuz",
+        "F8_E5M2": "float8_e5m2",
+        "F8_E5M2FNUZ": "float8_e5m2fnuz",
+        "F8_E8M0": "float8_e8m0fnu",
+    }
+    for name, attr in optional.items():
+        if hasattr(torch, attr):
+            table[name] = getattr(torch, attr)
+    return table
+
+
+#: safetensors dtype name → torch dtype, for the dtypes this torch has.
+TORCH_DTYPES = _build()
+_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
+
+
+def dtype_name(dtype: torch.dtype) -> str | None:
+    """The stored name of a torch dtype, or ``None`` if ckpt cannot store it."""
+    return _NAMES.get(dtype)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype for a stored name."""
+    try:
+        return TORCH_DTYPES[name]
+    except KeyError:
+        raise StateError(f"this torch ({torch.__version__}) has no dtype for {name}") from None
+
+
+def torch_source(tensor: torch.Tensor, path: str) -> TensorSource:
+    """Raw bytes of a tensor: zero-copy for a contiguous CPU tensor, one copy otherwise."""
+    if tensor.layout != torch.strided:
+        raise unsupported(path, f"a {tensor.layout} tensor (convert it with .to_dense())")
+    if tensor.is_quantized:
+        raise unsupported(path, "a quantized tensor (store its int_repr() and scales instead)")
+    if getattr(tensor, "is_nested", False):
+        raise unsupported(path, "a nested tensor")
+    name = dtype_name(tensor.dtype)
+    if name is None:
+        raise unsupported(path, f"a tensor of dtype {tensor.dtype}")
+    t = tensor.detach()
+    if t.device.type != "cpu":
+        t = t.to("cpu")
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.is_neg():
+        t = t.resolve_neg()
+    if not t.is_contiguous():
+        t = t.contiguous()
+    shape = tuple(int(d) for d in t.shape)
+    if t.numel() == 0:
+        return TensorSource(name, shape, "torch", memoryview(b""), t)
+    flat = t.reshape(-1).view(torch.uint8)
+    return TensorSource(name, shape, "torch", memoryview(flat.numpy()), t)
+
+
+def empty_torch(dtype: str, shape: tuple[int, ...]) -> tuple[torch.Tensor, memoryview]:
+    """A new CPU tensor and a writable flat byte view of its memory."""
+    t = torch.empty(shape, dtype=torch_dtype(dtype))
+    if t.numel() == 0:
+        return t, memoryview(bytearray())
+    return t, memoryview(t.reshape(-1).view(torch.uint8).numpy())
+
+
+def as_torch(value: Any) -> torch.Tensor:
+    """A tensor from a numpy array (shares memory)."""
+    return value if isinstance(value, torch.Tensor) else torch.from_numpy(value)
+
+
+def restore_into(
+    module: Any,
+    store: Any,
+    rev: str,
+    *,
+    optimizer: Any,
+    strict: bool,
+    key: str | None,
+    optimizer_key: str,
+    verify: bool,
+) -> Any:
+    """Implementation of ``ckpt.restore``: load a snapshot and apply it to a module and optimizer."""
+    from ckpt.errors import StateMismatchError
+
+    state = store.load(rev, verify=verify, framework="torch")
+    if key is not None:
+        if not isinstance(state, dict) or key not in state:
+            keys = list(state) if isinstance(state, dict) else type(state).__name__
+            raise StateMismatchError(
+                f"snapshot {rev!r} has no {key!r} entry (its top level: {keys})",
+                hint="pass key=None if the snapshot is the state dict itself, or the right key",
+            )
+        weights = state[key]
+    else:
+        weights = state
+    try:
+        result = module.load_state_dict(weights, strict=strict)
+    except RuntimeError as e:
+        raise StateMismatchError(f"snapshot {rev!r} does not fit {type(module).__name__}: {e}") from e
+    if strict and (result.missing_keys or result.unexpected_keys):  # pragma: no cover - torch raises first
+        raise StateMismatchError(f"missing {result.missing_keys}, unexpected {result.unexpected_keys}")
+    if optimizer is not None:
+        if not isinstance(state, dict) or optimizer_key not in state:
+            raise StateMismatchError(f"snapshot {rev!r} has no {optimizer_key!r} entry to restore the optimizer from")
+        try:
+            optimizer.load_state_dict(state[optimizer_key])
+        except (ValueError, RuntimeError, KeyError) as e:
+            raise StateMismatchError(f"optimizer state of {rev!r} does not fit: {e}") from e
+    return state

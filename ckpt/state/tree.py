@@ -1,0 +1,161 @@
+"""State trees ↔ tensors + typed JSON, exactly and without pickle.
+
+A state tree is any nesting of dict (str or int keys), list and tuple whose leaves are tensors, numpy arrays,
+None, bool, int, float (nan and inf included) and str. ``flatten`` turns it into a typed-JSON tree, where
+every tensor is replaced by ``{"$tensor": path}``, and a mapping path → ``TensorSource``; ``unflatten`` does the
+reverse. The typed JSON, normative in docs/format.md:
+
+| Python | typed JSON |
+| --- | --- |
+| None, bool, int, str, finite float | the same JSON value (a float always has a ``.`` or exponent) |
+| nan, inf, -inf | ``{"$float": "nan"}``, ``{"$float": "inf"}``, ``{"$float": "-inf"}`` |
+| list | JSON array |
+| tuple | ``{"$tuple": [...]}`` |
+| dict / any Mapping | ``{"$dict": [[key, value], ...]}`` in insertion order; keys are JSON strings or integers |
+| tensor / ndarray | ``{"$tensor": "path/of/keys"}`` |
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ckpt.errors import RecordError, UnsupportedStateError
+from ckpt.state.arrays import TensorSource, is_array, to_source
+
+__all__ = ["flatten", "tensor_paths", "unflatten"]
+
+_SEP = "/"
+
+
+def flatten(state: Any) -> tuple[Any, dict[str, TensorSource]]:
+    """Split a state tree into typed JSON and tensors.
+
+    Args:
+        state: the tree, e.g. ``{"model": model.state_dict(), "optimizer": opt.state_dict(), "step": 3}``.
+
+    Returns:
+        ``(tree, tensors)``: the typed-JSON tree and tensor path → raw bytes, in tree order.
+
+    Raises:
+        UnsupportedStateError: a leaf is of a type ckpt does not store; the message names its path.
+
+    Example:
+        >>> tree, tensors = flatten({"step": 3, "betas": (0.9, 0.999)})
+        >>> tree
+        {'$dict': [['step', 3], ['betas', {'$tuple': [0.9, 0.999]}]]}
+    """
+    tensors: dict[str, TensorSource] = {}
+    seen: set[int] = set()
+
+    def walk(value: Any, path: str) -> Any:
+        if value is None or isinstance(value, (bool, str)):
+            return value
+        if isinstance(value, int):
+            if type(value) is not int and not isinstance(value, bool):
+                value = int(value)
+            return value
+        if isinstance(value, float):
+            if math.isnan(value):
+                return {"$float": "nan"}
+            if math.isinf(value):
+                return {"$float": "inf" if value > 0 else "-inf"}
+            return float(value)
+        if is_array(value):
+            name = path or "tensor"
+            if name in tensors:
+                n = 2
+                while f"{name}#{n}" in tensors:
+                    n += 1
+                name = f"{name}#{n}"
+            tensors[name] = to_source(value, name)
+            return {"$tensor": name}
+        if isinstance(value, (Mapping, list, tuple)):
+            if id(value) in seen:
+                raise UnsupportedStateError(f"the state tree contains itself at {path or '<root>'}")
+            seen.add(id(value))
+            try:
+                if isinstance(value, Mapping):
+                    pairs = []
+                    for k, v in value.items():
+                        if isinstance(k, bool) or not isinstance(k, (str, int)):
+                            raise UnsupportedStateError(
+                                f"cannot store the key {k!r} ({type(k).__name__}) at {path or '<root>'}: "
+                                "dict keys must be str or int"
+                            )
+                        pairs.append([k if isinstance(k, str) else int(k), walk(v, _join(path, k))])
+                    return {"$dict": pairs}
+                items = [walk(v, _join(path, i)) for i, v in enumerate(value)]
+                return {"$tuple": items} if isinstance(value, tuple) else items
+            finally:
+                seen.discard(id(value))
+        raise UnsupportedStateError(
+            f"cannot store a {type(value).__module__}.{type(value).__qualname__} at {path or '<root>'}"
+        )
+
+    return walk(state, ""), tensors
+
+
+def _join(path: str, key: str | int) -> str:
+    return f"{path}{_SEP}{key}" if path else str(key)
+
+
+def unflatten(tree: Any, load_tensor: Callable[[str], Any]) -> Any:
+    """Rebuild a state tree from typed JSON.
+
+    Args:
+        tree: the typed-JSON tree.
+        load_tensor: called with each tensor path; returns the tensor to put there.
+
+    Raises:
+        RecordError: the tree is not valid typed JSON.
+    """
+
+    def walk(node: Any) -> Any:
+        if node is None or isinstance(node, (bool, int, float, str)):
+            return node
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        if isinstance(node, dict) and len(node) == 1:
+            ((tag, body),) = node.items()
+            if tag == "$dict" and isinstance(body, list):
+                return {_key(k): walk(v) for k, v in body}
+            if tag == "$tuple" and isinstance(body, list):
+                return tuple(walk(v) for v in body)
+            if tag == "$tensor" and isinstance(body, str):
+                return load_tensor(body)
+            if tag == "$float" and body in ("nan", "inf", "-inf"):
+                return float(body)
+        raise RecordError(f"invalid node in a state tree: {str(node)[:80]}")
+
+    return walk(tree)
+
+
+def _key(k: Any) -> str | int:
+    if isinstance(k, bool) or not isinstance(k, (str, int)):
+        raise RecordError(f"invalid dict key in a state tree: {k!r}")
+    return k
+
+
+def tensor_paths(tree: Any) -> list[str]:
+    """Tensor paths in the order they appear in a typed-JSON tree."""
+    out: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for v in node:
+                walk(v)
+        elif isinstance(node, dict) and len(node) == 1:
+            ((tag, body),) = node.items()
+            if tag == "$tensor":
+                out.append(body)
+            elif tag == "$dict":
+                for _k, v in body:
+                    walk(v)
+            elif tag == "$tuple":
+                for v in body:
+                    walk(v)
+
+    walk(tree)
+    return out

@@ -1,0 +1,45 @@
+"""The storage layer: backends that keep bytes (layer 3, the only layer that touches fsspec).
+
+``open_backend(url)`` picks the backend for a URL: a plain path or ``file://`` URL gets ``LocalBackend``,
+anything else an ``FsspecBackend``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ckpt.storage.base import Backend, Buffer, CasResult, Entry
+from ckpt.storage.local import LocalBackend
+
+__all__ = ["Backend", "Buffer", "CasResult", "Entry", "LocalBackend", "is_local_url", "open_backend"]
+
+
+def is_local_url(url: str) -> bool:
+    """Whether ``url`` names a folder on the local disk (a path, or ``file://…``)."""
+    return "://" not in url or url.startswith(("file://", "local://"))
+
+
+def open_backend(url: str, **storage_options: Any) -> Backend:
+    """The backend for a store URL.
+
+    Args:
+        url: a local path, ``file://`` URL, or any fsspec URL (``memory://x``, ``s3://bucket/prefix`` …).
+        storage_options: for fsspec (credentials, ``endpoint_url`` …); ``durable=False`` on a local store
+            skips fsync.
+
+    Returns:
+        The backend.
+
+    Raises:
+        BackendError: the filesystem cannot be opened (e.g. its package is not installed).
+
+    Example:
+        >>> open_backend("memory://docs").url
+        'memory:///docs'
+    """
+    if is_local_url(url):
+        path = url.split("://", 1)[1] if "://" in url else url
+        return LocalBackend(path, durable=bool(storage_options.pop("durable", True)))
+    from ckpt.storage.fsspec import FsspecBackend
+
+    return FsspecBackend(url, **storage_options)

@@ -1,0 +1,278 @@
+"""A backend on any fsspec filesystem (memory, S3, GCS, Azure …): the only module that imports fsspec.
+
+Object stores promise that one PUT is atomic. Conditional writes make ``put_if_absent`` and
+``compare_and_swap`` race-free: on S3 with ``If-None-Match: *`` and ``If-Match: <etag>``; on fsspec's
+in-process memory filesystem with a lock. On other filesystems both are best-effort (read, compare, write),
+which is harmless for content-addressed objects; concurrent writers to one branch there should be avoided.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import fsspec
+
+from ckpt.errors import BackendError, MissingObjectError
+from ckpt.storage.base import Buffer, CasResult, Entry
+
+__all__ = ["FsspecBackend"]
+
+_MEMORY_LOCK = threading.RLock()
+_S3 = ("s3", "s3a")
+
+
+def _join(data: Buffer) -> bytes:
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    return b"".join(bytes(p) if not isinstance(p, bytes) else p for p in data)
+
+
+def _mtime(info: dict[str, Any]) -> datetime | None:
+    for key in ("LastModified", "mtime", "created", "last_modified", "updated"):
+        v = info.get(key)
+        if v is None:
+            continue
+        if isinstance(v, datetime):
+            return v if v.tzinfo else v.replace(tzinfo=timezone.utc)
+        if isinstance(v, (int, float)):
+            return datetime.fromtimestamp(float(v), timezone.utc)
+        if isinstance(v, str):
+            try:
+                return datetime.fromisoformat(v.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+    return None
+
+
+def _is_precondition_failure(e: BaseException) -> bool:
+    text = f"{type(e).__name__} {e}"
+    return isinstance(e, FileExistsError) or "PreconditionFailed" in text or "412" in text
+
+
+class FsspecBackend:
+    """Objects under a root of an fsspec filesystem.
+
+    Args:
+        url: the root, e.g. ``memory://exp`` or ``s3://bucket/models``.
+        storage_options: passed to ``fsspec.filesystem`` (credentials, ``endpoint_url`` …).
+
+    Example:
+        >>> b = FsspecBackend("memory://demo")
+        >>> b.put_if_absent("x", b"1"), b.put_if_absent("x", b"2"), b.read("x")
+        (True, False, b'1')
+    """
+
+    def __init__(self, url: str, **storage_options: Any) -> None:
+        protocol, _, rest = url.partition("://")
+        if not rest:
+            raise BackendError(f"not a URL: {url!r}")
+        self.protocol = protocol
+        options = dict(storage_options)
+        if protocol in _S3:
+            # listings are read after other processes write; never answer from a stale listing cache
+            options.setdefault("use_listings_cache", False)
+            self._s3_options = options
+        try:
+            self.fs = fsspec.filesystem(protocol, **options)
+        except (ImportError, ValueError) as e:
+            raise BackendError(
+                f"cannot open {url!r}: {e}",
+                hint=f"install the filesystem for {protocol}:// (e.g. pip install 'ckpt[s3]')",
+            ) from e
+        self.root = self.fs._strip_protocol(url).rstrip("/")
+        self.url = f"{protocol}://{self.root}"
+        self.conditional_writes = protocol in _S3 or protocol == "memory"
+
+    # -- helpers ---------------------------------------------------------------------------------------
+
+    def _abs(self, path: str) -> str:
+        if path.startswith("/") or ".." in path.split("/"):
+            raise BackendError(f"path {path!r} leaves the store root")
+        return f"{self.root}/{path}" if path else self.root
+
+    def _fail(self, what: str, path: str, e: BaseException) -> BackendError:
+        return BackendError(f"cannot {what} {self.url}/{path}: {type(e).__name__}: {e}")
+
+    # -- verbs -----------------------------------------------------------------------------------------
+
+    def put_if_absent(self, path: str, data: Buffer) -> bool:
+        """Write unless present: ``If-None-Match: *`` on S3, a lock on memory, check-then-put elsewhere."""
+        full = self._abs(path)
+        try:
+            if self.protocol == "memory":
+                with _MEMORY_LOCK:
+                    if full in self.fs.store:
+                        return False
+                    self.fs.pipe_file(full, _join(data))
+                    return True
+            if self.fs.exists(full):
+                return False
+            if self.protocol in _S3:
+                try:
+                    self.fs.pipe_file(full, _join(data), mode="create")
+                except Exception as e:
+                    if _is_precondition_failure(e):
+                        return False
+                    raise
+                return True
+            self.fs.pipe_file(full, _join(data))
+            return True
+        except BackendError:
+            raise
+        except Exception as e:
+            raise self._fail("write", path, e) from e
+
+    def replace(self, path: str, data: Buffer) -> None:
+        """Overwrite with one PUT."""
+        full = self._abs(path)
+        try:
+            if self.protocol == "memory":
+                with _MEMORY_LOCK:
+                    self.fs.pipe_file(full, _join(data))
+            else:
+                self.fs.pipe_file(full, _join(data))
+        except Exception as e:
+            raise self._fail("write", path, e) from e
+
+    def _read_or_none(self, full: str) -> bytes | None:
+        try:
+            return bytes(self.fs.cat_file(full))
+        except FileNotFoundError:
+            return None
+
+    def compare_and_swap(self, path: str, expected: bytes | None, new: bytes | None) -> CasResult:
+        """Conditional PUT (``If-Match`` on the ETag) on S3; a lock on memory; best-effort elsewhere."""
+        full = self._abs(path)
+        try:
+            if self.protocol == "memory":
+                with _MEMORY_LOCK:
+                    current = self._read_or_none(full)
+                    if current != expected:
+                        return CasResult(False, current)
+                    if new is None:
+                        self.fs.rm_file(full)
+                    else:
+                        self.fs.pipe_file(full, new)
+                    return CasResult(True, None)
+            if self.protocol in _S3:
+                return self._s3_cas(full, expected, new)
+            current = self._read_or_none(full)
+            if current != expected:
+                return CasResult(False, current)
+            if new is None:
+                self.fs.rm_file(full)
+            else:
+                self.fs.pipe_file(full, new)
+            return CasResult(True, None)
+        except BackendError:
+            raise
+        except Exception as e:
+            raise self._fail("update", path, e) from e
+
+    def _s3_cas(self, full: str, expected: bytes | None, new: bytes | None) -> CasResult:
+        etag: str | None = None
+        current: bytes | None
+        try:
+            info = self.fs.info(full)
+            etag = info.get("ETag")
+            current = bytes(self.fs.cat_file(full))
+        except FileNotFoundError:
+            current = None
+        if current != expected:
+            return CasResult(False, current)
+        try:
+            if new is None:
+                self.fs.rm_file(full)
+            elif expected is None:
+                self.fs.pipe_file(full, new, mode="create")
+            else:
+                self.fs.pipe_file(full, new, IfMatch=etag)
+        except Exception as e:
+            if _is_precondition_failure(e):
+                return CasResult(False, self._read_or_none(full))
+            raise
+        return CasResult(True, None)
+
+    def read(self, path: str, start: int = 0, end: int | None = None) -> bytes:
+        """Read bytes ``[start, end)``, with a ranged GET where the filesystem has one."""
+        full = self._abs(path)
+        try:
+            if start == 0 and end is None:
+                return bytes(self.fs.cat_file(full))
+            return bytes(self.fs.cat_file(full, start=start, end=end))
+        except FileNotFoundError as e:
+            raise MissingObjectError(f"object {path} is missing from {self.url}") from e
+        except Exception as e:
+            raise self._fail("read", path, e) from e
+
+    def read_into(self, path: str, out: Sequence[memoryview], start: int = 0) -> None:
+        """Fill the buffers ``out`` from offset ``start`` with one (ranged) GET."""
+        views = [v.cast("B") if v.format != "B" else v for v in out]
+        total = sum(v.nbytes for v in views)
+        data = self.read(path, start, start + total)
+        if len(data) != total:
+            raise MissingObjectError(f"object {path} in {self.url} is shorter than expected")
+        pos = 0
+        for v in views:
+            v[:] = data[pos : pos + v.nbytes]
+            pos += v.nbytes
+
+    def exists(self, path: str) -> bool:
+        """Whether the object exists."""
+        full = self._abs(path)
+        try:
+            if self.protocol == "memory":
+                return full in self.fs.store
+            return bool(self.fs.isfile(full))
+        except Exception as e:
+            raise self._fail("check", path, e) from e
+
+    def list(self, prefix: str) -> Iterator[Entry]:
+        """Every object under ``prefix``."""
+        full = self._abs(prefix.rstrip("/")) if prefix else self.root
+        try:
+            if self.protocol == "memory":
+                with _MEMORY_LOCK:
+                    items = [(k, v) for k, v in self.fs.store.items() if k.startswith(full + "/") or k == full]
+                found = {k: {"size": v.size, "created": getattr(v, "created", None)} for k, v in items}
+            else:
+                found = self.fs.find(full, detail=True, withdirs=False) if self.fs.exists(full) else {}
+        except FileNotFoundError:
+            return
+        except Exception as e:
+            raise self._fail("list", prefix, e) from e
+        strip = len(self.root) + 1
+        for name, info in sorted(found.items()):
+            name = name.lstrip("/") if self.protocol == "memory" and not self.root.startswith("/") else name
+            rel = name[strip:] if name.startswith(self.root + "/") else name
+            yield Entry(rel, int(info.get("size") or 0), _mtime(info))
+
+    def delete(self, paths: Sequence[str]) -> None:
+        """Delete objects; missing ones are ignored."""
+        fulls = [self._abs(p) for p in paths]
+        if not fulls:
+            return
+        try:
+            if self.protocol == "memory":
+                with _MEMORY_LOCK:
+                    for f in fulls:
+                        self.fs.store.pop(f, None)
+                return
+            for i in range(0, len(fulls), 1000):
+                batch = [f for f in fulls[i : i + 1000] if self.fs.exists(f)]
+                if batch:
+                    self.fs.rm(batch)
+        except Exception as e:
+            raise self._fail("delete", fulls[0], e) from e
+
+    def flush(self) -> None:
+        """Nothing to do: a PUT is durable when it returns."""
+
+    def local_path(self, path: str) -> str | None:
+        """Not local."""
+        return None

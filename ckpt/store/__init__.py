@@ -1,0 +1,7 @@
+"""The store layer: objects, refs, revisions, the commit protocol, gc and verify (layer 4)."""
+
+from ckpt.store.gc import GcPlan, GcReport
+from ckpt.store.store import LazyTensors, Store, init, open
+from ckpt.store.verify import Damage, VerifyReport
+
+__all__ = ["Damage", "GcPlan", "GcReport", "LazyTensors", "Store", "VerifyReport", "init", "open"]

@@ -1,0 +1,74 @@
+"""Where each object lives under a store's root (normative in docs/format.md)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "CHUNKS",
+    "CONFIG",
+    "LOGS",
+    "PRUNED",
+    "REFS_HEADS",
+    "REFS_TAGS",
+    "SNAPSHOTS",
+    "TABLES",
+    "TMP",
+    "branch_path",
+    "chunk_path",
+    "digest_from_path",
+    "pruned_path",
+    "reflog_prefix",
+    "snapshot_path",
+    "table_path",
+    "tag_path",
+]
+
+CONFIG = "ckpt.json"
+CHUNKS = "chunks/"
+TABLES = "tables/"
+SNAPSHOTS = "snapshots/"
+REFS_HEADS = "refs/heads/"
+REFS_TAGS = "refs/tags/"
+LOGS = "logs/"
+PRUNED = "pruned/"
+TMP = "tmp/"
+
+
+def chunk_path(digest: str) -> str:
+    """``chunks/ab/abcdef…``"""
+    return f"{CHUNKS}{digest[:2]}/{digest}"
+
+
+def table_path(digest: str) -> str:
+    """``tables/ab/abcdef….json``"""
+    return f"{TABLES}{digest[:2]}/{digest}.json"
+
+
+def snapshot_path(snapshot_id: str) -> str:
+    """``snapshots/ab/abcdef….json``"""
+    return f"{SNAPSHOTS}{snapshot_id[:2]}/{snapshot_id}.json"
+
+
+def pruned_path(snapshot_id: str) -> str:
+    """``pruned/abcdef….json``"""
+    return f"{PRUNED}{snapshot_id}.json"
+
+
+def branch_path(name: str) -> str:
+    """``refs/heads/<name>``"""
+    return f"{REFS_HEADS}{name}"
+
+
+def tag_path(name: str) -> str:
+    """``refs/tags/<name>``"""
+    return f"{REFS_TAGS}{name}"
+
+
+def reflog_prefix(ref: str) -> str:
+    """``logs/refs/heads/<name>/`` for ``refs/heads/<name>``."""
+    return f"{LOGS}{ref}/"
+
+
+def digest_from_path(path: str) -> str:
+    """The digest or id in an object path (last component, without ``.json``)."""
+    name = path.rsplit("/", 1)[-1]
+    return name[:-5] if name.endswith(".json") else name

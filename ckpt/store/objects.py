@@ -1,0 +1,210 @@
+"""Content-addressed objects: chunks (with their 16-byte header), tensor tables and snapshot records."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+import blake3
+from pydantic import ValidationError
+
+from ckpt.errors import CorruptChunkError, MissingObjectError, RecordError
+from ckpt.model import (
+    RECORD_FIELDS_SNAPSHOT,
+    Snapshot,
+    TensorTable,
+    canonical_json,
+    digest_bytes,
+    parse_json,
+)
+from ckpt.storage import Backend
+from ckpt.store import layout
+
+__all__ = ["CHUNK_HEADER_SIZE", "CODEC_RAW", "Objects", "chunk_header", "hash_chunk"]
+
+CHUNK_MAGIC = b"ckpt"
+CHUNK_FORMAT = 1
+CODEC_RAW = 0
+CHUNK_HEADER_SIZE = 16
+_HEADER = struct.Struct("<4sBBHQ")  # magic, format, codec, reserved, raw length
+_BIG = 1 << 20
+
+
+def chunk_header(raw_length: int, codec: int = CODEC_RAW) -> bytes:
+    """The 16-byte header of a stored chunk: ``b"ckpt"``, format 1, codec, 2 reserved bytes, raw length."""
+    return _HEADER.pack(CHUNK_MAGIC, CHUNK_FORMAT, codec, 0, raw_length)
+
+
+def hash_chunk(data: memoryview | bytes) -> str:
+    """BLAKE3 of a chunk's raw bytes (multi-threaded above 1 MiB; releases the GIL)."""
+    n = data.nbytes if isinstance(data, memoryview) else len(data)
+    h = blake3.blake3(max_threads=blake3.blake3.AUTO) if n >= _BIG else blake3.blake3()
+    h.update(data)
+    return h.hexdigest()
+
+
+class Objects:
+    """Read and write the immutable objects of one store.
+
+    Args:
+        backend: where the bytes live.
+        minor_newer: the store was written by a newer minor format: unknown record fields are ignored.
+    """
+
+    def __init__(self, backend: Backend, *, minor_newer: bool = False) -> None:
+        self.backend = backend
+        self.minor_newer = minor_newer
+
+    # -- chunks ----------------------------------------------------------------------------------------
+
+    def put_chunk(self, data: memoryview, digest: str | None = None) -> tuple[str, int]:
+        """Store one chunk unless it exists. Returns ``(digest, bytes written)`` (0 when deduplicated)."""
+        digest = digest or hash_chunk(data)
+        path = layout.chunk_path(digest)
+        if self.backend.put_if_absent(path, [chunk_header(data.nbytes), data]):
+            return digest, CHUNK_HEADER_SIZE + data.nbytes
+        return digest, 0
+
+    def read_chunk_into(
+        self,
+        digest: str,
+        out: memoryview,
+        *,
+        verify: bool = True,
+        tensor: str | None = None,
+        snapshot: str | None = None,
+    ) -> None:
+        """Read a chunk's raw bytes into ``out`` (exactly its length) and check them against ``digest``.
+
+        Raises:
+            CorruptChunkError: bad header, wrong length, or the bytes do not hash to ``digest``.
+            MissingObjectError: the chunk is not in the store.
+        """
+        header = bytearray(CHUNK_HEADER_SIZE)
+        where = _where(tensor, snapshot)
+        try:
+            self.backend.read_into(layout.chunk_path(digest), [memoryview(header), out])
+        except MissingObjectError as e:
+            raise MissingObjectError(
+                f"chunk {digest[:12]} of {where} is missing from the store",
+                hint="the snapshot may have been pruned and collected; run `ckpt verify`",
+            ) from e
+        self._check_header(bytes(header), out.nbytes, digest, tensor, snapshot)
+        if verify and hash_chunk(out) != digest:
+            raise CorruptChunkError(
+                f"chunk {digest[:12]} of {where} is corrupt: its bytes do not match its digest",
+                digest=digest,
+                tensor=tensor,
+                snapshot=snapshot,
+            )
+
+    def read_chunk(self, digest: str, *, verify: bool = True, tensor: str | None = None,
+                   snapshot: str | None = None) -> bytes:
+        """Read a whole chunk's raw bytes, checked against ``digest``."""
+        try:
+            data = self.backend.read(layout.chunk_path(digest))
+        except MissingObjectError as e:
+            raise MissingObjectError(f"chunk {digest[:12]} of {_where(tensor, snapshot)} is missing") from e
+        header, payload = data[:CHUNK_HEADER_SIZE], data[CHUNK_HEADER_SIZE:]
+        self._check_header(header, len(payload), digest, tensor, snapshot)
+        if verify and hash_chunk(payload) != digest:
+            raise CorruptChunkError(
+                f"chunk {digest[:12]} of {_where(tensor, snapshot)} is corrupt: its bytes do not match its digest",
+                digest=digest,
+                tensor=tensor,
+                snapshot=snapshot,
+            )
+        return payload
+
+    @staticmethod
+    def _check_header(header: bytes, length: int, digest: str, tensor: str | None, snapshot: str | None) -> None:
+        try:
+            magic, fmt, codec, _reserved, raw_length = _HEADER.unpack(header)
+        except struct.error:
+            magic, fmt, codec, raw_length = b"", 0, 0, -1
+        if magic != CHUNK_MAGIC or fmt != CHUNK_FORMAT or codec != CODEC_RAW or raw_length != length:
+            raise CorruptChunkError(
+                f"chunk {digest[:12]} of {_where(tensor, snapshot)} is corrupt: bad header "
+                f"(magic={magic!r}, format={fmt}, codec={codec}, length={raw_length}, expected {length})",
+                digest=digest,
+                tensor=tensor,
+                snapshot=snapshot,
+            )
+
+    def has_chunk(self, digest: str) -> bool:
+        """Whether the chunk exists."""
+        return self.backend.exists(layout.chunk_path(digest))
+
+    # -- records ---------------------------------------------------------------------------------------
+
+    def put_table(self, table: TensorTable) -> str:
+        """Store a tensor table; returns its digest."""
+        data = canonical_json(table.model_dump(mode="json"))
+        digest = digest_bytes(data)
+        self.backend.put_if_absent(layout.table_path(digest), data)
+        return digest
+
+    def get_table(self, digest: str) -> TensorTable:
+        """Read and check a tensor table."""
+        try:
+            data = self.backend.read(layout.table_path(digest))
+        except MissingObjectError as e:
+            raise MissingObjectError(f"tensor table {digest[:12]} is missing from the store") from e
+        if digest_bytes(data) != digest:
+            raise CorruptChunkError(f"tensor table {digest[:12]} is corrupt", digest=digest)
+        raw = parse_json(data, what=f"tensor table {digest[:12]}")
+        try:
+            return TensorTable.model_validate(self._known(raw, TensorTable.model_fields))
+        except ValidationError as e:
+            raise RecordError(f"tensor table {digest[:12]} is invalid: {e}") from e
+
+    def put_snapshot(self, snap: Snapshot) -> Snapshot:
+        """Store a snapshot record; returns it with its id set."""
+        data = snap.record_bytes()
+        snap = snap.model_copy(update={"id": digest_bytes(data)})
+        self.backend.put_if_absent(layout.snapshot_path(snap.id), data)
+        return snap
+
+    def get_snapshot(self, snapshot_id: str, *, pruned: bool = False) -> Snapshot:
+        """Read and check a snapshot record."""
+        try:
+            data = self.backend.read(layout.snapshot_path(snapshot_id))
+        except MissingObjectError as e:
+            raise MissingObjectError(f"snapshot {snapshot_id[:12]} is missing from the store") from e
+        if digest_bytes(data) != snapshot_id:
+            raise CorruptChunkError(
+                f"snapshot record {snapshot_id[:12]} is corrupt", digest=snapshot_id, snapshot=snapshot_id
+            )
+        raw = parse_json(data, what=f"snapshot {snapshot_id[:12]}")
+        try:
+            return Snapshot.model_validate(
+                {**self._known(raw, RECORD_FIELDS_SNAPSHOT), "id": snapshot_id, "pruned": pruned}
+            )
+        except ValidationError as e:
+            raise RecordError(f"snapshot {snapshot_id[:12]} is invalid: {e}") from e
+
+    def has_snapshot(self, snapshot_id: str) -> bool:
+        """Whether the snapshot record exists."""
+        return self.backend.exists(layout.snapshot_path(snapshot_id))
+
+    def snapshot_ids(self, prefix: str = "") -> Iterator[str]:
+        """Ids of every stored snapshot record (optionally only those starting with ``prefix``)."""
+        folder = layout.SNAPSHOTS + (prefix[:2] + "/" if len(prefix) >= 2 else "")
+        for entry in self.backend.list(folder):
+            sid = layout.digest_from_path(entry.path)
+            if sid.startswith(prefix) and entry.path.endswith(".json"):
+                yield sid
+
+    def _known(self, raw: object, fields: object) -> object:
+        if self.minor_newer and isinstance(raw, dict) and isinstance(fields, (dict, frozenset, set)):
+            return {k: v for k, v in raw.items() if k in fields}
+        return raw
+
+
+def _where(tensor: str | None, snapshot: str | None) -> str:
+    parts = []
+    if tensor:
+        parts.append(f"tensor {tensor!r}")
+    if snapshot:
+        parts.append(f"snapshot {snapshot[:12]}")
+    return " in ".join(parts) if parts else "the store"

@@ -1,0 +1,121 @@
+"""Revisions: how people name snapshots (``main``, ``main~2``, ``v1^``, ``tiny-llama-2026-11-28``, ``3f9a``).
+
+Grammar: ``BASE SUFFIX*`` where BASE is a branch, a tag, a full id or a unique id prefix of at least 4 hex
+characters (looked up in that order), and each SUFFIX is ``~N`` (N-th first-parent ancestor; ``~`` alone is
+``~1``) or ``^N`` (N-th parent; ``^`` alone is ``^1``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ckpt.errors import AmbiguousRevisionError, RevisionNotFoundError
+from ckpt.model import Snapshot, is_digest
+
+__all__ = ["MIN_PREFIX", "ParsedRevision", "parse_revision"]
+
+MIN_PREFIX = 4
+_SUFFIX = re.compile(r"(~|\^)([0-9]*)")
+_HEX = re.compile(r"^[0-9a-f]+$")
+
+
+@dataclass(frozen=True)
+class ParsedRevision:
+    """A revision split into its base and its ancestry steps.
+
+    Attributes:
+        base: the branch, tag or id part.
+        steps: ``("~", n)`` or ``("^", n)`` pairs, applied left to right.
+    """
+
+    base: str
+    steps: tuple[tuple[str, int], ...]
+
+
+def parse_revision(rev: str) -> ParsedRevision:
+    """Split ``main~2^`` into ``ParsedRevision("main", (("~", 2), ("^", 1)))``.
+
+    Raises:
+        RevisionNotFoundError: the text is not a revision.
+
+    Example:
+        >>> parse_revision("main~2^")
+        ParsedRevision(base='main', steps=(('~', 2), ('^', 1)))
+    """
+    if not isinstance(rev, str) or not rev.strip():
+        raise RevisionNotFoundError("empty revision")
+    cut = min((i for i in (rev.find("~"), rev.find("^")) if i >= 0), default=len(rev))
+    base, rest = rev[:cut], rev[cut:]
+    steps = []
+    pos = 0
+    while pos < len(rest):
+        m = _SUFFIX.match(rest, pos)
+        if not m:
+            raise RevisionNotFoundError(f"cannot parse revision {rev!r}", hint="examples: main, main~2, v1^, 3f9a")
+        steps.append((m.group(1), int(m.group(2)) if m.group(2) else 1))
+        pos = m.end()
+    if not base:
+        raise RevisionNotFoundError(f"revision {rev!r} has no branch, tag or id before its suffix")
+    return ParsedRevision(base, tuple(steps))
+
+
+def resolve_base(
+    base: str,
+    *,
+    branch: Callable[[str], str | None],
+    tag: Callable[[str], str | None],
+    has_snapshot: Callable[[str], bool],
+    ids_with_prefix: Callable[[str], list[str]],
+    names: Callable[[], list[str]],
+) -> str:
+    """Resolve the base of a revision to a snapshot id.
+
+    Raises:
+        RevisionNotFoundError: nothing matches; the message suggests close names.
+        AmbiguousRevisionError: an id prefix matches several snapshots; all are listed.
+    """
+    head = branch(base)
+    if head is not None:
+        return head
+    tagged = tag(base)
+    if tagged is not None:
+        return tagged
+    low = base.lower()
+    if is_digest(low) and has_snapshot(low):
+        return low
+    if len(low) >= MIN_PREFIX and _HEX.match(low):
+        found = sorted(ids_with_prefix(low))
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise AmbiguousRevisionError(
+                f"id prefix {base!r} matches {len(found)} snapshots: " + ", ".join(f[:12] for f in found[:10]),
+                candidates=found,
+            )
+    close = difflib.get_close_matches(base, names(), n=3)
+    hint = f"did you mean {', '.join(close)}?" if close else None
+    raise RevisionNotFoundError(f"no branch, tag or snapshot matches {base!r}", hint=hint)
+
+
+def walk_steps(snap: Snapshot, steps: tuple[tuple[str, int], ...], get: Callable[[str], Snapshot], rev: str) -> Snapshot:
+    """Apply ``~N`` and ``^N`` steps to a snapshot.
+
+    Raises:
+        RevisionNotFoundError: history is shorter than asked.
+    """
+    for kind, n in steps:
+        if kind == "~":
+            for _ in range(n):
+                if not snap.parents:
+                    raise RevisionNotFoundError(f"{rev!r} goes past the first snapshot of its history")
+                snap = get(snap.parents[0])
+        else:
+            if n == 0:
+                continue
+            if len(snap.parents) < n:
+                raise RevisionNotFoundError(f"{rev!r}: snapshot {snap.short_id} has no parent number {n}")
+            snap = get(snap.parents[n - 1])
+    return snap

@@ -1,0 +1,658 @@
+"""``Store``: snapshots, refs and revisions on one backend, and ``init``/``open`` to get one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import timedelta
+from typing import Any, Literal
+
+from pydantic import JsonValue, ValidationError
+
+from ckpt import settings
+from ckpt._version import __version__
+from ckpt.errors import (
+    FormatVersionError,
+    FrozenRefError,
+    MissingObjectError,
+    RecordError,
+    RefError,
+    RevisionNotFoundError,
+    StoreExistsError,
+    StoreNotFoundError,
+)
+from ckpt.model import (
+    FORMAT_VERSION,
+    READABLE_MAJOR,
+    PrunedMarker,
+    Relation,
+    Snapshot,
+    StoreConfig,
+    TagRecord,
+    TensorEntry,
+    TensorTable,
+    canonical_json,
+    check_ref_name,
+    format_time,
+    parse_json,
+    utcnow,
+)
+from ckpt.state import flatten, unflatten
+from ckpt.storage import Backend, open_backend
+from ckpt.store import layout
+from ckpt.store.gc import GcReport, plan_gc
+from ckpt.store.objects import Objects
+from ckpt.store.refs import Refs
+from ckpt.store.revisions import parse_revision, resolve_base, walk_steps
+from ckpt.store.transfer import Progress, WriteStats, read_tensors, write_files, write_tensors
+from ckpt.store.verify import Damage, VerifyReport, verify_snapshots
+
+__all__ = ["Store", "init", "open"]
+
+Framework = Literal["torch", "numpy"]
+
+
+class Store:
+    """A checkpoint store: content-addressed snapshots, branches and tags on one backend.
+
+    Get one with ``ckpt.init(url)`` (new store) or ``ckpt.open(url)`` (existing store); do not construct it
+    directly. A ``Store`` holds no cache: every call reads the current state of the backend, so several
+    processes can share one store.
+
+    Attributes:
+        url: where the store lives.
+        config: the store's configuration record.
+        backend: the storage backend.
+
+    Example:
+        >>> import ckpt, torch
+        >>> store = ckpt.init("memory://doc-store")
+        >>> snap = store.save({"w": torch.ones(2)}, step=1, metrics={"val_loss": 0.5})
+        >>> store.load("main")["w"]
+        tensor([1., 1.])
+    """
+
+    def __init__(self, backend: Backend, config: StoreConfig) -> None:
+        self.backend = backend
+        self.config = config
+        self.url = backend.url
+        own = tuple(int(x) for x in FORMAT_VERSION.split("."))
+        theirs = tuple(int(x) for x in config.format_version.split("."))
+        self._objects = Objects(backend, minor_newer=theirs > own)
+        self._refs = Refs(backend)
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    @property
+    def chunk_size(self) -> int:
+        """The size in bytes tensors are cut into."""
+        return self.config.chunk_size
+
+    # -- writing -------------------------------------------------------------------------------------
+
+    def save(
+        self,
+        state: Any,
+        branch: str = "main",
+        *,
+        parents: Sequence[str] | None = None,
+        relation: Relation | None = None,
+        model: str | None = None,
+        step: int | None = None,
+        epoch: int | float | None = None,
+        metrics: Mapping[str, float] | None = None,
+        message: str | None = None,
+        metadata: Mapping[str, JsonValue] | None = None,
+        files: Mapping[str, bytes] | None = None,
+        base: str | None = None,
+        progress: Progress | None = None,
+    ) -> Snapshot:
+        """Save a state tree as a new snapshot and move ``branch`` to it.
+
+        The commit protocol: chunks first (each written once, skipped if present), then the tensor table,
+        then the snapshot record, then the branch moves by compare-and-swap against the head read at the
+        start. A crash at any point leaves at most unreferenced objects.
+
+        Args:
+            state: a tree of dicts, lists and tuples with tensors, arrays, numbers, strings, bools and None.
+            branch: the branch to advance (created if it does not exist).
+            parents: revisions of the parents; default: the branch's current head, if any.
+            relation: relation to the first parent; default ``continue``, or ``import`` for a root.
+            model: the model's name (kept from the first parent when not given).
+            step: training step.
+            epoch: training epoch.
+            metrics: named numbers (``{"val_loss": 0.41}``).
+            message: a note, like a commit message.
+            metadata: your own JSON metadata.
+            files: attached files, relative path → bytes (``config.json``, tokenizer files …).
+            base: for an adapter, the revision of the snapshot it modifies.
+            progress: called with byte counts as chunks are written.
+
+        Returns:
+            The new snapshot.
+
+        Raises:
+            UnsupportedStateError: a leaf cannot be stored (its path is named).
+            RefConflictError: the branch moved while saving; the snapshot is stored and in the reflog.
+            InvalidNameError: bad branch name.
+            RevisionError: a parent or base does not resolve.
+
+        Example:
+            >>> snap = store.save({"model": model.state_dict()}, step=100, metrics={"val_loss": 0.4})  # doctest: +SKIP
+        """
+        check_ref_name(branch, kind="branch")
+        head = self._refs.branch_head(branch)
+        if head is None:
+            self._refs.check_new_name(branch, "branch")
+        parent_ids = [self.resolve(p).id for p in parents] if parents is not None else ([head] if head else [])
+        base_id = self.resolve(base).id if base is not None else None
+        rel: Relation = relation or ("continue" if parent_ids else "import")
+        if rel == "import" and parent_ids:
+            raise RecordError("relation 'import' is for snapshots without parents")
+        if rel != "import" and not parent_ids:
+            raise RecordError(f"relation {rel!r} needs a parent", hint="pass parents=[rev]")
+        if model is None and parent_ids:
+            model = self._objects.get_snapshot(parent_ids[0]).model
+        clean_metrics = _clean_metrics(metrics)
+        clean_files = _clean_files(files)
+
+        tree, tensors = flatten(state)
+        stats = WriteStats()
+        entries = write_tensors(self._objects, tensors, self.chunk_size, stats=stats, progress=progress)
+        file_entries = write_files(self._objects, clean_files, self.chunk_size, stats=stats)
+        table = TensorTable(chunk_size=self.chunk_size, tensors=entries, tree=tree, files=file_entries)
+        table_digest = self._objects.put_table(table)
+        try:
+            record = Snapshot(
+                parents=tuple(parent_ids),
+                relation=rel,
+                model=model,
+                step=step,
+                epoch=epoch,
+                metrics=clean_metrics,
+                message=message,
+                metadata=dict(metadata or {}),
+                created_at=format_time(utcnow()),
+                ckpt_version=__version__,
+                base=base_id,
+                table=table_digest,
+                tensor_count=len(entries),
+                tensor_bytes=table.nbytes,
+            )
+            record.record_bytes()
+        except (ValidationError, RecordError) as e:
+            raise RecordError(f"cannot record this snapshot: {e}") from e
+        snap = self._objects.put_snapshot(record)
+        self.backend.flush()
+        self._refs.move_branch(branch, head, snap.id, action="commit", message=message)
+        return snap
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    def resolve(self, rev: str) -> Snapshot:
+        """The snapshot a revision names.
+
+        Args:
+            rev: a branch, tag, full id, unique id prefix (≥ 4 hex), with optional ``~N`` / ``^N`` suffixes.
+
+        Raises:
+            RevisionNotFoundError: nothing matches (close names are suggested).
+            AmbiguousRevisionError: an id prefix matches several snapshots (all are listed).
+
+        Example:
+            >>> store.resolve("main~1").step  # doctest: +SKIP
+            100
+        """
+        if isinstance(rev, Snapshot):
+            return rev
+        parsed = parse_revision(rev)
+        sid = resolve_base(
+            parsed.base,
+            branch=self._refs.branch_head,
+            tag=lambda n: (t.id if (t := self._refs.tag(n)) else None),
+            has_snapshot=self._objects.has_snapshot,
+            ids_with_prefix=lambda p: list(self._objects.snapshot_ids(p)),
+            names=lambda: [*self._refs.branches(), *self._refs.tags()],
+        )
+        pruned = self._pruned()
+        snap = self._get(sid, pruned)
+        return walk_steps(snap, parsed.steps, lambda i: self._get(i, pruned), rev)
+
+    def get(self, snapshot_id: str) -> Snapshot:
+        """A snapshot by full id."""
+        return self._get(snapshot_id, self._pruned())
+
+    def _get(self, sid: str, pruned: set[str]) -> Snapshot:
+        try:
+            return self._objects.get_snapshot(sid, pruned=sid in pruned)
+        except MissingObjectError as e:
+            raise RevisionNotFoundError(f"snapshot {sid[:12]} is not in this store") from e
+
+    def _pruned(self) -> set[str]:
+        return {layout.digest_from_path(e.path) for e in self.backend.list(layout.PRUNED)}
+
+    def table(self, rev: str) -> TensorTable:
+        """The tensor table of a snapshot: every tensor's dtype, shape and chunks, the state tree, files."""
+        return self._objects.get_table(self.resolve(rev).table)
+
+    def load(
+        self,
+        rev: str = "main",
+        *,
+        verify: bool = True,
+        framework: Framework | None = None,
+        progress: Progress | None = None,
+    ) -> Any:
+        """Load a snapshot's state tree, with every tensor restored.
+
+        Args:
+            rev: the revision.
+            verify: check every chunk against its digest (on by default; BLAKE3 makes it cheap).
+            framework: ``torch`` or ``numpy`` for every tensor; default: what each was saved as.
+            progress: called with byte counts as chunks arrive.
+
+        Returns:
+            The same structure that was saved (mappings come back as ``dict``).
+
+        Raises:
+            MissingObjectError: the snapshot was pruned, or a chunk is missing.
+            CorruptChunkError: a chunk does not match its digest (names the tensor and the snapshot).
+
+        Example:
+            >>> state = store.load("main~2")  # doctest: +SKIP
+        """
+        snap = self.resolve(rev)
+        self._check_not_pruned(snap)
+        table = self._objects.get_table(snap.table)
+        tensors = read_tensors(
+            self._objects,
+            table.tensors,
+            table.chunk_size,
+            snapshot=snap.id,
+            verify=verify,
+            framework=framework,
+            progress=progress,
+        )
+        return unflatten(table.tree, tensors.__getitem__)
+
+    def tensors(self, rev: str = "main", *, verify: bool = True, framework: Framework | None = None) -> LazyTensors:
+        """A lazy, read-only mapping tensor path → tensor that reads only the tensors you index.
+
+        Example:
+            >>> t = store.tensors("main")  # doctest: +SKIP
+            >>> t["model/layers.0.self_attn.q_proj.weight"].shape  # doctest: +SKIP
+        """
+        snap = self.resolve(rev)
+        self._check_not_pruned(snap)
+        return LazyTensors(self, snap, self._objects.get_table(snap.table), verify=verify, framework=framework)
+
+    def files(self, rev: str = "main") -> dict[str, bytes]:
+        """The attached files of a snapshot, path → bytes."""
+        snap = self.resolve(rev)
+        table = self._objects.get_table(snap.table)
+        return {
+            path: b"".join(self._objects.read_chunk(d, tensor=path, snapshot=snap.id) for d in entry.chunks)
+            for path, entry in table.files.items()
+        }
+
+    def _check_not_pruned(self, snap: Snapshot) -> None:
+        if snap.pruned:
+            raise MissingObjectError(
+                f"snapshot {snap.short_id} was pruned: its tensors were released",
+                hint="its record stays in the log; load another snapshot",
+            )
+
+    def log(self, rev: str = "main", limit: int | None = None) -> list[Snapshot]:
+        """History from ``rev`` back along first parents, newest first.
+
+        Args:
+            rev: where to start.
+            limit: at most this many snapshots.
+        """
+        pruned = self._pruned()
+        out = []
+        snap: Snapshot | None = self.resolve(rev)
+        while snap is not None and (limit is None or len(out) < limit):
+            out.append(snap)
+            snap = self._get(snap.parents[0], pruned) if snap.parents else None
+        return out
+
+    def snapshots(self) -> list[Snapshot]:
+        """Every snapshot record in the store, newest first."""
+        pruned = self._pruned()
+        snaps = [self._get(sid, pruned) for sid in self._objects.snapshot_ids()]
+        return sorted(snaps, key=lambda s: s.created_at, reverse=True)
+
+    def branches(self) -> dict[str, str]:
+        """Branch name → snapshot id."""
+        return self._refs.branches()
+
+    def tags(self) -> dict[str, TagRecord]:
+        """Tag name → tag record (``.id``, ``.frozen``, ``.created_at``, ``.message``)."""
+        return self._refs.tags()
+
+    def reflog(self, ref: str | None = None) -> list:  # type: ignore[type-arg]
+        """Every recorded ref move, oldest first (``ref`` like ``refs/heads/main``, or all refs)."""
+        return self._refs.reflog(ref)
+
+    # -- refs ----------------------------------------------------------------------------------------
+
+    def branch(self, name: str, *, at: str = "main") -> Snapshot:
+        """Create a branch at a revision (e.g. ``at="main~2"`` to go back to an earlier save).
+
+        Raises:
+            InvalidNameError: bad name.
+            RefExistsError: a branch or tag of that name exists.
+        """
+        self._refs.check_new_name(name, "branch")
+        snap = self.resolve(at)
+        self._refs.move_branch(name, None, snap.id, action="branch", message=f"branch from {at}")
+        return snap
+
+    def delete_branch(self, name: str) -> None:
+        """Delete a branch. Its snapshots stay (and stay in the reflog) until gc.
+
+        Raises:
+            RevisionNotFoundError: no such branch.
+        """
+        head = self._refs.branch_head(name)
+        if head is None:
+            raise RevisionNotFoundError(f"no branch named {name!r}")
+        self._refs.move_branch(name, head, None, action="delete")
+
+    def reset(self, name: str, rev: str) -> Snapshot:
+        """Move an existing branch to any revision (like ``git reset``); the old head stays in the reflog."""
+        head = self._refs.branch_head(name)
+        if head is None:
+            raise RevisionNotFoundError(f"no branch named {name!r}")
+        snap = self.resolve(rev)
+        self._refs.move_branch(name, head, snap.id, action="reset", message=f"reset to {rev}")
+        return snap
+
+    def tag(self, name: str, rev: str = "main", *, message: str | None = None) -> Snapshot:
+        """Tag a snapshot. Tags never move; a plain tag can be deleted with ``delete_tag``.
+
+        Raises:
+            InvalidNameError: bad name.
+            RefExistsError: a branch or tag of that name exists.
+        """
+        self._refs.check_new_name(name, "tag")
+        snap = self.resolve(rev)
+        self._refs.create_tag(name, TagRecord(id=snap.id, created_at=format_time(utcnow()), message=message))
+        return snap
+
+    def delete_tag(self, name: str) -> None:
+        """Delete a tag that is not frozen.
+
+        Raises:
+            FrozenRefError: the tag is frozen.
+        """
+        self._refs.delete_tag(name)
+
+    def freeze(self, rev: str = "main", *, model: str | None = None, name: str | None = None,
+               message: str | None = None) -> str:
+        """Publish a snapshot as a frozen release tag, ``<model>-<YYYY-MM-DD>`` (UTC) by default.
+
+        A frozen tag can never be moved or deleted, and its snapshot can never be pruned.
+
+        Args:
+            rev: the snapshot to publish.
+            model: the model name; default: the snapshot's ``model``.
+            name: the full tag name, instead of ``<model>-<date>``.
+            message: a release note.
+
+        Returns:
+            The tag name.
+
+        Raises:
+            RecordError: no model name given or recorded.
+            RefExistsError: the name is taken (releases are never overwritten).
+
+        Example:
+            >>> store.freeze("main", model="tiny-llama")  # doctest: +SKIP
+            'tiny-llama-2026-11-28'
+        """
+        snap = self.resolve(rev)
+        if name is None:
+            model = model or snap.model
+            if not model:
+                raise RecordError(
+                    f"snapshot {snap.short_id} has no model name to build a release name from",
+                    hint="pass model='tiny-llama' (or name='…')",
+                )
+            name = f"{model}-{utcnow():%Y-%m-%d}"
+        self._refs.check_new_name(name, "tag")
+        self._refs.create_tag(
+            name,
+            TagRecord(id=snap.id, frozen=True, created_at=format_time(utcnow()), message=message),
+            action="freeze",
+        )
+        return name
+
+    def prune(self, rev: str, *, reason: str | None = None) -> Snapshot:
+        """Release a snapshot's tensors (gc reclaims them); its record stays in the log, marked pruned.
+
+        Raises:
+            FrozenRefError: a frozen tag points at it.
+            RefError: a branch or tag points at it (move or delete the ref first).
+        """
+        snap = self.resolve(rev)
+        for name, tag in self._refs.tags().items():
+            if tag.id == snap.id:
+                if tag.frozen:
+                    raise FrozenRefError(f"snapshot {snap.short_id} is the frozen release {name!r}; it is never pruned")
+                raise RefError(f"snapshot {snap.short_id} is tagged {name!r}", hint="delete the tag first")
+        for name, head in self._refs.branches().items():
+            if head == snap.id:
+                raise RefError(
+                    f"snapshot {snap.short_id} is the head of branch {name!r}",
+                    hint="move the branch (`reset`) or delete it first",
+                )
+        if not snap.pruned:
+            marker = PrunedMarker(pruned_at=format_time(utcnow()), reason=reason)
+            self.backend.put_if_absent(layout.pruned_path(snap.id), canonical_json(marker.model_dump(mode="json")))
+        return snap.model_copy(update={"pruned": True})
+
+    # -- maintenance ---------------------------------------------------------------------------------
+
+    def gc(
+        self,
+        *,
+        grace: timedelta = timedelta(hours=1),
+        dry_run: bool = False,
+        expire_reflog: timedelta | None = timedelta(days=30),
+    ) -> GcReport:
+        """Delete what no live snapshot needs: unreachable records, pruned snapshots' chunks, crash leftovers.
+
+        Args:
+            grace: never delete objects younger than this (protects saves running right now).
+            dry_run: only report what would be deleted.
+            expire_reflog: reflog entries older than this no longer keep snapshots alive (``None``: forever).
+
+        Returns:
+            What was (or would be) removed and how many bytes that frees.
+        """
+        plan = plan_gc(self._objects, self._refs, grace=grace, expire_reflog=expire_reflog)
+        return plan.report(dry_run=True) if dry_run else plan.execute(self.backend)
+
+    def verify(self, rev: str | None = None, *, progress: Progress | None = None) -> VerifyReport:
+        """Read every object and check it against its digest; report all damage, not just the first.
+
+        Args:
+            rev: check this snapshot only; default: every snapshot reachable from a branch, tag or the reflog.
+            progress: called with byte counts as chunks are checked.
+        """
+        extra: list[Damage] = []
+        if rev is not None:
+            ids = [self.resolve(rev).id]
+        else:
+            from ckpt.store.gc import live_snapshots
+
+            roots: set[str] = set()
+            for name, head in self._refs.branches().items():
+                roots.add(head)
+                if not self._objects.has_snapshot(head):
+                    extra.append(Damage(kind="missing", object="ref", digest=f"refs/heads/{name}",
+                                        snapshots=(head,), message=f"branch {name!r} points at a missing snapshot"))
+            for name, tag in self._refs.tags().items():
+                roots.add(tag.id)
+                if not self._objects.has_snapshot(tag.id):
+                    extra.append(Damage(kind="missing", object="ref", digest=f"refs/tags/{name}",
+                                        snapshots=(tag.id,), message=f"tag {name!r} points at a missing snapshot"))
+            for entry in self._refs.reflog():
+                roots.update(x for x in (entry.old, entry.new) if x and self._objects.has_snapshot(x))
+            ids = sorted(set(live_snapshots(self._objects, roots)))
+        return verify_snapshots(self._objects, ids, pruned=self._pruned(), extra_damage=extra, progress=progress)
+
+    def stats(self) -> dict[str, int]:
+        """Object counts and bytes by kind: ``chunks``, ``chunk_bytes``, ``tables``, ``snapshots``, ``total_bytes``."""
+        out = {"chunks": 0, "chunk_bytes": 0, "tables": 0, "table_bytes": 0, "snapshots": 0, "snapshot_bytes": 0}
+        total = 0
+        for e in self.backend.list(""):
+            total += e.size
+            for prefix, key in ((layout.CHUNKS, "chunk"), (layout.TABLES, "table"), (layout.SNAPSHOTS, "snapshot")):
+                if e.path.startswith(prefix):
+                    out[key + "s"] += 1
+                    out[key + "_bytes"] += e.size
+        out["total_bytes"] = total
+        return out
+
+
+class LazyTensors(Mapping[str, Any]):
+    """A read-only mapping tensor path → tensor; each lookup reads (and verifies) only that tensor.
+
+    Attributes:
+        snapshot: the snapshot it reads from.
+        table: its tensor table.
+    """
+
+    def __init__(self, store: Store, snapshot: Snapshot, table: TensorTable, *, verify: bool,
+                 framework: Framework | None) -> None:
+        self._store = store
+        self.snapshot = snapshot
+        self.table = table
+        self._verify = verify
+        self._framework = framework
+
+    def __getitem__(self, name: str) -> Any:
+        entry = self.table.tensors.get(name)
+        if entry is None:
+            raise KeyError(name)
+        return read_tensors(
+            self._store._objects,
+            {name: entry},
+            self.table.chunk_size,
+            snapshot=self.snapshot.id,
+            verify=self._verify,
+            framework=self._framework,
+        )[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.table.tensors)
+
+    def __len__(self) -> int:
+        return len(self.table.tensors)
+
+    def entry(self, name: str) -> TensorEntry:
+        """dtype, shape and chunks of one tensor, without reading it."""
+        return self.table.tensors[name]
+
+
+# -- construction ------------------------------------------------------------------------------------
+
+
+def _read_config(backend: Backend) -> StoreConfig:
+    if not backend.exists(layout.CONFIG):
+        raise StoreNotFoundError(f"no ckpt store at {backend.url}")
+    raw = parse_json(backend.read(layout.CONFIG), what=f"{backend.url}/{layout.CONFIG}")
+    if not isinstance(raw, dict) or raw.get("format") != "ckpt":
+        raise StoreNotFoundError(f"{backend.url} is not a ckpt store ({layout.CONFIG} is not a ckpt config)")
+    version = str(raw.get("format_version", ""))
+    try:
+        major = int(version.split(".")[0])
+    except ValueError:
+        raise RecordError(f"{backend.url}: invalid format_version {version!r}") from None
+    if major > READABLE_MAJOR:
+        raise FormatVersionError(
+            f"the store at {backend.url} uses format {version}; this ckpt ({__version__}) reads format "
+            f"{READABLE_MAJOR}.x and older"
+        )
+    try:
+        return StoreConfig.model_validate({k: v for k, v in raw.items() if k in StoreConfig.model_fields})
+    except ValidationError as e:
+        raise RecordError(f"{backend.url}/{layout.CONFIG} is invalid: {e}") from e
+
+
+def init(url: str | None = None, *, chunk_size: int | str | None = None, **storage_options: Any) -> Store:
+    """Create a new, empty store.
+
+    Args:
+        url: a local path or any fsspec URL; default ``$CKPT_STORE`` or ``./.ckpt``.
+        chunk_size: bytes per chunk (int or ``"64MiB"``); default ``$CKPT_CHUNK_SIZE`` or 64 MiB.
+        storage_options: passed to fsspec (``endpoint_url``, credentials …).
+
+    Returns:
+        The new store.
+
+    Raises:
+        StoreExistsError: a store exists there already.
+
+    Example:
+        >>> store = ckpt.init("memory://docs-init")  # doctest: +SKIP
+    """
+    url = url or settings.store_url()
+    size = settings.parse_size(chunk_size) if chunk_size is not None else settings.chunk_size()
+    if size <= 0:
+        raise RecordError(f"chunk_size must be positive, got {size}")
+    backend = open_backend(url, **storage_options)
+    config = StoreConfig(chunk_size=size, created_at=format_time(utcnow()))
+    data = canonical_json(config.model_dump(mode="json"))
+    if not backend.put_if_absent(layout.CONFIG, data):
+        raise StoreExistsError(f"a ckpt store exists already at {backend.url}")
+    backend.flush()
+    return Store(backend, config)
+
+
+def open(url: str | None = None, **storage_options: Any) -> Store:  # noqa: A001 - the public name is ckpt.open
+    """Open an existing store.
+
+    Args:
+        url: a local path or any fsspec URL; default ``$CKPT_STORE`` or ``./.ckpt``.
+        storage_options: passed to fsspec (``endpoint_url``, credentials …).
+
+    Raises:
+        StoreNotFoundError: there is no store at ``url`` (the hint says how to create one).
+        FormatVersionError: the store was written by a newer, incompatible ckpt.
+
+    Example:
+        >>> store = ckpt.open("s3://bucket/models", endpoint_url="http://127.0.0.1:5000")  # doctest: +SKIP
+    """
+    backend = open_backend(url or settings.store_url(), **storage_options)
+    return Store(backend, _read_config(backend))
+
+
+def _clean_metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in (metrics or {}).items():
+        if not isinstance(k, str):
+            raise RecordError(f"metric names must be str, got {k!r}")
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            raise RecordError(f"metric {k!r} must be a number, got {v!r}") from None
+        if isinstance(v, bool):
+            raise RecordError(f"metric {k!r} must be a number, got {v!r}")
+    return out
+
+
+def _clean_files(files: Mapping[str, bytes] | None) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for path, data in (files or {}).items():
+        parts = path.replace("\\", "/").split("/")
+        if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise RecordError(f"attached file path {path!r} must be relative, without '.' or '..' parts")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise RecordError(f"attached file {path!r} must be bytes, got {type(data).__name__}")
+        out["/".join(parts)] = bytes(data)
+    return out
+

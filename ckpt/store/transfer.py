@@ -1,0 +1,178 @@
+"""Moving tensor bytes in and out of chunks, in parallel, without intermediate copies.
+
+Writing: each tensor's bytes are cut every ``chunk_size`` bytes; each piece is hashed (BLAKE3 releases the
+GIL) and written unless its digest is already stored. Reading: every tensor is allocated once, and each
+chunk is read straight into its slice of the tensor's memory and verified there.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ckpt import settings
+from ckpt.errors import StateError
+from ckpt.model import FileEntry, TensorEntry
+from ckpt.state.arrays import TensorSource
+from ckpt.store.objects import Objects
+
+__all__ = ["Progress", "WriteStats", "allocate", "read_tensors", "write_files", "write_tensors"]
+
+#: Called with a number of bytes each time that many more are done.
+Progress = Callable[[int], None]
+
+
+@dataclass
+class WriteStats:
+    """What a save wrote.
+
+    Attributes:
+        chunks: chunks the tensors and files consist of.
+        chunks_written: chunks that were new to the store.
+        bytes: raw bytes of all chunks.
+        bytes_written: bytes actually written (new chunks, with headers).
+    """
+
+    chunks: int = 0
+    chunks_written: int = 0
+    bytes: int = 0
+    bytes_written: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, raw: int, written: int) -> None:
+        """Count one chunk."""
+        with self._lock:
+            self.chunks += 1
+            self.bytes += raw
+            if written:
+                self.chunks_written += 1
+                self.bytes_written += written
+
+
+def _pieces(data: memoryview, chunk_size: int) -> list[memoryview]:
+    return [data[i : i + chunk_size] for i in range(0, data.nbytes, chunk_size)]
+
+
+def _pool(workers: int | None = None) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers or settings.threads(), thread_name_prefix="ckpt")
+
+
+def _put(objects: Objects, piece: memoryview, stats: WriteStats, progress: Progress | None) -> str:
+    digest, written = objects.put_chunk(piece)
+    stats.add(piece.nbytes, written)
+    if progress:
+        progress(piece.nbytes)
+    return digest
+
+
+def write_tensors(
+    objects: Objects,
+    tensors: Mapping[str, TensorSource],
+    chunk_size: int,
+    *,
+    stats: WriteStats,
+    progress: Progress | None = None,
+) -> dict[str, TensorEntry]:
+    """Chunk, hash and store every tensor; returns the table entries in the same order."""
+    with _pool() as pool:
+        futures: dict[str, list[Future[str]]] = {}
+        for name, src in tensors.items():
+            data = src.data.cast("B") if src.data.format != "B" else src.data
+            futures[name] = [pool.submit(_put, objects, p, stats, progress) for p in _pieces(data, chunk_size)]
+        return {
+            name: TensorEntry(
+                dtype=tensors[name].dtype,
+                shape=tensors[name].shape,
+                chunks=tuple(f.result() for f in futs),
+                kind=tensors[name].kind,
+            )
+            for name, futs in futures.items()
+        }
+
+
+def write_files(
+    objects: Objects, files: Mapping[str, bytes], chunk_size: int, *, stats: WriteStats
+) -> dict[str, FileEntry]:
+    """Store attached files as chunks."""
+    out = {}
+    for path, data in files.items():
+        view = memoryview(bytes(data))
+        out[path] = FileEntry(size=view.nbytes, chunks=tuple(_put(objects, p, stats, None) for p in _pieces(view, chunk_size)))
+    return out
+
+
+def allocate(entry: TensorEntry, framework: str) -> tuple[Any, memoryview]:
+    """A new, uninitialised tensor (``torch``) or array (``numpy``) for an entry, and its byte view."""
+    if framework == "torch":
+        try:
+            from ckpt.state.torch import empty_torch
+        except ImportError as e:
+            raise StateError(
+                "loading torch tensors needs torch, which is not installed",
+                hint="pip install torch, or read them as numpy arrays: store.load(rev, framework='numpy')",
+            ) from e
+        return empty_torch(entry.dtype, entry.shape)
+    from ckpt.state.numpy import empty_numpy
+
+    return empty_numpy(entry.dtype, entry.shape)
+
+
+def read_tensors(
+    objects: Objects,
+    entries: Mapping[str, TensorEntry],
+    chunk_size: int,
+    *,
+    snapshot: str,
+    verify: bool = True,
+    framework: str | None = None,
+    into: Mapping[str, tuple[Any, memoryview]] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Read tensors, each chunk straight into its place, in parallel.
+
+    Args:
+        objects: the store's objects.
+        entries: name → table entry, for the tensors to read.
+        chunk_size: the table's chunk size.
+        snapshot: the snapshot id, for error messages.
+        verify: check every chunk against its digest.
+        framework: ``torch`` or ``numpy``; ``None``: what each tensor was saved as.
+        into: name → (tensor, byte view) of already allocated memory to fill instead of allocating.
+        progress: called with byte counts as chunks arrive.
+    """
+    out: dict[str, Any] = {}
+    jobs: list[tuple[str, str, memoryview]] = []
+    for name, entry in entries.items():
+        if into is not None and name in into:
+            tensor, view = into[name]
+        else:
+            tensor, view = allocate(entry, framework or entry.kind)
+        out[name] = tensor
+        view = view.cast("B") if view.format != "B" else view
+        if view.nbytes != entry.nbytes:
+            raise StateError(f"tensor {name!r}: buffer of {view.nbytes} bytes for {entry.nbytes} bytes of data")
+        for digest, piece in zip(entry.chunks, _pieces(view, chunk_size)):
+            jobs.append((name, digest, piece))
+
+    def job(name: str, digest: str, piece: memoryview) -> None:
+        objects.read_chunk_into(digest, piece, verify=verify, tensor=name, snapshot=snapshot)
+        if progress:
+            progress(piece.nbytes)
+
+    _run_all(jobs, job)
+    return out
+
+
+def _run_all(jobs: Iterable[tuple[str, str, memoryview]], fn: Callable[[str, str, memoryview], None]) -> None:
+    jobs = list(jobs)
+    if len(jobs) <= 1:
+        for j in jobs:
+            fn(*j)
+        return
+    with _pool() as pool:
+        futures = [pool.submit(fn, *j) for j in jobs]
+        for f in futures:
+            f.result()
