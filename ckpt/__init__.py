@@ -76,7 +76,14 @@ def restore(
     from ckpt.state.torch import restore_into
 
     return restore_into(
-        module, store, rev, optimizer=optimizer, strict=strict, key=key, optimizer_key=optimizer_key, verify=verify
+        module,
+        store,
+        rev,
+        optimizer=optimizer,
+        strict=strict,
+        key=key,
+        optimizer_key=optimizer_key,
+        verify=verify,
     )
 
 

@@ -56,8 +56,15 @@ def log(ctx: click.Context, rev: str, limit: int | None, as_json: bool) -> None:
         return
     for s in snaps:
         metrics = " ".join(f"{k}={v:.4g}" for k, v in s.metrics.items())
-        bits = [s.short_id, s.relation, s.model or "", f"step {s.step}" if s.step is not None else "", metrics,
-                s.message or "", "(pruned)" if s.pruned else ""]
+        bits = [
+            s.short_id,
+            s.relation,
+            s.model or "",
+            f"step {s.step}" if s.step is not None else "",
+            metrics,
+            s.message or "",
+            "(pruned)" if s.pruned else "",
+        ]
         click.echo("  ".join(b for b in bits if b))
 
 
@@ -69,8 +76,12 @@ def ls(ctx: click.Context, as_json: bool) -> None:
     store = _store(ctx)
     branches, tags = store.branches(), store.tags()
     if as_json:
-        click.echo(json.dumps({"branches": branches, "tags": {n: t.model_dump(mode="json") for n, t in tags.items()}},
-                              indent=2))
+        click.echo(
+            json.dumps(
+                {"branches": branches, "tags": {n: t.model_dump(mode="json") for n, t in tags.items()}},
+                indent=2,
+            )
+        )
         return
     for name, sid in branches.items():
         click.echo(f"branch  {name}  {sid[:12]}")

@@ -10,7 +10,7 @@ import numpy as np
 from ckpt.errors import StateError
 from ckpt.state.arrays import TensorSource, unsupported
 
-__all__ = ["NUMPY_DTYPES", "empty_numpy", "numpy_source"]
+__all__ = ["NUMPY_DTYPES", "array_from_buffer", "empty_numpy", "numpy_source"]
 
 #: safetensors dtype name → numpy dtype (bf16 and fp8 have no numpy dtype).
 NUMPY_DTYPES: dict[str, Any] = {
@@ -42,7 +42,21 @@ def numpy_source(array: np.ndarray[Any, Any], path: str) -> TensorSource:
         array = array.astype(array.dtype.newbyteorder("<"))
     array = np.ascontiguousarray(array)
     flat = array.reshape(-1).view(np.uint8)
-    return TensorSource(name, tuple(int(d) for d in array.shape), "numpy", memoryview(flat), array)
+    return TensorSource(name, tuple(int(d) for d in array.shape), "numpy", memoryview(flat), array)  # type: ignore[arg-type]
+
+
+def array_from_buffer(buffer: Any, offset: int, dtype: str, shape: tuple[int, ...]) -> np.ndarray[Any, Any]:
+    """An array viewing bytes of a buffer (e.g. a copy-on-write mmap), without copying."""
+    if dtype not in NUMPY_DTYPES:
+        raise StateError(
+            f"dtype {dtype} has no numpy equivalent",
+            hint="load it as torch tensors (install torch) instead of numpy arrays",
+        )
+    dt = np.dtype(NUMPY_DTYPES[dtype])
+    count = 1
+    for d in shape:
+        count *= d
+    return np.frombuffer(buffer, dtype=dt, count=count, offset=offset).reshape(shape)
 
 
 def empty_numpy(dtype: str, shape: tuple[int, ...]) -> tuple[np.ndarray[Any, Any], memoryview]:
@@ -53,4 +67,4 @@ def empty_numpy(dtype: str, shape: tuple[int, ...]) -> tuple[np.ndarray[Any, Any
             hint="load it as torch tensors (install torch) instead of numpy arrays",
         )
     array = np.empty(shape, dtype=NUMPY_DTYPES[dtype])
-    return array, memoryview(array.reshape(-1).view(np.uint8))
+    return array, memoryview(array.reshape(-1).view(np.uint8))  # type: ignore[arg-type]

@@ -9,7 +9,15 @@ import torch
 from ckpt.errors import StateError
 from ckpt.state.arrays import TensorSource, unsupported
 
-__all__ = ["TORCH_DTYPES", "dtype_name", "empty_torch", "torch_dtype", "torch_source"]
+__all__ = [
+    "TORCH_DTYPES",
+    "dtype_name",
+    "empty_torch",
+    "restore_into",
+    "tensor_from_buffer",
+    "torch_dtype",
+    "torch_source",
+]
 
 
 def _build() -> dict[str, torch.dtype]:
@@ -84,8 +92,8 @@ def torch_source(tensor: torch.Tensor, path: str) -> TensorSource:
     shape = tuple(int(d) for d in t.shape)
     if t.numel() == 0:
         return TensorSource(name, shape, "torch", memoryview(b""), t)
-    flat = t.reshape(-1).view(torch.uint8)
-    return TensorSource(name, shape, "torch", memoryview(flat.numpy()), t)
+    flat = t.reshape(-1).view(torch.uint8).numpy()
+    return TensorSource(name, shape, "torch", memoryview(flat), t)  # type: ignore[arg-type]
 
 
 def empty_torch(dtype: str, shape: tuple[int, ...]) -> tuple[torch.Tensor, memoryview]:
@@ -93,7 +101,17 @@ def empty_torch(dtype: str, shape: tuple[int, ...]) -> tuple[torch.Tensor, memor
     t = torch.empty(shape, dtype=torch_dtype(dtype))
     if t.numel() == 0:
         return t, memoryview(bytearray())
-    return t, memoryview(t.reshape(-1).view(torch.uint8).numpy())
+    return t, memoryview(t.reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
+
+
+def tensor_from_buffer(buffer: Any, offset: int, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """A tensor viewing bytes of a writable buffer (e.g. a copy-on-write mmap), without copying."""
+    t = torch_dtype(dtype)
+    numel = 1
+    for d in shape:
+        numel *= d
+    flat = torch.frombuffer(buffer, dtype=torch.uint8, count=numel * t.itemsize, offset=offset)
+    return flat.view(t).reshape(shape)
 
 
 def as_torch(value: Any) -> torch.Tensor:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import mmap
 import struct
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
+from typing import Any
 
 import blake3
 from pydantic import ValidationError
@@ -98,8 +100,9 @@ class Objects:
                 snapshot=snapshot,
             )
 
-    def read_chunk(self, digest: str, *, verify: bool = True, tensor: str | None = None,
-                   snapshot: str | None = None) -> bytes:
+    def read_chunk(
+        self, digest: str, *, verify: bool = True, tensor: str | None = None, snapshot: str | None = None
+    ) -> bytes:
         """Read a whole chunk's raw bytes, checked against ``digest``."""
         try:
             data = self.backend.read(layout.chunk_path(digest))
@@ -130,6 +133,64 @@ class Objects:
                 tensor=tensor,
                 snapshot=snapshot,
             )
+
+    def map_chunk(
+        self,
+        digest: str,
+        length: int,
+        *,
+        verify: bool = True,
+        tensor: str | None = None,
+        snapshot: str | None = None,
+    ) -> mmap.mmap | None:
+        """Memory-map a raw chunk of a local store, copy-on-write, checked against ``digest``.
+
+        Returns ``None`` when the backend is not local. The payload starts at ``CHUNK_HEADER_SIZE``. Writes
+        to the map never reach the file (``ACCESS_COPY``), so a tensor built on it is private to its owner.
+        """
+        path = self.backend.local_path(layout.chunk_path(digest))
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as f:
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        except FileNotFoundError as e:
+            raise MissingObjectError(
+                f"chunk {digest[:12]} of {_where(tensor, snapshot)} is missing from the store",
+                hint="the snapshot may have been pruned and collected; run `ckpt verify`",
+            ) from e
+        except (OSError, ValueError) as e:  # e.g. an empty (truncated) file cannot be mapped
+            raise CorruptChunkError(
+                f"chunk {digest[:12]} of {_where(tensor, snapshot)} cannot be read: {e}",
+                digest=digest,
+                tensor=tensor,
+                snapshot=snapshot,
+            ) from e
+        if hasattr(mmap, "MADV_WILLNEED"):
+            mm.madvise(mmap.MADV_WILLNEED)
+        self._check_header(bytes(mm[:CHUNK_HEADER_SIZE]), len(mm) - CHUNK_HEADER_SIZE, digest, tensor, snapshot)
+        if len(mm) - CHUNK_HEADER_SIZE != length:
+            raise CorruptChunkError(
+                f"chunk {digest[:12]} of {_where(tensor, snapshot)} is corrupt: {len(mm) - CHUNK_HEADER_SIZE} "
+                f"bytes, expected {length}",
+                digest=digest,
+                tensor=tensor,
+                snapshot=snapshot,
+            )
+        if verify:
+            view = memoryview(mm)[CHUNK_HEADER_SIZE:]
+            try:
+                ok = hash_chunk(view) == digest
+            finally:
+                view.release()
+            if not ok:
+                raise CorruptChunkError(
+                    f"chunk {digest[:12]} of {_where(tensor, snapshot)} is corrupt: its bytes do not match its digest",
+                    digest=digest,
+                    tensor=tensor,
+                    snapshot=snapshot,
+                )
+        return mm
 
     def has_chunk(self, digest: str) -> bool:
         """Whether the chunk exists."""
@@ -195,8 +256,9 @@ class Objects:
             if sid.startswith(prefix) and entry.path.endswith(".json"):
                 yield sid
 
-    def _known(self, raw: object, fields: object) -> object:
-        if self.minor_newer and isinstance(raw, dict) and isinstance(fields, (dict, frozenset, set)):
+    def _known(self, raw: Any, fields: Collection[str]) -> Any:
+        """Drop fields a newer minor format added (readers of an older minor ignore them)."""
+        if self.minor_newer and isinstance(raw, dict):
             return {k: v for k, v in raw.items() if k in fields}
         return raw
 

@@ -100,7 +100,9 @@ def resolve_base(
     raise RevisionNotFoundError(f"no branch, tag or snapshot matches {base!r}", hint=hint)
 
 
-def walk_steps(snap: Snapshot, steps: tuple[tuple[str, int], ...], get: Callable[[str], Snapshot], rev: str) -> Snapshot:
+def walk_steps(
+    snap: Snapshot, steps: tuple[tuple[str, int], ...], get: Callable[[str], Snapshot], rev: str
+) -> Snapshot:
     """Apply ``~N`` and ``^N`` steps to a snapshot.
 
     Raises:

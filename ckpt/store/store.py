@@ -24,6 +24,7 @@ from ckpt.model import (
     FORMAT_VERSION,
     READABLE_MAJOR,
     PrunedMarker,
+    ReflogEntry,
     Relation,
     Snapshot,
     StoreConfig,
@@ -209,7 +210,7 @@ class Store:
         sid = resolve_base(
             parsed.base,
             branch=self._refs.branch_head,
-            tag=lambda n: (t.id if (t := self._refs.tag(n)) else None),
+            tag=lambda n: t.id if (t := self._refs.tag(n)) else None,
             has_snapshot=self._objects.has_snapshot,
             ids_with_prefix=lambda p: list(self._objects.snapshot_ids(p)),
             names=lambda: [*self._refs.branches(), *self._refs.tags()],
@@ -310,7 +311,7 @@ class Store:
             limit: at most this many snapshots.
         """
         pruned = self._pruned()
-        out = []
+        out: list[Snapshot] = []
         snap: Snapshot | None = self.resolve(rev)
         while snap is not None and (limit is None or len(out) < limit):
             out.append(snap)
@@ -331,7 +332,7 @@ class Store:
         """Tag name → tag record (``.id``, ``.frozen``, ``.created_at``, ``.message``)."""
         return self._refs.tags()
 
-    def reflog(self, ref: str | None = None) -> list:  # type: ignore[type-arg]
+    def reflog(self, ref: str | None = None) -> list[ReflogEntry]:
         """Every recorded ref move, oldest first (``ref`` like ``refs/heads/main``, or all refs)."""
         return self._refs.reflog(ref)
 
@@ -389,8 +390,14 @@ class Store:
         """
         self._refs.delete_tag(name)
 
-    def freeze(self, rev: str = "main", *, model: str | None = None, name: str | None = None,
-               message: str | None = None) -> str:
+    def freeze(
+        self,
+        rev: str = "main",
+        *,
+        model: str | None = None,
+        name: str | None = None,
+        message: str | None = None,
+    ) -> str:
         """Publish a snapshot as a frozen release tag, ``<model>-<YYYY-MM-DD>`` (UTC) by default.
 
         A frozen tag can never be moved or deleted, and its snapshot can never be pruned.
@@ -492,13 +499,27 @@ class Store:
             for name, head in self._refs.branches().items():
                 roots.add(head)
                 if not self._objects.has_snapshot(head):
-                    extra.append(Damage(kind="missing", object="ref", digest=f"refs/heads/{name}",
-                                        snapshots=(head,), message=f"branch {name!r} points at a missing snapshot"))
+                    extra.append(
+                        Damage(
+                            kind="missing",
+                            object="ref",
+                            digest=f"refs/heads/{name}",
+                            snapshots=(head,),
+                            message=f"branch {name!r} points at a missing snapshot",
+                        )
+                    )
             for name, tag in self._refs.tags().items():
                 roots.add(tag.id)
                 if not self._objects.has_snapshot(tag.id):
-                    extra.append(Damage(kind="missing", object="ref", digest=f"refs/tags/{name}",
-                                        snapshots=(tag.id,), message=f"tag {name!r} points at a missing snapshot"))
+                    extra.append(
+                        Damage(
+                            kind="missing",
+                            object="ref",
+                            digest=f"refs/tags/{name}",
+                            snapshots=(tag.id,),
+                            message=f"tag {name!r} points at a missing snapshot",
+                        )
+                    )
             for entry in self._refs.reflog():
                 roots.update(x for x in (entry.old, entry.new) if x and self._objects.has_snapshot(x))
             ids = sorted(set(live_snapshots(self._objects, roots)))
@@ -506,11 +527,22 @@ class Store:
 
     def stats(self) -> dict[str, int]:
         """Object counts and bytes by kind: ``chunks``, ``chunk_bytes``, ``tables``, ``snapshots``, ``total_bytes``."""
-        out = {"chunks": 0, "chunk_bytes": 0, "tables": 0, "table_bytes": 0, "snapshots": 0, "snapshot_bytes": 0}
+        out = {
+            "chunks": 0,
+            "chunk_bytes": 0,
+            "tables": 0,
+            "table_bytes": 0,
+            "snapshots": 0,
+            "snapshot_bytes": 0,
+        }
         total = 0
         for e in self.backend.list(""):
             total += e.size
-            for prefix, key in ((layout.CHUNKS, "chunk"), (layout.TABLES, "table"), (layout.SNAPSHOTS, "snapshot")):
+            for prefix, key in (
+                (layout.CHUNKS, "chunk"),
+                (layout.TABLES, "table"),
+                (layout.SNAPSHOTS, "snapshot"),
+            ):
                 if e.path.startswith(prefix):
                     out[key + "s"] += 1
                     out[key + "_bytes"] += e.size
@@ -526,8 +558,15 @@ class LazyTensors(Mapping[str, Any]):
         table: its tensor table.
     """
 
-    def __init__(self, store: Store, snapshot: Snapshot, table: TensorTable, *, verify: bool,
-                 framework: Framework | None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        snapshot: Snapshot,
+        table: TensorTable,
+        *,
+        verify: bool,
+        framework: Framework | None,
+    ) -> None:
         self._store = store
         self.snapshot = snapshot
         self.table = table
@@ -613,7 +652,7 @@ def init(url: str | None = None, *, chunk_size: int | str | None = None, **stora
     return Store(backend, config)
 
 
-def open(url: str | None = None, **storage_options: Any) -> Store:  # noqa: A001 - the public name is ckpt.open
+def open(url: str | None = None, **storage_options: Any) -> Store:
     """Open an existing store.
 
     Args:
@@ -655,4 +694,3 @@ def _clean_files(files: Mapping[str, bytes] | None) -> dict[str, bytes]:
             raise RecordError(f"attached file {path!r} must be bytes, got {type(data).__name__}")
         out["/".join(parts)] = bytes(data)
     return out
-

@@ -17,9 +17,12 @@ from ckpt import settings
 from ckpt.errors import StateError
 from ckpt.model import FileEntry, TensorEntry
 from ckpt.state.arrays import TensorSource
-from ckpt.store.objects import Objects
+from ckpt.store.objects import CHUNK_HEADER_SIZE, Objects
 
 __all__ = ["Progress", "WriteStats", "allocate", "read_tensors", "write_files", "write_tensors"]
+
+#: A local tensor held in one raw chunk at least this big is memory-mapped (zero-copy) instead of read.
+MMAP_MIN_BYTES = 1 << 20
 
 #: Called with a number of bytes each time that many more are done.
 Progress = Callable[[int], None]
@@ -100,7 +103,9 @@ def write_files(
     out = {}
     for path, data in files.items():
         view = memoryview(bytes(data))
-        out[path] = FileEntry(size=view.nbytes, chunks=tuple(_put(objects, p, stats, None) for p in _pieces(view, chunk_size)))
+        out[path] = FileEntry(
+            size=view.nbytes, chunks=tuple(_put(objects, p, stats, None) for p in _pieces(view, chunk_size))
+        )
     return out
 
 
@@ -145,7 +150,12 @@ def read_tensors(
     """
     out: dict[str, Any] = {}
     jobs: list[tuple[str, str, memoryview]] = []
+    mapped: list[tuple[str, TensorEntry]] = []
+    local = objects.backend.local_path("") is not None
     for name, entry in entries.items():
+        if local and into is None and len(entry.chunks) == 1 and entry.nbytes >= MMAP_MIN_BYTES:
+            mapped.append((name, entry))
+            continue
         if into is not None and name in into:
             tensor, view = into[name]
         else:
@@ -154,7 +164,7 @@ def read_tensors(
         view = view.cast("B") if view.format != "B" else view
         if view.nbytes != entry.nbytes:
             raise StateError(f"tensor {name!r}: buffer of {view.nbytes} bytes for {entry.nbytes} bytes of data")
-        for digest, piece in zip(entry.chunks, _pieces(view, chunk_size)):
+        for digest, piece in zip(entry.chunks, _pieces(view, chunk_size), strict=True):
             jobs.append((name, digest, piece))
 
     def job(name: str, digest: str, piece: memoryview) -> None:
@@ -162,8 +172,38 @@ def read_tensors(
         if progress:
             progress(piece.nbytes)
 
+    def map_job(name: str, entry: TensorEntry) -> Any:
+        mm = objects.map_chunk(entry.chunks[0], entry.nbytes, verify=verify, tensor=name, snapshot=snapshot)
+        assert mm is not None
+        if progress:
+            progress(entry.nbytes)
+        return from_buffer(mm, CHUNK_HEADER_SIZE, entry, framework or entry.kind)
+
+    if mapped:
+        with _pool() as pool:
+            futures = {name: pool.submit(map_job, name, entry) for name, entry in mapped}
+            _run_all(jobs, job)
+            for name, f in futures.items():
+                out[name] = f.result()
+        return {name: out[name] for name in entries}
     _run_all(jobs, job)
     return out
+
+
+def from_buffer(buffer: Any, offset: int, entry: TensorEntry, framework: str) -> Any:
+    """A tensor (``torch``) or array (``numpy``) viewing ``entry.nbytes`` bytes of ``buffer`` at ``offset``."""
+    if framework == "torch":
+        try:
+            from ckpt.state.torch import tensor_from_buffer
+        except ImportError as e:
+            raise StateError(
+                "loading torch tensors needs torch, which is not installed",
+                hint="pip install torch, or read them as numpy arrays: store.load(rev, framework='numpy')",
+            ) from e
+        return tensor_from_buffer(buffer, offset, entry.dtype, entry.shape)
+    from ckpt.state.numpy import array_from_buffer
+
+    return array_from_buffer(buffer, offset, entry.dtype, entry.shape)
 
 
 def _run_all(jobs: Iterable[tuple[str, str, memoryview]], fn: Callable[[str, str, memoryview], None]) -> None:

@@ -99,9 +99,12 @@ def verify_snapshots(
         if sid in pruned:
             continue
         cs = table.chunk_size
-        for name, entry in [*table.tensors.items(), *table.files.items()]:
-            size = entry.nbytes if hasattr(entry, "nbytes") else entry.size  # type: ignore[union-attr]
-            for i, digest in enumerate(entry.chunks):
+        sized: list[tuple[str, int, tuple[str, ...]]] = [
+            *((n, t.nbytes, t.chunks) for n, t in table.tensors.items()),
+            *((n, f.size, f.chunks) for n, f in table.files.items()),
+        ]
+        for name, size, chunks in sized:
+            for i, digest in enumerate(chunks):
                 length = min(cs, size - i * cs)
                 snaps, tensors, _ = users.setdefault(digest, (set(), set(), length))
                 snaps.add(sid)
