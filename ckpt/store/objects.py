@@ -10,7 +10,7 @@ from typing import Any
 import blake3
 from pydantic import ValidationError
 
-from ckpt.errors import CorruptChunkError, MissingObjectError, RecordError
+from ckpt.errors import CorruptChunkError, FormatVersionError, MissingObjectError, RecordError
 from ckpt.model import (
     RECORD_FIELDS_SNAPSHOT,
     Snapshot,
@@ -125,7 +125,12 @@ class Objects:
             magic, fmt, codec, _reserved, raw_length = _HEADER.unpack(header)
         except struct.error:
             magic, fmt, codec, raw_length = b"", 0, 0, -1
-        if magic != CHUNK_MAGIC or fmt != CHUNK_FORMAT or codec != CODEC_RAW or raw_length != length:
+        if magic == CHUNK_MAGIC and (fmt != CHUNK_FORMAT or codec != CODEC_RAW):
+            raise FormatVersionError(
+                f"chunk {digest[:12]} of {_where(tensor, snapshot)} uses chunk format {fmt}, codec {codec}, "
+                f"which this ckpt does not know (it reads format {CHUNK_FORMAT}, codec {CODEC_RAW} = raw)"
+            )
+        if magic != CHUNK_MAGIC or raw_length != length:
             raise CorruptChunkError(
                 f"chunk {digest[:12]} of {_where(tensor, snapshot)} is corrupt: bad header "
                 f"(magic={magic!r}, format={fmt}, codec={codec}, length={raw_length}, expected {length})",

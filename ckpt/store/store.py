@@ -43,6 +43,7 @@ from ckpt.store import layout
 from ckpt.store.gc import GcReport, plan_gc
 from ckpt.store.objects import Objects
 from ckpt.store.refs import Refs
+from ckpt.store.retention import RetentionPolicy
 from ckpt.store.revisions import parse_revision, resolve_base, walk_steps
 from ckpt.store.transfer import Progress, WriteStats, read_tensors, write_files, write_tensors
 from ckpt.store.verify import Damage, VerifyReport, verify_snapshots
@@ -456,9 +457,39 @@ class Store:
                     hint="move the branch (`reset`) or delete it first",
                 )
         if not snap.pruned:
-            marker = PrunedMarker(pruned_at=format_time(utcnow()), reason=reason)
-            self.backend.put_if_absent(layout.pruned_path(snap.id), canonical_json(marker.model_dump(mode="json")))
+            self._mark_pruned(snap.id, reason)
         return snap.model_copy(update={"pruned": True})
+
+    def _mark_pruned(self, snapshot_id: str, reason: str | None) -> None:
+        marker = PrunedMarker(pruned_at=format_time(utcnow()), reason=reason)
+        self.backend.put_if_absent(layout.pruned_path(snapshot_id), canonical_json(marker.model_dump(mode="json")))
+
+    def retain(self, branch: str, policy: RetentionPolicy, *, dry_run: bool = False) -> list[Snapshot]:
+        """Prune the snapshots of a branch's history that a retention policy does not keep.
+
+        Tagged and frozen snapshots and branch heads are always kept; already pruned ones are skipped.
+        ``gc`` then reclaims the bytes.
+
+        Args:
+            branch: the branch whose first-parent history is considered.
+            policy: e.g. ``AnyOf(KeepLast(3), KeepBest("val_loss", 2))``.
+            dry_run: only report what would be pruned.
+
+        Returns:
+            The snapshots pruned (or that would be), newest first.
+
+        Example:
+            >>> from ckpt.retention import AnyOf, KeepBest, KeepLast
+            >>> store.retain("main", AnyOf(KeepLast(3), KeepBest("val_loss", 1)))  # doctest: +SKIP
+        """
+        history = [s for s in self.log(branch) if not s.pruned]
+        protected = {t.id for t in self._refs.tags().values()} | set(self._refs.branches().values())
+        keep = policy.keep(history) | protected
+        doomed = [s for s in history if s.id not in keep]
+        if not dry_run:
+            for s in doomed:
+                self._mark_pruned(s.id, f"retention: {policy!r}")
+        return [s.model_copy(update={"pruned": True}) for s in doomed]
 
     # -- maintenance ---------------------------------------------------------------------------------
 

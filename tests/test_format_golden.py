@@ -1,0 +1,84 @@
+"""Golden bytes that pin the on-disk format (docs/format.md). A change here is a format change."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+import ckpt
+from ckpt.model import Snapshot, StoreConfig, TensorTable, canonical_json, digest_bytes
+from ckpt.store import layout
+from ckpt.store.objects import chunk_header
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _golden(name: str) -> bytes:
+    return (GOLDEN / name).read_bytes().rstrip(b"\n")
+
+
+def test_canonical_json_rules() -> None:
+    assert canonical_json({"b": 1, "a": [1.5, None, True, "é"], "c": {"y": 2, "x": 1.0}}) == (
+        '{"a":[1.5,null,true,"é"],"b":1,"c":{"x":1.0,"y":2}}'.encode()
+    )
+    assert digest_bytes(b"") == "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+
+
+def test_chunk_object_bytes(tmp_path: Path) -> None:
+    store = ckpt.init(str(tmp_path / "s"), chunk_size=4096)
+    payload = np.array([1.0, 2.0], dtype="<f4").tobytes()
+    store.save({"w": np.array([1.0, 2.0], dtype=np.float32)})
+    digest = digest_bytes(payload)
+    raw = (tmp_path / "s" / layout.chunk_path(digest)).read_bytes()
+    assert raw[:4] == b"ckpt" and raw[4] == 1 and raw[5] == 0 and raw[6:8] == b"\0\0"
+    assert int.from_bytes(raw[8:16], "little") == len(payload)
+    assert raw[16:] == payload
+    assert raw[:16] == chunk_header(len(payload))
+    assert raw.hex() == _golden("chunk_f32_1_2.hex").decode()
+
+
+def test_store_config_record() -> None:
+    config = StoreConfig(chunk_size=67108864, created_at="2026-11-28T00:00:00.000000Z")
+    assert canonical_json(config.model_dump(mode="json")) == _golden("ckpt.json")
+
+
+def test_tensor_table_record(tmp_path: Path) -> None:
+    store = ckpt.init(str(tmp_path / "s"), chunk_size=4096)
+    state = {
+        "w": np.array([1.0, 2.0], dtype=np.float32),
+        "step": 3,
+        "opt": {0: {"betas": (0.9, 0.999), "lr": math.nan}},
+        "names": ["a", None, True, -0.0, math.inf],
+    }
+    snap = store.save(state, files={"config.json": b'{"hidden": 4}'})
+    table_bytes = (tmp_path / "s" / layout.table_path(snap.table)).read_bytes()
+    assert table_bytes == _golden("table.json")
+    assert snap.table == digest_bytes(table_bytes)
+    table = TensorTable.model_validate(json.loads(table_bytes))
+    assert table.tensors["w"].dtype == "F32" and table.tensors["w"].kind == "numpy"
+
+
+def test_snapshot_record_and_id() -> None:
+    snap = Snapshot(
+        parents=("a" * 64,),
+        relation="finetune",
+        model="tiny-llama",
+        step=1200,
+        epoch=3,
+        metrics={"val_loss": 0.41, "diverged": math.nan, "best": math.inf},
+        message="epoch 3",
+        metadata={"lr": 0.0003, "tags": ["x"]},
+        created_at="2026-11-28T10:00:00.000000Z",
+        ckpt_version="0.1.0",
+        table="b" * 64,
+        tensor_count=2,
+        tensor_bytes=8,
+    )
+    data = snap.record_bytes()
+    assert data == _golden("snapshot.json")
+    assert snap.with_id().id == digest_bytes(data) == _golden("snapshot.id").decode()
+    back = Snapshot.model_validate(json.loads(data))
+    assert math.isnan(back.metrics["diverged"]) and back.metrics["best"] == math.inf
