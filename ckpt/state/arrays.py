@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from ckpt.errors import UnsupportedStateError
 
-__all__ = ["TensorSource", "is_array", "to_source"]
+__all__ = ["TensorSource", "is_array", "to_source", "writable_view"]
 
 Kind = Literal["torch", "numpy"]
 
@@ -68,6 +68,45 @@ def to_source(value: Any, path: str) -> TensorSource:
     from ckpt.state.numpy import numpy_source
 
     return numpy_source(value, path)
+
+
+def writable_view(value: Any, dtype: str, shape: tuple[int, ...]) -> memoryview | None:
+    """A flat byte view of an existing tensor's memory, if it can take ``dtype``/``shape`` data in place.
+
+    Only a contiguous CPU tensor (or C-contiguous, writable numpy array) of exactly that dtype and shape
+    qualifies; anything else gives ``None`` and the caller allocates new memory.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        from ckpt.state.torch import dtype_name
+
+        if (
+            value.device.type != "cpu"
+            or dtype_name(value.dtype) != dtype
+            or tuple(value.shape) != shape
+            or not value.is_contiguous()
+            or value.is_conj()
+            or value.is_neg()
+            or value.numel() == 0
+        ):
+            return None
+        flat = value.detach().reshape(-1).view(torch.uint8).numpy()
+        return memoryview(flat)
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(value, np.ndarray):
+        from ckpt.state.numpy import NUMPY_DTYPES
+
+        if (
+            NUMPY_DTYPES.get(dtype) is None
+            or value.dtype != np.dtype(NUMPY_DTYPES[dtype]).newbyteorder("<")
+            or tuple(value.shape) != shape
+            or not value.flags.c_contiguous
+            or not value.flags.writeable
+            or value.size == 0
+        ):
+            return None
+        return memoryview(value.reshape(-1).view(np.uint8))
+    return None
 
 
 def unsupported(path: str, what: str) -> UnsupportedStateError:

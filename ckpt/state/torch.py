@@ -133,7 +133,9 @@ def restore_into(
     """Implementation of ``ckpt.restore``: load a snapshot and apply it to a module and optimizer."""
     from ckpt.errors import StateMismatchError
 
-    state = store.load(rev, verify=verify, framework="torch")
+    live = module.state_dict()
+    into = {(f"{key}/{k}" if key is not None else k): v for k, v in live.items()}
+    state = store.load(rev, verify=verify, framework="torch", into=into)
     if key is not None:
         if not isinstance(state, dict) or key not in state:
             keys = list(state) if isinstance(state, dict) else type(state).__name__

@@ -243,6 +243,7 @@ class Store:
         *,
         verify: bool = True,
         framework: Framework | None = None,
+        into: Mapping[str, Any] | None = None,
         progress: Progress | None = None,
     ) -> Any:
         """Load a snapshot's state tree, with every tensor restored.
@@ -251,10 +252,14 @@ class Store:
             rev: the revision.
             verify: check every chunk against its digest (on by default; BLAKE3 makes it cheap).
             framework: ``torch`` or ``numpy`` for every tensor; default: what each was saved as.
+            into: tensor path → existing tensor to read into, in place, when dtype and shape fit (e.g.
+                ``{"model/" + k: v for k, v in model.state_dict().items()}``). Reusing memory avoids the
+                page faults of fresh allocations; tensors that do not fit get new memory.
             progress: called with byte counts as chunks arrive.
 
         Returns:
-            The same structure that was saved (mappings come back as ``dict``).
+            The same structure that was saved (mappings come back as ``dict``). On a local store, large
+            tensors held in one chunk are memory-mapped copy-on-write (zero-copy, as safetensors does).
 
         Raises:
             MissingObjectError: the snapshot was pruned, or a chunk is missing.
@@ -273,6 +278,7 @@ class Store:
             snapshot=snap.id,
             verify=verify,
             framework=framework,
+            into=into,
             progress=progress,
         )
         return unflatten(table.tree, tensors.__getitem__)

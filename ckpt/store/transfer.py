@@ -16,7 +16,7 @@ from typing import Any
 from ckpt import settings
 from ckpt.errors import StateError
 from ckpt.model import FileEntry, TensorEntry
-from ckpt.state.arrays import TensorSource
+from ckpt.state.arrays import TensorSource, writable_view
 from ckpt.store.objects import CHUNK_HEADER_SIZE, Objects
 
 __all__ = ["Progress", "WriteStats", "allocate", "read_tensors", "write_files", "write_tensors"]
@@ -133,7 +133,7 @@ def read_tensors(
     snapshot: str,
     verify: bool = True,
     framework: str | None = None,
-    into: Mapping[str, tuple[Any, memoryview]] | None = None,
+    into: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Read tensors, each chunk straight into its place, in parallel.
@@ -145,7 +145,8 @@ def read_tensors(
         snapshot: the snapshot id, for error messages.
         verify: check every chunk against its digest.
         framework: ``torch`` or ``numpy``; ``None``: what each tensor was saved as.
-        into: name → (tensor, byte view) of already allocated memory to fill instead of allocating.
+        into: name → existing tensor to fill in place when its dtype, shape and layout fit (no new memory,
+            no page faults); others are allocated.
         progress: called with byte counts as chunks arrive.
     """
     out: dict[str, Any] = {}
@@ -153,11 +154,12 @@ def read_tensors(
     mapped: list[tuple[str, TensorEntry]] = []
     local = objects.backend.local_path("") is not None
     for name, entry in entries.items():
-        if local and into is None and len(entry.chunks) == 1 and entry.nbytes >= MMAP_MIN_BYTES:
+        view = writable_view(into[name], entry.dtype, entry.shape) if into and name in into else None
+        if view is not None:
+            tensor = into[name]  # type: ignore[index]
+        elif local and len(entry.chunks) == 1 and entry.nbytes >= MMAP_MIN_BYTES:
             mapped.append((name, entry))
             continue
-        if into is not None and name in into:
-            tensor, view = into[name]
         else:
             tensor, view = allocate(entry, framework or entry.kind)
         out[name] = tensor
