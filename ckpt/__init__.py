@@ -38,7 +38,8 @@ from ckpt.errors import (
     UnsupportedStateError,
 )
 from ckpt.model import ReflogEntry, Relation, Snapshot, StoreConfig, TagRecord, TensorEntry, TensorTable
-from ckpt.store import Damage, GcReport, LazyTensors, Store, VerifyReport, init, open
+from ckpt.state import TensorSource
+from ckpt.store import Damage, GcReport, LazyTensors, Store, SyncReport, VerifyReport, init, open, sync
 
 
 def restore(
@@ -88,7 +89,7 @@ def restore(
 
 
 restore.__module__ = "ckpt"
-for _obj in (Store, Snapshot, LazyTensors, GcReport, VerifyReport, Damage, init, open):
+for _obj in (Store, Snapshot, LazyTensors, GcReport, VerifyReport, Damage, TensorSource, SyncReport, init, open, sync):
     _obj.__module__ = "ckpt"
 del _obj
 
@@ -121,8 +122,10 @@ __all__ = [
     "StoreError",
     "StoreExistsError",
     "StoreNotFoundError",
+    "SyncReport",
     "TagRecord",
     "TensorEntry",
+    "TensorSource",
     "TensorTable",
     "UnsupportedStateError",
     "VerifyReport",
@@ -130,4 +133,5 @@ __all__ = [
     "init",
     "open",
     "restore",
+    "sync",
 ]

@@ -21,6 +21,9 @@ Kind = Literal["torch", "numpy"]
 class TensorSource:
     """The raw bytes of one tensor, ready to be chunked.
 
+    A ``TensorSource`` is also a valid leaf of a state tree: it lets code that holds tensor bytes without a
+    framework (e.g. a memory-mapped safetensors file) save them with no torch and no copy.
+
     Attributes:
         dtype: safetensors dtype name (``F32``, ``BF16`` …).
         shape: dimensions.
@@ -42,7 +45,12 @@ class TensorSource:
 
 
 def is_array(value: Any) -> bool:
-    """Whether ``value`` is a torch tensor or a numpy array (checked without importing either)."""
+    """Whether ``value`` is a tensor leaf: a ``TensorSource``, a torch tensor or a numpy array.
+
+    torch and numpy are not imported to find out.
+    """
+    if isinstance(value, TensorSource):
+        return True
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(value, torch.Tensor):
         return True
@@ -60,6 +68,8 @@ def to_source(value: Any, path: str) -> TensorSource:
     Raises:
         UnsupportedStateError: sparse, quantized, nested or object arrays, or a dtype with no stored name.
     """
+    if isinstance(value, TensorSource):
+        return value
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(value, torch.Tensor):
         from ckpt.state.torch import torch_source

@@ -2,6 +2,7 @@
 
 from ckpt.store.gc import GcPlan, GcReport
 from ckpt.store.store import LazyTensors, Store, init, open
+from ckpt.store.sync import SyncReport, sync
 from ckpt.store.verify import Damage, VerifyReport
 
-__all__ = ["Damage", "GcPlan", "GcReport", "LazyTensors", "Store", "VerifyReport", "init", "open"]
+__all__ = ["Damage", "GcPlan", "GcReport", "LazyTensors", "Store", "SyncReport", "VerifyReport", "init", "open", "sync"]

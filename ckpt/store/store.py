@@ -45,6 +45,7 @@ from ckpt.store.objects import Objects
 from ckpt.store.refs import Refs
 from ckpt.store.retention import RetentionPolicy
 from ckpt.store.revisions import parse_revision, resolve_base, walk_steps
+from ckpt.store.sync import SyncReport, sync
 from ckpt.store.transfer import Progress, WriteStats, read_tensors, write_files, write_tensors
 from ckpt.store.verify import Damage, VerifyReport, verify_snapshots
 
@@ -293,6 +294,19 @@ class Store:
         snap = self.resolve(rev)
         self._check_not_pruned(snap)
         return LazyTensors(self, snap, self._objects.get_table(snap.table), verify=verify, framework=framework)
+
+    def tensor_bytes(self, rev: str, name: str, *, verify: bool = True) -> Iterator[bytes]:
+        """The raw bytes of one tensor (C order, little-endian), chunk by chunk, each verified; no torch needed.
+
+        Raises:
+            KeyError: no such tensor in the snapshot.
+            MissingObjectError: the snapshot was pruned.
+        """
+        snap = self.resolve(rev)
+        self._check_not_pruned(snap)
+        entry = self._objects.get_table(snap.table).tensors[name]
+        for digest in entry.chunks:
+            yield self._objects.read_chunk(digest, verify=verify, tensor=name, snapshot=snap.id)
 
     def files(self, rev: str = "main") -> dict[str, bytes]:
         """The attached files of a snapshot, path → bytes."""
@@ -561,6 +575,17 @@ class Store:
                 roots.update(x for x in (entry.old, entry.new) if x and self._objects.has_snapshot(x))
             ids = sorted(set(live_snapshots(self._objects, roots)))
         return verify_snapshots(self._objects, ids, pruned=self._pruned(), extra_damage=extra, progress=progress)
+
+    def sync_to(self, dst: Store, revs: Sequence[str] | None = None, *, progress: Progress | None = None) -> SyncReport:
+        """Copy snapshots (with history, tables, chunks and refs) to another store; see ``ckpt.sync``.
+
+        Only chunks the destination lacks are sent; an interrupted sync is safe to rerun; frozen tags stay
+        frozen; a branch that diverged on the destination is reported in ``conflicts``, not overwritten.
+
+        Example:
+            >>> local.sync_to(ckpt.open("s3://bucket/models"), ["main"])  # doctest: +SKIP
+        """
+        return sync(self, dst, revs, progress=progress)
 
     def stats(self) -> dict[str, int]:
         """Object counts and bytes by kind: ``chunks``, ``chunk_bytes``, ``tables``, ``snapshots``, ``total_bytes``."""

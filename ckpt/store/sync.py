@@ -1,0 +1,198 @@
+"""Copying snapshots between stores (local ↔ S3 …), sending only the chunks the destination lacks.
+
+The copy follows the commit protocol on the destination, ancestors first: chunks, then the tensor table,
+then the snapshot record, and refs last. A record on the destination therefore implies that its data and its
+ancestors are there too, which makes an interrupted sync safe to rerun: it resumes where it stopped. Every
+chunk is verified on the way. Branches only fast-forward; a branch that diverged is reported, never
+overwritten. Tags are copied as they are (a frozen tag stays frozen); a tag of the same name on another
+snapshot is reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict
+
+from ckpt import settings
+from ckpt.errors import CkptError, RefConflictError
+from ckpt.model import Snapshot, TagRecord
+from ckpt.store import layout
+from ckpt.store.transfer import Progress
+
+if TYPE_CHECKING:
+    from ckpt.store.store import Store
+
+__all__ = ["SyncReport", "sync"]
+
+
+class SyncReport(BaseModel):
+    """What a sync did.
+
+    Attributes:
+        snapshots: snapshot records copied.
+        chunks: chunks copied.
+        bytes: raw bytes of the chunks copied.
+        chunks_skipped: chunks the destination already had.
+        refs: refs created or fast-forwarded on the destination (``refs/heads/main`` …).
+        conflicts: refs left alone because they diverged, with the reason.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    snapshots: int
+    chunks: int
+    bytes: int
+    chunks_skipped: int
+    refs: tuple[str, ...]
+    conflicts: tuple[str, ...]
+
+
+def _closure(src: Store, roots: Sequence[str], dst: Store) -> list[Snapshot]:
+    """Snapshots to copy, ancestors (and adapter bases) before the snapshots that need them."""
+    order: list[Snapshot] = []
+    seen: set[str] = set()
+    stack: list[tuple[str, bool]] = [(r, False) for r in reversed(roots)]
+    while stack:
+        sid, expanded = stack.pop()
+        if expanded:
+            order.append(src.get(sid))
+            continue
+        if sid in seen:
+            continue
+        seen.add(sid)
+        if dst._objects.has_snapshot(sid):
+            continue  # present: its data and its ancestors are present too
+        snap = src.get(sid)
+        stack.append((sid, True))
+        for dep in (*snap.parents, *((snap.base,) if snap.base else ())):
+            if dep not in seen:
+                stack.append((dep, False))
+    return order
+
+
+def sync(
+    src: Store,
+    dst: Store,
+    revs: Sequence[str] | None = None,
+    *,
+    progress: Progress | None = None,
+) -> SyncReport:
+    """Copy snapshots, their history and their refs from ``src`` to ``dst``.
+
+    Args:
+        src: the store to copy from.
+        dst: the store to copy into.
+        revs: branches, tags or ids to copy; ``None``: every branch and tag.
+        progress: called with byte counts as chunks are copied.
+
+    Returns:
+        What was copied, and which refs diverged (reported, not overwritten).
+    """
+    branches = src.branches()
+    tags = src.tags()
+    if revs is None:
+        ref_names = [*branches, *tags]
+        roots = [*branches.values(), *(t.id for t in tags.values())]
+    else:
+        ref_names = [r for r in revs if r in branches or r in tags]
+        roots = [src.resolve(r).id for r in revs]
+
+    todo = _closure(src, roots, dst)
+    pruned = src._pruned()
+    copied = skipped = nbytes = 0
+    with ThreadPoolExecutor(settings.threads(), thread_name_prefix="ckpt-sync") as pool:
+        for snap in todo:
+            table = src._objects.get_table(snap.table)
+            if snap.id not in pruned:
+                sizes: dict[str, tuple[str, int]] = {}
+                for name, entry in table.tensors.items():
+                    for i, d in enumerate(entry.chunks):
+                        sizes.setdefault(d, (name, min(table.chunk_size, entry.nbytes - i * table.chunk_size)))
+                for name, fentry in table.files.items():
+                    for i, d in enumerate(fentry.chunks):
+                        sizes.setdefault(d, (name, min(table.chunk_size, fentry.size - i * table.chunk_size)))
+
+                def copy(digest: str, name: str, sid: str = snap.id) -> int:
+                    if dst._objects.has_chunk(digest):
+                        return -1
+                    data = src._objects.read_chunk(digest, tensor=name, snapshot=sid)
+                    dst._objects.put_chunk(memoryview(data), digest)
+                    if progress:
+                        progress(len(data))
+                    return len(data)
+
+                for n in pool.map(lambda item: copy(item[0], item[1][0]), sizes.items()):
+                    if n < 0:
+                        skipped += 1
+                    else:
+                        copied += 1
+                        nbytes += n
+            dst._objects.put_table(table)
+            if snap.id in pruned:
+                dst._mark_pruned(snap.id, "pruned in the source store")
+            dst.backend.flush()
+            dst._objects.put_snapshot(snap)
+
+    refs: list[str] = []
+    conflicts: list[str] = []
+    dst_branches = dst.branches()
+    dst_tags = dst.tags()
+    for name in ref_names:
+        if name in branches:
+            target = branches[name]
+            current = dst_branches.get(name)
+            if current == target:
+                continue
+            if current is not None and not _is_ancestor(dst, current, target):
+                conflicts.append(
+                    f"branch {name!r}: destination at {current[:12]} is not an ancestor of {target[:12]}; left alone"
+                )
+                continue
+            try:
+                if current is None:
+                    dst._refs.check_new_name(name, "branch")
+                dst._refs.move_branch(name, current, target, action="sync", message=f"sync from {src.url}")
+                refs.append(layout.branch_path(name))
+            except (RefConflictError, CkptError) as e:
+                conflicts.append(f"branch {name!r}: {e}")
+        else:
+            tag = tags[name]
+            existing = dst_tags.get(name)
+            if existing is not None:
+                if existing.id != tag.id:
+                    conflicts.append(f"tag {name!r}: destination tags {existing.id[:12]}, source {tag.id[:12]}")
+                continue
+            try:
+                dst._refs.check_new_name(name, "tag")
+                dst._refs.create_tag(name, TagRecord.model_validate(tag.model_dump()), action="sync")
+                refs.append(layout.tag_path(name))
+            except CkptError as e:
+                conflicts.append(f"tag {name!r}: {e}")
+    return SyncReport(
+        snapshots=len(todo),
+        chunks=copied,
+        bytes=nbytes,
+        chunks_skipped=skipped,
+        refs=tuple(refs),
+        conflicts=tuple(conflicts),
+    )
+
+
+def _is_ancestor(store: Store, ancestor: str, descendant: str) -> bool:
+    todo = [descendant]
+    seen: set[str] = set()
+    while todo:
+        sid = todo.pop()
+        if sid == ancestor:
+            return True
+        if sid in seen:
+            continue
+        seen.add(sid)
+        try:
+            todo.extend(store.get(sid).parents)
+        except CkptError:
+            continue
+    return False
