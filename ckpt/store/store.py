@@ -190,6 +190,58 @@ class Store:
         self._refs.move_branch(branch, head, snap.id, action="commit", message=message)
         return snap
 
+    def derive(
+        self,
+        rev: str,
+        state: Any,
+        *,
+        branch: str,
+        model: str | None = None,
+        relation: Relation = "finetune",
+        **fields: Any,
+    ) -> Snapshot:
+        """Start a new model line from an existing snapshot: a fine-tune, a quantization, a merge …
+
+        The new snapshot's parent is ``rev`` and its relation ``relation``; ``branch`` must be new. Tensors
+        equal to the parent's are not stored again (content addressing), so a fine-tune that changes a
+        quarter of the tensors costs a quarter of the bytes.
+
+        Args:
+            rev: the snapshot to derive from.
+            state: the new state tree.
+            branch: a new branch for the new line.
+            model: the new model's name (e.g. ``tiny-llama-instruct``); default: the parent's.
+            relation: ``finetune`` (default), ``quantized``, ``merge`` …
+            fields: anything else ``save`` takes (``step``, ``metrics``, ``message``, ``files`` …).
+
+        Raises:
+            RefExistsError: the branch exists (use ``save(..., parents=[rev])`` to add to an existing line).
+
+        Example:
+            >>> release = "tiny-llama-2026-11-28"
+            >>> store.derive(release, sd, branch="instruct", model="tiny-llama-instruct")  # doctest: +SKIP
+        """
+        if relation in ("import", "continue"):
+            raise RecordError(f"derive() starts a new line; relation {relation!r} is not one (use save())")
+        self._refs.check_new_name(branch, "branch")
+        parent = self.resolve(rev)
+        return self.save(state, branch, parents=[parent.id], relation=relation, model=model, **fields)
+
+    def lineage(self, rev: str = "main") -> list[Snapshot]:
+        """The chain from ``rev`` back to its root along first parents, ``rev`` first.
+
+        Each snapshot's ``relation`` says how it came from the next one in the list; an adapter's first
+        parent is its base. ``[s for s in store.lineage(rev) if s.relation != "continue"]`` gives the model
+        family (base → instruct → chat → adapter) without the training steps in between.
+        """
+        return self.log(rev)
+
+    def children(self, rev: str) -> list[Snapshot]:
+        """Snapshots that name ``rev`` as a parent or as their adapter base, oldest first (reads every record)."""
+        target = self.resolve(rev).id
+        found = [s for s in self.snapshots() if target in s.parents or s.base == target]
+        return sorted(found, key=lambda s: s.created_at)
+
     # -- reading -------------------------------------------------------------------------------------
 
     def resolve(self, rev: str) -> Snapshot:
