@@ -86,9 +86,13 @@ class LocalBackend:
                 self._dirty_dirs.add(os.path.dirname(full))
 
     def put_if_absent(self, path: str, data: Buffer) -> bool:
-        """Write an object unless one exists; atomic (temp file + fsync + hard link)."""
+        """Write an object unless one exists; atomic (temp file + fsync + hard link).
+
+        An object that exists already gets its mtime refreshed, so that a gc planned before this call
+        does not delete what a new snapshot is about to reference.
+        """
         full = self._abs(path)
-        if os.path.exists(full):
+        if self._freshen(full):
             return False
         try:
             os.makedirs(os.path.dirname(full), exist_ok=True)
@@ -103,6 +107,17 @@ class LocalBackend:
             raise BackendError(f"cannot write {full}: {e}") from e
         self._mark_dirty(full)
         return True
+
+    @staticmethod
+    def _freshen(full: str) -> bool:
+        """Touch an existing object (so a concurrent gc sees it as young again); returns whether it exists."""
+        try:
+            os.utime(full)
+            return True
+        except FileNotFoundError:
+            return False
+        except PermissionError:  # read-only store: existence is all that matters
+            return os.path.exists(full)
 
     def replace(self, path: str, data: Buffer) -> None:
         """Write or overwrite an object atomically (temp file + fsync + rename)."""

@@ -56,6 +56,7 @@ class GcPlan(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
+    planned_at: datetime
     snapshot_paths: tuple[str, ...]
     table_paths: tuple[str, ...]
     chunk_paths: tuple[str, ...]
@@ -78,9 +79,18 @@ class GcPlan(BaseModel):
         )
 
     def execute(self, backend: Backend) -> GcReport:
-        """Delete records, then tables, then chunks, then the rest."""
-        for group in (self.snapshot_paths, self.table_paths, self.chunk_paths, self.other_paths):
-            backend.delete(list(group))
+        """Delete records, then tables, then chunks, then the rest.
+
+        Chunks touched since the plan was made (a save found them and reuses them) are spared.
+        """
+        backend.delete(list(self.snapshot_paths))
+        backend.delete(list(self.table_paths))
+        doomed = set(self.chunk_paths)
+        fresh = {
+            e.path for e in backend.list(layout.CHUNKS) if e.path in doomed and e.mtime and e.mtime > self.planned_at
+        }
+        backend.delete([p for p in self.chunk_paths if p not in fresh])
+        backend.delete(list(self.other_paths))
         return self.report(dry_run=False)
 
 
@@ -157,6 +167,7 @@ def plan_gc(
     gone = {layout.digest_from_path(p) for p in snapshot_paths}
     other += [e.path for e in backend.list(layout.PRUNED) if layout.digest_from_path(e.path) in gone]
     return GcPlan(
+        planned_at=now,
         snapshot_paths=tuple(snapshot_paths),
         table_paths=tuple(table_paths),
         chunk_paths=tuple(chunk_paths),
