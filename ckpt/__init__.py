@@ -52,6 +52,7 @@ def restore(
     key: str | None = "model",
     optimizer_key: str = "optimizer",
     verify: bool = True,
+    in_place: bool = False,
 ) -> Any:
     """Load a snapshot's weights (and optimizer state) into live torch objects.
 
@@ -64,6 +65,10 @@ def restore(
         key: where the module's state dict sits in the saved tree; ``None``: the tree is the state dict.
         optimizer_key: where the optimizer's state dict sits.
         verify: check every chunk against its digest.
+        in_place: read the weights straight into the module's own memory (no new allocation, no page
+            faults: faster for big models). The default loads into new memory first, so that a failure
+            (a corrupt chunk, a shape mismatch) leaves the module untouched; with ``in_place=True`` a failure
+            part-way can leave it partly updated.
 
     Returns:
         The whole loaded state tree (so that step, scheduler and RNG state can be restored too).

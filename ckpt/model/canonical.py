@@ -39,9 +39,9 @@ def canonical_json(value: Any) -> bytes:
     """
     try:
         text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as e:
+        return text.encode("utf-8")
+    except (TypeError, ValueError) as e:  # UnicodeEncodeError is a ValueError
         raise RecordError(f"cannot encode as canonical JSON: {e}") from e
-    return text.encode("utf-8")
 
 
 def parse_json(data: bytes, *, what: str) -> Any:

@@ -40,7 +40,8 @@ def numpy_source(array: np.ndarray[Any, Any], path: str) -> TensorSource:
         raise unsupported(path, f"a numpy array of dtype {array.dtype}")
     if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and sys.byteorder == "big"):
         array = array.astype(array.dtype.newbyteorder("<"))
-    array = np.ascontiguousarray(array)
+    if not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array)  # note: this would turn a 0-dim array into shape (1,)
     flat = array.reshape(-1).view(np.uint8)
     return TensorSource(name, tuple(int(d) for d in array.shape), "numpy", memoryview(flat), array)  # type: ignore[arg-type]
 

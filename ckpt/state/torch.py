@@ -129,12 +129,14 @@ def restore_into(
     key: str | None,
     optimizer_key: str,
     verify: bool,
+    in_place: bool = False,
 ) -> Any:
     """Implementation of ``ckpt.restore``: load a snapshot and apply it to a module and optimizer."""
     from ckpt.errors import StateMismatchError
 
-    live = module.state_dict()
-    into = {(f"{key}/{k}" if key is not None else k): v for k, v in live.items()}
+    into = None
+    if in_place:
+        into = {(f"{key}/{k}" if key is not None else k): v for k, v in module.state_dict().items()}
     state = store.load(rev, verify=verify, framework="torch", into=into)
     if key is not None:
         if not isinstance(state, dict) or key not in state:

@@ -50,11 +50,16 @@ def flatten(state: Any) -> tuple[Any, dict[str, TensorSource]]:
     seen: set[int] = set()
 
     def walk(value: Any, path: str) -> Any:
-        if value is None or isinstance(value, (bool, str)):
+        if value is None or isinstance(value, bool):
             return value
+        if isinstance(value, str):
+            return _check_str(value, path)
         if isinstance(value, int):
-            if type(value) is not int and not isinstance(value, bool):
-                value = int(value)
+            value = int(value)
+            if value.bit_length() > _MAX_INT_BITS:
+                raise UnsupportedStateError(
+                    f"cannot store the int at {path or '<root>'}: it has more than {_MAX_INT_DIGITS} digits"
+                )
             return value
         if isinstance(value, float):
             if math.isnan(value):
@@ -84,7 +89,8 @@ def flatten(state: Any) -> tuple[Any, dict[str, TensorSource]]:
                                 f"cannot store the key {k!r} ({type(k).__name__}) at {path or '<root>'}: "
                                 "dict keys must be str or int"
                             )
-                        pairs.append([k if isinstance(k, str) else int(k), walk(v, _join(path, k))])
+                        key = _check_str(k, path) if isinstance(k, str) else int(k)
+                        pairs.append([key, walk(v, _join(path, k))])
                     return {"$dict": pairs}
                 items = [walk(v, _join(path, i)) for i, v in enumerate(value)]
                 return {"$tuple": items} if isinstance(value, tuple) else items
@@ -95,6 +101,20 @@ def flatten(state: Any) -> tuple[Any, dict[str, TensorSource]]:
         )
 
     return walk(state, ""), tensors
+
+
+_MAX_INT_DIGITS = 4300  # Python's own limit for int <-> decimal text
+_MAX_INT_BITS = int(_MAX_INT_DIGITS * 3.32) - 8
+
+
+def _check_str(text: str, path: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UnsupportedStateError(
+            f"cannot store the string at {path or '<root>'}: it is not valid Unicode (a lone surrogate)"
+        ) from None
+    return text
 
 
 def _join(path: str, key: str | int) -> str:

@@ -50,8 +50,20 @@ def _mtime(info: dict[str, Any]) -> datetime | None:
 
 
 def _is_precondition_failure(e: BaseException) -> bool:
-    text = f"{type(e).__name__} {e}"
-    return isinstance(e, FileExistsError) or "PreconditionFailed" in text or "412" in text
+    """Whether a write failed because its condition (If-Match / If-None-Match) did not hold."""
+    seen: BaseException | None = e
+    while seen is not None:
+        text = f"{type(seen).__name__} {seen}"
+        code = getattr(seen, "response", {}).get("Error", {}).get("Code") if hasattr(seen, "response") else None
+        if (
+            isinstance(seen, FileExistsError)
+            or code in ("PreconditionFailed", "ConditionalRequestConflict", "412")
+            or "PreconditionFailed" in text
+            or "pre-conditions you specified did not hold" in text
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class FsspecBackend:
@@ -201,6 +213,10 @@ class FsspecBackend:
     def read(self, path: str, start: int = 0, end: int | None = None) -> bytes:
         """Read bytes ``[start, end)``, with a ranged GET where the filesystem has one."""
         full = self._abs(path)
+        if end is not None and end <= start:
+            if not self.exists(path):
+                raise MissingObjectError(f"object {path} is missing from {self.url}")
+            return b""
         try:
             if start == 0 and end is None:
                 return bytes(self.fs.cat_file(full))

@@ -98,7 +98,11 @@ class LocalBackend:
             os.makedirs(os.path.dirname(full), exist_ok=True)
             tmp = self._write_tmp(data)
             try:
-                os.link(tmp, full)
+                try:
+                    os.link(tmp, full)
+                except FileNotFoundError:  # a concurrent delete removed the emptied folder
+                    os.makedirs(os.path.dirname(full), exist_ok=True)
+                    os.link(tmp, full)
             except FileExistsError:
                 return False
             finally:
@@ -111,13 +115,15 @@ class LocalBackend:
     @staticmethod
     def _freshen(full: str) -> bool:
         """Touch an existing object (so a concurrent gc sees it as young again); returns whether it exists."""
+        if not os.path.isfile(full):
+            return False
         try:
             os.utime(full)
-            return True
         except FileNotFoundError:
             return False
         except PermissionError:  # read-only store: existence is all that matters
-            return os.path.exists(full)
+            pass
+        return True
 
     def replace(self, path: str, data: Buffer) -> None:
         """Write or overwrite an object atomically (temp file + fsync + rename)."""
@@ -147,6 +153,7 @@ class LocalBackend:
                     if new is None:
                         os.unlink(full)
                         self._mark_dirty(full)
+                        self._prune_empty_dirs(os.path.dirname(full))
                         self.flush()
                     else:
                         self.replace(path, new)
@@ -210,13 +217,18 @@ class LocalBackend:
         return os.path.isfile(self._abs(path))
 
     def list(self, prefix: str) -> Iterator[Entry]:
-        """Every object under ``prefix``, with size and mtime."""
+        """Every object under ``prefix``, with size and mtime.
+
+        The backend's own ``locks/`` and ``tmp/`` folders are left out unless listed explicitly.
+        """
         base = self._abs(prefix) if prefix else self.root
         if os.path.isfile(base):
             st = os.stat(base)
             yield Entry(prefix, st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc))
             return
-        for dirpath, _dirs, files in os.walk(base):
+        internal = {os.path.join(self.root, "locks"), os.path.join(self.root, _TMP)} - {base}
+        for dirpath, dirs, files in os.walk(base):
+            dirs[:] = [d for d in dirs if os.path.join(dirpath, d) not in internal]
             for name in files:
                 full = os.path.join(dirpath, name)
                 try:
@@ -237,7 +249,22 @@ class LocalBackend:
             except OSError as e:
                 raise BackendError(f"cannot delete {full}: {e}") from e
             self._mark_dirty(full)
+            self._prune_empty_dirs(os.path.dirname(full))
         self.flush()
+
+    def _prune_empty_dirs(self, folder: str) -> None:
+        """Remove folders left empty, up to the root, so that a deleted ``a/b`` frees the name ``a``.
+
+        Fan-out folders of content-addressed objects (``chunks/ab``) are shared by concurrent writers, so
+        only a folder that is the last of its path is removed, and ``put_if_absent`` recreates a folder that
+        vanished under it.
+        """
+        while folder != self.root and folder.startswith(self.root + os.sep):
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty (or gone): stop
+                return
+            folder = os.path.dirname(folder)
 
     def flush(self) -> None:
         """fsync every folder that gained or lost an entry since the last flush."""

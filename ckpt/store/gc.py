@@ -104,8 +104,13 @@ def _roots(refs: Refs, now: datetime, expire_reflog: timedelta | None) -> set[st
     return roots
 
 
-def live_snapshots(objects: Objects, roots: Iterable[str]) -> dict[str, tuple[str, bool]]:
-    """Snapshot id → (table digest, pruned?) for every snapshot reachable from ``roots``."""
+def live_snapshots(
+    objects: Objects, roots: Iterable[str], broken: set[str] | None = None
+) -> dict[str, tuple[str, bool]]:
+    """Snapshot id → (table digest, pruned?) for every snapshot reachable from ``roots``.
+
+    Ids whose record cannot be read (missing or damaged) are added to ``broken`` when it is given.
+    """
     pruned = {layout.digest_from_path(e.path) for e in objects.backend.list(layout.PRUNED)}
     live: dict[str, tuple[str, bool]] = {}
     todo = list(roots)
@@ -116,6 +121,8 @@ def live_snapshots(objects: Objects, roots: Iterable[str]) -> dict[str, tuple[st
         try:
             snap = objects.get_snapshot(sid)
         except CkptError:
+            if broken is not None:
+                broken.add(sid)
             continue  # missing or damaged: verify reports it; gc only keeps what it can prove live
         live[sid] = (snap.table, sid in pruned)
         todo.extend(snap.parents)

@@ -84,9 +84,17 @@ class Objects:
         """
         header = bytearray(CHUNK_HEADER_SIZE)
         where = _where(tensor, snapshot)
+        path = layout.chunk_path(digest)
         try:
-            self.backend.read_into(layout.chunk_path(digest), [memoryview(header), out])
+            self.backend.read_into(path, [memoryview(header), out])
         except MissingObjectError as e:
+            if self.backend.exists(path):
+                raise CorruptChunkError(
+                    f"chunk {digest[:12]} of {where} is corrupt: it is shorter than its {out.nbytes} bytes",
+                    digest=digest,
+                    tensor=tensor,
+                    snapshot=snapshot,
+                ) from e
             raise MissingObjectError(
                 f"chunk {digest[:12]} of {where} is missing from the store",
                 hint="the snapshot may have been pruned and collected; run `ckpt verify`",

@@ -37,7 +37,7 @@ from ckpt.model import (
     parse_json,
     utcnow,
 )
-from ckpt.state import flatten, unflatten
+from ckpt.state import flatten, tensor_paths, unflatten
 from ckpt.storage import Backend, open_backend
 from ckpt.store import layout
 from ckpt.store.gc import GcReport, plan_gc
@@ -625,7 +625,8 @@ class Store:
                     )
             for entry in self._refs.reflog():
                 roots.update(x for x in (entry.old, entry.new) if x and self._objects.has_snapshot(x))
-            ids = sorted(set(live_snapshots(self._objects, roots)))
+            broken: set[str] = set()
+            ids = sorted(set(live_snapshots(self._objects, roots, broken)) | broken)
         return verify_snapshots(self._objects, ids, pruned=self._pruned(), extra_damage=extra, progress=progress)
 
     def sync_to(self, dst: Store, revs: Sequence[str] | None = None, *, progress: Progress | None = None) -> SyncReport:
@@ -667,6 +668,8 @@ class Store:
 class LazyTensors(Mapping[str, Any]):
     """A read-only mapping tensor path → tensor; each lookup reads (and verifies) only that tensor.
 
+    Iteration follows the order of the saved state tree.
+
     Attributes:
         snapshot: the snapshot it reads from.
         table: its tensor table.
@@ -686,6 +689,8 @@ class LazyTensors(Mapping[str, Any]):
         self.table = table
         self._verify = verify
         self._framework = framework
+        ordered = tensor_paths(table.tree)
+        self._order = ordered if len(ordered) == len(table.tensors) else list(table.tensors)
 
     def __getitem__(self, name: str) -> Any:
         entry = self.table.tensors.get(name)
@@ -701,7 +706,7 @@ class LazyTensors(Mapping[str, Any]):
         )[name]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.table.tensors)
+        return iter(self._order)
 
     def __len__(self) -> int:
         return len(self.table.tensors)
