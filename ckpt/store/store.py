@@ -159,12 +159,9 @@ class Store:
         clean_metrics = _clean_metrics(metrics)
         clean_files = _clean_files(files)
 
+        # everything that can be refused is checked before the first byte is written
         tree, tensors = flatten(state)
-        stats = WriteStats()
-        entries = write_tensors(self._objects, tensors, self.chunk_size, stats=stats, progress=progress)
-        file_entries = write_files(self._objects, clean_files, self.chunk_size, stats=stats)
-        table = TensorTable(chunk_size=self.chunk_size, tensors=entries, tree=tree, files=file_entries)
-        table_digest = self._objects.put_table(table)
+        canonical_json(tree)
         try:
             record = Snapshot(
                 parents=tuple(parent_ids),
@@ -178,13 +175,19 @@ class Store:
                 created_at=format_time(utcnow()),
                 ckpt_version=__version__,
                 base=base_id,
-                table=table_digest,
-                tensor_count=len(entries),
-                tensor_bytes=table.nbytes,
+                table="0" * 64,
+                tensor_count=len(tensors),
+                tensor_bytes=sum(t.nbytes for t in tensors.values()),
             )
             record.record_bytes()
         except (ValidationError, RecordError) as e:
             raise RecordError(f"cannot record this snapshot: {e}") from e
+
+        stats = WriteStats()
+        entries = write_tensors(self._objects, tensors, self.chunk_size, stats=stats, progress=progress)
+        file_entries = write_files(self._objects, clean_files, self.chunk_size, stats=stats)
+        table = TensorTable(chunk_size=self.chunk_size, tensors=entries, tree=tree, files=file_entries)
+        record = record.model_copy(update={"table": self._objects.put_table(table)})
         snap = self._objects.put_snapshot(record)
         self.backend.flush()
         self._refs.move_branch(branch, head, snap.id, action="commit", message=message)
