@@ -30,6 +30,10 @@ class TensorSource:
         kind: ``torch`` or ``numpy``: what the load gives back.
         data: flat bytes (C order, little-endian); ``nbytes`` long.
         owner: the object that owns the memory, kept alive as long as ``data`` is used.
+        digests: the chunk digests of ``data`` if the caller knows them already (e.g. from a cache of
+            unchanged tensors); the store then skips hashing, and writes nothing when every chunk exists.
+            A wrong digest here would store wrong data under that address: only pass digests computed by
+            ckpt for these exact bytes.
     """
 
     dtype: str
@@ -37,6 +41,7 @@ class TensorSource:
     kind: Kind
     data: memoryview
     owner: Any = None
+    digests: tuple[str, ...] | None = None
 
     @property
     def nbytes(self) -> int:

@@ -60,8 +60,17 @@ class Objects:
     # -- chunks ----------------------------------------------------------------------------------------
 
     def put_chunk(self, data: memoryview, digest: str | None = None) -> tuple[str, int]:
-        """Store one chunk unless it exists. Returns ``(digest, bytes written)`` (0 when deduplicated)."""
-        digest = digest or hash_chunk(data)
+        """Store one chunk unless it exists. Returns ``(digest, bytes written)`` (0 when deduplicated).
+
+        A ``digest`` the caller already knows skips hashing when that chunk exists; when it does not, the
+        bytes are hashed anyway, so that nothing is ever written under an address that is not its digest.
+        """
+        if digest is not None:
+            known = layout.chunk_path(digest)
+            if self.backend.exists(known):
+                self.backend.put_if_absent(known, [chunk_header(data.nbytes), data])  # refreshes it for gc
+                return digest, 0
+        digest = hash_chunk(data)
         path = layout.chunk_path(digest)
         if self.backend.put_if_absent(path, [chunk_header(data.nbytes), data]):
             return digest, CHUNK_HEADER_SIZE + data.nbytes

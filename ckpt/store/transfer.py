@@ -63,8 +63,10 @@ def _pool(workers: int | None = None) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers or settings.threads(), thread_name_prefix="ckpt")
 
 
-def _put(objects: Objects, piece: memoryview, stats: WriteStats, progress: Progress | None) -> str:
-    digest, written = objects.put_chunk(piece)
+def _put(
+    objects: Objects, piece: memoryview, stats: WriteStats, progress: Progress | None, digest: str | None = None
+) -> str:
+    digest, written = objects.put_chunk(piece, digest)
     stats.add(piece.nbytes, written)
     if progress:
         progress(piece.nbytes)
@@ -84,7 +86,12 @@ def write_tensors(
         futures: dict[str, list[Future[str]]] = {}
         for name, src in tensors.items():
             data = src.data.cast("B") if src.data.format != "B" else src.data
-            futures[name] = [pool.submit(_put, objects, p, stats, progress) for p in _pieces(data, chunk_size)]
+            pieces = _pieces(data, chunk_size)
+            known = src.digests if src.digests is not None and len(src.digests) == len(pieces) else None
+            futures[name] = [
+                pool.submit(_put, objects, p, stats, progress, known[i] if known else None)
+                for i, p in enumerate(pieces)
+            ]
         return {
             name: TensorEntry(
                 dtype=tensors[name].dtype,
