@@ -9,9 +9,20 @@ from __future__ import annotations
 from typing import Any
 
 from ckpt.storage.base import Backend, Buffer, CasResult, Entry
+from ckpt.storage.faults import FaultyBackend, InjectedFault
 from ckpt.storage.local import LocalBackend
 
-__all__ = ["Backend", "Buffer", "CasResult", "Entry", "LocalBackend", "is_local_url", "open_backend"]
+__all__ = [
+    "Backend",
+    "Buffer",
+    "CasResult",
+    "Entry",
+    "FaultyBackend",
+    "InjectedFault",
+    "LocalBackend",
+    "is_local_url",
+    "open_backend",
+]
 
 
 def is_local_url(url: str) -> bool:

@@ -118,7 +118,9 @@ class FsspecBackend:
         try:
             if self.protocol == "memory":
                 with _MEMORY_LOCK:
-                    if full in self.fs.store:
+                    existing = self.fs.store.get(full)
+                    if existing is not None:
+                        existing.created = datetime.now(timezone.utc)  # refreshed, so a running gc spares it
                         return False
                     self.fs.pipe_file(full, _join(data))
                     return True

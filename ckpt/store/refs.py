@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from ckpt.errors import (
     FrozenRefError,
+    MissingObjectError,
     RecordError,
     RefConflictError,
     RefExistsError,
@@ -98,7 +99,7 @@ class Refs:
             return None
         try:
             return self.backend.read(path) if self.backend.exists(path) else None
-        except FileNotFoundError:
+        except (FileNotFoundError, MissingObjectError):  # deleted between the two calls
             return None
 
     @staticmethod
