@@ -11,8 +11,9 @@ import ckpt
 import ckpt.errors
 import ckpt.retention
 import ckpt.storage
+import ckpt.testing
 
-DOCUMENTED = [ckpt, ckpt.errors, ckpt.storage, ckpt.retention]
+DOCUMENTED = [ckpt, ckpt.errors, ckpt.storage, ckpt.retention, ckpt.testing]
 
 
 def test_all_is_sorted_and_complete() -> None:
