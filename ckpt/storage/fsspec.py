@@ -188,29 +188,39 @@ class FsspecBackend:
         except Exception as e:
             raise self._fail("update", path, e) from e
 
-    def _s3_cas(self, full: str, expected: bytes | None, new: bytes | None) -> CasResult:
-        etag: str | None = None
-        current: bytes | None
-        try:
-            info = self.fs.info(full)
-            etag = info.get("ETag")
-            current = bytes(self.fs.cat_file(full))
-        except FileNotFoundError:
-            current = None
-        if current != expected:
-            return CasResult(False, current)
-        try:
-            if new is None:
-                self.fs.rm_file(full)
-            elif expected is None:
-                self.fs.pipe_file(full, new, mode="create")
-            else:
-                self.fs.pipe_file(full, new, IfMatch=etag)
-        except Exception as e:
-            if _is_precondition_failure(e):
-                return CasResult(False, self._read_or_none(full))
-            raise
-        return CasResult(True, None)
+    def _s3_cas(self, full: str, expected: bytes | None, new: bytes | None, attempts: int = 3) -> CasResult:
+        """CAS with conditional requests: ``If-None-Match: *`` to create, ``If-Match: <etag>`` to replace or delete.
+
+        The ETag and the body come from two requests; if the object changed between them, the conditional
+        write fails although the body matched, and the swap is simply tried again.
+        """
+        for _ in range(attempts):
+            etag: str | None = None
+            try:
+                etag = self.fs.info(full).get("ETag")
+                current: bytes | None = bytes(self.fs.cat_file(full))
+            except FileNotFoundError:
+                current = None
+            if current != expected:
+                return CasResult(False, current)
+            try:
+                if new is None:
+                    bucket, key, _ = self.fs.split_path(full)
+                    self.fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
+                elif expected is None:
+                    self.fs.pipe_file(full, new, mode="create")
+                else:
+                    self.fs.pipe_file(full, new, IfMatch=etag)
+                return CasResult(True, None)
+            except FileNotFoundError:  # If-Match on an object deleted meanwhile
+                pass
+            except Exception as e:
+                if not _is_precondition_failure(e):
+                    raise
+            now = self._read_or_none(full)
+            if now != expected:
+                return CasResult(False, now)
+        return CasResult(False, self._read_or_none(full))
 
     def read(self, path: str, start: int = 0, end: int | None = None) -> bytes:
         """Read bytes ``[start, end)``, with a ranged GET where the filesystem has one."""
