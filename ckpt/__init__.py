@@ -75,6 +75,8 @@ def restore(
 
     Raises:
         StateMismatchError: keys, shapes or dtypes do not fit the module (the message lists them).
+        CorruptChunkError: a chunk does not match its digest.
+        MissingObjectError: the snapshot was pruned, or a chunk is missing.
 
     Example:
         >>> state = ckpt.restore(model, store, "main", optimizer=opt)  # doctest: +SKIP
@@ -90,6 +92,7 @@ def restore(
         key=key,
         optimizer_key=optimizer_key,
         verify=verify,
+        in_place=in_place,
     )
 
 

@@ -199,7 +199,10 @@ class CorruptChunkError(IntegrityError):
         snapshot: the snapshot being read, if known.
     """
 
-    default_hint = "run `ckpt verify --all` to find all damage; restore the object from a copy with `ckpt sync`"
+    default_hint = (
+        "run `ckpt verify` to find all damage; the snapshots it names cannot be loaded until the object is "
+        "restored from a copy (another store or the original files)"
+    )
 
     def __init__(
         self,

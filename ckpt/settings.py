@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 import re
 
+from ckpt.errors import RecordError
+
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_STORE",
@@ -79,17 +81,25 @@ def store_url() -> str:
 def chunk_size() -> int:
     """The chunk size for new stores: ``$CKPT_CHUNK_SIZE`` or 64 MiB."""
     raw = os.environ.get("CKPT_CHUNK_SIZE")
-    return parse_size(raw) if raw else DEFAULT_CHUNK_SIZE
+    if not raw:
+        return DEFAULT_CHUNK_SIZE
+    try:
+        return parse_size(raw)
+    except ValueError as e:
+        raise RecordError(f"CKPT_CHUNK_SIZE: {e}") from None
 
 
 def threads() -> int:
     """How many worker threads hash and move chunks: ``$CKPT_THREADS`` or ``min(8, 2 × cores)``."""
     raw = os.environ.get("CKPT_THREADS")
     if raw:
-        return max(1, int(raw))
+        try:
+            return max(1, int(raw))
+        except ValueError:
+            raise RecordError(f"CKPT_THREADS must be a whole number, got {raw!r}") from None
     return max(2, min(8, 2 * (os.cpu_count() or 1)))
 
 
 def debug() -> bool:
     """Whether ``$CKPT_DEBUG`` asks for full tracebacks."""
-    return os.environ.get("CKPT_DEBUG", "") not in ("", "0", "false", "no")
+    return os.environ.get("CKPT_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")

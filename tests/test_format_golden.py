@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import ckpt
 from ckpt.model import Snapshot, StoreConfig, TensorTable, canonical_json, digest_bytes
@@ -82,3 +83,46 @@ def test_snapshot_record_and_id() -> None:
     assert snap.with_id().id == digest_bytes(data) == _golden("snapshot.id").decode()
     back = Snapshot.model_validate(json.loads(data))
     assert math.isnan(back.metrics["diverged"]) and back.metrics["best"] == math.inf
+
+
+def _rewrite_json(path: Path, **extra: object) -> None:
+    data = json.loads(path.read_bytes())
+    data.update(extra)
+    path.write_bytes(canonical_json(data))
+
+
+def test_newer_minor_is_read_and_unknown_fields_ignored(tmp_path: Path) -> None:
+    """A store from a newer MINOR version opens; fields this reader does not know are ignored."""
+    root = tmp_path / "s"
+    store = ckpt.init(str(root), chunk_size=4096)
+    snap = store.save({"w": np.arange(3, dtype=np.float32)}, model="m")
+    _rewrite_json(root / "ckpt.json", format_version="1.7", future_setting=True)
+    _rewrite_json(root / "refs" / "heads" / "main", future="x")
+    # a newer writer's records carry extra fields, at the top and nested; their ids are their own digests
+    table_path = root / layout.table_path(snap.table)
+    table = json.loads(table_path.read_bytes())
+    table["future"] = 1
+    table["tensors"]["w"]["future"] = {"codec": "zstd"}
+    table_bytes = canonical_json(table)
+    new_table = digest_bytes(table_bytes)
+    (root / layout.table_path(new_table)).parent.mkdir(parents=True, exist_ok=True)
+    (root / layout.table_path(new_table)).write_bytes(table_bytes)
+    record = json.loads(snap.record_bytes())
+    record.update(table=new_table, future_field=[1, 2])
+    record_bytes = canonical_json(record)
+    new_id = digest_bytes(record_bytes)
+    (root / layout.snapshot_path(new_id)).parent.mkdir(parents=True, exist_ok=True)
+    (root / layout.snapshot_path(new_id)).write_bytes(record_bytes)
+    reopened = ckpt.open(str(root))
+    assert (reopened.load(new_id)["w"] == np.arange(3, dtype=np.float32)).all()
+    assert reopened.resolve("main").id == snap.id
+    assert reopened.verify().ok
+
+
+def test_newer_major_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    ckpt.init(str(root))
+    _rewrite_json(root / "ckpt.json", format_version="2.0")
+    with pytest.raises(ckpt.FormatVersionError) as info:
+        ckpt.open(str(root))
+    assert "2.0" in str(info.value) and info.value.hint

@@ -1,16 +1,15 @@
 """Pydantic models of the on-disk records, canonical JSON and ids (layer 2: imports only ``errors``)."""
 
-from ckpt.model.canonical import canonical_json, digest_bytes, is_digest, parse_json
+from ckpt.model.canonical import canonical_json, digest_bytes, drop_unknown, is_digest, parse_json
 from ckpt.model.config import FORMAT_VERSION, READABLE_MAJOR, StoreConfig
 from ckpt.model.refs import BranchRecord, PrunedMarker, ReflogEntry, TagRecord, check_ref_name
-from ckpt.model.snapshot import RECORD_FIELDS_SNAPSHOT, Relation, Snapshot, format_time, parse_time, utcnow
+from ckpt.model.snapshot import Relation, Snapshot, format_time, parse_time, utcnow
 from ckpt.model.table import DTYPE_SIZES, FileEntry, TensorEntry, TensorTable
 
 __all__ = [
     "DTYPE_SIZES",
     "FORMAT_VERSION",
     "READABLE_MAJOR",
-    "RECORD_FIELDS_SNAPSHOT",
     "BranchRecord",
     "FileEntry",
     "PrunedMarker",
@@ -24,6 +23,7 @@ __all__ = [
     "canonical_json",
     "check_ref_name",
     "digest_bytes",
+    "drop_unknown",
     "format_time",
     "is_digest",
     "parse_json",

@@ -9,13 +9,14 @@ those bytes; a chunk's id is the BLAKE3 digest of its raw bytes.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, get_args, get_origin
 
 import blake3
+from pydantic import BaseModel
 
 from ckpt.errors import RecordError
 
-__all__ = ["DIGEST_LENGTH", "canonical_json", "digest_bytes", "is_digest", "parse_json"]
+__all__ = ["DIGEST_LENGTH", "canonical_json", "digest_bytes", "drop_unknown", "is_digest", "parse_json"]
 
 DIGEST_LENGTH = 64
 _HEX = frozenset("0123456789abcdef")
@@ -76,3 +77,32 @@ def digest_bytes(data: bytes | bytearray | memoryview) -> str:
 def is_digest(text: str) -> bool:
     """Whether ``text`` is a full lowercase 64-character hex digest."""
     return len(text) == DIGEST_LENGTH and set(text) <= _HEX
+
+
+def drop_unknown(model: type[BaseModel], raw: Any) -> Any:
+    """Drop the fields of ``raw`` (and of its nested records) that ``model`` does not know.
+
+    A store written by a newer MINOR format version may carry fields this ckpt does not know; readers
+    ignore them at every level (docs/format.md, compatibility). Records are never re-serialized from the
+    parsed form, so dropping fields never changes an id.
+    """
+    if not isinstance(raw, dict):
+        return raw
+    out = {}
+    for name, value in raw.items():
+        field = model.model_fields.get(name)
+        if field is None:
+            continue
+        out[name] = _drop_nested(field.annotation, value)
+    return out
+
+
+def _drop_nested(annotation: Any, value: Any) -> Any:
+    origin = get_origin(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return drop_unknown(annotation, value)
+    if origin is dict and isinstance(value, dict):
+        args = get_args(annotation)
+        if len(args) == 2:
+            return {k: _drop_nested(args[1], v) for k, v in value.items()}
+    return value

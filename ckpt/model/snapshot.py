@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_serializer, 
 
 from ckpt.model.canonical import canonical_json, digest_bytes
 
-__all__ = ["RECORD_FIELDS_SNAPSHOT", "Relation", "Snapshot", "format_time", "parse_time", "utcnow"]
+__all__ = ["Relation", "Snapshot", "format_time", "parse_time", "utcnow"]
 
 #: How a snapshot relates to its first parent (vocabulary of the Hugging Face model tree where it fits).
 Relation = Literal["continue", "finetune", "adapter", "merge", "quantized", "import"]
@@ -123,7 +123,3 @@ class Snapshot(BaseModel):
     def with_id(self) -> Snapshot:
         """A copy whose ``id`` is computed from the record."""
         return self.model_copy(update={"id": digest_bytes(self.record_bytes())})
-
-
-#: The fields stored in a snapshot record (all but ``id`` and ``pruned``).
-RECORD_FIELDS_SNAPSHOT = frozenset(Snapshot.model_fields) - {"id", "pruned"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = ["DTYPE_SIZES", "FileEntry", "TensorEntry", "TensorTable"]
 
@@ -97,6 +97,21 @@ class TensorTable(BaseModel):
     tensors: dict[str, TensorEntry]
     tree: Any
     files: dict[str, FileEntry] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TensorTable:
+        cs = self.chunk_size
+        for name, t in self.tensors.items():
+            if t.dtype not in DTYPE_SIZES:
+                raise ValueError(f"tensor {name!r}: unknown dtype {t.dtype!r}")
+            if any(d < 0 for d in t.shape):
+                raise ValueError(f"tensor {name!r}: negative dimension in shape {list(t.shape)}")
+            if len(t.chunks) != -(-t.nbytes // cs):
+                raise ValueError(f"tensor {name!r}: {len(t.chunks)} chunks for {t.nbytes} bytes in {cs}-byte chunks")
+        for path, f in self.files.items():
+            if len(f.chunks) != -(-f.size // cs):
+                raise ValueError(f"file {path!r}: {len(f.chunks)} chunks for {f.size} bytes in {cs}-byte chunks")
+        return self
 
     def chunk_digests(self) -> set[str]:
         """Every chunk digest the table needs, tensors and files."""

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import mmap
 import struct
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import blake3
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ckpt.errors import CorruptChunkError, FormatVersionError, MissingObjectError, RecordError
 from ckpt.model import (
-    RECORD_FIELDS_SNAPSHOT,
     Snapshot,
     TensorTable,
     canonical_json,
     digest_bytes,
+    drop_unknown,
     parse_json,
 )
 from ckpt.storage import Backend
@@ -237,9 +237,27 @@ class Objects:
             raise CorruptChunkError(f"tensor table {digest[:12]} is corrupt", digest=digest)
         raw = parse_json(data, what=f"tensor table {digest[:12]}")
         try:
-            return TensorTable.model_validate(self._known(raw, TensorTable.model_fields))
+            return TensorTable.model_validate(self._known(TensorTable, raw))
         except ValidationError as e:
             raise RecordError(f"tensor table {digest[:12]} is invalid: {e}") from e
+
+    def raw_record(self, kind: str, digest: str) -> bytes:
+        """The exact stored bytes of a ``table`` or ``snapshot`` record, checked against its digest."""
+        path = layout.table_path(digest) if kind == "table" else layout.snapshot_path(digest)
+        try:
+            data = self.backend.read(path)
+        except MissingObjectError as e:
+            raise MissingObjectError(f"{kind} {digest[:12]} is missing from the store") from e
+        if digest_bytes(data) != digest:
+            raise CorruptChunkError(f"{kind} record {digest[:12]} is corrupt", digest=digest)
+        return data
+
+    def put_raw_record(self, kind: str, digest: str, data: bytes) -> None:
+        """Store a record's exact bytes (as copied from another store) under its digest."""
+        if digest_bytes(data) != digest:
+            raise CorruptChunkError(f"{kind} record {digest[:12]} does not match its digest", digest=digest)
+        path = layout.table_path(digest) if kind == "table" else layout.snapshot_path(digest)
+        self.backend.put_if_absent(path, data)
 
     def put_snapshot(self, snap: Snapshot) -> Snapshot:
         """Store a snapshot record; returns it with its id set."""
@@ -260,9 +278,7 @@ class Objects:
             )
         raw = parse_json(data, what=f"snapshot {snapshot_id[:12]}")
         try:
-            return Snapshot.model_validate(
-                {**self._known(raw, RECORD_FIELDS_SNAPSHOT), "id": snapshot_id, "pruned": pruned}
-            )
+            return Snapshot.model_validate({**self._known(Snapshot, raw), "id": snapshot_id, "pruned": pruned})
         except ValidationError as e:
             raise RecordError(f"snapshot {snapshot_id[:12]} is invalid: {e}") from e
 
@@ -278,10 +294,10 @@ class Objects:
             if sid.startswith(prefix) and entry.path.endswith(".json"):
                 yield sid
 
-    def _known(self, raw: Any, fields: Collection[str]) -> Any:
+    def _known(self, model: type[BaseModel], raw: Any) -> Any:
         """Drop fields a newer minor format added (readers of an older minor ignore them)."""
         if self.minor_newer and isinstance(raw, dict):
-            return {k: v for k, v in raw.items() if k in fields}
+            return drop_unknown(model, {k: v for k, v in raw.items() if k not in ("id", "pruned")})
         return raw
 
 

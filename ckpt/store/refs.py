@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import time
+from typing import TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ckpt.errors import (
     FrozenRefError,
@@ -26,6 +27,7 @@ from ckpt.model import (
     TagRecord,
     canonical_json,
     check_ref_name,
+    drop_unknown,
     format_time,
     parse_json,
     utcnow,
@@ -35,6 +37,8 @@ from ckpt.storage import Backend
 from ckpt.store import layout
 
 __all__ = ["Refs", "branch_bytes"]
+
+_R = TypeVar("_R", bound=BaseModel)
 
 
 def branch_bytes(snapshot_id: str) -> bytes:
@@ -49,8 +53,13 @@ class Refs:
         backend: the store's backend.
     """
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, *, minor_newer: bool = False) -> None:
         self.backend = backend
+        self.minor_newer = minor_newer
+
+    def _parse(self, model: type[_R], raw: bytes, what: str) -> _R:
+        data = parse_json(raw, what=what)
+        return model.model_validate(drop_unknown(model, data) if self.minor_newer else data)
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -80,7 +89,7 @@ class Refs:
         if raw is None:
             return None
         try:
-            return BranchRecord.model_validate(parse_json(raw, what=f"branch {name}")).id
+            return self._parse(BranchRecord, raw, f"branch {name}").id
         except ValidationError as e:
             raise RecordError(f"branch {name!r} is invalid: {e}") from e
 
@@ -90,7 +99,7 @@ class Refs:
         if raw is None:
             return None
         try:
-            return TagRecord.model_validate(parse_json(raw, what=f"tag {name}"))
+            return self._parse(TagRecord, raw, f"tag {name}")
         except ValidationError as e:
             raise RecordError(f"tag {name!r} is invalid: {e}") from e
 
@@ -143,7 +152,7 @@ class Refs:
             actual = None
             if result.current is not None:
                 try:
-                    actual = BranchRecord.model_validate(parse_json(result.current, what=ref)).id
+                    actual = self._parse(BranchRecord, result.current, ref).id
                 except (ValidationError, RecordError):
                     actual = "<unreadable>"
             if new is not None:
@@ -204,7 +213,7 @@ class Refs:
         out = []
         for e in entries:
             try:
-                entry = ReflogEntry.model_validate(parse_json(self.backend.read(e.path), what=e.path))
+                entry = self._parse(ReflogEntry, self.backend.read(e.path), e.path)
             except (ValidationError, RecordError):
                 continue  # a damaged reflog entry never blocks anything
             if ref is None or entry.ref == ref:

@@ -81,7 +81,7 @@ class Store:
         own = tuple(int(x) for x in FORMAT_VERSION.split("."))
         theirs = tuple(int(x) for x in config.format_version.split("."))
         self._objects = Objects(backend, minor_newer=theirs > own)
-        self._refs = Refs(backend)
+        self._refs = Refs(backend, minor_newer=theirs > own)
 
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
@@ -366,6 +366,7 @@ class Store:
     def files(self, rev: str = "main") -> dict[str, bytes]:
         """The attached files of a snapshot, path → bytes."""
         snap = self.resolve(rev)
+        self._check_not_pruned(snap)
         table = self._objects.get_table(snap.table)
         return {
             path: b"".join(self._objects.read_chunk(d, tensor=path, snapshot=snap.id) for d in entry.chunks)

@@ -130,11 +130,12 @@ def sync(
                     else:
                         copied += 1
                         nbytes += n
-            dst._objects.put_table(table)
+            # records are copied byte for byte: never re-serialized, so ids and unknown fields survive
+            dst._objects.put_raw_record("table", snap.table, src._objects.raw_record("table", snap.table))
             if snap.id in pruned:
                 dst._mark_pruned(snap.id, "pruned in the source store")
             dst.backend.flush()
-            dst._objects.put_snapshot(snap)
+            dst._objects.put_raw_record("snapshot", snap.id, src._objects.raw_record("snapshot", snap.id))
 
     refs: list[str] = []
     conflicts: list[str] = []
