@@ -49,7 +49,7 @@ __all__ = [
     "import_folder",
 ]
 
-#: Snapshot metadata key of the recorded file layout: ``{file name: [tensor names in data-offset order]}``.
+#: Snapshot metadata key of the recorded file layout: the imported safetensors file names, in order.
 LAYOUT_KEY = "safetensors_layout"
 #: Attached-file prefix reserved for what ckpt needs to rebuild files; never exported.
 RESERVED_PREFIX = ".ckpt/"
@@ -431,7 +431,7 @@ def _recorded_plan(
     plan: _Plan = []
     covered: list[str] = []
     for filename in layout:
-        if not _is_plain_name(filename) or filename in reserved:
+        if not isinstance(filename, str) or not _is_plain_name(filename) or filename in reserved:
             return None
         header = attached.get(f"{HEADER_PREFIX}{filename}.header")
         if header is None:

@@ -10,16 +10,19 @@ import textwrap
 import ckpt
 import ckpt.errors
 import ckpt.retention
+import ckpt.diff
+import ckpt.hf
 import ckpt.storage
 import ckpt.testing
 
-DOCUMENTED = [ckpt, ckpt.errors, ckpt.storage, ckpt.retention, ckpt.testing]
+DOCUMENTED = [ckpt, ckpt.errors, ckpt.storage, ckpt.retention, ckpt.testing, ckpt.hf, ckpt.diff]
 
 
 def test_all_is_sorted_and_complete() -> None:
     for module in DOCUMENTED:
         names = [n for n in module.__all__ if n != "__version__"]
-        assert names == sorted(names, key=lambda n: (n.lower() != n, n)) or names == sorted(names), module.__name__
+        isort_style = sorted(names, key=lambda n: (not n.isupper(), not n[:1].isupper(), n))
+        assert names in (sorted(names), isort_style), module.__name__
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name} is in __all__ but missing"
     public = {n for n in dir(ckpt) if not n.startswith("_")}

@@ -1,8 +1,11 @@
-"""The ``ckpt`` command line: parses arguments, calls the Python API, formats results."""
+"""The ``ckpt`` command line: parses arguments, calls the Python API, formats results.
+
+``main()`` is the console script. Errors are handled by the group itself (``ckpt.cli.app.CkptGroup``), so
+that ``CliRunner`` and the installed program behave the same: a ``CkptError`` prints ``error: …`` and its
+hint and exits 1, a usage error exits 2, ``--debug`` (or ``CKPT_DEBUG=1``) shows the traceback.
+"""
 
 from __future__ import annotations
-
-import sys
 
 from ckpt.cli.app import cli
 
@@ -10,24 +13,9 @@ __all__ = ["cli", "main"]
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the command line; a ``CkptError`` prints ``error: …`` (and its hint) and exits with its code."""
-    from ckpt import settings
-    from ckpt.errors import CkptError
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); exits with the command's status.
 
-    try:
-        cli.main(args=argv, prog_name="ckpt", standalone_mode=False)
-    except CkptError as e:
-        if settings.debug() or "--debug" in (argv if argv is not None else sys.argv):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        if e.hint:
-            print(f"hint: {e.hint}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted; the store is consistent (nothing half-written is ever visible)", file=sys.stderr)
-        sys.exit(130)
-    except __import__("click").exceptions.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except __import__("click").exceptions.Abort:
-        sys.exit(1)
+    Example:
+        >>> main(["--help"])  # doctest: +SKIP
+    """
+    cli.main(args=argv, prog_name="ckpt")

@@ -1,131 +1,159 @@
-"""The click application. Commands only parse arguments, call the Python API and format its results."""
+"""The click application: the ``ckpt`` group, its global options, store selection and error handling.
+
+Commands live in ``ckpt.cli.commands`` (one module per family) and only parse arguments, call the Python API
+and hand the results to ``ckpt.cli.output``.
+
+Store selection, first match wins: ``--store URL``; ``$CKPT_STORE``; the nearest ``.ckpt`` folder found walking
+up from the current directory (as Git finds ``.git``).
+"""
 
 from __future__ import annotations
 
-import json
-from datetime import timedelta
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import click
 
 import ckpt
-from ckpt.model import Snapshot
+from ckpt import settings
+from ckpt.cli.commands._common import parse_options
+from ckpt.errors import CkptError, StoreNotFoundError
+from ckpt.store import layout
 
-__all__ = ["cli"]
-
-
-def _store(ctx: click.Context) -> ckpt.Store:
-    return ckpt.open(ctx.obj.get("store"))
-
-
-def _snap_json(s: Snapshot) -> dict[str, Any]:
-    return {"id": s.id, "pruned": s.pruned, **s.model_dump(mode="json")}
+__all__ = ["CkptGroup", "CliState", "cli", "find_store"]
 
 
-@click.group()
-@click.option("--store", "store_url", envvar="CKPT_STORE", help="Store URL (default: $CKPT_STORE or ./.ckpt).")
-@click.option("--debug", is_flag=True, help="Show full tracebacks.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-@click.version_option(ckpt.__version__, prog_name="ckpt")
-@click.pass_context
-def cli(ctx: click.Context, store_url: str | None, debug: bool, quiet: bool) -> None:
-    """ckpt: Git for machine-learning checkpoints."""
-    ctx.obj = {"store": store_url, "debug": debug, "quiet": quiet}
+def find_store(start: Path | None = None) -> Path | None:
+    """The nearest ``.ckpt`` store folder in ``start`` (default: the current directory) or a parent of it."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / settings.DEFAULT_STORE
+        if (candidate / layout.CONFIG).is_file():
+            return candidate
+    return None
 
 
-@cli.command()
-@click.argument("url", required=False)
-@click.option("--chunk-size", default=None, help="Bytes per chunk, e.g. 64MiB.")
-@click.pass_context
-def init(ctx: click.Context, url: str | None, chunk_size: str | None) -> None:
-    """Create a new store at URL (default: ./.ckpt)."""
-    store = ckpt.init(url or ctx.obj.get("store"), chunk_size=chunk_size)
-    click.echo(f"initialised an empty ckpt store at {store.url} (chunk size {store.chunk_size} bytes)")
+@dataclass
+class CliState:
+    """What the global options decided, shared by every command through ``ctx.obj``.
 
+    Attributes:
+        store_url: ``--store`` or ``$CKPT_STORE``, if given.
+        store_options: fsspec storage options from ``--store-option``.
+        debug: show tracebacks instead of one-line errors.
+        quiet: no progress bars.
+    """
 
-@cli.command()
-@click.argument("rev", default="main")
-@click.option("-n", "limit", type=int, default=None, help="Show at most N snapshots.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.pass_context
-def log(ctx: click.Context, rev: str, limit: int | None, as_json: bool) -> None:
-    """History of REV (default: main), newest first."""
-    snaps = _store(ctx).log(rev, limit=limit)
-    if as_json:
-        click.echo(json.dumps([_snap_json(s) for s in snaps], indent=2))
-        return
-    for s in snaps:
-        metrics = " ".join(f"{k}={v:.4g}" for k, v in s.metrics.items())
-        bits = [
-            s.short_id,
-            s.relation,
-            s.model or "",
-            f"step {s.step}" if s.step is not None else "",
-            metrics,
-            s.message or "",
-            "(pruned)" if s.pruned else "",
-        ]
-        click.echo("  ".join(b for b in bits if b))
+    store_url: str | None = None
+    store_options: dict[str, Any] = field(default_factory=dict)
+    debug: bool = False
+    quiet: bool = False
 
+    def location(self) -> str:
+        """The store URL to use: ``--store``, ``$CKPT_STORE``, else the nearest ``.ckpt`` walking up.
 
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.pass_context
-def ls(ctx: click.Context, as_json: bool) -> None:
-    """Branches and tags."""
-    store = _store(ctx)
-    branches, tags = store.branches(), store.tags()
-    if as_json:
-        click.echo(
-            json.dumps(
-                {"branches": branches, "tags": {n: t.model_dump(mode="json") for n, t in tags.items()}},
-                indent=2,
+        Raises:
+            StoreNotFoundError: none of these gives a store.
+        """
+        if self.store_url:
+            return self.store_url
+        found = find_store()
+        if found is None:
+            raise StoreNotFoundError(
+                f"no ckpt store in {Path.cwd()} or any folder above it; create one with `ckpt init` "
+                "(or pass --store URL, or set CKPT_STORE)",
+                hint="",
             )
-        )
-        return
-    for name, sid in branches.items():
-        click.echo(f"branch  {name}  {sid[:12]}")
-    for name, tag in tags.items():
-        click.echo(f"tag     {name}  {tag.id[:12]}{'  (frozen)' if tag.frozen else ''}")
+        return str(found)
+
+    def store(self) -> ckpt.Store:
+        """Open the selected store."""
+        return ckpt.open(self.location(), **self.store_options)
 
 
-@cli.command()
-@click.argument("rev", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+class CkptGroup(click.Group):
+    """A click group that turns a ``CkptError`` into ``error: …`` (+ ``hint: …``) and its exit code.
+
+    Any other ``OSError`` (permission denied, disk full …) prints ``error: …`` and exits 1 too. Usage errors
+    keep click's handling (exit code 2). ``--debug`` or ``CKPT_DEBUG=1`` re-raise instead, so the
+    traceback shows. Ctrl-C prints one line and exits 130; the store stays consistent because every write
+    follows the commit protocol (nothing half-written is ever visible).
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Commands in the order they were added (the order of a session: init, log, show … sync)."""
+        return list(self.commands)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command, mapping errors to messages and exit codes."""
+        try:
+            return super().invoke(ctx)
+        except CkptError as e:
+            state = ctx.obj if isinstance(ctx.obj, CliState) else None
+            if settings.debug() or (state is not None and state.debug):
+                raise
+            click.echo(f"error: {e}", err=True)
+            if e.hint:
+                click.echo(f"hint: {e.hint}", err=True)
+            ctx.exit(e.exit_code)
+        except OSError as e:  # the local filesystem refused (permission denied, disk full …): not a bug of ours
+            state = ctx.obj if isinstance(ctx.obj, CliState) else None
+            if isinstance(e, BrokenPipeError) or settings.debug() or (state is not None and state.debug):
+                raise
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            state = ctx.obj if isinstance(ctx.obj, CliState) else None
+            if state is not None and state.debug:
+                traceback.print_exc()
+            click.echo(
+                "\ninterrupted: the store is consistent (a save becomes visible only once it is complete); "
+                "rerun the command to finish",
+                err=True,
+            )
+            ctx.exit(130)
+
+
+@click.group(cls=CkptGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--store",
+    "store_url",
+    envvar="CKPT_STORE",
+    metavar="URL",
+    help="The store: a path or fsspec URL (default: $CKPT_STORE, else the nearest .ckpt walking up).",
+)
+@click.option(
+    "--store-option",
+    "store_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An fsspec storage option for the store, e.g. endpoint_url=http://127.0.0.1:9000 (repeatable).",
+)
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.version_option(ckpt.__version__, "-V", "--version", prog_name="ckpt")
 @click.pass_context
-def verify(ctx: click.Context, rev: str | None, as_json: bool) -> None:
-    """Check every object against its digest."""
-    report = _store(ctx).verify(rev)
-    if as_json:
-        click.echo(json.dumps(report.model_dump(mode="json"), indent=2))
-    else:
-        click.echo(f"{report.snapshots} snapshots, {report.chunks} chunks, {report.bytes} bytes checked")
-        for d in report.damage:
-            click.echo(f"{d.kind} {d.object} {d.digest[:12]}: {d.message}")
-    if not report.ok:
-        ctx.exit(1)
+def cli(ctx: click.Context, store_url: str | None, store_options: tuple[str, ...], debug: bool, quiet: bool) -> None:
+    """ckpt: Git for machine-learning checkpoints.
+
+    Snapshots of model state, stored as content-addressed chunks, with branches, tags and frozen releases,
+    on a local folder or any fsspec storage (s3://, gs://, az://, memory://).
+    """
+    ctx.obj = CliState(
+        store_url=store_url or None,
+        store_options=parse_options(store_options, flag="--store-option"),
+        debug=debug,
+        quiet=quiet,
+    )
 
 
-@cli.command()
-@click.option("--dry-run", is_flag=True, help="Only report what would be deleted.")
-@click.option("--grace", default="1h", help="Keep objects younger than this (e.g. 1h, 30m, 0).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.pass_context
-def gc(ctx: click.Context, dry_run: bool, grace: str, as_json: bool) -> None:
-    """Delete what no live snapshot needs."""
-    report = _store(ctx).gc(grace=_duration(grace), dry_run=dry_run)
-    if as_json:
-        click.echo(json.dumps(report.model_dump(mode="json"), indent=2))
-    else:
-        verb = "would free" if dry_run else "freed"
-        click.echo(f"{verb} {report.freed_bytes} bytes: {report.chunks} chunks, {report.snapshots} snapshots")
+def _register() -> None:
+    from ckpt.cli.commands import COMMANDS
+
+    for command in COMMANDS:
+        cli.add_command(command)
 
 
-def _duration(text: str) -> timedelta:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    text = text.strip()
-    if text.isdigit():
-        return timedelta(seconds=int(text))
-    if text[:-1].replace(".", "", 1).isdigit() and text[-1] in units:
-        return timedelta(seconds=float(text[:-1]) * units[text[-1]])
-    raise click.BadParameter(f"not a duration: {text!r} (examples: 0, 90s, 30m, 1h, 7d)")
+_register()

@@ -165,28 +165,25 @@ class FsspecBackend:
         try:
             if self.protocol == "memory":
                 with _MEMORY_LOCK:
-                    current = self._read_or_none(full)
-                    if current != expected:
-                        return CasResult(False, current)
-                    if new is None:
-                        self.fs.rm_file(full)
-                    else:
-                        self.fs.pipe_file(full, new)
-                    return CasResult(True, None)
+                    return self._plain_cas(full, expected, new)
             if self.protocol in _S3:
                 return self._s3_cas(full, expected, new)
-            current = self._read_or_none(full)
-            if current != expected:
-                return CasResult(False, current)
-            if new is None:
-                self.fs.rm_file(full)
-            else:
-                self.fs.pipe_file(full, new)
-            return CasResult(True, None)
+            return self._plain_cas(full, expected, new)
         except BackendError:
             raise
         except Exception as e:
             raise self._fail("update", path, e) from e
+
+    def _plain_cas(self, full: str, expected: bytes | None, new: bytes | None) -> CasResult:
+        """Read, compare, write: atomic only under a lock the caller holds (memory), best-effort elsewhere."""
+        current = self._read_or_none(full)
+        if current != expected:
+            return CasResult(False, current)
+        if new is None:
+            self.fs.rm_file(full)
+        else:
+            self.fs.pipe_file(full, new)
+        return CasResult(True, None)
 
     def _s3_cas(self, full: str, expected: bytes | None, new: bytes | None, attempts: int = 3) -> CasResult:
         """CAS with conditional requests: ``If-None-Match: *`` to create, ``If-Match: <etag>`` to replace or delete.

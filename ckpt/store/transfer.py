@@ -116,17 +116,23 @@ def write_files(
     return out
 
 
+def _torch_glue() -> Any:
+    """``ckpt.state.torch``, or a clear error when torch is not installed."""
+    try:
+        import ckpt.state.torch as glue
+    except ImportError as e:
+        raise StateError(
+            "loading torch tensors needs torch, which is not installed",
+            hint="pip install torch, or read them as numpy arrays: store.load(rev, framework='numpy')",
+        ) from e
+    return glue
+
+
 def allocate(entry: TensorEntry, framework: str) -> tuple[Any, memoryview]:
     """A new, uninitialised tensor (``torch``) or array (``numpy``) for an entry, and its byte view."""
     if framework == "torch":
-        try:
-            from ckpt.state.torch import empty_torch
-        except ImportError as e:
-            raise StateError(
-                "loading torch tensors needs torch, which is not installed",
-                hint="pip install torch, or read them as numpy arrays: store.load(rev, framework='numpy')",
-            ) from e
-        return empty_torch(entry.dtype, entry.shape)
+        tensor, view = _torch_glue().empty_torch(entry.dtype, entry.shape)
+        return tensor, view
     from ckpt.state.numpy import empty_numpy
 
     return empty_numpy(entry.dtype, entry.shape)
@@ -202,14 +208,7 @@ def read_tensors(
 def from_buffer(buffer: Any, offset: int, entry: TensorEntry, framework: str) -> Any:
     """A tensor (``torch``) or array (``numpy``) viewing ``entry.nbytes`` bytes of ``buffer`` at ``offset``."""
     if framework == "torch":
-        try:
-            from ckpt.state.torch import tensor_from_buffer
-        except ImportError as e:
-            raise StateError(
-                "loading torch tensors needs torch, which is not installed",
-                hint="pip install torch, or read them as numpy arrays: store.load(rev, framework='numpy')",
-            ) from e
-        return tensor_from_buffer(buffer, offset, entry.dtype, entry.shape)
+        return _torch_glue().tensor_from_buffer(buffer, offset, entry.dtype, entry.shape)
     from ckpt.state.numpy import array_from_buffer
 
     return array_from_buffer(buffer, offset, entry.dtype, entry.shape)

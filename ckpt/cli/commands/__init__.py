@@ -1,0 +1,29 @@
+"""The ``ckpt`` commands, one module per family; ``COMMANDS`` lists them in the order ``--help`` shows."""
+
+from __future__ import annotations
+
+import click
+
+from ckpt.cli.commands.history import diff, log, show
+from ckpt.cli.commands.maintenance import gc, init, verify
+from ckpt.cli.commands.refs import branch, freeze, ls, prune, tag
+from ckpt.cli.commands.transfer import import_, restore, sync
+
+__all__ = ["COMMANDS"]
+
+COMMANDS: list[click.Command] = [
+    init,
+    log,
+    show,
+    ls,
+    branch,
+    tag,
+    freeze,
+    prune,
+    restore,
+    import_,
+    diff,
+    verify,
+    gc,
+    sync,
+]

@@ -1,0 +1,94 @@
+"""Options and helpers shared by the commands."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import click
+
+__all__ = ["json_option", "parse_duration", "parse_options", "parse_size_option"]
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def json_option(f: F) -> F:
+    """``--json``: print JSON instead of text (schemas in docs/guides/command-line.md)."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON (schema in the command-line guide).")(f)
+
+
+def parse_duration(text: str, *, flag: str) -> timedelta:
+    """``0``, ``90s``, ``30m``, ``1h``, ``7d`` (or ``1.5h``) as a ``timedelta``.
+
+    Raises:
+        click.BadParameter: not a duration (a usage error, exit code 2).
+
+    Example:
+        >>> parse_duration("1h", flag="--grace")
+        datetime.timedelta(seconds=3600)
+    """
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+    raw = text.strip().lower()
+    try:
+        if raw.isdigit():
+            return timedelta(seconds=int(raw))
+        if raw and raw[-1] in units:
+            value = float(raw[:-1])
+            if value >= 0:
+                return timedelta(seconds=value * units[raw[-1]])
+    except ValueError:
+        pass
+    raise click.BadParameter(f"not a duration: {text!r} (examples: 0, 90s, 30m, 1h, 7d)", param_hint=flag)
+
+
+def parse_size_option(text: str | None, *, flag: str) -> int | None:
+    """A byte size such as ``64MiB`` or ``5GB``, or ``None``.
+
+    Raises:
+        click.BadParameter: not a size, or not positive (a usage error, exit code 2).
+    """
+    if text is None:
+        return None
+    from ckpt.settings import parse_size
+
+    try:
+        size = parse_size(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=flag) from None
+    if size <= 0:
+        raise click.BadParameter(f"must be positive, got {text!r}", param_hint=flag)
+    return size
+
+
+def _option_value(text: str) -> Any:
+    if text in ("true", "false"):
+        return text == "true"
+    if text.startswith(("{", "[")):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            pass
+    return text
+
+
+def parse_options(pairs: Sequence[str], *, flag: str) -> dict[str, Any]:
+    """Storage options from repeated ``KEY=VALUE`` flags.
+
+    ``true``/``false`` become booleans and a JSON object or list is parsed; anything else stays a string.
+
+    Raises:
+        click.BadParameter: a pair has no ``=``.
+
+    Example:
+        >>> parse_options(["endpoint_url=http://127.0.0.1:9000", "anon=false"], flag="--store-option")
+        {'endpoint_url': 'http://127.0.0.1:9000', 'anon': False}
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=flag)
+        out[key.strip()] = _option_value(value)
+    return out

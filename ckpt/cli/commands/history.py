@@ -1,0 +1,349 @@
+"""Reading history: ``log``, ``show`` and ``diff``."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import click
+from rich.text import Text
+
+from ckpt.cli.commands._common import json_option
+from ckpt.cli.graph import graph_rows, topological
+from ckpt.cli.output import (
+    RefIndex,
+    age,
+    console,
+    emit_json,
+    human_bytes,
+    metrics_text,
+    ref_text,
+    snapshot_json,
+    snapshot_line,
+    table,
+)
+from ckpt.diff import SnapshotDiff, group_of, tensor_order
+
+if TYPE_CHECKING:
+    from ckpt.cli.app import CliState
+    from ckpt.model import Snapshot, TensorTable
+    from ckpt.store import Store
+
+__all__ = ["diff", "log", "show"]
+
+
+def _ancestry(store: Store, rev: str) -> list[Snapshot]:
+    """``rev`` and every snapshot it descends from through parents and adapter bases."""
+    start = store.resolve(rev)
+    seen = {start.id: start}
+    todo = deque([start])
+    while todo:
+        snap = todo.popleft()
+        for sid in (*snap.parents, *((snap.base,) if snap.base else ())):
+            if sid not in seen:
+                seen[sid] = store.get(sid)
+                todo.append(seen[sid])
+    return list(seen.values())
+
+
+@click.command()
+@click.argument("rev", required=False)
+@click.option("-n", "--max-count", "limit", type=click.IntRange(min=0), metavar="N", help="Show at most N snapshots.")
+@click.option("--graph", is_flag=True, help="Draw the family tree: parents, branches splitting off, adapter bases.")
+@click.option("--all", "all_", is_flag=True, help="Every snapshot in the store, not only REV's history.")
+@json_option
+@click.pass_obj
+def log(state: CliState, rev: str | None, limit: int | None, graph: bool, all_: bool, as_json: bool) -> None:
+    """History of REV (default: main), newest first, one line a snapshot.
+
+    Each line shows the short id, the refs pointing at it (frozen releases marked), the relation to its parent,
+    the model, step/epoch, key metrics, the message and the age. Without --graph, history follows first parents;
+    --graph follows every parent and adapter base; --graph --all draws the whole family of models.
+
+    \b
+    Examples:
+      ckpt log
+      ckpt log exp/lr-3e-4 -n 5
+      ckpt log --graph --all
+      ckpt log main~3 --json
+    """
+    if rev is not None and all_:
+        raise click.UsageError("give REV or --all, not both")
+    store = state.store()
+    refs = RefIndex(store.branches(), store.tags())
+    if rev is None and not all_ and "main" not in refs.branches and not refs.ids():
+        if as_json:
+            emit_json([])
+        else:
+            click.echo(
+                "no branch or tag yet: save or `ckpt import` a snapshot (`ckpt log --all` lists every record)", err=True
+            )
+        return
+    if all_:
+        snaps = store.snapshots()
+        if graph:
+            snaps = topological(snaps)
+    elif graph:
+        snaps = topological(_ancestry(store, rev or "main"))
+    else:
+        snaps = store.log(rev or "main", limit=limit)
+    if limit is not None:
+        snaps = snaps[:limit]
+    if as_json:
+        emit_json([snapshot_json(s, refs) for s in snaps])
+        return
+    out = console()
+    if not graph:
+        for s in snaps:
+            out.print(snapshot_line(s, refs))
+        return
+    for drawing, snap in graph_rows(snaps):
+        if snap is None:
+            out.print(drawing)
+            continue
+        line = Text.assemble(drawing, " ", snapshot_line(snap, refs))
+        extra = [p[:12] for p in snap.parents[1:]]
+        if extra:
+            line.append(f" merge of {snap.parents[0][:12]} + {', '.join(extra)}", style="dim")
+        if snap.base and snap.base not in snap.parents:
+            line.append(f" base {snap.base[:12]}", style="dim")
+        out.print(line)
+
+
+def _tensor_summary(table: TensorTable, *, listing: bool) -> dict[str, Any]:
+    by_dtype: dict[str, dict[str, int]] = {}
+    by_group: dict[str, dict[str, int]] = {}
+    for name, entry in table.tensors.items():
+        for key, bucket in ((entry.dtype, by_dtype), (group_of(name), by_group)):
+            slot = bucket.setdefault(key, {"count": 0, "bytes": 0})
+            slot["count"] += 1
+            slot["bytes"] += entry.nbytes
+    out: dict[str, Any] = {
+        "count": len(table.tensors),
+        "bytes": table.nbytes,
+        "by_dtype": dict(sorted(by_dtype.items(), key=lambda kv: -kv[1]["bytes"])),
+        "by_group": by_group,
+    }
+    if listing:
+        out["list"] = [
+            {"name": n, "dtype": e.dtype, "shape": list(e.shape), "bytes": e.nbytes}
+            for n, e in ((n, table.tensors[n]) for n in tensor_order(table))
+        ]
+    return out
+
+
+def _brief(snap: Snapshot) -> dict[str, Any]:
+    return {
+        "id": snap.id,
+        "short_id": snap.short_id,
+        "relation": snap.relation,
+        "model": snap.model,
+        "step": snap.step,
+        "pruned": snap.pruned,
+    }
+
+
+def _describe(snap: Snapshot) -> str:
+    bits = [snap.model or "no model name"]
+    if snap.step is not None:
+        bits.append(f"step {snap.step}")
+    if snap.pruned:
+        bits.append("pruned")
+    return f"{snap.short_id} ({', '.join(bits)})"
+
+
+def _lineage(store: Store, snap: Snapshot) -> tuple[list[Snapshot], int]:
+    """The model family along first parents, root first (where each line starts), and the chain's length."""
+    chain = store.lineage(snap.id)
+    family = [s for s in reversed(chain) if s.relation != "continue" or not s.parents]
+    if family[-1].id != snap.id:
+        family.append(snap)
+    return family, len(chain)
+
+
+@click.command()
+@click.argument("rev", default="main")
+@click.option("--tensors", "list_tensors", is_flag=True, help="List every tensor: name, dtype, shape, bytes.")
+@json_option
+@click.pass_obj
+def show(state: CliState, rev: str, list_tensors: bool, as_json: bool) -> None:
+    """One snapshot in full: record, lineage, files, tensors by dtype and by group.
+
+    \b
+    Examples:
+      ckpt show main
+      ckpt show tiny-llama-2026-11-28 --tensors
+      ckpt show 5f0c6a1d --json
+    """
+    store = state.store()
+    snap = store.resolve(rev)
+    refs = RefIndex(store.branches(), store.tags())
+    tensor_table = store.table(snap.id)
+    parents = [store.get(p) for p in snap.parents]
+    base = store.get(snap.base) if snap.base else None
+    family, depth = _lineage(store, snap)
+    summary = _tensor_summary(tensor_table, listing=list_tensors)
+    files: list[dict[str, Any]] = [
+        {"path": p, "size": f.size} for p, f in tensor_table.files.items() if not p.startswith(".ckpt/")
+    ]
+    if as_json:
+        emit_json(
+            {
+                "snapshot": snapshot_json(snap, refs),
+                "parents": [_brief(p) for p in parents],
+                "base": _brief(base) if base else None,
+                "lineage": [_brief(s) for s in family],
+                "history_length": depth,
+                "files": files,
+                "tensors": summary,
+            }
+        )
+        return
+
+    out = console()
+    head = Text.assemble(("snapshot ", "bold"), (snap.id, "yellow"))
+    r = ref_text(refs.refs(snap.id))
+    if r:
+        head.append(" ")
+        head.append_text(r)
+    if snap.pruned:
+        head.append(" [pruned: tensors released, record kept]", style="bold red")
+    out.print(head)
+    fields: list[tuple[str, str | Text]] = []
+
+    def row(key: str, value: str | Text | None) -> None:
+        if value is not None and str(value) != "":
+            fields.append((key, value))
+
+    row("relation", snap.relation)
+    row("model", snap.model)
+    row("step", None if snap.step is None else str(snap.step))
+    row("epoch", None if snap.epoch is None else str(snap.epoch))
+    row("metrics", metrics_text(snap.metrics, limit=None))
+    row("message", snap.message)
+    row("created", f"{snap.created_at} ({age(snap.created_at)})")
+    row("parents", ", ".join(_describe(p) for p in parents) or "none (a root)")
+    if base:
+        row("base", _describe(base))
+    lineage = Text()
+    for i, s in enumerate(family):
+        if i:
+            lineage.append(f" ─{s.relation}→ ", style="magenta")
+        lineage.append(f"{s.model or '?'} {s.short_id}", style="bold" if s.id == snap.id else "")
+    row("lineage", lineage)
+    row("history", f"{depth} snapshot{'s' if depth != 1 else ''} from the root to here along first parents")
+    row("metadata", ", ".join(f"{k}" for k in snap.metadata) if snap.metadata else None)
+    row("ckpt version", snap.ckpt_version)
+    row("tensors", f"{summary['count']} ({human_bytes(summary['bytes'])})")
+    width = max(len(k) for k, _ in fields) + 2
+    for key, value in fields:
+        out.print(Text.assemble((key.ljust(width), "bold"), value))
+
+    if files:
+        ft = table("files")
+        ft.add_column("path")
+        ft.add_column("size", justify="right")
+        for f in files:
+            ft.add_row(f["path"], human_bytes(f["size"]))
+        out.print(ft)
+    for title, key, label in (("by dtype", "by_dtype", "dtype"), ("by group", "by_group", "group")):
+        if summary[key]:
+            t = table(f"tensors {title}")
+            t.add_column(label)
+            t.add_column("tensors", justify="right")
+            t.add_column("bytes", justify="right")
+            for k, v in summary[key].items():
+                t.add_row(k, str(v["count"]), human_bytes(v["bytes"]))
+            out.print(t)
+    if list_tensors:
+        t = table("tensors")
+        t.add_column("name", overflow="fold")
+        t.add_column("dtype")
+        t.add_column("shape")
+        t.add_column("bytes", justify="right")
+        for item in summary["list"]:
+            t.add_row(item["name"], item["dtype"], str(tuple(item["shape"])), human_bytes(item["bytes"]))
+        out.print(t)
+
+
+def _change(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3e}" if 0 < value < 1e-3 else f"{value:.4f}"
+
+
+def _print_diff(d: SnapshotDiff, a: str, b: str) -> None:
+    out = console()
+    out.print(Text.assemble(("diff ", "bold"), (d.a[:12], "yellow"), f" ({a}) → ", (d.b[:12], "yellow"), f" ({b})"))
+    out.print(
+        f"tensors: {d.added} added, {d.removed} removed, {d.changed} changed, {d.unchanged} unchanged; "
+        f"B adds {human_bytes(d.added_bytes)} ({d.added_chunks} chunks) to a store holding A"
+    )
+    if d.state_changed:
+        out.print("the state tree differs (structure or non-tensor values)")
+    touched = [layer for layer in d.layers if layer.added or layer.removed or layer.changed]
+    if touched:
+        t = table("by layer")
+        for col in ("layer", "added", "removed", "changed", "unchanged", "max ‖B−A‖/‖A‖"):
+            t.add_column(col, justify="left" if col == "layer" else "right")
+        for layer in touched:
+            t.add_row(
+                layer.layer,
+                str(layer.added),
+                str(layer.removed),
+                str(layer.changed),
+                str(layer.unchanged),
+                _change(layer.max_relative_change),
+            )
+        out.print(t)
+    differing = [x for x in d.tensors if x.status != "unchanged"]
+    if differing:
+        t = table("tensors")
+        for col in ("", "tensor", "dtype", "shape", "‖B−A‖/‖A‖"):
+            t.add_column(col, justify="right" if col.startswith("‖") else "left", overflow="fold")
+        marks = {"added": ("+", "green"), "removed": ("-", "red"), "changed": ("~", "yellow")}
+        for x in differing:
+            mark, style = marks[x.status]
+            dtype = x.dtype_b or x.dtype_a or ""
+            if x.dtype_changed:
+                dtype = f"{x.dtype_a} → {x.dtype_b}"
+            shape_a = None if x.shape_a is None else str(tuple(x.shape_a))
+            shape_b = None if x.shape_b is None else str(tuple(x.shape_b))
+            shape = f"{shape_a} → {shape_b}" if x.shape_changed else (shape_b or shape_a or "")
+            change = _change(x.relative_change) if x.relative_change is not None else (x.note or "")
+            if x.status != "changed":
+                change = ""
+            t.add_row(Text(mark, style=style), x.name, dtype, shape, change)
+        out.print(t)
+    else:
+        out.print("no tensor differs")
+    for f in d.files:
+        sizes = " → ".join(human_bytes(s) for s in (f.size_a, f.size_b) if s is not None)
+        out.print(f"file {f.status}: {f.path} ({sizes})")
+
+
+@click.command()
+@click.argument("a")
+@click.argument("b")
+@click.option("--no-norms", is_flag=True, help="Compare tables only; do not read tensors for ‖B−A‖/‖A‖.")
+@json_option
+@click.pass_obj
+def diff(state: CliState, a: str, b: str, no_norms: bool, as_json: bool) -> None:
+    """Tensor-level difference from A to B.
+
+    Lists added, removed and changed tensors (dtype and shape changes), the relative change ‖B−A‖/‖A‖ of
+    changed floating-point tensors, counts by layer, changed attached files, and how many bytes B adds to a
+    store that holds A. Needs no torch: bf16 is decoded with numpy; fp8 norms are skipped (and say so).
+
+    \b
+    Examples:
+      ckpt diff main~1 main
+      ckpt diff tiny-llama-2026-11-28 instruct --json
+    """
+    from ckpt.diff import diff as diff_snapshots
+
+    result = diff_snapshots(state.store(), a, b, norms=not no_norms)
+    if as_json:
+        emit_json(result.model_dump(mode="json"))
+        return
+    _print_diff(result, a, b)

@@ -1,0 +1,125 @@
+"""The store itself: ``init``, ``verify`` and ``gc``."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import click
+from rich.console import Console
+from rich.text import Text
+
+import ckpt
+from ckpt.cli.commands._common import json_option, parse_duration, parse_size_option
+from ckpt.cli.output import console, emit_json, human_bytes, progress_bar, progress_enabled
+
+if TYPE_CHECKING:
+    from ckpt.cli.app import CliState
+
+__all__ = ["gc", "init", "verify"]
+
+
+@click.command()
+@click.argument("url", required=False)
+@click.option("--chunk-size", metavar="SIZE", help="Bytes per chunk, e.g. 64MiB (default: $CKPT_CHUNK_SIZE or 64MiB).")
+@json_option
+@click.pass_obj
+def init(state: CliState, url: str | None, chunk_size: str | None, as_json: bool) -> None:
+    """Create an empty store at URL (default: --store, $CKPT_STORE, else ./.ckpt).
+
+    \b
+    Examples:
+      ckpt init
+      ckpt init s3://bucket/models --chunk-size 128MiB
+    """
+    size = parse_size_option(chunk_size, flag="--chunk-size")
+    store = ckpt.init(url or state.store_url or None, chunk_size=size, **state.store_options)
+    if as_json:
+        emit_json({"url": store.url, "chunk_size": store.chunk_size, "format_version": store.config.format_version})
+    else:
+        click.echo(f"initialised an empty ckpt store at {store.url} (chunks of {human_bytes(store.chunk_size)})")
+
+
+@click.command()
+@click.argument("rev", required=False)
+@click.option("--all", "all_", is_flag=True, help="Check every reachable snapshot (the default without REV).")
+@json_option
+@click.pass_obj
+def verify(state: CliState, rev: str | None, all_: bool, as_json: bool) -> None:
+    """Read objects back and check each against its digest; report all damage, exit 1 if any.
+
+    With REV, checks that snapshot (record, table and every chunk); with --all or without REV, every snapshot
+    reachable from a branch, a tag or the reflog, and the refs themselves.
+
+    \b
+    Examples:
+      ckpt verify
+      ckpt verify tiny-llama-2026-11-28 --json
+    """
+    if rev is not None and all_:
+        raise click.UsageError("give REV or --all, not both")
+    store = state.store()
+    with progress_bar("verify", quiet=state.quiet) as progress:
+        report = store.verify(rev, progress=progress)
+    if as_json:
+        emit_json({"ok": report.ok, **report.model_dump(mode="json")})
+    else:
+        out = console()
+        for d in report.damage:
+            where = f" (tensors: {', '.join(d.tensors[:3])}{' …' if len(d.tensors) > 3 else ''})" if d.tensors else ""
+            out.print(Text.assemble((d.kind, "bold red"), f" {d.object} {d.digest[:16]}{where}: {d.message}"))
+        verdict = "ok" if report.ok else f"{len(report.damage)} problem{'s' if len(report.damage) != 1 else ''}"
+        click.echo(
+            f"{report.snapshots} snapshots, {report.chunks} chunks, {human_bytes(report.bytes)} checked: {verdict}"
+        )
+    if not report.ok:
+        if not as_json:
+            click.echo("hint: copy the damaged objects back from another store with `ckpt sync`", err=True)
+        click.get_current_context().exit(1)
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Only report what would be deleted.")
+@click.option(
+    "--grace",
+    default="1h",
+    show_default=True,
+    metavar="DURATION",
+    help="Keep objects younger than this (0, 90s, 30m, 1h, 7d): protects saves running right now.",
+)
+@click.option(
+    "--expire-reflog",
+    default="30d",
+    show_default=True,
+    metavar="DURATION|never",
+    help="Reflog entries older than this no longer keep snapshots alive.",
+)
+@json_option
+@click.pass_obj
+def gc(state: CliState, dry_run: bool, grace: str, expire_reflog: str, as_json: bool) -> None:
+    """Delete what no live snapshot needs: unreachable records, chunks of pruned snapshots, crash leftovers.
+
+    \b
+    Examples:
+      ckpt gc --dry-run
+      ckpt gc --grace 0
+    """
+    grace_td = parse_duration(grace, flag="--grace")
+    expire = None if expire_reflog.strip().lower() == "never" else parse_duration(expire_reflog, flag="--expire-reflog")
+    store = state.store()
+    if progress_enabled() and not state.quiet and not as_json:
+        with Console(file=sys.stderr, force_terminal=True).status(
+            "planning garbage collection…" if dry_run else "collecting garbage…"
+        ):
+            report = store.gc(grace=grace_td, dry_run=dry_run, expire_reflog=expire)
+    else:
+        report = store.gc(grace=grace_td, dry_run=dry_run, expire_reflog=expire)
+    if as_json:
+        emit_json(report.model_dump(mode="json"))
+        return
+    verb = "would free" if dry_run else "freed"
+    click.echo(
+        f"{verb} {human_bytes(report.freed_bytes)}: {report.chunks} chunks, {report.tables} tables, "
+        f"{report.snapshots} snapshot records, {report.other} leftovers; "
+        f"kept {report.kept_chunks} chunks ({human_bytes(report.kept_bytes)})"
+    )

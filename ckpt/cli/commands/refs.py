@@ -1,0 +1,198 @@
+"""Refs: ``ls``, ``branch``, ``tag``, ``freeze`` and ``prune``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+from rich.text import Text
+
+from ckpt.cli.commands._common import json_option
+from ckpt.cli.output import RefIndex, age, console, emit_json, snapshot_json, table
+from ckpt.errors import CkptError
+
+if TYPE_CHECKING:
+    from ckpt.cli.app import CliState
+    from ckpt.store import Store
+
+__all__ = ["branch", "freeze", "ls", "prune", "tag"]
+
+
+def _ref_table(store: Store, *, branches: bool = True, tags: bool = True) -> None:
+    refs = RefIndex(store.branches() if branches else {}, store.tags() if tags else {})
+    t = table()
+    for col in ("", "name", "id", "model", "step", "age"):
+        t.add_column(col)
+    rows: list[tuple[Text, str, str]] = [(Text("branch", style="green"), n, sid) for n, sid in refs.branches.items()]
+    for name, tag in refs.tags.items():
+        kind = Text("frozen", style="bold cyan") if tag.frozen else Text("tag", style="yellow")
+        rows.append((kind, name, tag.id))
+    for kind, name, sid in rows:
+        try:
+            snap = store.get(sid)
+            info = (snap.model or "", "" if snap.step is None else str(snap.step), age(snap.created_at))
+        except CkptError:  # a ref to a missing snapshot: `ckpt verify` reports it
+            info = ("(missing snapshot)", "", "")
+        t.add_row(kind, name, Text(sid[:12], style="yellow"), *info)
+    if rows:
+        console().print(t)
+    else:
+        click.echo("no branches or tags yet", err=True)
+
+
+@click.command()
+@json_option
+@click.pass_obj
+def ls(state: CliState, as_json: bool) -> None:
+    """Branches and tags, with the snapshot each points at; frozen releases marked.
+
+    \b
+    Examples:
+      ckpt ls
+      ckpt ls --json
+    """
+    store = state.store()
+    if as_json:
+        emit_json(
+            {
+                "branches": store.branches(),
+                "tags": {n: t.model_dump(mode="json") for n, t in store.tags().items()},
+            }
+        )
+        return
+    _ref_table(store)
+
+
+@click.command()
+@click.argument("name", required=False)
+@click.option("--at", "at", metavar="REV", help="Where the new branch starts (default: main).")
+@click.option("-d", "--delete", is_flag=True, help="Delete the branch NAME (its snapshots stay until gc).")
+@json_option
+@click.pass_obj
+def branch(state: CliState, name: str | None, at: str | None, delete: bool, as_json: bool) -> None:
+    """Create a branch NAME at REV, delete one with -d, or list branches without NAME.
+
+    \b
+    Examples:
+      ckpt branch retry --at main~2
+      ckpt branch -d retry
+      ckpt branch
+    """
+    store = state.store()
+    if name is None:
+        if delete or at:
+            raise click.UsageError("-d and --at need a branch NAME")
+        if as_json:
+            emit_json(store.branches())
+        else:
+            _ref_table(store, tags=False)
+        return
+    if delete:
+        if at:
+            raise click.UsageError("-d and --at cannot be combined")
+        old = store.branches().get(name)
+        store.delete_branch(name)
+        if as_json:
+            emit_json({"deleted": name, "id": old})
+        else:
+            click.echo(f"deleted branch {name} (was {(old or '')[:12]}); its snapshots stay until `ckpt gc`")
+        return
+    snap = store.branch(name, at=at or "main")
+    if as_json:
+        emit_json(snapshot_json(snap, RefIndex(store.branches(), store.tags())))
+    else:
+        click.echo(f"created branch {name} at {snap.short_id}")
+
+
+@click.command()
+@click.argument("name", required=False)
+@click.argument("rev", required=False)
+@click.option("-m", "--message", help="A note kept with the tag.")
+@click.option("-d", "--delete", is_flag=True, help="Delete the tag NAME (frozen tags are never deleted).")
+@json_option
+@click.pass_obj
+def tag(state: CliState, name: str | None, rev: str | None, message: str | None, delete: bool, as_json: bool) -> None:
+    """Tag REV (default: main) as NAME; a tag never moves. Without NAME, list tags.
+
+    \b
+    Examples:
+      ckpt tag best-val main~4
+      ckpt tag -d best-val
+      ckpt tag
+    """
+    store = state.store()
+    if name is None:
+        if delete:
+            raise click.UsageError("-d needs a tag NAME")
+        if as_json:
+            emit_json({n: t.model_dump(mode="json") for n, t in store.tags().items()})
+        else:
+            _ref_table(store, branches=False)
+        return
+    if delete:
+        if rev:
+            raise click.UsageError("-d takes only the tag NAME")
+        old = store.tags().get(name)
+        store.delete_tag(name)
+        if as_json:
+            emit_json({"deleted": name, "id": old.id if old else None})
+        else:
+            click.echo(f"deleted tag {name} (was {old.id[:12] if old else '?'})")
+        return
+    snap = store.tag(name, rev or "main", message=message)
+    if as_json:
+        emit_json(snapshot_json(snap, RefIndex(store.branches(), store.tags())))
+    else:
+        click.echo(f"tagged {snap.short_id} as {name}")
+
+
+@click.command()
+@click.argument("rev", default="main")
+@click.option("--model", help="The model name for the release name <model>-<YYYY-MM-DD> (default: the snapshot's).")
+@click.option("--name", help="The full release name, instead of <model>-<date>.")
+@click.option("-m", "--message", help="A release note.")
+@json_option
+@click.pass_obj
+def freeze(state: CliState, rev: str, model: str | None, name: str | None, message: str | None, as_json: bool) -> None:
+    """Publish REV (default: main) as a frozen release: a tag that is never moved, deleted or pruned.
+
+    \b
+    Examples:
+      ckpt freeze main~4 --model tiny-llama      # -> tiny-llama-2026-11-28
+      ckpt freeze best --name tiny-llama-v1
+    """
+    store = state.store()
+    tag_name = store.freeze(rev, model=model, name=name, message=message)
+    tag_record = store.tags()[tag_name]
+    if as_json:
+        emit_json({"tag": tag_name, **tag_record.model_dump(mode="json")})
+    else:
+        click.echo(f"froze {tag_record.id[:12]} as {tag_name}")
+
+
+@click.command()
+@click.argument("revs", nargs=-1, required=True, metavar="REV...")
+@click.option("--reason", help="Why, kept in the pruned marker.")
+@json_option
+@click.pass_obj
+def prune(state: CliState, revs: tuple[str, ...], reason: str | None, as_json: bool) -> None:
+    """Release the tensors of snapshots; their records stay in the log, marked pruned.
+
+    Frozen, tagged and branch-head snapshots are refused. `ckpt gc` then frees the bytes. Every REV is
+    resolved before anything is pruned.
+
+    \b
+    Examples:
+      ckpt prune main~5 main~6
+      ckpt gc
+    """
+    store = state.store()
+    snaps = [store.resolve(r) for r in revs]
+    done = [store.prune(s.id, reason=reason) for s in snaps]
+    if as_json:
+        refs = RefIndex(store.branches(), store.tags())
+        emit_json([snapshot_json(s, refs) for s in done])
+        return
+    for s in done:
+        click.echo(f"pruned {s.short_id}")
+    click.echo("their records stay in the log; run `ckpt gc` to free the bytes", err=True)

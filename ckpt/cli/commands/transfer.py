@@ -1,0 +1,198 @@
+"""Moving weights in and out: ``restore``, ``import`` and ``sync``."""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+import ckpt
+from ckpt.cli.commands._common import json_option, parse_options, parse_size_option
+from ckpt.cli.output import RefIndex, console, emit_json, human_bytes, progress_bar, snapshot_json
+from ckpt.errors import StoreNotFoundError
+from ckpt.model import Relation
+
+if TYPE_CHECKING:
+    from ckpt.cli.app import CliState
+
+__all__ = ["import_", "restore", "sync"]
+
+_RELATIONS = list(typing.get_args(Relation))
+
+
+@click.command()
+@click.argument("rev")
+@click.option(
+    "--to",
+    "to",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="The folder to write (created if missing).",
+)
+@click.option("--shard-size", metavar="SIZE", help="Largest safetensors shard, e.g. 5GB (the default) or 500MB.")
+@click.option("--force", is_flag=True, help="Write into a non-empty folder, replacing files of the same names.")
+@json_option
+@click.pass_obj
+def restore(state: CliState, rev: str, to: Path, shard_size: str | None, force: bool, as_json: bool) -> None:
+    """Write snapshot REV as ordinary files in DIR: safetensors weights, attached files, state.json.
+
+    The weights go to model.safetensors, or to model-0000i-of-0000N.safetensors shards plus
+    model.safetensors.index.json, as Hugging Face writes them; an imported snapshot gives back its original
+    files byte for byte. safetensors.torch.load_file reads them with no ckpt installed. A non-empty DIR is
+    refused without --force.
+
+    \b
+    Examples:
+      ckpt restore tiny-llama-2026-11-28 --to out/tiny-llama
+      ckpt restore main~2 --to out/retry --shard-size 2GB --force
+    """
+    from ckpt.hf import export_folder
+
+    size = parse_size_option(shard_size, flag="--shard-size")
+    store = state.store()
+    snap = store.resolve(rev)
+    with progress_bar("restore", total=snap.tensor_bytes, quiet=state.quiet) as progress:
+        written = export_folder(store, snap.id, to, shard_size=size, force=force, progress=progress)
+    files: list[dict[str, Any]] = [{"path": str(p), "size": p.stat().st_size} for p in written]
+    if as_json:
+        emit_json({"snapshot": snap.id, "to": str(to), "files": files})
+        return
+    for f in files:
+        click.echo(f"wrote {f['path']} ({human_bytes(f['size'])})")
+    click.echo(f"restored {snap.short_id} to {to}: {len(files)} files")
+
+
+def _weight_bytes(path: Path) -> int | None:
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.glob("*.safetensors") if p.is_file())
+    return None
+
+
+@click.command("import")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--branch", "branch", default="main", show_default=True, help="The branch to advance.")
+@click.option("--model", help="The model's name (default: from config.json, else the folder's name).")
+@click.option(
+    "--parent", "parents", multiple=True, metavar="REV", help="A parent (repeatable; default: the branch head)."
+)
+@click.option("--relation", type=click.Choice(_RELATIONS), help="Relation to the first parent (finetune, adapter …).")
+@click.option("-m", "--message", help="A note, like a commit message (default: import <name>).")
+@json_option
+@click.pass_obj
+def import_(
+    state: CliState,
+    path: Path,
+    branch: str,
+    model: str | None,
+    parents: tuple[str, ...],
+    relation: str | None,
+    message: str | None,
+    as_json: bool,
+) -> None:
+    """Save a .safetensors file, or a folder of them, as a new snapshot on a branch.
+
+    A Hugging Face folder keeps its side files (config.json, tokenizer files, the shard index) as attached
+    files, and `ckpt restore` writes the files back byte for byte. Pickle-based files (.bin, .pt, .pth,
+    .ckpt, .pkl) are refused: loading them can run code.
+
+    \b
+    Examples:
+      ckpt import ./tiny-llama --model tiny-llama
+      ckpt import ./instruct --branch instruct --parent tiny-llama-2026-11-28 --relation finetune
+      ckpt import adapter_model.safetensors --branch lora --parent instruct --relation adapter
+    """
+    from ckpt.hf import import_folder
+
+    store = state.store()
+    with progress_bar("import", total=_weight_bytes(path), quiet=state.quiet) as progress:
+        snap = import_folder(
+            store,
+            path,
+            branch=branch,
+            model=model,
+            parents=list(parents) or None,
+            relation=typing.cast("Relation | None", relation),
+            message=message,
+            progress=progress,
+        )
+    if as_json:
+        emit_json(snapshot_json(snap, RefIndex(store.branches(), store.tags())))
+        return
+    click.echo(
+        f"imported {path} as {snap.short_id} on {branch}: {snap.tensor_count} tensors "
+        f"({human_bytes(snap.tensor_bytes)}), {snap.relation}, model {snap.model or '-'}"
+    )
+
+
+@click.command()
+@click.argument("src", metavar="SRC")
+@click.argument("dst", metavar="DST")
+@click.argument("revs", nargs=-1, metavar="[REV]...")
+@click.option("--all", "all_", is_flag=True, help="Every branch and tag of SRC.")
+@click.option("--src-option", multiple=True, metavar="KEY=VALUE", help="fsspec storage option for SRC (repeatable).")
+@click.option("--dst-option", multiple=True, metavar="KEY=VALUE", help="fsspec storage option for DST (repeatable).")
+@click.option("--init", "create", is_flag=True, help="Create DST (with SRC's chunk size) if it does not exist.")
+@json_option
+@click.pass_obj
+def sync(
+    state: CliState,
+    src: str,
+    dst: str,
+    revs: tuple[str, ...],
+    all_: bool,
+    src_option: tuple[str, ...],
+    dst_option: tuple[str, ...],
+    create: bool,
+    as_json: bool,
+) -> None:
+    """Copy snapshots with their history, tables, chunks and refs from store SRC to store DST.
+
+    Only chunks DST lacks are sent; an interrupted sync is safe to rerun. Branches only fast-forward: a branch
+    that diverged on DST is reported, not overwritten, and the exit status is 1. Frozen tags stay frozen.
+    S3 endpoints and credentials come from --src-option/--dst-option or the usual AWS_* variables
+    (AWS_ENDPOINT_URL included).
+
+    \b
+    Examples:
+      ckpt sync .ckpt s3://bucket/models --all --init
+      ckpt sync s3://bucket/models .ckpt tiny-llama-2026-11-28
+      ckpt sync .ckpt s3://bucket/models main --dst-option endpoint_url=http://127.0.0.1:9000
+    """
+    if bool(revs) == all_:
+        raise click.UsageError("give the revisions to copy, or --all (not both)")
+    src_store = ckpt.open(src, **parse_options(src_option, flag="--src-option"))
+    dst_options = parse_options(dst_option, flag="--dst-option")
+    try:
+        dst_store = ckpt.open(dst, **dst_options)
+    except StoreNotFoundError:
+        if not create:
+            raise StoreNotFoundError(
+                f"no ckpt store at {dst}", hint="pass --init to create it, or create it with `ckpt init URL`"
+            ) from None
+        dst_store = ckpt.init(dst, chunk_size=src_store.chunk_size, **dst_options)
+    with progress_bar("sync", quiet=state.quiet) as progress:
+        report = ckpt.sync(src_store, dst_store, list(revs) if revs else None, progress=progress)
+    if as_json:
+        emit_json({"src": src_store.url, "dst": dst_store.url, **report.model_dump(mode="json")})
+    else:
+        out = console()
+        out.print(
+            f"{report.snapshots} snapshots, {report.chunks} chunks ({human_bytes(report.bytes)}) copied; "
+            f"{report.chunks_skipped} chunks already there"
+        )
+        for ref in report.refs:
+            out.print(f"updated {ref}")
+        for conflict in report.conflicts:
+            click.echo(f"conflict: {conflict}", err=True)
+    if report.conflicts:
+        if not as_json:
+            click.echo(
+                f"error: {len(report.conflicts)} ref(s) left alone on {dst_store.url}; nothing was overwritten",
+                err=True,
+            )
+        click.get_current_context().exit(1)

@@ -1,0 +1,96 @@
+"""``init``, ``verify`` and ``gc`` from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import ckpt
+from ckpt.cli import cli
+
+from .conftest import Invoke, parse
+
+
+def test_init_at_url(invoke: Invoke, tmp_path: Path) -> None:
+    target = tmp_path / "models"
+    out = invoke("init", str(target), "--chunk-size", "1MiB", store=False).stdout
+    assert out.strip() == f"initialised an empty ckpt store at {target} (chunks of 1.0 MiB)"
+    assert ckpt.open(str(target)).chunk_size == 1 << 20
+
+
+def test_init_json_and_default_location(invoke: Invoke, store_path: Path) -> None:
+    data = parse(invoke("init", "--json", "--chunk-size", "8KiB"))  # --store given by the fixture
+    assert data == {"url": str(store_path), "chunk_size": 8192, "format_version": data["format_version"]}
+    assert "exists already" in invoke("init", code=1).stderr
+
+
+def test_init_defaults_to_dot_ckpt_here(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(cli, ["init"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / ".ckpt" / "ckpt.json").is_file()
+    assert ckpt.open(str(tmp_path / ".ckpt")).chunk_size == 64 << 20
+    monkeypatch.setenv("CKPT_CHUNK_SIZE", "4KiB")
+    result = runner.invoke(cli, ["init", str(tmp_path / "other")])
+    assert result.exit_code == 0 and ckpt.open(str(tmp_path / "other")).chunk_size == 4096
+
+
+def _corrupt_one_chunk(store_path: Path) -> Path:
+    chunk = next(p for p in sorted((store_path / "chunks").rglob("*")) if p.is_file())
+    data = bytearray(chunk.read_bytes())
+    data[-1] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    return chunk
+
+
+def test_verify_ok(invoke: Invoke, family: dict[str, ckpt.Snapshot]) -> None:
+    out = invoke("verify").stdout
+    assert out.strip().endswith("checked: ok")
+    data = parse(invoke("verify", "--all", "--json"))
+    assert data["ok"] is True and data["damage"] == [] and data["snapshots"] >= 7 and data["chunks"] > 0
+    assert set(data) == {"ok", "snapshots", "chunks", "bytes", "damage"}
+    one = parse(invoke("verify", "lora", "--json"))
+    assert one["snapshots"] == 1 and one["bytes"] == 512
+    invoke("verify", "main", "--all", code=2)
+
+
+def test_verify_reports_damage_and_exits_1(
+    invoke: Invoke, store: ckpt.Store, store_path: Path, family: dict[str, ckpt.Snapshot]
+) -> None:
+    chunk = _corrupt_one_chunk(store_path)
+    result = invoke("verify", code=1)
+    assert "corrupt chunk " + chunk.name[:16] in result.stdout
+    assert "1 problem" in result.stdout and "hint:" in result.stderr
+    data = parse(invoke("verify", "--json", code=1))
+    assert data["ok"] is False
+    (damage,) = data["damage"]
+    assert damage["kind"] == "corrupt" and damage["object"] == "chunk" and damage["digest"] == chunk.name
+    assert damage["snapshots"] and damage["tensors"]
+
+
+def test_gc(invoke: Invoke, store: ckpt.Store, family: dict[str, ckpt.Snapshot]) -> None:
+    out = invoke("gc", "--dry-run", "--grace", "0").stdout
+    assert out.startswith("would free ") and "kept" in out
+    dry = parse(invoke("gc", "--dry-run", "--grace", "0", "--json"))
+    assert dry["dry_run"] is True and dry["chunks"] > 0 and dry["freed_bytes"] > 0
+    assert set(dry) == {"dry_run", "snapshots", "tables", "chunks", "other", "freed_bytes", "kept_chunks", "kept_bytes"}
+    # young objects are spared by the default grace period
+    assert parse(invoke("gc", "--json"))["chunks"] == 0
+    done = parse(invoke("gc", "--grace", "0", "--expire-reflog", "never", "--json"))
+    assert done["dry_run"] is False and done["chunks"] == dry["chunks"] and done["freed_bytes"] == dry["freed_bytes"]
+    assert invoke("gc", "--grace", "0").stdout.startswith("freed 0 B")
+    assert parse(invoke("verify", "--json"))["ok"]
+    invoke("gc", "--expire-reflog", "sometime", code=2)
+
+
+def test_gc_reclaims_a_deleted_branch(invoke: Invoke, store: ckpt.Store) -> None:
+    store.save({"w": np.zeros(4096, np.float32)})
+    store.save({"w": np.arange(4096, dtype=np.float32)}, branch="tmp")
+    invoke("branch", "-d", "tmp")
+    kept = parse(invoke("gc", "--grace", "0", "--json"))
+    assert kept["snapshots"] == 0  # the reflog keeps it for 30 days
+    freed = parse(invoke("gc", "--grace", "0", "--expire-reflog", "0", "--json"))
+    assert freed["snapshots"] == 1 and freed["freed_bytes"] >= 4 * 4096

@@ -1,0 +1,130 @@
+"""``sync`` between stores: local ↔ local, and local ↔ S3 on a moto server."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import ckpt
+from ckpt.diff import diff
+
+from .conftest import Invoke, parse, weights
+
+
+def _opts(flag: str, opts: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for k, v in opts.items():
+        out += [flag, f"{k}={v}"]
+    return out
+
+
+def test_sync_local_to_local(
+    invoke: Invoke, store: ckpt.Store, family: dict[str, ckpt.Snapshot], tmp_path: Path
+) -> None:
+    dst = tmp_path / "copy"
+    data = parse(invoke("sync", str(store.url), str(dst), "--all", "--init", "--json", store=False))
+    assert data["src"] == store.url and data["dst"] == str(dst)
+    assert data["snapshots"] == len({s.id for s in family.values()})
+    assert data["chunks"] > 0 and data["bytes"] > 0 and data["conflicts"] == []
+    assert set(data) == {"src", "dst", "snapshots", "chunks", "bytes", "chunks_skipped", "refs", "conflicts"}
+    copy = ckpt.open(str(dst))
+    assert copy.chunk_size == store.chunk_size
+    assert copy.branches() == store.branches()
+    assert copy.tags() == store.tags()
+    assert copy.get(family["a"].id).pruned
+    assert copy.verify().ok
+    again = parse(invoke("sync", str(store.url), str(dst), "--all", "--json", store=False))
+    assert (again["snapshots"], again["chunks"], again["refs"]) == (0, 0, [])
+    out = invoke("sync", str(store.url), str(dst), "--all", store=False).stdout
+    assert out.startswith("0 snapshots, 0 chunks (0 B) copied")
+
+
+def test_sync_usage_and_missing_destination(invoke: Invoke, store: ckpt.Store, tmp_path: Path) -> None:
+    store.save({"w": [1]})
+    invoke("sync", store.url, str(tmp_path / "d"), store=False, code=2)
+    invoke("sync", store.url, str(tmp_path / "d"), "main", "--all", store=False, code=2)
+    result = invoke("sync", store.url, str(tmp_path / "d"), "main", store=False, code=1)
+    assert result.stderr.startswith("error: no ckpt store at") and "--init" in result.stderr
+    assert not (tmp_path / "d").exists()
+    invoke("sync", store.url, str(tmp_path / "d"), "main", "--src-option", "oops", store=False, code=2)
+
+
+def test_sync_selected_revs(
+    invoke: Invoke, store: ckpt.Store, family: dict[str, ckpt.Snapshot], tmp_path: Path
+) -> None:
+    dst = tmp_path / "copy"
+    data = parse(invoke("sync", store.url, str(dst), "lora", "best", "--init", "--json", store=False))
+    copy = ckpt.open(str(dst))
+    assert set(copy.branches()) == {"lora"} and set(copy.tags()) == {"best"}
+    # lora's history and its adapter base came along
+    assert {s.id for s in copy.snapshots()} >= {family[k].id for k in ("l", "i2", "i1", "c", "b", "a")}
+    assert data["refs"] == ["refs/heads/lora", "refs/tags/best"]
+
+
+@pytest.mark.s3
+def test_sync_local_s3_round_trip(
+    invoke: Invoke, store: ckpt.Store, family: dict[str, ckpt.Snapshot], s3_server: dict[str, Any], tmp_path: Path
+) -> None:
+    url = f"s3://ckpt-test/{uuid.uuid4().hex[:10]}"
+    dst_opts = _opts("--dst-option", s3_server)
+    first = parse(invoke("sync", store.url, url, "--all", "--init", *dst_opts, "--json", store=False))
+    assert first["snapshots"] == len({s.id for s in family.values()}) and first["chunks"] > 0
+    remote = ckpt.open(url, **s3_server)
+    release = next(n for n, t in store.tags().items() if t.frozen)
+    assert remote.tags()[release].frozen
+    assert remote.branches() == store.branches()
+    assert remote.verify().ok
+
+    # a new snapshot that shares most of its chunks: only the missing ones travel
+    sd = dict(store.load("main")["model"])
+    sd["layers.1.w"] = sd["layers.1.w"] + np.float32(1)
+    new = store.save({"model": sd, "step": 300}, step=300)
+    expected = diff(store, "main~1", "main", norms=False)
+    second = parse(invoke("sync", store.url, url, "--all", *dst_opts, "--json", store=False))
+    assert second["snapshots"] == 1
+    assert second["chunks"] == expected.added_chunks > 0
+    assert second["bytes"] == expected.added_bytes
+    assert second["chunks_skipped"] > 0
+    assert second["refs"] == ["refs/heads/main"]
+    assert remote.branches()["main"] == new.id
+
+    # the frozen release stays frozen on S3
+    result = invoke("--store", url, *_opts("--store-option", s3_server), "tag", "-d", release, code=1, store=False)
+    assert "frozen" in result.stderr
+    assert remote.tags()[release].frozen
+
+    # a branch that diverged on S3 is reported, not overwritten; exit status 1
+    theirs = remote.save({"model": weights(7)}, branch="retry", message="pushed by someone else")
+    store.save({"model": weights(8)}, branch="retry", message="mine")
+    result = invoke("sync", store.url, url, "retry", *dst_opts, store=False, code=1)
+    assert "conflict: branch 'retry'" in result.stderr and "left alone" in result.stderr
+    assert remote.branches()["retry"] == theirs.id
+    data = parse(invoke("sync", store.url, url, "retry", *dst_opts, "--json", store=False, code=1))
+    assert len(data["conflicts"]) == 1 and "retry" in data["conflicts"][0]
+
+    # back down from S3 into a fresh local store: one release, verified, still frozen
+    back = tmp_path / "back"
+    src_opts = _opts("--src-option", s3_server)
+    down = parse(invoke("sync", url, str(back), release, "--init", *src_opts, "--json", store=False))
+    assert down["refs"] == [f"refs/tags/{release}"]
+    local = ckpt.open(str(back))
+    assert local.tags()[release].frozen and local.verify().ok
+    assert local.resolve(release).id == family["c"].id
+    # the S3 store is readable through --store and --store-option too
+    log = parse(invoke("--store", url, *_opts("--store-option", s3_server), "log", "--json", store=False))
+    assert log[0]["id"] == new.id
+
+
+@pytest.mark.s3
+def test_aws_endpoint_url_is_honoured(invoke: Invoke, store: ckpt.Store, s3_server: dict[str, Any]) -> None:
+    store.save({"w": np.arange(10, dtype=np.float32)})
+    url = f"s3://ckpt-test/{uuid.uuid4().hex[:10]}"
+    env = {"AWS_ENDPOINT_URL": s3_server["endpoint_url"]}
+    fresh = ["--dst-option", "skip_instance_cache=true"]
+    data = parse(invoke("sync", store.url, url, "main", "--init", *fresh, "--json", env=env, store=False))
+    assert data["snapshots"] == 1
+    assert ckpt.open(url, **s3_server).branches() == store.branches()
