@@ -132,12 +132,30 @@ def restore_into(
     in_place: bool = False,
 ) -> Any:
     """Implementation of ``ckpt.restore``: load a snapshot and apply it to a module and optimizer."""
+    snap = store.resolve(rev)
+    if snap.relation == "adapter":  # a LoRA adapter restores into its base model, merged
+        state = store.load(snap.id, verify=verify, framework="torch", merge=True)
+    else:
+        into = None
+        if in_place:
+            into = {(f"{key}/{k}" if key is not None else k): v for k, v in module.state_dict().items()}
+        state = store.load(snap.id, verify=verify, framework="torch", into=into)
+    return apply_state(module, state, rev, optimizer=optimizer, strict=strict, key=key, optimizer_key=optimizer_key)
+
+
+def apply_state(
+    module: Any,
+    state: Any,
+    rev: str,
+    *,
+    optimizer: Any,
+    strict: bool,
+    key: str | None,
+    optimizer_key: str,
+) -> Any:
+    """Load a state tree into a module (``state[key]``) and optimizer (``state[optimizer_key]``)."""
     from ckpt.errors import StateMismatchError
 
-    into = None
-    if in_place:
-        into = {(f"{key}/{k}" if key is not None else k): v for k, v in module.state_dict().items()}
-    state = store.load(rev, verify=verify, framework="torch", into=into)
     if key is not None:
         if not isinstance(state, dict) or key not in state:
             keys = list(state) if isinstance(state, dict) else type(state).__name__

@@ -23,6 +23,7 @@ from ckpt.errors import (
 from ckpt.model import (
     FORMAT_VERSION,
     READABLE_MAJOR,
+    FileEntry,
     PrunedMarker,
     ReflogEntry,
     Relation,
@@ -52,6 +53,9 @@ from ckpt.store.verify import Damage, VerifyReport, verify_snapshots
 __all__ = ["Store", "init", "open"]
 
 Framework = Literal["torch", "numpy"]
+
+#: Relations whose snapshots keep their first parent's attached files unless given their own.
+_INHERITS_FILES = frozenset({"continue", "finetune", "quantized"})
 
 
 class Store:
@@ -127,7 +131,9 @@ class Store:
             metrics: named numbers (``{"val_loss": 0.41}``).
             message: a note, like a commit message.
             metadata: your own JSON metadata.
-            files: attached files, relative path → bytes (``config.json``, tokenizer files …).
+            files: attached files, relative path → bytes (``config.json``, tokenizer files …). ``None`` (the
+                default) keeps the first parent's files for the relations ``continue``, ``finetune`` and
+                ``quantized`` (nothing is copied: they are the same chunks); ``{}`` attaches none.
             base: for an adapter, the revision of the snapshot it modifies.
             progress: called with byte counts as chunks are written.
 
@@ -150,6 +156,8 @@ class Store:
         parent_ids = [self.resolve(p).id for p in parents] if parents is not None else ([head] if head else [])
         base_id = self.resolve(base).id if base is not None else None
         rel: Relation = relation or ("continue" if parent_ids else "import")
+        if rel == "adapter" and base_id is None and parent_ids:
+            base_id = parent_ids[0]
         if rel == "import" and parent_ids:
             raise RecordError("relation 'import' is for snapshots without parents")
         if rel != "import" and not parent_ids:
@@ -185,13 +193,28 @@ class Store:
 
         stats = WriteStats()
         entries = write_tensors(self._objects, tensors, self.chunk_size, stats=stats, progress=progress)
-        file_entries = write_files(self._objects, clean_files, self.chunk_size, stats=stats)
+        if files is None and parent_ids and rel in _INHERITS_FILES:
+            file_entries = self._inherited_files(parent_ids[0], stats)
+        else:
+            file_entries = write_files(self._objects, clean_files, self.chunk_size, stats=stats)
         table = TensorTable(chunk_size=self.chunk_size, tensors=entries, tree=tree, files=file_entries)
         record = record.model_copy(update={"table": self._objects.put_table(table)})
         snap = self._objects.put_snapshot(record)
         self.backend.flush()
         self._refs.move_branch(branch, head, snap.id, action="commit", message=message)
         return snap
+
+    def _inherited_files(self, parent_id: str, stats: WriteStats) -> dict[str, FileEntry]:
+        """The first parent's attached files (but not its import bookkeeping under ``.ckpt/``)."""
+        table = self._objects.get_table(self._objects.get_snapshot(parent_id).table)
+        kept = {path: entry for path, entry in table.files.items() if not path.startswith(".ckpt/")}
+        if table.chunk_size == self.chunk_size:
+            return kept  # the same chunks: nothing to write
+        data = {
+            path: b"".join(self._objects.read_chunk(d, tensor=path, snapshot=parent_id) for d in entry.chunks)
+            for path, entry in kept.items()
+        }
+        return write_files(self._objects, data, self.chunk_size, stats=stats)
 
     def derive(
         self,
@@ -244,6 +267,68 @@ class Store:
         target = self.resolve(rev).id
         found = [s for s in self.snapshots() if target in s.parents or s.base == target]
         return sorted(found, key=lambda s: s.created_at)
+
+    def save_adapter(
+        self,
+        base_rev: str,
+        adapter_state: Mapping[str, Any],
+        *,
+        branch: str,
+        config: Any,
+        model: str | None = None,
+        step: int | None = None,
+        epoch: int | float | None = None,
+        metrics: Mapping[str, float] | None = None,
+        message: str | None = None,
+        metadata: Mapping[str, JsonValue] | None = None,
+        progress: Progress | None = None,
+    ) -> Snapshot:
+        """Save a LoRA adapter over ``base_rev``: only its tensors and its PEFT config (relation ``adapter``).
+
+        The base's id is recorded, so "which base does this adapter need?" always has an answer. See
+        ``ckpt.adapters.save_adapter`` for the accepted state dicts and configs.
+
+        Example:
+            >>> from peft import get_peft_model_state_dict
+            >>> store.save_adapter("chat", get_peft_model_state_dict(peft_model), branch="lora",
+            ...                    config=peft_model.peft_config["default"])  # doctest: +SKIP
+        """
+        from ckpt.adapters import save_adapter
+
+        return save_adapter(
+            self,
+            base_rev,
+            adapter_state,
+            branch=branch,
+            config=config,
+            model=model,
+            step=step,
+            epoch=epoch,
+            metrics=metrics,
+            message=message,
+            metadata=metadata,
+            progress=progress,
+        )
+
+    def merge(
+        self,
+        adapter_rev: str,
+        *,
+        branch: str,
+        model: str | None = None,
+        message: str | None = None,
+        metadata: Mapping[str, JsonValue] | None = None,
+        progress: Progress | None = None,
+    ) -> Snapshot:
+        """Save an adapter merged into its base as a new snapshot (relation ``merge``, parents adapter + base).
+
+        See ``ckpt.adapters.merge``.
+        """
+        from ckpt.adapters import merge
+
+        return merge(
+            self, adapter_rev, branch=branch, model=model, message=message, metadata=metadata, progress=progress
+        )
 
     # -- reading -------------------------------------------------------------------------------------
 
@@ -300,6 +385,7 @@ class Store:
         verify: bool = True,
         framework: Framework | None = None,
         into: Mapping[str, Any] | None = None,
+        merge: bool = False,
         progress: Progress | None = None,
     ) -> Any:
         """Load a snapshot's state tree, with every tensor restored.
@@ -311,6 +397,8 @@ class Store:
             into: tensor path → existing tensor to read into, in place, when dtype and shape fit (e.g.
                 ``{"model/" + k: v for k, v in model.state_dict().items()}``). Reusing memory avoids the
                 page faults of fresh allocations; tensors that do not fit get new memory.
+            merge: for an adapter snapshot, return its base's state with the LoRA deltas merged in
+                (``W + scale · B @ A``, as PEFT's ``merge_and_unload()``; see ``ckpt.adapters.load_merged``).
             progress: called with byte counts as chunks arrive.
 
         Returns:
@@ -324,6 +412,10 @@ class Store:
         Example:
             >>> state = store.load("main~2")  # doctest: +SKIP
         """
+        if merge:
+            from ckpt.adapters import load_merged
+
+            return load_merged(self, rev, verify=verify, framework=framework, into=into, progress=progress)
         snap = self.resolve(rev)
         self._check_not_pruned(snap)
         table = self._objects.get_table(snap.table)

@@ -44,10 +44,14 @@ def restore(state: CliState, rev: str, to: Path, shard_size: str | None, force: 
     files byte for byte. safetensors.torch.load_file reads them with no ckpt installed. A non-empty DIR is
     refused without --force.
 
+    An adapter snapshot (relation adapter) is written as a PEFT folder (adapter_model.safetensors and
+    adapter_config.json) that PeftModel.from_pretrained loads onto its base.
+
     \b
     Examples:
       ckpt restore tiny-llama-2026-11-28 --to out/tiny-llama
       ckpt restore main~2 --to out/retry --shard-size 2GB --force
+      ckpt restore lora --to out/lora
     """
     from ckpt.hf import export_folder
 
@@ -55,7 +59,12 @@ def restore(state: CliState, rev: str, to: Path, shard_size: str | None, force: 
     store = state.store()
     snap = store.resolve(rev)
     with progress_bar("restore", total=snap.tensor_bytes, quiet=state.quiet) as progress:
-        written = export_folder(store, snap.id, to, shard_size=size, force=force, progress=progress)
+        if snap.relation == "adapter":
+            from ckpt.adapters import export_peft_folder
+
+            written = export_peft_folder(store, snap.id, to, force=force, progress=progress)
+        else:
+            written = export_folder(store, snap.id, to, shard_size=size, force=force, progress=progress)
     files: list[dict[str, Any]] = [{"path": str(p), "size": p.stat().st_size} for p in written]
     if as_json:
         emit_json({"snapshot": snap.id, "to": str(to), "files": files})
@@ -81,6 +90,11 @@ def _weight_bytes(path: Path) -> int | None:
     "--parent", "parents", multiple=True, metavar="REV", help="A parent (repeatable; default: the branch head)."
 )
 @click.option("--relation", type=click.Choice(_RELATIONS), help="Relation to the first parent (finetune, adapter …).")
+@click.option(
+    "--base",
+    metavar="REV",
+    help="For a PEFT adapter folder: the snapshot it adapts (relation adapter; targets checked against it).",
+)
 @click.option("-m", "--message", help="A note, like a commit message (default: import <name>).")
 @json_option
 @click.pass_obj
@@ -91,6 +105,7 @@ def import_(
     model: str | None,
     parents: tuple[str, ...],
     relation: str | None,
+    base: str | None,
     message: str | None,
     as_json: bool,
 ) -> None:
@@ -104,22 +119,29 @@ def import_(
     Examples:
       ckpt import ./tiny-llama --model tiny-llama
       ckpt import ./instruct --branch instruct --parent tiny-llama-2026-11-28 --relation finetune
-      ckpt import adapter_model.safetensors --branch lora --parent instruct --relation adapter
+      ckpt import ./my-lora --branch lora --base instruct
     """
     from ckpt.hf import import_folder
 
     store = state.store()
     with progress_bar("import", total=_weight_bytes(path), quiet=state.quiet) as progress:
-        snap = import_folder(
-            store,
-            path,
-            branch=branch,
-            model=model,
-            parents=list(parents) or None,
-            relation=typing.cast("Relation | None", relation),
-            message=message,
-            progress=progress,
-        )
+        if base is not None:
+            if parents or relation not in (None, "adapter"):
+                raise click.UsageError("--base imports an adapter: it goes without --parent and --relation")
+            from ckpt.adapters import import_peft_folder
+
+            snap = import_peft_folder(store, path, base, branch=branch, model=model, message=message, progress=progress)
+        else:
+            snap = import_folder(
+                store,
+                path,
+                branch=branch,
+                model=model,
+                parents=list(parents) or None,
+                relation=typing.cast("Relation | None", relation),
+                message=message,
+                progress=progress,
+            )
     if as_json:
         emit_json(snapshot_json(snap, RefIndex(store.branches(), store.tags())))
         return
