@@ -20,6 +20,7 @@ The last line is one JSON object with ``save_ratio``, ``load_ratio``, ``resave_r
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -69,7 +70,12 @@ def files_under(path: Path) -> list[Path]:
 
 
 def drop_cache(paths: list[Path]) -> None:
-    """Evict files from the page cache (after syncing them, so the eviction sticks)."""
+    """Evict files from the page cache (after syncing them, so the eviction sticks).
+
+    Pages still mapped by a live mmap (a tensor of an earlier run not yet collected) cannot be evicted, so
+    garbage is collected first.
+    """
+    gc.collect()
     for p in paths:
         fd = os.open(p, os.O_RDONLY)
         try:
