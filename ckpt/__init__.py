@@ -38,8 +38,10 @@ from ckpt.errors import (
     UnsupportedStateError,
 )
 from ckpt.model import ReflogEntry, Relation, Snapshot, StoreConfig, TagRecord, TensorEntry, TensorTable
+from ckpt.rng import rng_state, set_rng_state
 from ckpt.state import TensorSource
 from ckpt.store import Damage, GcReport, LazyTensors, Store, SyncReport, VerifyReport, init, open, sync
+from ckpt.train import Checkpointer, SaveHandle
 
 
 def restore(
@@ -97,13 +99,30 @@ def restore(
 
 
 restore.__module__ = "ckpt"
-for _obj in (Store, Snapshot, LazyTensors, GcReport, VerifyReport, Damage, TensorSource, SyncReport, init, open, sync):
+for _obj in (
+    Store,
+    Snapshot,
+    LazyTensors,
+    GcReport,
+    VerifyReport,
+    Damage,
+    TensorSource,
+    SyncReport,
+    Checkpointer,
+    SaveHandle,
+    init,
+    open,
+    sync,
+    rng_state,
+    set_rng_state,
+):
     _obj.__module__ = "ckpt"
 del _obj
 
 __all__ = [
     "AmbiguousRevisionError",
     "BackendError",
+    "Checkpointer",
     "CkptError",
     "CorruptChunkError",
     "Damage",
@@ -122,6 +141,7 @@ __all__ = [
     "Relation",
     "RevisionError",
     "RevisionNotFoundError",
+    "SaveHandle",
     "Snapshot",
     "StateError",
     "StateMismatchError",
@@ -141,5 +161,7 @@ __all__ = [
     "init",
     "open",
     "restore",
+    "rng_state",
+    "set_rng_state",
     "sync",
 ]

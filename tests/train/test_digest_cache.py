@@ -1,0 +1,228 @@
+"""The digest cache: unchanged tensors are neither copied nor hashed, and a changed tensor is never missed.
+
+Every way a training loop changes a tensor is tried between two saves; the second snapshot must hold the
+tensor's new bytes. Most bump torch's version counter; the ones that do not (fused optimizers, ``.data``
+writes, numpy views) must be caught by the sampled comparison.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+
+import ckpt
+from ckpt.store.objects import hash_chunk
+from ckpt.train import Checkpointer
+
+from .helpers import train_step
+
+pytestmark = pytest.mark.torch
+
+N = 5000  # 20 KB of float32: five 4 KiB chunks
+
+
+def _check(store: ckpt.Store, handle: object, state: dict[str, torch.Tensor]) -> None:
+    snap = handle.result()  # type: ignore[attr-defined]
+    got = store.load(snap.id)
+    for k, v in state.items():
+        assert torch.equal(got[k], v.detach()), k
+
+
+def _mutations() -> dict[str, Callable[[torch.Tensor], None]]:
+    def no_grad_add(t: torch.Tensor) -> None:
+        with torch.no_grad():
+            t.add_(1)
+
+    def via_view(t: torch.Tensor) -> None:
+        t.detach()[10:20].fill_(7)
+
+    def data_assign(t: torch.Tensor) -> None:
+        t.data = t.data * 3
+
+    def data_inplace(t: torch.Tensor) -> None:  # .data has a version counter of its own
+        t.data.add_(1)
+
+    def numpy_write(t: torch.Tensor) -> None:  # invisible to torch
+        t.detach().numpy()[:] += 1
+
+    def set_(t: torch.Tensor) -> None:
+        with torch.no_grad():
+            t.set_(torch.full_like(t, 5.0))
+
+    def setitem(t: torch.Tensor) -> None:
+        with torch.no_grad():
+            t[-1] = 123.0
+
+    def load_state_dict(t: torch.Tensor) -> None:
+        m = torch.nn.Module()
+        m.p = torch.nn.Parameter(t.detach(), requires_grad=False)
+        m.load_state_dict({"p": torch.ones_like(t)})
+
+    return {
+        "add_": lambda t: t.detach().add_(1),
+        "copy_": lambda t: t.detach().copy_(torch.arange(N, dtype=t.dtype)),
+        "no_grad add_": no_grad_add,
+        "mul_ through a view": via_view,
+        ".data = ...": data_assign,
+        ".data.add_()": data_inplace,
+        "numpy view write": numpy_write,
+        "set_": set_,
+        "__setitem__": setitem,
+        "load_state_dict": load_state_dict,
+    }
+
+
+@pytest.mark.parametrize("how", list(_mutations()))
+@pytest.mark.parametrize("async_save", [True, False])
+def test_a_changed_tensor_is_saved_with_its_new_bytes(local_store: ckpt.Store, how: str, async_save: bool) -> None:
+    mutate = _mutations()[how]
+    w = torch.nn.Parameter(torch.randn(N))
+    frozen = torch.randn(N)
+    with Checkpointer(local_store, "main", async_save=async_save) as ckpts:
+        _check(local_store, ckpts.save({"w": w, "frozen": frozen}, step=0), {"w": w, "frozen": frozen})
+        same = ckpts.save({"w": w, "frozen": frozen}, step=1)
+        assert same.reused == 2
+        _check(local_store, same, {"w": w, "frozen": frozen})
+        before = w.detach().clone()
+        mutate(w)
+        assert not torch.equal(w.detach(), before), "the mutation must change the tensor"
+        changed = ckpts.save({"w": w, "frozen": frozen}, step=2)
+        assert changed.reused == 1  # only the frozen one
+        _check(local_store, changed, {"w": w, "frozen": frozen})
+        again = ckpts.save({"w": w, "frozen": frozen}, step=3)
+        _check(local_store, again, {"w": w, "frozen": frozen})
+    if how in (".data.add_()", "numpy view write"):
+        assert ckpts.untracked == {"w"}  # caught by the sample: never trusted again
+        assert again.reused == 1
+    else:
+        assert not ckpts.untracked
+        assert again.reused == 2
+
+
+@pytest.mark.parametrize("kind", ["sgd-foreach", "adam-single", "adam-fused", "adamw"])
+def test_optimizer_steps_are_never_missed(local_store: ckpt.Store, kind: str) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.BatchNorm1d(64), torch.nn.Linear(64, 1))
+    frozen = model[0]
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = {
+        "sgd-foreach": lambda: torch.optim.SGD(params, lr=0.1, momentum=0.9, foreach=True),
+        "adam-single": lambda: torch.optim.Adam(params, lr=0.01, foreach=False),
+        "adam-fused": lambda: torch.optim.Adam(params, lr=0.01, fused=True),  # bumps no version counter
+        "adamw": lambda: torch.optim.AdamW(params, lr=0.01),
+    }[kind]()
+    with Checkpointer(local_store, "main") as ckpts:
+        handles = []
+        for step in range(4):
+            train_step(model, opt, step)  # also moves BatchNorm's running statistics
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict()}
+            handles.append((ckpts.save(state, step=step), _clone(state)))
+            if step % 2:
+                ckpts.wait()  # the cache fills when a save commits
+        for handle, want in handles:
+            got = local_store.load(handle.result().id)
+            for k, v in want["model"].items():
+                assert torch.equal(got["model"][k], v), (k, handle.step)
+            for i, s in want["optimizer"]["state"].items():
+                for name, v in s.items():
+                    assert torch.equal(got["optimizer"]["state"][i][name], v), (i, name, handle.step)
+    # the frozen layer was neither copied nor hashed once the first save had committed
+    assert [h.reused for h, _ in handles][2:] == [2, 2]
+    if kind == "adam-fused":
+        assert "model/2.weight" in ckpts.untracked
+
+
+def _clone(state: dict[str, object]) -> dict[str, object]:
+    def walk(x: object) -> object:
+        if isinstance(x, torch.Tensor):
+            return x.detach().clone()
+        if isinstance(x, dict):
+            return {k: walk(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return type(x)(walk(v) for v in x)
+        return x
+
+    return walk(state)  # type: ignore[return-value]
+
+
+def test_a_new_tensor_at_a_freed_address_is_not_mistaken_for_the_old_one(local_store: ckpt.Store) -> None:
+    """Same path, same shape, version 0, maybe the very same address: a different storage is a different tensor."""
+    with Checkpointer(local_store, "main", async_save=False) as ckpts:
+        for i in range(4):
+            t = torch.full((N,), float(i))  # freed at the next assignment; the allocator reuses addresses
+            h = ckpts.save({"buf": t}, step=i)
+            assert h.reused == 0
+            _check(local_store, h, {"buf": t})
+            del t
+            gc.collect()
+
+
+def test_the_same_address_with_another_storage_is_another_tensor(local_store: ckpt.Store) -> None:
+    """A tensor over the very same memory, version 0, equal sampled elements: only its storage tells it apart."""
+    memory = bytearray(np.arange(N, dtype=np.float32).tobytes())
+    with Checkpointer(local_store, "main", async_save=False) as ckpts:
+        t = torch.frombuffer(memory, dtype=torch.float32)
+        ckpts.save({"buf": t}, step=0)
+        sampled = set(ckpts._cache["buf"].index.tolist())
+        address = t.data_ptr()
+        del t
+        gc.collect()
+        hidden = next(i for i in range(N) if i not in sampled)
+        np.frombuffer(memory, dtype=np.float32)[hidden] = -1.0
+        t = torch.frombuffer(memory, dtype=torch.float32)
+        assert t.data_ptr() == address and t._version == 0
+        h = ckpts.save({"buf": t}, step=1)
+        assert h.reused == 0
+        _check(local_store, h, {"buf": t})
+
+
+def test_cached_digests_are_the_stores_own(tmp_path: object) -> None:
+    store = ckpt.init(str(tmp_path / "s"), chunk_size=3000)  # type: ignore[operator]
+    w = torch.randn(N)
+    with Checkpointer(store, "main") as ckpts:
+        ckpts.save({"w": w}, step=0).result()
+        cached = ckpts._cache["w"].digests
+        h = ckpts.save({"w": w}, step=1)
+        assert h.reused == 1
+    raw = w.numpy().tobytes()
+    cuts = [hash_chunk(raw[i : i + store.chunk_size]) for i in range(0, len(raw), store.chunk_size)]
+    assert list(cached) == cuts == list(store.table(h.result().id).tensors["w"].chunks)
+
+
+def test_tensors_the_cache_cannot_vouch_for_are_always_copied(local_store: ckpt.Store) -> None:
+    with torch.inference_mode():
+        inference = torch.randn(N)
+    strided = torch.randn(N, 2).t()  # not contiguous
+    empty = torch.empty(0)
+    state = {"inference": inference, "strided": strided, "empty": empty, "rng": torch.get_rng_state()}
+    with Checkpointer(local_store, "main") as ckpts:
+        for step in range(3):
+            h = ckpts.save(state, step=step)
+            assert h.reused == 0 if step == 0 else h.reused == 1  # only the rng state tensor, which is the same
+            _check(local_store, h, state)
+
+
+def test_digest_cache_off_copies_everything(local_store: ckpt.Store) -> None:
+    w = torch.randn(N)
+    with Checkpointer(local_store, "main", digest_cache=False) as ckpts:
+        ckpts.save({"w": w}, step=0)
+        w.data[N // 2 + 1] = 42.0  # a sparse write torch does not see: only digest_cache=False catches it for sure
+        h = ckpts.save({"w": w}, step=1)
+        assert h.reused == 0
+        _check(local_store, h, {"w": w})
+
+
+def test_numpy_state_is_never_cached_and_always_right(local_store: ckpt.Store) -> None:
+    a = np.arange(N, dtype=np.float32)
+    with Checkpointer(local_store, "main") as ckpts:
+        first = ckpts.save({"a": a}, step=0)
+        a[3] = -1
+        second = ckpts.save({"a": a}, step=1)
+    assert local_store.load(first.result().id)["a"][3] == 3
+    assert local_store.load(second.result().id)["a"][3] == -1
