@@ -1,6 +1,6 @@
 """Save/load speed and storage size of ckpt against plain safetensors files, measured in the same run.
 
-    python benchmarks/save_load.py [--size-gb 1] [--repeat 3] [--dir DIR]
+    python benchmarks/save_load.py [--size-gb 1] [--repeat 3] [--dir DIR] [--plot PNG]
 
 Builds a Llama-shaped bf16 state dict of about ``--size-gb`` GB and prints:
 
@@ -14,7 +14,8 @@ Builds a Llama-shaped bf16 state dict of about ``--size-gb`` GB and prints:
 - store bytes after two saves that differ in 10% of the tensors / bytes of one safetensors file.
 
 The last line is one JSON object with ``save_ratio``, ``load_ratio``, ``resave_ratio`` and ``bytes_ratio``
-(targets: ≤ 1.3, ≤ 1.3, ≤ 0.3, ≤ 1.15).
+(targets: ≤ 1.3, ≤ 1.3, ≤ 0.3, ≤ 1.15). ``--plot PNG`` also draws those ratios against their targets as a small
+bar chart (needs matplotlib, imported only then); the docs' benchmarks page shows it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import json
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -116,11 +118,73 @@ def timed(fn: Callable[[], object], repeat: int, before: Callable[[], None] | No
     return statistics.median(times)
 
 
+#: The ratios the benchmark checks, with their targets and the labels of the plot.
+TARGETS = {
+    "save_ratio": (1.3, "save\n(cold write)"),
+    "load_ratio": (1.3, "load\n(cold cache)"),
+    "resave_ratio": (0.3, "re-save\nunchanged"),
+    "bytes_ratio": (1.15, "bytes\n2 saves, 10% new"),
+}
+
+
+def plot_ratios(result: dict[str, float], path: str | Path) -> Path:
+    """Draw the measured ratios next to their targets as a small bar chart, saved as a PNG at ``path``.
+
+    matplotlib is imported here only, so the benchmark runs without it unless a plot is asked for.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(TARGETS)
+    values = [result[k] for k in keys]
+    targets = [TARGETS[k][0] for k in keys]
+    colours = ["#3f51b5" if v <= t else "#e53935" for v, t in zip(values, targets, strict=True)]
+    fig, ax = plt.subplots(figsize=(6.4, 3.0), dpi=100)
+    xs = range(len(keys))
+    bars = ax.bar(xs, values, width=0.55, color=colours, label="ckpt / baseline (lower is better)")
+    ax.hlines(
+        targets,
+        [x - 0.38 for x in xs],
+        [x + 0.38 for x in xs],
+        colors="#212121",
+        linestyles="--",
+        lw=1.4,
+        label="target (at most)",
+    )
+    for bar, v, t in zip(bars, values, targets, strict=True):
+        ax.annotate(
+            f"{v:.2f}",
+            (bar.get_x() + bar.get_width() / 2, max(v, t)),
+            xytext=(0, 3),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=9,
+        )
+    ax.set_xticks(list(xs), [TARGETS[k][1] for k in keys], fontsize=9)
+    ax.set_ylabel("ratio", fontsize=9)
+    ax.set_ylim(0, max([*values, *targets]) * 1.25)
+    ax.set_title(f"ckpt vs safetensors, {result.get('size_gb', 0):.2f} GB bf16 state dict", fontsize=10)
+    ax.legend(fontsize=8, loc="upper right", frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-gb", type=float, default=1.0)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--dir", default=None, help="Working folder (default: a temporary folder, removed after).")
+    ap.add_argument(
+        "--plot", default=None, metavar="PNG", help="Also draw the ratios against their targets (matplotlib)."
+    )
     args = ap.parse_args()
 
     work = Path(args.dir or tempfile.mkdtemp(prefix="ckpt-bench-"))
@@ -223,6 +287,8 @@ def main() -> None:
             "bytes_ratio": round(store_bytes / one_save, 3),
             "changed_fraction_of_bytes": round(changed_bytes / nbytes, 3),
         }
+        if args.plot:
+            print(f"plot: {plot_ratios(result, args.plot)}", file=sys.stderr)
         print(json.dumps(result))
     finally:
         if args.dir is None:

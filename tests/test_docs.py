@@ -1,10 +1,21 @@
 """The docs: the site builds strictly, its examples and code blocks run, and the reference pages match the code.
 
-A ```python block in ``docs/quickstart.md``, ``docs/guides/*.md`` and the other pages of ``PAGES`` runs unless
-the line before its fence is ``<!-- test: skip -->``; a block that only includes a file (``--8<--``) is skipped,
-because the included ``examples/docs_*.py`` scripts run on their own. The blocks of one page run in order, in
-one namespace, in a fresh folder (no store exists there yet, and no ``CKPT_*`` variable is set); a failure
-points at the page's line numbers.
+Every page of ``docs/`` runs as one script, its blocks in page order, in one namespace, in a fresh folder (no
+store exists there yet, and no ``CKPT_*`` variable is set); a failure points at the page's line numbers.
+
+- A ```python block runs (on the pages of ``PAGES``; format.md and api.md show code not meant to run on its
+  own) unless the line before its fence is ``<!-- test: skip -->``; a block that only includes a file
+  (``--8<--``) is skipped, because the included ``examples/*.py`` scripts run on their own.
+- A ```console block runs too, unless marked the same way: each ``$ …`` line is a command, the lines under it
+  are what it prints. ``ckpt …`` runs the command line in the page's process (click's test runner, the same
+  code as the installed ``ckpt``); ``python …`` runs a script (``examples/…`` from this checkout); ``export
+  NAME=VALUE`` sets a variable for the later commands of the page. The command must exit 0, unless its
+  comment says otherwise (``# exits 1``), or the lines shown under it hold an ``error: …`` line: then it must
+  fail, with an error that starts with the same three words. A command that names a remote store (``s3://``,
+  ``gs://``, ``az://`` …) is not run (there is no cloud here); any other program is refused: mark its block
+  to skip.
+- ``CONSOLE_SETUP`` prepares what the console blocks of a page talk about but never build themselves (a
+  Hugging Face folder, a store with a history), for pages whose text has no room for it.
 """
 
 from __future__ import annotations
@@ -13,9 +24,11 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,16 +95,218 @@ def code_blocks(text: str) -> list[dict[str, Any]]:
     return blocks
 
 
-def page_script(page: Path) -> str:
-    """The page's runnable python blocks, each at its own line numbers (everything else blank)."""
+RUNNABLE_CONSOLE = ("console",)
+_EXIT_STATUS = re.compile(r"#.*\bexits? (?:with )?(?:status )?(\d+)\b")
+REMOTE_URL = re.compile(r"\b(s3a?|gs|gcs|az|abfss?|adl|hf)://")
+
+
+def console_commands(code: str, first_line: int) -> list[dict[str, Any]]:
+    """The ``$ …`` commands of a console block: line number, command, and the lines shown under it."""
+    commands: list[dict[str, Any]] = []
+    for k, line in enumerate(code.splitlines()):
+        if line.startswith("$ "):
+            commands.append({"line": first_line + k, "command": line[2:].strip(), "shown": []})
+        elif commands:
+            commands[-1]["shown"].append(line)
+    return commands
+
+
+def page_script(page: Path, *, python: bool | None = None) -> str:
+    """The page's runnable blocks, each at its own line numbers (everything else blank).
+
+    Python blocks run as they are (when ``python`` is true; default: on the pages of ``PAGES``); each console
+    command becomes a call ``__console__(line, command, error, status)`` on the line of its ``$``: the ``error:``
+    line shown under it, if any, and the exit status its comment gives (``# exits 1``), if any.
+    """
+    if python is None:
+        python = page in PAGES
     text = page.read_text(encoding="utf-8")
     out = [""] * (len(text.splitlines()) + 1)
     for block in code_blocks(text):
-        if block["lang"] != "python" or block["skip"] or block["code"].lstrip().startswith("--8<--"):
+        if block["skip"]:
             continue
-        for k, line in enumerate(block["code"].splitlines()):
-            out[block["line"] - 1 + k] = line
+        if block["lang"] == "python" and python and not block["code"].lstrip().startswith("--8<--"):
+            for k, line in enumerate(block["code"].splitlines()):
+                out[block["line"] - 1 + k] = line
+        elif block["lang"] in RUNNABLE_CONSOLE:
+            for cmd in console_commands(block["code"], block["line"]):
+                error = next((line.strip() for line in cmd["shown"] if line.strip().startswith("error:")), None)
+                m = _EXIT_STATUS.search(cmd["command"])
+                status = int(m.group(1)) if m else None
+                out[cmd["line"] - 1] = f"__console__({cmd['line']}, {cmd['command']!r}, {error!r}, {status!r})"
     return "\n".join(out)
+
+
+# -- console blocks ------------------------------------------------------------------------------------------
+
+
+def _safetensors_folder(path: Path, *, model: str, scale: float) -> None:
+    """A small Hugging Face model folder, as ``save_pretrained`` writes one: weights, config, tokenizer files."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for i in range(2):
+        for proj in ("q_proj", "v_proj"):
+            tensors[f"model.layers.{i}.self_attn.{proj}.weight"] = rng.standard_normal((32, 32), np.float32)
+    tensors["lm_head.weight"] = rng.standard_normal((64, 32), np.float32)
+    path.mkdir(parents=True)
+    save_file(
+        {k: (v * scale).astype(np.float32) for k, v in tensors.items()},
+        str(path / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
+    config = {"_name_or_path": model, "architectures": ["LlamaForCausalLM"], "hidden_size": 32, "vocab_size": 64}
+    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    (path / "tokenizer_config.json").write_text('{"model_max_length": 64}\n', encoding="utf-8")
+
+
+def setup_hf_folders(folder: Path) -> None:
+    """``tiny-llama/`` and ``tiny-llama-instruct/``: two Hugging Face folders of the same architecture."""
+    _safetensors_folder(folder / "tiny-llama", model="tiny-llama", scale=1.0)
+    _safetensors_folder(folder / "tiny-llama-instruct", model="tiny-llama-instruct", scale=1.01)
+
+
+def setup_cli_guide_store(folder: Path) -> None:
+    """Fill the empty store ``ckpt init`` made with what the command-line guide talks about.
+
+    ``main``: eight epochs of ``tiny-llama``; the release ``tiny-llama-2026-11-28`` (that is today's name on that
+    day only, when the guide's own ``ckpt freeze main`` makes it); ``instruct``: a fine-tune of ``main`` and one
+    more save; ``lora``: an adapter over ``instruct``. No ``retry`` branch and no ``best`` tag: the guide makes
+    them.
+    """
+    import datetime
+
+    import numpy as np
+
+    import ckpt
+    from ckpt.adapters import save_adapter
+
+    store = ckpt.open(str(folder / ".ckpt"))
+    rng = np.random.default_rng(0)
+    names = [f"model.layers.{i}.self_attn.{p}.weight" for i in range(2) for p in ("q_proj", "v_proj")]
+    weights = {name: rng.standard_normal((32, 32), np.float32) for name in names}
+    for epoch in range(8):
+        weights[names[epoch % 4]] = weights[names[epoch % 4]] * 0.9
+        store.save(
+            {"model": dict(weights)},
+            model="tiny-llama",
+            step=100 * epoch,
+            epoch=epoch,
+            metrics={"val_loss": round(1 / (epoch + 1), 4)},
+            message=f"epoch {epoch}",
+        )
+    if f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}" != "2026-11-28":
+        store.freeze("main", name="tiny-llama-2026-11-28")
+    weights[names[-1]] = weights[names[-1]] * 1.1
+    store.derive("main", {"model": dict(weights)}, branch="instruct", model="tiny-llama-instruct", message="sft")
+    store.save({"model": dict(weights)}, "instruct", step=10, message="more sft")
+    adapter = {
+        "base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight": rng.standard_normal((4, 32), np.float32),
+        "base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight": np.zeros((32, 4), np.float32),
+    }
+    config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}
+    save_adapter(store, "instruct", adapter, branch="lora", config=config, model="tiny-lora", message="adapter")
+
+
+SETUPS: dict[str, Callable[[Path], None]] = {
+    "hf_folders": setup_hf_folders,
+    "cli_guide_store": setup_cli_guide_store,
+}
+
+# page -> {"folder": where its console commands run (under the page's folder; default: the page's folder),
+#          "before": a setup run there first, "after_init": a setup run once its first `ckpt init` succeeded}
+CONSOLE_SETUP: dict[str, dict[str, str]] = {
+    "cli.md": {"before": "hf_folders"},
+    "guides/command-line.md": {"folder": "console", "before": "hf_folders", "after_init": "cli_guide_store"},
+}
+
+
+class Console:
+    """Runs the console commands of one page, in the page's process (see the module's docstring)."""
+
+    def __init__(self, page: str, work: Path) -> None:
+        self.page = page
+        self.setup = CONSOLE_SETUP.get(page, {})
+        self.folder = work / self.setup.get("folder", ".")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.env: dict[str, str] = {}
+        self.initialised = False
+        if "before" in self.setup:
+            SETUPS[self.setup["before"]](self.folder)
+
+    def __call__(self, line: int, command: str, error: str | None, expected: int | None = None) -> None:
+        where = f"{self.page}:{line}: $ {command}"
+        argv = shlex.split(command, comments=True)
+        if argv[:3] == ["python", "-m", "ckpt"]:
+            argv = ["ckpt", *argv[3:]]
+        if argv[0] == "export":
+            for pair in argv[1:]:
+                name, _, value = pair.partition("=")
+                self.env[name] = value
+            return
+        store = self.env.get("CKPT_STORE", "")
+        if any(REMOTE_URL.match(a) for a in [*argv, store]):
+            print(f"{where}: not run (a remote store)")
+            return
+        if argv[0] == "ckpt":
+            status, err = self._ckpt(argv[1:], where)
+        elif argv[0] == "python":
+            status, err = self._python(argv[1:])
+        else:
+            raise AssertionError(f"{where}: cannot run {argv[0]!r} here; mark the block <!-- test: skip -->")
+        print(f"$ {command}\n{err}", end="" if err.endswith("\n") else "\n")
+        if expected is not None:
+            assert status == expected, f"{where}: exit status {status}, but the page says {expected}\n{err}"
+        elif error is None:
+            assert status == 0, f"{where}: exit status {status}\n{err}"
+        if error is not None:
+            shown = error.split()[:4]
+            actual = next((x.strip() for x in err.splitlines() if x.startswith("error:")), "")
+            assert status != 0, f"{where}: succeeded, but the page shows {error!r}"
+            assert actual.split()[:4] == shown, f"{where}: failed with {actual!r}, but the page shows {error!r}"
+        if argv[:2] == ["ckpt", "init"] and not self.initialised and "after_init" in self.setup:
+            self.initialised = True
+            SETUPS[self.setup["after_init"]](self.folder)
+
+    def _ckpt(self, args: list[str], where: str) -> tuple[int, str]:
+        from click.testing import CliRunner
+
+        from ckpt.cli import cli
+
+        cwd = Path.cwd()
+        os.chdir(self.folder)
+        try:
+            result = CliRunner().invoke(cli, args, env=self.env, prog_name="ckpt")
+        finally:
+            os.chdir(cwd)
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            import traceback
+
+            detail = "".join(traceback.format_exception(result.exception))
+            raise AssertionError(f"{where}: raised\n{detail}\n{result.output}")
+        return result.exit_code, result.output
+
+    def _python(self, args: list[str]) -> tuple[int, str]:
+        if args and not args[0].startswith("-") and not (self.folder / args[0]).exists():
+            args = [str(ROOT / args[0]), *args[1:]]
+        result = subprocess.run(
+            [sys.executable, *args],
+            cwd=self.folder,
+            env={**_env(), **self.env},
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        return result.returncode, result.stdout + result.stderr
+
+
+def run_page(page: str, script: str) -> None:
+    """Run a page's script (see ``page_script``) in the current folder: the body of ``test_page_blocks_run``."""
+    source = Path(script).read_text(encoding="utf-8")
+    namespace = {"__name__": "__main__", "__console__": Console(page, Path.cwd())}
+    exec(compile(source, str(DOCS / page), "exec"), namespace)
 
 
 # -- the site ------------------------------------------------------------------------------------------------
@@ -132,24 +347,25 @@ def test_example_runs(script: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+ALL_PAGES = sorted(DOCS.rglob("*.md"))
+_IMPORTS = re.compile(r"^\s*(?:from|import)\s+(torch|transformers|peft)\b", flags=re.M)
+
+
 @pytest.mark.torch
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
-def test_page_code_blocks_run(page: Path, tmp_path: Path) -> None:
-    pytest.importorskip("torch")
+@pytest.mark.parametrize("page", ALL_PAGES, ids=lambda p: str(p.relative_to(DOCS)))
+def test_page_blocks_run(page: Path, tmp_path: Path) -> None:
     source = page_script(page)
     if not source.strip():
-        pytest.skip("no runnable python block")
-    runner = (
-        "import sys\n"
-        "path, source = sys.argv[1], open(sys.argv[2], encoding='utf-8').read()\n"
-        "exec(compile(source, path, 'exec'), {'__name__': '__main__'})\n"
-    )
+        pytest.skip("no runnable block")
+    for module in sorted(set(_IMPORTS.findall(source))):
+        pytest.importorskip(module)
     script = tmp_path / "page.py"
     script.write_text(source, encoding="utf-8")
     work = tmp_path / "work"
     work.mkdir()
+    runner = "import sys; sys.path.insert(0, sys.argv[1]); import test_docs; test_docs.run_page(*sys.argv[2:])"
     result = subprocess.run(
-        [sys.executable, "-c", runner, str(page), str(script)],
+        [sys.executable, "-c", runner, str(ROOT / "tests"), str(page.relative_to(DOCS)), str(script)],
         cwd=work,
         env=_env(),
         capture_output=True,
@@ -159,9 +375,49 @@ def test_page_code_blocks_run(page: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, f"{page.relative_to(ROOT)} failed:\n{result.stdout}{result.stderr}"
 
 
+def _normalise_graph(text: str) -> list[str]:
+    """A ``ckpt log --graph`` drawing with what changes from run to run (ids, dates, ages) replaced."""
+    ids: dict[str, str] = {}
+    text = re.sub(r"\b[0-9a-f]{12}\b", lambda m: ids.setdefault(m.group(0), f"<id{len(ids)}>"), text)
+    text = re.sub(r"\b\d{4}-\d{2}-\d{2}\b", "<date>", text)
+    text = re.sub(r"\((just now|[^()]* ago)\)", "(<age>)", text)
+    return [line.rstrip() for line in text.strip().splitlines()]
+
+
+def test_home_page_family_tree_is_real(tmp_path: Path) -> None:
+    """The family tree on the home page is what ``ckpt log --graph --all`` draws for the script it names."""
+    from click.testing import CliRunner
+
+    from ckpt.cli import cli
+
+    block = next(b for b in code_blocks((DOCS / "index.md").read_text(encoding="utf-8")) if "family tree" in b["info"])
+    make, draw = console_commands(block["code"], block["line"])
+    assert make["command"] == "python examples/docs_family_tree.py family"
+    assert draw["command"] == "ckpt --store family log --graph --all"
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "docs_family_tree.py"), "family"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "\n".join(make["shown"]).strip()
+    drawn = CliRunner().invoke(cli, ["--store", str(tmp_path / "family"), "log", "--graph", "--all"])
+    assert drawn.exit_code == 0, drawn.output
+    assert _normalise_graph("\n".join(draw["shown"])) == _normalise_graph(drawn.output), (
+        "docs/index.md shows another family tree than the CLI draws; paste this one:\n" + drawn.output
+    )
+
+
 def test_pages_have_runnable_python() -> None:
     for page in PAGES:
-        assert page_script(page).strip(), f"{page.name} has no runnable python block"
+        text = page.read_text(encoding="utf-8")
+        assert any(
+            b["lang"] == "python" and not b["skip"] and not b["code"].lstrip().startswith("--8<--")
+            for b in code_blocks(text)
+        ), f"{page.name} has no runnable python block"
 
 
 def test_snippets_exist() -> None:
@@ -348,3 +604,33 @@ def test_format_worked_example_is_real(tmp_path: Path) -> None:
 
     assert {shape(p) for p in listed} <= {shape(p) for p in made}
     shutil.rmtree(root)
+
+
+# -- the benchmarks page -------------------------------------------------------------------------------------
+
+
+def test_benchmarks_page_matches_its_figures() -> None:
+    """The page quotes the command, shows the committed plot, and its table agrees with the JSON line it shows."""
+    text = (DOCS / "benchmarks.md").read_text(encoding="utf-8")
+    assert "python benchmarks/save_load.py --size-gb 1 --plot docs/assets/save_load.png" in text
+    assert "](assets/save_load.png)" in text
+    png = DOCS / "assets" / "save_load.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 60_000
+    (block,) = [b for b in code_blocks(text) if b["lang"] == "json"]
+    result = json.loads(block["code"])
+    for key in ("save_ratio", "load_ratio", "resave_ratio", "bytes_ratio"):
+        assert f"**{result[key]:.2f}**" in text, f"the table does not show {key} = {result[key]}"
+
+
+@pytest.mark.torch
+def test_benchmark_plot(tmp_path: Path) -> None:
+    """``save_load.py --plot`` draws a small PNG (matplotlib is imported only for it)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("matplotlib")
+    spec = importlib.util.spec_from_file_location("save_load", ROOT / "benchmarks" / "save_load.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = {"size_gb": 1.0, "save_ratio": 0.8, "load_ratio": 1.4, "resave_ratio": 0.2, "bytes_ratio": 1.1}
+    out = module.plot_ratios(result, tmp_path / "plots" / "ratios.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and 5_000 < out.stat().st_size < 60_000

@@ -8,10 +8,10 @@ import sys
 import textwrap
 
 import ckpt
-import ckpt.errors
-import ckpt.retention
 import ckpt.diff
+import ckpt.errors
 import ckpt.hf
+import ckpt.retention
 import ckpt.storage
 import ckpt.testing
 

@@ -121,9 +121,10 @@ def test_imported_snapshot_holds_the_model_and_side_files(local_store: ckpt.Stor
     assert layout == shards
     attached = local_store.files("main")
     for shard in layout:
-        assert attached[f"{HEADER_PREFIX}{shard}.header"] == (tiny["sharded"] / shard).read_bytes()[8:][
-            : len(attached[f"{HEADER_PREFIX}{shard}.header"])
-        ]
+        assert (
+            attached[f"{HEADER_PREFIX}{shard}.header"]
+            == (tiny["sharded"] / shard).read_bytes()[8:][: len(attached[f"{HEADER_PREFIX}{shard}.header"])]
+        )
 
     files = local_store.files("main")
     expected_side = {
