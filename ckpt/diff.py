@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ckpt import settings
 from ckpt.errors import IntegrityError
-from ckpt.model import DTYPE_SIZES, TensorEntry, TensorTable
+from ckpt.model import DTYPE_SIZES, RESERVED_FILE_PREFIX, TensorEntry, TensorTable
 from ckpt.state import tensor_paths
 
 if TYPE_CHECKING:
@@ -392,13 +392,17 @@ def diff(store: Store, a: str, b: str, *, norms: bool = True) -> SnapshotDiff:
 
     files: list[FileDiff] = []
     for path, fb in tb.files.items():
+        if path.startswith(RESERVED_FILE_PREFIX):
+            continue  # ckpt's own bookkeeping, not the user's files
         fa = ta.files.get(path)
         if fa is None:
             files.append(FileDiff(path=path, status="added", size_b=fb.size))
         elif fa.chunks != fb.chunks or fa.size != fb.size:
             files.append(FileDiff(path=path, status="changed", size_a=fa.size, size_b=fb.size))
     files.extend(
-        FileDiff(path=path, status="removed", size_a=fa.size) for path, fa in ta.files.items() if path not in tb.files
+        FileDiff(path=path, status="removed", size_a=fa.size)
+        for path, fa in ta.files.items()
+        if path not in tb.files and not path.startswith(RESERVED_FILE_PREFIX)
     )
 
     in_a = ta.chunk_digests()

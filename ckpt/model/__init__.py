@@ -4,12 +4,13 @@ from ckpt.model.canonical import canonical_json, digest_bytes, drop_unknown, is_
 from ckpt.model.config import FORMAT_VERSION, READABLE_MAJOR, StoreConfig
 from ckpt.model.refs import BranchRecord, PrunedMarker, ReflogEntry, TagRecord, check_ref_name
 from ckpt.model.snapshot import Relation, Snapshot, format_time, parse_time, utcnow
-from ckpt.model.table import DTYPE_SIZES, FileEntry, TensorEntry, TensorTable
+from ckpt.model.table import DTYPE_SIZES, RESERVED_FILE_PREFIX, FileEntry, TensorEntry, TensorTable
 
 __all__ = [
     "DTYPE_SIZES",
     "FORMAT_VERSION",
     "READABLE_MAJOR",
+    "RESERVED_FILE_PREFIX",
     "BranchRecord",
     "FileEntry",
     "PrunedMarker",

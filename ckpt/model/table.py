@@ -6,7 +6,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["DTYPE_SIZES", "FileEntry", "TensorEntry", "TensorTable"]
+__all__ = ["DTYPE_SIZES", "RESERVED_FILE_PREFIX", "FileEntry", "TensorEntry", "TensorTable"]
+
+#: Attached files under this prefix are ckpt's own bookkeeping (e.g. the headers of imported safetensors
+#: files): kept with the snapshot, never shown as the user's files, never exported.
+RESERVED_FILE_PREFIX = ".ckpt/"
 
 #: Every tensor dtype ckpt stores, by safetensors name, with its size in bytes.
 DTYPE_SIZES: dict[str, int] = {

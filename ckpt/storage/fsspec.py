@@ -24,6 +24,30 @@ _MEMORY_LOCK = threading.RLock()
 _S3 = ("s3", "s3a")
 
 
+#: The ckpt extra (or package) that brings the filesystem for a protocol.
+_EXTRAS = {
+    "s3": "ckpt[s3]",
+    "s3a": "ckpt[s3]",
+    "gs": "ckpt[gcs]",
+    "gcs": "ckpt[gcs]",
+    "az": "ckpt[azure]",
+    "abfs": "ckpt[azure]",
+    "abfss": "ckpt[azure]",
+    "adl": "ckpt[azure]",
+}
+
+
+def _install_hint(protocol: str) -> str:
+    """What to install for ``protocol://``: ckpt's extra when there is one, else fsspec's list of implementations."""
+    extra = _EXTRAS.get(protocol)
+    if extra:
+        return f"install the filesystem for {protocol}:// with pip install '{extra}'"
+    return (
+        f"install the fsspec implementation for {protocol}:// "
+        "(see https://filesystem-spec.readthedocs.io/en/latest/api.html#other-known-implementations)"
+    )
+
+
 def _join(data: Buffer) -> bytes:
     if isinstance(data, bytes):
         return data
@@ -94,7 +118,7 @@ class FsspecBackend:
         except (ImportError, ValueError) as e:
             raise BackendError(
                 f"cannot open {url!r}: {e}",
-                hint=f"install the filesystem for {protocol}:// (e.g. pip install 'ckpt[s3]')",
+                hint=_install_hint(protocol),
             ) from e
         self.root = self.fs._strip_protocol(url).rstrip("/")
         self.url = f"{protocol}://{self.root}"

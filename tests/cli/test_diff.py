@@ -187,3 +187,12 @@ def test_tensor_order_follows_the_state_tree(tmp_path: Path) -> None:
     store.save({"z": np.ones(1), "a": np.ones(1), "m": {"y": np.ones(1), "b": np.ones(1)}})
     assert tensor_order(store.table("main")) == ["z", "a", "m/y", "m/b"]
     assert math.isclose(diff(store, "main", "main").tensors[0].relative_change or 0.0, 0.0)
+
+
+def test_ckpt_bookkeeping_files_are_not_listed(tmp_path: Path) -> None:
+    """Files under ``.ckpt/`` (the headers ckpt keeps of imported safetensors files) are not the user's files."""
+    store = _store(tmp_path)
+    store.save({"w": [1]}, files={"config.json": b"{}"})
+    store.save({"w": [1]}, files={"config.json": b"{}", ".ckpt/safetensors/model.safetensors.header": b"{}"})
+    assert diff(store, "main~1", "main").files == ()
+    assert diff(store, "main", "main~1").files == ()

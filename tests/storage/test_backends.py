@@ -78,3 +78,24 @@ def test_open_backend_picks_fsspec_for_urls(memory_url: str) -> None:
     assert isinstance(backend, FsspecBackend)
     assert isinstance(backend, Backend)
     assert backend.url.startswith("memory://")
+
+
+@pytest.mark.parametrize(
+    ("url", "install"),
+    [("hdfs://host/store", "fsspec implementation for hdfs://"), ("nosuchfs://x/y", "for nosuchfs://")],
+)
+def test_a_missing_filesystem_says_what_to_install(url: str, install: str) -> None:
+    from ckpt.errors import BackendError
+
+    with pytest.raises(BackendError) as info:
+        open_backend(url)
+    assert install in (info.value.hint or "")
+    assert "ckpt[s3]" not in (info.value.hint or "")
+
+
+def test_the_install_hint_names_the_extra() -> None:
+    from ckpt.storage.fsspec import _install_hint
+
+    assert "pip install 'ckpt[gcs]'" in _install_hint("gs")
+    assert "pip install 'ckpt[azure]'" in _install_hint("abfs")
+    assert "pip install 'ckpt[s3]'" in _install_hint("s3")

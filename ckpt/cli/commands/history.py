@@ -23,6 +23,7 @@ from ckpt.cli.output import (
     table,
 )
 from ckpt.diff import SnapshotDiff, group_of, tensor_order
+from ckpt.model import RESERVED_FILE_PREFIX
 
 if TYPE_CHECKING:
     from ckpt.cli.app import CliState
@@ -184,7 +185,7 @@ def show(state: CliState, rev: str, list_tensors: bool, as_json: bool) -> None:
     family, depth = _lineage(store, snap)
     summary = _tensor_summary(tensor_table, listing=list_tensors)
     files: list[dict[str, Any]] = [
-        {"path": p, "size": f.size} for p, f in tensor_table.files.items() if not p.startswith(".ckpt/")
+        {"path": p, "size": f.size} for p, f in tensor_table.files.items() if not p.startswith(RESERVED_FILE_PREFIX)
     ]
     if as_json:
         emit_json(
