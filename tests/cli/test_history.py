@@ -166,8 +166,11 @@ def test_show_text(invoke: Invoke, store: ckpt.Store, family: dict[str, ckpt.Sna
     assert out.startswith(f"snapshot {family['l'].id} (lora)")
     assert re.search(r"relation\s+adapter", out)
     assert re.search(r"base\s+" + family["i2"].short_id + r" \(tiny-llama-instruct, step 10\)", out)
-    assert "tiny-llama " + family["a"].short_id + " ─finetune→ tiny-llama-instruct" in out
-    assert "─adapter→ tiny-lora " + family["l"].short_id in out
+    a, c, i1, i2, lora = (family[k].short_id for k in ("a", "c", "i1", "i2", "l"))
+    assert (
+        f"tiny-llama {a} ─continue ×2→ tiny-llama {c} ─finetune→ tiny-llama-instruct {i1} ─continue→ "
+        f"tiny-llama-instruct {i2} ─adapter→ tiny-lora {lora}" in out
+    )  # the fork points are the snapshots each line grew from
     out = invoke("show", "instruct", "--tensors").stdout
     assert "config.json" in out and "F16" in out and "model/layers.0.w" in out and "(32, 32)" in out
     out = invoke("show", family["a"].id[:8]).stdout
@@ -183,10 +186,11 @@ def test_show_json(invoke: Invoke, store: ckpt.Store, family: dict[str, ckpt.Sna
     assert data["snapshot"]["refs"] == [{"kind": "branch", "name": "instruct"}]
     assert [p["id"] for p in data["parents"]] == [family["i1"].id]
     assert data["base"] is None
-    assert [(x["id"], x["relation"]) for x in data["lineage"]] == [
-        (family["a"].id, "import"),
-        (family["i1"].id, "finetune"),
-        (family["i2"].id, "continue"),
+    assert [(x["id"], x["relation"], x["steps"]) for x in data["lineage"]] == [
+        (family["a"].id, "import", 0),
+        (family["c"].id, "continue", 2),
+        (family["i1"].id, "finetune", 1),
+        (family["i2"].id, "continue", 1),
     ]
     assert data["lineage"][0]["pruned"] is True
     assert data["history_length"] == 5

@@ -153,13 +153,33 @@ def _describe(snap: Snapshot) -> str:
     return f"{snap.short_id} ({', '.join(bits)})"
 
 
-def _lineage(store: Store, snap: Snapshot) -> tuple[list[Snapshot], int]:
-    """The model family along first parents, root first (where each line starts), and the chain's length."""
-    chain = store.lineage(snap.id)
-    family = [s for s in reversed(chain) if s.relation != "continue" or not s.parents]
-    if family[-1].id != snap.id:
-        family.append(snap)
+def _lineage(store: Store, snap: Snapshot) -> tuple[list[tuple[Snapshot, int]], int]:
+    """The model family along first parents, root first, and the chain's length.
+
+    Each entry is a snapshot and how many first-parent steps lead to it from the entry before (0 for the root).
+    The entries are the root, then for every line of the family (a relation other than ``continue``) the
+    snapshot it started from and its first snapshot, then ``snap``.
+    """
+    chain = list(reversed(store.lineage(snap.id)))
+    keep = {0, len(chain) - 1}
+    for i, s in enumerate(chain):
+        if i and s.relation != "continue":
+            keep.update((i - 1, i))
+    positions = sorted(keep)
+    family = [(chain[i], i - (positions[k - 1] if k else i)) for k, i in enumerate(positions)]
     return family, len(chain)
+
+
+def _lineage_text(family: list[tuple[Snapshot, int]], current: Snapshot) -> Text:
+    """``tiny-lm 40f2 ─continue ×3→ tiny-lm 4d29 ─finetune→ tiny-lm-instruct 8216``."""
+    text = Text()
+    for s, steps in family:
+        if steps == 1:
+            text.append(f" ─{s.relation}→ ", style="magenta")
+        elif steps > 1:
+            text.append(f" ─continue ×{steps}→ ", style="dim")
+        text.append(f"{s.model or '?'} {s.short_id}", style="bold" if s.id == current.id else "")
+    return text
 
 
 @click.command()
@@ -193,7 +213,7 @@ def show(state: CliState, rev: str, list_tensors: bool, as_json: bool) -> None:
                 "snapshot": snapshot_json(snap, refs),
                 "parents": [_brief(p) for p in parents],
                 "base": _brief(base) if base else None,
-                "lineage": [_brief(s) for s in family],
+                "lineage": [{**_brief(s), "steps": steps} for s, steps in family],
                 "history_length": depth,
                 "files": files,
                 "tensors": summary,
@@ -226,12 +246,7 @@ def show(state: CliState, rev: str, list_tensors: bool, as_json: bool) -> None:
     row("parents", ", ".join(_describe(p) for p in parents) or "none (a root)")
     if base:
         row("base", _describe(base))
-    lineage = Text()
-    for i, s in enumerate(family):
-        if i:
-            lineage.append(f" ─{s.relation}→ ", style="magenta")
-        lineage.append(f"{s.model or '?'} {s.short_id}", style="bold" if s.id == snap.id else "")
-    row("lineage", lineage)
+    row("lineage", _lineage_text(family, snap))
     row("history", f"{depth} snapshot{'s' if depth != 1 else ''} from the root to here along first parents")
     row("metadata", ", ".join(f"{k}" for k in snap.metadata) if snap.metadata else None)
     row("ckpt version", snap.ckpt_version)
