@@ -1,4 +1,4 @@
-"""``ls``, ``branch``, ``tag``, ``freeze`` and ``prune`` from the command line."""
+"""``ls``, ``branch``, ``reset``, ``tag``, ``freeze``, ``prune`` and ``reflog`` from the command line."""
 
 from __future__ import annotations
 
@@ -113,3 +113,34 @@ def test_prune_refuses_refs_and_frozen(invoke: Invoke, store: ckpt.Store, family
     invoke("prune", "main~1", "nope", code=1)
     assert not store.get(family["b"].id).pruned
     invoke("prune", code=2)
+
+
+def test_reset_moves_a_branch_and_the_reflog_keeps_the_old_head(
+    invoke: Invoke, store: ckpt.Store, family: dict[str, ckpt.Snapshot]
+) -> None:
+    result = invoke("reset", "main", "main~1")
+    assert result.stdout.strip() == f"moved main from {family['c'].short_id} to {family['b'].short_id}"
+    assert f"ckpt reset main {family['c'].short_id}" in result.stderr
+    assert store.branches()["main"] == family["b"].id
+    data = parse(invoke("reset", "main", family["c"].id[:8], "--json"))
+    assert data == {"branch": "main", "old": family["b"].id, "new": family["c"].id}
+    invoke("reset", "nope", "main", code=1)  # only existing branches move
+    assert "nope" not in store.branches()
+
+
+def test_reflog_text_json_filter_and_limit(invoke: Invoke, store: ckpt.Store, family: dict[str, ckpt.Snapshot]) -> None:
+    invoke("reset", "retry", "main")
+    entries = parse(invoke("reflog", "--json"))
+    assert entries[0]["ref"] == "refs/heads/retry" and entries[0]["action"] == "reset"
+    assert (entries[0]["old"], entries[0]["new"]) == (family["r"].id, family["c"].id)
+    assert [e["time"] for e in entries] == sorted((e["time"] for e in entries), reverse=True)  # newest first
+    assert {e["action"] for e in entries} >= {"commit", "branch", "tag", "freeze", "reset"}
+    retry = parse(invoke("reflog", "retry", "--json"))
+    assert [e["action"] for e in retry] == ["reset", "commit", "branch"]
+    assert parse(invoke("reflog", "refs/heads/retry", "--json")) == retry
+    assert parse(invoke("reflog", "retry", "-n", "1", "--json")) == retry[:1]
+    assert [e["action"] for e in parse(invoke("reflog", "best", "--json"))] == ["tag"]
+    out = invoke("reflog", "retry").stdout
+    assert re.search(r"retry\s+reset\s+" + family["r"].short_id + r"\s+→\s+" + family["c"].short_id, out)
+    assert "no reflog entries for nothing-here" in invoke("reflog", "nothing-here").stderr
+    invoke("reflog", "-n", "0", code=2)

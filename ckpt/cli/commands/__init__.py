@@ -6,7 +6,7 @@ import click
 
 from ckpt.cli.commands.history import diff, log, show
 from ckpt.cli.commands.maintenance import gc, init, verify
-from ckpt.cli.commands.refs import branch, freeze, ls, prune, tag
+from ckpt.cli.commands.refs import branch, freeze, ls, prune, reflog, reset, tag
 from ckpt.cli.commands.transfer import import_, restore, sync
 
 __all__ = ["COMMANDS"]
@@ -17,9 +17,11 @@ COMMANDS: list[click.Command] = [
     show,
     ls,
     branch,
+    reset,
     tag,
     freeze,
     prune,
+    reflog,
     restore,
     import_,
     diff,

@@ -1,4 +1,4 @@
-"""Refs: ``ls``, ``branch``, ``tag``, ``freeze`` and ``prune``."""
+"""Refs: ``ls``, ``branch``, ``reset``, ``tag``, ``freeze``, ``prune`` and ``reflog``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ckpt.cli.app import CliState
     from ckpt.store import Store
 
-__all__ = ["branch", "freeze", "ls", "prune", "tag"]
+__all__ = ["branch", "freeze", "ls", "prune", "reflog", "reset", "tag"]
 
 
 def _ref_table(store: Store, *, branches: bool = True, tags: bool = True) -> None:
@@ -196,3 +196,91 @@ def prune(state: CliState, revs: tuple[str, ...], reason: str | None, as_json: b
     for s in done:
         click.echo(f"pruned {s.short_id}")
     click.echo("their records stay in the log; run `ckpt gc` to free the bytes", err=True)
+
+
+@click.command()
+@click.argument("name")
+@click.argument("rev")
+@json_option
+@click.pass_obj
+def reset(state: CliState, name: str, rev: str, as_json: bool) -> None:
+    """Move the existing branch NAME to REV, like `git reset`; the old head stays in the reflog.
+
+    Nothing is deleted: the snapshots the branch leaves behind stay reachable through `ckpt reflog` until
+    their reflog entries expire (`ckpt gc --expire-reflog`).
+
+    \b
+    Examples:
+      ckpt reset main main~2          # undo the last two saves on main
+      ckpt reset main 3f9a1c          # put back a head found with `ckpt reflog main`
+    """
+    store = state.store()
+    old = store.branches().get(name)
+    snap = store.reset(name, rev)
+    if as_json:
+        emit_json({"branch": name, "old": old, "new": snap.id})
+    else:
+        click.echo(f"moved {name} from {(old or '?')[:12]} to {snap.short_id}")
+        if old and old != snap.id:
+            click.echo(f"{old[:12]} stays in the reflog: `ckpt reset {name} {old[:12]}` puts it back", err=True)
+
+
+def _ref_names(name: str) -> set[str]:
+    """The full ref paths a name given on the command line may mean."""
+    if name.startswith("refs/"):
+        return {name}
+    return {f"refs/heads/{name}", f"refs/tags/{name}"}
+
+
+def _short_ref(ref: str) -> str:
+    for prefix in ("refs/heads/", "refs/tags/"):
+        if ref.startswith(prefix):
+            return ref[len(prefix) :]
+    return ref
+
+
+@click.command()
+@click.argument("ref", required=False)
+@click.option("-n", "--max-count", "limit", type=click.IntRange(min=1), metavar="N", help="Show at most N entries.")
+@json_option
+@click.pass_obj
+def reflog(state: CliState, ref: str | None, limit: int | None, as_json: bool) -> None:
+    """Every move of every ref (or of the branch or tag REF), newest first.
+
+    Commits, branch creations and deletions, resets, tags, freezes, syncs, and saves that lost a race for their
+    branch (`conflict`: the snapshot was written, the branch had moved). Any id here is a revision: use it to
+    find a snapshot again (`ckpt branch found --at ID`).
+
+    \b
+    Examples:
+      ckpt reflog
+      ckpt reflog main -n 5
+      ckpt reflog --json
+    """
+    store = state.store()
+    entries = store.reflog()
+    if ref is not None:
+        wanted = _ref_names(ref)
+        entries = [e for e in entries if e.ref in wanted]
+    entries = list(reversed(entries))[:limit]
+    if as_json:
+        emit_json([e.model_dump(mode="json") for e in entries])
+        return
+    if not entries:
+        click.echo(f"no reflog entries{f' for {ref}' if ref else ''}", err=True)
+        return
+    t = table()
+    for col in ("age", "ref", "action", "old", "", "new", "message"):
+        t.add_column(col)
+    styles = {"conflict": "bold red", "delete": "red", "reset": "magenta", "freeze": "bold cyan", "commit": "green"}
+    for e in entries:
+        t.add_row(
+            age(e.time),
+            _short_ref(e.ref),
+            Text(e.action, style=styles.get(e.action, "")),
+            Text((e.old or "-")[:12], style="yellow" if e.old else "dim"),
+            "→",
+            Text((e.new or "-")[:12], style="yellow" if e.new else "dim"),
+            e.message or "",
+        )
+    console().print(t)
