@@ -1,8 +1,9 @@
 """Revisions: how people name snapshots (``main``, ``main~2``, ``v1^``, ``tiny-llama-2026-11-28``, ``3f9a``).
 
 Grammar: ``BASE SUFFIX*`` where BASE is a branch, a tag, a full id or a unique id prefix of at least 4 hex
-characters (looked up in that order), and each SUFFIX is ``~N`` (N-th first-parent ancestor; ``~`` alone is
-``~1``) or ``^N`` (N-th parent; ``^`` alone is ``^1``).
+characters (looked up in that order), or ``BRANCH@{N}`` (where the branch pointed N moves ago, from its reflog:
+``main@{1}`` is main before its last commit, reset or deletion), and each SUFFIX is ``~N`` (N-th first-parent
+ancestor; ``~`` alone is ``~1``) or ``^N`` (N-th parent; ``^`` alone is ``^1``).
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ckpt.errors import AmbiguousRevisionError, RevisionNotFoundError
-from ckpt.model import Snapshot, is_digest
+from ckpt.model import ReflogEntry, Snapshot, is_digest
 
 __all__ = ["MIN_PREFIX", "ParsedRevision", "parse_revision"]
 
 MIN_PREFIX = 4
 _SUFFIX = re.compile(r"(~|\^)([0-9]*)")
 _HEX = re.compile(r"^[0-9a-f]+$")
+_REFLOG = re.compile(r"^(?P<name>.+)@\{(?P<n>[0-9]+)\}$")
 
 
 @dataclass(frozen=True)
@@ -29,10 +31,12 @@ class ParsedRevision:
     Attributes:
         base: the branch, tag or id part.
         steps: ``("~", n)`` or ``("^", n)`` pairs, applied left to right.
+        reflog: N of ``BRANCH@{N}`` (``base`` is then the branch), else ``None``.
     """
 
     base: str
     steps: tuple[tuple[str, int], ...]
+    reflog: int | None = None
 
 
 def parse_revision(rev: str) -> ParsedRevision:
@@ -59,7 +63,36 @@ def parse_revision(rev: str) -> ParsedRevision:
         pos = m.end()
     if not base:
         raise RevisionNotFoundError(f"revision {rev!r} has no branch, tag or id before its suffix")
+    m = _REFLOG.match(base)
+    if m:
+        return ParsedRevision(m.group("name"), tuple(steps), reflog=int(m.group("n")))
     return ParsedRevision(base, tuple(steps))
+
+
+def resolve_reflog(branch: str, n: int, entries: list[ReflogEntry]) -> str:
+    """``BRANCH@{N}``: the id the branch pointed at N moves before its latest (``@{0}``: after its latest move).
+
+    Args:
+        branch: the branch name.
+        n: how many moves back.
+        entries: the branch's reflog, oldest first.
+
+    Raises:
+        RevisionNotFoundError: the reflog is shorter, or the branch did not exist at that point.
+    """
+    if not entries:
+        raise RevisionNotFoundError(f"no reflog for branch {branch!r}", hint="`ckpt reflog` lists every ref move")
+    if n >= len(entries):
+        raise RevisionNotFoundError(
+            f"{branch}@{{{n}}}: the reflog of {branch!r} has only {len(entries)} entries",
+            hint=f"{branch}@{{0}} to {branch}@{{{len(entries) - 1}}}; `ckpt reflog {branch}` lists them",
+        )
+    entry = entries[len(entries) - 1 - n]
+    if entry.new is None:
+        raise RevisionNotFoundError(
+            f"{branch}@{{{n}}}: the branch had just been deleted ({entry.time}); try {branch}@{{{n + 1}}}"
+        )
+    return entry.new
 
 
 def resolve_base(

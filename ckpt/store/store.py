@@ -45,7 +45,7 @@ from ckpt.store.gc import GcReport, plan_gc
 from ckpt.store.objects import Objects
 from ckpt.store.refs import Refs
 from ckpt.store.retention import RetentionPolicy
-from ckpt.store.revisions import parse_revision, resolve_base, walk_steps
+from ckpt.store.revisions import parse_revision, resolve_base, resolve_reflog, walk_steps
 from ckpt.store.sync import SyncReport, sync
 from ckpt.store.transfer import Progress, WriteStats, read_tensors, write_files, write_tensors
 from ckpt.store.verify import Damage, VerifyReport, verify_snapshots
@@ -336,7 +336,8 @@ class Store:
         """The snapshot a revision names.
 
         Args:
-            rev: a branch, tag, full id, unique id prefix (≥ 4 hex), with optional ``~N`` / ``^N`` suffixes.
+            rev: a branch, tag, full id, unique id prefix (≥ 4 hex), or ``BRANCH@{N}`` (where the branch
+                pointed N moves ago, from its reflog), with optional ``~N`` / ``^N`` suffixes.
 
         Raises:
             RevisionNotFoundError: nothing matches (close names are suggested).
@@ -349,14 +350,17 @@ class Store:
         if isinstance(rev, Snapshot):
             return rev
         parsed = parse_revision(rev)
-        sid = resolve_base(
-            parsed.base,
-            branch=self._refs.branch_head,
-            tag=lambda n: t.id if (t := self._refs.tag(n)) else None,
-            has_snapshot=self._objects.has_snapshot,
-            ids_with_prefix=lambda p: list(self._objects.snapshot_ids(p)),
-            names=lambda: [*self._refs.branches(), *self._refs.tags()],
-        )
+        if parsed.reflog is not None:
+            sid = resolve_reflog(parsed.base, parsed.reflog, self._refs.reflog(f"refs/heads/{parsed.base}"))
+        else:
+            sid = resolve_base(
+                parsed.base,
+                branch=self._refs.branch_head,
+                tag=lambda n: t.id if (t := self._refs.tag(n)) else None,
+                has_snapshot=self._objects.has_snapshot,
+                ids_with_prefix=lambda p: list(self._objects.snapshot_ids(p)),
+                names=lambda: [*self._refs.branches(), *self._refs.tags()],
+            )
         pruned = self._pruned()
         snap = self._get(sid, pruned)
         return walk_steps(snap, parsed.steps, lambda i: self._get(i, pruned), rev)

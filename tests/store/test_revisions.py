@@ -223,3 +223,35 @@ def test_pruned_snapshots_stay_in_the_log(store: ckpt.Store, chain: list[ckpt.Sn
     assert store.resolve("main~1").pruned
     assert store.get(b.id).pruned
     assert not store.resolve("main").pruned
+
+
+# -- BRANCH@{N}: the reflog --------------------------------------------------------------------------------------
+
+
+@no_s3
+def test_branch_at_n_walks_the_reflog(store: ckpt.Store, chain: list[ckpt.Snapshot]) -> None:
+    a, b, c = chain
+    assert store.resolve("main@{0}").id == c.id
+    assert store.resolve("main@{1}").id == b.id
+    assert store.resolve("main@{2}").id == a.id
+    store.reset("main", "main~2")  # undo two saves …
+    assert store.resolve("main").id == a.id
+    assert store.resolve("main@{1}").id == c.id  # … and find the head again
+    assert store.resolve("main@{1}~1").id == b.id  # suffixes apply after
+    store.reset("main", "main@{1}")
+    assert store.resolve("main").id == c.id
+
+
+@no_s3
+def test_branch_at_n_after_delete_and_errors(store: ckpt.Store, chain: list[ckpt.Snapshot]) -> None:
+    store.delete_branch("main")
+    assert store.resolve("main@{1}").id == chain[2].id  # a deleted branch's head is still named
+    with pytest.raises(RevisionNotFoundError, match=r"deleted \(.*\); try main@\{1\}"):
+        store.resolve("main@{0}")
+    with pytest.raises(RevisionNotFoundError, match="has only 4 entries") as info:
+        store.resolve("main@{4}")
+    assert "main@{3}" in (info.value.hint or "")
+    with pytest.raises(RevisionNotFoundError, match="no reflog for branch 'v1'"):
+        store.resolve("v1@{0}")  # tags never move: no reflog walk
+    with pytest.raises(RevisionNotFoundError):
+        store.resolve("main@{x}")  # not a count: not a name either ('@{' is never in a name)

@@ -222,7 +222,7 @@ def reset(state: CliState, name: str, rev: str, as_json: bool) -> None:
     else:
         click.echo(f"moved {name} from {(old or '?')[:12]} to {snap.short_id}")
         if old and old != snap.id:
-            click.echo(f"{old[:12]} stays in the reflog: `ckpt reset {name} {old[:12]}` puts it back", err=True)
+            click.echo(f"{old[:12]} stays in the reflog: `ckpt reset {name} {name}@{{1}}` puts it back", err=True)
 
 
 def _ref_names(name: str) -> set[str]:
