@@ -40,7 +40,7 @@ from ckpt.errors import (
 from ckpt.model import ReflogEntry, Relation, Snapshot, StoreConfig, TagRecord, TensorEntry, TensorTable
 from ckpt.rng import rng_state, set_rng_state
 from ckpt.state import TensorSource
-from ckpt.store import Damage, GcReport, LazyTensors, Store, SyncReport, VerifyReport, init, open, sync
+from ckpt.store import Damage, GcReport, LazyTensors, RepairReport, Store, SyncReport, VerifyReport, init, open, sync
 from ckpt.train import Checkpointer, SaveHandle
 
 
@@ -108,6 +108,7 @@ for _obj in (
     Damage,
     TensorSource,
     SyncReport,
+    RepairReport,
     Checkpointer,
     SaveHandle,
     init,
@@ -139,6 +140,7 @@ __all__ = [
     "RefExistsError",
     "ReflogEntry",
     "Relation",
+    "RepairReport",
     "RevisionError",
     "RevisionNotFoundError",
     "SaveHandle",

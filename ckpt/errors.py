@@ -200,8 +200,8 @@ class CorruptChunkError(IntegrityError):
     """
 
     default_hint = (
-        "run `ckpt verify` to find all damage; the snapshots it names cannot be loaded until the object is "
-        "restored from a copy (another store or the original files)"
+        "run `ckpt verify` to find all damage, then `ckpt repair --from URL` to put it back from a good copy "
+        "(a replica, a backup)"
     )
 
     def __init__(

@@ -214,6 +214,17 @@ class Objects:
                 )
         return mm
 
+    def replace_chunk(self, digest: str, raw: bytes) -> int:
+        """Write a chunk's good bytes over a damaged or missing copy (repair); returns the bytes written.
+
+        Raises:
+            CorruptChunkError: ``raw`` does not hash to ``digest`` (nothing is written).
+        """
+        if hash_chunk(raw) != digest:
+            raise CorruptChunkError(f"chunk {digest[:12]}: the bytes offered do not match its digest", digest=digest)
+        self.backend.replace(layout.chunk_path(digest), [chunk_header(len(raw)), raw])
+        return CHUNK_HEADER_SIZE + len(raw)
+
     def has_chunk(self, digest: str) -> bool:
         """Whether the chunk exists."""
         return self.backend.exists(layout.chunk_path(digest))
@@ -258,6 +269,17 @@ class Objects:
             raise CorruptChunkError(f"{kind} record {digest[:12]} does not match its digest", digest=digest)
         path = layout.table_path(digest) if kind == "table" else layout.snapshot_path(digest)
         self.backend.put_if_absent(path, data)
+
+    def replace_raw_record(self, kind: str, digest: str, data: bytes) -> None:
+        """Write a record's good bytes over a damaged or missing copy (repair).
+
+        Raises:
+            CorruptChunkError: ``data`` does not hash to ``digest`` (nothing is written).
+        """
+        if digest_bytes(data) != digest:
+            raise CorruptChunkError(f"{kind} record {digest[:12]} does not match its digest", digest=digest)
+        path = layout.table_path(digest) if kind == "table" else layout.snapshot_path(digest)
+        self.backend.replace(path, data)
 
     def put_snapshot(self, snap: Snapshot) -> Snapshot:
         """Store a snapshot record; returns it with its id set."""

@@ -44,6 +44,7 @@ from ckpt.store import layout
 from ckpt.store.gc import GcReport, plan_gc
 from ckpt.store.objects import Objects
 from ckpt.store.refs import Refs
+from ckpt.store.repair import RepairReport, repair
 from ckpt.store.retention import RetentionPolicy
 from ckpt.store.revisions import parse_revision, resolve_base, resolve_reflog, walk_steps
 from ckpt.store.sync import SyncReport, sync
@@ -728,6 +729,30 @@ class Store:
             broken: set[str] = set()
             ids = sorted(set(live_snapshots(self._objects, roots, broken)) | broken)
         return verify_snapshots(self._objects, ids, pruned=self._pruned(), extra_damage=extra, progress=progress)
+
+    def repair(
+        self, source: Store, revs: Sequence[str] | None = None, *, progress: Progress | None = None
+    ) -> RepairReport:
+        """Put back damaged or missing objects from a good copy of this store (a replica, a backup).
+
+        Verifies this store (every reachable snapshot, or those of ``revs``), reads each damaged chunk, table and
+        snapshot record from ``source``, checks it against its digest (bad bytes are never copied), writes it over
+        the damaged copy, and verifies again. Refs are never changed.
+
+        Args:
+            source: any store holding the same objects, e.g. one kept in step with ``ckpt.sync``.
+            revs: repair only what these revisions need; default: everything ``verify()`` checks.
+            progress: called with byte counts as chunks are checked.
+
+        Returns:
+            What was repaired, what was not and why, and the final verification.
+
+        Example:
+            >>> report = store.repair(ckpt.open("s3://bucket/replica"))  # doctest: +SKIP
+            >>> report.ok, len(report.repaired), report.bytes_copied  # doctest: +SKIP
+            (True, 1, 67108880)
+        """
+        return repair(self, source, revs, progress=progress)
 
     def sync_to(self, dst: Store, revs: Sequence[str] | None = None, *, progress: Progress | None = None) -> SyncReport:
         """Copy snapshots (with history, tables, chunks and refs) to another store; see ``ckpt.sync``.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ckpt.cli.commands.history import diff, log, show
-from ckpt.cli.commands.maintenance import gc, init, verify
+from ckpt.cli.commands.maintenance import gc, init, repair, verify
 from ckpt.cli.commands.refs import branch, freeze, ls, prune, reflog, reset, tag
 from ckpt.cli.commands.transfer import import_, restore, sync
 
@@ -26,6 +26,7 @@ COMMANDS: list[click.Command] = [
     import_,
     diff,
     verify,
+    repair,
     gc,
     sync,
 ]

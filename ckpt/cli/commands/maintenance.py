@@ -1,4 +1,4 @@
-"""The store itself: ``init``, ``verify`` and ``gc``."""
+"""The store itself: ``init``, ``verify``, ``repair`` and ``gc``."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from rich.console import Console
 from rich.text import Text
 
 import ckpt
-from ckpt.cli.commands._common import json_option, parse_duration, parse_size_option
+from ckpt.cli.commands._common import json_option, parse_duration, parse_options, parse_size_option
 from ckpt.cli.output import console, emit_json, human_bytes, progress_bar, progress_enabled
 
 if TYPE_CHECKING:
     from ckpt.cli.app import CliState
 
-__all__ = ["gc", "init", "verify"]
+__all__ = ["gc", "init", "repair", "verify"]
 
 
 @click.command()
@@ -74,7 +74,52 @@ def verify(state: CliState, rev: str | None, all_: bool, as_json: bool) -> None:
         )
     if not report.ok:
         if not as_json:
-            click.echo("hint: copy the damaged objects back from another store with `ckpt sync`", err=True)
+            click.echo("hint: put the damaged objects back from a good copy with `ckpt repair --from URL`", err=True)
+        click.get_current_context().exit(1)
+
+
+def _damage_line(kind: str, d: ckpt.Damage) -> Text:
+    where = f" (tensors: {', '.join(d.tensors[:3])}{' …' if len(d.tensors) > 3 else ''})" if d.tensors else ""
+    style = "bold green" if kind == "repaired" else "bold red"
+    return Text.assemble((kind, style), f" {d.kind} {d.object} {d.digest[:16]}{where}: {d.message}")
+
+
+@click.command()
+@click.argument("revs", nargs=-1, metavar="[REV]...")
+@click.option("--from", "source", required=True, metavar="URL", help="A good copy of the store (a replica, a backup).")
+@click.option(
+    "--from-option", multiple=True, metavar="KEY=VALUE", help="fsspec storage option for --from (repeatable)."
+)
+@json_option
+@click.pass_obj
+def repair(state: CliState, revs: tuple[str, ...], source: str, from_option: tuple[str, ...], as_json: bool) -> None:
+    """Put back damaged or missing objects from a good copy of the store, then verify again.
+
+    Every damaged chunk, tensor table and snapshot record that `ckpt verify` finds (for the given REVs, or
+    everywhere) is read from --from, checked against its digest (bad bytes are never copied) and written over
+    the damaged copy. Refs are never changed. Exits 0 when the store verifies clean afterwards, 1 otherwise.
+
+    \b
+    Examples:
+      ckpt repair --from s3://bucket/models-replica
+      ckpt repair --from /mnt/backup/.ckpt tiny-llama-2026-11-28
+    """
+    store = state.store()
+    good = ckpt.open(source, **parse_options(from_option, flag="--from-option"))
+    with progress_bar("repair", quiet=state.quiet) as progress:
+        report = store.repair(good, list(revs) or None, progress=progress)
+    if as_json:
+        emit_json({"store": store.url, "source": good.url, **report.model_dump(mode="json")})
+    else:
+        out = console()
+        for d in report.repaired:
+            out.print(_damage_line("repaired", d))
+        for d in report.unrepaired:
+            out.print(_damage_line("unrepaired", d))
+        n, m = len(report.repaired), len(report.unrepaired)
+        verdict = "the store verifies clean" if report.ok else f"{m} problem{'s' if m != 1 else ''} remain"
+        click.echo(f"{n} object{'s' if n != 1 else ''} repaired ({human_bytes(report.bytes_copied)} copied); {verdict}")
+    if not report.ok:
         click.get_current_context().exit(1)
 
 

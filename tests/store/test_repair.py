@@ -1,0 +1,131 @@
+"""``Store.repair``: damaged and missing objects put back from a good copy, on every backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ckpt
+from ckpt.store import layout
+from ckpt.testing import assert_state_equal
+
+
+def _damage(store: ckpt.Store, path: str) -> None:
+    """Flip one bit of the last byte of the object at ``path``."""
+    data = bytearray(store.backend.read(path))
+    data[-1] ^= 1
+    store.backend.replace(path, bytes(data))
+
+
+@pytest.fixture
+def saved(store: ckpt.Store, tmp_path: Path) -> tuple[ckpt.Store, ckpt.Store]:
+    """Three saves on the store under test (small chunks: a tensor spans several), and a good copy on disk."""
+    for i in range(3):
+        store.save(
+            {"w": np.arange(3000, dtype=np.float32) + i, "b": np.full(8, i, np.int64)},
+            message=f"save {i}",
+            files={"config.json": b'{"v": %d}' % i},
+        )
+    good = ckpt.init(str(tmp_path / "good"), chunk_size=store.chunk_size)
+    ckpt.sync(store, good, ["main"])
+    return store, good
+
+
+@pytest.fixture
+def store(location: tuple[str, dict[str, object]]) -> ckpt.Store:
+    url, options = location
+    return ckpt.init(url, chunk_size=4096, **options)
+
+
+def test_every_kind_of_damage_is_repaired(saved: tuple[ckpt.Store, ckpt.Store]) -> None:
+    store, good = saved
+    expected = store.load("main")
+    chunk = store.table("main").tensors["w"].chunks[1]
+    _damage(store, layout.chunk_path(chunk))  # a flipped bit
+    store.backend.delete([layout.chunk_path(store.table("main").tensors["b"].chunks[0])])  # a lost chunk
+    middle = store.resolve("main~1")
+    store.backend.delete([layout.table_path(middle.table)])  # a lost table
+    _damage(store, layout.snapshot_path(store.resolve("main~2").id))  # a damaged record
+    before = store.verify()
+    assert {(d.kind, d.object) for d in before.damage} == {
+        ("corrupt", "chunk"),
+        ("missing", "chunk"),
+        ("missing", "table"),
+        ("corrupt", "snapshot"),
+    }
+
+    report = store.repair(good)
+
+    assert report.ok and report.verify.ok and report.unrepaired == ()
+    # the table and the record hid their own chunks from the first pass; nothing else needed copying
+    assert {(d.kind, d.object) for d in report.repaired} >= {(d.kind, d.object) for d in before.damage}
+    assert report.bytes_copied > 0
+    assert store.verify().ok
+    assert_state_equal(store.load("main"), expected)
+    assert [s.message for s in store.log()] == ["save 2", "save 1", "save 0"]
+    assert store.files("main~1") == {"config.json": b'{"v": 1}'}
+
+
+def test_a_sound_store_is_left_alone(saved: tuple[ckpt.Store, ckpt.Store]) -> None:
+    store, good = saved
+    report = store.repair(good)
+    assert report.ok and report.repaired == () and report.bytes_copied == 0
+
+
+def test_what_the_source_lacks_is_reported_and_nothing_is_lost(store: ckpt.Store, tmp_path: Path) -> None:
+    store.save({"w": np.arange(3000, dtype=np.float32)}, message="old")
+    good = ckpt.init(str(tmp_path / "good"), chunk_size=store.chunk_size)
+    ckpt.sync(store, good, ["main"])
+    store.save({"w": np.arange(3000, dtype=np.float32) * 2, "new": np.ones(4)}, message="new, not in the copy")
+    lost = store.table("main").tensors["new"].chunks[0]
+    store.backend.delete([layout.chunk_path(lost)])
+    old_chunk = store.table("main~1").tensors["w"].chunks[0]
+    _damage(store, layout.chunk_path(old_chunk))
+
+    report = store.repair(good)
+
+    assert not report.ok
+    assert [(d.kind, d.object, d.digest) for d in report.repaired] == [("corrupt", "chunk", old_chunk)]
+    (left,) = report.unrepaired
+    assert (left.kind, left.object, left.digest) == ("missing", "chunk", lost)
+    assert "not repaired" in left.message and "missing" in left.message
+    assert store.load("main~1")["w"][0] == 0  # the repairable snapshot reads again
+    assert store.branches()["main"] == store.log()[0].id  # refs untouched
+
+
+def test_a_bad_copy_in_the_source_is_never_copied(store: ckpt.Store, tmp_path: Path) -> None:
+    store.save({"w": np.arange(3000, dtype=np.float32)})
+    good = ckpt.init(str(tmp_path / "good"), chunk_size=store.chunk_size)
+    ckpt.sync(store, good, ["main"])
+    digest = store.table("main").tensors["w"].chunks[0]
+    _damage(store, layout.chunk_path(digest))
+    _damage(good, layout.chunk_path(digest))  # the replica rotted too
+    damaged = store.backend.read(layout.chunk_path(digest))
+
+    report = store.repair(good)
+
+    assert not report.ok and report.repaired == ()
+    assert "corrupt" in report.unrepaired[0].message.split("not repaired:")[1]
+    assert store.backend.read(layout.chunk_path(digest)) == damaged  # left as it was, for a better source
+
+
+def test_repair_of_some_revisions_only(saved: tuple[ckpt.Store, ckpt.Store]) -> None:
+    store, good = saved
+    head, oldest = store.table("main"), store.table("main~2")
+    _damage(store, layout.chunk_path(head.tensors["w"].chunks[0]))
+    _damage(store, layout.chunk_path(oldest.tensors["b"].chunks[0]))
+    report = store.repair(good, ["main"])
+    assert report.ok and len(report.repaired) == 1  # only what main needs
+    assert not store.verify().ok  # main~2's chunk is still damaged
+    assert store.repair(good, ["main~2"]).ok and store.verify().ok
+
+
+def test_a_branch_whose_snapshot_record_is_gone(saved: tuple[ckpt.Store, ckpt.Store]) -> None:
+    store, good = saved
+    head = store.resolve("main").id
+    store.backend.delete([layout.snapshot_path(head)])
+    assert any(d.object == "ref" for d in store.verify().damage)
+    report = store.repair(good)
+    assert report.ok and store.resolve("main").id == head
