@@ -68,8 +68,12 @@ class Objects:
         if digest is not None:
             known = layout.chunk_path(digest)
             if self.backend.exists(known):
-                self.backend.put_if_absent(known, [chunk_header(data.nbytes), data])  # refreshes it for gc
-                return digest, 0
+                if not self.backend.put_if_absent(known, [chunk_header(data.nbytes), data]):  # refreshes it for gc
+                    return digest, 0
+                # gc deleted it between the two calls, so these unhashed bytes were just written: check them
+                if hash_chunk(data) == digest:
+                    return digest, CHUNK_HEADER_SIZE + data.nbytes
+                self.backend.delete([known])  # never leave bytes under an address that is not their digest
         digest = hash_chunk(data)
         path = layout.chunk_path(digest)
         if self.backend.put_if_absent(path, [chunk_header(data.nbytes), data]):
