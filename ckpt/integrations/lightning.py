@@ -13,8 +13,10 @@
 At the end of every ``every_n_epochs``-th training epoch (after that epoch's validation) the callback saves the
 full Lightning checkpoint — weights, optimizer and scheduler states, loop progress, callback states, the
 random generators (``ckpt.rng_state()``) — as the branch's next snapshot, with ``trainer.callback_metrics`` as
-its metrics. Saves run in the background (``ckpt.Checkpointer``); ``patience`` turns on early stopping on
-``monitor`` with the semantics of Lightning's ``EarlyStopping``. It takes the place of ``ModelCheckpoint``
+its metrics (an epoch without a validation is saved without the validation's stale metrics, so it is not
+judged). Saves run in the background (``ckpt.Checkpointer``); ``patience`` turns on early stopping on
+``monitor`` with the semantics of Lightning's ``EarlyStopping``. ``teardown`` releases the staging memory and
+the save thread; the next ``fit`` saves again. It takes the place of ``ModelCheckpoint``
 (it is a ``Checkpoint`` callback, so Lightning adds no default one).
 
 Paths ``ckpt:<revision>`` (``resume_path()``, ``best_model_path``, ``last_model_path``) load from the store
@@ -95,17 +97,16 @@ class CkptCallback(Checkpoint):
         weights_only: bool = False,
     ) -> None:
         super().__init__()
-        self.checkpointer = Checkpointer(
-            store,
-            branch,
-            monitor=monitor,
-            mode=mode,
-            keep_last=keep_last,
-            keep_best=keep_best,
-            keep_every=keep_every,
-            async_save=async_save,
-            model=model,
-        )
+        self._options: dict[str, Any] = {
+            "monitor": monitor,
+            "mode": mode,
+            "keep_last": keep_last,
+            "keep_best": keep_best,
+            "keep_every": keep_every,
+            "async_save": async_save,
+            "model": model,
+        }
+        self.checkpointer = Checkpointer(store, branch, **self._options)
         self.store = self.checkpointer.store
         self.branch = branch
         self.patience = patience
@@ -114,6 +115,9 @@ class CkptCallback(Checkpoint):
         self.weights_only = weights_only
         if patience is not None and monitor is None:
             raise RecordError("early stopping (patience=…) needs a metric to judge by", hint="pass monitor='val_loss'")
+        self._validated = False  # a validation ran since the last save
+        self._validation_keys: set[str] = set()  # the metrics validations log
+        self._before_validation: dict[str, float] = {}
 
     @property
     def state_key(self) -> str:
@@ -124,7 +128,7 @@ class CkptCallback(Checkpoint):
 
     def resume_path(self) -> str | None:
         """``ckpt:<id>`` of the branch's newest save, to pass as ``fit(ckpt_path=…)``; ``None`` if there is none."""
-        snap = self.checkpointer.latest()
+        snap = self.checkpointer.resume_snapshot()
         return None if snap is None else PREFIX + snap.id
 
     @property
@@ -138,7 +142,8 @@ class CkptCallback(Checkpoint):
     @property
     def last_model_path(self) -> str:
         """``ckpt:<id>`` of the newest save, or ``""``."""
-        return self.resume_path() or ""
+        snap = self.checkpointer.latest()
+        return "" if snap is None else PREFIX + snap.id
 
     def best(self) -> Snapshot | None:
         """The best snapshot by ``monitor`` (see ``Checkpointer.best``)."""
@@ -151,15 +156,40 @@ class CkptCallback(Checkpoint):
     # -- Lightning hooks -------------------------------------------------------------------------------
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Teach the trainer's checkpoint IO to read ``ckpt:`` paths (before Lightning restores any)."""
+        """Teach the trainer's checkpoint IO to read ``ckpt:`` paths (before Lightning restores any); after an
+        earlier ``teardown``, start saving again."""
+        if self.checkpointer.closed:
+            self.checkpointer = Checkpointer(self.store, self.branch, **self._options)
         io = trainer.strategy.checkpoint_io
         if not (isinstance(io, _StoreIO) and io.store is self.store):
             trainer.strategy.checkpoint_io = _StoreIO(io, self.store)
 
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Note the metrics before the validation, to tell which ones it logs."""
+        if not trainer.sanity_checking:
+            self._before_validation = _metrics(trainer.callback_metrics)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The next save carries this validation's metrics."""
+        if trainer.sanity_checking:
+            return
+        before = self._before_validation
+        now = _metrics(trainer.callback_metrics)
+        self._validation_keys |= {k for k, v in now.items() if k not in before or before[k] != v}
+        self._validated = True
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Save the epoch (after its validation), apply retention, and decide on early stopping."""
+        """Save the epoch (after its validation), apply retention, and decide on early stopping.
+
+        An epoch without a validation (``check_val_every_n_epoch`` > 1) is saved without the validation
+        metrics: ``callback_metrics`` still holds the last validation's values, which must not be judged again.
+        """
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
+        metrics = _metrics(trainer.callback_metrics)
+        if not self._validated:
+            metrics = {k: v for k, v in metrics.items() if k not in self._validation_keys}
+        self._validated = False
         stop = False
         if trainer.is_global_zero:
             checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=self.weights_only)
@@ -167,7 +197,7 @@ class CkptCallback(Checkpoint):
                 checkpoint,
                 step=int(trainer.global_step),
                 epoch=int(trainer.current_epoch),
-                metrics=_metrics(trainer.callback_metrics),
+                metrics=metrics,
                 message=f"epoch {trainer.current_epoch}",
             )
             if self.patience is not None:
@@ -177,8 +207,9 @@ class CkptCallback(Checkpoint):
             trainer.should_stop = trainer.should_stop or stop
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Wait for the saves in flight (a failed one raises here)."""
-        self.checkpointer.wait()
+        """Finish the saves in flight (a failed one raises here) and release the staging memory and the save
+        thread; reading (``best()``, the paths) still works, and the next ``fit`` saves again."""
+        self.checkpointer.close()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """Finish the saves in flight, so an interrupted run keeps what it saved."""

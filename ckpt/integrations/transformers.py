@@ -13,8 +13,9 @@ Every evaluation during training becomes the branch's next snapshot: the model's
 and scheduler's, the ``TrainerState`` (as JSON), the random generators (``ckpt.rng_state()``), with the
 evaluation's metrics (``eval_loss`` …) and the model's ``config.json`` attached. Saves run in the background
 (``ckpt.Checkpointer``). With ``patience`` the callback sets ``control.should_training_stop`` as
-``EarlyStoppingCallback`` would, judged on ``monitor``. The Trainer's own checkpoints are not needed
-(``save_strategy="no"``).
+``EarlyStoppingCallback`` would, judged on ``monitor``; in a distributed run the main process (the one that
+saves) decides, and every process gets its answer. The Trainer's own checkpoints are not needed
+(``save_strategy="no"``). At the end of training the staging memory and the save thread are released.
 
 Load the weights back with ``ckpt.restore(model, store, "main")`` (or ``store.load``); the Trainer's
 ``resume_from_checkpoint`` reads only its own folders.
@@ -80,17 +81,16 @@ class CkptTrainerCallback(TrainerCallback):
         save_optimizer: bool = True,
     ) -> None:
         self.monitor = monitor if monitor.startswith("eval_") else f"eval_{monitor}"
-        self.checkpointer = Checkpointer(
-            store,
-            branch,
-            monitor=self.monitor,
-            mode=mode,
-            keep_last=keep_last,
-            keep_best=keep_best,
-            keep_every=keep_every,
-            async_save=async_save,
-            model=model,
-        )
+        self._options: dict[str, Any] = {
+            "monitor": self.monitor,
+            "mode": mode,
+            "keep_last": keep_last,
+            "keep_best": keep_best,
+            "keep_every": keep_every,
+            "async_save": async_save,
+            "model": model,
+        }
+        self.checkpointer = Checkpointer(store, branch, **self._options)
         self.store = self.checkpointer.store
         self.branch = branch
         self.patience = patience
@@ -109,7 +109,9 @@ class CkptTrainerCallback(TrainerCallback):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        """Evaluations from here to the end of training are saved."""
+        """Evaluations from here to the end of training are saved (again, after an earlier ``train()``)."""
+        if self.checkpointer.closed:
+            self.checkpointer = Checkpointer(self.store, self.branch, **self._options)
         self._training = True
 
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
@@ -137,15 +139,31 @@ class CkptTrainerCallback(TrainerCallback):
                 message=f"step {state.global_step}",
                 files=files,
             )
-            if self.patience is not None and self.checkpointer.should_stop(self.patience, self.min_delta):
+        if self.patience is not None:
+            stop = state.is_world_process_zero and self.checkpointer.should_stop(self.patience, self.min_delta)
+            if _main_process_says(stop):  # every process stops, or none: the others would hang without it
                 control.should_training_stop = True
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        """Wait for the saves in flight (a failed one raises here)."""
+        """Finish the saves in flight (a failed one raises here) and release the staging memory and the save
+        thread; reading (``best()``, ``freeze_best()``) still works."""
         self._training = False
-        self.checkpointer.wait()
+        self.checkpointer.close()
+
+
+def _main_process_says(stop: bool) -> bool:
+    """The main process's stop decision, on every process of a distributed run (``stop`` when not distributed)."""
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover - transformers' Trainer needs torch
+        return stop
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return stop
+    box = [stop]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
 
 
 def _metrics(values: Mapping[str, Any]) -> dict[str, float]:

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 import torch
+from pydantic import JsonValue
 
 import ckpt
 from ckpt.errors import CkptError, RecordError, UnsupportedStateError
@@ -327,3 +328,151 @@ def test_modules_and_optimizers_save_and_resume_as_themselves(local_store: ckpt.
     assert fresh_opt.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == 5e-3
     assert torch.equal(fresh_opt.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
     assert fresh_sched.state_dict() == sched.state_dict()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"step": 1.5},
+        {"step": 1, "epoch": "first"},
+        {"step": 1, "message": 3},
+        {"step": 1, "metadata": {"tags": {1, 2}}},
+        {"step": 1, "files": {"config.json": "text, not bytes"}},
+    ],
+    ids=["float step", "str epoch", "int message", "set in metadata", "str file"],
+)
+def test_a_bad_record_fails_the_save_call_not_a_later_one(local_store: ckpt.Store, bad: dict[str, object]) -> None:
+    with Checkpointer(local_store, "main") as ckpts:
+        with pytest.raises(RecordError):
+            ckpts.save({"w": torch.ones(3)}, **bad)  # type: ignore[arg-type]
+        ckpts.save({"w": torch.ones(3)}, step=2).result()  # nothing was left to fail in the background
+        ckpts.wait()
+    assert [s.step for s in local_store.log("main")] == [2]
+
+
+def test_metadata_and_files_are_taken_at_save(local_store: ckpt.Store) -> None:
+    """Like the tensors, the metadata and files a save was called with are those it records."""
+    tags: list[JsonValue] = ["a"]
+    config = bytearray(b'{"n": 1}')
+    with Checkpointer(local_store, "main", max_pending=2) as ckpts, refs_locked(local_store):
+        ckpts.save({"w": torch.ones(3)}, step=1)  # waits to move the branch; the next save waits behind it
+        handle = ckpts.save({"w": torch.ones(3)}, step=2, metadata={"tags": tags}, files={"config.json": config})  # type: ignore[dict-item]
+        tags.append("b")
+        config[:] = b'{"n": 2}'
+    snap = handle.result()
+    assert snap.metadata["tags"] == ["a"]
+    assert local_store.files(snap.id)["config.json"] == b'{"n": 1}'
+
+
+def test_resume_when_the_head_was_pruned(local_store: ckpt.Store) -> None:
+    """A branch made (or reset) at a pruned snapshot resumes from the newest save that still has its tensors."""
+    store = local_store
+    with Checkpointer(store, "main", keep_last=1, keep_every=2) as ckpts:
+        for step in (1, 2, 3, 4):
+            ckpts.save({"w": torch.full((10,), float(step)), "step": step}, step=step)
+    assert [(s.step, s.pruned) for s in store.log("main")] == [(4, False), (3, True), (2, False), (1, True)]
+    store.branch("retry", at="main~1")  # step 3: pruned
+    with Checkpointer(store, "retry") as ckpts:
+        with pytest.warns(UserWarning, match="was pruned; resuming from"):
+            state = ckpts.resume()
+        assert state is not None and state["step"] == 2 and torch.equal(state["w"], torch.full((10,), 2.0))
+        assert ckpts.latest() == store.resolve("main~1")  # latest() is still the branch's head
+        ckpts.save({"w": torch.full((10,), 2.5), "step": 3}, step=3).result()  # and the run carries on
+        assert ckpts.resume()["step"] == 3  # type: ignore[index]
+    store.branch("nothing-left", at="main~3")  # step 1: pruned, and the first save of the run
+    with Checkpointer(store, "nothing-left") as ckpts, pytest.raises(ckpt.MissingObjectError, match="every save"):
+        ckpts.resume()
+
+
+def test_a_tensor_back_in_the_state_after_gc_is_saved_anew(local_store: ckpt.Store) -> None:
+    """A tensor that left the state is forgotten by the digest cache: when it comes back, its old chunks may
+    have gone with gc (only pruned snapshots held them), and the save must not fail for that."""
+    store = local_store
+    a, b = torch.randn(5000), torch.randn(5000)
+    with Checkpointer(store, "main", keep_last=1) as ckpts:
+        ckpts.save({"a": a, "b": b}, step=1).result()
+        ckpts.save({"b": b}, step=2).result()  # a left the state; step 1 was pruned
+        store.gc(grace=timedelta(0))  # a's chunks are gone
+        handle = ckpts.save({"a": a, "b": b}, step=3)
+        assert handle.result().step == 3 and handle.reused == 1  # b only
+    assert torch.equal(store.load("main")["a"], a)
+    assert store.verify().ok
+
+
+def test_should_stop_reads_only_the_new_saves(local_store: ckpt.Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Judging after every save must not read the whole history each time (a GET per record on S3)."""
+    store = local_store
+    w = torch.zeros(10)
+    reads: list[str] = []
+    read = store.backend.read
+
+    def counting(path: str, *args: object, **kwargs: object) -> bytes:
+        reads.append(path)
+        return read(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store.backend, "read", counting)
+    with Checkpointer(store, "main", monitor="val_loss", async_save=False) as ckpts:
+        for step in range(40):
+            ckpts.save({"w": w}, step=step, metrics={"val_loss": 1.0 / (step + 1)})
+            reads.clear()
+            assert not ckpts.should_stop(patience=3)
+            records = [p for p in reads if p.startswith("snapshots/")]
+            assert len(records) <= 2 or step < 8, (step, len(records))
+
+
+def test_staging_memory_follows_the_state(local_store: ckpt.Store) -> None:
+    """Buffers are reused while shapes stay, replaced (not added to) when they change, and given back by
+    tensors that leave the state or are found unchanged."""
+    frozen = torch.randn(3000)
+    with Checkpointer(local_store, "main", max_pending=1) as ckpts:
+        for step, (n, extra) in enumerate([(1000, True), (4000, True), (4000, False), (2000, False)]):
+            state: dict[str, object] = {"w": torch.randn(n), "frozen": frozen}
+            if extra:
+                state["extra"] = torch.randn(500)
+            ckpts.save(state, step=step).result()
+            (slot,) = [ckpts._slots.take()]
+            try:
+                held = {k: int(b.numel()) for k, b in slot.buffers.items()}
+            finally:
+                ckpts._slots.give(slot)
+            want = {"w": n, **({"extra": 500} if extra else {})}
+            if step == 0:
+                want["frozen"] = 3000  # copied once; unchanged since, it needs no staging
+            assert held == want, step
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_tensors_are_staged_and_cached(local_store: ckpt.Store) -> None:
+    base = torch.randn(1 << 20, device="cuda")
+    live = torch.randn(1 << 20, device="cuda")
+    with Checkpointer(local_store, "main") as ckpts:
+        ckpts.save({"base": base, "live": live}, step=0).result()
+        want = live.cpu()
+        handle = ckpts.save({"base": base, "live": live}, step=1)
+        live.zero_()  # right after save(): not in the snapshot
+        assert handle.reused == 1
+        slot = ckpts._slots.take()
+        assert "base" not in slot.buffers  # an unchanged device tensor needs no (pinned) staging memory
+        ckpts._slots.give(slot)
+    got = local_store.load(handle.result().id)
+    assert torch.equal(got["base"], base.cpu()) and torch.equal(got["live"], want)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_tensors_on_a_device_other_than_the_current_one_are_copied_whole(local_store: ckpt.Store) -> None:
+    """The copies off every device are waited for, not only those off the current device."""
+    torch.cuda.set_device(0)
+    n = 16 << 20  # 64 MB per tensor: copies long enough to still run when save() returns
+    ws = [torch.empty(n, device=f"cuda:{i}") for i in (0, 1)]
+    handles = []
+    with Checkpointer(local_store, "main", max_pending=3) as ckpts:
+        for step in range(3):
+            for i, w in enumerate(ws):
+                w.fill_(float(step * 10 + i))
+            handles.append(ckpts.save({"w0": ws[0], "w1": ws[1]}, step=step))
+            for w in ws:
+                w.fill_(-1.0)
+    for step, handle in enumerate(handles):
+        got = local_store.load(handle.result().id)
+        for i in (0, 1):
+            assert torch.equal(got[f"w{i}"], torch.full((n,), float(step * 10 + i))), (step, i)

@@ -226,3 +226,23 @@ def test_numpy_state_is_never_cached_and_always_right(local_store: ckpt.Store) -
         second = ckpts.save({"a": a}, step=1)
     assert local_store.load(first.result().id)["a"][3] == 3
     assert local_store.load(second.result().id)["a"][3] == -1
+
+
+def test_many_unchanged_and_changed_tensors_keep_their_own_digests(local_store: ckpt.Store) -> None:
+    """Dozens of tensors, half frozen, half trained, interleaved: each one's digests stay its own (what a
+    save found unchanged is counted exactly, and every snapshot holds the right bytes)."""
+    frozen = {f"layer{i}.base": torch.randn(300) for i in range(40)}
+    trained = {f"layer{i}.lora": torch.randn(300) for i in range(40)}
+    with Checkpointer(local_store, "main") as ckpts:
+        for step in range(4):
+            state = {k: v for pair in zip(frozen.items(), trained.items(), strict=True) for k, v in pair}
+            handle = ckpts.save(state, step=step)
+            want = {k: v.clone() for k, v in state.items()}
+            snap = handle.result()
+            assert handle.reused == (0 if step == 0 else 40), step
+            got = local_store.load(snap.id)
+            for k, v in want.items():
+                assert torch.equal(got[k], v), (step, k)
+            for t in trained.values():
+                t.add_(1)
+    assert local_store.verify().ok

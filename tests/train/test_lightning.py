@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import ckpt
-from ckpt.train import _plateau
+from ckpt.training.judging import plateau as _plateau
 
 pl = pytest.importorskip("lightning.pytorch")
 from ckpt.integrations.lightning import CkptCallback  # noqa: E402
@@ -52,7 +52,7 @@ def _loaders() -> tuple[Any, Any]:
     return DataLoader(data, batch_size=16, shuffle=True), DataLoader(data, batch_size=32)
 
 
-def _trainer(cb: CkptCallback, epochs: int) -> Any:
+def _trainer(cb: CkptCallback, epochs: int, **kw: Any) -> Any:
     return pl.Trainer(
         max_epochs=epochs,
         callbacks=[cb],
@@ -61,6 +61,7 @@ def _trainer(cb: CkptCallback, epochs: int) -> Any:
         enable_model_summary=False,
         num_sanity_val_steps=0,
         deterministic=True,
+        **kw,
     )
 
 
@@ -129,3 +130,37 @@ def test_should_stop_is_lightnings_early_stopping() -> None:
             assert _plateau(values[: i + 1], patience, min_delta, mode) == stop, (mode, patience, min_delta, values)
             if stop:
                 break
+
+
+def test_an_epoch_without_validation_is_not_judged(tmp_path: Path) -> None:
+    """With validation every other epoch, the epochs in between carry the last validation's stale value in
+    ``callback_metrics``: it must not count as a save without improvement."""
+    store = ckpt.init(str(tmp_path / "store"), chunk_size=4096)
+    train, val = _loaders()
+    torch.manual_seed(0)
+    cb = CkptCallback(store, "main", monitor="val_loss", patience=1, async_save=False)
+    trainer = _trainer(cb, 6, check_val_every_n_epoch=2)
+    trainer.fit(Regressor(), train, val)  # it learns: every validation improves on the one before
+    assert trainer.current_epoch == 6  # not stopped early
+    log = store.log("main")
+    assert [s.epoch for s in log] == [5, 4, 3, 2, 1, 0]
+    judged = [(s.epoch, s.metrics["val_loss"]) for s in reversed(log) if "val_loss" in s.metrics]
+    assert [e for e, _ in judged] == [1, 3, 5]
+    assert [v for _, v in judged] == sorted((v for _, v in judged), reverse=True)
+    assert all("train_loss" in s.metrics for s in log)  # the training metrics are recorded every epoch
+
+
+def test_the_callback_releases_its_thread_and_buffers_after_fit_and_fits_again(tmp_path: Path) -> None:
+    import threading
+
+    store = ckpt.init(str(tmp_path / "store"), chunk_size=4096)
+    train, val = _loaders()
+    torch.manual_seed(0)
+    cb = CkptCallback(store, "released", monitor="val_loss")
+    module = Regressor()
+    _trainer(cb, 1).fit(module, train, val)
+    assert not [t for t in threading.enumerate() if t.name == "ckpt-save-released" and t.is_alive()]
+    assert cb.best() is not None and cb.best_model_path.startswith("ckpt:")  # reading needs no thread
+    _trainer(cb, 2).fit(module, train, val, ckpt_path=cb.resume_path())  # the same callback, once more
+    assert [s.epoch for s in store.log("released")] == [1, 0]
+    assert not [t for t in threading.enumerate() if t.name == "ckpt-save-released" and t.is_alive()]
