@@ -3,22 +3,25 @@
 Every object but a ref is addressed by the digest of its bytes, so any store that holds the same address holds
 the same bytes: a replica made with ``ckpt sync``, a backup of the folder, a colleague's store. Repair verifies
 the damaged store, reads each damaged object from the source (checking it against its digest: bad bytes are
-never copied), writes it over the damaged copy, and verifies again. A repaired record can bring to light
-damage it hid (the chunks of a table that was unreadable), so this repeats until nothing new is found. Refs
-are not content-addressed and are never changed; a ref that points at a missing snapshot is repaired by
-copying that snapshot's record.
+never copied), writes it over the damaged copy with the backend's atomic replace, and verifies again. A repaired
+record can bring to light damage it hid (the chunks of a table that was unreadable), so this repeats until
+nothing new is found. Refs are not content-addressed and are never changed; a ref that points at a missing
+snapshot is repaired by copying that snapshot's record.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
 from ckpt.errors import CkptError
+from ckpt.model import Snapshot
+from ckpt.store.revisions import parse_revision, walk_steps
 from ckpt.store.transfer import Progress
-from ckpt.store.verify import Damage, VerifyReport
+from ckpt.store.verify import Damage, VerifyReport, verify_snapshots
+from ckpt.store.verify import _kind as damage_kind
 
 if TYPE_CHECKING:
     from ckpt.store.store import Store
@@ -37,7 +40,7 @@ class RepairReport(BaseModel):
         unrepaired: the damage that remains after the repair, each message saying why it could not be repaired
             (the source lacks the object or holds a bad copy too, a ref points nowhere…).
         bytes_copied: bytes written into the damaged store.
-        ok: whether the store verifies clean afterwards.
+        ok: whether the store verifies clean afterwards (for ``revs``: what they need).
         verify: the final verification.
     """
 
@@ -50,71 +53,127 @@ class RepairReport(BaseModel):
     verify: VerifyReport
 
 
+class _NotRepaired(Exception):
+    """An object cannot be put back from this source; the message says why."""
+
+
+class _Unreadable(Exception):
+    """A snapshot record needed to resolve a revision is damaged and was not repaired."""
+
+    def __init__(self, damage: Damage) -> None:
+        super().__init__(damage.message)
+        self.damage = damage
+
+
+#: Copies one damaged object from the source; returns whether it was copied (the reason is kept if not).
+Fix = Callable[[Damage], bool]
+
+
 def _key(d: Damage) -> tuple[str, str]:
     return d.object, d.digest
 
 
-def _verify(store: Store, revs: Sequence[str] | None, progress: Progress | None) -> VerifyReport:
-    """``store.verify()``, or the verifications of each of ``revs`` merged (damage reported once)."""
-    if revs is None:
-        return store.verify(progress=progress)
-    reports = [store.verify(rev, progress=progress) for rev in revs]
-    damage: dict[tuple[str, str], Damage] = {}
-    for report in reports:
-        for d in report.damage:
-            damage.setdefault(_key(d), d)
-    return VerifyReport(
-        snapshots=sum(r.snapshots for r in reports),
-        chunks=sum(r.chunks for r in reports),
-        bytes=sum(r.bytes for r in reports),
-        damage=tuple(damage.values()),
-    )
-
-
-def _copy(store: Store, source: Store, d: Damage) -> int:
-    """Copy the object ``d`` names from ``source``; returns the bytes written.
+def _resolve(store: Store, rev: str, fix: Fix | None) -> str:
+    """The snapshot id ``rev`` names; a damaged record on the way (``main`` for ``main~2``) is fixed first.
 
     Raises:
-        CkptError: the source lacks it or holds a bad copy, or the object cannot be repaired from a copy.
+        _Unreadable: a record on the way is damaged and ``fix`` did not repair it.
     """
-    objects, good = store._objects, source._objects
-    if d.object == "chunk":
-        raw = good.read_chunk(d.digest, verify=True, tensor=d.tensors[0] if d.tensors else None)
-        return objects.replace_chunk(d.digest, raw)
-    if d.object in ("table", "snapshot") and d.kind != "invalid":
-        data = good.raw_record(d.object, d.digest)
-        objects.replace_raw_record(d.object, d.digest, data)
-        return len(data)
-    if d.object == "ref" and d.kind == "missing" and d.snapshots:
-        data = good.raw_record("snapshot", d.snapshots[0])  # the snapshot the ref points at
-        objects.replace_raw_record("snapshot", d.snapshots[0], data)
-        return len(data)
+
+    def get(sid: str) -> Snapshot:
+        try:
+            return store._objects.get_snapshot(sid)
+        except CkptError as e:
+            d = Damage(kind=damage_kind(e), object="snapshot", digest=sid, snapshots=(sid,), message=str(e))
+            if fix is None or not fix(d):
+                raise _Unreadable(d) from e
+        try:
+            return store._objects.get_snapshot(sid)
+        except CkptError as e:
+            raise _Unreadable(d) from e
+
+    parsed = parse_revision(rev)
+    sid = store._base_id(parsed)
+    return walk_steps(get(sid), parsed.steps, get, rev).id if parsed.steps else sid
+
+
+def _verify(store: Store, revs: Sequence[str] | None, progress: Progress | None, fix: Fix | None) -> VerifyReport:
+    """``store.verify()``, or the snapshots of ``revs`` verified together (each chunk read once)."""
+    if revs is None:
+        return store.verify(progress=progress)
+    ids: dict[str, None] = {}
+    damage: dict[tuple[str, str], Damage] = {}
+    for rev in revs:
+        try:
+            ids[_resolve(store, rev, fix)] = None
+        except _Unreadable as e:
+            damage.setdefault(_key(e.damage), e.damage)
+    report = verify_snapshots(store._objects, ids, pruned=store._pruned(), progress=progress)
+    for d in report.damage:
+        damage.setdefault(_key(d), d)
+    return report.model_copy(update={"damage": tuple(damage.values())})
+
+
+def _fetch(source: Store, d: Damage) -> tuple[str, str, bytes]:
+    """Read the object ``d`` names from ``source``, checked against its digest: ``(object, digest, bytes)``.
+
+    Raises:
+        _NotRepaired: the source lacks it or holds a bad copy too, or no copy can repair it.
+    """
+    good = source._objects
+    try:
+        if d.object == "chunk":
+            return "chunk", d.digest, good.read_chunk(d.digest, verify=True, tensor=d.tensors[0] if d.tensors else None)
+        if d.object in ("table", "snapshot") and d.kind != "invalid":
+            return d.object, d.digest, good.raw_record(d.object, d.digest)
+        if d.object == "ref" and d.kind == "missing" and d.snapshots:  # the snapshot the ref points at
+            return "snapshot", d.snapshots[0], good.raw_record("snapshot", d.snapshots[0])
+    except CkptError as e:
+        raise _NotRepaired(f"the source {source.url} cannot give it: {e}") from e
     if d.kind == "invalid":
-        raise CkptError("its bytes match its digest, so every copy is the same: it may need a newer ckpt")
-    raise CkptError("refs are not content-addressed: move or delete it (`ckpt reset`, `ckpt branch -d`)")
+        raise _NotRepaired("its bytes match its digest, so every copy is the same: it may need a newer ckpt")
+    raise _NotRepaired("refs are not content-addressed: move or delete it (`ckpt reset`, `ckpt branch -d`)")
 
 
 def repair(
-    store: Store, source: Store, revs: Sequence[str] | None = None, *, progress: Progress | None = None
+    store: Store, source: Store, *, revs: Sequence[str] | None = None, progress: Progress | None = None
 ) -> RepairReport:
-    """Put back every damaged or missing object of ``store`` from ``source``; see the module docstring."""
+    """Put back every damaged or missing object of ``store`` from ``source``; see ``Store.repair``."""
+    if isinstance(revs, str):
+        revs = [revs]
     repaired: list[Damage] = []
     reasons: dict[tuple[str, str], str] = {}  # what was tried: "" (copied) or why not
     copied = 0
+
+    def fix(d: Damage) -> bool:
+        nonlocal copied
+        key = _key(d)
+        if key not in reasons:
+            try:
+                kind, digest, data = _fetch(source, d)
+            except _NotRepaired as e:
+                reasons[key] = f"not repaired: {e}"
+                return False
+            if kind == "chunk":
+                n = store._objects.replace_chunk(digest, data)
+            else:
+                store._objects.replace_raw_record(kind, digest, data)
+                n = len(data)
+            reasons[key] = ""
+            repaired.append(d)
+            copied += n
+            if progress:
+                progress(n)
+        return reasons[key] == ""
+
     for _ in range(_MAX_PASSES):
-        todo = [d for d in _verify(store, revs, progress).damage if _key(d) not in reasons]
+        todo = [d for d in _verify(store, revs, progress, fix).damage if _key(d) not in reasons]
         if not todo:
             break
         for d in todo:
-            try:
-                copied += _copy(store, source, d)
-            except CkptError as e:
-                reasons[_key(d)] = f"not repaired: {e}"
-            else:
-                reasons[_key(d)] = ""
-                repaired.append(d)
+            fix(d)
     store.backend.flush()
-    final = _verify(store, revs, progress)
+    final = _verify(store, revs, progress, None)
     left = {_key(d) for d in final.damage}
     unrepaired = tuple(
         d.model_copy(update={"message": f"{d.message}; {reasons[_key(d)]}"}) if reasons.get(_key(d)) else d

@@ -46,7 +46,7 @@ from ckpt.store.objects import Objects
 from ckpt.store.refs import Refs
 from ckpt.store.repair import RepairReport, repair
 from ckpt.store.retention import RetentionPolicy
-from ckpt.store.revisions import parse_revision, resolve_base, resolve_reflog, walk_steps
+from ckpt.store.revisions import ParsedRevision, parse_revision, resolve_base, resolve_reflog, walk_steps
 from ckpt.store.sync import SyncReport, sync
 from ckpt.store.transfer import Progress, WriteStats, read_tensors, write_files, write_tensors
 from ckpt.store.verify import Damage, VerifyReport, verify_snapshots
@@ -351,20 +351,23 @@ class Store:
         if isinstance(rev, Snapshot):
             return rev
         parsed = parse_revision(rev)
-        if parsed.reflog is not None:
-            sid = resolve_reflog(parsed.base, parsed.reflog, self._refs.reflog(f"refs/heads/{parsed.base}"))
-        else:
-            sid = resolve_base(
-                parsed.base,
-                branch=self._refs.branch_head,
-                tag=lambda n: t.id if (t := self._refs.tag(n)) else None,
-                has_snapshot=self._objects.has_snapshot,
-                ids_with_prefix=lambda p: list(self._objects.snapshot_ids(p)),
-                names=lambda: [*self._refs.branches(), *self._refs.tags()],
-            )
+        sid = self._base_id(parsed)
         pruned = self._pruned()
         snap = self._get(sid, pruned)
         return walk_steps(snap, parsed.steps, lambda i: self._get(i, pruned), rev)
+
+    def _base_id(self, parsed: ParsedRevision) -> str:
+        """The snapshot id the base of a revision names (a ref, an id, ``BRANCH@{N}``); reads no record."""
+        if parsed.reflog is not None:
+            return resolve_reflog(parsed.base, parsed.reflog, self._refs.reflog(f"refs/heads/{parsed.base}"))
+        return resolve_base(
+            parsed.base,
+            branch=self._refs.branch_head,
+            tag=lambda n: t.id if (t := self._refs.tag(n)) else None,
+            has_snapshot=self._objects.has_snapshot,
+            ids_with_prefix=lambda p: list(self._objects.snapshot_ids(p)),
+            names=lambda: [*self._refs.branches(), *self._refs.tags()],
+        )
 
     def get(self, snapshot_id: str) -> Snapshot:
         """A snapshot by full id."""
@@ -731,28 +734,35 @@ class Store:
         return verify_snapshots(self._objects, ids, pruned=self._pruned(), extra_damage=extra, progress=progress)
 
     def repair(
-        self, source: Store, revs: Sequence[str] | None = None, *, progress: Progress | None = None
+        self, source: Store, *, revs: Sequence[str] | None = None, progress: Progress | None = None
     ) -> RepairReport:
         """Put back damaged or missing objects from a good copy of this store (a replica, a backup).
 
         Verifies this store (every reachable snapshot, or those of ``revs``), reads each damaged chunk, table and
         snapshot record from ``source``, checks it against its digest (bad bytes are never copied), writes it over
-        the damaged copy, and verifies again. Refs are never changed.
+        the damaged copy (an atomic replace), and verifies again. Refs are never changed. What the source lacks,
+        or holds damaged too, is left as it is and reported in ``unrepaired`` with the reason.
 
         Args:
-            source: any store holding the same objects, e.g. one kept in step with ``ckpt.sync``.
-            revs: repair only what these revisions need; default: everything ``verify()`` checks.
-            progress: called with byte counts as chunks are checked.
+            source: any store holding the same objects, on any backend, e.g. one kept in step with ``ckpt.sync``.
+            revs: repair only what these revisions need, including a damaged record on the way to one
+                (``main``'s, for ``main~2``); default: everything ``verify()`` checks.
+            progress: called with byte counts as chunks are checked and copied.
 
         Returns:
             What was repaired, what was not and why, and the final verification.
+
+        Raises:
+            RevisionNotFoundError: a revision of ``revs`` names nothing.
+            BackendError: this store cannot be read or written (a source that fails to give an object is
+                reported in ``unrepaired``, with the error).
 
         Example:
             >>> report = store.repair(ckpt.open("s3://bucket/replica"))  # doctest: +SKIP
             >>> report.ok, len(report.repaired), report.bytes_copied  # doctest: +SKIP
             (True, 1, 67108880)
         """
-        return repair(self, source, revs, progress=progress)
+        return repair(self, source, revs=revs, progress=progress)
 
     def sync_to(self, dst: Store, revs: Sequence[str] | None = None, *, progress: Progress | None = None) -> SyncReport:
         """Copy snapshots (with history, tables, chunks and refs) to another store; see ``ckpt.sync``.

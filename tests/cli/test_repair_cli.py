@@ -56,3 +56,25 @@ def test_repair_reports_what_it_cannot_fix(invoke: Invoke, store: ckpt.Store, tm
 
 def test_repair_needs_a_source(invoke: Invoke, store: ckpt.Store) -> None:
     assert "--from" in invoke("repair", code=2).stderr
+
+
+def test_repair_of_a_revision_whose_record_is_damaged(
+    invoke: Invoke, store: ckpt.Store, family: dict[str, ckpt.Snapshot], tmp_path: Path
+) -> None:
+    replica = ckpt.init(str(tmp_path / "replica"), chunk_size=store.chunk_size)
+    ckpt.sync(store, replica)
+    head = store.resolve("instruct").id
+    _flip_last_bit(store, layout.snapshot_path(head))
+    assert invoke("show", "instruct~1", code=1).stderr.startswith("error:")
+
+    data = parse(invoke("repair", "instruct~1", "--from", replica.url, "--json"))
+
+    assert data["ok"] is True and data["unrepaired"] == []
+    assert [(d["kind"], d["object"], d["digest"]) for d in data["repaired"]] == [("corrupt", "snapshot", head)]
+    assert data["bytes_copied"] > 0
+    assert invoke("verify", "--all").exit_code == 0
+
+
+def test_repair_from_a_store_that_does_not_exist(invoke: Invoke, store: ckpt.Store, tmp_path: Path) -> None:
+    result = invoke("repair", "--from", str(tmp_path / "nowhere"), code=1)
+    assert result.stderr.startswith("error:") and "nowhere" in result.stderr

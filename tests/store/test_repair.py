@@ -116,10 +116,10 @@ def test_repair_of_some_revisions_only(saved: tuple[ckpt.Store, ckpt.Store]) -> 
     head, oldest = store.table("main"), store.table("main~2")
     _damage(store, layout.chunk_path(head.tensors["w"].chunks[0]))
     _damage(store, layout.chunk_path(oldest.tensors["b"].chunks[0]))
-    report = store.repair(good, ["main"])
+    report = store.repair(good, revs=["main"])
     assert report.ok and len(report.repaired) == 1  # only what main needs
     assert not store.verify().ok  # main~2's chunk is still damaged
-    assert store.repair(good, ["main~2"]).ok and store.verify().ok
+    assert store.repair(good, revs=["main~2"]).ok and store.verify().ok
 
 
 def test_a_branch_whose_snapshot_record_is_gone(saved: tuple[ckpt.Store, ckpt.Store]) -> None:
@@ -129,3 +129,63 @@ def test_a_branch_whose_snapshot_record_is_gone(saved: tuple[ckpt.Store, ckpt.St
     assert any(d.object == "ref" for d in store.verify().damage)
     report = store.repair(good)
     assert report.ok and store.resolve("main").id == head
+
+
+def test_a_revision_whose_own_record_is_damaged(saved: tuple[ckpt.Store, ckpt.Store]) -> None:
+    store, good = saved
+    head = store.resolve("main").id
+    _damage(store, layout.snapshot_path(head))  # `main` cannot even be resolved to a readable snapshot
+    report = store.repair(good, revs=["main"])
+    assert report.ok and [(d.kind, d.object, d.digest) for d in report.repaired] == [("corrupt", "snapshot", head)]
+    assert store.verify().ok
+
+
+def test_a_damaged_record_on_the_way_to_a_revision(saved: tuple[ckpt.Store, ckpt.Store]) -> None:
+    store, good = saved
+    head, middle, oldest = (store.resolve(r).id for r in ("main", "main~1", "main~2"))
+    chunk = store.table("main~2").tensors["w"].chunks[0]
+    store.backend.delete([layout.snapshot_path(middle)])  # main~2 is found through main~1's parents
+    _damage(store, layout.chunk_path(chunk))
+    with pytest.raises(ckpt.RevisionNotFoundError):
+        store.resolve("main~2")
+
+    report = store.repair(good, revs="main~2")  # one revision may be given as a string
+
+    assert report.ok, report.unrepaired
+    assert {(d.kind, d.object, d.digest) for d in report.repaired} == {
+        ("missing", "snapshot", middle),
+        ("corrupt", "chunk", chunk),
+    }
+    assert store.resolve("main~2").id == oldest and store.resolve("main").id == head
+    assert store.verify().ok
+
+
+def test_a_revision_the_source_cannot_resolve_is_reported(store: ckpt.Store, tmp_path: Path) -> None:
+    store.save({"w": np.ones(4)}, message="one")
+    empty = ckpt.init(str(tmp_path / "empty"))
+    head = store.resolve("main").id
+    store.backend.delete([layout.snapshot_path(head)])
+
+    report = store.repair(empty, revs=["main~1"])
+
+    assert not report.ok and report.repaired == () and report.bytes_copied == 0
+    (left,) = report.unrepaired
+    assert (left.kind, left.object, left.digest) == ("missing", "snapshot", head)
+    assert "not repaired: the source" in left.message
+    assert store.branches()["main"] == head  # the ref is left as it was
+
+
+def test_the_good_copy_may_live_on_another_backend(saved: tuple[ckpt.Store, ckpt.Store], tmp_path: Path) -> None:
+    store, good = saved
+    import fsspec
+
+    other = ckpt.init(f"memory://ckpt-repair-{tmp_path.name}", chunk_size=store.chunk_size)
+    try:
+        ckpt.sync(good, other, ["main"])
+        digest = store.table("main").tensors["w"].chunks[0]
+        _damage(store, layout.chunk_path(digest))
+        report = store.repair(other)
+        assert report.ok and [d.digest for d in report.repaired] == [digest]
+    finally:
+        fs = fsspec.filesystem("memory")
+        fs.rm(fs._strip_protocol(other.url), recursive=True)

@@ -107,7 +107,7 @@ def repair(state: CliState, revs: tuple[str, ...], source: str, from_option: tup
     store = state.store()
     good = ckpt.open(source, **parse_options(from_option, flag="--from-option"))
     with progress_bar("repair", quiet=state.quiet) as progress:
-        report = store.repair(good, list(revs) or None, progress=progress)
+        report = store.repair(good, revs=list(revs) or None, progress=progress)
     if as_json:
         emit_json({"store": store.url, "source": good.url, **report.model_dump(mode="json")})
     else:
