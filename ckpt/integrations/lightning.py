@@ -97,16 +97,17 @@ class CkptCallback(Checkpoint):
         weights_only: bool = False,
     ) -> None:
         super().__init__()
-        self._options: dict[str, Any] = {
-            "monitor": monitor,
-            "mode": mode,
-            "keep_last": keep_last,
-            "keep_best": keep_best,
-            "keep_every": keep_every,
-            "async_save": async_save,
-            "model": model,
-        }
-        self.checkpointer = Checkpointer(store, branch, **self._options)
+        self.checkpointer = Checkpointer(
+            store,
+            branch,
+            monitor=monitor,
+            mode=mode,
+            keep_last=keep_last,
+            keep_best=keep_best,
+            keep_every=keep_every,
+            async_save=async_save,
+            model=model,
+        )
         self.store = self.checkpointer.store
         self.branch = branch
         self.patience = patience
@@ -159,7 +160,7 @@ class CkptCallback(Checkpoint):
         """Teach the trainer's checkpoint IO to read ``ckpt:`` paths (before Lightning restores any); after an
         earlier ``teardown``, start saving again."""
         if self.checkpointer.closed:
-            self.checkpointer = Checkpointer(self.store, self.branch, **self._options)
+            self.checkpointer = self.checkpointer.reopened()
         io = trainer.strategy.checkpoint_io
         if not (isinstance(io, _StoreIO) and io.store is self.store):
             trainer.strategy.checkpoint_io = _StoreIO(io, self.store)

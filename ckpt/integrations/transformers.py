@@ -81,16 +81,17 @@ class CkptTrainerCallback(TrainerCallback):
         save_optimizer: bool = True,
     ) -> None:
         self.monitor = monitor if monitor.startswith("eval_") else f"eval_{monitor}"
-        self._options: dict[str, Any] = {
-            "monitor": self.monitor,
-            "mode": mode,
-            "keep_last": keep_last,
-            "keep_best": keep_best,
-            "keep_every": keep_every,
-            "async_save": async_save,
-            "model": model,
-        }
-        self.checkpointer = Checkpointer(store, branch, **self._options)
+        self.checkpointer = Checkpointer(
+            store,
+            branch,
+            monitor=self.monitor,
+            mode=mode,
+            keep_last=keep_last,
+            keep_best=keep_best,
+            keep_every=keep_every,
+            async_save=async_save,
+            model=model,
+        )
         self.store = self.checkpointer.store
         self.branch = branch
         self.patience = patience
@@ -111,7 +112,7 @@ class CkptTrainerCallback(TrainerCallback):
     ) -> None:
         """Evaluations from here to the end of training are saved (again, after an earlier ``train()``)."""
         if self.checkpointer.closed:
-            self.checkpointer = Checkpointer(self.store, self.branch, **self._options)
+            self.checkpointer = self.checkpointer.reopened()
         self._training = True
 
     def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:

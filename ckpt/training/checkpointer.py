@@ -100,6 +100,7 @@ class Checkpointer:
         self.max_pending = max_pending
         self.digest_cache = digest_cache
         self.policy = self._policy(keep_last, keep_best, keep_every)
+        self._keep = (keep_last, keep_best, keep_every)
         self._cache = DigestCache()
         #: keys of tensors caught changing without a version bump; never cached again
         self.untracked: set[str] = self._cache.untracked
@@ -256,6 +257,23 @@ class Checkpointer:
     def closed(self) -> bool:
         """Whether ``close()`` was called (reading still works; saving does not)."""
         return self._closed
+
+    def reopened(self) -> Checkpointer:
+        """A new ``Checkpointer`` on the same store and branch with the same settings (e.g. after ``close()``)."""
+        keep_last, keep_best, keep_every = self._keep
+        return Checkpointer(
+            self.store,
+            self.branch,
+            monitor=self.monitor,
+            mode=self.mode,
+            keep_last=keep_last,
+            keep_best=keep_best,
+            keep_every=keep_every,
+            async_save=self.async_save,
+            model=self.model,
+            max_pending=self.max_pending,
+            digest_cache=self.digest_cache,
+        )
 
     # -- reading the run -----------------------------------------------------------------------------
 
