@@ -18,13 +18,13 @@ reverse. The typed JSON, normative in docs/format.md:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from typing import Any
 
 from ckpt.errors import RecordError, UnsupportedStateError
 from ckpt.state.arrays import TensorSource, is_array, to_source
 
-__all__ = ["flatten", "tensor_paths", "unflatten"]
+__all__ = ["flatten", "tensor_name", "tensor_paths", "unflatten"]
 
 _SEP = "/"
 
@@ -68,12 +68,7 @@ def flatten(state: Any) -> tuple[Any, dict[str, TensorSource]]:
                 return {"$float": "inf" if value > 0 else "-inf"}
             return float(value)
         if is_array(value):
-            name = path or "tensor"
-            if name in tensors:
-                n = 2
-                while f"{name}#{n}" in tensors:
-                    n += 1
-                name = f"{name}#{n}"
+            name = tensor_name(path, tensors)
             tensors[name] = to_source(value, name)
             return {"$tensor": name}
         if isinstance(value, (Mapping, list, tuple)):
@@ -105,6 +100,18 @@ def flatten(state: Any) -> tuple[Any, dict[str, TensorSource]]:
 
 _MAX_INT_DIGITS = 4300  # Python's own limit for int <-> decimal text
 _MAX_INT_BITS = int(_MAX_INT_DIGITS * 3.32) - 8
+
+
+def tensor_name(path: str, taken: Container[str]) -> str:
+    """The name a tensor at ``path`` gets in the table: its path (``tensor`` at the root), made unique with
+    ``#2``, ``#3`` … when a tree holds two tensors at one path (the saved names depend on this rule)."""
+    name = path or "tensor"
+    if name in taken:
+        n = 2
+        while f"{name}#{n}" in taken:
+            n += 1
+        name = f"{name}#{n}"
+    return name
 
 
 def _check_str(text: str, path: str) -> str:

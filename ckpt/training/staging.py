@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckpt.errors import UnsupportedStateError
-from ckpt.state import TensorSource, flatten
+from ckpt.state import TensorSource, flatten, tensor_name
 from ckpt.training.digest_cache import DigestCache, Identity, cacheable, sample
 
 __all__ = ["Slot", "SlotPool", "Staged", "StagedTensor", "stage"]
@@ -98,12 +98,7 @@ def stage(state: Any, slot: Slot | None, cache: DigestCache | None) -> Staged:
     to_sample: list[tuple[Identity, Any]] = []
 
     def unique(path: str) -> str:
-        name = path or "tensor"
-        if name in out.keys:
-            n = 2
-            while f"{name}#{n}" in out.keys:
-                n += 1
-            name = f"{name}#{n}"
+        name = tensor_name(path, out.keys)  # the names ``flatten`` gives
         out.keys.add(name)
         return name
 
