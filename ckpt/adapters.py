@@ -652,6 +652,7 @@ def _pairs(shapes: Mapping[str, tuple[int, ...]]) -> list[_Pair]:
             raise UnsupportedStateError(
                 f"cannot merge the adapter tensor {key!r}: only LoRA on linear and embedding layers is merged",
                 hint="load the adapter with peft (export_peft_folder) and merge it there",
+                cli_hint="write it as a PEFT folder (`ckpt restore REV --to DIR`) and merge it with peft",
             )
         part = str(m["part"])
         halves.setdefault((str(m["module"]), "embedding" in part), {})[part[-1]] = key
@@ -697,6 +698,7 @@ def _check_fits(
         raise RecordError(
             f"{adapter} is a {cfg.get('peft_type')} adapter; only LoRA adapters are merged",
             hint="load it with peft (export_peft_folder)",
+            cli_hint="write it as a PEFT folder (`ckpt restore REV --to DIR`) and load it with peft",
         )
     if cfg.get("use_dora") is True:
         raise UnsupportedStateError(f"{adapter} is a DoRA adapter; merging DoRA is not supported")

@@ -317,7 +317,9 @@ def export_folder(
         raise RecordError(f"{dest} is a file, not a folder")
     if dest.is_dir() and any(dest.iterdir()) and not force:
         raise RecordError(
-            f"{dest} is not empty", hint="choose an empty or new folder, or pass force=True (--force) to write into it"
+            f"{dest} is not empty",
+            hint="choose an empty or new folder, or pass force=True to write into it",
+            cli_hint="choose an empty or new folder, or pass --force to write into it",
         )
 
     snap = store.resolve(rev)

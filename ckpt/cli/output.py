@@ -12,24 +12,16 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich import box
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 from rich.text import Text
 
-from ckpt.model import Snapshot, TagRecord, parse_time
+if TYPE_CHECKING:  # pydantic records: only the commands that read a store import them
+    from ckpt.model import Snapshot, TagRecord
 
 __all__ = [
     "RefIndex",
@@ -93,6 +85,8 @@ def age(created_at: str, *, now: datetime | None = None) -> str:
         >>> age("2026-11-28T10:00:00.000000Z", now=datetime(2026, 11, 28, 12, 30, tzinfo=timezone.utc))
         '2 hours ago'
     """
+    from ckpt.model import parse_time
+
     then = parse_time(created_at)
     seconds = ((now or datetime.now(timezone.utc)) - then).total_seconds()
     if seconds < 45:
@@ -229,6 +223,16 @@ def progress_bar(description: str, *, total: int | None = None, quiet: bool = Fa
     if quiet or not progress_enabled():
         yield None
         return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     err = Console(file=sys.stderr, force_terminal=True)
     columns: list[Any] = [TextColumn("[bold]{task.description}")]
     if total is not None:

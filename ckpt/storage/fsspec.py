@@ -15,6 +15,7 @@ from typing import Any
 
 import fsspec
 
+from ckpt._version import DISTRIBUTION
 from ckpt.errors import BackendError, MissingObjectError
 from ckpt.storage.base import Buffer, CasResult, Entry
 
@@ -26,14 +27,14 @@ _S3 = ("s3", "s3a")
 
 #: The ckpt extra (or package) that brings the filesystem for a protocol.
 _EXTRAS = {
-    "s3": "ckpt[s3]",
-    "s3a": "ckpt[s3]",
-    "gs": "ckpt[gcs]",
-    "gcs": "ckpt[gcs]",
-    "az": "ckpt[azure]",
-    "abfs": "ckpt[azure]",
-    "abfss": "ckpt[azure]",
-    "adl": "ckpt[azure]",
+    "s3": f"{DISTRIBUTION}[s3]",
+    "s3a": f"{DISTRIBUTION}[s3]",
+    "gs": f"{DISTRIBUTION}[gcs]",
+    "gcs": f"{DISTRIBUTION}[gcs]",
+    "az": f"{DISTRIBUTION}[azure]",
+    "abfs": f"{DISTRIBUTION}[azure]",
+    "abfss": f"{DISTRIBUTION}[azure]",
+    "adl": f"{DISTRIBUTION}[azure]",
 }
 
 

@@ -110,7 +110,8 @@ class Objects:
                 ) from e
             raise MissingObjectError(
                 f"chunk {digest[:12]} of {where} is missing from the store",
-                hint="the snapshot may have been pruned and collected; run `ckpt verify`",
+                hint="the snapshot may have been pruned and collected; check the store with `store.verify()`",
+                cli_hint="the snapshot may have been pruned and collected; check the store with `ckpt verify`",
             ) from e
         self._check_header(bytes(header), out.nbytes, digest, tensor, snapshot)
         if verify and hash_chunk(out) != digest:
@@ -183,7 +184,8 @@ class Objects:
         except FileNotFoundError as e:
             raise MissingObjectError(
                 f"chunk {digest[:12]} of {_where(tensor, snapshot)} is missing from the store",
-                hint="the snapshot may have been pruned and collected; run `ckpt verify`",
+                hint="the snapshot may have been pruned and collected; check the store with `store.verify()`",
+                cli_hint="the snapshot may have been pruned and collected; check the store with `ckpt verify`",
             ) from e
         except (OSError, ValueError) as e:  # e.g. an empty (truncated) file cannot be mapped
             raise CorruptChunkError(

@@ -81,11 +81,16 @@ def resolve_reflog(branch: str, n: int, entries: list[ReflogEntry]) -> str:
         RevisionNotFoundError: the reflog is shorter, or the branch did not exist at that point.
     """
     if not entries:
-        raise RevisionNotFoundError(f"no reflog for branch {branch!r}", hint="`ckpt reflog` lists every ref move")
+        raise RevisionNotFoundError(
+            f"no reflog for branch {branch!r}",
+            hint="`store.reflog()` lists every ref move",
+            cli_hint="`ckpt reflog` lists every ref move",
+        )
     if n >= len(entries):
         raise RevisionNotFoundError(
             f"{branch}@{{{n}}}: the reflog of {branch!r} has only {len(entries)} entries",
-            hint=f"{branch}@{{0}} to {branch}@{{{len(entries) - 1}}}; `ckpt reflog {branch}` lists them",
+            hint=f"{branch}@{{0}} to {branch}@{{{len(entries) - 1}}}; `store.reflog()` lists them",
+            cli_hint=f"{branch}@{{0}} to {branch}@{{{len(entries) - 1}}}; `ckpt reflog {branch}` lists them",
         )
     entry = entries[len(entries) - 1 - n]
     if entry.new is None:

@@ -603,6 +603,7 @@ class Store:
                 raise RecordError(
                     f"snapshot {snap.short_id} has no model name to build a release name from",
                     hint="pass model='tiny-llama' (or name='…')",
+                    cli_hint="pass --model tiny-llama (or --name …)",
                 )
             name = f"{model}-{utcnow():%Y-%m-%d}"
         self._refs.check_new_name(name, "tag")
@@ -625,12 +626,17 @@ class Store:
             if tag.id == snap.id:
                 if tag.frozen:
                     raise FrozenRefError(f"snapshot {snap.short_id} is the frozen release {name!r}; it is never pruned")
-                raise RefError(f"snapshot {snap.short_id} is tagged {name!r}", hint="delete the tag first")
+                raise RefError(
+                    f"snapshot {snap.short_id} is tagged {name!r}",
+                    hint=f"delete the tag first: store.delete_tag({name!r})",
+                    cli_hint=f"delete the tag first: `ckpt tag -d {name}`",
+                )
         for name, head in self._refs.branches().items():
             if head == snap.id:
                 raise RefError(
                     f"snapshot {snap.short_id} is the head of branch {name!r}",
-                    hint="move the branch (`reset`) or delete it first",
+                    hint=f"move the branch (store.reset({name!r}, rev)) or delete it (store.delete_branch({name!r}))",
+                    cli_hint=f"move the branch (`ckpt reset {name} REV`) or delete it (`ckpt branch -d {name}`)",
                 )
         if not snap.pruned:
             self._mark_pruned(snap.id, reason)

@@ -158,7 +158,7 @@ def sync(
                 dst._refs.move_branch(name, current, target, action="sync", message=f"sync from {src.url}")
                 refs.append(layout.branch_path(name))
             except (RefConflictError, CkptError) as e:
-                conflicts.append(f"branch {name!r}: {e}")
+                conflicts.append(f"branch {name!r}: {e.message}")
         else:
             tag = tags[name]
             existing = dst_tags.get(name)
@@ -171,7 +171,7 @@ def sync(
                 dst._refs.create_tag(name, TagRecord.model_validate(tag.model_dump()), action="sync")
                 refs.append(layout.tag_path(name))
             except CkptError as e:
-                conflicts.append(f"tag {name!r}: {e}")
+                conflicts.append(f"tag {name!r}: {e.message}")
     return SyncReport(
         snapshots=len(todo),
         chunks=copied,

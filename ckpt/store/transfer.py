@@ -123,7 +123,7 @@ def _torch_glue() -> Any:
     except ImportError as e:
         raise StateError(
             "loading torch tensors needs torch, which is not installed",
-            hint="pip install torch, or read them as numpy arrays: store.load(rev, framework='numpy')",
+            hint="install torch, or read them as numpy arrays: store.load(rev, framework='numpy')",
         ) from e
     return glue
 

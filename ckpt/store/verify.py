@@ -89,12 +89,12 @@ def verify_snapshots(
         try:
             snap = objects.get_snapshot(sid)
         except CkptError as e:
-            damage.append(Damage(kind=_kind(e), object="snapshot", digest=sid, snapshots=(sid,), message=str(e)))
+            damage.append(Damage(kind=_kind(e), object="snapshot", digest=sid, snapshots=(sid,), message=e.message))
             continue
         try:
             table: TensorTable = objects.get_table(snap.table)
         except CkptError as e:
-            damage.append(Damage(kind=_kind(e), object="table", digest=snap.table, snapshots=(sid,), message=str(e)))
+            damage.append(Damage(kind=_kind(e), object="table", digest=snap.table, snapshots=(sid,), message=e.message))
             continue
         if sid in pruned:
             continue
@@ -126,7 +126,7 @@ def verify_snapshots(
                 digest=digest,
                 snapshots=tuple(sorted(snaps)),
                 tensors=tuple(sorted(tensors)),
-                message=str(e),
+                message=e.message,
             )
             with lock:
                 damage.append(d)

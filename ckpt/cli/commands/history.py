@@ -22,11 +22,10 @@ from ckpt.cli.output import (
     snapshot_line,
     table,
 )
-from ckpt.diff import SnapshotDiff, group_of, tensor_order
-from ckpt.model import RESERVED_FILE_PREFIX
 
 if TYPE_CHECKING:
     from ckpt.cli.app import CliState
+    from ckpt.diff import SnapshotDiff
     from ckpt.model import Snapshot, TensorTable
     from ckpt.store import Store
 
@@ -112,6 +111,8 @@ def log(state: CliState, rev: str | None, limit: int | None, graph: bool, all_: 
 
 
 def _tensor_summary(table: TensorTable, *, listing: bool) -> dict[str, Any]:
+    from ckpt.diff import group_of, tensor_order  # numpy: imported by the commands that need it only
+
     by_dtype: dict[str, dict[str, int]] = {}
     by_group: dict[str, dict[str, int]] = {}
     for name, entry in table.tensors.items():
@@ -196,6 +197,8 @@ def show(state: CliState, rev: str, list_tensors: bool, as_json: bool) -> None:
       ckpt show tiny-llama-2026-11-28 --tensors
       ckpt show 5f0c6a1d --json
     """
+    from ckpt.model import RESERVED_FILE_PREFIX
+
     store = state.store()
     snap = store.resolve(rev)
     refs = RefIndex(store.branches(), store.tags())

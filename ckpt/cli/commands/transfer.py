@@ -12,14 +12,16 @@ import ckpt
 from ckpt.cli.commands._common import json_option, parse_options, parse_size_option
 from ckpt.cli.output import RefIndex, console, emit_json, human_bytes, progress_bar, snapshot_json
 from ckpt.errors import StoreNotFoundError
-from ckpt.model import Relation
 
 if TYPE_CHECKING:
     from ckpt.cli.app import CliState
+    from ckpt.model import Relation
 
 __all__ = ["import_", "restore", "sync"]
 
-_RELATIONS = list(typing.get_args(Relation))
+#: ``typing.get_args(ckpt.model.Relation)``, spelled out so that ``ckpt --help`` need not import the records
+#: (tests/cli/test_app.py checks that the two agree).
+_RELATIONS = ["continue", "finetune", "adapter", "merge", "quantized", "import"]
 
 
 @click.command()
