@@ -23,7 +23,16 @@ from ckpt import settings
 from ckpt.cli.commands._common import parse_options
 from ckpt.errors import CkptError, StoreNotFoundError
 
-__all__ = ["INTERRUPTED", "CkptGroup", "CliState", "cli", "find_store", "on_interrupt"]
+__all__ = [
+    "INTERRUPTED",
+    "INTERRUPTED_BY_COMMAND",
+    "CkptGroup",
+    "CliState",
+    "cli",
+    "find_store",
+    "on_interrupt",
+    "store_location",
+]
 
 
 def find_store(start: Path | None = None) -> Path | None:
@@ -36,6 +45,21 @@ def find_store(start: Path | None = None) -> Path | None:
         if (candidate / layout.CONFIG).is_file():
             return candidate
     return None
+
+
+def store_location(url: str) -> str:
+    """A store given on the command line: a URL as it is; a local folder that is not a store itself but holds
+    one in ``.ckpt`` (``.``, a project folder) means that ``.ckpt``, as Git takes a work tree for its ``.git``.
+    """
+    from ckpt.store import layout
+
+    if "://" in url:
+        return url
+    folder = Path(url).expanduser()
+    inner = folder / settings.DEFAULT_STORE
+    if not (folder / layout.CONFIG).is_file() and (inner / layout.CONFIG).is_file():
+        return str(inner)
+    return url
 
 
 @dataclass
@@ -61,7 +85,7 @@ class CliState:
             StoreNotFoundError: none of these gives a store.
         """
         if self.store_url:
-            return self.store_url
+            return store_location(self.store_url)
         found = find_store()
         if found is None:
             raise StoreNotFoundError(
@@ -80,10 +104,23 @@ INTERRUPTED = (
     "interrupted: the store is consistent (what was being written becomes visible only once it is complete); "
     "rerun the command to finish"
 )
+_READ_ONLY = "interrupted; nothing was changed"
+#: What Ctrl-C leaves behind, by command (commands not listed: ``INTERRUPTED``).
+INTERRUPTED_BY_COMMAND = {
+    **dict.fromkeys(("log", "show", "ls", "reflog", "diff"), _READ_ONLY),
+    "verify": "interrupted before every object was checked; nothing was changed",
+    "restore": "interrupted: the store was only read; rerun the restore to write the folder",
+    "import": "interrupted: nothing was committed and the branch did not move; rerun the import",
+    "sync": "interrupted: what was copied stays, and every record on the destination is whole; rerun the sync "
+    "to finish (chunks already copied are not sent again)",
+    "gc": "interrupted: gc deletes records before the chunks they need, so the store is consistent; rerun "
+    "`ckpt gc` to finish",
+    "repair": "interrupted: what was repaired stays repaired; rerun `ckpt repair` to finish",
+}
 
 
 def on_interrupt(message: str) -> None:
-    """Say what Ctrl-C during the running command leaves behind (instead of ``INTERRUPTED``)."""
+    """Say what Ctrl-C during the running command leaves behind (instead of ``INTERRUPTED_BY_COMMAND``)."""
     click.get_current_context().meta["ckpt.interrupted"] = message
 
 
@@ -169,7 +206,8 @@ class CkptGroup(click.Group):
             state = ctx.obj if isinstance(ctx.obj, CliState) else None
             if state is not None and state.debug:
                 traceback.print_exc()
-            click.echo(f"\n{ctx.meta.get('ckpt.interrupted', INTERRUPTED)}", err=True)
+            default = INTERRUPTED_BY_COMMAND.get(ctx.invoked_subcommand or "", INTERRUPTED)
+            click.echo(f"\n{ctx.meta.get('ckpt.interrupted', default)}", err=True)
             ctx.exit(130)
 
 

@@ -135,6 +135,9 @@ def resolve_base(
             )
     close = difflib.get_close_matches(base, names(), n=3)
     hint = f"did you mean {', '.join(close)}?" if close else None
+    if _HEX.match(low) and len(low) < MIN_PREFIX:
+        short = f"an id prefix needs at least {MIN_PREFIX} hex digits: give more of the id"
+        hint = f"{short}, or did you mean {', '.join(close)}?" if close else short
     raise RevisionNotFoundError(f"no branch, tag or snapshot matches {base!r}", hint=hint)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -695,12 +695,19 @@ class Store:
         plan = plan_gc(self._objects, self._refs, grace=grace, expire_reflog=expire_reflog)
         return plan.report(dry_run=True) if dry_run else plan.execute(self.backend)
 
-    def verify(self, rev: str | None = None, *, progress: Progress | None = None) -> VerifyReport:
+    def verify(
+        self,
+        rev: str | None = None,
+        *,
+        progress: Progress | None = None,
+        progress_total: Callable[[int], None] | None = None,
+    ) -> VerifyReport:
         """Read every object and check it against its digest; report all damage, not just the first.
 
         Args:
             rev: check this snapshot only; default: every snapshot reachable from a branch, tag or the reflog.
             progress: called with byte counts as chunks are checked.
+            progress_total: called once, before the first chunk is read, with the bytes ``progress`` will count.
         """
         extra: list[Damage] = []
         if rev is not None:
@@ -737,7 +744,14 @@ class Store:
                 roots.update(x for x in (entry.old, entry.new) if x and self._objects.has_snapshot(x))
             broken: set[str] = set()
             ids = sorted(set(live_snapshots(self._objects, roots, broken)) | broken)
-        return verify_snapshots(self._objects, ids, pruned=self._pruned(), extra_damage=extra, progress=progress)
+        return verify_snapshots(
+            self._objects,
+            ids,
+            pruned=self._pruned(),
+            extra_damage=extra,
+            progress=progress,
+            progress_total=progress_total,
+        )
 
     def repair(
         self, source: Store, *, revs: Sequence[str] | None = None, progress: Progress | None = None

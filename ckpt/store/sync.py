@@ -1,8 +1,9 @@
 """Copying snapshots between stores (local ↔ S3 …), sending only the chunks the destination lacks.
 
-The copy follows the commit protocol on the destination, ancestors first: chunks, then the tensor table,
-then the snapshot record, and refs last. A record on the destination therefore implies that its data and its
-ancestors are there too, which makes an interrupted sync safe to rerun: it resumes where it stopped. Every
+The copy follows the commit protocol on the destination: every chunk first, then tensor tables and snapshot
+records, ancestors first, and refs last. A record on the destination therefore implies that its data and its
+ancestors are there too, which makes an interrupted sync safe to rerun: it resumes where it stopped (chunks
+already copied are not sent again). Every
 chunk is verified on the way. Branches only fast-forward; a branch that diverged is reported, never
 overwritten. Tags are copied as they are (a frozen tag stays frozen); a tag of the same name on another
 snapshot is reported.
@@ -10,7 +11,7 @@ snapshot is reported.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -29,13 +30,15 @@ __all__ = ["SyncReport", "sync"]
 
 
 class SyncReport(BaseModel):
-    """What a sync did.
+    """What a sync did. Chunk counts are of distinct chunks: a chunk shared by several snapshots counts once.
 
     Attributes:
-        snapshots: snapshot records copied.
+        snapshots: snapshot records copied (0: the destination had every snapshot asked for).
         chunks: chunks copied.
-        bytes: raw bytes of the chunks copied.
-        chunks_skipped: chunks the destination already had.
+        bytes: raw (decoded) bytes of the chunks copied.
+        chunks_skipped: chunks the copied snapshots need that the destination held already (from earlier
+            syncs or saves), so they were not sent.
+        bytes_skipped: raw bytes of those chunks.
         refs: refs created or fast-forwarded on the destination (``refs/heads/main`` …).
         conflicts: refs left alone because they diverged, with the reason.
     """
@@ -46,6 +49,7 @@ class SyncReport(BaseModel):
     chunks: int
     bytes: int
     chunks_skipped: int
+    bytes_skipped: int = 0
     refs: tuple[str, ...]
     conflicts: tuple[str, ...]
 
@@ -79,17 +83,28 @@ def sync(
     revs: Sequence[str] | None = None,
     *,
     progress: Progress | None = None,
+    progress_total: Callable[[int], None] | None = None,
 ) -> SyncReport:
     """Copy snapshots, their history and their refs from ``src`` to ``dst``.
+
+    First the chunks the destination lacks (each read from ``src``, checked against its digest, written once
+    however many snapshots share it), then tables and snapshot records, ancestors first, then the refs.
 
     Args:
         src: the store to copy from.
         dst: the store to copy into.
         revs: branches, tags or ids to copy; ``None``: every branch and tag.
         progress: called with byte counts as chunks are copied.
+        progress_total: called once, before the first chunk is copied, with the bytes ``progress`` will count
+            in all (for a progress bar with a total).
 
     Returns:
         What was copied, and which refs diverged (reported, not overwritten).
+
+    Raises:
+        RevisionNotFoundError: a revision matches nothing in ``src``.
+        CorruptChunkError: a chunk or record of ``src`` does not match its digest (nothing of it is written).
+        BackendError: either storage failed; what was copied stays, and a rerun resumes.
     """
     branches = src.branches()
     tags = src.tags()
@@ -102,40 +117,50 @@ def sync(
 
     todo = _closure(src, roots, dst)
     pruned = src._pruned()
-    copied = skipped = nbytes = 0
+    needed: dict[str, tuple[str, str, int]] = {}  # chunk → (a tensor or file using it, its snapshot, raw length)
+    for snap in todo:
+        if snap.id in pruned:
+            continue
+        table = src._objects.get_table(snap.table)
+        entries = [
+            *((name, e.nbytes, e.chunks) for name, e in table.tensors.items()),
+            *((name, f.size, f.chunks) for name, f in table.files.items()),
+        ]
+        for name, size, chunks in entries:
+            for i, d in enumerate(chunks):
+                needed.setdefault(d, (name, snap.id, min(table.chunk_size, size - i * table.chunk_size)))
+
+    copied = skipped = nbytes = skipped_bytes = 0
     with ThreadPoolExecutor(settings.threads(), thread_name_prefix="ckpt-sync") as pool:
-        for snap in todo:
-            table = src._objects.get_table(snap.table)
-            if snap.id not in pruned:
-                sizes: dict[str, tuple[str, int]] = {}
-                for name, entry in table.tensors.items():
-                    for i, d in enumerate(entry.chunks):
-                        sizes.setdefault(d, (name, min(table.chunk_size, entry.nbytes - i * table.chunk_size)))
-                for name, fentry in table.files.items():
-                    for i, d in enumerate(fentry.chunks):
-                        sizes.setdefault(d, (name, min(table.chunk_size, fentry.size - i * table.chunk_size)))
+        digests = list(needed)
+        present = dict(zip(digests, pool.map(dst._objects.has_chunk, digests), strict=True))
+        missing = [d for d in digests if not present[d]]
+        if progress_total:
+            progress_total(sum(needed[d][2] for d in missing))
 
-                def copy(digest: str, name: str, sid: str = snap.id) -> int:
-                    if dst._objects.has_chunk(digest):
-                        return -1
-                    data = src._objects.read_chunk(digest, tensor=name, snapshot=sid)
-                    dst._objects.put_chunk(memoryview(data), digest)
-                    if progress:
-                        progress(len(data))
-                    return len(data)
+        def copy(digest: str) -> int:
+            name, sid, _ = needed[digest]
+            data = src._objects.read_chunk(digest, tensor=name, snapshot=sid)
+            dst._objects.put_chunk(memoryview(data), digest)
+            if progress:
+                progress(len(data))
+            return len(data)
 
-                for n in pool.map(lambda item: copy(item[0], item[1][0]), sizes.items()):
-                    if n < 0:
-                        skipped += 1
-                    else:
-                        copied += 1
-                        nbytes += n
-            # records are copied byte for byte: never re-serialized, so ids and unknown fields survive
-            dst._objects.put_raw_record("table", snap.table, src._objects.raw_record("table", snap.table))
-            if snap.id in pruned:
-                dst._mark_pruned(snap.id, "pruned in the source store")
-            dst.backend.flush()
-            dst._objects.put_raw_record("snapshot", snap.id, src._objects.raw_record("snapshot", snap.id))
+        for n in pool.map(copy, missing):
+            copied += 1
+            nbytes += n
+        for d in digests:
+            if present[d]:
+                skipped += 1
+                skipped_bytes += needed[d][2]
+    dst.backend.flush()
+    # records are copied byte for byte, ancestors first: never re-serialized, so ids and unknown fields survive
+    for snap in todo:
+        dst._objects.put_raw_record("table", snap.table, src._objects.raw_record("table", snap.table))
+        if snap.id in pruned:
+            dst._mark_pruned(snap.id, "pruned in the source store")
+        dst.backend.flush()
+        dst._objects.put_raw_record("snapshot", snap.id, src._objects.raw_record("snapshot", snap.id))
 
     refs: list[str] = []
     conflicts: list[str] = []
@@ -177,6 +202,7 @@ def sync(
         chunks=copied,
         bytes=nbytes,
         chunks_skipped=skipped,
+        bytes_skipped=skipped_bytes,
         refs=tuple(refs),
         conflicts=tuple(conflicts),
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
@@ -79,6 +79,7 @@ def verify_snapshots(
     pruned: set[str],
     extra_damage: Iterable[Damage] = (),
     progress: Progress | None = None,
+    progress_total: Callable[[int], None] | None = None,
 ) -> VerifyReport:
     """Check records, tables and every chunk of non-pruned snapshots; each chunk is read once."""
     damage: list[Damage] = list(extra_damage)
@@ -135,6 +136,8 @@ def verify_snapshots(
         if progress:
             progress(length)
 
+    if progress_total:
+        progress_total(sum(info[2] for info in users.values()))
     with ThreadPoolExecutor(settings.threads(), thread_name_prefix="ckpt-verify") as pool:
         for f in [pool.submit(check, d, info[2]) for d, info in users.items()]:
             f.result()

@@ -11,7 +11,7 @@ from rich.text import Text
 
 import ckpt
 from ckpt.cli.commands._common import json_option, parse_duration, parse_options, parse_size_option
-from ckpt.cli.output import console, emit_json, human_bytes, progress_bar, progress_enabled
+from ckpt.cli.output import console, count, emit_json, human_bytes, progress_bar, progress_enabled
 
 if TYPE_CHECKING:
     from ckpt.cli.app import CliState
@@ -59,8 +59,8 @@ def verify(state: CliState, rev: str | None, all_: bool, as_json: bool) -> None:
     if rev is not None and all_:
         raise click.UsageError("give REV or --all, not both")
     store = state.store()
-    with progress_bar("verify", quiet=state.quiet) as progress:
-        report = store.verify(rev, progress=progress)
+    with progress_bar("verify", quiet=state.quiet) as bar:
+        report = store.verify(rev, progress=bar, progress_total=bar.total if bar else None)
     if as_json:
         emit_json({"ok": report.ok, **report.model_dump(mode="json")})
     else:
@@ -68,9 +68,10 @@ def verify(state: CliState, rev: str | None, all_: bool, as_json: bool) -> None:
         for d in report.damage:
             where = f" (tensors: {', '.join(d.tensors[:3])}{' …' if len(d.tensors) > 3 else ''})" if d.tensors else ""
             out.print(Text.assemble((d.kind, "bold red"), f" {d.object} {d.digest[:16]}{where}: {d.message}"))
-        verdict = "ok" if report.ok else f"{len(report.damage)} problem{'s' if len(report.damage) != 1 else ''}"
+        verdict = "ok" if report.ok else count(len(report.damage), "problem")
         click.echo(
-            f"{report.snapshots} snapshots, {report.chunks} chunks, {human_bytes(report.bytes)} checked: {verdict}"
+            f"checked {count(report.snapshots, 'snapshot')}, {count(report.chunks, 'chunk')} "
+            f"({human_bytes(report.bytes)} of data): {verdict}"
         )
     if not report.ok:
         if not as_json:
@@ -104,8 +105,10 @@ def repair(state: CliState, revs: tuple[str, ...], source: str, from_option: tup
       ckpt repair --from s3://bucket/models-replica
       ckpt repair --from /mnt/backup/.ckpt tiny-llama-2026-11-28
     """
+    from ckpt.cli.app import store_location
+
     store = state.store()
-    good = ckpt.open(source, **parse_options(from_option, flag="--from-option"))
+    good = ckpt.open(store_location(source), **parse_options(from_option, flag="--from-option"))
     with progress_bar("repair", quiet=state.quiet) as progress:
         report = store.repair(good, revs=list(revs) or None, progress=progress)
     if as_json:
@@ -117,8 +120,8 @@ def repair(state: CliState, revs: tuple[str, ...], source: str, from_option: tup
         for d in report.unrepaired:
             out.print(_damage_line("unrepaired", d))
         n, m = len(report.repaired), len(report.unrepaired)
-        verdict = "the store verifies clean" if report.ok else f"{m} problem{'s' if m != 1 else ''} remain"
-        click.echo(f"{n} object{'s' if n != 1 else ''} repaired ({human_bytes(report.bytes_copied)} copied); {verdict}")
+        verdict = "the store verifies clean" if report.ok else f"{count(m, 'problem')} remain{'s' if m == 1 else ''}"
+        click.echo(f"{count(n, 'object')} repaired ({human_bytes(report.bytes_copied)} copied); {verdict}")
     if not report.ok:
         click.get_current_context().exit(1)
 
@@ -163,8 +166,22 @@ def gc(state: CliState, dry_run: bool, grace: str, expire_reflog: str, as_json: 
         emit_json(report.model_dump(mode="json"))
         return
     verb = "would free" if dry_run else "freed"
+    removed = [
+        count(report.chunks, "chunk"),
+        count(report.tables, "table"),
+        count(report.snapshots, "snapshot record"),
+        count(report.other, "leftover"),
+    ]
     click.echo(
-        f"{verb} {human_bytes(report.freed_bytes)}: {report.chunks} chunks, {report.tables} tables, "
-        f"{report.snapshots} snapshot records, {report.other} leftovers; "
-        f"kept {report.kept_chunks} chunks ({human_bytes(report.kept_bytes)})"
+        f"{verb} {human_bytes(report.freed_bytes)} of storage: {', '.join(removed)}; "
+        f"kept {count(report.kept_chunks, 'chunk')} ({human_bytes(report.kept_bytes)}) that live snapshots need"
     )
+    # GcReport.spared_chunks / spared_bytes: chunks no live snapshot needs that the grace period kept
+    spared = int(getattr(report, "spared_chunks", 0) or 0)
+    if spared:
+        spared_bytes = int(getattr(report, "spared_bytes", 0) or 0)
+        click.echo(
+            f"spared {count(spared, 'chunk')} ({human_bytes(spared_bytes)}) that no snapshot needs but that were "
+            f"written or used less than {grace} ago (--grace): a save running now may still need them; "
+            f"they go in a later gc, or now with `ckpt gc --grace 0` if no save is running"
+        )
