@@ -180,8 +180,9 @@ def gc(state: CliState, dry_run: bool, grace: str, expire_reflog: str, as_json: 
     spared = int(getattr(report, "spared_chunks", 0) or 0)
     if spared:
         spared_bytes = int(getattr(report, "spared_bytes", 0) or 0)
+        them = "it" if spared == 1 else "them"
         click.echo(
-            f"spared {count(spared, 'chunk')} ({human_bytes(spared_bytes)}) that no snapshot needs but that were "
-            f"written or used less than {grace} ago (--grace): a save running now may still need them; "
-            f"they go in a later gc, or now with `ckpt gc --grace 0` if no save is running"
+            f"spared {count(spared, 'chunk')} ({human_bytes(spared_bytes)}) that no snapshot needs: written or "
+            f"reused less than {grace} ago (--grace), a save running now may still need {them}; a later gc "
+            f"frees {them}, or `ckpt gc --grace 0` now if no save is running"
         )
