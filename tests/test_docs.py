@@ -697,3 +697,24 @@ def test_readme_demo_then_every_readme_command(tmp_path: Path, s3_server: dict[s
             ["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True, timeout=TIMEOUT
         )
         assert result.returncode == 0, f"README: $ {command}\n{result.stdout}{result.stderr}"
+
+
+def test_diagrams_are_rendered_from_their_sources() -> None:
+    """Every ``docs/diagrams/*.mmd`` has its SVG, rendered from the source as it is now, and a page shows it."""
+    sys.path.insert(0, str(DOCS / "_ext"))
+    try:
+        from render_diagrams import source_digest
+    finally:
+        sys.path.pop(0)
+    sources = sorted((DOCS / "diagrams").glob("*.mmd"))
+    assert sources
+    pages = "\n".join(p.read_text(encoding="utf-8") for p in DOCS.rglob("*.md"))
+    for mmd in sources:
+        svg = mmd.with_suffix(".svg")
+        assert svg.is_file(), f"{svg.name} is missing: run python docs/_ext/render_diagrams.py"
+        stamp = re.search(r"sha256 ([0-9a-f]{64})", svg.read_text(encoding="utf-8")[:400])
+        assert stamp and stamp.group(1) == source_digest(mmd.read_text(encoding="utf-8")), (
+            f"{svg.name} was drawn from another {mmd.name}: run python docs/_ext/render_diagrams.py"
+        )
+        assert f"diagrams/{svg.name}" in pages, f"no page shows {svg.name}"
+    assert "```mermaid" not in pages, "a Mermaid block would load Mermaid from a CDN: render it to SVG instead"
