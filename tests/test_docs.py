@@ -409,6 +409,18 @@ def test_home_page_family_tree_is_real(tmp_path: Path) -> None:
     assert _normalise_graph("\n".join(draw["shown"])) == _normalise_graph(drawn.output), (
         "docs/index.md shows another family tree than the CLI draws; paste this one:\n" + drawn.output
     )
+    # the picture is true: each line of the family starts from its parent's weights, not from another line's
+    import ckpt
+    from ckpt.diff import diff
+
+    store = ckpt.open(str(tmp_path / "family"))
+    release = next(name for name, tag in store.tags().items() if tag.frozen)
+    for a, b, changed in ((release, "instruct~1", 5), ("instruct~1", "instruct", 5), ("instruct", "chat", 5)):
+        d = diff(store, a, b, norms=False)
+        assert (d.changed, d.unchanged, d.added, d.removed) == (changed, 9 - changed, 0, 0), (a, b)
+    assert store.resolve("retry").parents == (store.resolve("main~1").id,)
+    assert diff(store, "main~1", "retry", norms=False).changed == 9
+    assert store.resolve("instruct~1").parents == (store.resolve(release).id,)
 
 
 def test_pages_have_runnable_python() -> None:
