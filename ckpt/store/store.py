@@ -38,7 +38,7 @@ from ckpt.model import (
     parse_json,
     utcnow,
 )
-from ckpt.state import flatten, tensor_paths, unflatten
+from ckpt.state import flatten, tensor_paths, tied_groups, unflatten
 from ckpt.storage import Backend, open_backend
 from ckpt.store import layout
 from ckpt.store.gc import GcReport, plan_gc
@@ -193,12 +193,22 @@ class Store:
             raise RecordError(f"cannot record this snapshot: {e}") from e
 
         stats = WriteStats()
-        entries = write_tensors(self._objects, tensors, self.chunk_size, stats=stats, progress=progress)
+        tied = tied_groups(tensors)  # paths that hold one tensor: its bytes are read and written once
+        first = {name: group[0] for group in tied for name in group}
+        once = {name: src for name, src in tensors.items() if first.get(name, name) == name}
+        written = write_tensors(self._objects, once, self.chunk_size, stats=stats, progress=progress)
+        entries = {name: written[first.get(name, name)] for name in tensors}
         if files is None and parent_ids and rel in _INHERITS_FILES:
             file_entries = self._inherited_files(parent_ids[0], stats)
         else:
             file_entries = write_files(self._objects, clean_files, self.chunk_size, stats=stats)
-        table = TensorTable(chunk_size=self.chunk_size, tensors=entries, tree=tree, files=file_entries)
+        table = TensorTable(
+            chunk_size=self.chunk_size,
+            tensors=entries,
+            tree=tree,
+            files=file_entries,
+            tied=tuple(tuple(group) for group in tied),
+        )
         record = record.model_copy(update={"table": self._objects.put_table(table)})
         snap = self._objects.put_snapshot(record)
         self.backend.flush()
@@ -427,9 +437,10 @@ class Store:
         snap = self.resolve(rev)
         self._check_not_pruned(snap)
         table = self._objects.get_table(snap.table)
+        first = {name: group[0] for group in table.tied for name in group}  # a tied group is read once
         tensors = read_tensors(
             self._objects,
-            table.tensors,
+            {name: entry for name, entry in table.tensors.items() if first.get(name, name) == name},
             table.chunk_size,
             snapshot=snap.id,
             verify=verify,
@@ -437,7 +448,7 @@ class Store:
             into=into,
             progress=progress,
         )
-        return unflatten(table.tree, tensors.__getitem__)
+        return unflatten(table.tree, lambda name: tensors[first.get(name, name)])
 
     def tensors(self, rev: str = "main", *, verify: bool = True, framework: Framework | None = None) -> LazyTensors:
         """A lazy, read-only mapping tensor path → tensor that reads only the tensors you index.
