@@ -73,10 +73,10 @@ def flatten(state: Any) -> tuple[Any, dict[str, TensorSource]]:
             return float(value)
         if is_array(value):
             name = tensor_name(path, tensors)
-            key = alias_key(value)
-            same = sources.get(key)
+            alias = alias_key(value)
+            same = sources.get(alias)
             if same is None:
-                same = sources[key] = to_source(value, name)
+                same = sources[alias] = to_source(value, name)
             tensors[name] = same
             return {"$tensor": name}
         if isinstance(value, (Mapping, list, tuple)):
