@@ -135,7 +135,7 @@ def restore_into(
 ) -> Any:
     """Implementation of ``ckpt.restore``: load a snapshot and apply it to a module and optimizer."""
     snap = store.resolve(rev)
-    if snap.relation == "adapter":  # a LoRA adapter restores into its base model, merged
+    if snap.base is not None or snap.relation == "adapter":  # an adapter (new or continued) restores merged
         state = store.load(snap.id, verify=verify, framework="torch", merge=True)
     else:
         into = None

@@ -59,7 +59,7 @@ def restore(state: CliState, rev: str, to: Path, shard_size: str | None, force: 
     store = state.store()
     snap = store.resolve(rev)
     with progress_bar("restore", total=snap.tensor_bytes, quiet=state.quiet) as progress:
-        if snap.relation == "adapter":
+        if snap.base is not None or snap.relation == "adapter":  # an adapter, new or continued on its branch
             from ckpt.adapters import export_peft_folder
 
             written = export_peft_folder(store, snap.id, to, force=force, progress=progress)
