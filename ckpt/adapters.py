@@ -272,13 +272,20 @@ def merge(
     model: str | None = None,
     message: str | None = None,
     metadata: Mapping[str, JsonValue] | None = None,
+    files: Mapping[str, bytes] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Snapshot:
     """Save an adapter merged into its base as a new snapshot: relation ``merge``, parents adapter then base.
 
     Only the merged tensors are new bytes: every tensor the adapter does not touch is the base's, shared by
     content. The base's attached files (``config.json``, tokenizer files …) come along, so the merged snapshot
-    exports as a model folder that ``from_pretrained`` loads.
+    exports as a model folder that ``from_pretrained`` loads. Tied weights stay tied (recorded in the table)
+    and change together, as PEFT's ``merge_and_unload()`` changes a tied parameter in place: a LoRA on
+    ``lm_head`` of a model with ``tie_word_embeddings`` changes the input embedding too, and the config stays
+    tied. (To keep the embedding, untie the model before training the adapter.)
+
+    An adapter that changes a tensor's shape (embeddings saved after ``resize_token_embeddings``) makes the
+    base's ``config.json`` wrong for the merged model: pass ``files`` with the resized model's files then.
 
     Args:
         store: the store.
@@ -287,6 +294,8 @@ def merge(
         model: the merged model's name; default: the adapter's.
         message: a note; default ``merge <adapter> into <base>``.
         metadata: your own JSON metadata.
+        files: the merged model's attached files (``{"config.json": model.config.to_json_string().encode(),
+            …}``); default: the base's.
         progress: called with byte counts as chunks are written.
 
     Returns:
@@ -294,7 +303,9 @@ def merge(
 
     Raises:
         RefExistsError: the branch exists.
-        RecordError, StateMismatchError, UnsupportedStateError: as ``load_merged``.
+        StateMismatchError: the merge changes a tensor's shape and the base's ``config.json`` would come along
+            (pass ``files``); as ``load_merged``.
+        RecordError, UnsupportedStateError: as ``load_merged``.
 
     Example:
         >>> snap = merge(store, "chat-lora", branch="chat-merged", model="tiny-llama-chat-merged")  # doctest: +SKIP
@@ -305,11 +316,26 @@ def merge(
     base = store.get(base_of(snap))
     _require_new_branch(store, branch, hint="merge onto a new branch")
     state = load_merged(store, snap.id)
-    files = {
-        name: data
-        for name, data in store.files(base.id).items()
-        if not name.startswith(_RESERVED_PREFIX) and not name.endswith(_INDEX_SUFFIX)
-    }
+    if files is None:
+        files = {
+            name: data
+            for name, data in store.files(base.id).items()
+            if not name.startswith(_RESERVED_PREFIX) and not name.endswith(_INDEX_SUFFIX)
+        }
+        entries, _ = _model_entries(store.table(_root(store, base).id))
+        weights = _model_mapping(state, "the merged state")
+        reshaped = [
+            f"{name} {list(entries[name][1])} → {list(t.shape)}"
+            for name, t in weights.items()
+            if name in entries and tuple(t.shape) != entries[name][1]
+        ]
+        if reshaped and "config.json" in files:
+            raise StateMismatchError(
+                f"merging adapter {snap.short_id} changes {', '.join(reshaped[:3])}: the base's config.json "
+                "does not describe the merged model",
+                hint="pass files={'config.json': resized_model.config.to_json_string().encode(), …} (with the "
+                "tokenizer files that go with the new vocabulary)",
+            )
     return store.save(
         state,
         branch,

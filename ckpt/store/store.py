@@ -329,16 +329,25 @@ class Store:
         model: str | None = None,
         message: str | None = None,
         metadata: Mapping[str, JsonValue] | None = None,
+        files: Mapping[str, bytes] | None = None,
         progress: Progress | None = None,
     ) -> Snapshot:
         """Save an adapter merged into its base as a new snapshot (relation ``merge``, parents adapter + base).
 
-        See ``ckpt.adapters.merge``.
+        Tied weights stay tied and change together, as with PEFT's ``merge_and_unload()``; ``files`` replaces
+        the base's attached files (needed when the adapter resized the embeddings). See ``ckpt.adapters.merge``.
         """
         from ckpt.adapters import merge
 
         return merge(
-            self, adapter_rev, branch=branch, model=model, message=message, metadata=metadata, progress=progress
+            self,
+            adapter_rev,
+            branch=branch,
+            model=model,
+            message=message,
+            metadata=metadata,
+            files=files,
+            progress=progress,
         )
 
     # -- reading -------------------------------------------------------------------------------------
