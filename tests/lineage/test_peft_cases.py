@@ -102,7 +102,7 @@ def test_resized_embeddings_are_stored_and_merged(store: ckpt.Store, tmp_path: P
     torch.testing.assert_close(_logits(fresh, ids), _logits(merged_model, ids))
 
     # merged into a snapshot: the base's config.json (vocab 128) no longer fits, so it must be given
-    with pytest.raises(StateMismatchError, match="config.json") as info:
+    with pytest.raises(StateMismatchError, match=r"config\.json") as info:
         store.merge("lora", branch="merged")
     assert "files=" in str(info.value.hint) and "merged" not in store.branches()
     store.merge("lora", branch="merged", files=_files(merged_model))
