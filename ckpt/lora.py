@@ -221,7 +221,9 @@ def _unsafe(key: str) -> str | None:
         elif c == "|":
             alternatives += 1
             i, prev = i + 1, None
-        elif c in "*+?" or (c == "{" and _REPEAT.match(key, i)):
+        elif c == "{" and not _REPEAT.match(key, i):
+            return "a '{' that is not a repeat {m}, {m,} or {m,n} with up to 3 digits (write \\{ for the character)"
+        elif c in "*+?{":
             if prev != "atom":
                 return (
                     "a quantifier on a group, on nothing or after another quantifier (nested, lazy or possessive "
