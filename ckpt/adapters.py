@@ -586,10 +586,49 @@ def _settings(cfg: Mapping[str, JsonValue], what: str) -> lora.LoraSettings:
 def _plan(
     store: Store, base: Snapshot, shapes: Mapping[str, tuple[int, ...]], cfg: Mapping[str, JsonValue], *, adapter: str
 ) -> lora.Plan:
-    """What the adapter's tensors do to its base, checked against the base's table (no tensor byte is read)."""
-    entries, ties = _model_entries(store.table(_root(store, base).id))
+    """What the adapter's tensors do to its base, checked against the base's table (no tensor byte is read).
+
+    A target matrix whose bytes are also another model tensor's, not recorded as tied to it, is refused: it is a
+    tie that an older table did not record (a merge would change one of the two and leave the other), or a copy.
+    """
+    table = store.table(_root(store, base).id)
+    entries, ties = _model_entries(table)
     label = f"{base.short_id} ({base.model or 'unnamed'})"
-    return lora.plan(shapes, _settings(cfg, adapter), entries, ties, adapter=adapter, base=label)
+    found = lora.plan(shapes, _settings(cfg, adapter), entries, ties, adapter=adapter, base=label)
+    paths = _model_paths(table)
+    tied = {name: set(group) for group in ties for name in group}
+    owners: dict[tuple[str, ...], list[str]] = {}
+    for name, path in paths.items():
+        chunks = table.tensors[path].chunks
+        if chunks:
+            owners.setdefault(chunks, []).append(name)
+    for target in [*(p.target for p in found.pairs), *found.whole]:
+        if len(entries[target][1]) < 2:
+            continue  # vectors (biases, norms) are often equal by initialisation (zeros, ones); matrices are not
+        others = [n for n in owners.get(table.tensors[paths[target]].chunks, []) if n not in tied.get(target, {target})]
+        if others:
+            raise StateMismatchError(
+                f"{adapter} changes {target!r}, whose bytes base {label} also holds as {others[0]!r} without "
+                "recording them as tied: merging would change one and leave the other",
+                hint="if they are tied weights, save the base again from the model (store.save({'model': "
+                "model.state_dict()})) so that ckpt records the tie; if they are copies, make them differ",
+            )
+    return found
+
+
+def _model_paths(table: TensorTable) -> dict[str, str]:
+    """Model tensor name → table path."""
+    tree = table.tree
+    pairs: list[Any] = tree.get("$dict", []) if isinstance(tree, dict) else []
+    for key, value in pairs:
+        if key == "model" and isinstance(value, dict) and "$dict" in value:
+            pairs = value["$dict"]
+            break
+    return {
+        str(key): str(value["$tensor"])
+        for key, value in pairs
+        if isinstance(value, dict) and set(value) == {"$tensor"} and str(value["$tensor"]) in table.tensors
+    }
 
 
 def _json_value(value: Any, where: str) -> JsonValue:
@@ -707,20 +746,9 @@ def _model_entries(table: TensorTable) -> tuple[dict[str, tuple[str, tuple[int, 
 
     The model tensors are those directly under the state's ``"model"`` mapping, or under the root mapping.
     """
-    tree = table.tree
-    pairs: list[Any] = tree.get("$dict", []) if isinstance(tree, dict) else []
-    for key, value in pairs:
-        if key == "model" and isinstance(value, dict) and "$dict" in value:
-            pairs = value["$dict"]
-            break
-    out: dict[str, tuple[str, tuple[int, ...]]] = {}
-    names: dict[str, str] = {}
-    for key, value in pairs:
-        if isinstance(value, dict) and set(value) == {"$tensor"}:
-            entry = table.tensors.get(str(value["$tensor"]))
-            if entry is not None:
-                out[str(key)] = (entry.dtype, tuple(entry.shape))
-                names[str(value["$tensor"])] = str(key)
+    paths = _model_paths(table)
+    out = {name: (table.tensors[path].dtype, tuple(table.tensors[path].shape)) for name, path in paths.items()}
+    names = {path: name for name, path in paths.items()}
     ties = [[names[p] for p in group if p in names] for group in table.tied]
     return out, [group for group in ties if len(group) > 1]
 

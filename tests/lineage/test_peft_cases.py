@@ -316,3 +316,16 @@ def test_a_continued_adapter_restores_and_exports_as_an_adapter(store: ckpt.Stor
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "out" / "adapter_config.json").is_file()
+
+
+def test_an_unrecorded_tie_is_refused_not_half_merged(store: ckpt.Store) -> None:
+    """A base saved without its tie (a table of an older ckpt, or cloned tensors): lm_head and embed_tokens
+    hold the same bytes, and a LoRA on lm_head would leave embed_tokens behind while config.json says tied."""
+    base = tiny_llama(tied=True)
+    store.save({"model": weights(base)}, "main", model="tied", files=_files(base))  # clones: no tie recorded
+    assert store.table("main").tied == ()
+    lora = with_lora(base, targets=("lm_head", "q_proj"))
+    with pytest.raises(StateMismatchError, match="without recording them as tied") as info:
+        save_adapter(store, "main", get_peft_model_state_dict(lora), branch="lora", config=lora.peft_config["default"])
+    assert "store.save" in str(info.value.hint)
+    assert "lora" not in store.branches()

@@ -124,6 +124,10 @@ def import_(
     from ckpt.hf import import_folder
 
     store = state.store()
+    if base is None and relation == "adapter":  # an adapter is checked against its base whichever way it is named
+        if len(parents) != 1:
+            raise click.UsageError("--relation adapter needs its base: pass --base REV (or one --parent REV)")
+        base, parents, relation = parents[0], (), None
     with progress_bar("import", total=_weight_bytes(path), quiet=state.quiet) as progress:
         if base is not None:
             if parents or relation not in (None, "adapter"):
