@@ -429,8 +429,10 @@ class Store:
             progress: called with byte counts as chunks arrive.
 
         Returns:
-            The same structure that was saved (mappings come back as ``dict``). On a local store, large
-            tensors held in one chunk are memory-mapped copy-on-write (zero-copy, as safetensors does).
+            The same structure that was saved (mappings come back as ``dict``). Tensors that were one tensor
+            when saved (tied weights, recorded in the table's ``tied``) come back as one tensor at each of their
+            places. On a local store, large tensors held in one chunk are memory-mapped copy-on-write
+            (zero-copy, as safetensors does).
 
         Raises:
             MissingObjectError: the snapshot was pruned, or a chunk is missing.
