@@ -36,11 +36,16 @@ def require() -> None:
     """Check that the ``ui`` extra is installed.
 
     Raises:
-        CkptError: Starlette or uvicorn is missing; the hint is the ``pip install`` command.
+        CkptError: Starlette or uvicorn cannot be imported; the hint is the ``pip install`` command.
     """
-    import importlib.util
+    import importlib
 
-    missing = [m for m in _NEEDS if importlib.util.find_spec(m) is None]
+    missing = []
+    for module in _NEEDS:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
     if missing:
         raise CkptError(f"`ckpt ui` needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
                         "not installed", hint=install_hint("ui"))  # fmt: skip

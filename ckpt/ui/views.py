@@ -138,9 +138,11 @@ def graph_view(store: Store, snapshots: Sequence[Snapshot] | None = None) -> dic
     refs = RefIndex.of(store)
     snaps = list(store.snapshots() if snapshots is None else snapshots)
     lay = layout(snaps, refs.branches)
+    by_id = {s.id: s for s in snaps}
     nodes = []
     for n in lay.nodes:
         s = n.snapshot
+        parent = by_id.get(s.parents[0]) if s.parents else None
         nodes.append(
             {
                 "id": s.id,
@@ -154,6 +156,7 @@ def graph_view(store: Store, snapshots: Sequence[Snapshot] | None = None) -> dic
                 "created_at": s.created_at,
                 "pruned": s.pruned,
                 "base": s.base,
+                "line_start": parent is None or s.relation != "continue" or parent.model != s.model,
                 "metrics": s.model_dump(mode="json")["metrics"],
                 "refs": refs.at(s.id),
             }

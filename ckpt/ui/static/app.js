@@ -156,8 +156,7 @@
           text: t.name + (t.frozen ? " (frozen)" : "") }));
         dy -= 13;
       }
-      const parent = n.relation === "continue" ? null : n;
-      if (parent && n.model) a.append(s("text", { class: "model", x: -8, y: 22, text: n.model }));
+      if (n.line_start && n.model) a.append(s("text", { class: "model", x: -8, y: 22, text: n.model }));
       else if (few && n.step !== null) a.append(s("text", { class: "step", y: 20, "text-anchor": "middle", text: n.step }));
       nodes.append(a);
     }
