@@ -29,9 +29,7 @@ def weights(seed: int) -> dict[str, Any]:
 def nudge(sd: dict[str, Any], scale: float, seed: int, only: str = "") -> dict[str, Any]:
     """Each tensor (whose name contains ``only``) plus a little noise: what one epoch of training does."""
     rng = np.random.default_rng(seed)
-    return {
-        k: (v + scale * rng.standard_normal(v.shape).astype(np.float32)) if only in k else v for k, v in sd.items()
-    }
+    return {k: (v + scale * rng.standard_normal(v.shape).astype(np.float32)) if only in k else v for k, v in sd.items()}
 
 
 def build(store: ckpt.Store) -> dict[str, ckpt.Snapshot]:

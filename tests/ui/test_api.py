@@ -121,7 +121,7 @@ def test_snapshot_files_adapter_base_and_deep_revisions(served: str, family: Fam
 
 
 def test_run_view_data(served: str, family: Family) -> None:
-    store, snaps = family
+    _store, snaps = family
     d = get_json(served + "api/run/main")
     main = [snaps[f"m{i}"] for i in range(1, 9)]
     assert [s["id"] for s in d["saves"]] == [s.id for s in main]
@@ -208,11 +208,12 @@ def test_pages_are_one_shell_for_every_deep_link(served: str) -> None:
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+    files = (p for p in root.rglob("*") if p.is_file())
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def test_read_only_no_method_but_get_and_nothing_written(served: str, family: Family) -> None:
-    store, snaps = family
+    store, _snaps = family
     root = Path(store.url)
     before = _tree_digest(root)
     paths = ["", "api/store", "api/graph", "api/snapshots", "api/snap/main", "api/run/main", "api/diff/main~1..main",
@@ -277,7 +278,9 @@ def test_non_finite_metrics_are_strict_json(tmp_path: Path) -> None:
     with ckpt.ui.serving(store) as url:
         for path in ("api/graph", "api/snap/main", "api/run/main", "api/snapshots"):
             _, _, body = get(url + path)
-            json.loads(body, parse_constant=lambda c: pytest.fail(f"{path} sent the literal {c}"))
+            literals: list[str] = []
+            json.loads(body, parse_constant=literals.append)
+            assert literals == [], path
         run: Any = get_json(url + "api/run/main")
         assert run["saves"][1]["metrics"] == {"val_loss": "NaN", "grad": "Infinity"}
         assert run["series"]["val_loss"]["best"] == run["saves"][0]["id"]

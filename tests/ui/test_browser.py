@@ -37,7 +37,7 @@ def test_tree_draws_every_snapshot_and_every_parent(served: str, family: Family,
     assert sorted(labels) == ["adapter", "finetune", "merge", "merge"]
     refs = set(p.eval_on_selector_all("svg.tree text.ref", "els => els.map(e => e.textContent)"))
     assert refs == {"main", "exp/lr-3e-4", "instruct", "lora", "merged", "tiny-lm-v1 (frozen)"}
-    assert "15 snapshots · 5 branches · 1 tag (1 frozen) · 2 pruned" == p.inner_text("#counts")
+    assert p.inner_text("#counts") == "15 snapshots · 5 branches · 1 tag (1 frozen) · 2 pruned"
     p.screenshot(path=str(shots / "tree-full.png"), full_page=True)
 
     # click a node: its page, with its record
@@ -75,7 +75,7 @@ def test_tree_zooms_and_pans(served: str, page: Watched) -> None:
 
 
 def test_run_view_has_a_point_per_save(served: str, family: Family, page: Watched) -> None:
-    store, snaps = family
+    _store, snaps = family
     p = page.open(served + "run/main")
     assert p.locator("table#saves tr.save").count() == 8
     assert p.locator("table#saves tr.save.pruned").count() == 2
@@ -98,7 +98,7 @@ def test_run_view_has_a_point_per_save(served: str, family: Family, page: Watche
 
 
 def test_snapshot_page_of_an_adapter(served: str, family: Family, page: Watched) -> None:
-    store, snaps = family
+    _store, snaps = family
     p = page.open(served + "snap/lora")
     assert snaps["lora"].id in p.inner_text("#record")
     assert p.get_attribute("#record a[data-id]", "data-id") == snaps["i2"].id  # its base
@@ -113,7 +113,7 @@ def test_snapshot_page_of_an_adapter(served: str, family: Family, page: Watched)
 
 
 def test_diff_view_bars_per_layer(served: str, family: Family, page: Watched) -> None:
-    store, snaps = family
+    store, _snaps = family
     p = page.open(served + "diff/tiny-lm-v1..instruct")
     names = p.eval_on_selector_all("#layer-bars span.name", "els => els.map(e => e.textContent)")
     assert names == [layer.layer for layer in ckpt.diff.diff(store, "tiny-lm-v1", "instruct", norms=False).layers]
