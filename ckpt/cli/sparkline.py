@@ -28,7 +28,7 @@ def sparkline(values: Sequence[float], width: int = WIDTH) -> str:
 
     Example:
         >>> sparkline([3.0, 2.0, 1.0, 1.5, float("nan")])
-        '█▄▁▃×'
+        '█▅▁▃×'
     """
     if not values:
         return ""
