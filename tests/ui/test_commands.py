@@ -94,7 +94,7 @@ def test_non_loopback_only_when_asked_explicitly(small: str, cleanup: list[subpr
     pytest.importorskip("uvicorn")
     from ckpt.ui.server import bind, is_loopback
 
-    with pytest.raises(CkptError, match="refusing to serve on 0.0.0.0") as e:
+    with pytest.raises(CkptError, match=r"refusing to serve on 0\.0\.0\.0") as e:
         bind("0.0.0.0", 0)
     assert e.value.hint and "--host 0.0.0.0" in e.value.hint
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and is_loopback("127.0.0.9")
