@@ -500,6 +500,7 @@
     if (!page) { showError(main, new ApiError("no such page: " + path, "the pages are /, /run/<branch>, /snap/<rev>, /diff/<a>..<b>")); return; }
     try {
       await page();
+      main.dataset.drawnMs = String(Math.round(performance.now())); // navigation start → page drawn (benchmarks/ui.py)
     } catch (e) {
       showError(main, e);
       main.dataset.ready = "error";
