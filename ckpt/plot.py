@@ -33,7 +33,7 @@ from ckpt.extras import install_hint
 from ckpt.model import Snapshot
 
 if TYPE_CHECKING:
-    from ckpt.store import Store
+    from ckpt import Store
 
 __all__ = [
     "MetricPoint",

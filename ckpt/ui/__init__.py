@@ -24,7 +24,7 @@ from ckpt.errors import CkptError
 from ckpt.extras import install_hint
 
 if TYPE_CHECKING:
-    from ckpt.store import Store
+    from ckpt import Store
 
 __all__ = ["create_app", "require", "serving"]
 

@@ -48,7 +48,7 @@ from ckpt.errors import (
 from ckpt.ui import views
 
 if TYPE_CHECKING:
-    from ckpt.store import Store
+    from ckpt import Store
 
 __all__ = ["LOOPBACK_HOSTS", "create_app"]
 

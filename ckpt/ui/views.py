@@ -23,7 +23,7 @@ from ckpt.plot import Scope, metric_group, metric_names, monitored_metric, run_h
 from ckpt.ui.graph import layout
 
 if TYPE_CHECKING:
-    from ckpt.store import Store
+    from ckpt import Store
 
 __all__ = [
     "RefIndex",

@@ -163,3 +163,19 @@ def test_distribution_name_matches_pyproject() -> None:
     assert {"starlette", "uvicorn"} <= {d.split(">")[0].split("=")[0] for d in extras["ui"]}
     assert any(d.startswith("matplotlib") for d in extras["plot"])
     assert install_hint("ui") == f"pip install '{DISTRIBUTION}[ui]'"
+
+
+def test_open_hands_the_url_to_the_browser(
+    small: str, tmp_path: Path, cleanup: list[subprocess.Popen[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--open`` calls the user's browser ($BROWSER, as Python's ``webbrowser`` reads it) with the page's URL."""
+    pytest.importorskip("uvicorn")
+    opened = tmp_path / "opened"
+    fake = tmp_path / "browser.py"
+    fake.write_text(f"import sys, pathlib\npathlib.Path({str(opened)!r}).write_text(sys.argv[1])\n")
+    monkeypatch.setenv("BROWSER", f"{sys.executable} {fake} %s")  # webbrowser waits for this command to end
+    proc, url, _ = start("--store", small, "ui", "--port", "0", "--open")
+    cleanup.append(proc)
+    assert get_json(url + "api/store")["url"] == small
+    assert stop(proc)[0] == 0
+    assert opened.read_text() == url

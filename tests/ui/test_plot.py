@@ -142,3 +142,17 @@ def test_plot_command(family: Family, tmp_path: Path) -> None:
     assert lineage.exit_code == 0 and (tmp_path / "i.png").stat().st_size > 1000
     missing = runner.invoke(cli, ["--store", store.url, "plot", "val_loss", "-o", str(tmp_path / "x.png"), "nobranch"])
     assert missing.exit_code == 1 and "nobranch" in missing.stderr
+
+
+def test_public_surface_is_documented() -> None:
+    import inspect
+
+    import ckpt.plot
+    import ckpt.ui
+
+    for module in (ckpt.plot, ckpt.ui):
+        assert module.__all__ == sorted(module.__all__), module.__name__
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if inspect.isfunction(obj) or inspect.isclass(obj):
+                assert inspect.getdoc(obj), f"{module.__name__}.{name}"
