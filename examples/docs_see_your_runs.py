@@ -62,8 +62,7 @@ except ckpt.CkptError as e:  # matplotlib not installed
 
 try:
     with ckpt.ui.serving(store) as url:  # what `ckpt ui` serves, on a free loopback port
-        with urllib.request.urlopen(url + "api/graph") as response:
-            graph = json.load(response)
+        graph = json.loads(urllib.request.urlopen(url + "api/graph").read())
     print(f"the family tree: {len(graph['nodes'])} snapshots, {len(graph['edges'])} edges")
 except ckpt.CkptError as e:  # the ui extra is not installed
     print(f"{e} ({e.hint})")
