@@ -61,8 +61,9 @@ except ckpt.CkptError as e:  # matplotlib not installed
     print(f"{e} ({e.hint})")
 
 try:
-    with ckpt.ui.serving(store) as url:  # what `ckpt ui` serves, on a free loopback port
-        graph = json.loads(urllib.request.urlopen(url + "api/graph").read())
+    # what `ckpt ui` serves, on a free loopback port, for as long as the `with` block runs
+    with ckpt.ui.serving(store) as url, urllib.request.urlopen(url + "api/graph") as response:
+        graph = json.load(response)
     print(f"the family tree: {len(graph['nodes'])} snapshots, {len(graph['edges'])} edges")
 except ckpt.CkptError as e:  # the ui extra is not installed
     print(f"{e} ({e.hint})")
