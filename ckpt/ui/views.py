@@ -256,7 +256,9 @@ def snapshot_view(store: Store, rev: str) -> dict[str, Any]:
             slot["bytes"] += entry.nbytes
         tensors = {
             "available": True,
-            "note": "tensors released by pruning; the table remains until gc" if snap.pruned else None,
+            "note": "pruned: the tensors' bytes are released (gc deletes them); their names, dtypes and shapes stay"
+            if snap.pruned
+            else None,
             "count": len(table.tensors),
             "bytes": table.nbytes,
             "by_dtype": [{"dtype": k, **v} for k, v in sorted(by_dtype.items(), key=lambda kv: -kv[1]["bytes"])],

@@ -298,3 +298,32 @@ def test_a_store_on_s3(s3_server: dict[str, Any]) -> None:
         assert len(get_json(base + "api/graph")["nodes"]) == 2
         assert get_json(base + "api/snap/main")["snapshot"]["step"] == 2
         assert get_json(base + "api/diff/main~1..main")["changed"] == 1
+
+
+def test_pruned_and_collected_snapshot_keeps_its_page(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from ckpt.ui import views
+
+    store = ckpt.init(str(tmp_path / "s"), chunk_size=4096)
+    old = store.save({"w": np.zeros(4, np.float32)}, step=1, metrics={"val_loss": 1.0})
+    store.save({"w": np.ones(4, np.float32)}, step=2, metrics={"val_loss": 0.5})
+    store.prune(old.id)
+    store.gc(grace=timedelta(0))
+    d = views.snapshot_view(store, old.id)
+    assert d["snapshot"]["pruned"] is True and d["commands"] == []
+    assert d["tensors"]["count"] == 1 and "pruned" in d["tensors"]["note"]  # gc keeps the table, not the chunks
+    assert views.run_view(store, "main")["saves"][0]["pruned"] is True
+    assert len(views.graph_view(store)["nodes"]) == 2
+
+
+def test_static_files_stay_in_their_folder(served: str) -> None:
+    for path in (
+        "static/../app.py",
+        "static/%2e%2e/app.py",
+        "static/..%2fapp.py",
+        "static/%2e%2e/%2e%2e/pyproject.toml",
+    ):
+        status, _, body = get(served + path)
+        assert status in (400, 404), (path, status)
+        assert b"create_app" not in body and b"[project]" not in body

@@ -121,3 +121,12 @@ def test_plot_escapes_names_in_svg(hostile: ckpt.Store, tmp_path: Path) -> None:
     svg = out.read_text()
     assert "<b>" not in svg and "<img" not in svg and "<script" not in svg
     assert "&lt;b&gt;val&lt;/b&gt;_loss" in svg
+
+
+def test_a_hostile_address_is_shown_as_text(hostile_url: str, page: Watched) -> None:
+    payload = "<img src=x onerror=alert(9)>"
+    for path in ("snap/", "run/", "diff/main.."):
+        p = page.open(hostile_url + path + quote(payload, safe=""))
+        assert payload in p.inner_text(".error")  # the error names the revision, as text
+        _no_injection(p)
+    assert page.dialogs == []

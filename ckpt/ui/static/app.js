@@ -448,7 +448,7 @@
     if (!a || !b) throw new ApiError("a diff is written A..B, got " + JSON.stringify(spec), "e.g. /diff/main~1..main");
     document.title = "ckpt · diff " + a + ".." + b;
     let d;
-    try { d = await api("/api/diff/" + enc(a) + ".." + enc(b)); } catch (e) { showError(out, e); return; }
+    try { d = await api("/api/diff/" + enc(a) + ".." + enc(b)); } catch (e) { showError(out, e); main.dataset.ready = "error"; return; }
     const parts = [
       h("p", { id: "diff-heads" }, "from ", snapLink(d.a_snapshot), " (", a, ") to ", snapLink(d.b_snapshot), " (", b, ")"),
       h("p", { id: "diff-counts", text: `${d.added} added, ${d.removed} removed, ${d.changed} changed, ${d.unchanged} unchanged tensors · B adds ${bytes(d.added_bytes)} (${d.added_chunks} chunks) to a store holding A` + (d.state_changed ? " · the state tree differs (structure or non-tensor values)" : "") }),
