@@ -66,6 +66,8 @@ _MAX_WORDS = frozenset(
 )  # fmt: skip
 _SPLIT_PREFIXES = ("train", "training", "val", "valid", "validation", "eval", "evaluation", "dev", "test")
 _VALIDATION = ("val", "valid", "validation", "eval", "evaluation", "dev")
+#: Saves read first when looking for where a run starts (most runs are shorter; longer ones cost one more read).
+_FIRST_READ = 256
 
 
 def _tokens(metric: str) -> list[str]:
@@ -228,13 +230,12 @@ def run_history(store: Store, rev: str = "main", *, scope: Scope = "run") -> lis
         >>> [s.step for s in run_history(store, "main")]  # doctest: +SKIP
         [100, 200, 300]
     """
-    limit = 64
-    while True:
-        chain = store.log(rev, limit=limit)
+    chain = store.log(rev, limit=_FIRST_READ) if scope == "run" else store.log(rev)
+    cut = _run_cut(chain, scope)
+    if cut is None and len(chain) == _FIRST_READ:  # a long run: read the whole first-parent history once
+        chain = store.log(rev)
         cut = _run_cut(chain, scope)
-        if cut is not None or len(chain) < limit:
-            return list(reversed(cut if cut is not None else chain))
-        limit *= 4
+    return list(reversed(cut if cut is not None else chain))
 
 
 def x_axis(history: Sequence[Snapshot]) -> tuple[Literal["step", "save"], list[float]]:

@@ -391,16 +391,24 @@
       charts.push([grp, plot, gi]);
     });
     const cols = d.metrics;
-    parts.push(h("h2", { text: "Saves" }), h("table", { id: "saves" },
+    const bests = new Set(Object.values(d.series).map((x) => x.best));
+    const row = (sv, i) => h("tr", { class: "save" + (sv.pruned ? " pruned" : "") + (bests.has(sv.id) ? " best" : ""), "data-id": sv.id },
+      h("td", { class: "num", text: i + 1 }), h("td", { class: "num", text: sv.step === null ? "" : sv.step }),
+      h("td", { class: "num", text: sv.epoch === null ? "" : sv.epoch }),
+      cols.map((m) => h("td", { class: "num", text: num(sv.metrics[m]) })),
+      h("td", { text: sv.pruned ? "pruned" : "kept" }),
+      h("td", {}, h("a", { href: snapHref(sv.id), class: "mono", text: sv.short_id })),
+      h("td", {}, badges(sv.refs)));
+    const body = h("tbody", {});
+    const first = Math.max(0, saves.length - TABLE_ROWS); // a long run: the newest saves, the rest on demand
+    saves.slice(first).forEach((sv, i) => body.append(row(sv, first + i)));
+    const more = first > 0 ? h("button", { type: "button", id: "all-saves", text: `show the ${first} older saves`, onclick: () => {
+      body.prepend(...saves.slice(0, first).map(row)); more.remove();
+    } }) : null;
+    parts.push(h("h2", { text: "Saves" }), more, h("table", { id: "saves" },
       h("thead", {}, h("tr", {}, h("th", { class: "num", text: "#" }), h("th", { class: "num", text: "step" }), h("th", { class: "num", text: "epoch" }),
         cols.map((m) => h("th", { class: "num", text: m })), h("th", { text: "kept" }), h("th", { text: "snapshot" }), h("th", { text: "refs" }))),
-      h("tbody", {}, saves.map((sv, i) => h("tr", { class: "save" + (sv.pruned ? " pruned" : "") + (Object.values(d.series).some((x) => x.best === sv.id) ? " best" : ""), "data-id": sv.id },
-        h("td", { class: "num", text: i + 1 }), h("td", { class: "num", text: sv.step === null ? "" : sv.step }),
-        h("td", { class: "num", text: sv.epoch === null ? "" : sv.epoch }),
-        cols.map((m) => h("td", { class: "num", text: num(sv.metrics[m]) })),
-        h("td", { text: sv.pruned ? "pruned" : "kept" }),
-        h("td", {}, h("a", { href: snapHref(sv.id), class: "mono", text: sv.short_id })),
-        h("td", {}, badges(sv.refs)))))));
+      body));
     fill(main, ...parts);
     for (const [grp, plot] of charts) {
       const xs = saves.map((sv) => sv.x);
@@ -424,6 +432,7 @@
   }
 
   // -- the difference between two snapshots ------------------------------------------------------------
+  const TABLE_ROWS = 500; // rows of a run's table drawn at once
   const DECADES = 4; // bar length: log scale over this many powers of ten below the largest change
   function heat(t) { // 0 → pale yellow, 1 → deep red
     const c0 = [253, 231, 160], c1 = [192, 57, 43];
