@@ -324,6 +324,13 @@ def _metrics_to_draw(metric: str | Sequence[str], histories: Sequence[Sequence[S
     )
 
 
+def _literal(name: str) -> str:
+    """A name from the store as matplotlib text shown as is: ``$`` would start mathtext, and a legend label
+    starting with ``_`` would be hidden."""
+    text = name.replace("$", r"\$")
+    return "\u200b" + text if text.startswith("_") else text
+
+
 def _matplotlib() -> Any:
     try:
         import matplotlib
@@ -393,7 +400,7 @@ def plot_metric(
                 continue
             color = next(colors)
             x_labels.add(s.x_label)
-            label = name if len(revs) == 1 else f"{rev}: {name}" if len(metrics) > 1 else rev
+            label = _literal(name if len(revs) == 1 else f"{rev}: {name}" if len(metrics) > 1 else rev)
             finite = [p for p in s.points if math.isfinite(p.value)]
             ax.plot([p.x for p in finite], [p.value for p in finite], "-", color=color, label=label, linewidth=1.5)
             kept = [p for p in finite if not p.pruned]
@@ -413,8 +420,8 @@ def plot_metric(
     if not ax.lines:
         raise RecordError(f"no save of {', '.join(revs)} has {' or '.join(metrics)}")
     ax.set_xlabel("step" if x_labels == {"step"} else "save number")
-    ax.set_ylabel(metrics[0] if len(metrics) == 1 else metric_group(metrics[0]))
-    ax.set_title(title if title is not None else (metric if isinstance(metric, str) else ", ".join(metrics)))
+    ax.set_ylabel(_literal(metrics[0] if len(metrics) == 1 else metric_group(metrics[0])))
+    ax.set_title(title if title is not None else _literal(metric if isinstance(metric, str) else ", ".join(metrics)))
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize="small")
     return fig

@@ -156,3 +156,20 @@ def test_public_surface_is_documented() -> None:
             obj = getattr(module, name)
             if inspect.isfunction(obj) or inspect.isclass(obj):
                 assert inspect.getdoc(obj), f"{module.__name__}.{name}"
+
+
+def test_names_are_drawn_as_they_are(tmp_path: Path) -> None:
+    """matplotlib reads ``$…$`` as mathtext and hides legend labels starting with ``_``; names stay literal."""
+    pytest.importorskip("matplotlib")
+    store = ckpt.init(str(tmp_path / "s"), chunk_size=4096)
+    metric = "cost_$x^{2"  # unbalanced mathtext: would raise a parse error if interpreted
+    for step in (1, 2):
+        store.save({"w": np.full(2, step, np.float32)}, step=step, metrics={metric: 1.0 / step})
+    store.branch("_hidden", at="main")
+    store.save({"w": np.zeros(2, np.float32)}, branch="_hidden", step=3, metrics={metric: 0.1})
+    fig = plot_metric(store, metric)
+    ax = fig.axes[0]
+    assert [t.get_text().lstrip("\u200b") for t in ax.get_legend().get_texts()] == ["main", "_hidden"]
+    svg = save_plot(store, metric, tmp_path / "c.svg").read_text()
+    assert "_hidden" in svg
+    assert ax.get_title().replace("\\$", "$") == metric
