@@ -429,18 +429,7 @@ def export_peft_folder(
 
     snap = store.resolve(rev)
     base_of(snap)
-    dest = Path(path)
-    written = export_folder(store, snap.id, dest, shard_size=_ONE_FILE, force=force, progress=progress)
-    weights = dest / ADAPTER_WEIGHTS_FILE
-    plain = dest / "model.safetensors"
-    if weights not in written and plain in written:
-        os.replace(plain, weights)
-        written = [weights if p == plain else p for p in written]
-    if dest / ADAPTER_CONFIG_FILE not in written:
-        target = dest / ADAPTER_CONFIG_FILE
-        target.write_bytes(_config_bytes(adapter_config(store, snap.id)))
-        written.append(target)
-    return written
+    return list(export_folder(store, snap.id, path, force=force, progress=progress).written)
 
 
 # -- the adapter's line ------------------------------------------------------------------------------
