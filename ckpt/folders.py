@@ -33,6 +33,7 @@ from typing import BinaryIO
 from ckpt.errors import BackendError, CkptError, RecordError
 
 __all__ = [
+    "MAX_DEPTH",
     "MAX_NAME_BYTES",
     "MAX_PATH_BYTES",
     "FolderFile",
@@ -49,6 +50,8 @@ __all__ = [
 MAX_NAME_BYTES = 255
 #: The longest relative path ckpt reads or writes inside a folder (Linux's PATH_MAX).
 MAX_PATH_BYTES = 4096
+#: The deepest relative path ckpt reads or writes inside a folder (model folders nest a few levels).
+MAX_DEPTH = 64
 
 _STORE_CONFIG = "ckpt.json"  # ckpt.store.layout.CONFIG: a folder holding it is a store, never imported
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -79,6 +82,7 @@ def os_error(e: OSError, doing: str) -> CkptError:
         errno.EXDEV: "the folder spans two filesystems (a mount inside it): write to a new folder instead",
         errno.EBUSY: "the folder is in use or a mount point: write to a new folder instead",
         errno.EMLINK: "too many links to one file: write to a new folder instead",
+        errno.EFBIG: "the file is larger than this process may write (ulimit -f) or the filesystem allows",
     }
     reason = e.strerror or str(e)
     return BackendError(f"{doing} failed: {reason}", hint=hints.get(e.errno or 0, "check the path and try again"))
@@ -96,7 +100,7 @@ def check_relative_path(rel: str, *, what: str = "path") -> str:
 
     Raises:
         RecordError: an absolute path, an empty, ``.`` or ``..`` part, a backslash, NUL or colon, a name that is
-            not valid UTF-8 (an undecodable byte), a name over 255 bytes, or a path over 4096 bytes.
+            not valid UTF-8 (an undecodable byte), a name over 255 bytes, a path over 4096 bytes or 64 levels.
     """
     try:
         size = len(rel.encode("utf-8"))
@@ -107,10 +111,11 @@ def check_relative_path(rel: str, *, what: str = "path") -> str:
     parts = rel.split("/")
     if rel.startswith("/") or any(p in ("", ".", "..") or "\\" in p or "\0" in p or ":" in p for p in parts):
         raise RecordError(f"{what} {rel!r} would leave its folder (absolute, '..', or a drive or stream name)")
-    if size > MAX_PATH_BYTES:
+    if size > MAX_PATH_BYTES or len(parts) > MAX_DEPTH:
         raise RecordError(
-            f"{what} {rel[:60]!r}… is {size} bytes long (over {MAX_PATH_BYTES}, {len(parts)} levels deep)",
-            hint="shorten the path: filesystems and tools refuse paths this long",
+            f"{what} {rel[:60]!r}… is {size} bytes long and {len(parts)} levels deep (at most {MAX_PATH_BYTES} "
+            f"bytes and {MAX_DEPTH} levels)",
+            hint="shorten the path: filesystems and tools refuse paths this long or deep",
         )
     for p in parts:
         if len(p.encode("utf-8")) > MAX_NAME_BYTES:
@@ -414,6 +419,13 @@ class FolderWriter:
         self.given = Path(os.fspath(dest))
         self.real = Path(os.path.realpath(self.given))
         self.planned = {check_relative_path(p, what="file") for p in planned}
+        room = MAX_PATH_BYTES - 1 - len(os.fsencode(self.real.parent / f".{self.real.name}.ckpt-export-{'0' * 12}/"))
+        for p in self.planned:
+            if len(p.encode("utf-8")) > room:
+                raise RecordError(
+                    f"{self.given}/{p[:60]}… would be a path of more than {MAX_PATH_BYTES} bytes",
+                    hint="export to a folder with a shorter path, or shorten the file's path",
+                )
         self.removed: list[str] = []
         self._kept: list[tuple[str, os.stat_result, bool]] = []  # rel, lstat, is a folder
         self._known: set[tuple[int, int]] = set()

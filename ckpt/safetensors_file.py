@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ckpt.errors import RecordError, StateMismatchError, UnsupportedStateError
+from ckpt.errors import CkptError, RecordError, StateMismatchError, UnsupportedStateError
 from ckpt.folders import os_error
 from ckpt.model.table import DTYPE_SIZES
 from ckpt.state.arrays import TensorSource
@@ -373,6 +373,8 @@ def _map(f: BinaryIO, what: str) -> tuple[bytes, dict[str, TensorSource]]:
         header_bytes = _read_prefix(f, size, what)
         _, infos = parse_header(header_bytes, data_size=size - 8 - len(header_bytes), what=what)
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+    except CkptError:
+        raise
     except (OSError, ValueError) as e:
         raise RecordError(f"cannot read {what}: {getattr(e, 'strerror', None) or e}") from e
     if mm is None or len(mm) != size:

@@ -171,7 +171,10 @@ MALFORMED: dict[str, tuple[bytes, str]] = {
     "torch.save zip": (b"PK\x03\x04" + b"\0" * 60, "zip archive"),
     "pickle": (b"\x80\x02}q\x00(X\x01\x00\x00\x00wq\x01" + b"\0" * 40, "pickle"),
     "html error page": (b"<!DOCTYPE html><html><body>Not found</body></html>\n", "text file"),
-    "lone surrogate name": (_file(None, raw_header=b'{"\\ud800": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}}'), "surrogate"),
+    "lone surrogate name": (
+        _file(None, raw_header=b'{"\\ud800": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}}'),
+        "surrogate",
+    ),
     "not UTF-8": (_file(None, raw_header=b'{"\xff":1}'), "UTF-8"),
     "not an object": (_file(None, raw_header=b"[1, 2]  "), "JSON object"),
     "invalid JSON": (_file(None, raw_header=b'{"w": '), "not valid JSON"),
