@@ -81,7 +81,7 @@ def test_a_training_snapshot_round_trips_through_a_folder(
 
     loaded = local_store.load("back")
     assert isinstance(loaded["ema"]["w"], np.ndarray) and loaded["betas"] == (0.9, 0.999)
-    model, opt, sched = trained()
+    model, opt, _ = trained()
     fresh = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
     fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
     ckpt.restore(fresh, local_store, "back", optimizer=fresh_opt)
