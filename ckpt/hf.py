@@ -88,6 +88,7 @@ _STATE_TENSORS = "state.safetensors"
 _EXPORT_KEY = "ckpt_export"
 _FORMAT_METADATA = {"format": "pt"}
 _PREFETCH_BYTES = 256 << 20  # tensor bytes read ahead of the writer, at most (one chunk at least)
+_BATCH_BYTES = 4 << 20  # small chunks are read in batches up to this size (and 256 chunks)
 
 
 # -- import ------------------------------------------------------------------------------------------
@@ -708,7 +709,7 @@ def export_folder(
                 for info in o.infos:
                     count = len(table.tensors[o.paths[info.name]].chunks)
                     items.append((info.name, info.dtype, info.shape, _counted(islice(chunks, count), progress)))
-                write_file(target, items, header_bytes=o.header)
+                write_file(target, items, header_bytes=o.header, infos=o.infos)
         finally:
             chunks.close()
         writer.commit()
@@ -731,23 +732,38 @@ def _counted(pieces: Iterator[bytes], progress: Callable[[int], None] | None) ->
 
 
 def _prefetch(lazy: LazyTensors, jobs: Sequence[tuple[str, int, int]]) -> Generator[bytes, None, None]:
-    """Every chunk of ``jobs`` in order, read ahead in parallel (at most ``_PREFETCH_BYTES`` ahead)."""
-    if not jobs:
+    """Every chunk of ``jobs`` in order, read ahead in parallel (at most ``_PREFETCH_BYTES`` ahead).
+
+    Small chunks are read in batches (one task per batch), so that tens of thousands of small tensors do not
+    cost a thread hand-off each.
+    """
+    batches: list[tuple[list[tuple[str, int]], int]] = []
+    for name, index, size in jobs:
+        if not batches or len(batches[-1][0]) >= 256 or batches[-1][1] + size > _BATCH_BYTES:
+            batches.append(([], 0))
+        batch, total = batches[-1]
+        batch.append((name, index))
+        batches[-1] = (batch, total + size)
+    if not batches:
         return
+
+    def read(batch: list[tuple[str, int]]) -> list[bytes]:
+        return [lazy.chunk_bytes(name, index) for name, index in batch]
+
     pool = ThreadPoolExecutor(settings.threads(), thread_name_prefix="ckpt-export")
-    pending: deque[tuple[Future[bytes], int]] = deque()
+    pending: deque[tuple[Future[list[bytes]], int]] = deque()
     ahead = 0
     submitted = 0
     try:
-        while submitted < len(jobs) or pending:
-            while submitted < len(jobs) and (not pending or ahead < _PREFETCH_BYTES):
-                name, index, size = jobs[submitted]
-                pending.append((pool.submit(lazy.chunk_bytes, name, index), size))
+        while submitted < len(batches) or pending:
+            while submitted < len(batches) and (not pending or ahead < _PREFETCH_BYTES):
+                batch, size = batches[submitted]
+                pending.append((pool.submit(read, batch), size))
                 ahead += size
                 submitted += 1
             future, size = pending.popleft()
             ahead -= size
-            yield future.result()
+            yield from future.result()
     finally:
         for future, _ in pending:
             future.cancel()

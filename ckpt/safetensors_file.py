@@ -212,11 +212,13 @@ def parse_header(
 
 
 def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
+    out = dict(pairs)  # fast; only when a key was repeated, find which
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r}")
+            seen.add(key)
     return out
 
 
@@ -474,6 +476,8 @@ def write_file(
     tensors: Iterable[TensorBytes],
     metadata: Mapping[str, str] | None = None,
     header_bytes: bytes | None = None,
+    *,
+    infos: Sequence[TensorInfo] | None = None,
 ) -> Path:
     """Write a safetensors file, streaming each tensor's bytes piece by piece (never the whole file in memory).
 
@@ -489,6 +493,8 @@ def write_file(
         header_bytes: an original header (as ``read_header`` returns it) to write verbatim instead of building
             one; ``tensors`` must then be exactly the tensors it names, with the same dtypes and shapes, and
             their data goes at the header's offsets. ``metadata`` must be ``None``.
+        infos: the entries of ``header_bytes`` as ``parse_header`` or ``build_header`` returned them for it
+            (in data order), so that a header already parsed is not parsed again.
 
     Returns:
         The path written.
@@ -510,7 +516,8 @@ def write_file(
             raise RecordError("pass either metadata or header_bytes, not both (the header holds the metadata)")
         header_bytes = bytes(header_bytes)
         _check_size(len(header_bytes))
-        _, infos = parse_header(header_bytes, what=f"the header given for {os.fspath(path)}")
+        if infos is None:
+            _, infos = parse_header(header_bytes, what=f"the header given for {os.fspath(path)}")
         for info in infos:
             if info.dtype not in SAFETENSORS_DTYPES:
                 raise _no_such_dtype(info.name, info.dtype)
@@ -537,7 +544,7 @@ def write_file(
     return target
 
 
-def _check_against(infos: list[TensorInfo], given: list[TensorBytes], where: str) -> None:
+def _check_against(infos: Sequence[TensorInfo], given: list[TensorBytes], where: str) -> None:
     by_name: dict[str, tuple[str, tuple[int, ...]]] = {}
     for name, dtype, shape, _ in given:
         if name in by_name:
