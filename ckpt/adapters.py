@@ -356,7 +356,7 @@ def import_peft_folder(
         >>> peft_model.save_pretrained("out/chat-lora")  # doctest: +SKIP
         >>> snap = import_peft_folder(store, "out/chat-lora", "chat", branch="chat-lora")  # doctest: +SKIP
     """
-    from ckpt.hf import import_folder
+    from ckpt.hf import import_folder, plan_import
     from ckpt.safetensors_file import read_header
 
     src = Path(path)
@@ -368,6 +368,7 @@ def import_peft_folder(
     weights_path = src / ADAPTER_WEIGHTS_FILE
     if not weights_path.is_file() and not (src / "adapter_model.bin").is_file():
         raise RecordError(f"{src} has no {ADAPTER_WEIGHTS_FILE}")
+    plan_import(src)  # before reading anything: links leaving the folder, pickles, odd files are refused
     cfg = _config_dict(_parse_json(config_path.read_bytes(), str(config_path)))
     base = store.resolve(base_rev)
     if weights_path.is_file() and _is_lora(cfg):
