@@ -433,6 +433,12 @@ class FolderWriter:
         self._mode: int | None = None
         if self.real.exists() and not self.real.is_dir():
             raise RecordError(f"{self.given} is a file, not a folder")
+        for folder in (self.real, *self.real.parents):
+            if _is_store(str(folder)):
+                raise RecordError(
+                    f"{self.given} is {'a ckpt store' if folder == self.real else f'inside the ckpt store {folder}'}",
+                    hint="export to a folder outside any store",
+                )
         if self.real.is_dir():
             self._mode = stat.S_IMODE(os.stat(self.real).st_mode)
             self._list_existing(force, owns)
@@ -458,6 +464,11 @@ class FolderWriter:
                     raise RecordError(
                         f"{self.given / rel} is a folder; the export would write a file there",
                         hint="move it away, or export to a new folder",
+                    )
+                if is_dir and _is_store(entry.path):
+                    raise RecordError(
+                        f"{self.given / rel} is a ckpt store; an export never moves a store",
+                        hint="export to a folder that holds no store",
                     )
                 if is_dir:  # kept, and so is everything in it (hard-linked one by one)
                     self._kept.append((rel, st, True))

@@ -237,3 +237,17 @@ def test_exporting_into_the_current_folder_and_through_a_link(
     export_folder(local_store, "one", tmp_path / "alias", force=True)
     assert (tmp_path / "alias").is_symlink()  # the link you named stays, the folder it names is written
     assert same(load_file(str(out / "model.safetensors")), weights(1))
+
+
+def test_a_folder_holding_a_store_or_inside_one_is_refused(local_store: ckpt.Store, tmp_path: Path) -> None:
+    local_store.save({"model": weights(1)})
+    project = tmp_path / "project"
+    project.mkdir()
+    inner = ckpt.init(str(project / ".ckpt"))
+    with pytest.raises(RecordError, match=r"\.ckpt is a ckpt store"):
+        export_folder(local_store, "main", project, force=True)
+    with pytest.raises(RecordError, match="inside the ckpt store"):
+        export_folder(local_store, "main", project / ".ckpt" / "out")
+    with pytest.raises(RecordError, match="is a ckpt store"):
+        export_folder(local_store, "main", project / ".ckpt", force=True)
+    assert inner.verify().ok and sorted(os.listdir(project)) == [".ckpt"]
