@@ -74,7 +74,6 @@ _EMBEDDING_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_embedding_[AB])(?:\
 _UNSUPPORTED_MARKS = ("lora_", "modules_to_save", "trainable_tokens")
 _RESERVED_PREFIX = ".ckpt/"
 _INDEX_SUFFIX = ".safetensors.index.json"
-_ONE_FILE = 1 << 62  # a shard size no adapter reaches: PEFT loads one weights file
 
 
 # -- saving ------------------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _DIR_FD = os.open in os.supports_dir_fd and bool(_NOFOLLOW) and bool(_DIRECTORY)
+_WINDOWS = os.name == "nt"  # where ':' names an alternate data stream
 
 
 def os_error(e: OSError, doing: str) -> CkptError:
@@ -99,8 +100,9 @@ def check_relative_path(rel: str, *, what: str = "path") -> str:
         ``rel``, unchanged.
 
     Raises:
-        RecordError: an absolute path, an empty, ``.`` or ``..`` part, a backslash, NUL or colon, a name that is
-            not valid UTF-8 (an undecodable byte), a name over 255 bytes, a path over 4096 bytes or 64 levels.
+        RecordError: an absolute path, an empty, ``.`` or ``..`` part, a backslash, a NUL (on Windows a colon), a
+            name that is not valid UTF-8 (an undecodable byte), a name over 255 bytes, a path over 4096 bytes or
+            64 levels.
     """
     try:
         size = len(rel.encode("utf-8"))
@@ -109,8 +111,13 @@ def check_relative_path(rel: str, *, what: str = "path") -> str:
             f"{what} {rel!r} is not valid UTF-8", hint="rename the file: ckpt stores names as UTF-8 text"
         ) from None
     parts = rel.split("/")
-    if rel.startswith("/") or any(p in ("", ".", "..") or "\\" in p or "\0" in p or ":" in p for p in parts):
+    if rel.startswith("/") or any(p in ("", ".", "..") or "\0" in p or (_WINDOWS and ":" in p) for p in parts):
         raise RecordError(f"{what} {rel!r} would leave its folder (absolute, '..', or a drive or stream name)")
+    if "\\" in rel:
+        raise RecordError(
+            f"{what} {rel!r} has a backslash, which ckpt reads as a folder separator (as Windows does)",
+            hint="rename the file, or leave it out with an exclude pattern",
+        )
     if size > MAX_PATH_BYTES or len(parts) > MAX_DEPTH:
         raise RecordError(
             f"{what} {rel[:60]!r}… is {size} bytes long and {len(parts)} levels deep (at most {MAX_PATH_BYTES} "
@@ -255,11 +262,11 @@ def scan_folder(path: str | os.PathLike[str], *, exclude: Sequence[str] = ()) ->
             raise os_error(e, f"listing {given / rel_dir if rel_dir else given}") from e
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-            check_relative_path(rel, what="file")
             pattern = _matches(rel, exclude)
             if pattern is not None:
                 skipped.append((rel, f"excluded by {pattern!r}"))
                 continue
+            check_relative_path(rel, what="file")
             link: str | None = None
             try:
                 if entry.is_symlink():

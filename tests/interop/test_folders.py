@@ -266,7 +266,16 @@ def test_unreadable_files_and_odd_files_are_errors_naming_them(local_store: ckpt
         f.write(b"x")
     with pytest.raises(RecordError, match="not valid UTF-8"):
         import_folder(local_store, src)
-    assert local_store.branches() == {}
+    import_folder(local_store, src, exclude=["caf*"], branch="excluded")  # left out: never judged
+    os.unlink(bad)
+    (src / "a\\b.txt").write_text("x")  # a backslash: the store would read it as a/b.txt
+    with pytest.raises(RecordError, match="backslash"):
+        import_folder(local_store, src)
+    (src / "a\\b.txt").unlink()
+    (src / "step:100.json").write_text("{}")  # a colon is an ordinary character here
+    snap = import_folder(local_store, src)
+    assert "step:100.json" in local_store.files(snap.id)
+    assert local_store.verify().ok
 
 
 # -- malformed inputs --------------------------------------------------------------------------------
