@@ -112,7 +112,10 @@ def check_relative_path(rel: str, *, what: str = "path") -> str:
         ) from None
     parts = rel.split("/")
     if rel.startswith("/") or any(p in ("", ".", "..") or "\0" in p or (_WINDOWS and ":" in p) for p in parts):
-        raise RecordError(f"{what} {rel!r} would leave its folder (absolute, '..', or a drive or stream name)")
+        raise RecordError(
+            f"{what} {rel[:200]!r} would leave its folder (absolute, '..', or a drive or stream name)",
+            hint="ckpt reads and writes only inside the folder it is given",
+        )
     if "\\" in rel:
         raise RecordError(
             f"{what} {rel!r} has a backslash, which ckpt reads as a folder separator (as Windows does)",
@@ -242,9 +245,9 @@ def scan_folder(path: str | os.PathLike[str], *, exclude: Sequence[str] = ()) ->
         root = Path(os.path.realpath(given))
         mode = os.stat(root).st_mode
     except OSError as e:
-        raise RecordError(f"no such file or folder: {given}") from e
+        raise RecordError(f"no such file or folder: {given}", hint="check the path") from e
     if not stat.S_ISDIR(mode):
-        raise RecordError(f"{given} is not a folder")
+        raise RecordError(f"{given} is not a folder", hint="pass the folder that holds the files")
     roots = [root]
     blobs = _hub_blobs(root)
     if blobs is not None:
@@ -289,7 +292,10 @@ def scan_folder(path: str | os.PathLike[str], *, exclude: Sequence[str] = ()) ->
                             "model again, or remove the link",
                         ) from None
                     if within is not root and not stat.S_ISREG(st.st_mode):
-                        raise RecordError(f"{given / rel} links to {real}, which is not a regular file")
+                        raise RecordError(
+                            f"{given / rel} links to {real}, which is not a regular file",
+                            hint="remove the link, or leave it out with an exclude pattern",
+                        )
                 else:
                     real = Path(entry.path)
                     st = entry.stat(follow_symlinks=False)
@@ -301,7 +307,10 @@ def scan_folder(path: str | os.PathLike[str], *, exclude: Sequence[str] = ()) ->
                 elif _is_store(str(real)):
                     skipped.append((rel, "a ckpt store"))
                 elif real in chain:
-                    raise RecordError(f"{given / rel} is a symbolic link to {link}, a folder that contains it (a loop)")
+                    raise RecordError(
+                        f"{given / rel} is a symbolic link to {link}, a folder that contains it (a loop)",
+                        hint="remove the link, or leave it out with an exclude pattern",
+                    )
                 else:
                     stack.append((rel, real, (*chain, real)))
             elif stat.S_ISREG(st.st_mode):
@@ -350,7 +359,10 @@ def open_file(file: FolderFile) -> BinaryIO:
             fd = os.open(file.base / file.inner, flags)
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise RecordError(f"{what} is no longer a regular file; it changed while it was imported")
+            raise RecordError(
+                f"{what} is no longer a regular file; it changed while it was imported",
+                hint="import the folder again when nothing else is changing it",
+            )
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except OSError as e:
@@ -438,16 +450,23 @@ class FolderWriter:
         self._known: set[tuple[int, int]] = set()
         self._tmp: Path | None = None
         self._mode: int | None = None
-        if self.real.exists() and not self.real.is_dir():
-            raise RecordError(f"{self.given} is a file, not a folder")
+        try:
+            exists, is_dir = self.real.exists(), self.real.is_dir()
+        except OSError as e:
+            raise os_error(e, f"looking at {self.given}") from e
+        if exists and not is_dir:
+            raise RecordError(f"{self.given} is a file, not a folder", hint="choose a folder to write into")
         for folder in (self.real, *self.real.parents):
             if _is_store(str(folder)):
                 raise RecordError(
                     f"{self.given} is {'a ckpt store' if folder == self.real else f'inside the ckpt store {folder}'}",
                     hint="export to a folder outside any store",
                 )
-        if self.real.is_dir():
-            self._mode = stat.S_IMODE(os.stat(self.real).st_mode)
+        if is_dir:
+            try:
+                self._mode = stat.S_IMODE(os.stat(self.real).st_mode)
+            except OSError as e:
+                raise os_error(e, f"looking at {self.given}") from e
             self._list_existing(force, owns)
 
     def _list_existing(self, force: bool, owns: Callable[[str, Path], bool]) -> None:
@@ -465,7 +484,10 @@ class FolderWriter:
             for entry in entries:
                 found = True
                 rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-                st = entry.stat(follow_symlinks=False)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError as e:
+                    raise os_error(e, f"looking at {self.given / rel}") from e
                 is_dir = stat.S_ISDIR(st.st_mode)
                 if rel in self.planned and is_dir:
                     raise RecordError(

@@ -143,16 +143,22 @@ def plan_import(path: str | os.PathLike[str], *, skip_pickles: bool = False, exc
         (('pytorch_model.bin', 'pickle (skip_pickles)'),)
     """
     src = Path(os.fspath(path))
-    if not src.exists() and not src.is_symlink():
-        raise RecordError(f"no such file or folder: {src}")
-    if not src.is_dir():
+    try:
+        missing, is_dir = not src.exists() and not src.is_symlink(), src.is_dir()
+    except OSError as e:
+        raise os_error(e, f"looking at {src}") from e
+    if missing:
+        raise RecordError(f"no such file or folder: {src}", hint="check the path")
+    if not is_dir:
         _refuse_pickles([src.name] if _is_pickle(src.name) else [])
         if not src.name.endswith(_WEIGHTS):
             raise RecordError(f"{src} is not a .safetensors file", hint="import a .safetensors file or a folder")
         real = Path(os.path.realpath(src))
-        if not real.is_file():
-            raise RecordError(f"{src} is a symbolic link to {real}, which does not exist")
-        lone = FolderFile(src.name, real.parent, real.name, real.stat().st_size)
+        if not os.path.isfile(real):
+            raise RecordError(
+                f"{src} is a symbolic link to {real}, which does not exist", hint="download the file again"
+            )
+        lone = FolderFile(src.name, real.parent, real.name, os.path.getsize(real))
         return ImportPlan(src, (lone,), (), ())
     scan = scan_folder(src, exclude=exclude)
     pickles = [f.path for f in scan.files if _is_pickle(f.path)]
@@ -253,7 +259,10 @@ def import_folder(
 
     meta: dict[str, JsonValue] = dict(metadata or {})
     if LAYOUT_KEY in meta:
-        raise RecordError(f"metadata key {LAYOUT_KEY!r} is reserved for ckpt's record of the imported files")
+        raise RecordError(
+            f"metadata key {LAYOUT_KEY!r} is reserved for ckpt's record of the imported files",
+            hint="name your key differently",
+        )
     if export_doc is not None:
         return _import_export(
             store,
@@ -643,7 +652,7 @@ def export_folder(
     except (TypeError, ValueError) as e:
         raise RecordError(f"invalid shard_size {shard_size!r}: {e}", hint="e.g. 5GB, 500MB or a number of bytes") from e
     if limit <= 0:
-        raise RecordError(f"shard_size must be positive, got {shard_size!r}")
+        raise RecordError(f"shard_size must be positive, got {shard_size!r}", hint="e.g. 5GB or 500MB")
 
     snap = store.resolve(rev)
     if snap.pruned:
@@ -664,7 +673,9 @@ def export_folder(
             defaults[ADAPTER_CONFIG_FILE] = json.dumps(config, indent=2, sort_keys=True).encode("utf-8")
     weights_name = weights_name or "model.safetensors"
     if not (weights_name.endswith(_WEIGHTS) and check_relative_path(weights_name) and "/" not in weights_name):
-        raise RecordError(f"weights_name must be a .safetensors file name, got {weights_name!r}")
+        raise RecordError(
+            f"weights_name must be a .safetensors file name, got {weights_name!r}", hint="e.g. model.safetensors"
+        )
 
     outs = _recorded_plan(snap, table, attached)
     recorded = outs is not None
@@ -855,7 +866,10 @@ def _fresh_plan(snap: Snapshot, table: TensorTable, limit: int, weights_name: st
     model_tensors, remainder = _split_model(table.tree)
     for tensor_path in model_tensors.values():
         if tensor_path not in table.tensors:
-            raise RecordError(f"snapshot {snap.short_id}: the state tree names {tensor_path!r}, which has no entry")
+            raise RecordError(
+                f"snapshot {snap.short_id}: the state tree names {tensor_path!r}, which has no entry",
+                hint="the snapshot's table is damaged: run `ckpt verify`",
+            )
     shards: list[list[str]] = []
     current: list[str] = []
     current_size = 0
@@ -957,7 +971,10 @@ def _take_tensors(pairs: list[list[Any]]) -> tuple[dict[str, str], list[list[Any
         if isinstance(value, dict) and set(value) == {"$tensor"} and isinstance(value["$tensor"], str):
             name = str(key)
             if name in names:
-                raise RecordError(f"two tensors of the model would both be named {name!r}")
+                raise RecordError(
+                    f"two tensors of the model would both be named {name!r}",
+                    hint="rename one of the keys (an int and a str key print the same)",
+                )
             names[name] = value["$tensor"]
         else:
             rest.append([key, value])

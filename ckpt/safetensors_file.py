@@ -136,6 +136,17 @@ def parse_header(
         ('w', (2,), 8)
     """
     try:
+        return _parse_header(header_bytes, data_size, what)
+    except RecordError as e:
+        if e.hint is not None:
+            raise
+        raise RecordError(
+            str(e), hint="the file is damaged or was not written by a safetensors writer: download or copy it again"
+        ) from e
+
+
+def _parse_header(header_bytes: bytes, data_size: int | None, what: str) -> tuple[dict[str, Any], list[TensorInfo]]:
+    try:
         text = header_bytes.decode("utf-8")
     except UnicodeDecodeError as e:
         raise RecordError(f"{what} is not valid UTF-8: {e}") from e
@@ -169,28 +180,28 @@ def parse_header(
         if name == "__metadata__":
             continue
         if not isinstance(entry, dict):
-            raise RecordError(f"{what}: the entry of tensor {name!r} is not a JSON object")
+            raise RecordError(f"{what}: the entry of tensor {_q(name)} is not a JSON object")
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
         if not isinstance(dtype, str):
-            raise RecordError(f"{what}: tensor {name!r} has no dtype string")
+            raise RecordError(f"{what}: tensor {_q(name)} has no dtype string")
         if dtype not in DTYPE_SIZES:
             raise UnsupportedStateError(
-                f"{what}: tensor {name!r} has dtype {dtype}, which ckpt does not store",
+                f"{what}: tensor {_q(name)} has dtype {dtype}, which ckpt does not store",
                 hint=f"ckpt stores {', '.join(sorted(DTYPE_SIZES))}",
             )
         if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-            raise RecordError(f"{what}: tensor {name!r} has an invalid shape {shape!r}")
+            raise RecordError(f"{what}: tensor {_q(name)} has an invalid shape {_q(shape)}")
         if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
-            raise RecordError(f"{what}: tensor {name!r} has invalid data_offsets {offsets!r}")
+            raise RecordError(f"{what}: tensor {_q(name)} has invalid data_offsets {_q(offsets)}")
         begin, end = offsets
         if end < begin:
-            raise RecordError(f"{what}: tensor {name!r} ends (at {end}) before it begins (at {begin})")
+            raise RecordError(f"{what}: tensor {_q(name)} ends (at {end}) before it begins (at {begin})")
         numel = 1
         for d in shape:
             numel *= d
         if numel * DTYPE_SIZES[dtype] != end - begin:
             raise RecordError(
-                f"{what}: tensor {name!r} ({dtype} {shape}) needs {numel * DTYPE_SIZES[dtype]} bytes, "
+                f"{what}: tensor {_q(name)} ({dtype} {shape}) needs {numel * DTYPE_SIZES[dtype]} bytes, "
                 f"but its data_offsets span {end - begin}"
             )
         infos.append(TensorInfo(name, dtype, tuple(shape), begin, end))
@@ -200,7 +211,7 @@ def parse_header(
     for info in infos:
         if info.begin != position:
             problem = "overlaps the tensor before it" if info.begin < position else "leaves a gap before it"
-            raise RecordError(f"{what}: tensor {info.name!r} at offset {info.begin} {problem} (expected {position})")
+            raise RecordError(f"{what}: tensor {_q(info.name)} at offset {info.begin} {problem} (expected {position})")
         position = info.end
     if data_size is not None and position != data_size:
         problem = "is truncated" if position > data_size else f"has {data_size - position} trailing bytes"
@@ -209,6 +220,12 @@ def parse_header(
             hint="download or copy the file again",
         )
     return header, infos
+
+
+def _q(value: Any) -> str:
+    """``repr(value)``, cut to 80 characters (names in hostile headers can be megabytes long)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
