@@ -242,13 +242,14 @@ def import_folder(
     if state_json is not None:
         export_doc = _read_export_doc(read_file(state_json, limit=MAX_SIDE_FILE_SIZE), where[_STATE_JSON])
 
-    files: dict[str, bytes] = {}
-    for f in plan.files:
+    for f in (*plan.files, *plan.weights):
         if f.path.startswith(RESERVED_PREFIX):
             raise RecordError(
                 f"{where[f.path]}: files under {RESERVED_PREFIX} are ckpt's own bookkeeping",
                 hint=f"rename the folder {RESERVED_PREFIX.rstrip('/')}, or leave it out with an exclude pattern",
             )
+    files: dict[str, bytes] = {}
+    for f in plan.files:
         if f.path != _STATE_JSON or export_doc is None:
             files[f.path] = read_file(f, limit=MAX_SIDE_FILE_SIZE)
 
