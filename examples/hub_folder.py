@@ -65,7 +65,11 @@ def main(root: Path) -> None:
 
     # a training snapshot restored to a folder comes back as the same state and record
     train = store.save(
-        {"model": store.load(snap.id, framework="numpy")["model"], "optimizer": {"exp_avg": np.zeros(3, np.float32)}, "step": 3},
+        {
+            "model": store.load(snap.id, framework="numpy")["model"],
+            "optimizer": {"exp_avg": np.zeros(3, np.float32)},
+            "step": 3,
+        },
         branch="train",
         step=3,
         metrics={"val_loss": 0.5},
