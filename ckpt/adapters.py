@@ -78,7 +78,6 @@ _NAMED_KEY = re.compile(
 )
 _RESERVED_PREFIX = ".ckpt/"
 _INDEX_SUFFIX = ".safetensors.index.json"
-_ONE_FILE = 1 << 62  # a shard size no adapter reaches: PEFT loads one weights file
 
 
 # -- saving ------------------------------------------------------------------------------------------
@@ -396,7 +395,8 @@ def import_peft_folder(
         >>> peft_model.save_pretrained("out/chat-lora")  # doctest: +SKIP
         >>> snap = import_peft_folder(store, "out/chat-lora", "chat", branch="chat-lora")  # doctest: +SKIP
     """
-    from ckpt.hf import import_folder
+    from ckpt.folders import read_file
+    from ckpt.hf import MAX_SIDE_FILE_SIZE, import_folder, plan_import
     from ckpt.safetensors_file import read_header
 
     src = Path(path)
@@ -408,10 +408,11 @@ def import_peft_folder(
     weights_path = src / ADAPTER_WEIGHTS_FILE
     if not weights_path.is_file() and not (src / "adapter_model.bin").is_file():
         raise RecordError(f"{src} has no {ADAPTER_WEIGHTS_FILE}")
-    try:
-        config_bytes = config_path.read_bytes()
-    except OSError as e:
-        raise RecordError(f"cannot read {config_path}: {e}") from e
+    plan = plan_import(src)  # before reading anything: links leaving the folder, pickles, odd files are refused
+    config_file = next((f for f in plan.files if f.path == ADAPTER_CONFIG_FILE), None)
+    if config_file is None:
+        raise RecordError(f"{src} has no {ADAPTER_CONFIG_FILE}", hint="a PEFT adapter folder has one beside its weights")
+    config_bytes = read_file(config_file, limit=MAX_SIDE_FILE_SIZE)
     cfg = _config_dict(_parse_json(config_bytes, str(config_path)))
     base = store.resolve(base_rev)
     if weights_path.is_file() and lora.is_lora(cfg):
@@ -473,18 +474,7 @@ def export_peft_folder(
 
     snap = store.resolve(rev)
     base_of(snap)
-    dest = Path(path)
-    written = export_folder(store, snap.id, dest, shard_size=_ONE_FILE, force=force, progress=progress)
-    weights = dest / ADAPTER_WEIGHTS_FILE
-    plain = dest / "model.safetensors"
-    if weights not in written and plain in written:
-        os.replace(plain, weights)
-        written = [weights if p == plain else p for p in written]
-    if dest / ADAPTER_CONFIG_FILE not in written:
-        target = dest / ADAPTER_CONFIG_FILE
-        target.write_bytes(_config_bytes(adapter_config(store, snap.id)))
-        written.append(target)
-    return written
+    return list(export_folder(store, snap.id, path, force=force, progress=progress).written)
 
 
 # -- the adapter's line ------------------------------------------------------------------------------

@@ -872,6 +872,19 @@ class LazyTensors(Mapping[str, Any]):
         """dtype, shape and chunks of one tensor, without reading it."""
         return self.table.tensors[name]
 
+    def chunk_bytes(self, name: str, index: int) -> bytes:
+        """The raw bytes of one chunk of a tensor (its ``index``-th), verified unless ``verify=False``.
+
+        Reads only that chunk; the table is the one already read, so streaming every tensor of a snapshot
+        this way costs one table read in all (``export_folder`` does it, in parallel).
+
+        Raises:
+            KeyError: no such tensor. IndexError: no such chunk.
+            MissingObjectError, CorruptChunkError: the chunk is missing or damaged.
+        """
+        digest = self.table.tensors[name].chunks[index]
+        return self._store._objects.read_chunk(digest, verify=self._verify, tensor=name, snapshot=self.snapshot.id)
+
 
 # -- construction ------------------------------------------------------------------------------------
 
