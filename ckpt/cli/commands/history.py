@@ -128,10 +128,14 @@ def log(state: CliState, rev: str | None, limit: int | None, graph: bool, all_: 
     if as_json:
         emit_json([snapshot_json(s, refs) for s in snaps])
         return
+    from ckpt.cli.sparkline import print_sparklines  # records and metrics: read commands only
+
+    spark_rev = None if all_ or len(revs) != 1 else revs[0]
     out = console()
     if not graph:
         for s in snaps:
             out.print(snapshot_line(s, refs))
+        print_sparklines(out, snaps, refs.branches, rev=spark_rev)
         return
     for drawing, snap in graph_rows(snaps):
         if snap is None:
@@ -144,6 +148,7 @@ def log(state: CliState, rev: str | None, limit: int | None, graph: bool, all_: 
         if snap.base and snap.base not in snap.parents:
             line.append(f" base {snap.base[:12]}", style="dim")
         out.print(line)
+    print_sparklines(out, snaps, refs.branches, rev=spark_rev)
 
 
 def _tensor_summary(table: TensorTable, *, listing: bool) -> dict[str, Any]:
