@@ -545,6 +545,7 @@ def check_mergeable(found: Plan, settings: LoraSettings, adapter: str) -> None:
         raise UnsupportedStateError(
             f"{adapter} sets {', '.join(settings.unmerged)}; ckpt merges plain LoRA only",
             hint="load the adapter with peft (export_peft_folder) and merge it there",
+            cli_hint="write it as a PEFT folder (`ckpt restore REV --to DIR`) and merge it with peft",
         )
     if found.unmerged:
         shown = ", ".join(repr(k) for k in found.unmerged[:3])
@@ -553,6 +554,7 @@ def check_mergeable(found: Plan, settings: LoraSettings, adapter: str) -> None:
             f"{adapter} holds {shown}{more}, which ckpt does not merge (only LoRA on linear and embedding layers, "
             "and whole modules)",
             hint="load the adapter with peft (export_peft_folder) and merge it there",
+            cli_hint="write it as a PEFT folder (`ckpt restore REV --to DIR`) and merge it with peft",
         )
 
 
