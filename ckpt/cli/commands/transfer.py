@@ -81,7 +81,7 @@ def restore(state: CliState, rev: str, to: Path, shard_size: str | None, force: 
         click.echo(f"wrote {f['path']} ({human_bytes(f['size'])})")
     for path in removed:
         click.echo(f"removed {path} (superseded by this restore)")
-    click.echo(f"restored {snap.short_id} to {to}: {len(files)} {'file' if len(files) == 1 else 'files'}")
+    click.echo(f"restored {snap.short_id} to {to}: {count(len(files), 'file')}")
 
 
 def _size(folder: Path, path: Path) -> int:
@@ -182,7 +182,7 @@ def import_(
         emit_json({**snapshot_json(snap, RefIndex(store.branches(), store.tags())), "skipped": skipped})
         return
     click.echo(
-        f"imported {path} as {snap.short_id} on {branch}: {snap.tensor_count} tensors "
+        f"imported {path} as {snap.short_id} on {branch}: {count(snap.tensor_count, 'tensor')} "
         f"({human_bytes(snap.tensor_bytes)}), {snap.relation}, model {snap.model or '-'}"
     )
 
