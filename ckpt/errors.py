@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from ckpt._version import DISTRIBUTION
+from ckpt.extras import DISTRIBUTION
 
 __all__ = [
     "AmbiguousRevisionError",

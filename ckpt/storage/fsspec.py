@@ -15,8 +15,8 @@ from typing import Any
 
 import fsspec
 
-from ckpt._version import DISTRIBUTION
 from ckpt.errors import BackendError, MissingObjectError
+from ckpt.extras import install_hint
 from ckpt.storage.base import Buffer, CasResult, Entry
 
 __all__ = ["FsspecBackend"]
@@ -25,16 +25,16 @@ _MEMORY_LOCK = threading.RLock()
 _S3 = ("s3", "s3a")
 
 
-#: The ckpt extra (or package) that brings the filesystem for a protocol.
+#: The extra of ckpt's distribution that brings the filesystem for a protocol.
 _EXTRAS = {
-    "s3": f"{DISTRIBUTION}[s3]",
-    "s3a": f"{DISTRIBUTION}[s3]",
-    "gs": f"{DISTRIBUTION}[gcs]",
-    "gcs": f"{DISTRIBUTION}[gcs]",
-    "az": f"{DISTRIBUTION}[azure]",
-    "abfs": f"{DISTRIBUTION}[azure]",
-    "abfss": f"{DISTRIBUTION}[azure]",
-    "adl": f"{DISTRIBUTION}[azure]",
+    "s3": "s3",
+    "s3a": "s3",
+    "gs": "gcs",
+    "gcs": "gcs",
+    "az": "azure",
+    "abfs": "azure",
+    "abfss": "azure",
+    "adl": "azure",
 }
 
 
@@ -42,7 +42,7 @@ def _install_hint(protocol: str) -> str:
     """What to install for ``protocol://``: ckpt's extra when there is one, else fsspec's list of implementations."""
     extra = _EXTRAS.get(protocol)
     if extra:
-        return f"install the filesystem for {protocol}:// with pip install '{extra}'"
+        return f"install the filesystem for {protocol}:// with {install_hint(extra)}"
     return (
         f"install the fsspec implementation for {protocol}:// "
         "(see https://filesystem-spec.readthedocs.io/en/latest/api.html#other-known-implementations)"

@@ -132,13 +132,13 @@ def test_missing_extras_say_what_to_install(small: str, tmp_path: Path) -> None:
     out = _run_hidden(["starlette"], f"from ckpt.cli import main; main(['--store', {small!r}, 'ui'])")
     assert out.returncode == 1
     assert "error: `ckpt ui` needs starlette, which is not installed" in out.stderr
-    assert f"hint: {install_hint('ui')}" in out.stderr and "pip install 'ckpt[ui]'" in out.stderr
+    assert f"hint: {install_hint('ui')}" in out.stderr and "pip install 'ckpt-store[ui]'" in out.stderr
     png = str(tmp_path / "x.png")
     out = _run_hidden(
         ["matplotlib"], f"from ckpt.cli import main; main(['--store', {small!r}, 'plot', 'val_loss', '-o', {png!r}])"
     )
     assert out.returncode == 1
-    assert "error: plots need matplotlib" in out.stderr and "hint: pip install 'ckpt[plot]'" in out.stderr
+    assert "error: plots need matplotlib" in out.stderr and "hint: pip install 'ckpt-store[plot]'" in out.stderr
     assert not Path(png).exists()
 
 
