@@ -21,6 +21,7 @@ from ckpt import settings
 from ckpt.errors import CkptError, RefConflictError
 from ckpt.model import Snapshot, TagRecord
 from ckpt.store import layout
+from ckpt.store.objects import CHUNK_HEADER_SIZE
 from ckpt.store.transfer import Progress
 
 if TYPE_CHECKING:
@@ -32,13 +33,15 @@ __all__ = ["SyncReport", "sync"]
 class SyncReport(BaseModel):
     """What a sync did. Chunk counts are of distinct chunks: a chunk shared by several snapshots counts once.
 
+    Byte figures count chunks as stored (each with its 16-byte header), the figure ``verify`` and ``gc`` report.
+
     Attributes:
         snapshots: snapshot records copied (0: the destination had every snapshot asked for).
         chunks: chunks copied.
-        bytes: raw (decoded) bytes of the chunks copied.
+        bytes: bytes of the chunks written to the destination.
         chunks_skipped: chunks the copied snapshots need that the destination held already (from earlier
             syncs or saves), so they were not sent.
-        bytes_skipped: raw bytes of those chunks.
+        bytes_skipped: bytes of those chunks.
         refs: refs created or fast-forwarded on the destination (``refs/heads/main`` …).
         conflicts: refs left alone because they diverged, with the reason.
     """
@@ -94,7 +97,7 @@ def sync(
         src: the store to copy from.
         dst: the store to copy into.
         revs: branches, tags or ids to copy; ``None``: every branch and tag.
-        progress: called with byte counts as chunks are copied.
+        progress: called with byte counts (raw tensor bytes) as chunks are copied.
         progress_total: called once, before the first chunk is copied, with the bytes ``progress`` will count
             in all (for a progress bar with a total).
 
@@ -141,18 +144,20 @@ def sync(
         def copy(digest: str) -> int:
             name, sid, _ = needed[digest]
             data = src._objects.read_chunk(digest, tensor=name, snapshot=sid)
-            dst._objects.put_chunk(memoryview(data), digest)
+            _, written = dst._objects.put_chunk(memoryview(data), digest)
             if progress:
                 progress(len(data))
-            return len(data)
+            return written
 
-        for n in pool.map(copy, missing):
-            copied += 1
-            nbytes += n
+        for d, written in zip(missing, pool.map(copy, missing), strict=True):
+            present[d] = not written  # nothing written: another writer stored it meanwhile
+            nbytes += written
         for d in digests:
             if present[d]:
                 skipped += 1
-                skipped_bytes += needed[d][2]
+                skipped_bytes += needed[d][2] + CHUNK_HEADER_SIZE
+            else:
+                copied += 1
     dst.backend.flush()
     # records are copied byte for byte, ancestors first: never re-serialized, so ids and unknown fields survive
     for snap in todo:

@@ -14,7 +14,7 @@ import pytest
 import ckpt
 from ckpt.cli.app import INTERRUPTED_BY_COMMAND
 
-from .conftest import Invoke, child_env, weights
+from .conftest import Invoke, child_env, parse, weights
 
 LONG_TAG = "tiny-llama-instruct-experimental-2026-11-28"
 
@@ -70,8 +70,8 @@ def test_counts_of_one_are_singular(invoke: Invoke, store: ckpt.Store, tmp_path:
 
 
 def test_gc_after_prune_says_what_the_grace_period_spared(invoke: Invoke, store: ckpt.Store) -> None:
-    if "spared_chunks" not in ckpt.GcReport.model_fields:
-        pytest.skip("GcReport.spared_chunks comes with the storecore branch")
+    if "young_chunks" not in ckpt.GcReport.model_fields:
+        pytest.skip("GcReport.young_chunks comes with the storecore branch")
     for i in range(3):
         store.save({"model": weights(i)}, step=i)
     invoke("prune", "main~2")
@@ -82,14 +82,19 @@ def test_gc_after_prune_says_what_the_grace_period_spared(invoke: Invoke, store:
     assert "spared" not in invoke("gc", "--grace", "0").stdout
 
 
-def test_byte_figures_use_one_formatter(invoke: Invoke, store: ckpt.Store, tmp_path: Path) -> None:
-    store.save({"model": weights(0)})
-    data = ckpt.open(store.url).verify().bytes
+def test_byte_figures_use_one_formatter_and_count_chunks_as_stored(
+    invoke: Invoke, store: ckpt.Store, tmp_path: Path
+) -> None:
+    """sync counts the bytes it wrote as they lie on the destination's disk, in the unit every command prints."""
     from ckpt.cli.output import human_bytes
 
-    assert f"({human_bytes(data)} of data)" in invoke("verify").stdout
-    sync = invoke("sync", store.url, str(tmp_path / "c"), "--all", store=False).stdout
-    assert f"({human_bytes(data)} of data)" in sync
+    store.save({"model": weights(0)})
+    data = parse(invoke("sync", store.url, str(tmp_path / "c"), "--all", "--json", store=False))
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "c" / "chunks").rglob("*") if p.is_file())
+    assert data["bytes"] == on_disk
+    text = invoke("sync", store.url, str(tmp_path / "d"), "--all", store=False).stdout
+    assert f"({human_bytes(on_disk)})" in text
+    assert f"({human_bytes(ckpt.open(store.url).verify().bytes)})" in invoke("verify").stdout
 
 
 def test_short_hex_prefix_says_how_many_digits_it_needs(invoke: Invoke, store: ckpt.Store) -> None:

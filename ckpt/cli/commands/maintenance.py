@@ -71,7 +71,7 @@ def verify(state: CliState, rev: str | None, all_: bool, as_json: bool) -> None:
         verdict = "ok" if report.ok else count(len(report.damage), "problem")
         click.echo(
             f"checked {count(report.snapshots, 'snapshot')}, {count(report.chunks, 'chunk')} "
-            f"({human_bytes(report.bytes)} of data): {verdict}"
+            f"({human_bytes(report.bytes)}): {verdict}"
         )
     if not report.ok:
         if not as_json:
@@ -176,13 +176,21 @@ def gc(state: CliState, dry_run: bool, grace: str, expire_reflog: str, as_json: 
         f"{verb} {human_bytes(report.freed_bytes)} of storage: {', '.join(removed)}; "
         f"kept {count(report.kept_chunks, 'chunk')} ({human_bytes(report.kept_bytes)}) that live snapshots need"
     )
-    # GcReport.spared_chunks / spared_bytes: chunks no live snapshot needs that the grace period kept
-    spared = int(getattr(report, "spared_chunks", 0) or 0)
-    if spared:
-        spared_bytes = int(getattr(report, "spared_bytes", 0) or 0)
-        them = "it" if spared == 1 else "them"
+    # what the grace period kept (GcReport.young_*), and chunks a save reused while gc ran (reused_*)
+    young, young_records = int(getattr(report, "young_chunks", 0)), int(getattr(report, "young_records", 0))
+    if young or young_records:
+        them = "it" if young + young_records == 1 else "them"
+        what = count(young, "chunk") + f" ({human_bytes(int(getattr(report, 'young_bytes', 0)))})"
+        if young_records:
+            what += f" and {count(young_records, 'other object')}"
         click.echo(
-            f"spared {count(spared, 'chunk')} ({human_bytes(spared_bytes)}) that no snapshot needs: written or "
-            f"reused less than {grace} ago (--grace), a save running now may still need {them}; a later gc "
-            f"frees {them}, or `ckpt gc --grace 0` now if no save is running"
+            f"spared {what} that nothing needs: written or reused less than {grace.strip()} ago (--grace), a save "
+            f"running now may still need {them}; a later gc frees {them}, or `ckpt gc --grace 0` now if no save "
+            "is running"
+        )
+    reused = int(getattr(report, "reused_chunks", 0))
+    if reused:
+        click.echo(
+            f"kept {count(reused, 'chunk')} ({human_bytes(int(getattr(report, 'reused_bytes', 0)))}) that a save "
+            "reused while gc ran"
         )

@@ -254,7 +254,7 @@ def sync(
         else:
             line = (
                 f"copied {count(report.snapshots, 'snapshot')}, {count(report.chunks, 'chunk')} "
-                f"({human_bytes(report.bytes)} of data)"
+                f"({human_bytes(report.bytes)})"
             )
             if report.chunks_skipped:
                 line += (
