@@ -174,7 +174,7 @@ def gc(state: CliState, dry_run: bool, grace: str, expire_reflog: str, as_json: 
     ]
     click.echo(
         f"{verb} {human_bytes(report.freed_bytes)} of storage: {', '.join(removed)}; "
-        f"kept {count(report.kept_chunks, 'chunk')} ({human_bytes(report.kept_bytes)}) that live snapshots need"
+        f"kept {count(report.kept_chunks, 'chunk')} ({human_bytes(report.kept_bytes)})"
     )
     # what the grace period kept (GcReport.young_*), and chunks a save reused while gc ran (reused_*)
     young, young_records = int(getattr(report, "young_chunks", 0)), int(getattr(report, "young_records", 0))
