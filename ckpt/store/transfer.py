@@ -21,7 +21,8 @@ from ckpt.store.objects import CHUNK_HEADER_SIZE, Objects
 
 __all__ = ["Progress", "WriteStats", "allocate", "read_tensors", "write_files", "write_tensors"]
 
-#: A local tensor held in one raw chunk at least this big is memory-mapped (zero-copy) instead of read.
+#: With ``mmap=True``, a local tensor held in one raw chunk at least this big is memory-mapped (zero-copy)
+#: instead of read.
 MMAP_MIN_BYTES = 1 << 20
 
 #: Called with a number of bytes each time that many more are done.
@@ -128,14 +129,31 @@ def _torch_glue() -> Any:
     return glue
 
 
-def allocate(entry: TensorEntry, framework: str) -> tuple[Any, memoryview]:
-    """A new, uninitialised tensor (``torch``) or array (``numpy``) for an entry, and its byte view."""
-    if framework == "torch":
-        tensor, view = _torch_glue().empty_torch(entry.dtype, entry.shape)
-        return tensor, view
-    from ckpt.state.numpy import empty_numpy
+def allocate(
+    entry: TensorEntry, framework: str, *, name: str = "", snapshot: str | None = None
+) -> tuple[Any, memoryview]:
+    """A new, uninitialised tensor (``torch``) or array (``numpy``) for an entry, and its byte view.
 
-    return empty_numpy(entry.dtype, entry.shape)
+    The memory is not touched (``torch.empty`` / ``numpy.empty``): pages are committed only as chunks are read
+    into them, so a table that claims more than its chunks hold costs address space, not memory.
+
+    Raises:
+        StateError: the memory cannot be allocated (the message names the tensor and its claimed size).
+    """
+    try:
+        if framework == "torch":
+            tensor, view = _torch_glue().empty_torch(entry.dtype, entry.shape)
+            return tensor, view
+        from ckpt.state.numpy import empty_numpy
+
+        return empty_numpy(entry.dtype, entry.shape)
+    except (MemoryError, RuntimeError, ValueError, OverflowError) as e:
+        where = f"tensor {name!r}" + (f" of snapshot {snapshot[:12]}" if snapshot else "")
+        raise StateError(
+            f"cannot allocate {entry.nbytes} bytes for {where} (dtype {entry.dtype}, shape {list(entry.shape)}): "
+            f"{type(e).__name__}",
+            hint="free memory, or read it lazily (store.tensors(rev)); if the size is absurd, run `ckpt verify`",
+        ) from e
 
 
 def read_tensors(
@@ -148,6 +166,7 @@ def read_tensors(
     framework: str | None = None,
     into: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
+    mmap: bool = False,
 ) -> dict[str, Any]:
     """Read tensors, each chunk straight into its place, in parallel.
 
@@ -161,11 +180,14 @@ def read_tensors(
         into: name → existing tensor to fill in place when its dtype, shape and layout fit (no new memory,
             no page faults); others are allocated.
         progress: called with byte counts as chunks arrive.
+        mmap: on a local store, map tensors held in one chunk of at least ``MMAP_MIN_BYTES`` (zero-copy,
+            copy-on-write) instead of reading them; see ``Objects.map_chunk`` for what a mapping cannot
+            promise after it was verified.
     """
     out: dict[str, Any] = {}
     jobs: list[tuple[str, str, memoryview]] = []
     mapped: list[tuple[str, TensorEntry]] = []
-    local = objects.backend.local_path("") is not None
+    local = mmap and objects.backend.local_path("") is not None
     for name, entry in entries.items():
         view = writable_view(into[name], entry.dtype, entry.shape) if into and name in into else None
         if view is not None:
@@ -174,7 +196,7 @@ def read_tensors(
             mapped.append((name, entry))
             continue
         else:
-            tensor, view = allocate(entry, framework or entry.kind)
+            tensor, view = allocate(entry, framework or entry.kind, name=name, snapshot=snapshot)
         out[name] = tensor
         view = view.cast("B") if view.format != "B" else view
         if view.nbytes != entry.nbytes:
