@@ -263,6 +263,15 @@ class FsspecBackend:
         except FileNotFoundError as e:
             raise MissingObjectError(f"object {path} is missing from {self.url}") from e
         except Exception as e:
+            # a range that starts at or past the end (S3 answers 416 InvalidRange): nothing to read
+            try:
+                size = self.fs.info(full).get("size")
+            except FileNotFoundError:
+                raise MissingObjectError(f"object {path} is missing from {self.url}") from e
+            except Exception:
+                size = None
+            if size is not None and start >= int(size):
+                return b""
             raise self._fail("read", path, e) from e
 
     def read_into(self, path: str, out: Sequence[memoryview], start: int = 0) -> int:

@@ -245,39 +245,58 @@ def scan_liveness(
         out.all_records = True
     out.pruned, marker_damage = read_pruned(objects.backend)
     out.damage.extend(marker_damage)
-    roots: dict[str, str] = {}  # id → the ref that names it (for messages); reflog ids only if present
-    for name, head in branches.items():
-        roots.setdefault(head, layout.branch_path(name))
-    for name, tag in tags.items():
-        roots.setdefault(tag.id, layout.tag_path(name))
+    roots: dict[str, str] = {}  # id → what names it (for messages)
+    named = [(f"branch {n!r}", layout.branch_path(n), h) for n, h in branches.items()]
+    named += [(f"tag {n!r}", layout.tag_path(n), t.id) for n, t in tags.items()]
+    for why, ref, sid in named:
+        if objects.has_snapshot(sid):
+            roots.setdefault(sid, why)
+            continue
+        # a ref pointing at nothing: the ref is the damage; what the record held is unknown, so keep all
+        out.damage.append(
+            Damage(
+                kind="missing",
+                object="ref",
+                digest=ref,
+                snapshots=(sid,),
+                message=f"{why} points at snapshot {sid[:12]}, which is missing",
+            )
+        )
+        out.broken.add(sid)
+        out.all_records = out.all_tables = out.all_chunks = True
     for entry in entries:
         if expire_reflog is not None and now - parse_time(entry.time) > expire_reflog:
             continue
         for sid in (entry.old, entry.new):
             if sid:
                 out.reflog_ids.add(sid)
-    for sid in sorted(out.reflog_ids - set(roots)):
+    for sid in sorted(out.reflog_ids - set(roots) - out.broken):
         if objects.has_snapshot(sid):
             roots[sid] = "the reflog"
+    if out.all_records:  # an unreadable ref or reflog entry could name any snapshot: every record is a root
+        for sid in objects.snapshot_ids():
+            roots.setdefault(sid, "every record (an unreadable ref or reflog entry could name it)")
 
-    todo: list[tuple[str, str]] = [(sid, why) for sid, why in roots.items()]
+    todo: list[tuple[str, str]] = list(roots.items())
+    reported: set[str] = set()
     while todo:
         sid, why = todo.pop()
-        if sid in out.live or sid in out.broken:
+        if sid in out.live or sid in reported:
             continue
         try:
             snap = objects.get_snapshot(sid)
         except CkptError as e:
             out.broken.add(sid)
-            kind = damage_kind(e)
-            if why.startswith("refs/") and kind == "missing":
-                what = "branch" if why.startswith(layout.REFS_HEADS) else "tag"
-                message = f"{what} {why.split('/', 2)[2]!r} points at snapshot {sid[:12]}, which is missing"
-                out.damage.append(Damage(kind="missing", object="ref", digest=why, snapshots=(sid,), message=message))
-            else:
-                out.damage.append(
-                    Damage(kind=kind, object="snapshot", digest=sid, snapshots=(sid,), message=f"{e} (needed by {why})")
+            reported.add(sid)
+            out.damage.append(
+                Damage(
+                    kind=damage_kind(e),
+                    object="snapshot",
+                    digest=sid,
+                    snapshots=(sid,),
+                    message=f"{e} (needed by {why})",
                 )
+            )
             out.all_records = out.all_tables = out.all_chunks = True
             continue
         out.live[sid] = (snap.table, sid in out.pruned)

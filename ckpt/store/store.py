@@ -540,7 +540,7 @@ class Store:
         }
 
     def _check_not_pruned(self, snap: Snapshot) -> None:
-        if snap.pruned:
+        if snap.pruned and snap.id not in release_needs(self._objects, self._refs.tags()):  # releases never are
             raise MissingObjectError(
                 f"snapshot {snap.short_id} was pruned: its tensors were released",
                 hint="its record stays in the log; load another snapshot",
@@ -875,10 +875,13 @@ class Store:
         for entry in entries:
             if entry.new and entry.action != "conflict":
                 moved_to.setdefault(entry.ref, set()).add(entry.new)
+        unreadable = {d.digest for d in state.damage if d.object == "reflog"}
         refs = {layout.branch_path(n): h for n, h in branches.items()} | {
             layout.tag_path(n): t.id for n, t in tags.items()
         }
         for ref, sid in refs.items():
+            if any(p.startswith(layout.reflog_prefix(ref)) for p in unreadable):
+                continue  # the damaged entry may be that move's: reported as it is, not guessed
             if sid not in moved_to.get(ref, set()):
                 extra.append(
                     Damage(

@@ -336,6 +336,13 @@ class BackendContract:
         assert backend.read("data", 0, 3 << 30) == b"0123456789"
         assert backend.read("data", 4, 1 << 62) == b"456789"
 
+    def test_a_range_past_the_end_reads_nothing(self, backend: Backend) -> None:
+        backend.put_if_absent("data", b"0123456789")
+        backend.put_if_absent("empty", b"")
+        assert backend.read("data", 10, 20) == b"" and backend.read("data", 50, 60) == b""
+        assert backend.read("empty", 0, 17) == b""
+        assert backend.read_into("empty", [memoryview(bytearray(17))]) == 0
+
     def test_missing_object_reads_raise_missing_object_error(self, backend: Backend) -> None:
         with pytest.raises(MissingObjectError):
             backend.read("nope")
