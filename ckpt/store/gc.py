@@ -267,9 +267,7 @@ def scan_liveness(
     for entry in entries:
         if expire_reflog is not None and now - parse_time(entry.time) > expire_reflog:
             continue
-        for sid in (entry.old, entry.new):
-            if sid:
-                out.reflog_ids.add(sid)
+        out.reflog_ids.update(x for x in (entry.old, entry.new) if x)
     for sid in sorted(out.reflog_ids - set(roots) - out.broken):
         if objects.has_snapshot(sid):
             roots[sid] = "the reflog"

@@ -95,7 +95,7 @@ def race(store: ckpt.Store, gate: Callable[[str, str], bool], slow: Callable[[St
     def run() -> None:
         try:
             out["result"] = slow(slow_store)
-        except BaseException as e:  # noqa: BLE001 - handed to the test
+        except BaseException as e:
             out["result"] = e
 
     thread = threading.Thread(target=run)
@@ -146,7 +146,7 @@ def test_a_retry_loop_written_from_the_docs_converges(store: ckpt.Store, reopen:
 @pytest.mark.parametrize("backend_kind", ["file", "memory"], indirect=True)
 def test_two_branch_creations_of_one_name(store: ckpt.Store, reopen: Callable[[], ckpt.Store]) -> None:
     a = store.save(state(0))
-    lost, won = race(
+    lost, _won = race(
         store,
         lambda verb, path: verb == "compare_and_swap",
         lambda s: s.branch("b", at=a.id),
@@ -161,7 +161,7 @@ def test_two_branch_creations_of_one_name(store: ckpt.Store, reopen: Callable[[]
 def test_two_tags_of_one_name(store: ckpt.Store, reopen: Callable[[], ckpt.Store]) -> None:
     a = store.save(state(0))
     b = store.save(state(1))
-    lost, won = race(
+    lost, _won = race(
         store,
         lambda verb, path: verb == "put_if_absent" and path.startswith("refs/tags/"),
         lambda s: s.tag("v1", a.id),
@@ -188,7 +188,7 @@ def test_a_tag_deleted_twice_at_once(store: ckpt.Store, reopen: Callable[[], ckp
 def test_freeze_wins_over_a_prune_that_checked_first(store: ckpt.Store, reopen: Callable[[], ckpt.Store]) -> None:
     a = store.save(state(0))
     store.save(state(1))
-    pruned, name = race(
+    pruned, _name = race(
         store,
         lambda verb, path: verb == "put_if_absent" and path.startswith(layout.PRUNED),
         lambda s: s.prune(a.id),
