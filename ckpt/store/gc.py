@@ -109,13 +109,13 @@ class GcPlan(BaseModel):
         """Bytes the plan frees."""
         return self.record_bytes + sum(self.chunk_sizes)
 
-    def report(self, *, dry_run: bool, reused: Mapping[str, int] | None = None) -> GcReport:
+    def report(self, *, dry_run: bool, reused: Mapping[str, int] | None = None, reused_tables: int = 0) -> GcReport:
         """The report of this plan (``reused``: chunk path → size of the chunks spared at execution)."""
         reused = reused or {}
         return GcReport(
             dry_run=dry_run,
             snapshots=len(self.snapshot_paths),
-            tables=len(self.table_paths),
+            tables=len(self.table_paths) - reused_tables,
             chunks=len(self.chunk_paths) - len(reused),
             other=len(self.other_paths),
             freed_bytes=self.freed_bytes - sum(reused.values()),
@@ -133,10 +133,17 @@ class GcPlan(BaseModel):
     def execute(self, backend: Backend) -> GcReport:
         """Delete records, then tables, then chunks, then the rest.
 
-        Chunks touched since the plan was made (a save found them and reuses them) are spared.
+        Chunks and tables touched since the plan was made (a save found them and reuses them: a table is
+        content-addressed too, and a save of the same tree and tensors writes the same one) are spared.
         """
         backend.delete(list(self.snapshot_paths))
-        backend.delete(list(self.table_paths))
+        planned_tables = set(self.table_paths)
+        touched = {
+            e.path
+            for e in backend.list(layout.TABLES)
+            if e.path in planned_tables and e.mtime and e.mtime > self.planned_at
+        }
+        backend.delete([p for p in self.table_paths if p not in touched])
         doomed = dict(zip(self.chunk_paths, self.chunk_sizes, strict=True))
         reused = {
             e.path: doomed[e.path]
@@ -145,7 +152,7 @@ class GcPlan(BaseModel):
         }
         backend.delete([p for p in self.chunk_paths if p not in reused])
         backend.delete(list(self.other_paths))
-        return self.report(dry_run=False, reused=reused)
+        return self.report(dry_run=False, reused=reused, reused_tables=len(touched))
 
 
 @dataclass

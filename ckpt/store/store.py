@@ -1063,7 +1063,9 @@ def _read_config(backend: Backend) -> StoreConfig:
     try:
         major = int(version.split(".")[0])
     except ValueError:
-        raise RecordError(f"{backend.url}: invalid format_version {version!r}") from None
+        raise RecordError(
+            f"{backend.url}/{layout.CONFIG}: its format_version is not MAJOR.MINOR", hint="is this a ckpt store?"
+        ) from None
     if major > READABLE_MAJOR:
         raise FormatVersionError(
             f"the store at {backend.url} uses format {version}; this ckpt ({__version__}) reads format "

@@ -320,3 +320,20 @@ def test_inherited_files_are_found_present_and_refreshed(store: ckpt.Store) -> N
     y = store.save(state(1))
     assert store.files(y.id) == {"config.json": b'{"a": 1}'}
     assert store.table(y.id).files == store.table(x.id).files  # the same chunks, nothing copied
+
+
+@no_s3
+def test_a_table_a_save_reuses_while_gc_runs_is_spared(store: ckpt.Store) -> None:
+    """A table is content-addressed too: a save of the same tree and tensors reuses an unreachable one."""
+    from ckpt.store.gc import plan_gc
+
+    store.save(state(9))
+    old = store.save(state(0), "tmp")
+    store.delete_branch("tmp")
+    plan = plan_gc(store._objects, store._refs, grace=NOW, expire_reflog=NOW)
+    assert layout.table_path(old.table) in plan.table_paths
+    again = store.save(state(0), "again")  # the same table, found present and refreshed
+    assert again.table == old.table
+    report = plan.execute(store.backend)
+    assert report.tables == 0 and report.reused_chunks == 2
+    assert store.verify().ok and store.load("again")["step"] == 0
