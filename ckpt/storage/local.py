@@ -19,6 +19,7 @@ import fcntl
 import os
 import stat
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
@@ -194,7 +195,10 @@ class LocalBackend:
         if not stat.S_ISREG(st.st_mode):
             return True
         try:
-            os.utime(full, follow_symlinks=False)
+            # stamped from the fine clock: the kernel's own stamp comes from a coarse clock that can lag this
+            # process's by milliseconds, and gc compares it with the moment it made its plan
+            now = time.time_ns()
+            os.utime(full, ns=(now, now), follow_symlinks=False)
         except FileNotFoundError:
             return False
         except PermissionError:  # read-only store: existence is all that matters

@@ -141,14 +141,14 @@ class GcPlan(BaseModel):
         touched = {
             e.path
             for e in backend.list(layout.TABLES)
-            if e.path in planned_tables and e.mtime and e.mtime > self.planned_at
+            if e.path in planned_tables and e.mtime and e.mtime >= self.planned_at
         }
         backend.delete([p for p in self.table_paths if p not in touched])
         doomed = dict(zip(self.chunk_paths, self.chunk_sizes, strict=True))
         reused = {
             e.path: doomed[e.path]
             for e in backend.list(layout.CHUNKS)
-            if e.path in doomed and e.mtime and e.mtime > self.planned_at
+            if e.path in doomed and e.mtime and e.mtime >= self.planned_at
         }
         backend.delete([p for p in self.chunk_paths if p not in reused])
         backend.delete(list(self.other_paths))
