@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Literal
@@ -687,9 +688,16 @@ class Store:
             action="freeze",
         )
         # a prune that passed its check before this tag existed may have marked it since: the release wins
-        raced = [sid for sid in needs if self.backend.exists(layout.pruned_path(sid))]
-        if raced:
-            self.backend.delete([layout.pruned_path(sid) for sid in raced])
+        try:
+            raced = [sid for sid in needs if self.backend.exists(layout.pruned_path(sid))]
+            if raced:
+                self.backend.delete([layout.pruned_path(sid) for sid in raced])
+        except CkptError as e:  # the tag exists: the release is made, whatever happens to the marker
+            warnings.warn(
+                f"ckpt: {name!r} is frozen, but a pruned marker written meanwhile could not be removed ({e}); "
+                "gc keeps the release's objects anyway, and `ckpt repair` removes the marker",
+                stacklevel=2,
+            )
         return name
 
     def _check_loadable(self, snap: Snapshot, *, verify: bool) -> list[str]:

@@ -101,3 +101,18 @@ def test_gc_reclaims_a_deleted_branch(invoke: Invoke, store: ckpt.Store) -> None
     assert kept["snapshots"] == 0  # the reflog keeps it for 30 days
     freed = parse(invoke("gc", "--grace", "0", "--expire-reflog", "0", "--json"))
     assert freed["snapshots"] == 1 and freed["freed_bytes"] >= 4 * 4096
+
+
+def test_gc_refuses_on_damage_and_keep_damaged_goes_ahead(invoke: Invoke, store: ckpt.Store) -> None:
+    first = store.save({"w": np.zeros(4096, np.float32)})
+    head = store.save({"w": np.ones(4096, np.float32)})
+    store.prune(first.id)
+    path = f"snapshots/{head.id[:2]}/{head.id}.json"
+    data = bytearray(store.backend.read(path))
+    data[-2] ^= 1
+    store.backend.replace(path, bytes(data))
+    result = invoke("gc", "--grace", "0", code=1)
+    assert "gc refused to delete anything" in result.stderr and "ckpt verify" in result.stderr
+    kept = invoke("gc", "--grace", "0", "--keep-damaged")
+    assert kept.stdout.startswith("freed 0 B") and "damaged, everything it might need was kept" in kept.stderr
+    assert parse(invoke("gc", "--grace", "0", "--keep-damaged", "--json"))["damage"][0]["object"] == "snapshot"
