@@ -13,6 +13,7 @@ from pydantic import JsonValue, ValidationError
 from ckpt import settings
 from ckpt._version import __version__
 from ckpt.errors import (
+    CkptError,
     FormatVersionError,
     FrozenRefError,
     IntegrityError,
