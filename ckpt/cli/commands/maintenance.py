@@ -67,7 +67,7 @@ def verify(state: CliState, rev: str | None, all_: bool, as_json: bool) -> None:
         out = console()
         for d in report.damage:
             where = f" (tensors: {', '.join(d.tensors[:3])}{' …' if len(d.tensors) > 3 else ''})" if d.tensors else ""
-            out.print(Text.assemble((d.kind, "bold red"), f" {d.object} {d.digest[:16]}{where}: {d.message}"))
+            out.print(Text.assemble((d.kind, "bold red"), f" {d.object} {_name(d)}{where}: {d.message}"))
         verdict = "ok" if report.ok else f"{len(report.damage)} problem{'s' if len(report.damage) != 1 else ''}"
         click.echo(
             f"{report.snapshots} snapshots, {report.chunks} chunks, {human_bytes(report.bytes)} checked: {verdict}"
@@ -81,7 +81,12 @@ def verify(state: CliState, rev: str | None, all_: bool, as_json: bool) -> None:
 def _damage_line(kind: str, d: ckpt.Damage) -> Text:
     where = f" (tensors: {', '.join(d.tensors[:3])}{' …' if len(d.tensors) > 3 else ''})" if d.tensors else ""
     style = "bold green" if kind == "repaired" else "bold red"
-    return Text.assemble((kind, style), f" {d.kind} {d.object} {d.digest[:16]}{where}: {d.message}")
+    return Text.assemble((kind, style), f" {d.kind} {d.object} {_name(d)}{where}: {d.message}")
+
+
+def _name(d: ckpt.Damage) -> str:
+    """A digest's first 16 characters; a ref's, reflog entry's or marker's whole path."""
+    return d.digest if d.object in ("ref", "reflog", "marker") else d.digest[:16]
 
 
 @click.command()
