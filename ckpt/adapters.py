@@ -2,19 +2,22 @@
 
 An adapter snapshot holds only its adapter tensors and its PEFT config, and names the snapshot it modifies:
 
-- state ``{"model": {name: tensor}}`` with PEFT's names as ``adapter_model.safetensors`` has them
-  (``base_model.model.<module>.lora_A.weight``, ``….lora_B.weight``, ``….lora_embedding_A`` …);
+- state ``{"model": {name: tensor}}`` with every tensor of the adapter, named as ``adapter_model.safetensors``
+  names it (``base_model.model.<module>.lora_A.weight``, ``….lora_embedding_A``, and whole tensors such as a
+  ``modules_to_save`` head ``base_model.model.score.weight`` or embeddings saved with ``save_embedding_layers``);
+  no tensor is left out by its name;
 - the PEFT config (``r``, ``lora_alpha``, ``target_modules``, ``peft_type``, ``use_rslora``, ``fan_in_fan_out``
   …) attached as ``adapter_config.json`` and copied into ``metadata["adapter_config"]``;
 - ``relation="adapter"``, ``parents=[base]`` and ``base=<base id>``, so "which base does this adapter need?"
   always has an answer (a later save of the same adapter on its branch is ``continue`` and keeps ``base``).
 
-Merging follows PEFT's ``merge_and_unload()``: for each adapted module, ``W + scale · B @ A`` (transposed for
-``fan_in_fan_out`` layers and for embeddings), ``scale = lora_alpha / r`` or ``lora_alpha / √r`` with rsLoRA
-(``alpha_pattern`` respected; ``r`` is read from the tensors, so ``rank_pattern`` needs nothing), computed in
-float32 (float64 for float64 weights) and cast back to the weight's dtype. LoRA on linear and embedding layers
-is supported; DoRA, ``lora_bias``, ``modules_to_save``, conv layers and other PEFT methods can be stored
-(import their folders) but not merged: merging them raises ``UnsupportedStateError``.
+Merging follows PEFT's ``set_peft_model_state_dict`` + ``merge_and_unload()`` (see ``ckpt.lora``): whole
+tensors replace the base's (a resized embedding keeps its new rows), then each adapted module gets
+``W + scale · B @ A`` (transposed for ``fan_in_fan_out`` layers and for embeddings), ``scale = lora_alpha / r``
+or ``lora_alpha / √r`` with rsLoRA (``alpha_pattern`` and ``rank_pattern`` matched as PEFT matches them),
+computed in float32 (float64 for float64 weights) and cast back to the weight's dtype. Tied weights change
+together, as in PEFT. DoRA, ``lora_bias``, trainable tokens, conv layers and other PEFT methods are stored but
+not merged: merging them raises ``UnsupportedStateError``.
 
 torch is imported only by the functions that compute (``load_merged``, ``merge``).
 
@@ -27,19 +30,18 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import json
 import math
 import os
 import re
 from collections.abc import Callable, Mapping, MutableMapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
 
+from ckpt import lora
 from ckpt.errors import RecordError, RefExistsError, StateMismatchError, UnsupportedStateError
 from ckpt.model import Relation, Snapshot, TensorTable
 from ckpt.state import is_array
@@ -68,13 +70,14 @@ ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 #: Snapshot metadata key of the adapter's PEFT config (the same JSON as ``adapter_config.json``).
 CONFIG_KEY = "adapter_config"
 
-_PEFT_PREFIX = "base_model.model."
 _LINEAR_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
 _EMBEDDING_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_embedding_[AB])(?:\.(?P<adapter>[^.]+))?$")
-_UNSUPPORTED_MARKS = ("lora_", "modules_to_save", "trainable_tokens")
+#: A tensor of ``peft_model.state_dict()`` that carries its adapter's name: ``….lora_A.default.weight`` …
+_NAMED_KEY = re.compile(
+    r"\.(?P<part>lora_[A-Za-z0-9_]+|modules_to_save)\.(?P<adapter>[^.]+)(?P<tail>\.(?:weight|bias))?$"
+)
 _RESERVED_PREFIX = ".ckpt/"
 _INDEX_SUFFIX = ".safetensors.index.json"
-_ONE_FILE = 1 << 62  # a shard size no adapter reaches: PEFT loads one weights file
 
 
 # -- saving ------------------------------------------------------------------------------------------
@@ -97,10 +100,10 @@ def save_adapter(
 ) -> Snapshot:
     """Save a LoRA adapter over a base snapshot: only its tensors and its config are stored.
 
-    The adapter's tensor names are kept as PEFT writes them to ``adapter_model.safetensors`` (the adapter name
-    of ``peft_model.state_dict()``, e.g. ``.default``, is taken out), so the snapshot exports as a PEFT folder.
-    Every target is checked against the base's tensor table (no tensor bytes are read) before anything is
-    written.
+    Every tensor handed in is stored, under the name PEFT writes to ``adapter_model.safetensors``, so the
+    snapshot exports as a PEFT folder: LoRA pairs, ``modules_to_save`` modules, saved (resized) embeddings, and
+    PEFT tensors ckpt does not merge (DoRA magnitudes …). LoRA targets and whole tensors are checked against the
+    base's tensor table (no tensor bytes are read) before anything is written.
 
     On a new branch the snapshot's relation is ``adapter`` and its parent the base. On a branch whose head is
     an adapter of the same base (an adapter still training), it is ``continue`` with that head as parent. In
@@ -109,8 +112,10 @@ def save_adapter(
     Args:
         store: the store.
         base_rev: the snapshot the adapter modifies (branch, tag, id …).
-        adapter_state: the adapter tensors by PEFT name: ``get_peft_model_state_dict(peft_model)``, or
-            ``peft_model.state_dict()`` (the base weights in it are left out), or ``{"model": those}``.
+        adapter_state: the adapter tensors by PEFT name: ``get_peft_model_state_dict(peft_model)`` (pass
+            ``save_embedding_layers=True`` when the embeddings were resized), or ``{"model": that}``. Every
+            tensor in it is stored. A dict of LoRA A/B tensors that carry the adapter's name
+            (``….lora_A.default.weight``) is accepted too, the name taken out.
         branch: the adapter's branch: new, or one whose head is an adapter of the same base.
         config: the PEFT config: a ``peft.LoraConfig`` (anything with ``to_dict()``) or the mapping of
             ``adapter_config.json``. ``peft_type`` defaults to ``LORA``, which needs ``r`` and ``lora_alpha``.
@@ -127,11 +132,13 @@ def save_adapter(
         The adapter snapshot.
 
     Raises:
-        RecordError: the config is not a PEFT config, or ``metadata`` uses the reserved key.
-        UnsupportedStateError: a tensor is an adapter tensor of a kind ckpt cannot save from a state dict
-            (DoRA magnitudes, ``modules_to_save`` …; save the folder with PEFT and use ``import_peft_folder``).
-        StateMismatchError: no adapter tensor; a ``lora_A`` without its ``lora_B``; a target the base lacks or
-            whose shape does not fit.
+        RecordError: the config is not a LoRA config, or is malformed (a field of the wrong type, ``r`` not a
+            positive integer, a pattern key outside the subset ``ckpt.lora.compile_pattern`` accepts); or
+            ``metadata`` uses the reserved key.
+        UnsupportedStateError: ``peft_model.state_dict()`` (adapter-named tensors next to base weights): pass
+            ``get_peft_model_state_dict(peft_model)``.
+        StateMismatchError: no LoRA tensor; a ``lora_A`` without its ``lora_B``; a rank that is 0 or not the
+            config's; a target the base lacks or whose shape does not fit; a whole tensor the base lacks.
         RefExistsError: ``branch`` exists and its head is not an adapter of this base.
         RevisionError: ``base_rev`` does not resolve.
 
@@ -144,10 +151,14 @@ def save_adapter(
     """
     base = store.resolve(base_rev)
     cfg = _config_dict(config)
+    if not lora.is_lora(cfg):
+        raise RecordError(
+            f"save_adapter saves LoRA adapters; this config is {cfg.get('peft_type')}",
+            hint="save the folder with peft_model.save_pretrained(folder) and use import_peft_folder",
+        )
     tensors = _adapter_tensors(adapter_state)
     shapes = {name: tuple(int(d) for d in t.shape) for name, t in tensors.items()}
-    entries = _model_entries(store.table(_root(store, base).id))
-    _check_fits(shapes, cfg, entries, adapter="the adapter", base=base)
+    _plan(store, base, shapes, cfg, adapter="the adapter")
     meta = _with_config(metadata, cfg)
     parents, relation, default_model = _adapter_line(store, base, branch, cfg)
     return store.save(
@@ -181,7 +192,7 @@ def adapter_config(store: Store, rev: str) -> dict[str, JsonValue]:
     data = store.files(snap.id).get(ADAPTER_CONFIG_FILE)
     if data is None:
         raise RecordError(f"adapter snapshot {snap.short_id} has no {ADAPTER_CONFIG_FILE} and no recorded config")
-    return _config_dict(_parse_json(data, f"{ADAPTER_CONFIG_FILE} of {snap.short_id}"))
+    return _config_dict(_parse_json(data, f"{ADAPTER_CONFIG_FILE} of {snap.short_id}"), checked=False)
 
 
 # -- merging -----------------------------------------------------------------------------------------
@@ -199,8 +210,10 @@ def load_merged(
     """Load an adapter snapshot merged into its base: the base's state tree with ``W + scale · B @ A`` applied.
 
     The result equals what PEFT's ``merge_and_unload()`` gives on the same weights, within the tolerance of the
-    weights' dtype (the delta is computed in float32 and the sum cast back once, so dtypes are preserved). An
-    adapter over an adapter is merged recursively.
+    weights' dtype (the delta is computed in float32 and the sum cast back once, so dtypes are preserved).
+    Whole tensors of the adapter (``modules_to_save``, saved embeddings) replace the base's first, with their
+    own shapes (a resized vocabulary stays resized). Tied weights change together, as PEFT's in-place merge
+    changes a tied parameter. An adapter over an adapter is merged recursively.
 
     Args:
         store: the store.
@@ -215,9 +228,10 @@ def load_merged(
         The base's state tree, its model weights merged.
 
     Raises:
-        RecordError: the snapshot is not an adapter, or its config is not a LoRA config.
-        StateMismatchError: a target module is missing from the base, or shapes do not fit (names them).
-        UnsupportedStateError: the adapter holds tensors that cannot be merged (DoRA, ``modules_to_save`` …).
+        RecordError: the snapshot is not an adapter, or its config is not a LoRA config or is malformed.
+        StateMismatchError: a target module is missing from the base, or shapes or ranks do not fit (names them).
+        UnsupportedStateError: the adapter holds tensors or sets options that ckpt does not merge (DoRA,
+            trainable tokens, ``lora_bias`` …).
         MissingObjectError: the adapter or its base was pruned.
         CorruptChunkError: a chunk does not match its digest.
 
@@ -228,28 +242,24 @@ def load_merged(
     snap = store.resolve(rev)
     base = store.get(base_of(snap))
     cfg = adapter_config(store, snap.id)
-    root = _root(store, base)  # its table gives the shapes of the weights, before any byte is read
-    shapes = {name: shape for name, (_, shape) in _model_entries(store.table(snap.id)).items()}
-    entries = _model_entries(store.table(root.id))
-    pairs = _check_fits(shapes, cfg, entries, adapter=f"adapter {snap.short_id}", base=base)
+    what = f"adapter {snap.short_id}"
+    if not lora.is_lora(cfg):
+        raise RecordError(
+            f"{what} is a {cfg.get('peft_type')} adapter; only LoRA adapters are merged",
+            hint="load it with peft (export_peft_folder)",
+        )
+    settings = _settings(cfg, what)
+    shapes = {name: shape for name, (_, shape) in _model_entries(store.table(snap.id))[0].items()}
+    found = _plan(store, base, shapes, cfg, adapter=what)  # before any byte is read
+    lora.check_mergeable(found, settings, what)
 
-    adapter = _model_mapping(store.load(snap.id, verify=verify, framework="torch"), f"adapter {snap.short_id}")
-    if base.id != root.id:
+    adapter = _model_mapping(store.load(snap.id, verify=verify, framework="torch"), what)
+    if _is_adapter(base):
         state = load_merged(store, base.id, verify=verify, framework=framework, into=into, progress=progress)
     else:
         state = store.load(base.id, verify=verify, framework=framework, into=into, progress=progress)
     weights = _model_mapping(state, f"base {base.short_id}")
-    in_place = {id(t) for t in into.values()} if into else set()
-    for pair in pairs:
-        weight = weights[pair.target]
-        merged = _merged_weight(weight, adapter[pair.a], adapter[pair.b], pair, cfg)
-        if id(weight) in in_place:
-            if _is_numpy(weight):
-                weight[...] = merged.numpy()
-            else:
-                weight.copy_(merged)
-        else:
-            weights[pair.target] = merged.numpy() if _is_numpy(weight) else merged
+    lora.merge_into(weights, adapter, found, settings, in_place=[id(t) for t in into.values()] if into else ())
     return state
 
 
@@ -261,13 +271,20 @@ def merge(
     model: str | None = None,
     message: str | None = None,
     metadata: Mapping[str, JsonValue] | None = None,
+    files: Mapping[str, bytes] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Snapshot:
     """Save an adapter merged into its base as a new snapshot: relation ``merge``, parents adapter then base.
 
     Only the merged tensors are new bytes: every tensor the adapter does not touch is the base's, shared by
     content. The base's attached files (``config.json``, tokenizer files …) come along, so the merged snapshot
-    exports as a model folder that ``from_pretrained`` loads.
+    exports as a model folder that ``from_pretrained`` loads. Tied weights stay tied (recorded in the table)
+    and change together, as PEFT's ``merge_and_unload()`` changes a tied parameter in place: a LoRA on
+    ``lm_head`` of a model with ``tie_word_embeddings`` changes the input embedding too, and the config stays
+    tied. (To keep the embedding, untie the model before training the adapter.)
+
+    An adapter that changes a tensor's shape (embeddings saved after ``resize_token_embeddings``) makes the
+    base's ``config.json`` wrong for the merged model: pass ``files`` with the resized model's files then.
 
     Args:
         store: the store.
@@ -276,6 +293,8 @@ def merge(
         model: the merged model's name; default: the adapter's.
         message: a note; default ``merge <adapter> into <base>``.
         metadata: your own JSON metadata.
+        files: the merged model's attached files (``{"config.json": model.config.to_json_string().encode(),
+            …}``); default: the base's.
         progress: called with byte counts as chunks are written.
 
     Returns:
@@ -283,7 +302,9 @@ def merge(
 
     Raises:
         RefExistsError: the branch exists.
-        RecordError, StateMismatchError, UnsupportedStateError: as ``load_merged``.
+        StateMismatchError: the merge changes a tensor's shape and the base's ``config.json`` would come along
+            (pass ``files``); as ``load_merged``.
+        RecordError, UnsupportedStateError: as ``load_merged``.
 
     Example:
         >>> snap = merge(store, "chat-lora", branch="chat-merged", model="tiny-llama-chat-merged")  # doctest: +SKIP
@@ -294,11 +315,26 @@ def merge(
     base = store.get(base_of(snap))
     _require_new_branch(store, branch, hint="merge onto a new branch")
     state = load_merged(store, snap.id)
-    files = {
-        name: data
-        for name, data in store.files(base.id).items()
-        if not name.startswith(_RESERVED_PREFIX) and not name.endswith(_INDEX_SUFFIX)
-    }
+    if files is None:
+        files = {
+            name: data
+            for name, data in store.files(base.id).items()
+            if not name.startswith(_RESERVED_PREFIX) and not name.endswith(_INDEX_SUFFIX)
+        }
+        entries, _ = _model_entries(store.table(_root(store, base).id))
+        weights = _model_mapping(state, "the merged state")
+        reshaped = [
+            f"{name} {list(entries[name][1])} → {list(t.shape)}"
+            for name, t in weights.items()
+            if name in entries and tuple(t.shape) != entries[name][1]
+        ]
+        if reshaped and "config.json" in files:
+            raise StateMismatchError(
+                f"merging adapter {snap.short_id} changes {', '.join(reshaped[:3])}: the base's config.json "
+                "does not describe the merged model",
+                hint="pass files={'config.json': resized_model.config.to_json_string().encode(), …} (with the "
+                "tokenizer files that go with the new vocabulary)",
+            )
     return store.save(
         state,
         branch,
@@ -330,8 +366,9 @@ def import_peft_folder(
 
     The folder is imported as ``ckpt.hf.import_folder`` does (its files attached as they are, so
     ``export_peft_folder`` gives them back byte-identical), with the relation, parents and base of
-    ``save_adapter`` and the config copied into ``metadata["adapter_config"]``. A LoRA adapter's targets are
-    checked against the base's tensor table before anything is written.
+    ``save_adapter`` and the config copied into ``metadata["adapter_config"]``. A LoRA adapter's config is
+    checked, and its LoRA pairs and whole tensors against the base's tensor table, before anything is written,
+    whatever else the folder holds (``modules_to_save``, DoRA …: stored, and merged if ckpt can).
 
     Args:
         store: the store.
@@ -347,16 +384,19 @@ def import_peft_folder(
         The adapter snapshot.
 
     Raises:
-        RecordError: no such folder, no ``adapter_config.json`` or ``adapter_model.safetensors`` in it.
+        RecordError: no such folder, no ``adapter_config.json`` or ``adapter_model.safetensors`` in it; a
+            malformed config or safetensors header.
         UnsupportedStateError: the adapter weights are a pickle (``adapter_model.bin``).
-        StateMismatchError: a LoRA target the base lacks, or whose shape does not fit.
+        StateMismatchError: a LoRA target the base lacks, or whose shape or rank does not fit; a whole tensor
+            the base lacks.
         RefExistsError: ``branch`` exists and its head is not an adapter of this base.
 
     Example:
         >>> peft_model.save_pretrained("out/chat-lora")  # doctest: +SKIP
         >>> snap = import_peft_folder(store, "out/chat-lora", "chat", branch="chat-lora")  # doctest: +SKIP
     """
-    from ckpt.hf import import_folder
+    from ckpt.folders import read_file
+    from ckpt.hf import MAX_SIDE_FILE_SIZE, import_folder, plan_import
     from ckpt.safetensors_file import read_header
 
     src = Path(path)
@@ -368,14 +408,19 @@ def import_peft_folder(
     weights_path = src / ADAPTER_WEIGHTS_FILE
     if not weights_path.is_file() and not (src / "adapter_model.bin").is_file():
         raise RecordError(f"{src} has no {ADAPTER_WEIGHTS_FILE}")
-    cfg = _config_dict(_parse_json(config_path.read_bytes(), str(config_path)))
+    plan = plan_import(src)  # before reading anything: links leaving the folder, pickles, odd files are refused
+    config_file = next((f for f in plan.files if f.path == ADAPTER_CONFIG_FILE), None)
+    if config_file is None:
+        raise RecordError(f"{src} has no {ADAPTER_CONFIG_FILE}", hint="a PEFT adapter folder has one beside its weights")
+    config_bytes = read_file(config_file, limit=MAX_SIDE_FILE_SIZE)
+    cfg = _config_dict(_parse_json(config_bytes, str(config_path)))
     base = store.resolve(base_rev)
-    if weights_path.is_file() and _is_lora(cfg):
+    if weights_path.is_file() and lora.is_lora(cfg):
+        # every tensor is stored as it is; the LoRA pairs and whole tensors are checked against the base
+        # (tensors ckpt does not merge, such as DoRA magnitudes, are stored and only merging them is refused)
         _, header = read_header(weights_path)
         shapes = {k: tuple(int(d) for d in v["shape"]) for k, v in header.items() if k != "__metadata__"}
-        with contextlib.suppress(UnsupportedStateError):  # stored as it is; only merging it is refused
-            entries = _model_entries(store.table(_root(store, base).id))
-            _check_fits(shapes, cfg, entries, adapter=str(src), base=base)
+        _plan(store, base, shapes, cfg, adapter=str(src))
     meta = _with_config(metadata, cfg)
     parents, relation, default_model = _adapter_line(store, base, branch, cfg)
     return import_folder(
@@ -429,18 +474,7 @@ def export_peft_folder(
 
     snap = store.resolve(rev)
     base_of(snap)
-    dest = Path(path)
-    written = export_folder(store, snap.id, dest, shard_size=_ONE_FILE, force=force, progress=progress)
-    weights = dest / ADAPTER_WEIGHTS_FILE
-    plain = dest / "model.safetensors"
-    if weights not in written and plain in written:
-        os.replace(plain, weights)
-        written = [weights if p == plain else p for p in written]
-    if dest / ADAPTER_CONFIG_FILE not in written:
-        target = dest / ADAPTER_CONFIG_FILE
-        target.write_bytes(_config_bytes(adapter_config(store, snap.id)))
-        written.append(target)
-    return written
+    return list(export_folder(store, snap.id, path, force=force, progress=progress).written)
 
 
 # -- the adapter's line ------------------------------------------------------------------------------
@@ -505,22 +539,86 @@ def base_of(snap: Snapshot) -> str:
 # -- configs -----------------------------------------------------------------------------------------
 
 
-def _config_dict(config: Any) -> dict[str, JsonValue]:
-    """The JSON of a PEFT config, as ``adapter_config.json`` holds it (sets become sorted lists)."""
+def _config_dict(config: Any, *, checked: bool = True) -> dict[str, JsonValue]:
+    """The JSON of a PEFT config, as ``adapter_config.json`` holds it (sets become sorted lists).
+
+    A LoRA config is checked as ``ckpt.lora.lora_settings`` checks it (unless ``checked=False``: a stored
+    config is checked where it is used).
+
+    Raises:
+        RecordError: not a mapping, a value JSON cannot hold, or a malformed LoRA config.
+    """
     raw = config.to_dict() if callable(getattr(config, "to_dict", None)) else config
     if not isinstance(raw, Mapping):
         raise RecordError(
             f"an adapter config must be a PEFT config or a mapping, got {type(config).__name__}",
             hint="pass peft_model.peft_config['default'] or the dict of adapter_config.json",
         )
-    out = {str(k): _json_value(v, str(k)) for k, v in raw.items()}
+    try:
+        out = {str(k): _json_value(v, str(k)) for k, v in raw.items()}
+    except RecursionError:
+        raise RecordError("the adapter config is nested too deeply") from None
     out.setdefault("peft_type", "LORA")
-    if _is_lora(out):
-        for key in ("r", "lora_alpha"):
-            value = out.get(key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise RecordError(f"a LoRA config needs a positive {key!r}, got {value!r}")
+    if not isinstance(out["peft_type"], str):
+        raise RecordError(f"adapter config field 'peft_type' must be a string, got {out['peft_type']!r}")
+    if checked and lora.is_lora(out):
+        _settings(out, "the adapter config")
     return out
+
+
+def _settings(cfg: Mapping[str, JsonValue], what: str) -> lora.LoraSettings:
+    try:
+        return lora.lora_settings(cfg)
+    except RecordError as e:
+        raise RecordError(f"{what}: {e}", hint=e.hint) from e
+
+
+def _plan(
+    store: Store, base: Snapshot, shapes: Mapping[str, tuple[int, ...]], cfg: Mapping[str, JsonValue], *, adapter: str
+) -> lora.Plan:
+    """What the adapter's tensors do to its base, checked against the base's table (no tensor byte is read).
+
+    A target matrix whose bytes are also another model tensor's, not recorded as tied to it, is refused: it is a
+    tie that an older table did not record (a merge would change one of the two and leave the other), or a copy.
+    """
+    table = store.table(_root(store, base).id)
+    entries, ties = _model_entries(table)
+    label = f"{base.short_id} ({base.model or 'unnamed'})"
+    found = lora.plan(shapes, _settings(cfg, adapter), entries, ties, adapter=adapter, base=label)
+    paths = _model_paths(table)
+    tied = {name: set(group) for group in ties for name in group}
+    owners: dict[tuple[str, ...], list[str]] = {}
+    for name, path in paths.items():
+        chunks = table.tensors[path].chunks
+        if chunks:
+            owners.setdefault(chunks, []).append(name)
+    for target in [*(p.target for p in found.pairs), *found.whole]:
+        if len(entries[target][1]) < 2:
+            continue  # vectors (biases, norms) are often equal by initialisation (zeros, ones); matrices are not
+        others = [n for n in owners.get(table.tensors[paths[target]].chunks, []) if n not in tied.get(target, {target})]
+        if others:
+            raise StateMismatchError(
+                f"{adapter} changes {target!r}, whose bytes base {label} also holds as {others[0]!r} without "
+                "recording them as tied: merging would change one and leave the other",
+                hint="if they are tied weights, save the base again from the model (store.save({'model': "
+                "model.state_dict()})) so that ckpt records the tie; if they are copies, make them differ",
+            )
+    return found
+
+
+def _model_paths(table: TensorTable) -> dict[str, str]:
+    """Model tensor name → table path."""
+    tree = table.tree
+    pairs: list[Any] = tree.get("$dict", []) if isinstance(tree, dict) else []
+    for key, value in pairs:
+        if key == "model" and isinstance(value, dict) and "$dict" in value:
+            pairs = value["$dict"]
+            break
+    return {
+        str(key): str(value["$tensor"])
+        for key, value in pairs
+        if isinstance(value, dict) and set(value) == {"$tensor"} and str(value["$tensor"]) in table.tensors
+    }
 
 
 def _json_value(value: Any, where: str) -> JsonValue:
@@ -555,6 +653,8 @@ def _parse_json(data: bytes, what: str) -> Any:
         return json.loads(data)
     except ValueError as e:
         raise RecordError(f"{what} is not valid JSON: {e}") from e
+    except RecursionError:
+        raise RecordError(f"{what} is nested too deeply") from None
 
 
 def _with_config(metadata: Mapping[str, JsonValue] | None, cfg: dict[str, JsonValue]) -> dict[str, JsonValue]:
@@ -565,72 +665,65 @@ def _with_config(metadata: Mapping[str, JsonValue] | None, cfg: dict[str, JsonVa
     return meta
 
 
-def _is_lora(cfg: Mapping[str, JsonValue]) -> bool:
-    return str(cfg.get("peft_type", "LORA")).upper() == "LORA"
-
-
 # -- adapter tensors ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Pair:
-    """One adapted module: its LoRA A and B tensors and the base weight they change."""
-
-    module: str  # the module's name in the base model, e.g. ``model.layers.0.self_attn.q_proj``
-    a: str  # adapter tensor names
-    b: str
-    embedding: bool
-
-    @property
-    def target(self) -> str:
-        return f"{self.module}.weight"
-
-
-def _normal_name(key: str) -> tuple[str, str | None] | None:
-    """The PEFT file name of an adapter tensor and the adapter name it carried, or ``None`` for a base weight.
-
-    Raises:
-        UnsupportedStateError: an adapter tensor of a kind not handled here.
-    """
-    for pattern, fmt in ((_LINEAR_KEY, "{module}.{part}.weight"), (_EMBEDDING_KEY, "{module}.{part}")):
-        m = pattern.match(key)
-        if m:
-            return fmt.format(module=m["module"], part=m["part"]), m["adapter"]
-    if ".base_layer." in key or not any(mark in key for mark in _UNSUPPORTED_MARKS):
+def _adapter_name(key: str) -> str | None:
+    """The adapter name a tensor of ``peft_model.state_dict()`` carries (``lora_A.default.weight``), if any."""
+    m = _NAMED_KEY.search(key)
+    if m is None or (m["adapter"] in ("weight", "bias") and m["tail"] is None):
         return None
-    raise UnsupportedStateError(
-        f"cannot save the adapter tensor {key!r} from a state dict: only LoRA A/B tensors are handled here",
-        hint="save the adapter with peft_model.save_pretrained(folder) and import it with import_peft_folder",
-    )
+    return m["adapter"]
 
 
 def _adapter_tensors(adapter_state: Mapping[str, Any]) -> dict[str, Any]:
-    """The adapter tensors of a state dict, by the names PEFT writes to ``adapter_model.safetensors``."""
+    """Every tensor of an adapter state dict, by the name PEFT writes to ``adapter_model.safetensors``.
+
+    ``get_peft_model_state_dict(peft_model)`` is taken as it is: every tensor in it is the adapter's (LoRA
+    pairs, ``modules_to_save`` heads, embeddings saved with ``save_embedding_layers`` …), so every one is stored.
+    A dict whose tensors carry an adapter name (``….lora_A.default.weight``, as ``peft_model.state_dict()``
+    has them) is accepted when it holds LoRA A/B tensors only (the name is taken out); next to base weights or
+    other PEFT tensors it is refused, since which of its tensors are the adapter's cannot be told by names.
+
+    Raises:
+        StateMismatchError: not a mapping of tensors; no LoRA tensor; several adapters; two tensors with one name.
+        UnsupportedStateError: a state dict with adapter names and other tensors (names one).
+    """
     if not isinstance(adapter_state, Mapping):
         raise StateMismatchError(f"adapter_state must be a mapping of tensors, got {type(adapter_state).__name__}")
     inner = adapter_state.get("model")
     if len(adapter_state) == 1 and isinstance(inner, Mapping):
         adapter_state = inner
-    out: dict[str, Any] = {}
-    adapter_names: set[str] = set()
     for key, value in adapter_state.items():
         if not isinstance(key, str) or not is_array(value):
             raise StateMismatchError(f"adapter_state must map names to tensors; {key!r} holds {type(value).__name__}")
-        found = _normal_name(key)
-        if found is None:
-            continue
-        name, adapter_name = found
-        if adapter_name is not None:
-            adapter_names.add(adapter_name)
-        if name in out:
-            raise StateMismatchError(f"two adapter tensors would both be saved as {name!r}")
-        out[name] = value
+    names = {key: _adapter_name(key) for key in adapter_state}
+    adapter_names = {n for n in names.values() if n is not None}
     if len(adapter_names) > 1:
         raise StateMismatchError(
             f"adapter_state holds several adapters ({', '.join(sorted(adapter_names))})",
             hint="pass get_peft_model_state_dict(peft_model, adapter_name=...) for one of them",
         )
-    if not out:
+    out: dict[str, Any] = {}
+    for key, value in adapter_state.items():
+        name = key
+        if adapter_names:
+            m = _LINEAR_KEY.match(key) or _EMBEDDING_KEY.match(key)
+            if m is None:
+                raise UnsupportedStateError(
+                    f"adapter_state mixes {key!r} with tensors named after adapter "
+                    f"{next(iter(adapter_names))!r} (as peft_model.state_dict() has them): ckpt stores every tensor "
+                    "it is given, and cannot tell by names which of these are the adapter's",
+                    hint="pass get_peft_model_state_dict(peft_model) (with save_embedding_layers=True if the "
+                    "embeddings were resized); or save the folder with peft_model.save_pretrained(folder) and use "
+                    "import_peft_folder",
+                )
+            suffix = ".weight" if m.re is _LINEAR_KEY else ""
+            name = f"{m['module']}.{m['part']}{suffix}"
+        if name in out:
+            raise StateMismatchError(f"two adapter tensors would both be saved as {name!r}")
+        out[name] = value
+    if not any(_LINEAR_KEY.match(k) or _EMBEDDING_KEY.match(k) for k in out):
         raise StateMismatchError(
             "adapter_state holds no LoRA tensor (names like '….lora_A.weight')",
             hint="pass get_peft_model_state_dict(peft_model)",
@@ -638,110 +731,16 @@ def _adapter_tensors(adapter_state: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _pairs(shapes: Mapping[str, tuple[int, ...]]) -> list[_Pair]:
-    """The adapted modules of an adapter, from its tensor names (in PEFT's file form) and shapes.
-
-    Raises:
-        UnsupportedStateError: a tensor that is not a LoRA A/B tensor of a linear or embedding layer.
-        StateMismatchError: an A without its B (or the reverse), or A and B of different ranks.
-    """
-    halves: dict[tuple[str, bool], dict[str, str]] = {}
-    for key in shapes:
-        m = _LINEAR_KEY.match(key) or _EMBEDDING_KEY.match(key)
-        if m is None or m["adapter"] is not None:
-            raise UnsupportedStateError(
-                f"cannot merge the adapter tensor {key!r}: only LoRA on linear and embedding layers is merged",
-                hint="load the adapter with peft (export_peft_folder) and merge it there",
-            )
-        part = str(m["part"])
-        halves.setdefault((str(m["module"]), "embedding" in part), {})[part[-1]] = key
-    pairs: list[_Pair] = []
-    for (module, embedding), ab in halves.items():
-        if set(ab) != {"A", "B"}:
-            have = next(iter(ab.values()))
-            raise StateMismatchError(f"the adapter has {have!r} but not its {'B' if 'A' in ab else 'A'} half")
-        a, b = shapes[ab["A"]], shapes[ab["B"]]
-        if len(a) != 2 or len(b) != 2:
-            raise UnsupportedStateError(
-                f"cannot merge the LoRA of {module!r}: its tensors are {len(a)}-d (only linear and embedding layers)"
-            )
-        if a[0] != b[1]:
-            raise StateMismatchError(f"LoRA of {module!r}: A is {list(a)} and B is {list(b)}; their ranks differ")
-        name = module.removeprefix(_PEFT_PREFIX)
-        pairs.append(_Pair(module=name, a=ab["A"], b=ab["B"], embedding=embedding))
-    return pairs
-
-
-def _delta_shape(pair: _Pair, a: tuple[int, ...], b: tuple[int, ...], cfg: Mapping[str, JsonValue]) -> tuple[int, int]:
-    if pair.embedding or cfg.get("fan_in_fan_out") is True:
-        return a[1], b[0]
-    return b[0], a[1]
-
-
-def _check_fits(
-    shapes: Mapping[str, tuple[int, ...]],
-    cfg: Mapping[str, JsonValue],
-    entries: Mapping[str, tuple[str, tuple[int, ...]]],
-    *,
-    adapter: str,
-    base: Snapshot,
-) -> list[_Pair]:
-    """The adapted modules, once every target is known to exist in the base with the shape of its delta.
-
-    Raises:
-        RecordError: not a LoRA config.
-        UnsupportedStateError: DoRA, tensors that are not LoRA A/B, a target that is not a float matrix.
-        StateMismatchError: a missing target, or shapes that do not fit.
-    """
-    if not _is_lora(cfg):
-        raise RecordError(
-            f"{adapter} is a {cfg.get('peft_type')} adapter; only LoRA adapters are merged",
-            hint="load it with peft (export_peft_folder)",
-        )
-    if cfg.get("use_dora") is True:
-        raise UnsupportedStateError(f"{adapter} is a DoRA adapter; merging DoRA is not supported")
-    pairs = _pairs(shapes)
-    missing = [p.target for p in pairs if p.target not in entries]
-    if missing:
-        shown = ", ".join(repr(m) for m in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise StateMismatchError(
-            f"{adapter} targets {shown}, which base {base.short_id} ({base.model or 'unnamed'}) does not have",
-            hint="is this the adapter's base? LoRA names map 'base_model.model.<name>.lora_A…' to '<name>.weight'",
-        )
-    for pair in pairs:
-        dtype, shape = entries[pair.target]
-        if dtype not in ("F16", "BF16", "F32", "F64"):
-            raise UnsupportedStateError(
-                f"cannot merge into {pair.target!r} of base {base.short_id}: its dtype {dtype} is not a float type"
-            )
-        delta = _delta_shape(pair, shapes[pair.a], shapes[pair.b], cfg)
-        if tuple(shape) != delta:
-            raise StateMismatchError(
-                f"{adapter}: the LoRA delta of {pair.module!r} is {list(delta)}, but the base weight "
-                f"{pair.target!r} of {base.short_id} is {list(shape)}",
-                hint="is this the adapter's base? (or check fan_in_fan_out in the adapter config)",
-            )
-    return pairs
-
-
-def _model_entries(table: TensorTable) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """Model tensor name → (dtype, shape) from a tensor table, without reading tensors.
+def _model_entries(table: TensorTable) -> tuple[dict[str, tuple[str, tuple[int, ...]]], list[list[str]]]:
+    """Model tensor name → (dtype, shape) from a tensor table, without reading tensors, and the tied groups.
 
     The model tensors are those directly under the state's ``"model"`` mapping, or under the root mapping.
     """
-    tree = table.tree
-    pairs: list[Any] = tree.get("$dict", []) if isinstance(tree, dict) else []
-    for key, value in pairs:
-        if key == "model" and isinstance(value, dict) and "$dict" in value:
-            pairs = value["$dict"]
-            break
-    out: dict[str, tuple[str, tuple[int, ...]]] = {}
-    for key, value in pairs:
-        if isinstance(value, dict) and set(value) == {"$tensor"}:
-            entry = table.tensors.get(str(value["$tensor"]))
-            if entry is not None:
-                out[str(key)] = (entry.dtype, tuple(entry.shape))
-    return out
+    paths = _model_paths(table)
+    out = {name: (table.tensors[path].dtype, tuple(table.tensors[path].shape)) for name, path in paths.items()}
+    names = {path: name for name, path in paths.items()}
+    ties = [[names[p] for p in group if p in names] for group in table.tied]
+    return out, [group for group in ties if len(group) > 1]
 
 
 def _model_mapping(state: Any, what: str) -> MutableMapping[str, Any]:
@@ -750,33 +749,3 @@ def _model_mapping(state: Any, what: str) -> MutableMapping[str, Any]:
         inner = state.get("model")
         return inner if isinstance(inner, dict) else state
     raise StateMismatchError(f"{what} is a {type(state).__name__}, not a mapping of weights")
-
-
-def _is_numpy(value: Any) -> bool:
-    return type(value).__module__ == "numpy"
-
-
-def _alpha(module: str, cfg: Mapping[str, JsonValue]) -> float:
-    """``lora_alpha`` of a module, with ``alpha_pattern`` matched as PEFT matches it."""
-    patterns = cfg.get("alpha_pattern")
-    if isinstance(patterns, dict):
-        for key, value in patterns.items():
-            if re.match(rf"(.*\.)?({key})$", module) and isinstance(value, (int, float)):
-                return float(value)
-    return float(cast(float, cfg["lora_alpha"]))
-
-
-def _merged_weight(weight: Any, a: Any, b: Any, pair: _Pair, cfg: Mapping[str, JsonValue]) -> Any:
-    """``W + scale · B @ A`` (transposed where PEFT transposes), computed in float32 and cast back."""
-    import torch
-
-    w = torch.from_numpy(weight) if _is_numpy(weight) else weight
-    compute = torch.promote_types(w.dtype, torch.float32)
-    delta = b.to(compute) @ a.to(compute)
-    if pair.embedding or cfg.get("fan_in_fan_out") is True:
-        delta = delta.T
-    r = a.shape[0]
-    alpha = _alpha(pair.module, cfg)
-    scale = alpha / math.sqrt(r) if cfg.get("use_rslora") is True else alpha / r
-    delta = delta * scale
-    return (w.to(compute) + delta).to(w.dtype)

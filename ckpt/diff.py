@@ -36,7 +36,7 @@ from ckpt.state import tensor_paths
 
 if TYPE_CHECKING:
     from ckpt.model import Snapshot
-    from ckpt.store import Store
+    from ckpt.store import LazyTensors, Store
 
 __all__ = [
     "FLOAT_DTYPES",
@@ -291,10 +291,13 @@ def _why_no_norm(ea: TensorEntry, eb: TensorEntry, sa: Snapshot, sb: Snapshot) -
     return None
 
 
-def _relative_change(store: Store, sa: Snapshot, sb: Snapshot, name: str, ea: TensorEntry, eb: TensorEntry) -> float:
-    """``‖B − A‖ / ‖A‖``, accumulated in float64 over blocks of elements; ``inf`` when ‖A‖ = 0 < ‖B − A‖."""
-    a = _Elements(store.tensor_bytes(sa.id, name), ea.dtype)
-    b = _Elements(store.tensor_bytes(sb.id, name), eb.dtype)
+def _relative_change(la: LazyTensors, lb: LazyTensors, name: str, ea: TensorEntry, eb: TensorEntry) -> float:
+    """``‖B − A‖ / ‖A‖``, accumulated in float64 over blocks of elements; ``inf`` when ‖A‖ = 0 < ‖B − A‖.
+
+    Chunks are read through the two snapshots' already-read tables, so the work is linear in tensors.
+    """
+    a = _Elements((la.chunk_bytes(name, i) for i in range(len(ea.chunks))), ea.dtype)
+    b = _Elements((lb.chunk_bytes(name, i) for i in range(len(eb.chunks))), eb.dtype)
     num = den = 0.0
     left = ea.numel
     while left:
@@ -373,8 +376,9 @@ def diff(store: Store, a: str, b: str, *, norms: bool = True) -> SnapshotDiff:
             )
 
     if todo:
+        la, lb = store.tensors(sa.id), store.tensors(sb.id)
         with ThreadPoolExecutor(settings.threads(), thread_name_prefix="ckpt-diff") as pool:
-            futures = [(i, pool.submit(_relative_change, store, sa, sb, n, ea, eb)) for i, n, ea, eb in todo]
+            futures = [(i, pool.submit(_relative_change, la, lb, n, ea, eb)) for i, n, ea, eb in todo]
             for i, fut in futures:
                 value = fut.result()
                 if math.isfinite(value):

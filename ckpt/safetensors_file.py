@@ -22,6 +22,7 @@ byte for byte.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import os
@@ -32,12 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ckpt.errors import RecordError, StateMismatchError, UnsupportedStateError
+from ckpt.errors import CkptError, RecordError, StateMismatchError, UnsupportedStateError
+from ckpt.folders import os_error
 from ckpt.model.table import DTYPE_SIZES
 from ckpt.state.arrays import TensorSource
 
 __all__ = [
     "MAX_HEADER_SIZE",
+    "SAFETENSORS_DTYPES",
     "TensorBytes",
     "TensorInfo",
     "build_header",
@@ -76,6 +79,10 @@ _DTYPE_ORDER = (
     "C128",
 )
 _DTYPE_RANK = {name: i for i, name in enumerate(_DTYPE_ORDER)}
+
+#: The dtypes ckpt stores that the safetensors format has (so its readers accept them): every stored dtype
+#: but ``C128``. A file is never written with another.
+SAFETENSORS_DTYPES = frozenset(d for d in _DTYPE_ORDER if d != "C128")
 
 Bytes = bytes | bytearray | memoryview
 #: One tensor to write: name, dtype name, shape, and its raw bytes (C order, little-endian) in pieces.
@@ -129,6 +136,17 @@ def parse_header(
         ('w', (2,), 8)
     """
     try:
+        return _parse_header(header_bytes, data_size, what)
+    except RecordError as e:
+        if e.hint is not None:
+            raise
+        raise RecordError(
+            str(e), hint="the file is damaged or was not written by a safetensors writer: download or copy it again"
+        ) from e
+
+
+def _parse_header(header_bytes: bytes, data_size: int | None, what: str) -> tuple[dict[str, Any], list[TensorInfo]]:
+    try:
         text = header_bytes.decode("utf-8")
     except UnicodeDecodeError as e:
         raise RecordError(f"{what} is not valid UTF-8: {e}") from e
@@ -146,34 +164,44 @@ def parse_header(
         not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values())
     ):
         raise RecordError(f"{what}: __metadata__ must map strings to strings")
+    try:  # JSON escapes can spell lone surrogates, which no UTF-8 file, record or name can hold
+        for key, value in header.items():
+            key.encode("utf-8")
+            if key == "__metadata__":
+                for k, v in value.items():
+                    k.encode("utf-8"), v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RecordError(
+            f"{what}: a tensor name or metadata string is not valid Unicode (a lone surrogate escape)"
+        ) from None
 
     infos: list[TensorInfo] = []
     for name, entry in header.items():
         if name == "__metadata__":
             continue
         if not isinstance(entry, dict):
-            raise RecordError(f"{what}: the entry of tensor {name!r} is not a JSON object")
+            raise RecordError(f"{what}: the entry of tensor {_q(name)} is not a JSON object")
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
         if not isinstance(dtype, str):
-            raise RecordError(f"{what}: tensor {name!r} has no dtype string")
+            raise RecordError(f"{what}: tensor {_q(name)} has no dtype string")
         if dtype not in DTYPE_SIZES:
             raise UnsupportedStateError(
-                f"{what}: tensor {name!r} has dtype {dtype}, which ckpt does not store",
+                f"{what}: tensor {_q(name)} has dtype {dtype}, which ckpt does not store",
                 hint=f"ckpt stores {', '.join(sorted(DTYPE_SIZES))}",
             )
         if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-            raise RecordError(f"{what}: tensor {name!r} has an invalid shape {shape!r}")
+            raise RecordError(f"{what}: tensor {_q(name)} has an invalid shape {_q(shape)}")
         if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
-            raise RecordError(f"{what}: tensor {name!r} has invalid data_offsets {offsets!r}")
+            raise RecordError(f"{what}: tensor {_q(name)} has invalid data_offsets {_q(offsets)}")
         begin, end = offsets
         if end < begin:
-            raise RecordError(f"{what}: tensor {name!r} ends (at {end}) before it begins (at {begin})")
+            raise RecordError(f"{what}: tensor {_q(name)} ends (at {end}) before it begins (at {begin})")
         numel = 1
         for d in shape:
             numel *= d
         if numel * DTYPE_SIZES[dtype] != end - begin:
             raise RecordError(
-                f"{what}: tensor {name!r} ({dtype} {shape}) needs {numel * DTYPE_SIZES[dtype]} bytes, "
+                f"{what}: tensor {_q(name)} ({dtype} {shape}) needs {numel * DTYPE_SIZES[dtype]} bytes, "
                 f"but its data_offsets span {end - begin}"
             )
         infos.append(TensorInfo(name, dtype, tuple(shape), begin, end))
@@ -183,7 +211,7 @@ def parse_header(
     for info in infos:
         if info.begin != position:
             problem = "overlaps the tensor before it" if info.begin < position else "leaves a gap before it"
-            raise RecordError(f"{what}: tensor {info.name!r} at offset {info.begin} {problem} (expected {position})")
+            raise RecordError(f"{what}: tensor {_q(info.name)} at offset {info.begin} {problem} (expected {position})")
         position = info.end
     if data_size is not None and position != data_size:
         problem = "is truncated" if position > data_size else f"has {data_size - position} trailing bytes"
@@ -194,12 +222,20 @@ def parse_header(
     return header, infos
 
 
+def _q(value: Any) -> str:
+    """``repr(value)``, cut to 80 characters (names in hostile headers can be megabytes long)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
+    out = dict(pairs)  # fast; only when a key was repeated, find which
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r}")
+            seen.add(key)
     return out
 
 
@@ -207,14 +243,57 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+#: The first line of a Git LFS pointer file (what a clone without ``git lfs`` leaves instead of the weights).
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def _not_safetensors(head: bytes, size: int, what: str) -> RecordError | None:
+    """A clear error when the first bytes show the file is something else than safetensors.
+
+    Called only once the first 8 bytes failed as a header length, so a real header is never misjudged.
+    """
+    if head.startswith(_LFS_POINTER):
+        return RecordError(
+            f"{what} is a Git LFS pointer ({size} bytes), not the weights it stands for",
+            hint="fetch the real file: run `git lfs pull` in the repository (or download the file again)",
+        )
+    if head.startswith(b"PK\x03\x04"):
+        return RecordError(
+            f"{what} is a zip archive (as torch.save writes), not a safetensors file",
+            hint="convert it to safetensors in an environment you trust; ckpt never loads pickles",
+        )
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return RecordError(
+            f"{what} is a Python pickle, not a safetensors file",
+            hint="convert it to safetensors in an environment you trust; ckpt never loads pickles",
+        )
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head[:8]):
+        return RecordError(
+            f"{what} is a text file ({head[:24].decode('ascii', 'replace')!r}…), not a safetensors file",
+            hint="a failed download saves an error page: download the file again",
+        )
+    return None
+
+
 def _read_prefix(f: BinaryIO, size: int, what: str) -> bytes:
-    if size < 8:
-        raise RecordError(f"{what} is not a safetensors file: it is only {size} bytes long")
-    (n,) = struct.unpack("<Q", f.read(8))
+    head = f.read(64)
+    if size < 8 or len(head) < 8:
+        raise _not_safetensors(head, size, what) or RecordError(
+            f"{what} is not a safetensors file: it is only {max(size, len(head))} bytes long"
+        )
+    (n,) = struct.unpack("<Q", head[:8])
+    if 8 + n > size:  # first whether it fits, then whether it is too big: a wrong file is named as such
+        raise _not_safetensors(head, size, what) or RecordError(
+            f"{what} is not a valid safetensors file: its first 8 bytes give a header of {n} bytes, which does "
+            f"not fit in the {size}-byte file",
+            hint="the file is truncated or is not safetensors: download or copy it again",
+        )
     if n > MAX_HEADER_SIZE:
-        raise RecordError(f"{what}: header length {n} is over the {MAX_HEADER_SIZE}-byte limit")
-    if 8 + n > size:
-        raise RecordError(f"{what}: header length {n} runs past the end of the {size}-byte file")
+        raise RecordError(
+            f"{what}: header length {n} is over the {MAX_HEADER_SIZE}-byte limit safetensors readers apply",
+            hint="safetensors itself cannot load this file either",
+        )
+    f.seek(8)
     header_bytes = f.read(n)
     if len(header_bytes) != n:
         raise RecordError(f"{what}: the file changed while it was read")
@@ -279,30 +358,45 @@ def open_tensors(path: str | os.PathLike[str]) -> dict[str, TensorSource]:
     return sources
 
 
-def open_mapped(path: str | os.PathLike[str]) -> tuple[bytes, dict[str, TensorSource]]:
+def open_mapped(
+    path: str | os.PathLike[str] | BinaryIO, *, what: str | None = None
+) -> tuple[bytes, dict[str, TensorSource]]:
     """The exact header bytes and the memory-mapped tensors of a safetensors file, from one read of the header.
 
     Args:
-        path: the ``.safetensors`` file.
+        path: the ``.safetensors`` file, or a file already open for reading in binary mode (e.g. from
+            ``ckpt.folders.open_file``, which opens without following links); it is not closed.
+        what: how to name the file in error messages; default: its path.
 
     Returns:
         ``(header_bytes, sources)``: as ``read_header``'s first value and ``open_tensors``' result.
 
     Raises:
-        RecordError: the file cannot be read, or it is not a valid safetensors file.
+        RecordError: the file cannot be read, or it is not a valid safetensors file (a Git LFS pointer, a
+            pickle, a truncated file … is named as such).
         UnsupportedStateError: a tensor has a dtype ckpt does not store.
     """
-    path = Path(path)
-    what = str(path)
+    if isinstance(path, (str, os.PathLike)):
+        name = what or os.fspath(path)
+        try:
+            with open(path, "rb") as f:
+                return _map(f, name)
+        except OSError as e:
+            raise RecordError(f"cannot read {name}: {e.strerror or e}") from e
+    return _map(path, what or str(getattr(path, "name", "safetensors file")))
+
+
+def _map(f: BinaryIO, what: str) -> tuple[bytes, dict[str, TensorSource]]:
     try:
-        with path.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            header_bytes = _read_prefix(f, size, what)
-            _, infos = parse_header(header_bytes, data_size=size - 8 - len(header_bytes), what=what)
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    except OSError as e:
-        raise RecordError(f"cannot read {what}: {e}") from e
-    if len(mm) != size:
+        size = os.fstat(f.fileno()).st_size
+        header_bytes = _read_prefix(f, size, what)
+        _, infos = parse_header(header_bytes, data_size=size - 8 - len(header_bytes), what=what)
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+    except CkptError:
+        raise
+    except (OSError, ValueError) as e:
+        raise RecordError(f"cannot read {what}: {getattr(e, 'strerror', None) or e}") from e
+    if mm is None or len(mm) != size:
         raise RecordError(f"{what} changed while it was read")
     base = 8 + len(header_bytes)
     view = memoryview(mm)
@@ -342,8 +436,8 @@ def build_header(
         if name in seen:
             raise RecordError(f"tensor {name!r} is given twice")
         seen.add(name)
-        if dtype not in DTYPE_SIZES:
-            raise RecordError(f"tensor {name!r}: unknown dtype {dtype!r}")
+        if dtype not in SAFETENSORS_DTYPES:
+            raise _no_such_dtype(name, dtype)
         dims = tuple(shape)
         if not all(_is_count(d) for d in dims):
             raise RecordError(f"tensor {name!r}: invalid shape {shape!r}")
@@ -369,7 +463,29 @@ def build_header(
         raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError as e:
         raise RecordError(f"a tensor name or metadata string is not valid Unicode: {e}") from e
-    return raw + b" " * (-len(raw) % 8), infos
+    header_bytes = raw + b" " * (-len(raw) % 8)
+    _check_size(len(header_bytes))
+    return header_bytes, infos
+
+
+def _no_such_dtype(name: str, dtype: Any) -> RecordError:
+    if dtype in DTYPE_SIZES:
+        return RecordError(
+            f"tensor {name!r} is {dtype}, which the safetensors format does not have; its readers would refuse "
+            "the file",
+            hint="load the snapshot with store.load() instead, or store complex128 as float64 pairs "
+            "(torch.view_as_real)",
+        )
+    return RecordError(f"tensor {name!r}: unknown dtype {dtype!r}")
+
+
+def _check_size(n: int) -> None:
+    if n > MAX_HEADER_SIZE:
+        raise RecordError(
+            f"the safetensors header would be {n} bytes, over the {MAX_HEADER_SIZE}-byte limit its readers apply",
+            hint="too many tensors (or too long names) for one file: cut the export into more files with a smaller "
+            "shard size",
+        )
 
 
 def write_file(
@@ -377,6 +493,8 @@ def write_file(
     tensors: Iterable[TensorBytes],
     metadata: Mapping[str, str] | None = None,
     header_bytes: bytes | None = None,
+    *,
+    infos: Sequence[TensorInfo] | None = None,
 ) -> Path:
     """Write a safetensors file, streaming each tensor's bytes piece by piece (never the whole file in memory).
 
@@ -392,6 +510,8 @@ def write_file(
         header_bytes: an original header (as ``read_header`` returns it) to write verbatim instead of building
             one; ``tensors`` must then be exactly the tensors it names, with the same dtypes and shapes, and
             their data goes at the header's offsets. ``metadata`` must be ``None``.
+        infos: the entries of ``header_bytes`` as ``parse_header`` or ``build_header`` returned them for it
+            (in data order), so that a header already parsed is not parsed again.
 
     Returns:
         The path written.
@@ -412,28 +532,36 @@ def write_file(
         if metadata is not None:
             raise RecordError("pass either metadata or header_bytes, not both (the header holds the metadata)")
         header_bytes = bytes(header_bytes)
-        if len(header_bytes) > MAX_HEADER_SIZE:
-            raise RecordError(f"header of {len(header_bytes)} bytes is over the {MAX_HEADER_SIZE}-byte limit")
-        _, infos = parse_header(header_bytes, what=f"the header given for {os.fspath(path)}")
+        _check_size(len(header_bytes))
+        if infos is None:
+            _, infos = parse_header(header_bytes, what=f"the header given for {os.fspath(path)}")
+        for info in infos:
+            if info.dtype not in SAFETENSORS_DTYPES:
+                raise _no_such_dtype(info.name, info.dtype)
         _check_against(infos, given, os.fspath(path))
     pieces = {name: chunks for name, _, _, chunks in given}
 
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        with tmp.open("wb") as f:
+        with open(tmp, "xb") as f:
             f.write(struct.pack("<Q", len(header_bytes)))
             f.write(header_bytes)
             for info in infos:
                 _write_tensor(f, info, pieces[info.name])
         os.replace(tmp, target)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise os_error(e, f"writing {target}") from e
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise
     return target
 
 
-def _check_against(infos: list[TensorInfo], given: list[TensorBytes], where: str) -> None:
+def _check_against(infos: Sequence[TensorInfo], given: list[TensorBytes], where: str) -> None:
     by_name: dict[str, tuple[str, tuple[int, ...]]] = {}
     for name, dtype, shape, _ in given:
         if name in by_name:

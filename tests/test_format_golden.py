@@ -126,3 +126,62 @@ def test_newer_major_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ckpt.FormatVersionError) as info:
         ckpt.open(str(root))
     assert "2.0" in str(info.value) and info.value.hint
+
+
+def test_tied_tensors_table_record(tmp_path: Path) -> None:
+    """Format 1.1: tensors that are one tensor (tied weights) are listed in ``tied``; each path keeps its entry."""
+    store = ckpt.init(str(tmp_path / "s"), chunk_size=4096)
+    w = np.array([1.0, 2.0], dtype=np.float32)
+    snap = store.save({"model": {"embed": w, "head": w, "norm": np.array([3.0], dtype=np.float32)}})
+    table_bytes = (tmp_path / "s" / layout.table_path(snap.table)).read_bytes()
+    assert table_bytes == _golden("table_tied.json")
+    table = TensorTable.model_validate(json.loads(table_bytes))
+    assert table.tied == (("model/embed", "model/head"),)
+    assert table.tensors["model/embed"] == table.tensors["model/head"]
+    state = store.load(snap.id)
+    assert state["model"]["embed"] is state["model"]["head"]
+    assert store.stats()["chunks"] == 2  # the tied tensor's bytes once, and norm's
+
+
+def test_table_without_ties_reads_unchanged_and_older_readers_ignore_ties(tmp_path: Path) -> None:
+    """A table without ``tied`` is a format 1.0 table (same bytes); a 1.0 reader of a 1.1 store drops ``tied``."""
+    golden = json.loads(_golden("table.json"))
+    assert "tied" not in golden
+    assert canonical_json(TensorTable.model_validate(golden).model_dump(mode="json")) == _golden("table.json")
+    from ckpt.model.canonical import drop_unknown
+
+    tied = json.loads(_golden("table_tied.json"))
+    stripped = {k: v for k, v in tied.items() if k != "tied"}
+    assert TensorTable.model_validate(drop_unknown(TensorTable, stripped)).tied == ()
+
+
+@pytest.mark.parametrize(
+    "tied",
+    [
+        [["model/embed"]],
+        [["model/embed", "model/nope"]],
+        [["model/embed", "model/norm"]],
+        [["model/embed", "model/head"], ["model/head", "model/embed"]],
+    ],
+    ids=["single", "missing", "different", "twice"],
+)
+def test_invalid_ties_are_refused(tmp_path: Path, tied: list[list[str]]) -> None:
+    """A forged ``tied`` that would make a reader choose between two values is an invalid table, never read."""
+    root = tmp_path / "s"
+    store = ckpt.init(str(root), chunk_size=4096)
+    w = np.array([1.0, 2.0], dtype=np.float32)
+    snap = store.save({"model": {"embed": w, "head": w, "norm": np.array([3.0, 4.0], dtype=np.float32)}})
+    table = json.loads((root / layout.table_path(snap.table)).read_bytes())
+    table["tied"] = tied
+    data = canonical_json(table)
+    new_table = digest_bytes(data)
+    (root / layout.table_path(new_table)).parent.mkdir(parents=True, exist_ok=True)
+    (root / layout.table_path(new_table)).write_bytes(data)
+    record = json.loads(snap.record_bytes())
+    record["table"] = new_table
+    record_bytes = canonical_json(record)
+    new_id = digest_bytes(record_bytes)
+    (root / layout.snapshot_path(new_id)).parent.mkdir(parents=True, exist_ok=True)
+    (root / layout.snapshot_path(new_id)).write_bytes(record_bytes)
+    with pytest.raises(ckpt.RecordError, match="tied"):
+        store.load(new_id)

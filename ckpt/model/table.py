@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 __all__ = ["DTYPE_SIZES", "RESERVED_FILE_PREFIX", "FileEntry", "TensorEntry", "TensorTable"]
 
@@ -93,6 +93,11 @@ class TensorTable(BaseModel):
         tensors: tensor path → entry. Paths are the keys of the state tree joined with ``/``.
         tree: the state tree in typed JSON; tensors appear as ``{"$tensor": path}`` (see docs/format.md).
         files: attached file path (relative, ``/``-separated) → entry.
+        tied: groups of tensor paths that were one tensor when saved (the same memory: tied weights such as
+            an input embedding and an output head). Each group has two or more paths of ``tensors``, in tree
+            order, whose entries are equal; a path is in one group at most. Loading gives each group one
+            tensor. Written only when not empty (format 1.1), so a table without ties has the bytes it had
+            in format 1.0.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -101,10 +106,34 @@ class TensorTable(BaseModel):
     tensors: dict[str, TensorEntry]
     tree: Any
     files: dict[str, FileEntry] = Field(default_factory=dict)
+    tied: tuple[tuple[str, ...], ...] = ()
+
+    @model_serializer(mode="wrap")
+    def _without_empty_ties(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and not self.tied:
+            data.pop("tied", None)
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> TensorTable:
         cs = self.chunk_size
+        grouped: set[str] = set()
+        for group in self.tied:
+            if len(group) < 2:
+                raise ValueError(f"tied group {list(group)}: a group names two or more tensors")
+            first = self.tensors.get(group[0])
+            for name in group:
+                entry = self.tensors.get(name)
+                if entry is None:
+                    raise ValueError(f"tied group {list(group)}: no tensor {name!r}")
+                if name in grouped:
+                    raise ValueError(f"tensor {name!r} is in two tied groups")
+                grouped.add(name)
+                if entry != first:
+                    raise ValueError(
+                        f"tied tensors {group[0]!r} and {name!r} have different entries (dtype, shape, chunks or kind)"
+                    )
         for name, t in self.tensors.items():
             if t.dtype not in DTYPE_SIZES:
                 raise ValueError(f"tensor {name!r}: unknown dtype {t.dtype!r}")

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from ckpt.errors import UnsupportedStateError
 
-__all__ = ["TensorSource", "is_array", "to_source", "writable_view"]
+__all__ = ["TensorSource", "alias_key", "is_array", "to_source", "writable_view"]
 
 Kind = Literal["torch", "numpy"]
 
@@ -61,6 +61,52 @@ def is_array(value: Any) -> bool:
         return True
     np = sys.modules.get("numpy")
     return np is not None and isinstance(value, np.ndarray)
+
+
+def alias_key(value: Any) -> tuple[Any, ...] | None:
+    """What makes two tensor leaves one tensor: the same memory, seen the same way.
+
+    Two torch tensors alias when they view the same storage (``untyped_storage().data_ptr()``) on the same
+    device at the same offset with the same dtype, shape and strides (and conj/neg bits): tied weights, such as a
+    language model's input embedding and output head, or one tensor placed twice in a state. Two numpy arrays
+    alias when their data pointer, dtype, shape and strides are equal. A ``TensorSource`` aliases only itself.
+    Views that merely overlap (a slice, a transpose) are not aliases. Empty tensors, tensors without memory
+    (``meta``) and tensors whose storage cannot be inspected (tensor subclasses) alias only themselves.
+
+    Returns:
+        A hashable key, equal for two leaves exactly when they alias (while both are alive), or ``None`` for
+        a value that is not a tensor leaf.
+    """
+    if isinstance(value, TensorSource):
+        return ("source", id(value))
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        try:
+            if type(value) not in (torch.Tensor, torch.nn.Parameter) or value.layout != torch.strided:
+                return ("object", id(value))
+            ptr = value.untyped_storage().data_ptr()
+            if ptr == 0 or value.numel() == 0:
+                return ("object", id(value))
+            return (
+                "torch",
+                str(value.device),
+                ptr,
+                value.storage_offset(),
+                str(value.dtype),
+                tuple(value.shape),
+                tuple(value.stride()),
+                value.is_conj(),
+                value.is_neg(),
+            )
+        except (RuntimeError, NotImplementedError, TypeError):
+            return ("object", id(value))
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(value, np.ndarray):
+        ptr = int(value.__array_interface__["data"][0])
+        if ptr == 0 or value.size == 0:
+            return ("object", id(value))
+        return ("numpy", ptr, value.dtype.str, tuple(value.shape), tuple(value.strides))
+    return None
 
 
 def to_source(value: Any, path: str) -> TensorSource:

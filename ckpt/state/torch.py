@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from ckpt.errors import StateError
-from ckpt.state.arrays import TensorSource, unsupported
+from ckpt.state.arrays import TensorSource, alias_key, unsupported
 
 __all__ = [
     "TORCH_DTYPES",
+    "check_tied_values",
     "dtype_name",
     "empty_torch",
     "restore_into",
@@ -133,7 +135,7 @@ def restore_into(
 ) -> Any:
     """Implementation of ``ckpt.restore``: load a snapshot and apply it to a module and optimizer."""
     snap = store.resolve(rev)
-    if snap.relation == "adapter":  # a LoRA adapter restores into its base model, merged
+    if snap.base is not None or snap.relation == "adapter":  # an adapter (new or continued) restores merged
         state = store.load(snap.id, verify=verify, framework="torch", merge=True)
     else:
         into = None
@@ -166,6 +168,8 @@ def apply_state(
         weights = state[key]
     else:
         weights = state
+    if isinstance(weights, Mapping):
+        check_tied_values(module, weights, rev)
     try:
         result = module.load_state_dict(weights, strict=strict)
     except RuntimeError as e:
@@ -180,3 +184,49 @@ def apply_state(
         except (ValueError, RuntimeError, KeyError) as e:
             raise StateMismatchError(f"optimizer state of {rev!r} does not fit: {e}") from e
     return state
+
+
+def check_tied_values(module: Any, weights: Mapping[str, Any], rev: str) -> None:
+    """Refuse a state that would put two different values into one parameter of ``module``.
+
+    A module with tied weights (``lm_head.weight`` and ``model.embed_tokens.weight`` one ``Parameter``) lists
+    the parameter under each of its names in ``state_dict()``; ``load_state_dict`` copies every key in turn,
+    so the last one silently wins. Tied keys must hold equal values (bit for bit, dtype and shape included);
+    then loading keeps the tie as the module has it.
+
+    Raises:
+        StateMismatchError: two keys of one parameter hold different values; names both.
+    """
+    from ckpt.errors import StateMismatchError
+
+    groups: dict[Any, list[str]] = {}
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        key = alias_key(tensor)
+        if key is not None and name in weights:
+            groups.setdefault(key, []).append(name)
+    for names in groups.values():
+        first = names[0]
+        for other in names[1:]:
+            if not _same_value(weights[first], weights[other]):
+                raise StateMismatchError(
+                    f"snapshot {rev!r} holds different values for {first!r} and {other!r}, which are one tied "
+                    f"parameter of {type(module).__name__}: loading would keep only one of them",
+                    hint="untie the weights in the model (e.g. tie_word_embeddings=False) to load both, or fix the "
+                    "snapshot so that tied tensors are equal",
+                )
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    try:
+        a, b = as_torch(a), as_torch(b)
+    except TypeError:
+        return False
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.numel() == 0:
+        return True
+    flat_a = a.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+    flat_b = b.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+    return bool(torch.equal(flat_a, flat_b))

@@ -22,9 +22,9 @@ from collections.abc import Callable, Container, Mapping
 from typing import Any
 
 from ckpt.errors import RecordError, UnsupportedStateError
-from ckpt.state.arrays import TensorSource, is_array, to_source
+from ckpt.state.arrays import TensorSource, alias_key, is_array, to_source
 
-__all__ = ["flatten", "tensor_name", "tensor_paths", "unflatten"]
+__all__ = ["flatten", "tensor_name", "tensor_paths", "tied_groups", "unflatten"]
 
 _SEP = "/"
 
@@ -36,7 +36,10 @@ def flatten(state: Any) -> tuple[Any, dict[str, TensorSource]]:
         state: the tree, e.g. ``{"model": model.state_dict(), "optimizer": opt.state_dict(), "step": 3}``.
 
     Returns:
-        ``(tree, tensors)``: the typed-JSON tree and tensor path → raw bytes, in tree order.
+        ``(tree, tensors)``: the typed-JSON tree and tensor path → raw bytes, in tree order. Leaves that are
+        one tensor (the same memory: see ``ckpt.state.arrays.alias_key``), such as tied weights, each keep their
+        own path, and their paths map to one and the same ``TensorSource`` object: ``tied_groups(tensors)``
+        lists them.
 
     Raises:
         UnsupportedStateError: a leaf is of a type ckpt does not store; the message names its path.
@@ -48,6 +51,7 @@ def flatten(state: Any) -> tuple[Any, dict[str, TensorSource]]:
     """
     tensors: dict[str, TensorSource] = {}
     seen: set[int] = set()
+    sources: dict[Any, TensorSource] = {}
 
     def walk(value: Any, path: str) -> Any:
         if value is None or isinstance(value, bool):
@@ -69,7 +73,11 @@ def flatten(state: Any) -> tuple[Any, dict[str, TensorSource]]:
             return float(value)
         if is_array(value):
             name = tensor_name(path, tensors)
-            tensors[name] = to_source(value, name)
+            alias = alias_key(value)
+            same = sources.get(alias)
+            if same is None:
+                same = sources[alias] = to_source(value, name)
+            tensors[name] = same
             return {"$tensor": name}
         if isinstance(value, (Mapping, list, tuple)):
             if id(value) in seen:
@@ -96,6 +104,22 @@ def flatten(state: Any) -> tuple[Any, dict[str, TensorSource]]:
         )
 
     return walk(state, ""), tensors
+
+
+def tied_groups(tensors: Mapping[str, TensorSource]) -> list[list[str]]:
+    """The paths that hold one tensor, as ``flatten`` returns them: groups of two or more paths, each group in
+    tree order, groups in the order of their first path.
+
+    Example:
+        >>> import numpy as np
+        >>> w = np.ones(2, np.float32)
+        >>> tied_groups(flatten({"embed": w, "head": w, "bias": np.zeros(1)})[1])
+        [['embed', 'head']]
+    """
+    groups: dict[int, list[str]] = {}
+    for name, source in tensors.items():
+        groups.setdefault(id(source), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
 
 
 _MAX_INT_DIGITS = 4300  # Python's own limit for int <-> decimal text

@@ -44,7 +44,7 @@ from ckpt.model import (
     parse_json,
     utcnow,
 )
-from ckpt.state import flatten, tensor_paths, unflatten
+from ckpt.state import flatten, tensor_paths, tied_groups, unflatten
 from ckpt.storage import Backend, open_backend
 from ckpt.store import layout
 from ckpt.store.gc import GcReport, OnDamage, plan_gc, release_needs, scan_liveness
@@ -224,12 +224,22 @@ class Store:
             raise RecordError(f"cannot record this snapshot: {e}") from e
 
         stats = WriteStats()
-        entries = write_tensors(self._objects, tensors, self.chunk_size, stats=stats, progress=progress)
+        tied = tied_groups(tensors)  # paths that hold one tensor: its bytes are read and written once
+        first = {name: group[0] for group in tied for name in group}
+        once = {name: src for name, src in tensors.items() if first.get(name, name) == name}
+        written = write_tensors(self._objects, once, self.chunk_size, stats=stats, progress=progress)
+        entries = {name: written[first.get(name, name)] for name in tensors}
         if files is None and parent_ids and rel in _INHERITS_FILES:
             file_entries = self._inherited_files(parent_ids[0], stats)
         else:
             file_entries = write_files(self._objects, clean_files, self.chunk_size, stats=stats)
-        table = TensorTable(chunk_size=self.chunk_size, tensors=entries, tree=tree, files=file_entries)
+        table = TensorTable(
+            chunk_size=self.chunk_size,
+            tensors=entries,
+            tree=tree,
+            files=file_entries,
+            tied=tuple(tuple(group) for group in tied),
+        )
         record = record.model_copy(update={"table": self._objects.put_table(table)})
         snap = self._objects.put_snapshot(record)
         self.backend.flush()
@@ -367,16 +377,25 @@ class Store:
         model: str | None = None,
         message: str | None = None,
         metadata: Mapping[str, JsonValue] | None = None,
+        files: Mapping[str, bytes] | None = None,
         progress: Progress | None = None,
     ) -> Snapshot:
         """Save an adapter merged into its base as a new snapshot (relation ``merge``, parents adapter + base).
 
-        See ``ckpt.adapters.merge``.
+        Tied weights stay tied and change together, as with PEFT's ``merge_and_unload()``; ``files`` replaces
+        the base's attached files (needed when the adapter resized the embeddings). See ``ckpt.adapters.merge``.
         """
         from ckpt.adapters import merge
 
         return merge(
-            self, adapter_rev, branch=branch, model=model, message=message, metadata=metadata, progress=progress
+            self,
+            adapter_rev,
+            branch=branch,
+            model=model,
+            message=message,
+            metadata=metadata,
+            files=files,
+            progress=progress,
         )
 
     # -- reading -------------------------------------------------------------------------------------
@@ -464,7 +483,14 @@ class Store:
                 when those pages are read. The default copies, so what ``verify`` checked is what you get.
 
         Returns:
+<<<<<<< HEAD
             The same structure that was saved (mappings come back as ``dict``).
+=======
+            The same structure that was saved (mappings come back as ``dict``). Tensors that were one tensor
+            when saved (tied weights, recorded in the table's ``tied``) come back as one tensor at each of their
+            places. On a local store, large tensors held in one chunk are memory-mapped copy-on-write
+            (zero-copy, as safetensors does).
+>>>>>>> main
 
         Raises:
             MissingObjectError: the snapshot was pruned, or a chunk is missing.
@@ -480,9 +506,10 @@ class Store:
         snap = self.resolve(rev)
         self._check_not_pruned(snap)
         table = self._objects.get_table(snap.table)
+        first = {name: group[0] for group in table.tied for name in group}  # a tied group is read once
         tensors = read_tensors(
             self._objects,
-            table.tensors,
+            {name: entry for name, entry in table.tensors.items() if first.get(name, name) == name},
             table.chunk_size,
             snapshot=snap.id,
             verify=verify,
@@ -491,7 +518,7 @@ class Store:
             progress=progress,
             mmap=mmap,
         )
-        return unflatten(table.tree, tensors.__getitem__)
+        return unflatten(table.tree, lambda name: tensors[first.get(name, name)])
 
     def tensors(
         self, rev: str = "main", *, verify: bool = True, framework: Framework | None = None, mmap: bool = False
@@ -1057,6 +1084,19 @@ class LazyTensors(Mapping[str, Any]):
     def entry(self, name: str) -> TensorEntry:
         """dtype, shape and chunks of one tensor, without reading it."""
         return self.table.tensors[name]
+
+    def chunk_bytes(self, name: str, index: int) -> bytes:
+        """The raw bytes of one chunk of a tensor (its ``index``-th), verified unless ``verify=False``.
+
+        Reads only that chunk; the table is the one already read, so streaming every tensor of a snapshot
+        this way costs one table read in all (``export_folder`` does it, in parallel).
+
+        Raises:
+            KeyError: no such tensor. IndexError: no such chunk.
+            MissingObjectError, CorruptChunkError: the chunk is missing or damaged.
+        """
+        digest = self.table.tensors[name].chunks[index]
+        return self._store._objects.read_chunk(digest, verify=self._verify, tensor=name, snapshot=self.snapshot.id)
 
 
 # -- construction ------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckpt.errors import UnsupportedStateError
-from ckpt.state import TensorSource, flatten, tensor_name
+from ckpt.state import TensorSource, alias_key, flatten, tensor_name
 from ckpt.training.digest_cache import DigestCache, Identity, cacheable, sample
 
 __all__ = ["Slot", "SlotPool", "Staged", "StagedTensor", "stage"]
@@ -130,13 +130,22 @@ def stage(state: Any, slot: Slot | None, cache: DigestCache | None) -> Staged:
         out.tensors[id(src)] = StagedTensor(key, identity=identity)
         return src
 
+    staged_as: dict[Any, Any] = {}  # alias_key → the staged leaf: tied tensors stay one tensor (recorded as tied)
+
+    def leaf(value: Any, path: str, stage_one: Any) -> Any:
+        name = unique(path)
+        key = alias_key(value)
+        if key not in staged_as:
+            staged_as[key] = stage_one(value, name)
+        return staged_as[key]
+
     def walk(value: Any, path: str) -> Any:
         if torch is not None and isinstance(value, torch.Tensor):
-            return tensor(value, unique(path))
+            return leaf(value, path, tensor)
         if np is not None and isinstance(value, np.ndarray):
-            return stage_array(value, unique(path), slot)
+            return leaf(value, path, lambda a, name: stage_array(a, name, slot))
         if isinstance(value, TensorSource):
-            return stage_source(value, unique(path), slot)
+            return leaf(value, path, lambda a, name: stage_source(a, name, slot))
         if is_stateful(value):  # a module, an optimizer, a scheduler …: its state dict
             value = value.state_dict()
         if isinstance(value, (Mapping, list, tuple)):

@@ -52,3 +52,45 @@ def test_import_peft_folder_with_base_and_restore_it(tmp_path: Path) -> None:
         cli, ["--store", store_url, "import", str(tmp_path / "adapter"), "--base", "main", "--relation", "finetune"]
     )
     assert bad.exit_code == 2
+    # --relation adapter --parent REV is the same import as --base REV: the adapter is checked against it
+    small = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4
+        )
+    )
+    ckpt.open(store_url).save({"model": small.state_dict()}, "small", model="small")
+    bad = runner.invoke(
+        cli,
+        [
+            "--store",
+            store_url,
+            "import",
+            str(tmp_path / "adapter"),
+            "--branch",
+            "x",
+            "--relation",
+            "adapter",
+            "--parent",
+            "small",
+        ],
+    )
+    assert bad.exit_code == 1 and "q_proj" in bad.output, bad.output
+    ok = runner.invoke(
+        cli,
+        [
+            "--store",
+            store_url,
+            "import",
+            str(tmp_path / "adapter"),
+            "--branch",
+            "lora2",
+            "--relation",
+            "adapter",
+            "--parent",
+            "main",
+        ],
+    )
+    assert ok.exit_code == 0, ok.output
+    again = ckpt.open(store_url).resolve("lora2")
+    assert again.base == store.resolve("main").id and "adapter_config" in again.metadata
+    assert ckpt.open(store_url).verify().ok

@@ -162,8 +162,19 @@ def _entry(dtype: str = "F32", shape: Any = (2,), offsets: Any = (0, 8)) -> dict
 
 MALFORMED: dict[str, tuple[bytes, str]] = {
     "shorter than 8 bytes": (b"\x01\x00", "only 2 bytes"),
-    "header past the end": (_file({"w": _entry()}, length=10_000), "runs past the end"),
-    "header over 100 MB": (_file({}, length=200_000_000), "limit"),
+    "header past the end": (_file({"w": _entry()}, length=10_000), "does not fit in the 69-byte file"),
+    "header length past the end and over 100 MB": (_file({}, length=200_000_000), "does not fit"),
+    "git lfs pointer": (
+        b"version https://git-lfs.github.com/spec/v1\noid sha256:4d7a2146\nsize 90868376\n",
+        "Git LFS pointer",
+    ),
+    "torch.save zip": (b"PK\x03\x04" + b"\0" * 60, "zip archive"),
+    "pickle": (b"\x80\x02}q\x00(X\x01\x00\x00\x00wq\x01" + b"\0" * 40, "pickle"),
+    "html error page": (b"<!DOCTYPE html><html><body>Not found</body></html>\n", "text file"),
+    "lone surrogate name": (
+        _file(None, raw_header=b'{"\\ud800": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}}'),
+        "surrogate",
+    ),
     "not UTF-8": (_file(None, raw_header=b'{"\xff":1}'), "UTF-8"),
     "not an object": (_file(None, raw_header=b"[1, 2]  "), "JSON object"),
     "invalid JSON": (_file(None, raw_header=b'{"w": '), "not valid JSON"),
@@ -202,6 +213,33 @@ def test_malformed_files_are_refused(tmp_path: Path, case: str) -> None:
         read_header(path)
     with pytest.raises(RecordError, match=message):
         open_tensors(path)
+
+
+def test_lfs_pointer_names_git_lfs_pull_in_its_hint(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(MALFORMED["git lfs pointer"][0])
+    with pytest.raises(RecordError) as e:
+        read_header(path)
+    assert "git lfs pull" in (e.value.hint or "")
+    assert "100000000" not in str(e.value)  # not judged by a header length it never had
+
+
+def test_a_header_over_100_mb_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "big.safetensors"
+    with path.open("wb") as f:  # a sparse file: the header fits, but is over the limit
+        f.write(struct.pack("<Q", 200_000_000) + b"{")
+        f.truncate(8 + 200_000_000)
+    with pytest.raises(RecordError, match="over the 100000000-byte limit"):
+        read_header(path)
+
+
+def test_a_file_whose_length_looks_like_text_is_still_read(tmp_path: Path) -> None:
+    """The sniffing only explains a failure: a real header whose length bytes look odd is read as usual."""
+    header = json.dumps({"w": _entry(dtype="U8", shape=(1,), offsets=(0, 1))}).encode()
+    header += b" " * (0x3C - len(header))  # length 60 = b"<", unpadded, as some writers leave it
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\x07")
+    assert list(open_tensors(path)) == ["w"]
 
 
 def test_dtypes_ckpt_does_not_store_are_refused(tmp_path: Path) -> None:

@@ -8,32 +8,39 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 HIDDEN = 32
 LAYERS = 2
 VOCAB = 128
 
 
-def llama_config(vocab: int = VOCAB) -> LlamaConfig:
-    """hidden 32, 2 layers, vocab 128: 21 tensors, about 115 kB in float32."""
+def llama_config(vocab: int = VOCAB, *, tied: bool = False, hidden: int = HIDDEN, **extra: Any) -> LlamaConfig:
+    """hidden 32, 2 layers, vocab 128: 21 tensors, about 115 kB in float32 (``tied``: lm_head is the embedding)."""
     return LlamaConfig(
-        hidden_size=HIDDEN,
+        hidden_size=hidden,
         intermediate_size=64,
         num_hidden_layers=LAYERS,
         num_attention_heads=4,
         num_key_value_heads=4,
         vocab_size=vocab,
         max_position_embeddings=64,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
+        **extra,
     )
 
 
-def tiny_llama(seed: int = 0, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
+def tiny_llama(seed: int = 0, dtype: torch.dtype = torch.float32, *, tied: bool = False) -> LlamaForCausalLM:
     """A randomly initialised tiny Llama (deterministic for a seed), in eval mode."""
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(llama_config())
+    model = LlamaForCausalLM(llama_config(tied=tied))
     return model.to(dtype).eval()
+
+
+def tiny_classifier(seed: int = 0, *, hidden: int = HIDDEN, labels: int = 3) -> LlamaForSequenceClassification:
+    """A tiny Llama sequence classifier (head ``score``), pad token 0, in eval mode."""
+    torch.manual_seed(seed)
+    return LlamaForSequenceClassification(llama_config(hidden=hidden, num_labels=labels, pad_token_id=0)).eval()
 
 
 def with_lora(
@@ -84,4 +91,4 @@ def perturb(sd: dict[str, torch.Tensor], names: Sequence[str], seed: int) -> dic
 def input_ids(seed: int = 0, length: int = 12) -> torch.Tensor:
     """A batch of two random token sequences."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, VOCAB, (2, length), generator=gen)
+    return torch.randint(1, VOCAB, (2, length), generator=gen)

@@ -54,14 +54,22 @@ def test_save_adapter_stores_only_the_adapter(store: ckpt.Store) -> None:
     assert store.children(base.id) == [snap]
 
 
-def test_full_peft_state_dict_is_filtered_and_renamed(store: ckpt.Store) -> None:
+def test_full_peft_state_dict_is_refused_and_named_lora_tensors_are_renamed(store: ckpt.Store) -> None:
+    """peft_model.state_dict() mixes base weights in: which tensors are the adapter's cannot be told by names."""
     model, _ = _base(store)
     lora = with_lora(model)
     full = lora.state_dict()  # base weights + '….lora_A.default.weight'
     assert any(".base_layer." in k for k in full) and any(".default." in k for k in full)
-    snap = save_adapter(store, "main", full, branch="lora", config=lora.peft_config["default"].to_dict())
+    with pytest.raises(UnsupportedStateError, match=r"peft_model\.state_dict\(\)") as info:
+        save_adapter(store, "main", full, branch="lora", config=lora.peft_config["default"].to_dict())
+    assert "base_model.model." in str(info.value) and "get_peft_model_state_dict" in str(info.value.hint)
+    assert "lora" not in store.branches()
+    # LoRA tensors alone, with their adapter name, are unambiguous: renamed to the file form
+    named = {k: v for k, v in full.items() if ".lora_" in k}
+    snap = save_adapter(store, "main", named, branch="lora", config=lora.peft_config["default"].to_dict())
     expected = sorted(f"model/{k}" for k in adapter_state(lora))
     assert sorted(store.table(snap.id).tensors) == expected
+    assert store.verify().ok
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -180,7 +188,7 @@ def test_errors_are_clear(store: ckpt.Store) -> None:
     missing_b = {k: v for k, v in state.items() if "layers.1.self_attn.v_proj.lora_B" not in k}
     with pytest.raises(StateMismatchError, match="not its B half"):
         save_adapter(store, "main", missing_b, branch="x", config=config)
-    with pytest.raises(RecordError, match="positive 'r'"):
+    with pytest.raises(RecordError, match="positive integer 'r'"):
         save_adapter(store, "main", state, branch="x", config={"peft_type": "LORA", "lora_alpha": 8})
     dora = {**state, "base_model.model.q.lora_magnitude_vector.default.weight": torch.ones(2)}
     with pytest.raises(UnsupportedStateError, match="lora_magnitude_vector"):

@@ -243,3 +243,107 @@ def test_failed_restore_leaves_the_live_model_untouched(tmp_path: Path) -> None:
     after = weights(live)
     for name in before:
         assert torch.equal(after[name], before[name]), name
+
+
+class TiedLM(nn.Module):
+    """A tiny language model whose output head shares its input embedding (``tie_word_embeddings``)."""
+
+    def __init__(self, seed: int, tied: bool = True) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = nn.Embedding(16, 8)
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 16, bias=False)
+        if tied:
+            self.head.weight = self.embed.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.embed(ids)))
+
+
+def test_tied_weights_are_recorded_restored_and_stay_tied(local_store: ckpt.Store) -> None:
+    model = TiedLM(seed=0)
+    snap = local_store.save({"model": model.state_dict()})
+    table = local_store.table(snap.id)
+    assert table.tied == (("model/embed.weight", "model/head.weight"),)
+    before = local_store.stats()["chunk_bytes"]
+    assert before < 2 * 16 * 8 * 4  # the tied matrix is stored once
+
+    loaded = local_store.load(snap.id)["model"]
+    assert loaded["embed.weight"] is loaded["head.weight"]
+
+    for in_place in (False, True):
+        fresh = TiedLM(seed=1)
+        ckpt.restore(fresh, local_store, snap.id, in_place=in_place)
+        assert fresh.head.weight is fresh.embed.weight  # the model keeps its tie
+        assert torch.equal(fresh.embed.weight, model.embed.weight)
+        ids = torch.arange(16).reshape(2, 8)
+        with torch.no_grad():
+            assert torch.equal(fresh(ids), model(ids))
+
+    untied = TiedLM(seed=2, tied=False)  # an untied model gets both weights, equal
+    ckpt.restore(untied, local_store, snap.id)
+    assert untied.head.weight is not untied.embed.weight
+    assert torch.equal(untied.head.weight, model.embed.weight) and torch.equal(untied.embed.weight, model.embed.weight)
+    assert local_store.verify().ok
+
+
+def test_restore_refuses_two_values_for_one_tied_parameter(local_store: ckpt.Store) -> None:
+    """An untied state (head ≠ embed) into a tied model: load_state_dict would keep the last key; ckpt refuses."""
+    untied = TiedLM(seed=0, tied=False)
+    snap = local_store.save({"model": untied.state_dict()})
+    assert local_store.table(snap.id).tied == ()
+    fresh = TiedLM(seed=1)
+    before = fresh.embed.weight.detach().clone()
+    with pytest.raises(StateMismatchError, match=r"'embed\.weight' and 'head\.weight'") as info:
+        ckpt.restore(fresh, local_store, snap.id)
+    assert info.value.hint and "tie_word_embeddings" in info.value.hint
+    assert torch.equal(fresh.embed.weight, before)  # nothing was loaded
+
+    # equal values in an untied snapshot load fine into the tied model
+    same = TiedLM(seed=3, tied=False)
+    with torch.no_grad():
+        same.head.weight.copy_(same.embed.weight)
+    snap = local_store.save({"model": same.state_dict()})
+    ckpt.restore(fresh, local_store, snap.id)
+    assert fresh.head.weight is fresh.embed.weight and torch.equal(fresh.embed.weight, same.embed.weight)
+    assert local_store.verify().ok
+
+
+def test_shared_memory_that_is_not_the_same_view_is_not_tied(local_store: ckpt.Store) -> None:
+    w = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    state = {
+        "w": w,
+        "t": w.T,
+        "row": w[1],
+        "same": w,
+        "view": w.view(3, 4),
+        "empty": torch.empty(0),
+        "e2": torch.empty(0),
+    }
+    snap = local_store.save(state)
+    assert local_store.table(snap.id).tied == (("w", "same", "view"),)
+    loaded = local_store.load(snap.id)
+    assert loaded["w"] is loaded["same"] is loaded["view"]
+    for name in ("t", "row"):
+        assert torch.equal(loaded[name], state[name]) and loaded[name] is not loaded["w"]
+    assert loaded["empty"] is not loaded["e2"]
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_checkpointer_records_ties_too(local_store: ckpt.Store, async_save: bool) -> None:
+    """The Checkpointer stages a copy of each tensor: tied weights must stay one staged tensor (and one table tie)."""
+    from ckpt.training import Checkpointer
+
+    model = TiedLM(seed=0)
+    with Checkpointer(local_store, "run", async_save=async_save) as ckpts:
+        for step in (1, 2):
+            with torch.no_grad():
+                model.embed.weight.add_(1.0)
+            ckpts.save({"model": model.state_dict()}, step=step)
+    for snap in local_store.log("run"):
+        assert local_store.table(snap.id).tied == (("model/embed.weight", "model/head.weight"),)
+    fresh = TiedLM(seed=1)
+    ckpt.restore(fresh, local_store, "run")
+    assert fresh.head.weight is fresh.embed.weight and torch.equal(fresh.embed.weight, model.embed.weight)
+    assert local_store.verify().ok

@@ -8,6 +8,7 @@ from ckpt.cli.commands.history import diff, log, show
 from ckpt.cli.commands.maintenance import gc, init, repair, verify
 from ckpt.cli.commands.refs import branch, freeze, ls, prune, reflog, reset, tag
 from ckpt.cli.commands.transfer import import_, restore, sync
+from ckpt.cli.commands.ui import plot, ui
 
 __all__ = ["COMMANDS"]
 
@@ -29,4 +30,6 @@ COMMANDS: list[click.Command] = [
     repair,
     gc,
     sync,
+    ui,
+    plot,
 ]

@@ -22,6 +22,7 @@ from ckpt.cli.output import (
     snapshot_line,
     table,
 )
+from ckpt.cli.sparkline import print_sparklines
 from ckpt.diff import SnapshotDiff, group_of, tensor_order
 from ckpt.model import RESERVED_FILE_PREFIX
 
@@ -97,6 +98,7 @@ def log(state: CliState, rev: str | None, limit: int | None, graph: bool, all_: 
     if not graph:
         for s in snaps:
             out.print(snapshot_line(s, refs))
+        print_sparklines(out, snaps, refs.branches, rev=None if all_ else rev or "main")
         return
     for drawing, snap in graph_rows(snaps):
         if snap is None:
@@ -109,6 +111,7 @@ def log(state: CliState, rev: str | None, limit: int | None, graph: bool, all_: 
         if snap.base and snap.base not in snap.parents:
             line.append(f" base {snap.base[:12]}", style="dim")
         out.print(line)
+    print_sparklines(out, snaps, refs.branches, rev=None if all_ else rev or "main")
 
 
 def _tensor_summary(table: TensorTable, *, listing: bool) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,11 @@ _RELATIONS = list(typing.get_args(Relation))
     help="The folder to write (created if missing).",
 )
 @click.option("--shard-size", metavar="SIZE", help="Largest safetensors shard, e.g. 5GB (the default) or 500MB.")
-@click.option("--force", is_flag=True, help="Write into a non-empty folder, replacing files of the same names.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Write into a non-empty folder: earlier weights and their index are replaced, other files kept.",
+)
 @json_option
 @click.pass_obj
 def restore(state: CliState, rev: str, to: Path, shard_size: str | None, force: bool, as_json: bool) -> None:
@@ -41,8 +46,13 @@ def restore(state: CliState, rev: str, to: Path, shard_size: str | None, force: 
 
     The weights go to model.safetensors, or to model-0000i-of-0000N.safetensors shards plus
     model.safetensors.index.json, as Hugging Face writes them; an imported snapshot gives back its original
-    files byte for byte. safetensors.torch.load_file reads them with no ckpt installed. A non-empty DIR is
-    refused without --force.
+    files byte for byte, subfolders included. safetensors.torch.load_file reads them with no ckpt installed.
+    A training snapshot also gets state.json (and state.safetensors) for the rest of its state, which
+    `ckpt import DIR` reads back as the same snapshot state.
+
+    DIR is written beside itself and renamed into place, so an interrupted restore never leaves old and new
+    weights mixed. A non-empty DIR is refused without --force; with it, the earlier weights and index are
+    replaced (each removed file is listed) and other files are kept. Links in DIR are never written through.
 
     An adapter snapshot (relation adapter) is written as a PEFT folder (adapter_model.safetensors and
     adapter_config.json) that PeftModel.from_pretrained loads onto its base.
@@ -59,27 +69,21 @@ def restore(state: CliState, rev: str, to: Path, shard_size: str | None, force: 
     store = state.store()
     snap = store.resolve(rev)
     with progress_bar("restore", total=snap.tensor_bytes, quiet=state.quiet) as progress:
-        if snap.relation == "adapter":
-            from ckpt.adapters import export_peft_folder
-
-            written = export_peft_folder(store, snap.id, to, force=force, progress=progress)
-        else:
-            written = export_folder(store, snap.id, to, shard_size=size, force=force, progress=progress)
-    files: list[dict[str, Any]] = [{"path": str(p), "size": p.stat().st_size} for p in written]
+        result = export_folder(store, snap.id, to, shard_size=size, force=force, progress=progress)
+    files: list[dict[str, Any]] = [{"path": str(p), "size": _size(result.path, p)} for p in result.written]
+    removed = [str(p) for p in result.removed]
     if as_json:
-        emit_json({"snapshot": snap.id, "to": str(to), "files": files})
+        emit_json({"snapshot": snap.id, "to": str(to), "files": files, "removed": removed})
         return
     for f in files:
         click.echo(f"wrote {f['path']} ({human_bytes(f['size'])})")
-    click.echo(f"restored {snap.short_id} to {to}: {len(files)} files")
+    for path in removed:
+        click.echo(f"removed {path} (superseded by this restore)")
+    click.echo(f"restored {snap.short_id} to {to}: {len(files)} {'file' if len(files) == 1 else 'files'}")
 
 
-def _weight_bytes(path: Path) -> int | None:
-    if path.is_file():
-        return path.stat().st_size
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.glob("*.safetensors") if p.is_file())
-    return None
+def _size(folder: Path, path: Path) -> int:
+    return (Path(os.path.realpath(folder)) / path.relative_to(folder)).lstat().st_size
 
 
 @click.command("import")
@@ -96,6 +100,18 @@ def _weight_bytes(path: Path) -> int | None:
     help="For a PEFT adapter folder: the snapshot it adapts (relation adapter; targets checked against it).",
 )
 @click.option("-m", "--message", help="A note, like a commit message (default: import <name>).")
+@click.option(
+    "--skip-pickles",
+    is_flag=True,
+    help="Leave pickle files (pytorch_model.bin, training_args.bin …) out instead of refusing the folder.",
+)
+@click.option(
+    "--exclude",
+    "exclude",
+    multiple=True,
+    metavar="PATTERN",
+    help="Leave out paths matching a glob, e.g. 'onnx/*' or '*.h5' (repeatable).",
+)
 @json_option
 @click.pass_obj
 def import_(
@@ -107,24 +123,39 @@ def import_(
     relation: str | None,
     base: str | None,
     message: str | None,
+    skip_pickles: bool,
+    exclude: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Save a .safetensors file, or a folder of them, as a new snapshot on a branch.
 
-    A Hugging Face folder keeps its side files (config.json, tokenizer files, the shard index) as attached
-    files, and `ckpt restore` writes the files back byte for byte. Pickle-based files (.bin, .pt, .pth,
-    .ckpt, .pkl) are refused: loading them can run code.
+    Every file of the folder comes along, subfolders and hidden files included (not .git/): config.json,
+    tokenizer files, the shard index, 1_Pooling/config.json … are attached as they are, .safetensors files in
+    subfolders become tensors too, and `ckpt restore` writes it all back byte for byte. Symbolic links are
+    followed only inside the folder (and into a hub cache's blobs/); one that leaves it or dangles is an error.
+    Pickle-based files (.bin, .pt, .pth, .ckpt, .pkl) are refused, since loading them can run code:
+    --skip-pickles leaves them out (a hub download often has both) and lists them. A folder `ckpt restore`
+    wrote from a training snapshot (with state.json) comes back as the same state, step and metrics.
 
     \b
     Examples:
       ckpt import ./tiny-llama --model tiny-llama
       ckpt import ./instruct --branch instruct --parent tiny-llama-2026-11-28 --relation finetune
       ckpt import ./my-lora --branch lora --base instruct
+      ckpt import ~/.cache/huggingface/hub/models--org--name/snapshots/<commit> --skip-pickles --exclude 'onnx/*'
     """
-    from ckpt.hf import import_folder
+    from ckpt.hf import import_folder, plan_import
 
     store = state.store()
-    with progress_bar("import", total=_weight_bytes(path), quiet=state.quiet) as progress:
+    if base is None and relation == "adapter":  # an adapter is checked against its base whichever way it is named
+        if len(parents) != 1:
+            raise click.UsageError("--relation adapter needs its base: pass --base REV (or one --parent REV)")
+        base, parents, relation = parents[0], (), None
+    plan = plan_import(path, skip_pickles=skip_pickles, exclude=exclude)
+    if not as_json:
+        for rel, why in plan.skipped:
+            click.echo(f"skipped {rel}: {why}", err=True)
+    with progress_bar("import", total=plan.weight_bytes, quiet=state.quiet) as progress:
         if base is not None:
             if parents or relation not in (None, "adapter"):
                 raise click.UsageError("--base imports an adapter: it goes without --parent and --relation")
@@ -141,9 +172,12 @@ def import_(
                 relation=typing.cast("Relation | None", relation),
                 message=message,
                 progress=progress,
+                skip_pickles=skip_pickles,
+                exclude=exclude,
             )
     if as_json:
-        emit_json(snapshot_json(snap, RefIndex(store.branches(), store.tags())))
+        skipped = [{"path": rel, "reason": why} for rel, why in plan.skipped]
+        emit_json({**snapshot_json(snap, RefIndex(store.branches(), store.tags())), "skipped": skipped})
         return
     click.echo(
         f"imported {path} as {snap.short_id} on {branch}: {snap.tensor_count} tensors "
