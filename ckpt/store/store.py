@@ -483,14 +483,9 @@ class Store:
                 when those pages are read. The default copies, so what ``verify`` checked is what you get.
 
         Returns:
-<<<<<<< HEAD
-            The same structure that was saved (mappings come back as ``dict``).
-=======
             The same structure that was saved (mappings come back as ``dict``). Tensors that were one tensor
             when saved (tied weights, recorded in the table's ``tied``) come back as one tensor at each of their
-            places. On a local store, large tensors held in one chunk are memory-mapped copy-on-write
-            (zero-copy, as safetensors does).
->>>>>>> main
+            places.
 
         Raises:
             MissingObjectError: the snapshot was pruned, or a chunk is missing.
