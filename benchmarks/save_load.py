@@ -6,10 +6,11 @@ Builds a Llama-shaped bf16 state dict of about ``--size-gb`` GB and prints:
 
 - save: ``ckpt Store.save`` / ``safetensors.torch.save_file``; both durable (every file fsynced, and the
   folders that gained entries), each into a fresh location;
-- load: ``Store.load`` (defaults: every chunk verified) / ``safetensors.torch.load_file``; both from a cold
-  page cache (``POSIX_FADV_DONTNEED`` on every file of both sides before each run), and both end with every
-  byte of every tensor in memory (the safetensors tensors are touched page by page, because an untouched
-  mmap is not a load); hot-cache figures and ckpt without verification are printed too;
+- load: ``Store.load`` (defaults: every chunk verified, tensors copied) / ``safetensors.torch.load_file``; both
+  from a cold page cache (``POSIX_FADV_DONTNEED`` on every file of both sides before each run), and both end
+  with every byte of every tensor in memory (the safetensors tensors are touched page by page, because an
+  untouched mmap is not a load); hot-cache figures, ckpt without verification and ckpt with ``mmap=True``
+  (zero-copy, still verified) are printed too;
 - re-save of unchanged tensors / first save (content addressing: nothing new is written);
 - store bytes after two saves that differ in 10% of the tensors / bytes of one safetensors file.
 
@@ -241,8 +242,8 @@ def main() -> None:
         def st_load() -> None:
             touch_pages(load_file(str(st_file)))
 
-        def ck_load(verify: bool = True) -> None:
-            touch_pages(store.load("main", verify=verify)["model"])
+        def ck_load(verify: bool = True, mmap: bool = False) -> None:
+            touch_pages(store.load("main", verify=verify, mmap=mmap)["model"])
 
         t_st_cold = timed(st_load, args.repeat, before=lambda: drop_cache(st_files))
         t_ck_cold = timed(ck_load, args.repeat, before=lambda: drop_cache(ck_files))
@@ -250,9 +251,11 @@ def main() -> None:
         t_st_hot = timed(st_load, args.repeat)
         t_ck_hot = timed(ck_load, args.repeat)
         t_ck_hot_nv = timed(lambda: ck_load(False), args.repeat)
+        t_ck_cold_mm = timed(lambda: ck_load(mmap=True), args.repeat, before=lambda: drop_cache(ck_files))
         print(
             f"load   cold: safetensors {t_st_cold:7.3f} s   ckpt (verified) {t_ck_cold:7.3f} s   "
-            f"ratio {t_ck_cold / t_st_cold:.3f}   ckpt unverified {t_ck_cold_nv:7.3f} s"
+            f"ratio {t_ck_cold / t_st_cold:.3f}   ckpt unverified {t_ck_cold_nv:7.3f} s   "
+            f"ckpt mmap=True (verified) {t_ck_cold_mm:7.3f} s"
         )
         print(
             f"load   hot:  safetensors {t_st_hot:7.3f} s   ckpt (verified) {t_ck_hot:7.3f} s   "
@@ -283,6 +286,7 @@ def main() -> None:
             "load_ratio": round(t_ck_cold / t_st_cold, 3),
             "load_ratio_hot": round(t_ck_hot / t_st_hot, 3),
             "load_ratio_unverified": round(t_ck_cold_nv / t_st_cold, 3),
+            "load_ratio_mmap": round(t_ck_cold_mm / t_st_cold, 3),
             "resave_ratio": round(t_resave / t_ck_save, 3),
             "bytes_ratio": round(store_bytes / one_save, 3),
             "changed_fraction_of_bytes": round(changed_bytes / nbytes, 3),

@@ -573,7 +573,7 @@ def _settings(cfg: Mapping[str, JsonValue], what: str) -> lora.LoraSettings:
     try:
         return lora.lora_settings(cfg)
     except RecordError as e:
-        raise RecordError(f"{what}: {e}", hint=e.hint) from e
+        raise RecordError(f"{what}: {e.message}", hint=e.hint or "", cli_hint=e.cli_hint or "") from e
 
 
 def _plan(

@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_STORE",
     "chunk_size",
     "debug",
+    "format_size",
     "parse_size",
     "store_url",
     "threads",
@@ -49,6 +50,9 @@ _UNITS = {
 }
 
 
+_SIZE_HINT = "examples: 4096, 64MiB, 1.5GiB, 5GB (KiB/MiB/GiB/TiB are powers of 1024, kB/MB/GB/TB of 1000)"
+
+
 def parse_size(text: str | int) -> int:
     """Parse a byte size such as ``4096``, ``64MiB``, ``5GB`` or ``1.5 GiB``.
 
@@ -59,18 +63,38 @@ def parse_size(text: str | int) -> int:
         The size in bytes.
 
     Raises:
-        ValueError: the text is not a size.
+        RecordError: the text is not a size (a ``ValueError`` too), with a hint listing the units.
 
     Example:
         >>> parse_size("64MiB")
         67108864
     """
+    if isinstance(text, bool) or not isinstance(text, (int, str)):
+        raise RecordError(f"not a size: {text!r} (an int or a str such as '64MiB')", hint=_SIZE_HINT)
     if isinstance(text, int):
         return text
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
     if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"not a size: {text!r} (examples: 4096, 64MiB, 5GB)")
+        raise RecordError(f"not a size: {text!r}", hint=_SIZE_HINT)
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def format_size(n: int | float) -> str:
+    """A byte count for people, in IEC binary units: ``512 B``, ``1.5 KiB``, ``3.2 GiB``.
+
+    The one place ckpt formats sizes: the CLI's figures for ``verify``, ``gc``, ``stats``, ``sync`` … all come
+    from here, so the same bytes always read the same.
+
+    Example:
+        >>> format_size(1536), format_size(5), format_size(67108864)
+        ('1.5 KiB', '5 B', '64.0 MiB')
+    """
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 1024 or unit == "PiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
 
 
 def store_url() -> str:
@@ -85,8 +109,8 @@ def chunk_size() -> int:
         return DEFAULT_CHUNK_SIZE
     try:
         return parse_size(raw)
-    except ValueError as e:
-        raise RecordError(f"CKPT_CHUNK_SIZE: {e}") from None
+    except RecordError as e:
+        raise RecordError(f"CKPT_CHUNK_SIZE: {e.message}", hint=e.hint or "", cli_hint=e.cli_hint or "") from None
 
 
 def threads() -> int:

@@ -108,18 +108,15 @@ def emit_json(data: Any) -> None:
 
 
 def human_bytes(n: int | float) -> str:
-    """A byte count for people, in binary units: ``512 B``, ``1.5 KiB``, ``3.2 GiB``.
+    """A byte count for people, in binary units: ``512 B``, ``1.5 KiB``, ``3.2 GiB`` (``settings.format_size``).
 
     Example:
         >>> human_bytes(1536), human_bytes(5)
         ('1.5 KiB', '5 B')
     """
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+    from ckpt.settings import format_size
+
+    return format_size(n)
 
 
 def count(n: int, singular: str, plural: str | None = None) -> str:

@@ -56,9 +56,15 @@ def parse_json(data: bytes, *, what: str) -> Any:
         RecordError: the bytes are not JSON.
     """
     try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:  # the message would quote the byte: name the position only
+        raise RecordError(f"{what} is not valid UTF-8 (at byte {e.start})") from e
+    try:
+        return json.loads(text)
+    except ValueError as e:  # JSONDecodeError's message names a position, never the text
         raise RecordError(f"{what} is not valid JSON: {e}") from e
+    except RecursionError as e:
+        raise RecordError(f"{what} is nested too deeply to be a record") from e
 
 
 def digest_bytes(data: bytes | bytearray | memoryview) -> str:

@@ -178,15 +178,31 @@ def unflatten(tree: Any, load_tensor: Callable[[str], Any]) -> Any:
                 return load_tensor(body)
             if tag == "$float" and body in ("nan", "inf", "-inf"):
                 return float(body)
-        raise RecordError(f"invalid node in a state tree: {str(node)[:80]}")
+        raise RecordError(
+            f"invalid node in a state tree: {_describe(node)}",
+            hint="check the store with store.verify()",
+            cli_hint="run `ckpt verify`",
+        )
 
     return walk(tree)
 
 
 def _key(k: Any) -> str | int:
     if isinstance(k, bool) or not isinstance(k, (str, int)):
-        raise RecordError(f"invalid dict key in a state tree: {k!r}")
+        raise RecordError(
+            f"invalid dict key in a state tree: a JSON {type(k).__name__}",
+            hint="check the store with store.verify()",
+            cli_hint="run `ckpt verify`",
+        )
     return k
+
+
+def _describe(node: Any) -> str:
+    """What a typed-JSON node is, without quoting what it holds (a record may hold anything)."""
+    if isinstance(node, dict):
+        tags = [k for k in node if isinstance(k, str) and k.startswith("$")][:3]
+        return f"an object with {len(node)} keys" + (f" (tags {', '.join(tags)})" if tags else "")
+    return f"a JSON {type(node).__name__}"
 
 
 def tensor_paths(tree: Any) -> list[str]:

@@ -6,8 +6,10 @@ anything else an ``FsspecBackend``.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from ckpt.errors import BackendError
 from ckpt.storage.base import Backend, Buffer, CasResult, Entry
 from ckpt.storage.faults import FaultyBackend, InjectedFault
 from ckpt.storage.local import LocalBackend
@@ -25,16 +27,19 @@ __all__ = [
 ]
 
 
-def is_local_url(url: str) -> bool:
-    """Whether ``url`` names a folder on the local disk (a path, or ``file://…``)."""
-    return "://" not in url or url.startswith(("file://", "local://"))
+def is_local_url(url: str | os.PathLike[str]) -> bool:
+    """Whether ``url`` names a folder on the local disk (a path, ``pathlib.Path``, or ``file://…``)."""
+    text = os.fspath(url)
+    return "://" not in text or text.startswith(("file://", "local://"))
 
 
-def open_backend(url: str, **storage_options: Any) -> Backend:
+def open_backend(url: str | os.PathLike[str], **storage_options: Any) -> Backend:
     """The backend for a store URL.
 
     Args:
-        url: a local path, ``file://`` URL, or any fsspec URL (``memory://x``, ``s3://bucket/prefix`` …).
+        url: a local path (``str`` or ``os.PathLike``), ``file://`` URL, or any fsspec URL (``memory://x``,
+            ``s3://bucket/prefix`` …). Chained URLs (``simplecache::s3://…``) are refused: a cache would
+            answer reads of refs from a stale copy.
         storage_options: for fsspec (credentials, ``endpoint_url`` …); ``durable=False`` on a local store
             skips fsync.
 
@@ -42,15 +47,33 @@ def open_backend(url: str, **storage_options: Any) -> Backend:
         The backend.
 
     Raises:
-        BackendError: the filesystem cannot be opened (e.g. its package is not installed).
+        BackendError: the filesystem cannot be opened (e.g. its package is not installed), the URL is chained,
+            or a local store holds a symbolic link.
 
     Example:
         >>> open_backend("memory://docs").url
         'memory:///docs'
     """
-    if is_local_url(url):
-        path = url.split("://", 1)[1] if "://" in url else url
+    try:
+        text = os.fspath(url)
+    except TypeError:
+        raise BackendError(
+            f"a store location must be a path or a URL string, got {type(url).__name__}",
+            hint="pass a str or pathlib.Path, e.g. ckpt.open('runs') or ckpt.open('s3://bucket/models')",
+        ) from None
+    if not isinstance(text, str):
+        raise BackendError(f"a store location must be a str path, got {type(text).__name__}")
+    if not text:
+        raise BackendError("a store location must not be empty", hint="e.g. ckpt.open('.ckpt')")
+    if "::" in text:
+        raise BackendError(
+            f"chained URLs such as {text!r} are not supported for a store",
+            hint="a caching layer (simplecache::, filecache:: …) would answer reads of refs from a stale copy "
+            "and let two writers overwrite each other; open the store with its plain URL (s3://…)",
+        )
+    if is_local_url(text):
+        path = text.split("://", 1)[1] if "://" in text else text
         return LocalBackend(path, durable=bool(storage_options.pop("durable", True)))
     from ckpt.storage.fsspec import FsspecBackend
 
-    return FsspecBackend(url, **storage_options)
+    return FsspecBackend(text, **storage_options)

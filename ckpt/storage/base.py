@@ -15,7 +15,10 @@ Guarantees every backend gives:
 - ``replace`` atomically replaces an object.
 - ``compare_and_swap`` replaces (or deletes) an object only if its content is still the expected one, and
   tells the caller what it found otherwise.
-- ``read``/``read_into`` return exactly the stored bytes or raise ``MissingObjectError``.
+- ``read``/``read_into`` return exactly the stored bytes (fewer when the object ends before the range does,
+  never more than it holds: memory is bounded by what is really stored) or raise ``MissingObjectError``.
+- Paths stay under the root: ``..`` and absolute paths are refused, and a local backend never follows a
+  symbolic link inside the root (a link is refused as ``IntegrityError``; ``exists`` still reports it).
 - Any other failure of the underlying system is raised as ``BackendError`` with the original as cause.
 """
 
@@ -82,11 +85,15 @@ class Backend(Protocol):
         ...
 
     def read(self, path: str, start: int = 0, end: int | None = None) -> bytes:
-        """Read bytes ``[start, end)`` of an object (``end=None``: to its end)."""
+        """Read bytes ``[start, end)`` of an object (``end=None``: to its end; fewer if the object ends first)."""
         ...
 
-    def read_into(self, path: str, out: Sequence[memoryview], start: int = 0) -> None:
-        """Fill the buffers ``out``, one after the other, with the object's bytes from offset ``start``."""
+    def read_into(self, path: str, out: Sequence[memoryview], start: int = 0) -> int:
+        """Fill the buffers ``out``, one after the other, with the object's bytes from offset ``start``.
+
+        Returns how many bytes were read: fewer than the buffers hold when the object ends first (the rest of
+        the buffers is left as it was). A caller that must know an object's exact length asks for one byte more.
+        """
         ...
 
     def exists(self, path: str) -> bool:

@@ -139,9 +139,9 @@ class FaultyBackend:
         """Delegated to the real backend."""
         return self.real.read(path, start, end)
 
-    def read_into(self, path: str, out: Sequence[memoryview], start: int = 0) -> None:
+    def read_into(self, path: str, out: Sequence[memoryview], start: int = 0) -> int:
         """Delegated to the real backend."""
-        self.real.read_into(path, out, start)
+        return self.real.read_into(path, out, start)
 
     def exists(self, path: str) -> bool:
         """Delegated to the real backend."""

@@ -108,6 +108,12 @@ class FsspecBackend:
         protocol, _, rest = url.partition("://")
         if not rest:
             raise BackendError(f"not a URL: {url!r}")
+        if "::" in url:
+            raise BackendError(
+                f"chained URLs such as {url!r} are not supported for a store",
+                hint="a caching layer (simplecache::, filecache:: …) would answer reads of refs from a stale copy "
+                "and let two writers overwrite each other; open the store with its plain URL (s3://…)",
+            )
         self.protocol = protocol
         options = dict(storage_options)
         if protocol in _S3:
@@ -258,19 +264,32 @@ class FsspecBackend:
         except FileNotFoundError as e:
             raise MissingObjectError(f"object {path} is missing from {self.url}") from e
         except Exception as e:
+            # a range that starts at or past the end (S3 answers 416 InvalidRange): nothing to read
+            try:
+                size = self.fs.info(full).get("size")
+            except FileNotFoundError:
+                raise MissingObjectError(f"object {path} is missing from {self.url}") from e
+            except Exception:
+                size = None
+            if size is not None and start >= int(size):
+                return b""
             raise self._fail("read", path, e) from e
 
-    def read_into(self, path: str, out: Sequence[memoryview], start: int = 0) -> None:
-        """Fill the buffers ``out`` from offset ``start`` with one (ranged) GET."""
+    def read_into(self, path: str, out: Sequence[memoryview], start: int = 0) -> int:
+        """Fill the buffers ``out`` from offset ``start`` with one (ranged) GET; returns the bytes read.
+
+        Fewer bytes than the buffers hold are read when the object ends first.
+        """
         views = [v.cast("B") if v.format != "B" else v for v in out]
         total = sum(v.nbytes for v in views)
         data = self.read(path, start, start + total)
-        if len(data) != total:
-            raise MissingObjectError(f"object {path} in {self.url} is shorter than expected")
         pos = 0
         for v in views:
-            v[:] = data[pos : pos + v.nbytes]
-            pos += v.nbytes
+            n = min(v.nbytes, len(data) - pos)
+            if n > 0:
+                v[:n] = data[pos : pos + n]
+                pos += n
+        return len(data)
 
     def exists(self, path: str) -> bool:
         """Whether the object exists."""

@@ -1,32 +1,50 @@
-"""Garbage collection, planned then executed.
+"""Garbage collection: planned, then executed; fail-closed.
 
 Liveness: every snapshot reachable from a branch, a tag, or a reflog entry younger than ``expire_reflog``
 (following parents and adapter bases) keeps its record and its tensor table; a live snapshot that is not
-pruned also keeps its chunks. Anything else that is older than ``grace`` is deleted: snapshot records
+pruned also keeps its chunks. A frozen release, and the adapter bases it needs, always keep their chunks, even
+if a pruned marker says otherwise. Anything else that is older than ``grace`` is deleted: snapshot records
 first, then tables, then chunks, so that a crash part-way never leaves a record pointing at missing data.
-Objects younger than ``grace`` are never deleted, so a GC running beside a slow save never takes its
-fresh chunks.
+Objects younger than ``grace`` are never deleted, so a GC running beside a slow save never takes its fresh
+chunks; the report says how many were spared and why.
+
+Fail-closed: gc deletes only what it can prove unneeded. Anything on the way that it cannot read (a ref, a
+reflog entry, a snapshot record, a tensor table, a pruned marker) or that is missing (a ref or a parent pointing
+at no record, a live table) makes it refuse with ``IntegrityError`` naming the damage, before deleting anything
+(``on_damage="refuse"``, the default). With ``on_damage="keep"`` it goes ahead but keeps everything the damaged
+objects might need: an unreadable ref or reflog entry could name any snapshot, so every record counts as a
+root; an unreadable record could have any parents and any table, so every record, table and chunk is kept; an
+unreadable table keeps every chunk; an unreadable pruned marker does not prune.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from ckpt.errors import CkptError
-from ckpt.model import parse_time, utcnow
+from ckpt.errors import CkptError, IntegrityError, MissingObjectError
+from ckpt.model import PrunedMarker, TagRecord, is_digest, parse_json, parse_time, utcnow
 from ckpt.storage import Backend, Entry
 from ckpt.store import layout
 from ckpt.store.objects import Objects
 from ckpt.store.refs import Refs
+from ckpt.store.verify import Damage, damage_kind
 
-__all__ = ["GcPlan", "GcReport", "live_snapshots", "plan_gc"]
+__all__ = ["GcPlan", "GcReport", "Liveness", "OnDamage", "live_snapshots", "plan_gc", "scan_liveness"]
+
+#: What gc does when it meets damage: refuse (default), or keep everything the damage might hide.
+OnDamage = Literal["refuse", "keep"]
 
 
 class GcReport(BaseModel):
-    """What a garbage collection removed (or, for a dry run, would remove).
+    """What a garbage collection removed (or, for a dry run, would remove), and what it kept and why.
+
+    Every byte figure counts bytes as stored (a chunk with its 16-byte header), as ``verify`` and
+    ``Store.stats`` do.
 
     Attributes:
         dry_run: nothing was deleted.
@@ -35,8 +53,16 @@ class GcReport(BaseModel):
         chunks: chunks removed.
         other: temporary files and stale markers removed.
         freed_bytes: bytes freed.
-        kept_chunks: chunks still needed.
+        kept_chunks: chunks kept (needed, younger than the grace period, or reused by a save meanwhile).
         kept_bytes: bytes of the chunks kept.
+        grace_seconds: the grace period, in seconds.
+        young_chunks: chunks no live snapshot needs, kept because they are younger than the grace period (a
+            save running now may be about to use them; the next gc after the grace period takes them).
+        young_bytes: bytes of those chunks.
+        young_records: snapshot records, tables and temporary files no one needs, kept for the same reason.
+        reused_chunks: chunks planned for deletion but spared because a save reused them while gc ran.
+        reused_bytes: bytes of those chunks.
+        damage: with ``on_damage="keep"``, what could not be read; everything it might need was kept.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -49,6 +75,13 @@ class GcReport(BaseModel):
     freed_bytes: int
     kept_chunks: int
     kept_bytes: int
+    grace_seconds: float = 0.0
+    young_chunks: int = 0
+    young_bytes: int = 0
+    young_records: int = 0
+    reused_chunks: int = 0
+    reused_bytes: int = 0
+    damage: tuple[Damage, ...] = ()
 
 
 class GcPlan(BaseModel):
@@ -60,48 +93,225 @@ class GcPlan(BaseModel):
     snapshot_paths: tuple[str, ...]
     table_paths: tuple[str, ...]
     chunk_paths: tuple[str, ...]
+    chunk_sizes: tuple[int, ...]
     other_paths: tuple[str, ...]
-    freed_bytes: int
+    record_bytes: int
     kept_chunks: int
     kept_bytes: int
+    grace_seconds: float
+    young_chunks: int
+    young_bytes: int
+    young_records: int
+    damage: tuple[Damage, ...]
 
-    def report(self, *, dry_run: bool) -> GcReport:
-        """The report of this plan."""
+    @property
+    def freed_bytes(self) -> int:
+        """Bytes the plan frees."""
+        return self.record_bytes + sum(self.chunk_sizes)
+
+    def report(self, *, dry_run: bool, reused: Mapping[str, int] | None = None, reused_tables: int = 0) -> GcReport:
+        """The report of this plan (``reused``: chunk path → size of the chunks spared at execution)."""
+        reused = reused or {}
         return GcReport(
             dry_run=dry_run,
             snapshots=len(self.snapshot_paths),
-            tables=len(self.table_paths),
-            chunks=len(self.chunk_paths),
+            tables=len(self.table_paths) - reused_tables,
+            chunks=len(self.chunk_paths) - len(reused),
             other=len(self.other_paths),
-            freed_bytes=self.freed_bytes,
-            kept_chunks=self.kept_chunks,
-            kept_bytes=self.kept_bytes,
+            freed_bytes=self.freed_bytes - sum(reused.values()),
+            kept_chunks=self.kept_chunks + len(reused),
+            kept_bytes=self.kept_bytes + sum(reused.values()),
+            grace_seconds=self.grace_seconds,
+            young_chunks=self.young_chunks,
+            young_bytes=self.young_bytes,
+            young_records=self.young_records,
+            reused_chunks=len(reused),
+            reused_bytes=sum(reused.values()),
+            damage=self.damage,
         )
 
     def execute(self, backend: Backend) -> GcReport:
         """Delete records, then tables, then chunks, then the rest.
 
-        Chunks touched since the plan was made (a save found them and reuses them) are spared.
+        Chunks and tables touched since the plan was made (a save found them and reuses them: a table is
+        content-addressed too, and a save of the same tree and tensors writes the same one) are spared.
         """
         backend.delete(list(self.snapshot_paths))
-        backend.delete(list(self.table_paths))
-        doomed = set(self.chunk_paths)
-        fresh = {
-            e.path for e in backend.list(layout.CHUNKS) if e.path in doomed and e.mtime and e.mtime > self.planned_at
+        planned_tables = set(self.table_paths)
+        touched = {
+            e.path
+            for e in backend.list(layout.TABLES)
+            if e.path in planned_tables and e.mtime and e.mtime >= self.planned_at
         }
-        backend.delete([p for p in self.chunk_paths if p not in fresh])
+        backend.delete([p for p in self.table_paths if p not in touched])
+        doomed = dict(zip(self.chunk_paths, self.chunk_sizes, strict=True))
+        reused = {
+            e.path: doomed[e.path]
+            for e in backend.list(layout.CHUNKS)
+            if e.path in doomed and e.mtime and e.mtime >= self.planned_at
+        }
+        backend.delete([p for p in self.chunk_paths if p not in reused])
         backend.delete(list(self.other_paths))
-        return self.report(dry_run=False)
+        return self.report(dry_run=False, reused=reused, reused_tables=len(touched))
 
 
-def _roots(refs: Refs, now: datetime, expire_reflog: timedelta | None) -> set[str]:
-    roots = set(refs.branches().values())
-    roots.update(t.id for t in refs.tags().values())
-    for entry in refs.reflog():
+@dataclass
+class Liveness:
+    """What is live, and what could not be read on the way (shared by ``gc`` and ``verify``).
+
+    Attributes:
+        live: snapshot id → (table digest, pruned?) for every readable snapshot reachable from a root.
+        broken: reachable snapshot ids whose record is missing or unreadable.
+        damage: every problem met, as ``verify`` reports it.
+        pruned: ids with a readable pruned marker.
+        protected: frozen releases and the adapter bases they need: never pruned, whatever a marker says.
+        all_records: an unreadable root or record could name any snapshot: keep every record.
+        all_tables: an unreadable record could have any table: keep every table.
+        all_chunks: an unreadable record or table could need any chunk: keep every chunk.
+        reflog_ids: snapshot ids the (unexpired) reflog names.
+    """
+
+    live: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    broken: set[str] = field(default_factory=set)
+    damage: list[Damage] = field(default_factory=list)
+    pruned: set[str] = field(default_factory=set)
+    protected: set[str] = field(default_factory=set)
+    all_records: bool = False
+    all_tables: bool = False
+    all_chunks: bool = False
+    reflog_ids: set[str] = field(default_factory=set)
+
+
+def read_pruned(backend: Backend) -> tuple[set[str], list[Damage]]:
+    """Ids with a readable pruned marker, and the damage of markers that cannot be read."""
+    ids: set[str] = set()
+    damage: list[Damage] = []
+    for e in backend.list(layout.PRUNED):
+        sid = layout.digest_from_path(e.path)
+        if not e.path.endswith(".json") or not is_digest(sid) or e.path != layout.pruned_path(sid):
+            damage.append(
+                Damage(kind="invalid", object="marker", digest=e.path, message=f"{e.path} is not a pruned marker")
+            )
+            continue
+        try:
+            PrunedMarker.model_validate(parse_json(backend.read(e.path), what=f"pruned marker {e.path}"))
+        except MissingObjectError:
+            continue  # removed between the listing and the read
+        except (CkptError, ValueError) as err:
+            damage.append(
+                Damage(
+                    kind=damage_kind(err) if isinstance(err, CkptError) else "invalid",
+                    object="marker",
+                    digest=e.path,
+                    snapshots=(sid,),
+                    message=f"pruned marker {e.path} cannot be read; the snapshot is treated as not pruned",
+                )
+            )
+            continue
+        ids.add(sid)
+    return ids, damage
+
+
+def _ref_damage(path: str, message: str, kind: Literal["missing", "corrupt", "invalid"] = "invalid") -> Damage:
+    return Damage(kind=kind, object="reflog" if path.startswith(layout.LOGS) else "ref", digest=path, message=message)
+
+
+def release_needs(objects: Objects, tags: Mapping[str, TagRecord]) -> set[str]:
+    """Ids a frozen release needs to load: each frozen tag's snapshot and its adapter bases (unreadable skipped)."""
+    need: set[str] = set()
+    todo = [t.id for t in tags.values() if t.frozen]
+    while todo:
+        sid = todo.pop()
+        if sid in need:
+            continue
+        need.add(sid)
+        try:
+            base = objects.get_snapshot(sid).base
+        except CkptError:
+            continue
+        if base:
+            todo.append(base)
+    return need
+
+
+def scan_liveness(
+    objects: Objects, refs: Refs, *, expire_reflog: timedelta | None, now: datetime | None = None
+) -> Liveness:
+    """Walk every root and every snapshot it reaches; record what is live and every problem met.
+
+    A reflog entry naming a snapshot that is not in the store is not damage (gc may have collected it after
+    the entry expired, under a shorter ``expire_reflog``); a branch, tag, parent or adapter base naming a
+    missing snapshot is.
+    """
+    now = now or utcnow()
+    out = Liveness()
+    branches, tags, ref_damage = refs.scan()
+    entries, log_damage = refs.scan_reflog()
+    for d in (*ref_damage, *log_damage):
+        out.damage.append(_ref_damage(d.path, d.message))
+        out.all_records = True
+    out.pruned, marker_damage = read_pruned(objects.backend)
+    out.damage.extend(marker_damage)
+    roots: dict[str, str] = {}  # id → what names it (for messages)
+    named = [(f"branch {n!r}", layout.branch_path(n), h) for n, h in branches.items()]
+    named += [(f"tag {n!r}", layout.tag_path(n), t.id) for n, t in tags.items()]
+    for why, ref, sid in named:
+        if objects.has_snapshot(sid):
+            roots.setdefault(sid, why)
+            continue
+        # a ref pointing at nothing: the ref is the damage; what the record held is unknown, so keep all
+        out.damage.append(
+            Damage(
+                kind="missing",
+                object="ref",
+                digest=ref,
+                snapshots=(sid,),
+                message=f"{why} points at snapshot {sid[:12]}, which is missing",
+            )
+        )
+        out.broken.add(sid)
+        out.all_records = out.all_tables = out.all_chunks = True
+    for entry in entries:
         if expire_reflog is not None and now - parse_time(entry.time) > expire_reflog:
             continue
-        roots.update(x for x in (entry.old, entry.new) if x)
-    return roots
+        out.reflog_ids.update(x for x in (entry.old, entry.new) if x)
+    for sid in sorted(out.reflog_ids - set(roots) - out.broken):
+        if objects.has_snapshot(sid):
+            roots[sid] = "the reflog"
+    if out.all_records:  # an unreadable ref or reflog entry could name any snapshot: every record is a root
+        for sid in objects.snapshot_ids():
+            roots.setdefault(sid, "every record (an unreadable ref or reflog entry could name it)")
+
+    todo: list[tuple[str, str]] = list(roots.items())
+    reported: set[str] = set()
+    while todo:
+        sid, why = todo.pop()
+        if sid in out.live or sid in reported:
+            continue
+        try:
+            snap = objects.get_snapshot(sid)
+        except CkptError as e:
+            out.broken.add(sid)
+            reported.add(sid)
+            out.damage.append(
+                Damage(
+                    kind=damage_kind(e),
+                    object="snapshot",
+                    digest=sid,
+                    snapshots=(sid,),
+                    message=f"{e} (needed by {why})",
+                )
+            )
+            out.all_records = out.all_tables = out.all_chunks = True
+            continue
+        out.live[sid] = (snap.table, sid in out.pruned)
+        for dep in (*snap.parents, *((snap.base,) if snap.base else ())):
+            todo.append((dep, f"snapshot {sid[:12]}"))
+    out.protected = release_needs(objects, tags)
+    for sid in out.protected:
+        if sid in out.live:
+            out.live[sid] = (out.live[sid][0], False)
+    return out
 
 
 def live_snapshots(
@@ -123,7 +333,7 @@ def live_snapshots(
         except CkptError:
             if broken is not None:
                 broken.add(sid)
-            continue  # missing or damaged: verify reports it; gc only keeps what it can prove live
+            continue
         live[sid] = (snap.table, sid in pruned)
         todo.extend(snap.parents)
         if snap.base:
@@ -131,55 +341,114 @@ def live_snapshots(
     return live
 
 
+def _refusal(damage: list[Damage]) -> IntegrityError:
+    shown = "; ".join(f"{d.kind} {d.object} {d.digest[:40]}: {d.message}" for d in damage[:3])
+    more = f" (and {len(damage) - 3} more)" if len(damage) > 3 else ""
+    return IntegrityError(
+        f"gc refused to delete anything: {len(damage)} object{'s' if len(damage) != 1 else ''} it must read "
+        f"{'are' if len(damage) != 1 else 'is'} damaged or missing, so it cannot prove what is unneeded: "
+        f"{shown}{more}",
+        hint="see all damage with store.verify() and put it back from a good copy with store.repair(good_copy); "
+        "to collect anyway, keeping everything the damaged objects might need, use gc(on_damage='keep')",
+        cli_hint="run `ckpt verify` to see all damage and `ckpt repair --from URL` to put it back from a good copy; "
+        "to collect anyway, keeping everything the damaged objects might need, use `ckpt gc --keep-damaged`",
+    )
+
+
 def plan_gc(
-    objects: Objects, refs: Refs, *, grace: timedelta, expire_reflog: timedelta | None = timedelta(days=30)
+    objects: Objects,
+    refs: Refs,
+    *,
+    grace: timedelta,
+    expire_reflog: timedelta | None = timedelta(days=30),
+    on_damage: OnDamage = "refuse",
 ) -> GcPlan:
-    """Work out what a GC would delete, without deleting anything."""
+    """Work out what a GC would delete, without deleting anything.
+
+    Raises:
+        IntegrityError: with ``on_damage="refuse"``, something gc must read is damaged or missing.
+    """
     now = utcnow()
     backend = objects.backend
 
     def old(e: Entry) -> bool:
         return e.mtime is None or now - e.mtime >= grace
 
-    live = live_snapshots(objects, _roots(refs, now, expire_reflog))
+    state = scan_liveness(objects, refs, expire_reflog=expire_reflog, now=now)
+    live = state.live
     live_tables = {table for table, _ in live.values()}
     live_chunks: set[str] = set()
-    for table_digest, is_pruned in live.values():
-        if is_pruned:
-            continue
+    for sid, (table_digest, is_pruned) in live.items():
         try:
-            live_chunks |= objects.get_table(table_digest).chunk_digests()
-        except CkptError:
+            table = objects.get_table(table_digest)
+        except CkptError as err:
+            state.damage.append(
+                Damage(kind=damage_kind(err), object="table", digest=table_digest, snapshots=(sid,), message=str(err))
+            )
+            if not is_pruned:
+                state.all_chunks = True
             continue
+        if not is_pruned:
+            live_chunks |= table.chunk_digests()
+    if state.damage and on_damage != "keep":
+        raise _refusal(state.damage)
 
-    dead_snapshots = [
-        e for e in backend.list(layout.SNAPSHOTS) if layout.digest_from_path(e.path) not in live and old(e)
-    ]
-    dead_tables = [
-        e for e in backend.list(layout.TABLES) if layout.digest_from_path(e.path) not in live_tables and old(e)
-    ]
-    snapshot_paths = [e.path for e in dead_snapshots]
-    table_paths = [e.path for e in dead_tables]
-    freed = sum(e.size for e in dead_snapshots) + sum(e.size for e in dead_tables)
-    chunk_paths = []
-    kept_chunks = kept_bytes = 0
+    snapshot_paths: list[str] = []
+    table_paths: list[str] = []
+    record_bytes = young_records = 0
+    for e in backend.list(layout.SNAPSHOTS):
+        if state.all_records or layout.digest_from_path(e.path) in live:
+            continue
+        if old(e):
+            snapshot_paths.append(e.path)
+            record_bytes += e.size
+        else:
+            young_records += 1
+    for e in backend.list(layout.TABLES):
+        if state.all_tables or layout.digest_from_path(e.path) in live_tables:
+            continue
+        if old(e):
+            table_paths.append(e.path)
+            record_bytes += e.size
+        else:
+            young_records += 1
+    chunk_paths: list[str] = []
+    chunk_sizes: list[int] = []
+    kept_chunks = kept_bytes = young_chunks = young_bytes = 0
     for e in backend.list(layout.CHUNKS):
-        if layout.digest_from_path(e.path) in live_chunks or not old(e):
+        if state.all_chunks or layout.digest_from_path(e.path) in live_chunks:
             kept_chunks += 1
             kept_bytes += e.size
+        elif not old(e):
+            kept_chunks += 1
+            kept_bytes += e.size
+            young_chunks += 1
+            young_bytes += e.size
         else:
             chunk_paths.append(e.path)
-            freed += e.size
-    other = [e.path for e in backend.list(layout.TMP) if old(e)]
+            chunk_sizes.append(e.size)
+    other: list[str] = []
+    for e in backend.list(layout.TMP):
+        if old(e):
+            other.append(e.path)
+            record_bytes += e.size
+        else:
+            young_records += 1
     gone = {layout.digest_from_path(p) for p in snapshot_paths}
-    other += [e.path for e in backend.list(layout.PRUNED) if layout.digest_from_path(e.path) in gone]
+    other += [layout.pruned_path(sid) for sid in sorted(gone & state.pruned)]
     return GcPlan(
         planned_at=now,
         snapshot_paths=tuple(snapshot_paths),
         table_paths=tuple(table_paths),
         chunk_paths=tuple(chunk_paths),
+        chunk_sizes=tuple(chunk_sizes),
         other_paths=tuple(other),
-        freed_bytes=freed,
+        record_bytes=record_bytes,
         kept_chunks=kept_chunks,
         kept_bytes=kept_bytes,
+        grace_seconds=grace.total_seconds(),
+        young_chunks=young_chunks,
+        young_bytes=young_bytes,
+        young_records=young_records,
+        damage=tuple(state.damage),
     )

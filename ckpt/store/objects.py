@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import mmap
+import os
+import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import blake3
 from pydantic import BaseModel, ValidationError
 
-from ckpt.errors import CorruptChunkError, FormatVersionError, MissingObjectError, RecordError
+from ckpt.errors import CorruptChunkError, FormatVersionError, IntegrityError, MissingObjectError, RecordError
 from ckpt.model import (
     Snapshot,
     TensorTable,
@@ -22,7 +25,16 @@ from ckpt.model import (
 from ckpt.storage import Backend
 from ckpt.store import layout
 
-__all__ = ["CHUNK_HEADER_SIZE", "CODEC_RAW", "Objects", "chunk_header", "hash_chunk"]
+__all__ = [
+    "CHUNK_HEADER_SIZE",
+    "CODEC_RAW",
+    "VERIFY_PIECE",
+    "Objects",
+    "chunk_header",
+    "hash_chunk",
+    "invalid_reason",
+    "stored_size",
+]
 
 CHUNK_MAGIC = b"ckpt"
 CHUNK_FORMAT = 1
@@ -31,10 +43,23 @@ CHUNK_HEADER_SIZE = 16
 _HEADER = struct.Struct("<4sBBHQ")  # magic, format, codec, reserved, raw length
 _BIG = 1 << 20
 
+#: ``check_chunk`` reads a chunk in pieces of at most this many bytes (one piece for a default 64 MiB chunk
+#: with its header and the byte that proves nothing follows).
+VERIFY_PIECE = (64 << 20) + CHUNK_HEADER_SIZE + 1
+
 
 def chunk_header(raw_length: int, codec: int = CODEC_RAW) -> bytes:
     """The 16-byte header of a stored chunk: ``b"ckpt"``, format 1, codec, 2 reserved bytes, raw length."""
     return _HEADER.pack(CHUNK_MAGIC, CHUNK_FORMAT, codec, 0, raw_length)
+
+
+def stored_size(raw_length: int) -> int:
+    """The bytes a chunk of ``raw_length`` raw bytes takes in a store (its header included).
+
+    Every byte figure ckpt reports about what a store holds (``verify``, ``gc``, ``stats``, ``sync``) counts
+    stored bytes, so that they add up.
+    """
+    return CHUNK_HEADER_SIZE + raw_length
 
 
 def hash_chunk(data: memoryview | bytes) -> str:
@@ -72,13 +97,98 @@ class Objects:
                     return digest, 0
                 # gc deleted it between the two calls, so these unhashed bytes were just written: check them
                 if hash_chunk(data) == digest:
-                    return digest, CHUNK_HEADER_SIZE + data.nbytes
+                    return digest, stored_size(data.nbytes)
                 self.backend.delete([known])  # never leave bytes under an address that is not their digest
         digest = hash_chunk(data)
         path = layout.chunk_path(digest)
         if self.backend.put_if_absent(path, [chunk_header(data.nbytes), data]):
-            return digest, CHUNK_HEADER_SIZE + data.nbytes
+            return digest, stored_size(data.nbytes)
         return digest, 0
+
+    # -- reading chunks: one rule for every path ------------------------------------------------------------
+    #
+    # A stored chunk is valid when it is a regular file (on a local store) of exactly 16 + n bytes, its header
+    # has the magic, a known format and codec and says n, n is the length the table implies for that piece, and
+    # (when verifying) its n payload bytes hash to its address. ``_check_stored`` is that rule; load, lazy
+    # reads, files, export, verify, repair and sync all reach it through the readers below, so a chunk one of
+    # them accepts, every one of them accepts.
+
+    def _check_stored(
+        self,
+        digest: str,
+        header: bytes,
+        stored: int,
+        expected: int | None,
+        tensor: str | None,
+        snapshot: str | None,
+    ) -> int:
+        """Check a stored chunk's header and size; returns its raw length.
+
+        Args:
+            digest: the chunk's address.
+            header: its first 16 bytes (fewer if the object is shorter).
+            stored: how many bytes the object holds, or a lower bound past its expected end (a reader asks
+                for one byte more than it expects, to see whether anything follows).
+            expected: the raw length the table implies, or ``None`` to take the header's (then the digest
+                check, not the length, is what proves the bytes).
+        """
+        where = _where(tensor, snapshot)
+
+        def corrupt(what: str) -> CorruptChunkError:
+            return CorruptChunkError(
+                f"chunk {digest[:12]} of {where} is corrupt: {what}", digest=digest, tensor=tensor, snapshot=snapshot
+            )
+
+        if len(header) < CHUNK_HEADER_SIZE:
+            raise corrupt(f"it holds {stored} bytes, less than its {CHUNK_HEADER_SIZE}-byte header")
+        magic, fmt, codec, _reserved, raw_length = _HEADER.unpack(header[:CHUNK_HEADER_SIZE])
+        if magic != CHUNK_MAGIC:
+            raise corrupt("its header does not start with the chunk magic")
+        if fmt != CHUNK_FORMAT or codec != CODEC_RAW:
+            raise FormatVersionError(
+                f"chunk {digest[:12]} of {where} uses chunk format {fmt}, codec {codec}, which this ckpt does not "
+                f"know (it reads format {CHUNK_FORMAT}, codec {CODEC_RAW} = raw)"
+            )
+        if expected is not None and raw_length != expected:
+            raise corrupt(f"its header says {raw_length} bytes, its table {expected}")
+        if stored < CHUNK_HEADER_SIZE + raw_length:
+            raise corrupt(f"it holds {stored - CHUNK_HEADER_SIZE} bytes of its {raw_length}")
+        if stored > CHUNK_HEADER_SIZE + raw_length:
+            raise corrupt(f"bytes follow its {raw_length}-byte payload")
+        return int(raw_length)
+
+    def _check_digest(self, payload: memoryview | bytes, digest: str, tensor: str | None, snapshot: str | None) -> None:
+        if hash_chunk(payload) != digest:
+            raise CorruptChunkError(
+                f"chunk {digest[:12]} of {_where(tensor, snapshot)} is corrupt: its bytes do not match its digest",
+                digest=digest,
+                tensor=tensor,
+                snapshot=snapshot,
+            )
+
+    def _missing(self, digest: str, tensor: str | None, snapshot: str | None, e: Exception) -> MissingObjectError:
+        err = MissingObjectError(
+            f"chunk {digest[:12]} of {_where(tensor, snapshot)} is missing from the store",
+            hint="the snapshot may have been pruned and collected; check the store with `store.verify()`",
+            cli_hint="the snapshot may have been pruned and collected; check the store with `ckpt verify`",
+        )
+        err.__cause__ = e
+        return err
+
+    def _unreadable(
+        self, digest: str, tensor: str | None, snapshot: str | None, e: IntegrityError
+    ) -> CorruptChunkError:
+        """A chunk object the backend refuses to read (a link, not a regular file): corrupt, never followed."""
+        err = CorruptChunkError(
+            f"chunk {digest[:12]} of {_where(tensor, snapshot)} is corrupt: {e.message}",
+            digest=digest,
+            tensor=tensor,
+            snapshot=snapshot,
+            hint=e.hint or "",
+            cli_hint=e.cli_hint or "",
+        )
+        err.__cause__ = e
+        return err
 
     def read_chunk_into(
         self,
@@ -91,75 +201,114 @@ class Objects:
     ) -> None:
         """Read a chunk's raw bytes into ``out`` (exactly its length) and check them against ``digest``.
 
+        Never writes more than ``out`` holds, and never allocates: memory is the caller's buffer.
+
         Raises:
-            CorruptChunkError: bad header, wrong length, or the bytes do not hash to ``digest``.
+            CorruptChunkError: bad header, wrong length (short, or bytes after its end), or the bytes do not
+                hash to ``digest``.
             MissingObjectError: the chunk is not in the store.
         """
         header = bytearray(CHUNK_HEADER_SIZE)
-        where = _where(tensor, snapshot)
-        path = layout.chunk_path(digest)
+        sentinel = bytearray(1)
         try:
-            self.backend.read_into(path, [memoryview(header), out])
+            n = self.backend.read_into(layout.chunk_path(digest), [memoryview(header), out, memoryview(sentinel)])
         except MissingObjectError as e:
-            if self.backend.exists(path):
-                raise CorruptChunkError(
-                    f"chunk {digest[:12]} of {where} is corrupt: it is shorter than its {out.nbytes} bytes",
-                    digest=digest,
-                    tensor=tensor,
-                    snapshot=snapshot,
-                ) from e
-            raise MissingObjectError(
-                f"chunk {digest[:12]} of {where} is missing from the store",
-                hint="the snapshot may have been pruned and collected; check the store with `store.verify()`",
-                cli_hint="the snapshot may have been pruned and collected; check the store with `ckpt verify`",
-            ) from e
-        self._check_header(bytes(header), out.nbytes, digest, tensor, snapshot)
-        if verify and hash_chunk(out) != digest:
-            raise CorruptChunkError(
-                f"chunk {digest[:12]} of {where} is corrupt: its bytes do not match its digest",
-                digest=digest,
-                tensor=tensor,
-                snapshot=snapshot,
-            )
+            raise self._missing(digest, tensor, snapshot, e) from e
+        except IntegrityError as e:
+            raise self._unreadable(digest, tensor, snapshot, e) from e
+        self._check_stored(digest, bytes(header[: min(n, CHUNK_HEADER_SIZE)]), n, out.nbytes, tensor, snapshot)
+        if verify:
+            self._check_digest(out, digest, tensor, snapshot)
 
     def read_chunk(
-        self, digest: str, *, verify: bool = True, tensor: str | None = None, snapshot: str | None = None
+        self,
+        digest: str,
+        length: int | None = None,
+        *,
+        verify: bool = True,
+        tensor: str | None = None,
+        snapshot: str | None = None,
     ) -> bytes:
-        """Read a whole chunk's raw bytes, checked against ``digest``."""
+        """Read a whole chunk's raw bytes, checked against ``digest``.
+
+        Args:
+            digest: the chunk's address.
+            length: the raw length the table implies (checked); ``None``: the header's.
+            verify: check the bytes against the digest.
+            tensor: the tensor or file it belongs to, for messages.
+            snapshot: the snapshot being read, for messages.
+
+        Memory is bounded by what the object really holds, whatever ``length`` or its header claim.
+        """
+        path = layout.chunk_path(digest)
         try:
-            data = self.backend.read(layout.chunk_path(digest))
+            data = (
+                self.backend.read(path)
+                if length is None
+                else self.backend.read(path, 0, CHUNK_HEADER_SIZE + length + 1)
+            )
         except MissingObjectError as e:
-            raise MissingObjectError(f"chunk {digest[:12]} of {_where(tensor, snapshot)} is missing") from e
-        header, payload = data[:CHUNK_HEADER_SIZE], data[CHUNK_HEADER_SIZE:]
-        self._check_header(header, len(payload), digest, tensor, snapshot)
-        if verify and hash_chunk(payload) != digest:
+            raise self._missing(digest, tensor, snapshot, e) from e
+        except IntegrityError as e:
+            raise self._unreadable(digest, tensor, snapshot, e) from e
+        self._check_stored(digest, data[:CHUNK_HEADER_SIZE], len(data), length, tensor, snapshot)
+        payload = data[CHUNK_HEADER_SIZE:]
+        if verify:
+            self._check_digest(payload, digest, tensor, snapshot)
+        return payload
+
+    def check_chunk(
+        self,
+        digest: str,
+        length: int,
+        *,
+        tensor: str | None = None,
+        snapshot: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Verify a stored chunk without keeping it: read in pieces of at most ``VERIFY_PIECE`` bytes.
+
+        Memory stays bounded whatever its table claims (a table claiming a 3 GiB chunk over a 16-byte object
+        reads 16 bytes). Returns the bytes the object holds (header included).
+
+        Raises:
+            CorruptChunkError: as ``read_chunk_into``.
+            MissingObjectError: the chunk is not in the store.
+        """
+        path = layout.chunk_path(digest)
+        end = CHUNK_HEADER_SIZE + length  # where a valid object ends
+        limit = end + 1  # one byte more is asked for, to see whether anything follows
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO) if length >= _BIG else blake3.blake3()
+        header = b""
+        pos = 0
+        try:
+            while pos < limit:
+                want = min(pos + VERIFY_PIECE, limit)
+                data = self.backend.read(path, pos, want)
+                view = memoryview(data)
+                if pos < CHUNK_HEADER_SIZE:
+                    header += bytes(view[: CHUNK_HEADER_SIZE - pos])
+                first = max(pos, CHUNK_HEADER_SIZE)  # object offset of the first payload byte in this piece
+                payload = view[first - pos : max(first - pos, end - pos)]
+                hasher.update(payload)
+                if progress and payload.nbytes:
+                    progress(payload.nbytes)
+                pos += len(data)
+                if pos < want:
+                    break  # the object ended
+        except MissingObjectError as e:
+            raise self._missing(digest, tensor, snapshot, e) from e
+        except IntegrityError as e:
+            raise self._unreadable(digest, tensor, snapshot, e) from e
+        self._check_stored(digest, header, pos, length, tensor, snapshot)
+        if hasher.hexdigest() != digest:
             raise CorruptChunkError(
                 f"chunk {digest[:12]} of {_where(tensor, snapshot)} is corrupt: its bytes do not match its digest",
                 digest=digest,
                 tensor=tensor,
                 snapshot=snapshot,
             )
-        return payload
-
-    @staticmethod
-    def _check_header(header: bytes, length: int, digest: str, tensor: str | None, snapshot: str | None) -> None:
-        try:
-            magic, fmt, codec, _reserved, raw_length = _HEADER.unpack(header)
-        except struct.error:
-            magic, fmt, codec, raw_length = b"", 0, 0, -1
-        if magic == CHUNK_MAGIC and (fmt != CHUNK_FORMAT or codec != CODEC_RAW):
-            raise FormatVersionError(
-                f"chunk {digest[:12]} of {_where(tensor, snapshot)} uses chunk format {fmt}, codec {codec}, "
-                f"which this ckpt does not know (it reads format {CHUNK_FORMAT}, codec {CODEC_RAW} = raw)"
-            )
-        if magic != CHUNK_MAGIC or raw_length != length:
-            raise CorruptChunkError(
-                f"chunk {digest[:12]} of {_where(tensor, snapshot)} is corrupt: bad header "
-                f"(magic={magic!r}, format={fmt}, codec={codec}, length={raw_length}, expected {length})",
-                digest=digest,
-                tensor=tensor,
-                snapshot=snapshot,
-            )
+        return pos
 
     def map_chunk(
         self,
@@ -172,52 +321,58 @@ class Objects:
     ) -> mmap.mmap | None:
         """Memory-map a raw chunk of a local store, copy-on-write, checked against ``digest``.
 
-        Returns ``None`` when the backend is not local. The payload starts at ``CHUNK_HEADER_SIZE``. Writes
-        to the map never reach the file (``ACCESS_COPY``), so a tensor built on it is private to its owner.
+        Returns ``None`` when the backend is not local. The payload starts at ``CHUNK_HEADER_SIZE``. Writes to
+        the map never reach the file (``ACCESS_COPY``, a private mapping), but the file can still reach the map:
+        on Linux a page of a private mapping that was not written to yet shows later changes to the file, and
+        reading a page past the end of a file truncated later kills the process with ``SIGBUS``. A mapped
+        tensor is therefore verified only as it was when mapped; ``Store.load`` copies unless asked to map
+        (``mmap=True``).
         """
         path = self.backend.local_path(layout.chunk_path(digest))
         if path is None:
             return None
         try:
-            with open(path, "rb") as f:
-                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
         except FileNotFoundError as e:
-            raise MissingObjectError(
-                f"chunk {digest[:12]} of {_where(tensor, snapshot)} is missing from the store",
-                hint="the snapshot may have been pruned and collected; check the store with `store.verify()`",
-                cli_hint="the snapshot may have been pruned and collected; check the store with `ckpt verify`",
-            ) from e
-        except (OSError, ValueError) as e:  # e.g. an empty (truncated) file cannot be mapped
+            raise self._missing(digest, tensor, snapshot, e) from e
+        except OSError as e:
             raise CorruptChunkError(
-                f"chunk {digest[:12]} of {_where(tensor, snapshot)} cannot be read: {e}",
+                f"chunk {digest[:12]} of {_where(tensor, snapshot)} cannot be read: "
+                + ("it is a symbolic link" if e.errno == errno.ELOOP else os.strerror(e.errno or 0)),
                 digest=digest,
                 tensor=tensor,
                 snapshot=snapshot,
             ) from e
-        if hasattr(mmap, "MADV_WILLNEED"):
-            mm.madvise(mmap.MADV_WILLNEED)
-        self._check_header(bytes(mm[:CHUNK_HEADER_SIZE]), len(mm) - CHUNK_HEADER_SIZE, digest, tensor, snapshot)
-        if len(mm) - CHUNK_HEADER_SIZE != length:
-            raise CorruptChunkError(
-                f"chunk {digest[:12]} of {_where(tensor, snapshot)} is corrupt: {len(mm) - CHUNK_HEADER_SIZE} "
-                f"bytes, expected {length}",
-                digest=digest,
-                tensor=tensor,
-                snapshot=snapshot,
-            )
-        if verify:
-            view = memoryview(mm)[CHUNK_HEADER_SIZE:]
-            try:
-                ok = hash_chunk(view) == digest
-            finally:
-                view.release()
-            if not ok:
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 raise CorruptChunkError(
-                    f"chunk {digest[:12]} of {_where(tensor, snapshot)} is corrupt: its bytes do not match its digest",
+                    f"chunk {digest[:12]} of {_where(tensor, snapshot)} is corrupt: it is not a regular file",
                     digest=digest,
                     tensor=tensor,
                     snapshot=snapshot,
                 )
+            if st.st_size < CHUNK_HEADER_SIZE:
+                self._check_stored(digest, os.pread(fd, CHUNK_HEADER_SIZE, 0), st.st_size, length, tensor, snapshot)
+            mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
+        except (OSError, ValueError) as e:
+            raise CorruptChunkError(
+                f"chunk {digest[:12]} of {_where(tensor, snapshot)} cannot be mapped",
+                digest=digest,
+                tensor=tensor,
+                snapshot=snapshot,
+            ) from e
+        finally:
+            os.close(fd)
+        if hasattr(mmap, "MADV_WILLNEED"):
+            mm.madvise(mmap.MADV_WILLNEED)
+        self._check_stored(digest, bytes(mm[:CHUNK_HEADER_SIZE]), len(mm), length, tensor, snapshot)
+        if verify:
+            view = memoryview(mm)[CHUNK_HEADER_SIZE:]
+            try:
+                self._check_digest(view, digest, tensor, snapshot)
+            finally:
+                view.release()
         return mm
 
     def replace_chunk(self, digest: str, raw: bytes) -> int:
@@ -229,7 +384,7 @@ class Objects:
         if hash_chunk(raw) != digest:
             raise CorruptChunkError(f"chunk {digest[:12]}: the bytes offered do not match its digest", digest=digest)
         self.backend.replace(layout.chunk_path(digest), [chunk_header(len(raw)), raw])
-        return CHUNK_HEADER_SIZE + len(raw)
+        return stored_size(len(raw))
 
     def has_chunk(self, digest: str) -> bool:
         """Whether the chunk exists."""
@@ -256,7 +411,13 @@ class Objects:
         try:
             return TensorTable.model_validate(self._known(TensorTable, raw))
         except ValidationError as e:
-            raise RecordError(f"tensor table {digest[:12]} is invalid: {e}") from e
+            raise RecordError(
+                f"tensor table {digest[:12]} is invalid: {invalid_reason(e)}",
+                hint="check the store with store.verify(); a table that matches its digest but breaks the schema "
+                "may need a newer ckpt",
+                cli_hint="run `ckpt verify`; a table that matches its digest but breaks the schema may need a newer "
+                "ckpt",
+            ) from e
 
     def raw_record(self, kind: str, digest: str) -> bytes:
         """The exact stored bytes of a ``table`` or ``snapshot`` record, checked against its digest."""
@@ -305,10 +466,21 @@ class Objects:
                 f"snapshot record {snapshot_id[:12]} is corrupt", digest=snapshot_id, snapshot=snapshot_id
             )
         raw = parse_json(data, what=f"snapshot {snapshot_id[:12]}")
+        if not isinstance(raw, dict):
+            raise RecordError(
+                f"snapshot {snapshot_id[:12]} is invalid: its record is a JSON {type(raw).__name__}, not an object",
+                hint="check the store with store.verify()",
+                cli_hint="run `ckpt verify`",
+            )
         try:
             return Snapshot.model_validate({**self._known(Snapshot, raw), "id": snapshot_id, "pruned": pruned})
         except ValidationError as e:
-            raise RecordError(f"snapshot {snapshot_id[:12]} is invalid: {e}") from e
+            raise RecordError(
+                f"snapshot {snapshot_id[:12]} is invalid: {invalid_reason(e)}",
+                hint="check the store with store.verify(); a record that matches its id but breaks the schema may "
+                "need a newer ckpt",
+                cli_hint="run `ckpt verify`; a record that matches its id but breaks the schema may need a newer ckpt",
+            ) from e
 
     def has_snapshot(self, snapshot_id: str) -> bool:
         """Whether the snapshot record exists."""
@@ -327,6 +499,28 @@ class Objects:
         if self.minor_newer and isinstance(raw, dict):
             return drop_unknown(model, {k: v for k, v in raw.items() if k not in ("id", "pruned")})
         return raw
+
+
+def invalid_reason(e: ValidationError) -> str:
+    """What a pydantic ``ValidationError`` found, without quoting the values it read.
+
+    pydantic's own message repeats the offending input; a record read from a store may hold anything (a
+    link-planted secret, megabytes of garbage), so messages name the field and the rule, never the value.
+
+    Example:
+        >>> from ckpt.model import TagRecord
+        >>> try:
+        ...     TagRecord.model_validate({"id": 5, "created_at": "x", "secret": "hunter2"})
+        ... except ValidationError as e:
+        ...     print(invalid_reason(e))
+        id: Input should be a valid string; secret: Extra inputs are not permitted
+    """
+    parts = []
+    for err in e.errors(include_url=False, include_input=False, include_context=False)[:5]:
+        loc = ".".join(str(x)[:60] for x in err.get("loc", ())) or "record"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    more = e.error_count() - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
 def _where(tensor: str | None, snapshot: str | None) -> str:

@@ -7,6 +7,12 @@ never copied), writes it over the damaged copy with the backend's atomic replace
 record can bring to light damage it hid (the chunks of a table that was unreadable), so this repeats until
 nothing new is found. Refs are not content-addressed and are never changed; a ref that points at a missing
 snapshot is repaired by copying that snapshot's record.
+
+Three kinds of damage need no source and are fixed in place: a ref whose latest move is missing from its
+reflog (the append failed after the move) gets its entry back; a pruned marker on a frozen release (or a base
+it needs) is removed, since releases are never pruned; a pruned marker that cannot be read is written again
+(the snapshot stays pruned, as it was meant to be). A reflog entry that cannot be read is never deleted or
+guessed: it is reported, with what to do.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict
 
 from ckpt.errors import CkptError
-from ckpt.model import Snapshot
+from ckpt.model import PrunedMarker, Snapshot, canonical_json, format_time, is_digest, utcnow
+from ckpt.store import layout
+from ckpt.store.gc import release_needs
 from ckpt.store.revisions import parse_revision, walk_steps
 from ckpt.store.transfer import Progress
 from ckpt.store.verify import Damage, VerifyReport, verify_snapshots
@@ -114,12 +122,49 @@ def _verify(store: Store, revs: Sequence[str] | None, progress: Progress | None,
     return report.model_copy(update={"damage": tuple(damage.values())})
 
 
-def _fetch(source: Store, d: Damage) -> tuple[str, str, bytes]:
+def _fix_in_place(store: Store, d: Damage) -> int | None:
+    """Fix damage that needs no source; returns the bytes written, or ``None`` if this is not such damage.
+
+    Raises:
+        _NotRepaired: it is damage of that family, but cannot be fixed.
+    """
+    if d.object == "reflog" and d.kind == "missing" and d.snapshots:
+        store._refs.append_reflog(
+            d.digest,
+            None,
+            d.snapshots[0],
+            "reset",
+            "written by repair: the move that put the ref here was not in its reflog",
+        )
+        return 0
+    if d.object == "marker":
+        sid = d.snapshots[0] if d.snapshots else ""
+        if not is_digest(sid) or d.digest != layout.pruned_path(sid):
+            store.backend.delete([d.digest])  # not a marker at all: pruned/ holds only markers
+            return 0
+        if sid in release_needs(store._objects, store._refs.tags()):
+            store.backend.delete([d.digest])  # a frozen release is never pruned
+            return 0
+        marker = PrunedMarker(pruned_at=format_time(utcnow()), reason="rewritten by repair: the marker was unreadable")
+        data = canonical_json(marker.model_dump(mode="json"))
+        store.backend.replace(d.digest, data)
+        return len(data)
+    if d.object == "reflog":
+        raise _NotRepaired(
+            "a reflog entry is not content-addressed, so no copy can restore it; if what it named is not needed, "
+            f"delete {d.digest}, or collect with gc(on_damage='keep'), which keeps every snapshot it might name"
+        )
+    return None
+
+
+def _fetch(source: Store | None, d: Damage) -> tuple[str, str, bytes]:
     """Read the object ``d`` names from ``source``, checked against its digest: ``(object, digest, bytes)``.
 
     Raises:
         _NotRepaired: the source lacks it or holds a bad copy too, or no copy can repair it.
     """
+    if source is None:
+        raise _NotRepaired("no good copy was given to repair it from (repair --from URL)")
     good = source._objects
     try:
         if d.object == "chunk":
@@ -136,7 +181,7 @@ def _fetch(source: Store, d: Damage) -> tuple[str, str, bytes]:
 
 
 def repair(
-    store: Store, source: Store, *, revs: Sequence[str] | None = None, progress: Progress | None = None
+    store: Store, source: Store | None, *, revs: Sequence[str] | None = None, progress: Progress | None = None
 ) -> RepairReport:
     """Put back every damaged or missing object of ``store`` from ``source``; see ``Store.repair``."""
     if isinstance(revs, str):
@@ -149,6 +194,16 @@ def repair(
         nonlocal copied
         key = _key(d)
         if key not in reasons:
+            try:
+                local = _fix_in_place(store, d)
+            except _NotRepaired as e:
+                reasons[key] = f"not repaired: {e}"
+                return False
+            if local is not None:
+                reasons[key] = ""
+                repaired.append(d)
+                copied += local
+                return True
             try:
                 kind, digest, data = _fetch(source, d)
             except _NotRepaired as e:

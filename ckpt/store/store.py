@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Literal
@@ -11,12 +13,16 @@ from pydantic import JsonValue, ValidationError
 from ckpt import settings
 from ckpt._version import __version__
 from ckpt.errors import (
+    CkptError,
     FormatVersionError,
     FrozenRefError,
+    IntegrityError,
     MissingObjectError,
     RecordError,
+    RefConflictError,
     RefError,
     RevisionNotFoundError,
+    StoreError,
     StoreExistsError,
     StoreNotFoundError,
 )
@@ -41,8 +47,8 @@ from ckpt.model import (
 from ckpt.state import flatten, tensor_paths, tied_groups, unflatten
 from ckpt.storage import Backend, open_backend
 from ckpt.store import layout
-from ckpt.store.gc import GcReport, plan_gc
-from ckpt.store.objects import Objects
+from ckpt.store.gc import GcReport, OnDamage, plan_gc, release_needs, scan_liveness
+from ckpt.store.objects import Objects, invalid_reason
 from ckpt.store.refs import Refs
 from ckpt.store.repair import RepairReport, repair
 from ckpt.store.retention import RetentionPolicy
@@ -114,12 +120,19 @@ class Store:
         files: Mapping[str, bytes] | None = None,
         base: str | None = None,
         progress: Progress | None = None,
+        force: bool = False,
     ) -> Snapshot:
         """Save a state tree as a new snapshot and move ``branch`` to it.
 
         The commit protocol: chunks first (each written once, skipped if present), then the tensor table,
         then the snapshot record, then the branch moves by compare-and-swap against the head read at the
-        start. A crash at any point leaves at most unreferenced objects.
+        start. A crash at any point leaves at most unreferenced objects. The swap is the commit point: nothing
+        raises after it (a reflog entry that cannot be written is a warning; ``verify`` reports it).
+
+        A save only moves a branch forward: its parents must include the branch's head, as Git refuses a
+        non-fast-forward push. To go back to an older save and carry on, branch off it
+        (``store.branch("retry", at="main~2")``) or move the branch first (``store.reset("main", "main~2")``),
+        or pass ``force=True``; the old head stays in the reflog either way.
 
         Args:
             state: a tree of dicts, lists and tuples with tensors, arrays, numbers, strings, bools and None.
@@ -137,13 +150,19 @@ class Store:
                 ``quantized`` (nothing is copied: they are the same chunks); ``{}`` attaches none.
             base: for an adapter, the revision of the snapshot it modifies.
             progress: called with byte counts as chunks are written.
+            force: move the branch even if ``parents`` do not include its head (a non-fast-forward move).
 
         Returns:
             The new snapshot.
 
         Raises:
             UnsupportedStateError: a leaf cannot be stored (its path is named).
-            RefConflictError: the branch moved while saving; the snapshot is stored and in the reflog.
+            RefConflictError: the branch moved while saving (also when two writers make the first save of
+                a new branch at once: the loser gets this), or ``parents`` do not include the branch's head;
+                in the first case the snapshot is stored and in the reflog, in the second nothing is written.
+            RefExistsError: a tag of that name exists, or the name nests with another ref's.
+            MissingObjectError: files inherited from the first parent are no longer in the store (it was
+                pruned and collected): pass ``files=`` explicitly.
             InvalidNameError: bad branch name.
             RevisionError: a parent or base does not resolve.
 
@@ -153,8 +172,20 @@ class Store:
         check_ref_name(branch, kind="branch")
         head = self._refs.branch_head(branch)
         if head is None:
-            self._refs.check_new_name(branch, "branch")
+            # names only: a branch of this name made meanwhile is for the swap to find (RefConflictError)
+            self._refs.check_new_name(branch, "branch", same_branch_ok=True)
         parent_ids = [self.resolve(p).id for p in parents] if parents is not None else ([head] if head else [])
+        if head is not None and head not in parent_ids and not force:
+            raise RefConflictError(
+                f"branch {branch!r} is at {head[:12]}, which is not a parent of this save "
+                f"(parents: {', '.join(p[:12] for p in parent_ids) or 'none'}): saving would move the branch "
+                "backwards or sideways and drop its head from its history",
+                ref=f"refs/heads/{branch}",
+                expected=parent_ids[0] if parent_ids else None,
+                actual=head,
+                hint=f"save on a new branch (store.branch('retry', at=...) then save to it), move {branch!r} "
+                f"first (store.reset({branch!r}, rev)), or pass force=True; nothing was written",
+            )
         base_id = self.resolve(base).id if base is not None else None
         rel: Relation = relation or ("continue" if parent_ids else "import")
         if rel == "adapter" and base_id is None and parent_ids:
@@ -216,15 +247,32 @@ class Store:
         return snap
 
     def _inherited_files(self, parent_id: str, stats: WriteStats) -> dict[str, FileEntry]:
-        """The first parent's attached files (but not its import bookkeeping under ``.ckpt/``)."""
+        """The first parent's attached files (but not its import bookkeeping under ``.ckpt/``).
+
+        A save never references an object it did not write or find present: each inherited file is read back
+        (and checked against its digests) and stored again, which writes nothing when its chunks are there and
+        refreshes them for a gc running meanwhile.
+
+        Raises:
+            MissingObjectError: the parent's files are gone (it was pruned and collected).
+            CorruptChunkError: one of them is damaged.
+        """
         table = self._objects.get_table(self._objects.get_snapshot(parent_id).table)
         kept = {path: entry for path, entry in table.files.items() if not path.startswith(".ckpt/")}
-        if table.chunk_size == self.chunk_size:
-            return kept  # the same chunks: nothing to write
-        data = {
-            path: b"".join(self._objects.read_chunk(d, tensor=path, snapshot=parent_id) for d in entry.chunks)
-            for path, entry in kept.items()
-        }
+        data: dict[str, bytes] = {}
+        for path, entry in kept.items():
+            cs = table.chunk_size
+            try:
+                data[path] = b"".join(
+                    self._objects.read_chunk(d, min(cs, entry.size - i * cs), tensor=path, snapshot=parent_id)
+                    for i, d in enumerate(entry.chunks)
+                )
+            except MissingObjectError as e:
+                raise MissingObjectError(
+                    f"the attached file {path!r} of the parent {parent_id[:12]} is no longer in the store "
+                    "(the parent was pruned and collected), so this save cannot keep it",
+                    hint="pass the files explicitly (files={...}), or files={} to attach none",
+                ) from e
         return write_files(self._objects, data, self.chunk_size, stats=stats)
 
     def derive(
@@ -414,6 +462,7 @@ class Store:
         into: Mapping[str, Any] | None = None,
         merge: bool = False,
         progress: Progress | None = None,
+        mmap: bool = False,
     ) -> Any:
         """Load a snapshot's state tree, with every tensor restored.
 
@@ -427,12 +476,16 @@ class Store:
             merge: for an adapter snapshot, return its base's state with the LoRA deltas merged in
                 (``W + scale · B @ A``, as PEFT's ``merge_and_unload()``; see ``ckpt.adapters.load_merged``).
             progress: called with byte counts as chunks arrive.
+            mmap: on a local store, memory-map tensors of 1 MiB or more held in one chunk instead of copying
+                them (zero-copy and copy-on-write, as safetensors does). The trade-off: a mapped tensor is
+                verified as it was when mapped, but on Linux a private mapping still shows later changes to
+                pages it has not written, and a chunk file truncated later kills the process with ``SIGBUS``
+                when those pages are read. The default copies, so what ``verify`` checked is what you get.
 
         Returns:
             The same structure that was saved (mappings come back as ``dict``). Tensors that were one tensor
             when saved (tied weights, recorded in the table's ``tied``) come back as one tensor at each of their
-            places. On a local store, large tensors held in one chunk are memory-mapped copy-on-write
-            (zero-copy, as safetensors does).
+            places.
 
         Raises:
             MissingObjectError: the snapshot was pruned, or a chunk is missing.
@@ -458,11 +511,16 @@ class Store:
             framework=framework,
             into=into,
             progress=progress,
+            mmap=mmap,
         )
         return unflatten(table.tree, lambda name: tensors[first.get(name, name)])
 
-    def tensors(self, rev: str = "main", *, verify: bool = True, framework: Framework | None = None) -> LazyTensors:
+    def tensors(
+        self, rev: str = "main", *, verify: bool = True, framework: Framework | None = None, mmap: bool = False
+    ) -> LazyTensors:
         """A lazy, read-only mapping tensor path → tensor that reads only the tensors you index.
+
+        ``mmap`` maps instead of copying, with the trade-off described in ``load``.
 
         Example:
             >>> t = store.tensors("main")  # doctest: +SKIP
@@ -470,7 +528,9 @@ class Store:
         """
         snap = self.resolve(rev)
         self._check_not_pruned(snap)
-        return LazyTensors(self, snap, self._objects.get_table(snap.table), verify=verify, framework=framework)
+        return LazyTensors(
+            self, snap, self._objects.get_table(snap.table), verify=verify, framework=framework, mmap=mmap
+        )
 
     def tensor_bytes(self, rev: str, name: str, *, verify: bool = True) -> Iterator[bytes]:
         """The raw bytes of one tensor (C order, little-endian), chunk by chunk, each verified; no torch needed.
@@ -481,22 +541,30 @@ class Store:
         """
         snap = self.resolve(rev)
         self._check_not_pruned(snap)
-        entry = self._objects.get_table(snap.table).tensors[name]
-        for digest in entry.chunks:
-            yield self._objects.read_chunk(digest, verify=verify, tensor=name, snapshot=snap.id)
+        table = self._objects.get_table(snap.table)
+        entry = table.tensors[name]
+        cs = table.chunk_size
+        for i, digest in enumerate(entry.chunks):
+            yield self._objects.read_chunk(
+                digest, min(cs, entry.nbytes - i * cs), verify=verify, tensor=name, snapshot=snap.id
+            )
 
     def files(self, rev: str = "main") -> dict[str, bytes]:
-        """The attached files of a snapshot, path → bytes."""
+        """The attached files of a snapshot, path → bytes (each chunk checked like a tensor's)."""
         snap = self.resolve(rev)
         self._check_not_pruned(snap)
         table = self._objects.get_table(snap.table)
+        cs = table.chunk_size
         return {
-            path: b"".join(self._objects.read_chunk(d, tensor=path, snapshot=snap.id) for d in entry.chunks)
+            path: b"".join(
+                self._objects.read_chunk(d, min(cs, entry.size - i * cs), tensor=path, snapshot=snap.id)
+                for i, d in enumerate(entry.chunks)
+            )
             for path, entry in table.files.items()
         }
 
     def _check_not_pruned(self, snap: Snapshot) -> None:
-        if snap.pruned:
+        if snap.pruned and snap.id not in release_needs(self._objects, self._refs.tags()):  # releases never are
             raise MissingObjectError(
                 f"snapshot {snap.short_id} was pruned: its tensors were released",
                 hint="its record stays in the log; load another snapshot",
@@ -546,7 +614,7 @@ class Store:
         """
         self._refs.check_new_name(name, "branch")
         snap = self.resolve(at)
-        self._refs.move_branch(name, None, snap.id, action="branch", message=f"branch from {at}")
+        self._refs.move_branch(name, None, snap.id, action="branch", message=f"branch from {at}", create=True)
         return snap
 
     def delete_branch(self, name: str) -> None:
@@ -596,16 +664,22 @@ class Store:
         model: str | None = None,
         name: str | None = None,
         message: str | None = None,
+        verify: bool = False,
     ) -> str:
         """Publish a snapshot as a frozen release tag, ``<model>-<YYYY-MM-DD>`` (UTC) by default.
 
-        A frozen tag can never be moved or deleted, and its snapshot can never be pruned.
+        A frozen tag can never be moved or deleted, and its snapshot (and, for an adapter, the bases it
+        needs) can never be pruned; gc keeps their objects whatever a pruned marker says. Only what can be
+        loaded is published: the snapshot must not be pruned, and its table and every chunk must be in the
+        store (an adapter's bases too).
 
         Args:
             rev: the snapshot to publish.
             model: the model name; default: the snapshot's ``model``.
             name: the full tag name, instead of ``<model>-<date>``.
             message: a release note.
+            verify: also read every chunk and check it against its digest (``verify(rev)``) before freezing;
+                by default only their presence is checked.
 
         Returns:
             The tag name.
@@ -613,6 +687,8 @@ class Store:
         Raises:
             RecordError: no model name given or recorded.
             RefExistsError: the name is taken (releases are never overwritten).
+            MissingObjectError: the snapshot (or a base it needs) was pruned, or an object it needs is missing.
+            IntegrityError: with ``verify``, an object it needs is damaged.
 
         Example:
             >>> store.freeze("main", model="tiny-llama")  # doctest: +SKIP
@@ -629,40 +705,107 @@ class Store:
                 )
             name = f"{model}-{utcnow():%Y-%m-%d}"
         self._refs.check_new_name(name, "tag")
+        needs = self._check_loadable(snap, verify=verify)
         self._refs.create_tag(
             name,
             TagRecord(id=snap.id, frozen=True, created_at=format_time(utcnow()), message=message),
             action="freeze",
         )
+        # a prune that passed its check before this tag existed may have marked it since: the release wins
+        try:
+            raced = [sid for sid in needs if self.backend.exists(layout.pruned_path(sid))]
+            if raced:
+                self.backend.delete([layout.pruned_path(sid) for sid in raced])
+        except CkptError as e:  # the tag exists: the release is made, whatever happens to the marker
+            warnings.warn(
+                f"ckpt: {name!r} is frozen, but a pruned marker written meanwhile could not be removed ({e}); "
+                "gc keeps the release's objects anyway, and `ckpt repair` removes the marker",
+                stacklevel=2,
+            )
         return name
+
+    def _check_loadable(self, snap: Snapshot, *, verify: bool) -> list[str]:
+        """Refuse to publish what cannot be loaded; returns the ids the release needs (itself, adapter bases).
+
+        Raises:
+            MissingObjectError: pruned, or a table or chunk is missing.
+            IntegrityError: with ``verify``, something is damaged.
+        """
+        pruned = self._pruned()
+        needs: list[str] = []
+        current: Snapshot | None = snap
+        while current is not None and current.id not in needs:
+            needs.append(current.id)
+            if current.id in pruned:
+                what = "it" if current.id == snap.id else f"its base {current.short_id}"
+                raise MissingObjectError(
+                    f"snapshot {snap.short_id} cannot be frozen: {what} was pruned (its tensors were released)",
+                    hint="freeze a snapshot that still has its tensors; store.log() marks pruned ones (.pruned)",
+                    cli_hint="freeze a snapshot that still has its tensors; `ckpt log` marks pruned ones",
+                )
+            table = self._objects.get_table(current.table)
+            if verify:
+                report = verify_snapshots(self._objects, [current.id], pruned=set())
+                if not report.ok:
+                    d = report.damage[0]
+                    raise IntegrityError(
+                        f"snapshot {snap.short_id} cannot be frozen: {d.message}",
+                        hint="find the damage with store.verify(), put it back with store.repair(good_copy), then "
+                        "freeze again",
+                        cli_hint="run `ckpt verify` and `ckpt repair --from URL`, then freeze again",
+                    )
+            else:
+                for digest in sorted(table.chunk_digests()):
+                    if not self._objects.has_chunk(digest):
+                        raise MissingObjectError(
+                            f"snapshot {snap.short_id} cannot be frozen: its chunk {digest[:12]} is missing "
+                            "from the store",
+                            hint="find the damage with store.verify(), and put it back from a good copy with "
+                            "store.repair(good_copy)",
+                            cli_hint="run `ckpt verify`, and `ckpt repair --from URL` to put it back from a good copy",
+                        )
+            current = self._get(current.base, pruned) if current.base else None
+        return needs
 
     def prune(self, rev: str, *, reason: str | None = None) -> Snapshot:
         """Release a snapshot's tensors (gc reclaims them); its record stays in the log, marked pruned.
 
         Raises:
-            FrozenRefError: a frozen tag points at it.
+            FrozenRefError: a frozen release is this snapshot or needs it (as an adapter's base).
             RefError: a branch or tag points at it (move or delete the ref first).
         """
         snap = self.resolve(rev)
-        for name, tag in self._refs.tags().items():
-            if tag.id == snap.id:
+        self._check_prunable(snap.id)
+        if not snap.pruned:
+            self._mark_pruned(snap.id, reason)
+            try:  # a ref made meanwhile (a freeze, a reset) wins over the prune
+                self._check_prunable(snap.id)
+            except RefError:
+                self.backend.delete([layout.pruned_path(snap.id)])
+                raise
+        return snap.model_copy(update={"pruned": True})
+
+    def _check_prunable(self, snapshot_id: str) -> None:
+        short = snapshot_id[:12]
+        tags = self._refs.tags()
+        for name, tag in tags.items():
+            if tag.id == snapshot_id:
                 if tag.frozen:
-                    raise FrozenRefError(f"snapshot {snap.short_id} is the frozen release {name!r}; it is never pruned")
+                    raise FrozenRefError(f"snapshot {short} is the frozen release {name!r}; it is never pruned")
                 raise RefError(
-                    f"snapshot {snap.short_id} is tagged {name!r}",
+                    f"snapshot {short} is tagged {name!r}",
                     hint=f"delete the tag first: store.delete_tag({name!r})",
                     cli_hint=f"delete the tag first: `ckpt tag -d {name}`",
                 )
+        if snapshot_id in release_needs(self._objects, tags):
+            raise FrozenRefError(f"snapshot {short} is the base of a frozen adapter release; it is never pruned")
         for name, head in self._refs.branches().items():
-            if head == snap.id:
+            if head == snapshot_id:
                 raise RefError(
-                    f"snapshot {snap.short_id} is the head of branch {name!r}",
+                    f"snapshot {short} is the head of branch {name!r}",
                     hint=f"move the branch (store.reset({name!r}, rev)) or delete it (store.delete_branch({name!r}))",
                     cli_hint=f"move the branch (`ckpt reset {name} REV`) or delete it (`ckpt branch -d {name}`)",
                 )
-        if not snap.pruned:
-            self._mark_pruned(snap.id, reason)
-        return snap.model_copy(update={"pruned": True})
 
     def _mark_pruned(self, snapshot_id: str, reason: str | None) -> None:
         marker = PrunedMarker(pruned_at=format_time(utcnow()), reason=reason)
@@ -687,12 +830,24 @@ class Store:
             >>> store.retain("main", AnyOf(KeepLast(3), KeepBest("val_loss", 1)))  # doctest: +SKIP
         """
         history = [s for s in self.log(branch) if not s.pruned]
-        protected = {t.id for t in self._refs.tags().values()} | set(self._refs.branches().values())
+        tags = self._refs.tags()
+        protected = (
+            {t.id for t in tags.values()} | set(self._refs.branches().values()) | release_needs(self._objects, tags)
+        )
         keep = policy.keep(history) | protected
         doomed = [s for s in history if s.id not in keep]
-        if not dry_run:
+        if not dry_run and doomed:
             for s in doomed:
                 self._mark_pruned(s.id, f"retention: {policy!r}")
+            # refs made meanwhile (a freeze, a reset, a branch) win over the prune
+            tags = self._refs.tags()
+            now_protected = (
+                {t.id for t in tags.values()} | set(self._refs.branches().values()) | release_needs(self._objects, tags)
+            )
+            raced = [s for s in doomed if s.id in now_protected]
+            if raced:
+                self.backend.delete([layout.pruned_path(s.id) for s in raced])
+                doomed = [s for s in doomed if s.id not in now_protected]
         return [s.model_copy(update={"pruned": True}) for s in doomed]
 
     # -- maintenance ---------------------------------------------------------------------------------
@@ -703,18 +858,39 @@ class Store:
         grace: timedelta = timedelta(hours=1),
         dry_run: bool = False,
         expire_reflog: timedelta | None = timedelta(days=30),
+        on_damage: OnDamage = "refuse",
     ) -> GcReport:
         """Delete what no live snapshot needs: unreachable records, pruned snapshots' chunks, crash leftovers.
 
+        gc is fail-closed: it deletes only what it can prove unneeded. If anything it must read to decide is
+        damaged or missing (a ref, a reflog entry, a snapshot record, a tensor table, a pruned marker), it
+        refuses before deleting anything and names the damage; ``verify`` reports the same damage and
+        ``repair`` puts it back from a good copy.
+
         Args:
-            grace: never delete objects younger than this (protects saves running right now).
+            grace: never delete objects younger than this (protects saves running right now); the report
+                counts what it spared (``young_chunks``, ``young_bytes``, ``young_records``).
             dry_run: only report what would be deleted.
             expire_reflog: reflog entries older than this no longer keep snapshots alive (``None``: forever).
+            on_damage: ``"refuse"`` (default), or ``"keep"``: collect anyway, keeping everything the damaged
+                objects might need (an unreadable ref, reflog entry or record keeps every record; an unreadable
+                record or table keeps every chunk; an unreadable pruned marker prunes nothing). The damage is
+                listed in the report.
 
         Returns:
-            What was (or would be) removed and how many bytes that frees.
+            What was (or would be) removed, how many bytes that frees, and what was kept and why.
+
+        Raises:
+            IntegrityError: something gc must read is damaged or missing (with ``on_damage="refuse"``).
+
+        Example:
+            >>> report = store.gc(grace=timedelta(0), dry_run=True)  # doctest: +SKIP
+            >>> report.freed_bytes, report.young_chunks  # doctest: +SKIP
+            (16400, 0)
         """
-        plan = plan_gc(self._objects, self._refs, grace=grace, expire_reflog=expire_reflog)
+        if on_damage not in ("refuse", "keep"):
+            raise RecordError(f"on_damage must be 'refuse' or 'keep', got {on_damage!r}")
+        plan = plan_gc(self._objects, self._refs, grace=grace, expire_reflog=expire_reflog, on_damage=on_damage)
         return plan.report(dry_run=True) if dry_run else plan.execute(self.backend)
 
     def verify(
@@ -726,57 +902,77 @@ class Store:
     ) -> VerifyReport:
         """Read every object and check it against its digest; report all damage, not just the first.
 
+        Besides records, tables and chunks, a whole-store verify checks the refs themselves (a branch or tag
+        that cannot be read or points at a missing snapshot), every reflog entry, every pruned marker, that
+        each ref's latest move is in its reflog, and that every frozen release (with the adapter bases it
+        needs) is complete and not marked pruned.
+
         Args:
             rev: check this snapshot only; default: every snapshot reachable from a branch, tag or the reflog.
             progress: called with byte counts as chunks are checked.
             progress_total: called once, before the first chunk is read, with the bytes ``progress`` will count.
         """
-        extra: list[Damage] = []
         if rev is not None:
-            ids = [self.resolve(rev).id]
-        else:
-            from ckpt.store.gc import live_snapshots
-
-            roots: set[str] = set()
-            for name, head in self._refs.branches().items():
-                roots.add(head)
-                if not self._objects.has_snapshot(head):
-                    extra.append(
-                        Damage(
-                            kind="missing",
-                            object="ref",
-                            digest=f"refs/heads/{name}",
-                            snapshots=(head,),
-                            message=f"branch {name!r} points at a missing snapshot",
-                        )
+            sid = self.resolve(rev).id
+            pruned = self._pruned() - release_needs(self._objects, self._refs.tags())
+            return verify_snapshots(
+                self._objects, [sid], pruned=pruned, progress=progress, progress_total=progress_total
+            )
+        state = scan_liveness(self._objects, self._refs, expire_reflog=None)
+        extra = list(state.damage)
+        branches, tags, _ = self._refs.scan()
+        entries, _ = self._refs.scan_reflog()
+        moved_to: dict[str, set[str]] = {}
+        for entry in entries:
+            if entry.new and entry.action != "conflict":
+                moved_to.setdefault(entry.ref, set()).add(entry.new)
+        unreadable = {d.digest for d in state.damage if d.object == "reflog"}
+        refs = {layout.branch_path(n): h for n, h in branches.items()} | {
+            layout.tag_path(n): t.id for n, t in tags.items()
+        }
+        for ref, sid in refs.items():
+            if any(p.startswith(layout.reflog_prefix(ref)) for p in unreadable):
+                continue  # the damaged entry may be that move's: reported as it is, not guessed
+            if sid not in moved_to.get(ref, set()):
+                extra.append(
+                    Damage(
+                        kind="missing",
+                        object="reflog",
+                        digest=ref,
+                        snapshots=(sid,),
+                        message=f"{ref} points at {sid[:12]}, but no reflog entry records that move "
+                        "(its reflog append failed); `ckpt repair` writes it back",
                     )
-            for name, tag in self._refs.tags().items():
-                roots.add(tag.id)
-                if not self._objects.has_snapshot(tag.id):
-                    extra.append(
-                        Damage(
-                            kind="missing",
-                            object="ref",
-                            digest=f"refs/tags/{name}",
-                            snapshots=(tag.id,),
-                            message=f"tag {name!r} points at a missing snapshot",
-                        )
-                    )
-            for entry in self._refs.reflog():
-                roots.update(x for x in (entry.old, entry.new) if x and self._objects.has_snapshot(x))
-            broken: set[str] = set()
-            ids = sorted(set(live_snapshots(self._objects, roots, broken)) | broken)
+                )
+        for sid in sorted(state.protected & state.pruned):
+            names = sorted(n for n, t in tags.items() if t.frozen and t.id == sid)
+            what = f"the frozen release {names[0]!r}" if names else "the base of a frozen release"
+            extra.append(
+                Damage(
+                    kind="invalid",
+                    object="marker",
+                    digest=layout.pruned_path(sid),
+                    snapshots=(sid,),
+                    message=f"snapshot {sid[:12]} is {what} but is marked pruned; releases are never pruned "
+                    "(gc keeps its objects); `ckpt repair` removes the marker",
+                )
+            )
+        pruned = state.pruned - state.protected
         return verify_snapshots(
             self._objects,
-            ids,
-            pruned=self._pruned(),
+            sorted(state.live),
+            pruned=pruned,
             extra_damage=extra,
             progress=progress,
             progress_total=progress_total,
         )
 
     def repair(
-        self, source: Store, *, revs: Sequence[str] | None = None, progress: Progress | None = None
+        self,
+        source: Store | str | os.PathLike[str] | None = None,
+        *,
+        revs: Sequence[str] | None = None,
+        progress: Progress | None = None,
     ) -> RepairReport:
         """Put back damaged or missing objects from a good copy of this store (a replica, a backup).
 
@@ -785,8 +981,14 @@ class Store:
         the damaged copy (an atomic replace), and verifies again. Refs are never changed. What the source lacks,
         or holds damaged too, is left as it is and reported in ``unrepaired`` with the reason.
 
+        Some damage needs no source and is fixed in place: a ref whose latest move is missing from its reflog
+        (a reflog append that failed after the move) gets its entry back, a pruned marker on a frozen release is
+        removed, an unreadable pruned marker is written again.
+
         Args:
-            source: any store holding the same objects, on any backend, e.g. one kept in step with ``ckpt.sync``.
+            source: any store holding the same objects, on any backend, e.g. one kept in step with ``ckpt.sync``
+                (a ``Store``, or its URL or path, opened with ``ckpt.open``); ``None``: fix only what needs no
+                source.
             revs: repair only what these revisions need, including a damaged record on the way to one
                 (``main``'s, for ``main~2``); default: everything ``verify()`` checks.
             progress: called with byte counts as chunks are checked and copied.
@@ -804,9 +1006,16 @@ class Store:
             >>> report.ok, len(report.repaired), report.bytes_copied  # doctest: +SKIP
             (True, 1, 67108880)
         """
-        return repair(self, source, revs=revs, progress=progress)
+        good = source if source is None or isinstance(source, Store) else open(source)
+        return repair(self, good, revs=revs, progress=progress)
 
-    def sync_to(self, dst: Store, revs: Sequence[str] | None = None, *, progress: Progress | None = None) -> SyncReport:
+    def sync_to(
+        self,
+        dst: Store | str | os.PathLike[str],
+        revs: Sequence[str] | None = None,
+        *,
+        progress: Progress | None = None,
+    ) -> SyncReport:
         """Copy snapshots (with history, tables, chunks and refs) to another store; see ``ckpt.sync``.
 
         Only chunks the destination lacks are sent; an interrupted sync is safe to rerun; frozen tags stay
@@ -815,10 +1024,13 @@ class Store:
         Example:
             >>> local.sync_to(ckpt.open("s3://bucket/models"), ["main"])  # doctest: +SKIP
         """
-        return sync(self, dst, revs, progress=progress)
+        return sync(self, dst if isinstance(dst, Store) else open(dst), revs, progress=progress)
 
     def stats(self) -> dict[str, int]:
-        """Object counts and bytes by kind: ``chunks``, ``chunk_bytes``, ``tables``, ``snapshots``, ``total_bytes``."""
+        """Object counts and bytes by kind: ``chunks``, ``chunk_bytes``, ``tables``, ``snapshots``, ``total_bytes``.
+
+        Bytes are counted as stored (a chunk with its 16-byte header), as ``verify`` and ``gc`` count them.
+        """
         out = {
             "chunks": 0,
             "chunk_bytes": 0,
@@ -860,12 +1072,14 @@ class LazyTensors(Mapping[str, Any]):
         *,
         verify: bool,
         framework: Framework | None,
+        mmap: bool = False,
     ) -> None:
         self._store = store
         self.snapshot = snapshot
         self.table = table
         self._verify = verify
         self._framework = framework
+        self._mmap = mmap
         ordered = tensor_paths(table.tree)
         self._order = ordered if len(ordered) == len(table.tensors) else list(table.tensors)
 
@@ -880,6 +1094,7 @@ class LazyTensors(Mapping[str, Any]):
             snapshot=self.snapshot.id,
             verify=self._verify,
             framework=self._framework,
+            mmap=self._mmap,
         )[name]
 
     def __iter__(self) -> Iterator[str]:
@@ -902,8 +1117,13 @@ class LazyTensors(Mapping[str, Any]):
             KeyError: no such tensor. IndexError: no such chunk.
             MissingObjectError, CorruptChunkError: the chunk is missing or damaged.
         """
-        digest = self.table.tensors[name].chunks[index]
-        return self._store._objects.read_chunk(digest, verify=self._verify, tensor=name, snapshot=self.snapshot.id)
+        entry = self.table.tensors[name]
+        digest = entry.chunks[index]
+        cs = self.table.chunk_size
+        length = min(cs, entry.nbytes - index * cs)  # the one rule: the length the table implies is checked
+        return self._store._objects.read_chunk(
+            digest, length, verify=self._verify, tensor=name, snapshot=self.snapshot.id
+        )
 
 
 # -- construction ------------------------------------------------------------------------------------
@@ -919,7 +1139,9 @@ def _read_config(backend: Backend) -> StoreConfig:
     try:
         major = int(version.split(".")[0])
     except ValueError:
-        raise RecordError(f"{backend.url}: invalid format_version {version!r}") from None
+        raise RecordError(
+            f"{backend.url}/{layout.CONFIG}: its format_version is not MAJOR.MINOR", hint="is this a ckpt store?"
+        ) from None
     if major > READABLE_MAJOR:
         raise FormatVersionError(
             f"the store at {backend.url} uses format {version}; this ckpt ({__version__}) reads format "
@@ -928,14 +1150,17 @@ def _read_config(backend: Backend) -> StoreConfig:
     try:
         return StoreConfig.model_validate({k: v for k, v in raw.items() if k in StoreConfig.model_fields})
     except ValidationError as e:
-        raise RecordError(f"{backend.url}/{layout.CONFIG} is invalid: {e}") from e
+        raise RecordError(f"{backend.url}/{layout.CONFIG} is invalid: {invalid_reason(e)}") from e
 
 
-def init(url: str | None = None, *, chunk_size: int | str | None = None, **storage_options: Any) -> Store:
+def init(
+    url: str | os.PathLike[str] | None = None, *, chunk_size: int | str | None = None, **storage_options: Any
+) -> Store:
     """Create a new, empty store.
 
     Args:
-        url: a local path or any fsspec URL; default ``$CKPT_STORE`` or ``./.ckpt``.
+        url: a local path (``str`` or ``pathlib.Path``) or any fsspec URL; default ``$CKPT_STORE`` or
+            ``./.ckpt``.
         chunk_size: bytes per chunk (int or ``"64MiB"``); default ``$CKPT_CHUNK_SIZE`` or 64 MiB.
         storage_options: passed to fsspec (``endpoint_url``, credentials …).
 
@@ -944,15 +1169,17 @@ def init(url: str | None = None, *, chunk_size: int | str | None = None, **stora
 
     Raises:
         StoreExistsError: a store exists there already.
+        RecordError: ``chunk_size`` is not a positive size.
+        BackendError: the location cannot be used (a chained URL, a symbolic link inside a local store…).
 
     Example:
         >>> store = ckpt.init("memory://docs-init")  # doctest: +SKIP
     """
-    url = url or settings.store_url()
+    location = _location(url)
     size = settings.parse_size(chunk_size) if chunk_size is not None else settings.chunk_size()
     if size <= 0:
-        raise RecordError(f"chunk_size must be positive, got {size}")
-    backend = open_backend(url, **storage_options)
+        raise RecordError(f"chunk_size must be positive, got {size}", hint="e.g. chunk_size='64MiB'")
+    backend = open_backend(location, **storage_options)
     config = StoreConfig(chunk_size=size, created_at=format_time(utcnow()))
     data = canonical_json(config.model_dump(mode="json"))
     if not backend.put_if_absent(layout.CONFIG, data):
@@ -961,22 +1188,40 @@ def init(url: str | None = None, *, chunk_size: int | str | None = None, **stora
     return Store(backend, config)
 
 
-def open(url: str | None = None, **storage_options: Any) -> Store:
+def open(url: str | os.PathLike[str] | None = None, **storage_options: Any) -> Store:
     """Open an existing store.
 
     Args:
-        url: a local path or any fsspec URL; default ``$CKPT_STORE`` or ``./.ckpt``.
+        url: a local path (``str`` or ``pathlib.Path``) or any fsspec URL; default ``$CKPT_STORE`` or
+            ``./.ckpt``.
         storage_options: passed to fsspec (``endpoint_url``, credentials …).
 
     Raises:
         StoreNotFoundError: there is no store at ``url`` (the hint says how to create one).
         FormatVersionError: the store was written by a newer, incompatible ckpt.
+        BackendError: the location cannot be used (a chained URL, a symbolic link inside a local store…).
 
     Example:
         >>> store = ckpt.open("s3://bucket/models", endpoint_url="http://127.0.0.1:5000")  # doctest: +SKIP
     """
-    backend = open_backend(url or settings.store_url(), **storage_options)
+    backend = open_backend(_location(url), **storage_options)
     return Store(backend, _read_config(backend))
+
+
+def _location(url: str | os.PathLike[str] | None) -> str:
+    """The store location as text: ``url`` (a str or ``os.PathLike``), else ``$CKPT_STORE`` or ``./.ckpt``."""
+    if url is None:
+        return settings.store_url()
+    try:
+        text = os.fspath(url)
+    except TypeError:
+        raise StoreError(
+            f"a store location must be a path or a URL, got {type(url).__name__}",
+            hint="pass a str or pathlib.Path, e.g. ckpt.open('runs') or ckpt.open('s3://bucket/models')",
+        ) from None
+    if not isinstance(text, str):
+        raise StoreError(f"a store location must be a str path, got {type(text).__name__}")
+    return text or settings.store_url()
 
 
 def _clean_metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:

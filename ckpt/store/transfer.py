@@ -7,6 +7,7 @@ chunk is read straight into its slice of the tensor's memory and verified there.
 
 from __future__ import annotations
 
+import mmap as _mmap_module
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,8 +22,12 @@ from ckpt.store.objects import CHUNK_HEADER_SIZE, Objects
 
 __all__ = ["Progress", "WriteStats", "allocate", "read_tensors", "write_files", "write_tensors"]
 
-#: A local tensor held in one raw chunk at least this big is memory-mapped (zero-copy) instead of read.
+#: With ``mmap=True``, a local tensor held in one raw chunk at least this big is memory-mapped (zero-copy)
+#: instead of read.
 MMAP_MIN_BYTES = 1 << 20
+
+#: A tensor at least this big is read into memory backed by transparent huge pages where the system has them.
+HUGE_MIN_BYTES = 4 << 20
 
 #: Called with a number of bytes each time that many more are done.
 Progress = Callable[[int], None]
@@ -128,14 +133,41 @@ def _torch_glue() -> Any:
     return glue
 
 
-def allocate(entry: TensorEntry, framework: str) -> tuple[Any, memoryview]:
-    """A new, uninitialised tensor (``torch``) or array (``numpy``) for an entry, and its byte view."""
-    if framework == "torch":
-        tensor, view = _torch_glue().empty_torch(entry.dtype, entry.shape)
-        return tensor, view
-    from ckpt.state.numpy import empty_numpy
+def allocate(
+    entry: TensorEntry, framework: str, *, name: str = "", snapshot: str | None = None
+) -> tuple[Any, memoryview]:
+    """A new, uninitialised tensor (``torch``) or array (``numpy``) for an entry, and its byte view.
 
-    return empty_numpy(entry.dtype, entry.shape)
+    The memory is not touched (``torch.empty`` / ``numpy.empty``): pages are committed only as chunks are read
+    into them, so a table that claims more than its chunks hold costs address space, not memory.
+
+    Raises:
+        StateError: the memory cannot be allocated (the message names the tensor and its claimed size).
+    """
+    try:
+        if entry.nbytes >= HUGE_MIN_BYTES and hasattr(_mmap_module, "MADV_HUGEPAGE"):
+            # fresh memory costs a page fault (and a zeroed page) per 4 KiB, more than the copy itself; huge
+            # pages make that one per 2 MiB. An anonymous private mapping: nothing else can change it.
+            flags = _mmap_module.MAP_PRIVATE | _mmap_module.MAP_ANONYMOUS
+            buffer = _mmap_module.mmap(-1, entry.nbytes, flags=flags)
+            buffer.madvise(_mmap_module.MADV_HUGEPAGE)
+            tensor = from_buffer(buffer, 0, entry, framework)
+            return tensor, memoryview(buffer)
+        if framework == "torch":
+            tensor, view = _torch_glue().empty_torch(entry.dtype, entry.shape)
+            return tensor, view
+        from ckpt.state.numpy import empty_numpy
+
+        return empty_numpy(entry.dtype, entry.shape)
+    except (MemoryError, RuntimeError, ValueError, OverflowError, OSError) as e:
+        where = f"tensor {name!r}" + (f" of snapshot {snapshot[:12]}" if snapshot else "")
+        raise StateError(
+            f"cannot allocate {entry.nbytes} bytes for {where} (dtype {entry.dtype}, shape {list(entry.shape)}): "
+            f"{type(e).__name__}",
+            hint="free memory, or read it lazily (store.tensors(rev)); if the size is absurd, check the store with "
+            "store.verify()",
+            cli_hint="free memory; if the size is absurd, run `ckpt verify`",
+        ) from e
 
 
 def read_tensors(
@@ -148,6 +180,7 @@ def read_tensors(
     framework: str | None = None,
     into: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
+    mmap: bool = False,
 ) -> dict[str, Any]:
     """Read tensors, each chunk straight into its place, in parallel.
 
@@ -161,11 +194,14 @@ def read_tensors(
         into: name → existing tensor to fill in place when its dtype, shape and layout fit (no new memory,
             no page faults); others are allocated.
         progress: called with byte counts as chunks arrive.
+        mmap: on a local store, map tensors held in one chunk of at least ``MMAP_MIN_BYTES`` (zero-copy,
+            copy-on-write) instead of reading them; see ``Objects.map_chunk`` for what a mapping cannot
+            promise after it was verified.
     """
     out: dict[str, Any] = {}
     jobs: list[tuple[str, str, memoryview]] = []
     mapped: list[tuple[str, TensorEntry]] = []
-    local = objects.backend.local_path("") is not None
+    local = mmap and objects.backend.local_path("") is not None
     for name, entry in entries.items():
         view = writable_view(into[name], entry.dtype, entry.shape) if into and name in into else None
         if view is not None:
@@ -174,7 +210,7 @@ def read_tensors(
             mapped.append((name, entry))
             continue
         else:
-            tensor, view = allocate(entry, framework or entry.kind)
+            tensor, view = allocate(entry, framework or entry.kind, name=name, snapshot=snapshot)
         out[name] = tensor
         view = view.cast("B") if view.format != "B" else view
         if view.nbytes != entry.nbytes:

@@ -10,22 +10,24 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from ckpt import settings
-from ckpt.errors import CkptError, CorruptChunkError, MissingObjectError
+from ckpt.errors import CkptError, IntegrityError, MissingObjectError
 from ckpt.model import TensorTable
 from ckpt.store.objects import Objects
 from ckpt.store.transfer import Progress
 
-__all__ = ["Damage", "VerifyReport", "verify_snapshots"]
+__all__ = ["Damage", "VerifyReport", "damage_kind", "verify_snapshots"]
 
 
 class Damage(BaseModel):
     """One damaged or missing object.
 
     Attributes:
-        kind: ``missing`` (not in the store), ``corrupt`` (bytes do not match the digest) or ``invalid``
-            (not a valid record).
-        object: ``chunk``, ``table``, ``snapshot`` or ``ref``.
-        digest: the object's address (or the ref's name).
+        kind: ``missing`` (not in the store), ``corrupt`` (bytes do not match the digest, wrong size, or not a
+            regular file) or ``invalid`` (not a valid record, or contradicting another: a frozen release marked
+            pruned).
+        object: ``chunk``, ``table``, ``snapshot``, ``ref`` (a branch or tag), ``reflog`` (an entry, or the
+            entry of a ref's latest move) or ``marker`` (a pruned marker).
+        digest: the object's address (or the path of the ref, reflog entry or marker).
         snapshots: ids of the snapshots that need it.
         tensors: names of the tensors (or files) that hold it.
         message: what was found.
@@ -34,7 +36,7 @@ class Damage(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     kind: Literal["missing", "corrupt", "invalid"]
-    object: Literal["chunk", "table", "snapshot", "ref"]
+    object: Literal["chunk", "table", "snapshot", "ref", "reflog", "marker"]
     digest: str
     snapshots: tuple[str, ...] = ()
     tensors: tuple[str, ...] = ()
@@ -47,7 +49,8 @@ class VerifyReport(BaseModel):
     Attributes:
         snapshots: snapshots checked.
         chunks: distinct chunks checked.
-        bytes: raw bytes hashed.
+        bytes: bytes of the sound chunks as stored (each with its 16-byte header), the figure ``gc`` and
+            ``Store.stats`` use for the same chunks.
         damage: every problem found (empty when the store is sound).
     """
 
@@ -64,12 +67,16 @@ class VerifyReport(BaseModel):
         return not self.damage
 
 
-def _kind(e: CkptError) -> Literal["missing", "corrupt", "invalid"]:
+def damage_kind(e: CkptError) -> Literal["missing", "corrupt", "invalid"]:
+    """The ``Damage.kind`` of an error met while reading an object."""
     if isinstance(e, MissingObjectError):
         return "missing"
-    if isinstance(e, CorruptChunkError):
+    if isinstance(e, IntegrityError):
         return "corrupt"
     return "invalid"
+
+
+_kind = damage_kind
 
 
 def verify_snapshots(
@@ -83,7 +90,9 @@ def verify_snapshots(
 ) -> VerifyReport:
     """Check records, tables and every chunk of non-pruned snapshots; each chunk is read once."""
     damage: list[Damage] = list(extra_damage)
-    users: dict[str, tuple[set[str], set[str], int]] = {}  # chunk → (snapshots, tensors, raw length)
+    # (chunk, raw length its table implies) → (snapshots, tensors): two tables claiming different lengths for
+    # one chunk are both checked, so the one that is wrong is reported
+    users: dict[tuple[str, int], tuple[set[str], set[str]]] = {}
     count = 0
     for sid in snapshot_ids:
         count += 1
@@ -107,7 +116,7 @@ def verify_snapshots(
         for name, size, chunks in sized:
             for i, digest in enumerate(chunks):
                 length = min(cs, size - i * cs)
-                snaps, tensors, _ = users.setdefault(digest, (set(), set(), length))
+                snaps, tensors = users.setdefault((digest, length), (set(), set()))
                 snaps.add(sid)
                 tensors.add(name)
 
@@ -116,10 +125,12 @@ def verify_snapshots(
 
     def check(digest: str, length: int) -> None:
         nonlocal total
-        snaps, tensors, _ = users[digest]
-        buf = bytearray(length)
-        try:
-            objects.read_chunk_into(digest, memoryview(buf), tensor=sorted(tensors)[0], snapshot=sorted(snaps)[0])
+        snaps, tensors = users[(digest, length)]
+        held = 0
+        try:  # read in bounded pieces: memory never depends on the length a table claims
+            held = objects.check_chunk(
+                digest, length, tensor=sorted(tensors)[0], snapshot=sorted(snaps)[0], progress=progress
+            )
         except CkptError as e:
             d = Damage(
                 kind=_kind(e),
@@ -132,13 +143,12 @@ def verify_snapshots(
             with lock:
                 damage.append(d)
         with lock:
-            total += length
-        if progress:
-            progress(length)
+            total += held
 
     if progress_total:
-        progress_total(sum(info[2] for info in users.values()))
+        progress_total(sum(length for _, length in users))  # what ``progress`` counts: payload bytes
     with ThreadPoolExecutor(settings.threads(), thread_name_prefix="ckpt-verify") as pool:
-        for f in [pool.submit(check, d, info[2]) for d, info in users.items()]:
+        for f in [pool.submit(check, digest, length) for digest, length in users]:
             f.result()
-    return VerifyReport(snapshots=count, chunks=len(users), bytes=total, damage=tuple(damage))
+    distinct = len({digest for digest, _ in users})
+    return VerifyReport(snapshots=count, chunks=distinct, bytes=total, damage=tuple(damage))

@@ -65,7 +65,7 @@ class Checkpointer:
 
     def __init__(
         self,
-        store: Store | str,
+        store: Store | str | os.PathLike[str],
         branch: str = "main",
         *,
         monitor: str | None = None,
@@ -78,7 +78,7 @@ class Checkpointer:
         max_pending: int = 2,
         digest_cache: bool = True,
     ) -> None:
-        if isinstance(store, str):
+        if isinstance(store, (str, os.PathLike)):
             from ckpt.store import open as open_store
 
             store = open_store(store)

@@ -53,7 +53,7 @@ def test_verify_ok(invoke: Invoke, family: dict[str, ckpt.Snapshot]) -> None:
     assert data["ok"] is True and data["damage"] == [] and data["snapshots"] >= 7 and data["chunks"] > 0
     assert set(data) == {"ok", "snapshots", "chunks", "bytes", "damage"}
     one = parse(invoke("verify", "lora", "--json"))
-    assert one["snapshots"] == 1 and one["bytes"] == 512
+    assert one["snapshots"] == 1 and one["bytes"] == 512 + 16  # as stored: the chunk with its 16-byte header
     invoke("verify", "main", "--all", code=2)
 
 
@@ -76,9 +76,16 @@ def test_gc(invoke: Invoke, store: ckpt.Store, family: dict[str, ckpt.Snapshot])
     assert out.startswith("would free ") and "kept" in out
     dry = parse(invoke("gc", "--dry-run", "--grace", "0", "--json"))
     assert dry["dry_run"] is True and dry["chunks"] > 0 and dry["freed_bytes"] > 0
-    assert set(dry) == {"dry_run", "snapshots", "tables", "chunks", "other", "freed_bytes", "kept_chunks", "kept_bytes"}
-    # young objects are spared by the default grace period
-    assert parse(invoke("gc", "--json"))["chunks"] == 0
+    assert set(dry) == {
+        "dry_run", "snapshots", "tables", "chunks", "other", "freed_bytes", "kept_chunks", "kept_bytes",
+        "grace_seconds", "young_chunks", "young_bytes", "young_records", "reused_chunks", "reused_bytes", "damage",
+    }  # fmt: skip
+    # young objects are spared by the default grace period, and the report says so
+    young = parse(invoke("gc", "--json"))
+    assert young["chunks"] == 0 and young["young_chunks"] == dry["chunks"] and young["grace_seconds"] == 3600
+    assert young["young_bytes"] > 0
+    assert f"{dry['chunks']} unneeded chunks" in invoke("gc", "--dry-run").stdout
+    assert "younger than the 1h grace period were kept" in invoke("gc", "--dry-run").stdout
     done = parse(invoke("gc", "--grace", "0", "--expire-reflog", "never", "--json"))
     assert done["dry_run"] is False and done["chunks"] == dry["chunks"] and done["freed_bytes"] == dry["freed_bytes"]
     assert invoke("gc", "--grace", "0").stdout.startswith("freed 0 B")
@@ -94,3 +101,18 @@ def test_gc_reclaims_a_deleted_branch(invoke: Invoke, store: ckpt.Store) -> None
     assert kept["snapshots"] == 0  # the reflog keeps it for 30 days
     freed = parse(invoke("gc", "--grace", "0", "--expire-reflog", "0", "--json"))
     assert freed["snapshots"] == 1 and freed["freed_bytes"] >= 4 * 4096
+
+
+def test_gc_refuses_on_damage_and_keep_damaged_goes_ahead(invoke: Invoke, store: ckpt.Store) -> None:
+    first = store.save({"w": np.zeros(4096, np.float32)})
+    head = store.save({"w": np.ones(4096, np.float32)})
+    store.prune(first.id)
+    path = f"snapshots/{head.id[:2]}/{head.id}.json"
+    data = bytearray(store.backend.read(path))
+    data[-2] ^= 1
+    store.backend.replace(path, bytes(data))
+    result = invoke("gc", "--grace", "0", code=1)
+    assert "gc refused to delete anything" in result.stderr and "ckpt verify" in result.stderr
+    kept = invoke("gc", "--grace", "0", "--keep-damaged")
+    assert kept.stdout.startswith("freed 0 B") and "damaged, everything it might need was kept" in kept.stderr
+    assert parse(invoke("gc", "--grace", "0", "--keep-damaged", "--json"))["damage"][0]["object"] == "snapshot"

@@ -54,8 +54,14 @@ def test_repair_reports_what_it_cannot_fix(invoke: Invoke, store: ckpt.Store, tm
     assert text.startswith("unrepaired missing chunk") and "1 problem remain" in text
 
 
-def test_repair_needs_a_source(invoke: Invoke, store: ckpt.Store) -> None:
-    assert "--from" in invoke("repair", code=2).stderr
+def test_repair_without_a_source_fixes_only_what_needs_none(
+    invoke: Invoke, store: ckpt.Store, family: dict[str, ckpt.Snapshot]
+) -> None:
+    head = store.resolve("instruct").id
+    _flip_last_bit(store, layout.snapshot_path(head))  # needs a good copy
+    data = parse(invoke("repair", "--json", code=1))
+    assert data["source"] is None and data["ok"] is False
+    assert "no good copy was given" in data["unrepaired"][0]["message"]
 
 
 def test_repair_of_a_revision_whose_record_is_damaged(

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from ckpt.errors import BackendError, IntegrityError, MissingObjectError
+from ckpt.errors import BackendError, MissingObjectError
 from ckpt.storage import Backend, CasResult
 
 MakeBackend = Callable[..., Backend]
@@ -324,10 +324,24 @@ class BackendContract:
         backend.read_into("data", [memoryview(x) for x in out])
         assert b"".join(out) == data
 
-    def test_read_into_past_the_end_is_an_integrity_error(self, backend: Backend) -> None:
+    def test_read_into_past_the_end_reads_what_there_is(self, backend: Backend) -> None:
         backend.put_if_absent("data", b"short")
-        with pytest.raises(IntegrityError):
-            backend.read_into("data", [memoryview(bytearray(4)), memoryview(bytearray(4))])
+        a, b = bytearray(4), bytearray(b"????")
+        assert backend.read_into("data", [memoryview(a), memoryview(b)]) == 5
+        assert bytes(a) == b"shor" and bytes(b) == b"t???"
+        assert backend.read_into("data", [memoryview(bytearray(5))]) == 5
+
+    def test_read_never_returns_more_than_the_object_holds(self, backend: Backend) -> None:
+        backend.put_if_absent("data", b"0123456789")
+        assert backend.read("data", 0, 3 << 30) == b"0123456789"
+        assert backend.read("data", 4, 1 << 62) == b"456789"
+
+    def test_a_range_past_the_end_reads_nothing(self, backend: Backend) -> None:
+        backend.put_if_absent("data", b"0123456789")
+        backend.put_if_absent("empty", b"")
+        assert backend.read("data", 10, 20) == b"" and backend.read("data", 50, 60) == b""
+        assert backend.read("empty", 0, 17) == b""
+        assert backend.read_into("empty", [memoryview(bytearray(17))]) == 0
 
     def test_missing_object_reads_raise_missing_object_error(self, backend: Backend) -> None:
         with pytest.raises(MissingObjectError):

@@ -297,4 +297,4 @@ def test_undamaged_store_verifies_clean(local_store: ckpt.Store) -> None:
     assert report.ok and report.damage == ()
     assert report.snapshots == 2
     assert report.chunks == 9  # w: 3 chunks and b: 1 chunk per snapshot (all distinct), and the file's
-    assert report.bytes == 2 * (3000 * 4 + 10 * 4) + 5
+    assert report.bytes == 2 * (3000 * 4 + 10 * 4) + 5 + 9 * 16  # as stored: each chunk with its 16-byte header

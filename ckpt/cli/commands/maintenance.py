@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import click
 from rich.console import Console
@@ -67,7 +67,7 @@ def verify(state: CliState, rev: str | None, all_: bool, as_json: bool) -> None:
         out = console()
         for d in report.damage:
             where = f" (tensors: {', '.join(d.tensors[:3])}{' …' if len(d.tensors) > 3 else ''})" if d.tensors else ""
-            out.print(Text.assemble((d.kind, "bold red"), f" {d.object} {d.digest[:16]}{where}: {d.message}"))
+            out.print(Text.assemble((d.kind, "bold red"), f" {d.object} {_name(d)}{where}: {d.message}"))
         verdict = "ok" if report.ok else count(len(report.damage), "problem")
         click.echo(
             f"checked {count(report.snapshots, 'snapshot')}, {count(report.chunks, 'chunk')} "
@@ -82,37 +82,52 @@ def verify(state: CliState, rev: str | None, all_: bool, as_json: bool) -> None:
 def _damage_line(kind: str, d: ckpt.Damage) -> Text:
     where = f" (tensors: {', '.join(d.tensors[:3])}{' …' if len(d.tensors) > 3 else ''})" if d.tensors else ""
     style = "bold green" if kind == "repaired" else "bold red"
-    return Text.assemble((kind, style), f" {d.kind} {d.object} {d.digest[:16]}{where}: {d.message}")
+    return Text.assemble((kind, style), f" {d.kind} {d.object} {_name(d)}{where}: {d.message}")
+
+
+def _name(d: ckpt.Damage) -> str:
+    """A digest's first 16 characters; a ref's, reflog entry's or marker's whole path."""
+    return d.digest if d.object in ("ref", "reflog", "marker") else d.digest[:16]
 
 
 @click.command()
 @click.argument("revs", nargs=-1, metavar="[REV]...")
-@click.option("--from", "source", required=True, metavar="URL", help="A good copy of the store (a replica, a backup).")
+@click.option(
+    "--from",
+    "source",
+    metavar="URL",
+    help="A good copy of the store (a replica, a backup). Without it, only what needs no copy is fixed.",
+)
 @click.option(
     "--from-option", multiple=True, metavar="KEY=VALUE", help="fsspec storage option for --from (repeatable)."
 )
 @json_option
 @click.pass_obj
-def repair(state: CliState, revs: tuple[str, ...], source: str, from_option: tuple[str, ...], as_json: bool) -> None:
+def repair(
+    state: CliState, revs: tuple[str, ...], source: str | None, from_option: tuple[str, ...], as_json: bool
+) -> None:
     """Put back damaged or missing objects from a good copy of the store, then verify again.
 
     Every damaged chunk, tensor table and snapshot record that `ckpt verify` finds (for the given REVs, or
     everywhere) is read from --from, checked against its digest (bad bytes are never copied) and written over
-    the damaged copy. Refs are never changed. Exits 0 when the store verifies clean afterwards, 1 otherwise.
+    the damaged copy. Refs are never changed. Without --from, only what needs no copy is fixed: a ref's missing
+    reflog entry, a pruned marker on a frozen release. Exits 0 when the store verifies clean afterwards, 1
+    otherwise.
 
     \b
     Examples:
+      ckpt repair
       ckpt repair --from s3://bucket/models-replica
       ckpt repair --from /mnt/backup/.ckpt tiny-llama-2026-11-28
     """
     from ckpt.cli.app import store_location
 
     store = state.store()
-    good = ckpt.open(store_location(source), **parse_options(from_option, flag="--from-option"))
+    good = ckpt.open(store_location(source), **parse_options(from_option, flag="--from-option")) if source else None
     with progress_bar("repair", quiet=state.quiet) as progress:
         report = store.repair(good, revs=list(revs) or None, progress=progress)
     if as_json:
-        emit_json({"store": store.url, "source": good.url, **report.model_dump(mode="json")})
+        emit_json({"store": store.url, "source": good.url if good else None, **report.model_dump(mode="json")})
     else:
         out = console()
         for d in report.repaired:
@@ -142,10 +157,19 @@ def repair(state: CliState, revs: tuple[str, ...], source: str, from_option: tup
     metavar="DURATION|never",
     help="Reflog entries older than this no longer keep snapshots alive.",
 )
+@click.option(
+    "--keep-damaged",
+    is_flag=True,
+    help="If something gc must read is damaged, collect anyway, keeping everything it might need "
+    "(default: refuse and name the damage).",
+)
 @json_option
 @click.pass_obj
-def gc(state: CliState, dry_run: bool, grace: str, expire_reflog: str, as_json: bool) -> None:
+def gc(state: CliState, dry_run: bool, grace: str, expire_reflog: str, keep_damaged: bool, as_json: bool) -> None:
     """Delete what no live snapshot needs: unreachable records, chunks of pruned snapshots, crash leftovers.
+
+    gc is fail-closed: if a ref, reflog entry, record, table or pruned marker it must read is damaged or
+    missing, it deletes nothing and names the damage (run `ckpt verify`, then `ckpt repair`).
 
     \b
     Examples:
@@ -153,15 +177,16 @@ def gc(state: CliState, dry_run: bool, grace: str, expire_reflog: str, as_json: 
       ckpt gc --grace 0
     """
     grace_td = parse_duration(grace, flag="--grace")
+    on_damage: Literal["refuse", "keep"] = "keep" if keep_damaged else "refuse"
     expire = None if expire_reflog.strip().lower() == "never" else parse_duration(expire_reflog, flag="--expire-reflog")
     store = state.store()
     if progress_enabled() and not state.quiet and not as_json:
         with Console(file=sys.stderr, force_terminal=True).status(
             "planning garbage collection…" if dry_run else "collecting garbage…"
         ):
-            report = store.gc(grace=grace_td, dry_run=dry_run, expire_reflog=expire)
+            report = store.gc(grace=grace_td, dry_run=dry_run, expire_reflog=expire, on_damage=on_damage)
     else:
-        report = store.gc(grace=grace_td, dry_run=dry_run, expire_reflog=expire)
+        report = store.gc(grace=grace_td, dry_run=dry_run, expire_reflog=expire, on_damage=on_damage)
     if as_json:
         emit_json(report.model_dump(mode="json"))
         return
@@ -177,10 +202,10 @@ def gc(state: CliState, dry_run: bool, grace: str, expire_reflog: str, as_json: 
         f"kept {count(report.kept_chunks, 'chunk')} ({human_bytes(report.kept_bytes)})"
     )
     # what the grace period kept (GcReport.young_*), and chunks a save reused while gc ran (reused_*)
-    young, young_records = int(getattr(report, "young_chunks", 0)), int(getattr(report, "young_records", 0))
+    young, young_records = report.young_chunks, report.young_records
     if young or young_records:
         them = "it" if young + young_records == 1 else "them"
-        what = count(young, "chunk") + f" ({human_bytes(int(getattr(report, 'young_bytes', 0)))})"
+        what = count(young, "chunk") + f" ({human_bytes(report.young_bytes)})"
         if young_records:
             what += f" and {count(young_records, 'other object')}"
         click.echo(
@@ -188,9 +213,10 @@ def gc(state: CliState, dry_run: bool, grace: str, expire_reflog: str, as_json: 
             f"running now may still need {them}; a later gc frees {them}, or `ckpt gc --grace 0` now if no save "
             "is running"
         )
-    reused = int(getattr(report, "reused_chunks", 0))
+    reused = report.reused_chunks
     if reused:
         click.echo(
-            f"kept {count(reused, 'chunk')} ({human_bytes(int(getattr(report, 'reused_bytes', 0)))}) that a save "
-            "reused while gc ran"
+            f"kept {count(reused, 'chunk')} ({human_bytes(report.reused_bytes)}) that a save reused while gc ran"
         )
+    for d in report.damage:
+        click.echo(f"damaged, everything it might need was kept: {d.object} {d.digest[:40]}: {d.message}", err=True)
