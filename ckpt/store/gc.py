@@ -299,7 +299,7 @@ def scan_liveness(
                     object="snapshot",
                     digest=sid,
                     snapshots=(sid,),
-                    message=f"{e} (needed by {why})",
+                    message=f"{e.message} (needed by {why})",
                 )
             )
             out.all_records = out.all_tables = out.all_chunks = True
@@ -383,7 +383,9 @@ def plan_gc(
             table = objects.get_table(table_digest)
         except CkptError as err:
             state.damage.append(
-                Damage(kind=damage_kind(err), object="table", digest=table_digest, snapshots=(sid,), message=str(err))
+                Damage(
+                    kind=damage_kind(err), object="table", digest=table_digest, snapshots=(sid,), message=err.message
+                )
             )
             if not is_pruned:
                 state.all_chunks = True

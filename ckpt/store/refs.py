@@ -176,7 +176,7 @@ class Refs:
                         if tag is not None:
                             tags[name] = tag
                 except CkptError as e:
-                    damage.append(RefDamage(path=entry.path, message=str(e)))
+                    damage.append(RefDamage(path=entry.path, message=e.message))
         return dict(sorted(branches.items())), dict(sorted(tags.items())), damage
 
     def _read(self, path: str) -> bytes | None:

@@ -220,7 +220,11 @@ class Store:
                 tensor_bytes=sum(t.nbytes for t in tensors.values()),
             )
             record.record_bytes()
-        except (ValidationError, RecordError) as e:
+        except RecordError as e:
+            raise RecordError(
+                f"cannot record this snapshot: {e.message}", hint=e.hint or "", cli_hint=e.cli_hint or ""
+            ) from e
+        except ValidationError as e:
             raise RecordError(f"cannot record this snapshot: {e}") from e
 
         stats = WriteStats()
