@@ -5,19 +5,16 @@ from __future__ import annotations
 import mmap
 import struct
 from collections.abc import Iterator
-from typing import Any
 
 import blake3
-from pydantic import BaseModel, ValidationError
 
-from ckpt.errors import CorruptChunkError, FormatVersionError, MissingObjectError, RecordError
+from ckpt.errors import CorruptChunkError, FormatVersionError, MissingObjectError
 from ckpt.model import (
     Snapshot,
     TensorTable,
     canonical_json,
     digest_bytes,
-    drop_unknown,
-    parse_json,
+    parse_record,
 )
 from ckpt.storage import Backend
 from ckpt.store import layout
@@ -250,11 +247,7 @@ class Objects:
             raise MissingObjectError(f"tensor table {digest[:12]} is missing from the store") from e
         if digest_bytes(data) != digest:
             raise CorruptChunkError(f"tensor table {digest[:12]} is corrupt", digest=digest)
-        raw = parse_json(data, what=f"tensor table {digest[:12]}")
-        try:
-            return TensorTable.model_validate(self._known(TensorTable, raw))
-        except ValidationError as e:
-            raise RecordError(f"tensor table {digest[:12]} is invalid: {e}") from e
+        return parse_record(TensorTable, data, what=f"tensor table {digest[:12]}", minor_newer=self.minor_newer)
 
     def raw_record(self, kind: str, digest: str) -> bytes:
         """The exact stored bytes of a ``table`` or ``snapshot`` record, checked against its digest."""
@@ -302,11 +295,13 @@ class Objects:
             raise CorruptChunkError(
                 f"snapshot record {snapshot_id[:12]} is corrupt", digest=snapshot_id, snapshot=snapshot_id
             )
-        raw = parse_json(data, what=f"snapshot {snapshot_id[:12]}")
-        try:
-            return Snapshot.model_validate({**self._known(Snapshot, raw), "id": snapshot_id, "pruned": pruned})
-        except ValidationError as e:
-            raise RecordError(f"snapshot {snapshot_id[:12]} is invalid: {e}") from e
+        return parse_record(
+            Snapshot,
+            data,
+            what=f"snapshot {snapshot_id[:12]}",
+            minor_newer=self.minor_newer,
+            extra={"id": snapshot_id, "pruned": pruned},
+        )
 
     def has_snapshot(self, snapshot_id: str) -> bool:
         """Whether the snapshot record exists."""
@@ -319,12 +314,6 @@ class Objects:
             sid = layout.digest_from_path(entry.path)
             if sid.startswith(prefix) and entry.path.endswith(".json"):
                 yield sid
-
-    def _known(self, model: type[BaseModel], raw: Any) -> Any:
-        """Drop fields a newer minor format added (readers of an older minor ignore them)."""
-        if self.minor_newer and isinstance(raw, dict):
-            return drop_unknown(model, {k: v for k, v in raw.items() if k not in ("id", "pruned")})
-        return raw
 
 
 def _where(tensor: str | None, snapshot: str | None) -> str:

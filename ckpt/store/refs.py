@@ -11,7 +11,7 @@ import os
 import time
 from typing import TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from ckpt.errors import (
     FrozenRefError,
@@ -27,9 +27,8 @@ from ckpt.model import (
     TagRecord,
     canonical_json,
     check_ref_name,
-    drop_unknown,
     format_time,
-    parse_json,
+    parse_record,
     utcnow,
 )
 from ckpt.model.refs import ReflogAction
@@ -39,6 +38,10 @@ from ckpt.store import layout
 __all__ = ["Refs", "branch_bytes"]
 
 _R = TypeVar("_R", bound=BaseModel)
+_REF_HINT = (
+    "a ref file was damaged or written by something else; `ckpt reflog` lists where each ref pointed, and "
+    "`ckpt verify` checks the rest of the store"
+)
 
 
 def branch_bytes(snapshot_id: str) -> bytes:
@@ -58,8 +61,7 @@ class Refs:
         self.minor_newer = minor_newer
 
     def _parse(self, model: type[_R], raw: bytes, what: str) -> _R:
-        data = parse_json(raw, what=what)
-        return model.model_validate(drop_unknown(model, data) if self.minor_newer else data)
+        return parse_record(model, raw, what=what, minor_newer=self.minor_newer, hint=_REF_HINT)
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -88,20 +90,14 @@ class Refs:
         raw = self._read(layout.branch_path(name))
         if raw is None:
             return None
-        try:
-            return self._parse(BranchRecord, raw, f"branch {name}").id
-        except ValidationError as e:
-            raise RecordError(f"branch {name!r} is invalid: {e}") from e
+        return self._parse(BranchRecord, raw, f"branch {name!r}").id
 
     def tag(self, name: str) -> TagRecord | None:
         """A tag's record, or ``None`` if there is no such tag."""
         raw = self._read(layout.tag_path(name))
         if raw is None:
             return None
-        try:
-            return self._parse(TagRecord, raw, f"tag {name}")
-        except ValidationError as e:
-            raise RecordError(f"tag {name!r} is invalid: {e}") from e
+        return self._parse(TagRecord, raw, f"tag {name!r}")
 
     def _read(self, path: str) -> bytes | None:
         if "/" in path and not self._safe(path):
@@ -153,7 +149,7 @@ class Refs:
             if result.current is not None:
                 try:
                     actual = self._parse(BranchRecord, result.current, ref).id
-                except (ValidationError, RecordError):
+                except RecordError:
                     actual = "<unreadable>"
             if new is not None:
                 self.append_reflog(ref, actual, new, "conflict", message)
@@ -214,7 +210,7 @@ class Refs:
         for e in entries:
             try:
                 entry = self._parse(ReflogEntry, self.backend.read(e.path), e.path)
-            except (ValidationError, RecordError):
+            except RecordError:
                 continue  # a damaged reflog entry never blocks anything
             if ref is None or entry.ref == ref:
                 out.append(entry)

@@ -37,6 +37,7 @@ from ckpt.model import (
     format_time,
     parse_json,
     utcnow,
+    validate_record,
 )
 from ckpt.state import flatten, tensor_paths, unflatten
 from ckpt.storage import Backend, open_backend
@@ -857,23 +858,22 @@ class LazyTensors(Mapping[str, Any]):
 def _read_config(backend: Backend) -> StoreConfig:
     if not backend.exists(layout.CONFIG):
         raise StoreNotFoundError(f"no ckpt store at {backend.url}")
-    raw = parse_json(backend.read(layout.CONFIG), what=f"{backend.url}/{layout.CONFIG}")
+    what = f"{backend.url}/{layout.CONFIG}"
+    hint = "this file says what the store is; restore it from a backup or a replica (see docs/format.md)"
+    raw = parse_json(backend.read(layout.CONFIG), what=what, hint=hint)
     if not isinstance(raw, dict) or raw.get("format") != "ckpt":
         raise StoreNotFoundError(f"{backend.url} is not a ckpt store ({layout.CONFIG} is not a ckpt config)")
-    version = str(raw.get("format_version", ""))
-    try:
-        major = int(version.split(".")[0])
-    except ValueError:
-        raise RecordError(f"{backend.url}: invalid format_version {version!r}") from None
-    if major > READABLE_MAJOR:
+    version = raw.get("format_version")
+    major, _, minor = version.partition(".") if isinstance(version, str) else ("", "", "")
+    if not (major.isascii() and major.isdigit() and minor.isascii() and minor.isdigit() and len(version) <= 13):
+        raise RecordError(f"{what}: invalid format_version {str(version)[:40]!r}", hint=hint)
+    if int(major) > READABLE_MAJOR:
         raise FormatVersionError(
             f"the store at {backend.url} uses format {version}; this ckpt ({__version__}) reads format "
             f"{READABLE_MAJOR}.x and older"
         )
-    try:
-        return StoreConfig.model_validate({k: v for k, v in raw.items() if k in StoreConfig.model_fields})
-    except ValidationError as e:
-        raise RecordError(f"{backend.url}/{layout.CONFIG} is invalid: {e}") from e
+    known = {k: v for k, v in raw.items() if k in StoreConfig.model_fields}
+    return validate_record(StoreConfig, known, what=what, hint=hint)
 
 
 def init(url: str | None = None, *, chunk_size: int | str | None = None, **storage_options: Any) -> Store:
