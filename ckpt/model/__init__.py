@@ -13,7 +13,15 @@ from ckpt.model.canonical import (
     validation_summary,
 )
 from ckpt.model.config import FORMAT_VERSION, READABLE_MAJOR, StoreConfig
-from ckpt.model.refs import BranchRecord, PrunedMarker, ReflogEntry, TagRecord, check_ref_name, ref_name_problem
+from ckpt.model.refs import (
+    BranchRecord,
+    PrunedMarker,
+    ReflogEntry,
+    TagRecord,
+    check_ref_name,
+    ref_name_problem,
+    ref_name_readable,
+)
 from ckpt.model.snapshot import Relation, Snapshot, format_time, utcnow
 from ckpt.model.table import (
     DTYPE_SIZES,
@@ -56,6 +64,7 @@ __all__ = [
     "parse_record",
     "parse_time",
     "ref_name_problem",
+    "ref_name_readable",
     "tree_problem",
     "utcnow",
     "validate_record",

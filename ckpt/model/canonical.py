@@ -79,9 +79,9 @@ def parse_json(data: bytes, *, what: str, hint: str | None = RECORD_HINT) -> Any
     except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: bad JSON, or a huge int literal
         problem = "it nests too deeply" if isinstance(e, RecursionError) else _short(str(e))
         raise RecordError(f"{what} is not valid JSON: {problem}", hint=hint) from None
-    problem = json_problem(value)
-    if problem:
-        raise RecordError(f"{what} is invalid: {problem}", hint=hint)
+    bad = json_problem(value)
+    if bad:
+        raise RecordError(f"{what} is invalid: {bad}", hint=hint)
     return value
 
 

@@ -10,11 +10,21 @@ from pydantic import BaseModel, ConfigDict, Field
 from ckpt.errors import InvalidNameError
 from ckpt.model.types import Digest, Timestamp
 
-__all__ = ["BranchRecord", "PrunedMarker", "ReflogAction", "ReflogEntry", "TagRecord", "check_ref_name"]
+__all__ = [
+    "BranchRecord",
+    "PrunedMarker",
+    "ReflogAction",
+    "ReflogEntry",
+    "TagRecord",
+    "check_ref_name",
+    "ref_name_problem",
+    "ref_name_readable",
+]
 
 ReflogAction = Literal["commit", "branch", "delete", "tag", "freeze", "conflict", "sync", "reset"]
 
 _BAD_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+_BAD_PATH = re.compile(r"[\x00-\x1f\x7f\\]")
 _MAX_NAME = 200
 #: The longest path component (between slashes) in UTF-8 bytes: file systems refuse more than 255.
 _MAX_COMPONENT_BYTES = 200
@@ -47,6 +57,19 @@ def check_ref_name(name: str, *, kind: str = "ref") -> str:
     if problem:
         raise InvalidNameError(f"invalid {kind} name {name!r}: {problem}")
     return name
+
+
+def ref_name_readable(name: object) -> bool:
+    """Whether a ref of this name can be looked up at all: a looser rule than ``check_ref_name`` (which
+    decides what may be created), so that refs made under older rules stay readable, while names that
+    cannot be a path inside ``refs/`` (control characters, invalid Unicode, ``..``) are never looked up."""
+    if not isinstance(name, str) or not name or len(name) > 4 * _MAX_NAME or _BAD_PATH.search(name):
+        return False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return all(part not in ("", ".", "..") for part in name.split("/"))
 
 
 def ref_name_problem(name: object) -> str | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ckpt.errors import BackendError
 from ckpt.storage.base import Backend, Buffer, CasResult, Entry
 from ckpt.storage.faults import FaultyBackend, InjectedFault
 from ckpt.storage.local import LocalBackend
@@ -48,9 +49,28 @@ def open_backend(url: str, **storage_options: Any) -> Backend:
         >>> open_backend("memory://docs").url
         'memory:///docs'
     """
+    _check_url(url)
     if is_local_url(url):
         path = url.split("://", 1)[1] if "://" in url else url
         return LocalBackend(path, durable=bool(storage_options.pop("durable", True)))
     from ckpt.storage.fsspec import FsspecBackend
 
     return FsspecBackend(url, **storage_options)
+
+
+def _check_url(url: object) -> None:
+    """Refuse what no file system or object store can name: not a string, empty, control characters (NUL…),
+    invalid Unicode."""
+    if not isinstance(url, str) or not url.strip():
+        raise BackendError(f"not a store URL: {url!r}", hint="give a local path or an fsspec URL such as s3://bucket/x")
+    problem = None
+    if any(ord(c) < 0x20 or c == "\x7f" for c in url):
+        problem = "it holds a control character"
+    else:
+        try:
+            url.encode("utf-8")
+        except UnicodeEncodeError:
+            problem = "it is not valid Unicode (a lone surrogate)"
+    if problem:
+        shown = repr(url[:80]).encode("utf-8", "backslashreplace").decode("utf-8")
+        raise BackendError(f"not a store URL: {shown}: {problem}", hint="give a local path or an fsspec URL")

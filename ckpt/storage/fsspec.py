@@ -115,7 +115,7 @@ class FsspecBackend:
             self._s3_options = options
         try:
             self.fs = fsspec.filesystem(protocol, **options)
-        except (ImportError, ValueError) as e:
+        except (ImportError, ValueError, TypeError, OSError) as e:  # unknown protocol, bad options, missing file
             raise BackendError(
                 f"cannot open {url!r}: {e}",
                 hint=_install_hint(protocol),

@@ -29,6 +29,7 @@ from ckpt.model import (
     check_ref_name,
     format_time,
     parse_record,
+    ref_name_readable,
     utcnow,
 )
 from ckpt.model.refs import ReflogAction
@@ -86,14 +87,18 @@ class Refs:
         return dict(sorted(out.items()))
 
     def branch_head(self, name: str) -> str | None:
-        """The id a branch points at, or ``None`` if there is no such branch."""
+        """The id a branch points at, or ``None`` if there is no such branch (or ``name`` cannot be one)."""
+        if not ref_name_readable(name):
+            return None
         raw = self._read(layout.branch_path(name))
         if raw is None:
             return None
         return self._parse(BranchRecord, raw, f"branch {name!r}").id
 
     def tag(self, name: str) -> TagRecord | None:
-        """A tag's record, or ``None`` if there is no such tag."""
+        """A tag's record, or ``None`` if there is no such tag (or ``name`` cannot be one)."""
+        if not ref_name_readable(name):
+            return None
         raw = self._read(layout.tag_path(name))
         if raw is None:
             return None
@@ -204,6 +209,8 @@ class Refs:
 
     def reflog(self, ref: str | None = None) -> list[ReflogEntry]:
         """Reflog entries, oldest first: of one ref (e.g. ``refs/heads/main``), or of every ref."""
+        if ref is not None and not _is_ref(ref):
+            return []
         prefix = layout.reflog_prefix(ref) if ref else layout.LOGS
         entries = sorted(self.backend.list(prefix), key=lambda e: e.path.rsplit("/", 1)[-1])
         out = []
@@ -215,6 +222,14 @@ class Refs:
             if ref is None or entry.ref == ref:
                 out.append(entry)
         return out
+
+
+def _is_ref(ref: str) -> bool:
+    """Whether ``ref`` is ``refs/heads/NAME`` or ``refs/tags/NAME`` with a valid name."""
+    for prefix in (layout.REFS_HEADS, layout.REFS_TAGS):
+        if isinstance(ref, str) and ref.startswith(prefix):
+            return ref_name_readable(ref[len(prefix) :])
+    return False
 
 
 def _short(snapshot_id: str | None) -> str:

@@ -864,8 +864,9 @@ def _read_config(backend: Backend) -> StoreConfig:
     if not isinstance(raw, dict) or raw.get("format") != "ckpt":
         raise StoreNotFoundError(f"{backend.url} is not a ckpt store ({layout.CONFIG} is not a ckpt config)")
     version = raw.get("format_version")
-    major, _, minor = version.partition(".") if isinstance(version, str) else ("", "", "")
-    if not (major.isascii() and major.isdigit() and minor.isascii() and minor.isdigit() and len(version) <= 13):
+    text = version if isinstance(version, str) and len(version) <= 13 else ""
+    major, _, minor = text.partition(".")
+    if not (major.isascii() and major.isdigit() and minor.isascii() and minor.isdigit()):
         raise RecordError(f"{what}: invalid format_version {str(version)[:40]!r}", hint=hint)
     if int(major) > READABLE_MAJOR:
         raise FormatVersionError(
@@ -874,6 +875,10 @@ def _read_config(backend: Backend) -> StoreConfig:
         )
     known = {k: v for k, v in raw.items() if k in StoreConfig.model_fields}
     return validate_record(StoreConfig, known, what=what, hint=hint)
+
+
+_MAX_CHUNK = 1 << 40
+_SIZE_HINT = "a number of bytes, or with a unit: 4096, 64MiB, 1GB"
 
 
 def init(url: str | None = None, *, chunk_size: int | str | None = None, **storage_options: Any) -> Store:
@@ -894,9 +899,12 @@ def init(url: str | None = None, *, chunk_size: int | str | None = None, **stora
         >>> store = ckpt.init("memory://docs-init")  # doctest: +SKIP
     """
     url = url or settings.store_url()
-    size = settings.parse_size(chunk_size) if chunk_size is not None else settings.chunk_size()
-    if size <= 0:
-        raise RecordError(f"chunk_size must be positive, got {size}")
+    try:
+        size = settings.parse_size(chunk_size) if chunk_size is not None else settings.chunk_size()
+    except (ValueError, TypeError, OverflowError) as e:
+        raise RecordError(f"invalid chunk_size {chunk_size!r}"[:120] + f": {e}"[:200], hint=_SIZE_HINT) from None
+    if not 0 < size <= _MAX_CHUNK:
+        raise RecordError(f"chunk_size must be between 1 byte and 1 TiB, got {size}"[:120], hint=_SIZE_HINT)
     backend = open_backend(url, **storage_options)
     config = StoreConfig(chunk_size=size, created_at=format_time(utcnow()))
     data = canonical_json(config.model_dump(mode="json"))
