@@ -50,7 +50,8 @@ def canonical_json(value: Any) -> bytes:
         The canonical UTF-8 bytes.
 
     Raises:
-        RecordError: the value holds something JSON cannot express exactly (nan, a non-str key…).
+        RecordError: the value holds something JSON cannot express exactly (nan, a non-str key, a lone
+            surrogate…), or nests deeper than ``MAX_JSON_DEPTH`` (no reader would accept it).
 
     Example:
         >>> canonical_json({"b": 1, "a": [1.5, None]})
@@ -58,9 +59,13 @@ def canonical_json(value: Any) -> bytes:
     """
     try:
         text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        return text.encode("utf-8")
-    except (TypeError, ValueError) as e:  # UnicodeEncodeError is a ValueError
-        raise RecordError(f"cannot encode as canonical JSON: {e}") from e
+        data = text.encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as e:  # UnicodeEncodeError is a ValueError
+        raise RecordError(f"cannot encode as canonical JSON: {_short(str(e))}") from None
+    problem = json_problem(value)  # what every reader would refuse is never written
+    if problem:
+        raise RecordError(f"cannot encode as canonical JSON: {problem}")
+    return data
 
 
 def parse_json(data: bytes, *, what: str, hint: str | None = RECORD_HINT) -> Any:

@@ -106,7 +106,7 @@ class FsspecBackend:
     def __init__(self, url: str, **storage_options: Any) -> None:
         protocol, _, rest = url.partition("://")
         if not rest:
-            raise BackendError(f"not a URL: {url!r}")
+            raise BackendError(f"not a URL: {url!r}", hint="give a local path or an fsspec URL such as s3://bucket/x")
         self.protocol = protocol
         options = dict(storage_options)
         if protocol in _S3:

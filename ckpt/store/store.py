@@ -34,6 +34,7 @@ from ckpt.model import (
     TensorTable,
     canonical_json,
     check_ref_name,
+    file_path_problem,
     format_time,
     parse_json,
     utcnow,
@@ -949,10 +950,15 @@ def _clean_metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
 def _clean_files(files: Mapping[str, bytes] | None) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     for path, data in (files or {}).items():
-        parts = path.replace("\\", "/").split("/")
-        if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise RecordError(f"attached file path {path!r} must be relative, without '.' or '..' parts")
+        name = "/".join(path.split("\\")) if isinstance(path, str) else path
+        problem = file_path_problem(name)
+        if problem:
+            shown = repr(path if not isinstance(path, str) or len(path) <= 80 else path[:80] + "…")
+            raise RecordError(
+                f"attached file path {shown.encode('utf-8', 'backslashreplace').decode()} cannot be stored: {problem}",
+                hint="attached files are relative paths such as config.json or tokenizer/vocab.json",
+            )
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise RecordError(f"attached file {path!r} must be bytes, got {type(data).__name__}")
-        out["/".join(parts)] = bytes(data)
+        out[name] = bytes(data)
     return out
