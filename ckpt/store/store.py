@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import JsonValue, ValidationError
 
@@ -51,7 +52,10 @@ from ckpt.store.retention import RetentionPolicy
 from ckpt.store.revisions import ParsedRevision, parse_revision, resolve_base, resolve_reflog, walk_steps
 from ckpt.store.sync import SyncReport, sync
 from ckpt.store.transfer import Progress, WriteStats, read_tensors, write_files, write_tensors
-from ckpt.store.verify import Damage, VerifyReport, verify_snapshots
+from ckpt.store.verify import Damage, VerifyReport, release_damage, verify_snapshots
+
+if TYPE_CHECKING:
+    from ckpt.store.signing import PrivateKey, PublicKey, ReleaseSigner, ReleaseStatus
 
 __all__ = ["Store", "init", "open"]
 
@@ -576,27 +580,38 @@ class Store:
         model: str | None = None,
         name: str | None = None,
         message: str | None = None,
+        signer: ReleaseSigner | PrivateKey | str | os.PathLike[str] | None = None,
     ) -> str:
         """Publish a snapshot as a frozen release tag, ``<model>-<YYYY-MM-DD>`` (UTC) by default.
 
-        A frozen tag can never be moved or deleted, and its snapshot can never be pruned.
+        A frozen tag can never be moved or deleted, and its snapshot can never be pruned. With ``signer``, the
+        release is also signed: a statement naming the release, the snapshot id (which commits to every byte),
+        the time and the signer's key is signed and stored beside the tag (``ckpt.store.signing``), so that
+        ``verify(trust=[public key])`` can tell the release is the one its publisher froze.
 
         Args:
             rev: the snapshot to publish.
             model: the model name; default: the snapshot's ``model``.
             name: the full tag name, instead of ``<model>-<date>``.
             message: a release note.
+            signer: a private key to sign with: a key file path (PEM or OpenSSH; Ed25519 or ECDSA
+                P-256/P-384/P-521), a ``cryptography`` private key, or a ``ReleaseSigner`` (which also carries
+                the signer's name). Needs the ``sign`` extra.
 
         Returns:
             The tag name.
 
         Raises:
-            RecordError: no model name given or recorded.
+            RecordError: no model name given or recorded; the signing key cannot be used.
             RefExistsError: the name is taken (releases are never overwritten).
+            BackendError: the signature could not be written after the release was frozen (the hint says how
+                to add it).
 
         Example:
             >>> store.freeze("main", model="tiny-llama")  # doctest: +SKIP
             'tiny-llama-2026-11-28'
+            >>> store.freeze("main", name="tiny-llama-v2", signer="release-key.pem")  # doctest: +SKIP
+            'tiny-llama-v2'
         """
         snap = self.resolve(rev)
         if name is None:
@@ -608,12 +623,46 @@ class Store:
                 )
             name = f"{model}-{utcnow():%Y-%m-%d}"
         self._refs.check_new_name(name, "tag")
+        signature = None
+        if signer is not None:  # every key problem shows before anything is written
+            from ckpt.store.signing import ReleaseSigner
+
+            signature = ReleaseSigner.of(signer).sign(name, snap.id)
         self._refs.create_tag(
             name,
             TagRecord(id=snap.id, frozen=True, created_at=format_time(utcnow()), message=message),
             action="freeze",
         )
+        if signature is not None:
+            from ckpt.store.signing import write_release_signature
+
+            write_release_signature(self.backend, name, signature)
         return name
+
+    def sign_release(self, name: str, signer: ReleaseSigner | PrivateKey | str | os.PathLike[str]) -> None:
+        """Sign a frozen release as it is now (one signed before, by another key, or frozen unsigned).
+
+        Check it first (``verify(trust=...)``): a signature vouches for the snapshot the tag names now.
+
+        Args:
+            name: the release (a frozen tag).
+            signer: as ``freeze``'s ``signer``.
+
+        Raises:
+            RevisionNotFoundError: no such tag.
+            FrozenRefError: the tag is not frozen (only releases are signed).
+            RecordError: the key cannot be used.
+        """
+        from ckpt.store.signing import ReleaseSigner, put_signature
+
+        tag = self._refs.tag(name)
+        if tag is None:
+            raise RevisionNotFoundError(f"no tag named {name!r}")
+        if not tag.frozen:
+            raise FrozenRefError(
+                f"tag {name!r} is not frozen: only releases are signed", hint="freeze it: `ckpt freeze REV --name NAME`"
+            )
+        put_signature(self.backend, name, ReleaseSigner.of(signer).sign(name, tag.id))
 
     def prune(self, rev: str, *, reason: str | None = None) -> Snapshot:
         """Release a snapshot's tensors (gc reclaims them); its record stays in the log, marked pruned.
@@ -691,14 +740,36 @@ class Store:
         plan = plan_gc(self._objects, self._refs, grace=grace, expire_reflog=expire_reflog)
         return plan.report(dry_run=True) if dry_run else plan.execute(self.backend)
 
-    def verify(self, rev: str | None = None, *, progress: Progress | None = None) -> VerifyReport:
+    def verify(
+        self,
+        rev: str | None = None,
+        *,
+        trust: Sequence[str | os.PathLike[str] | PublicKey] | None = None,
+        progress: Progress | None = None,
+    ) -> VerifyReport:
         """Read every object and check it against its digest; report all damage, not just the first.
+
+        Without ``rev``, frozen releases are checked too: each against the reflog (a frozen tag that moved,
+        was unfrozen or deleted, or whose freeze is not logged, is ``tampered`` or ``repointed``) and against
+        its signatures (each must verify with its own key and sign this release's name and id). With ``trust``,
+        every frozen release must also be signed by one of the trusted keys, as it is now; one that is not is
+        reported ``unsigned``, ``repointed`` or ``forged`` (``ckpt.store.signing``).
 
         Args:
             rev: check this snapshot only; default: every snapshot reachable from a branch, tag or the reflog.
+            trust: trusted public keys: key files or trust files (PEM or OpenSSH lines), or key objects.
             progress: called with byte counts as chunks are checked.
+
+        Raises:
+            RecordError: a trusted key file cannot be read.
         """
         extra: list[Damage] = []
+        releases: list[ReleaseStatus] = []
+        keys = None
+        if trust is not None:
+            from ckpt.store.signing import load_trusted_keys
+
+            keys = load_trusted_keys(trust)
         if rev is not None:
             ids = [self.resolve(rev).id]
         else:
@@ -729,11 +800,17 @@ class Store:
                             message=f"tag {name!r} points at a missing snapshot",
                         )
                     )
-            for entry in self._refs.reflog():
+            reflog = self._refs.reflog()
+            for entry in reflog:
                 roots.update(x for x in (entry.old, entry.new) if x and self._objects.has_snapshot(x))
             broken: set[str] = set()
             ids = sorted(set(live_snapshots(self._objects, roots, broken)) | broken)
-        return verify_snapshots(self._objects, ids, pruned=self._pruned(), extra_damage=extra, progress=progress)
+            from ckpt.store.signing import check_releases
+
+            releases = check_releases(self.backend, self._refs.tags(), reflog, trust=keys)
+            extra.extend(release_damage(releases, keys_given=keys is not None))
+        report = verify_snapshots(self._objects, ids, pruned=self._pruned(), extra_damage=extra, progress=progress)
+        return report.model_copy(update={"releases": tuple(releases)}) if rev is None else report
 
     def repair(
         self, source: Store, *, revs: Sequence[str] | None = None, progress: Progress | None = None

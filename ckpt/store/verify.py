@@ -13,9 +13,10 @@ from ckpt import settings
 from ckpt.errors import CkptError, CorruptChunkError, MissingObjectError
 from ckpt.model import TensorTable
 from ckpt.store.objects import Objects
+from ckpt.store.signing import ReleaseStatus
 from ckpt.store.transfer import Progress
 
-__all__ = ["Damage", "VerifyReport", "verify_snapshots"]
+__all__ = ["Damage", "VerifyReport", "release_damage", "verify_snapshots"]
 
 
 class Damage(BaseModel):
@@ -23,9 +24,12 @@ class Damage(BaseModel):
 
     Attributes:
         kind: ``missing`` (not in the store), ``corrupt`` (bytes do not match the digest) or ``invalid``
-            (not a valid record).
-        object: ``chunk``, ``table``, ``snapshot`` or ``ref``.
-        digest: the object's address (or the ref's name).
+            (not a valid record); for a frozen release (``ckpt.store.signing``): ``unsigned`` (no signature by
+            a trusted key), ``repointed`` (its tag names another snapshot than the one frozen or signed),
+            ``forged`` (a signature that does not verify) or ``tampered`` (unfrozen, deleted, or missing from
+            the reflog).
+        object: ``chunk``, ``table``, ``snapshot``, ``ref`` or ``release``.
+        digest: the object's address (or the ref's or release's name).
         snapshots: ids of the snapshots that need it.
         tensors: names of the tensors (or files) that hold it.
         message: what was found.
@@ -33,8 +37,8 @@ class Damage(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    kind: Literal["missing", "corrupt", "invalid"]
-    object: Literal["chunk", "table", "snapshot", "ref"]
+    kind: Literal["missing", "corrupt", "invalid", "unsigned", "repointed", "forged", "tampered"]
+    object: Literal["chunk", "table", "snapshot", "ref", "release"]
     digest: str
     snapshots: tuple[str, ...] = ()
     tensors: tuple[str, ...] = ()
@@ -49,6 +53,7 @@ class VerifyReport(BaseModel):
         chunks: distinct chunks checked.
         bytes: raw bytes hashed.
         damage: every problem found (empty when the store is sound).
+        releases: every frozen release, with its signatures and what they say (``ckpt.store.signing``).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -57,11 +62,28 @@ class VerifyReport(BaseModel):
     chunks: int
     bytes: int
     damage: tuple[Damage, ...]
+    releases: tuple[ReleaseStatus, ...] = ()
 
     @property
     def ok(self) -> bool:
         """No damage found."""
         return not self.damage
+
+
+def release_damage(releases: Iterable[ReleaseStatus], *, keys_given: bool) -> list[Damage]:
+    """A ``Damage`` (object ``release``) for each release that is not sound; an unsigned release is one only
+    when the reader gave trusted keys (asked for signatures)."""
+    return [
+        Damage(
+            kind=r.status,  # every status but "signed", which is filtered out below
+            object="release",
+            digest=r.name,
+            snapshots=(r.snapshot,) if r.snapshot else (),
+            message=r.message,
+        )
+        for r in releases
+        if r.status != "signed" and (r.status != "unsigned" or keys_given)
+    ]
 
 
 def _kind(e: CkptError) -> Literal["missing", "corrupt", "invalid"]:
