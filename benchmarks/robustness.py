@@ -173,22 +173,20 @@ _CHILD = r"""
 import sys, json
 import numpy as np
 import ckpt
-from ckpt.storage import Backend
 from ckpt.store import layout
 
-url, seed, opts = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+url, seed, opts, pause_at = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
 store = ckpt.open(url, **opts)
-backend = store.backend
-step = {"name": "before"}
+state = {"name": "before", "writes": 0}
 
 def report(name):
-    if step["name"] != name:
-        step["name"] = name
+    if state["name"] != name:
+        state["name"] = name
         sys.stdout.write("step " + name + "\n")
         sys.stdout.flush()
 
 class Watch:
-    # reports which step of the commit protocol each write belongs to, then does it
+    # says which step of the commit protocol each write belongs to, and can stop before the N-th write
     def __init__(self, real):
         self.real = real
     def __getattr__(self, name):
@@ -197,9 +195,16 @@ class Watch:
         for prefix, name in ((layout.CHUNKS, "chunks"), (layout.TABLES, "table"), (layout.SNAPSHOTS, "record"),
                              (layout.REFS_HEADS, "ref"), (layout.LOGS, "reflog")):
             if path.startswith(prefix):
-                report(name)
-                return
-        report("other")
+                break
+        else:
+            name = "other"
+        report(name)
+        state.setdefault("steps", []).append(name)
+        if state["writes"] == pause_at:
+            sys.stdout.write("paused\n")
+            sys.stdout.flush()
+            sys.stdin.readline()  # killed here
+        state["writes"] += 1
     def put_if_absent(self, path, data, *a, **k):
         self._step(path)
         return self.real.put_if_absent(path, data, *a, **k)
@@ -210,17 +215,16 @@ class Watch:
         self._step(path)
         return self.real.compare_and_swap(path, *a, **k)
 
-store = ckpt.Store(Watch(backend), store.config)
+store = ckpt.Store(Watch(store.backend), store.config)
 rng = np.random.default_rng(seed)
-state = {"model": {f"layers.{i}.weight": rng.standard_normal(64 * 1024, dtype=np.float32) for i in range(8)},
-         "step": seed}
+tensors = {f"layers.{i}.weight": rng.standard_normal(64 * 1024, dtype=np.float32) for i in range(8)}
 print("ready", flush=True)
 if sys.stdin.readline().strip() != "go":
     sys.exit(1)
 report("start")
-snap = store.save(state, step=seed)
+snap = store.save({"model": tensors, "step": seed}, step=seed)
 report("returned")
-print("done", snap.id, flush=True)
+print("done", snap.id, state["writes"], ",".join(state.get("steps", [])), flush=True)
 sys.stdin.readline()
 """
 
@@ -249,15 +253,17 @@ def _check_store(url: str, opts: dict[str, Any], old_head: str) -> tuple[bool, s
 
 
 def run_kills(trials: int, url: str, opts: dict[str, Any], seed: int) -> dict[str, Any]:
+    """SIGKILL ``trials`` saving children: half at a random moment (over 1.5 × a save's duration), half right
+    before a randomly chosen write of the commit protocol (so that the rare steps, ref and reflog, are hit too)."""
     import ckpt
 
     store = ckpt.init(url, chunk_size=64 * 1024, **opts)
     store.save({"step": 0}, step=0)
     rng = random.Random(seed)
 
-    def child(n: int) -> subprocess.Popen[str]:
+    def child(n: int, pause_at: int = -1) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-c", _CHILD, url, str(n), json.dumps(opts)],
+            [sys.executable, "-c", _CHILD, url, str(n), json.dumps(opts), str(pause_at)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -266,8 +272,19 @@ def run_kills(trials: int, url: str, opts: dict[str, Any], seed: int) -> dict[st
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
 
-    # how long a save takes, seen from here
-    durations = []
+    def close(p: subprocess.Popen[str]) -> str:
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+        p.wait()
+        out = p.stdout.read() if p.stdout else ""
+        for stream in (p.stdin, p.stdout, p.stderr):
+            if stream:
+                stream.close()
+        return out
+
+    # how long a save takes seen from here, and how many writes it makes
+    durations: list[float] = []
+    protocol: list[str] = []  # the step of each write of one save
     for n in (1, 2):
         p = child(n)
         assert p.stdout is not None and p.stdin is not None
@@ -278,34 +295,39 @@ def run_kills(trials: int, url: str, opts: dict[str, Any], seed: int) -> dict[st
         while not (line := p.stdout.readline()).startswith("done"):
             assert line, p.stderr.read() if p.stderr else ""
         durations.append(time.perf_counter() - t)
-        p.kill()
-        p.wait()
-        for s in (p.stdin, p.stdout, p.stderr):
-            if s:
-                s.close()
+        protocol = line.split()[3].split(",")
+        close(p)
     save_time = max(durations)
     landed: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
     failures: list[str] = []
     head = ckpt.open(url, **opts).branches()["main"]
-    pending = child(100)
-    for trial in range(trials):
+    # a targeted kill picks a step of the protocol first, then one of its writes, so that every step is hit
+    by_step: dict[str, list[int]] = {}
+    for index, name in enumerate(protocol):
+        by_step.setdefault(name, []).append(index)
+    plans = [
+        ("timed", -1) if i % 2 == 0 else ("write", rng.choice(by_step[rng.choice(sorted(by_step))]))
+        for i in range(trials)
+    ]
+    pending = child(100, plans[0][1])
+    for trial, (how, _) in enumerate(plans):
         p = pending
         assert p.stdout is not None and p.stdin is not None
         line = p.stdout.readline().strip()
         assert line == "ready", (line, p.stderr.read() if p.stderr else "")
-        pending = child(101 + trial)  # the next one starts while this one runs (an interpreter starts slowly)
-        delay = 1.5 * save_time * rng.random()
+        if trial + 1 < trials:  # the next one starts while this one runs (an interpreter starts slowly)
+            pending = child(101 + trial, plans[trial + 1][1])
         start = time.perf_counter()
         p.stdin.write("go\n")
         p.stdin.flush()
-        time.sleep(max(0.0, delay - (time.perf_counter() - start)))
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-        out = p.stdout.read()
-        for s in (p.stdin, p.stdout, p.stderr):
-            if s:
-                s.close()
+        seen = []
+        if how == "timed":
+            time.sleep(max(0.0, 1.5 * save_time * rng.random() - (time.perf_counter() - start)))
+        else:
+            while (line := p.stdout.readline()) and not line.startswith(("paused", "done")):
+                seen.append(line)
+        out = "".join(seen) + close(p)
         steps = [ln.split()[1] for ln in out.splitlines() if ln.startswith("step ")]
         where = steps[-1] if steps else "before"
         if any(ln.startswith("done") for ln in out.splitlines()):
@@ -320,11 +342,8 @@ def run_kills(trials: int, url: str, opts: dict[str, Any], seed: int) -> dict[st
             head = now
         else:
             outcomes["untouched"] += 1
-    pending.kill()
-    pending.wait()
-    for s in (pending.stdin, pending.stdout, pending.stderr):
-        if s:
-            s.close()
+    if trials == 0:
+        close(pending)
     from datetime import timedelta
 
     store = ckpt.open(url, **opts)
@@ -333,6 +352,7 @@ def run_kills(trials: int, url: str, opts: dict[str, Any], seed: int) -> dict[st
     return {
         "trials": trials,
         "save_seconds": save_time,
+        "writes_per_save": len(protocol),
         "landed": dict(landed),
         "outcomes": dict(outcomes),
         "failures": failures,
@@ -342,6 +362,7 @@ def run_kills(trials: int, url: str, opts: dict[str, Any], seed: int) -> dict[st
 
 
 def _s3(seed: int, trials: int) -> dict[str, Any]:
+    import logging
     import socket
 
     from moto.server import ThreadedMotoServer
@@ -352,6 +373,7 @@ def _s3(seed: int, trials: int) -> dict[str, Any]:
     os.environ.update(
         {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
     )
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     try:
@@ -366,7 +388,10 @@ def _s3(seed: int, trials: int) -> dict[str, Any]:
 
 
 def _print_kills(kind: str, r: dict[str, Any]) -> None:
-    print(f"  {kind}: {r['trials']} kills (a save takes {r['save_seconds'] * 1000:.0f} ms)")
+    print(
+        f"  {kind}: {r['trials']} kills (a save takes {r['save_seconds'] * 1000:.0f} ms and "
+        f"{r['writes_per_save']} writes; half killed at a random moment, half before a random write)"
+    )
     order = ["before", "start", "chunks", "table", "record", "ref", "reflog", "returned", "after", "other"]
     print("    landed during: " + ", ".join(f"{k} {r['landed'][k]}" for k in order if k in r["landed"]))
     print("    outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items())))
