@@ -130,6 +130,11 @@ def _fetch(source: Store, d: Damage) -> tuple[str, str, bytes]:
             return "snapshot", d.snapshots[0], good.raw_record("snapshot", d.snapshots[0])
     except CkptError as e:
         raise _NotRepaired(f"the source {source.url} cannot give it: {e}") from e
+    if d.object == "release":
+        raise _NotRepaired(
+            "a release that changed is not put back from a copy: find what was published in its "
+            "reflog and signatures, and check the copy with `ckpt verify --trust`"
+        )
     if d.kind == "invalid":
         raise _NotRepaired("its bytes match its digest, so every copy is the same: it may need a newer ckpt")
     raise _NotRepaired("refs are not content-addressed: move or delete it (`ckpt reset`, `ckpt branch -d`)")

@@ -761,11 +761,13 @@ class Store:
             progress: called with byte counts as chunks are checked.
 
         Raises:
-            RecordError: a trusted key file cannot be read.
+            RecordError: a trusted key file cannot be read, or ``trust`` was given with ``rev``.
         """
         extra: list[Damage] = []
         releases: list[ReleaseStatus] = []
         keys = None
+        if trust is not None and rev is not None:
+            raise RecordError("trust= checks every frozen release: call verify(trust=...) without a revision")
         if trust is not None:
             from ckpt.store.signing import load_trusted_keys
 

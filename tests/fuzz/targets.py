@@ -246,6 +246,8 @@ class _Template:
     pruned: str
     table: str
     chunk: str
+    signature: str
+    trust: Path
 
 
 _template: _Template | None = None
@@ -269,13 +271,25 @@ def template() -> _Template:
         older = store.save({**state, "step": 2}, step=2, metrics={"val_loss": 0.5})
         head = store.save({**state, "step": 3}, step=3, metrics={"val_loss": 0.4}, message="third")
         store.tag("v1", "main~1")
-        store.freeze("main", name="m-2026-11-28")
+        signer = ckpt.ReleaseSigner(_signing_key(), name="fuzz")
+        store.freeze("main", name="m-2026-11-28", signer=signer)
+        trust = _TMP / "trusted.pub"
+        trust.write_text(signer.public_key + "\n")
         store.prune(first.id)
         table = store.table("main")
         files = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
         files = {k: v for k, v in files.items() if not k.startswith(("locks/", "tmp/"))}
-        _template = _Template(files, head.id, older.id, first.id, head.table, table.tensors["model/w"].chunks[0])
+        (signature,) = [p for p in files if p.startswith(layout.SIGNATURES)]
+        _template = _Template(
+            files, head.id, older.id, first.id, head.table, table.tensors["model/w"].chunks[0], signature, trust
+        )
     return _template
+
+
+def _signing_key() -> Any:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    return ed25519.Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 
 
 def _memory_store(files: dict[str, bytes]) -> ckpt.Store:
@@ -430,6 +444,23 @@ def _ref_run(path: str, revs: tuple[str, ...]) -> Callable[[bytes], None]:
         _with_store(files, revs)
 
     return run
+
+
+def _signature_run(data: bytes) -> None:
+    """A release signature: checked by verify with and without trusted keys, and by ``restore --sign``'s check."""
+    from ckpt.store.signing import load_trusted_keys, require_signed_release
+
+    t = template()
+    files = dict(t.files)
+    files[t.signature] = data
+    store = _memory_store(files)
+    try:
+        _attempt(store.verify)
+        _attempt(lambda: store.verify(trust=[t.trust]))
+        _attempt(lambda: require_signed_release(store, "m-2026-11-28", load_trusted_keys([t.trust])))
+        check_cli(["--store", store.url, "-q", "verify", "--trust", str(t.trust), "--json"])
+    finally:
+        _drop_memory_store(store)
 
 
 def _reflog_run(data: bytes) -> None:
@@ -788,6 +819,12 @@ TARGETS: list[Target] = [
         _lazy(lambda: documents(_valid(lambda t: layout.tag_path("m-2026-11-28")))),
         _ref_run(layout.tag_path("m-2026-11-28"), ("m-2026-11-28", "v1")),
         _doc(lambda t: layout.tag_path("m-2026-11-28")),
+    ),
+    Target(
+        "release signature",
+        _lazy(lambda: documents(_valid(lambda t: t.signature))),
+        _signature_run,
+        _doc(lambda t: t.signature),
     ),
     Target(
         "reflog entry",
