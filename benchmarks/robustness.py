@@ -100,7 +100,10 @@ def fuzz_worker(name: str, examples: int, seed: int, hang: float) -> dict[str, A
             signal.setitimer(signal.ITIMER_REAL, 0)
 
     start = time.perf_counter()
-    run()
+    try:
+        run()
+    except Exception as e:  # hypothesis itself gave up: report what ran until then
+        bugs[f"the run stopped early: {type(e).__name__}: {str(e)[:100]}"] += 1
     seconds = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     return {
@@ -153,7 +156,7 @@ def run_fuzz(examples: int, seed: int, hang: float, only: list[str] | None) -> l
                     "hangs": 0,
                     "peak_rss": 0,
                     "seconds": 0.0,
-                    "bugs": [(f"worker died: {proc.stderr[-300:]}", 1)],
+                    "bugs": [(f"worker died (exit status {proc.returncode}): {proc.stderr[-300:]}", 1)],
                 }
             )
         else:

@@ -142,7 +142,7 @@ def _json_scalars() -> st.SearchStrategy[Any]:
         | st.integers()
         | st.floats(allow_nan=True, allow_infinity=True)
         | st.text(max_size=12)
-        | st.sampled_from(SPECIAL_VALUES)
+        | st.sampled_from(SPECIAL_VALUES).map(copy.deepcopy)  # a mutation must never reach the list itself
     )
 
 
@@ -183,7 +183,7 @@ def mutated(draw: st.DrawFn, valid: Any) -> Any:
         if action == "replace":
             container[key] = draw(json_values())
         elif action == "special":
-            container[key] = copy.deepcopy(draw(st.sampled_from(SPECIAL_VALUES)))
+            container[key] = draw(st.sampled_from(SPECIAL_VALUES).map(copy.deepcopy))
         elif action == "delete":
             del container[key]
         elif isinstance(container, dict):
