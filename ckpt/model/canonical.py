@@ -9,6 +9,7 @@ those bytes; a chunk's id is the BLAKE3 digest of its raw bytes.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, TypeVar, get_args, get_origin
 
 import blake3
@@ -77,16 +78,28 @@ def parse_json(data: bytes, *, what: str, hint: str | None = RECORD_HINT) -> Any
         hint: the hint of the error raised.
 
     Raises:
-        RecordError: the bytes are not UTF-8 JSON, or nest deeper than ``MAX_JSON_DEPTH``.
+        RecordError: the bytes are not UTF-8 JSON (``NaN``, ``Infinity`` and numbers out of a float's range are
+            not), nest deeper than ``MAX_JSON_DEPTH``, or hold a string that is not valid Unicode.
     """
     try:
-        value = json.loads(bytes(data).decode("utf-8"))
+        value = json.loads(bytes(data).decode("utf-8"), parse_constant=_no_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: bad JSON, or a huge int literal
         problem = "it nests too deeply" if isinstance(e, RecursionError) else _short(str(e))
         raise RecordError(f"{what} is not valid JSON: {problem}", hint=hint) from None
     bad = json_problem(value)
     if bad:
         raise RecordError(f"{what} is invalid: {bad}", hint=hint)
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON (canonical JSON has no non-finite numbers)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text[:20]} is out of range")
     return value
 
 

@@ -98,6 +98,18 @@ def test_deeply_nested_json(store: ckpt.Store, where: str) -> None:
         _refused(RecordError, ckpt.open, store.url)
 
 
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_numbers_are_not_json(store: ckpt.Store, literal: str) -> None:
+    """Python's json reads ``NaN`` and ``1e999`` (as inf); canonical JSON never holds them, and a tree holding
+    one could not be exported (``state.json``) or saved again."""
+    table = store.table("main").model_dump(mode="json")
+    data = canonical_json({**table, "tree": {"$dict": [["x", 0.5]]}}).replace(b"0.5", literal.encode())
+    digest = _put_record(store, "table", data)
+    _point_main(store, _put_record(store, "snapshot", canonical_json({**_head_record(store), "table": digest})))
+    err = _refused(RecordError, store.load, "main")
+    assert "not valid JSON" in str(err)
+
+
 def test_lone_surrogates_in_a_record(store: ckpt.Store) -> None:
     record = json.dumps({**_head_record(store), "message": "\ud800"}).encode()
     _point_main(store, _put_record(store, "snapshot", record))
