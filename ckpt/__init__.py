@@ -30,6 +30,7 @@ from ckpt.errors import (
     RefExistsError,
     RevisionError,
     RevisionNotFoundError,
+    SignatureError,
     StateError,
     StateMismatchError,
     StoreError,
@@ -41,6 +42,7 @@ from ckpt.model import ReflogEntry, Relation, Snapshot, StoreConfig, TagRecord, 
 from ckpt.rng import rng_state, set_rng_state
 from ckpt.state import TensorSource
 from ckpt.store import Damage, GcReport, LazyTensors, RepairReport, Store, SyncReport, VerifyReport, init, open, sync
+from ckpt.store.signing import ReleaseSigner, ReleaseStatus
 from ckpt.train import Checkpointer, SaveHandle
 
 
@@ -109,6 +111,8 @@ for _obj in (
     TensorSource,
     SyncReport,
     RepairReport,
+    ReleaseSigner,
+    ReleaseStatus,
     Checkpointer,
     SaveHandle,
     init,
@@ -140,10 +144,13 @@ __all__ = [
     "RefExistsError",
     "ReflogEntry",
     "Relation",
+    "ReleaseSigner",
+    "ReleaseStatus",
     "RepairReport",
     "RevisionError",
     "RevisionNotFoundError",
     "SaveHandle",
+    "SignatureError",
     "Snapshot",
     "StateError",
     "StateMismatchError",

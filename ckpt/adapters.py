@@ -411,7 +411,9 @@ def import_peft_folder(
     plan = plan_import(src)  # before reading anything: links leaving the folder, pickles, odd files are refused
     config_file = next((f for f in plan.files if f.path == ADAPTER_CONFIG_FILE), None)
     if config_file is None:
-        raise RecordError(f"{src} has no {ADAPTER_CONFIG_FILE}", hint="a PEFT adapter folder has one beside its weights")
+        raise RecordError(
+            f"{src} has no {ADAPTER_CONFIG_FILE}", hint="a PEFT adapter folder has one beside its weights"
+        )
     config_bytes = read_file(config_file, limit=MAX_SIDE_FILE_SIZE)
     cfg = _config_dict(_parse_json(config_bytes, str(config_path)))
     base = store.resolve(base_rev)

@@ -21,7 +21,8 @@ CkptError                                  exit_code 1, .hint: str | None
 │   └── InvalidNameError(ValueError)               bad branch/tag name
 ├── IntegrityError
 │   ├── CorruptChunkError                          digest mismatch: names tensor and snapshot
-│   └── MissingObjectError                         pruned or GC'd object
+│   ├── MissingObjectError                         pruned or GC'd object
+│   └── SignatureError                             a release is not signed as required, or cannot be signed
 ├── RecordError(ValueError)                        invalid record; wraps pydantic ValidationError
 └── StateError
     ├── UnsupportedStateError(TypeError)           leaf cannot be stored (never pickled)
@@ -50,6 +51,7 @@ __all__ = [
     "RefExistsError",
     "RevisionError",
     "RevisionNotFoundError",
+    "SignatureError",
     "StateError",
     "StateMismatchError",
     "StoreError",
@@ -221,6 +223,13 @@ class CorruptChunkError(IntegrityError):
 
 class MissingObjectError(IntegrityError):
     """An object the snapshot needs is not in the store (pruned, collected, or lost)."""
+
+
+class SignatureError(IntegrityError):
+    """A release is not signed by a trusted key as it is now (unsigned, repointed, forged), or a folder cannot
+    be signed (a missing signing tool, a key type it does not take)."""
+
+    default_hint = "run `ckpt verify --trust KEY.pub` to see the state of every release"
 
 
 class RecordError(CkptError, ValueError):
