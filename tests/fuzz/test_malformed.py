@@ -18,8 +18,8 @@ from ckpt.cli import cli
 from ckpt.errors import (
     BackendError,
     CkptError,
-    InvalidNameError,
     IntegrityError,
+    InvalidNameError,
     RecordError,
     RevisionNotFoundError,
     UnsupportedStateError,
