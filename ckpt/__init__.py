@@ -32,6 +32,7 @@ from ckpt.errors import (
     RefExistsError,
     RevisionError,
     RevisionNotFoundError,
+    SignatureError,
     StateError,
     StateMismatchError,
     StoreError,
@@ -54,6 +55,7 @@ if typing.TYPE_CHECKING:  # imported on first use (PEP 562), so that `import ckp
         init,
         open,
     )
+    from ckpt.store.signing import ReleaseSigner, ReleaseStatus
     from ckpt.store.sync import SyncReport, sync
     from ckpt.train import Checkpointer, SaveHandle
 
@@ -79,6 +81,7 @@ _LAZY = {
         ),
         "ckpt.store",
     ),
+    **dict.fromkeys(("ReleaseSigner", "ReleaseStatus"), "ckpt.store.signing"),
     **dict.fromkeys(("Checkpointer", "SaveHandle"), "ckpt.train"),
 }
 
@@ -94,6 +97,8 @@ _CLAIMED = frozenset(
         "TensorSource",
         "SyncReport",
         "RepairReport",
+        "ReleaseSigner",
+        "ReleaseStatus",
         "Checkpointer",
         "SaveHandle",
         "init",
@@ -197,10 +202,13 @@ __all__ = [
     "RefExistsError",
     "ReflogEntry",
     "Relation",
+    "ReleaseSigner",
+    "ReleaseStatus",
     "RepairReport",
     "RevisionError",
     "RevisionNotFoundError",
     "SaveHandle",
+    "SignatureError",
     "Snapshot",
     "StateError",
     "StateMismatchError",

@@ -23,7 +23,8 @@ CkptError                                  exit_code 1, .message, .hint / .cli_h
 │   └── InvalidNameError(ValueError)               bad branch/tag name
 ├── IntegrityError
 │   ├── CorruptChunkError                          digest mismatch: names tensor and snapshot
-│   └── MissingObjectError                         pruned or GC'd object
+│   ├── MissingObjectError                         pruned or GC'd object
+│   └── SignatureError                             a release is not signed as required, or cannot be signed
 ├── RecordError(ValueError)                        invalid record; wraps pydantic ValidationError
 └── StateError
     ├── UnsupportedStateError(TypeError)           leaf cannot be stored (never pickled)
@@ -54,6 +55,7 @@ __all__ = [
     "RefExistsError",
     "RevisionError",
     "RevisionNotFoundError",
+    "SignatureError",
     "StateError",
     "StateMismatchError",
     "StoreError",
@@ -61,6 +63,26 @@ __all__ = [
     "StoreNotFoundError",
     "UnsupportedStateError",
 ]
+
+
+class Hint(str):
+    """A hint in Python's terms that also knows its command-line form (``cli``).
+
+    A ``str``, so it travels wherever hints are passed as text; ``CkptError(hint=Hint(...))`` takes ``cli`` as
+    its ``cli_hint`` unless one is given.
+
+    Example:
+        >>> h = Hint("check the store with store.verify()", cli="run `ckpt verify`")
+        >>> CkptError("damaged", hint=h).cli_hint
+        'run `ckpt verify`'
+    """
+
+    cli: str
+
+    def __new__(cls, text: str, *, cli: str) -> Hint:
+        self = super().__new__(cls, text)
+        self.cli = cli
+        return self
 
 
 class CkptError(Exception):
@@ -103,8 +125,8 @@ class CkptError(Exception):
             self.hint = self.default_hint or None
             fallback = self.default_cli_hint or self.default_hint
         else:
-            self.hint = hint or None
-            fallback = hint
+            self.hint = str(hint) or None
+            fallback = hint.cli if isinstance(hint, Hint) else hint
         self.cli_hint = (cli_hint if cli_hint is not None else fallback) or None
 
     def __str__(self) -> str:
@@ -262,6 +284,13 @@ class CorruptChunkError(IntegrityError):
 
 class MissingObjectError(IntegrityError):
     """An object the snapshot needs is not in the store (pruned, collected, or lost)."""
+
+
+class SignatureError(IntegrityError):
+    """A release is not signed by a trusted key as it is now (unsigned, repointed, forged), or a folder cannot
+    be signed (a missing signing tool, a key type it does not take)."""
+
+    default_hint = "run `ckpt verify --trust KEY.pub` to see the state of every release"
 
 
 class RecordError(CkptError, ValueError):

@@ -167,7 +167,7 @@ def _parse_header(header_bytes: bytes, data_size: int | None, what: str) -> tupl
     try:  # JSON escapes can spell lone surrogates, which no UTF-8 file, record or name can hold
         for key, value in header.items():
             key.encode("utf-8")
-            if key == "__metadata__":
+            if key == "__metadata__" and value is not None:
                 for k, v in value.items():
                     k.encode("utf-8"), v.encode("utf-8")
     except UnicodeEncodeError:

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ckpt.model.types import Timestamp
+
 __all__ = ["FORMAT_VERSION", "READABLE_MAJOR", "StoreConfig"]
 
 #: The format version this ckpt writes, ``"MAJOR.MINOR"``.
@@ -32,10 +34,10 @@ class StoreConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     format: Literal["ckpt"] = "ckpt"
-    format_version: str = Field(default=FORMAT_VERSION, pattern=r"^[0-9]+\.[0-9]+$")
+    format_version: str = Field(default=FORMAT_VERSION, pattern=r"^[0-9]{1,6}\.[0-9]{1,6}$")
     hash: Literal["blake3"] = "blake3"
-    chunk_size: int = Field(gt=0)
-    created_at: str
+    chunk_size: int = Field(gt=0, le=1 << 62)
+    created_at: Timestamp
 
     @property
     def major(self) -> int:

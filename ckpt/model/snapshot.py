@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_serializer, field_validator
 
 from ckpt.model.canonical import canonical_json, digest_bytes
+from ckpt.model.types import TIME_FORMAT, Digest, Timestamp, parse_time
 
 __all__ = ["Relation", "Snapshot", "format_time", "parse_time", "utcnow"]
 
@@ -25,12 +26,7 @@ def utcnow() -> datetime:
 
 def format_time(t: datetime) -> str:
     """Format a time as stored: ISO 8601 in UTC with microseconds, e.g. ``2026-11-28T10:02:41.123456Z``."""
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_time(text: str) -> datetime:
-    """Parse a stored time back into an aware ``datetime``."""
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    return t.astimezone(timezone.utc).strftime(TIME_FORMAT)
 
 
 class Snapshot(BaseModel):
@@ -66,7 +62,7 @@ class Snapshot(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: str = Field(default="", exclude=True)
-    parents: tuple[str, ...] = ()
+    parents: tuple[Digest, ...] = ()
     relation: Relation = "import"
     model: str | None = None
     step: int | None = None
@@ -74,12 +70,12 @@ class Snapshot(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     message: str | None = None
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
-    created_at: str
+    created_at: Timestamp
     ckpt_version: str
-    base: str | None = None
-    table: str
-    tensor_count: int = 0
-    tensor_bytes: int = 0
+    base: Digest | None = None
+    table: Digest
+    tensor_count: int = Field(default=0, ge=0)
+    tensor_bytes: int = Field(default=0, ge=0)
     pruned: bool = Field(default=False, exclude=True)
 
     @field_validator("metrics", mode="before")

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import re
+import reprlib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
-__all__ = ["DTYPE_SIZES", "RESERVED_FILE_PREFIX", "FileEntry", "TensorEntry", "TensorTable"]
+from ckpt.model.types import Digest
+
+__all__ = [
+    "DTYPE_SIZES",
+    "MAX_DIMS",
+    "MAX_ELEMENTS",
+    "RESERVED_FILE_PREFIX",
+    "FileEntry",
+    "TensorEntry",
+    "TensorTable",
+    "file_path_problem",
+    "tree_problem",
+]
 
 #: Attached files under this prefix are ckpt's own bookkeeping (e.g. the headers of imported safetensors
 #: files): kept with the snapshot, never shown as the user's files, never exported.
@@ -36,7 +50,17 @@ DTYPE_SIZES: dict[str, int] = {
     "C128": 16,
 }
 
-Digest = str
+#: The most dimensions a tensor may have (numpy's limit).
+MAX_DIMS = 64
+#: The most elements a tensor's dimensions may describe (zero dimensions counted as one): more cannot be
+#: allocated by numpy or torch on any machine, so such a table is refused before anything is allocated.
+MAX_ELEMENTS = 1 << 62
+#: The longest attached file path, in UTF-8 bytes, its longest component, and its deepest nesting: every
+#: path within these limits can be written under any export folder on common file systems.
+MAX_FILE_PATH_BYTES = 1024
+MAX_FILE_COMPONENT_BYTES = 255
+MAX_FILE_DEPTH = 32
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class TensorEntry(BaseModel):
@@ -53,9 +77,20 @@ class TensorEntry(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     dtype: str
-    shape: tuple[int, ...]
+    shape: tuple[int, ...] = Field(max_length=MAX_DIMS)
     chunks: tuple[Digest, ...]
     kind: Literal["torch", "numpy"] = "torch"
+
+    @model_validator(mode="after")
+    def _sane_shape(self) -> TensorEntry:
+        extent = 1
+        for d in self.shape:
+            if d < 0:
+                raise ValueError(f"negative dimension in shape {list(self.shape)}")
+            extent *= max(d, 1)
+            if extent > MAX_ELEMENTS:
+                raise ValueError(f"shape {_shape_text(self.shape)} describes more than 2**62 elements")
+        return self
 
     @property
     def numel(self) -> int:
@@ -81,7 +116,7 @@ class FileEntry(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    size: int = Field(ge=0)
+    size: int = Field(ge=0, le=MAX_ELEMENTS)
     chunks: tuple[Digest, ...]
 
 
@@ -102,7 +137,7 @@ class TensorTable(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    chunk_size: int = Field(gt=0)
+    chunk_size: int = Field(gt=0, le=MAX_ELEMENTS)
     tensors: dict[str, TensorEntry]
     tree: Any
     files: dict[str, FileEntry] = Field(default_factory=dict)
@@ -137,13 +172,17 @@ class TensorTable(BaseModel):
         for name, t in self.tensors.items():
             if t.dtype not in DTYPE_SIZES:
                 raise ValueError(f"tensor {name!r}: unknown dtype {t.dtype!r}")
-            if any(d < 0 for d in t.shape):
-                raise ValueError(f"tensor {name!r}: negative dimension in shape {list(t.shape)}")
             if len(t.chunks) != -(-t.nbytes // cs):
                 raise ValueError(f"tensor {name!r}: {len(t.chunks)} chunks for {t.nbytes} bytes in {cs}-byte chunks")
         for path, f in self.files.items():
+            problem = file_path_problem(path)
+            if problem:
+                raise ValueError(f"attached file path {path[:80]!r}: {problem}")
             if len(f.chunks) != -(-f.size // cs):
                 raise ValueError(f"file {path!r}: {len(f.chunks)} chunks for {f.size} bytes in {cs}-byte chunks")
+        problem = tree_problem(self.tree, self.tensors)
+        if problem:
+            raise ValueError(f"state tree: {problem}")
         return self
 
     def chunk_digests(self) -> set[str]:
@@ -159,3 +198,86 @@ class TensorTable(BaseModel):
     def nbytes(self) -> int:
         """Total raw bytes of all tensors."""
         return sum(t.nbytes for t in self.tensors.values())
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    text = str(list(shape))
+    return text if len(text) <= 80 else text[:79] + "…"
+
+
+def file_path_problem(path: object) -> str | None:
+    """Why ``path`` cannot be an attached file's path, or ``None`` when it can.
+
+    An attached file path is relative and ``/``-separated, without empty, ``.`` or ``..`` components, without
+    backslashes or control characters, at most 1024 bytes in UTF-8 with components of at most 255 bytes and
+    at most 32 levels: so that restoring it always lands inside the target folder, on any file system.
+
+    Example:
+        >>> file_path_problem("tokenizer/vocab.json") is None
+        True
+        >>> file_path_problem("../secret")
+        "it has a '..' component"
+    """
+    if not isinstance(path, str) or not path:
+        return "it is empty" if isinstance(path, str) else f"it is a {type(path).__name__}, not a string"
+    try:
+        size = len(path.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "it is not valid Unicode (a lone surrogate)"
+    if "\\" in path:
+        return "it holds a backslash"
+    if _CONTROL.search(path):
+        return "it holds a control character"
+    if path.startswith("/"):
+        return "it is absolute"
+    if size > MAX_FILE_PATH_BYTES:
+        return f"it is longer than {MAX_FILE_PATH_BYTES} bytes"
+    parts = path.split("/")
+    if len(parts) > MAX_FILE_DEPTH:
+        return f"it is nested deeper than {MAX_FILE_DEPTH} folders"
+    for part in parts:
+        if part in ("", ".", ".."):
+            return f"it has a {part or 'empty'!r} component" if part else "it has an empty component"
+        if len(part.encode("utf-8")) > MAX_FILE_COMPONENT_BYTES:
+            return f"the component {part[:20]!r}… is longer than {MAX_FILE_COMPONENT_BYTES} bytes"
+    return None
+
+
+def tree_problem(tree: Any, tensors: Any = None) -> str | None:
+    """Why ``tree`` is not a valid typed-JSON state tree (docs/format.md), or ``None`` when it is.
+
+    Checks every node without recursion: scalars, arrays, and one-key objects ``$dict`` (a list of
+    ``[key, value]`` pairs, keys str or int), ``$tuple`` (a list), ``$float`` (``nan``, ``inf`` or ``-inf``)
+    and ``$tensor`` (a str naming a tensor of ``tensors``, when given).
+    """
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if node is None or isinstance(node, (bool, int, float, str)):
+            continue
+        if isinstance(node, list):
+            todo.extend(node)
+            continue
+        if not isinstance(node, dict) or len(node) != 1:
+            return f"invalid node {_node_text(node)}"
+        ((tag, body),) = node.items()
+        if tag == "$dict" and isinstance(body, list):
+            for pair in body:
+                if not isinstance(pair, list) or len(pair) != 2:
+                    return f"a $dict entry is not a [key, value] pair: {_node_text(pair)}"
+                key, value = pair
+                if isinstance(key, bool) or not isinstance(key, (str, int)):
+                    return f"a $dict key is not a string or an integer: {_node_text(key)}"
+                todo.append(value)
+        elif tag == "$tuple" and isinstance(body, list):
+            todo.extend(body)
+        elif tag == "$tensor" and isinstance(body, str):
+            if tensors is not None and body not in tensors:
+                return f"it names the tensor {body[:80]!r}, which the table does not hold"
+        elif not (tag == "$float" and body in ("nan", "inf", "-inf")):
+            return f"invalid node {_node_text(node)}"
+    return None
+
+
+def _node_text(node: Any) -> str:
+    return reprlib.repr(node)

@@ -22,9 +22,11 @@ from collections.abc import Callable, Container, Mapping
 from typing import Any
 
 from ckpt.errors import RecordError, UnsupportedStateError
+from ckpt.model import RECORD_HINT
+from ckpt.model.canonical import MAX_JSON_DEPTH
 from ckpt.state.arrays import TensorSource, alias_key, is_array, to_source
 
-__all__ = ["flatten", "tensor_name", "tensor_paths", "tied_groups", "unflatten"]
+__all__ = ["MAX_STATE_DEPTH", "flatten", "tensor_name", "tensor_paths", "tied_groups", "unflatten"]
 
 _SEP = "/"
 
@@ -53,18 +55,13 @@ def flatten(state: Any) -> tuple[Any, dict[str, TensorSource]]:
     seen: set[int] = set()
     sources: dict[Any, TensorSource] = {}
 
-    def walk(value: Any, path: str) -> Any:
+    def walk(value: Any, path: str, depth: int = 0) -> Any:
         if value is None or isinstance(value, bool):
             return value
         if isinstance(value, str):
             return _check_str(value, path)
         if isinstance(value, int):
-            value = int(value)
-            if value.bit_length() > _MAX_INT_BITS:
-                raise UnsupportedStateError(
-                    f"cannot store the int at {path or '<root>'}: it has more than {_MAX_INT_DIGITS} digits"
-                )
-            return value
+            return _check_int(value, path)
         if isinstance(value, float):
             if math.isnan(value):
                 return {"$float": "nan"}
@@ -82,6 +79,11 @@ def flatten(state: Any) -> tuple[Any, dict[str, TensorSource]]:
         if isinstance(value, (Mapping, list, tuple)):
             if id(value) in seen:
                 raise UnsupportedStateError(f"the state tree contains itself at {path or '<root>'}")
+            if depth >= MAX_STATE_DEPTH:
+                raise UnsupportedStateError(
+                    f"the state tree nests deeper than {MAX_STATE_DEPTH} containers at {_clip(path)}",
+                    hint="flatten it (e.g. join keys with '.'), as state dicts do",
+                )
             seen.add(id(value))
             try:
                 if isinstance(value, Mapping):
@@ -92,10 +94,10 @@ def flatten(state: Any) -> tuple[Any, dict[str, TensorSource]]:
                                 f"cannot store the key {k!r} ({type(k).__name__}) at {path or '<root>'}: "
                                 "dict keys must be str or int"
                             )
-                        key = _check_str(k, path) if isinstance(k, str) else int(k)
-                        pairs.append([key, walk(v, _join(path, k))])
+                        key = _check_str(k, path) if isinstance(k, str) else _check_int(k, path)
+                        pairs.append([key, walk(v, _join(path, k), depth + 1)])
                     return {"$dict": pairs}
-                items = [walk(v, _join(path, i)) for i, v in enumerate(value)]
+                items = [walk(v, _join(path, i), depth + 1) for i, v in enumerate(value)]
                 return {"$tuple": items} if isinstance(value, tuple) else items
             finally:
                 seen.discard(id(value))
@@ -124,6 +126,22 @@ def tied_groups(tensors: Mapping[str, TensorSource]) -> list[list[str]]:
 
 _MAX_INT_DIGITS = 4300  # Python's own limit for int <-> decimal text
 _MAX_INT_BITS = int(_MAX_INT_DIGITS * 3.32) - 8
+#: The deepest nesting of dicts, lists and tuples a state tree may have; its typed JSON then stays within
+#: the depth every reader accepts (``ckpt.model.canonical.MAX_JSON_DEPTH``: a dict level takes three).
+MAX_STATE_DEPTH = 150
+
+
+def _check_int(value: int, path: str) -> int:
+    value = int(value)
+    if value.bit_length() > _MAX_INT_BITS:
+        raise UnsupportedStateError(f"cannot store the int at {_clip(path)}: it has more than {_MAX_INT_DIGITS} digits")
+    return value
+
+
+def _clip(path: str) -> str:
+    if not path:
+        return "<root>"
+    return path if len(path) <= 120 else "…" + path[-119:]
 
 
 def tensor_name(path: str, taken: Container[str]) -> str:
@@ -163,37 +181,34 @@ def unflatten(tree: Any, load_tensor: Callable[[str], Any]) -> Any:
         RecordError: the tree is not valid typed JSON.
     """
 
-    def walk(node: Any) -> Any:
+    def walk(node: Any, depth: int) -> Any:
         if node is None or isinstance(node, (bool, int, float, str)):
             return node
+        if depth > MAX_JSON_DEPTH:
+            raise RecordError(f"the state tree nests deeper than {MAX_JSON_DEPTH} levels", hint=RECORD_HINT)
         if isinstance(node, list):
-            return [walk(v) for v in node]
+            return [walk(v, depth + 1) for v in node]
         if isinstance(node, dict) and len(node) == 1:
             ((tag, body),) = node.items()
             if tag == "$dict" and isinstance(body, list):
-                return {_key(k): walk(v) for k, v in body}
+                return {_key(pair): walk(pair[1], depth + 3) for pair in body}
             if tag == "$tuple" and isinstance(body, list):
-                return tuple(walk(v) for v in body)
+                return tuple(walk(v, depth + 2) for v in body)
             if tag == "$tensor" and isinstance(body, str):
                 return load_tensor(body)
             if tag == "$float" and body in ("nan", "inf", "-inf"):
                 return float(body)
-        raise RecordError(
-            f"invalid node in a state tree: {_describe(node)}",
-            hint="check the store with store.verify()",
-            cli_hint="run `ckpt verify`",
-        )
+        raise RecordError(f"invalid node in a state tree: {_describe(node)}", hint=RECORD_HINT)
 
-    return walk(tree)
+    return walk(tree, 0)
 
 
-def _key(k: Any) -> str | int:
+def _key(pair: Any) -> str | int:
+    if not isinstance(pair, list) or len(pair) != 2:
+        raise RecordError(f"invalid $dict entry in a state tree: {_describe(pair)}", hint=RECORD_HINT)
+    k = pair[0]
     if isinstance(k, bool) or not isinstance(k, (str, int)):
-        raise RecordError(
-            f"invalid dict key in a state tree: a JSON {type(k).__name__}",
-            hint="check the store with store.verify()",
-            cli_hint="run `ckpt verify`",
-        )
+        raise RecordError(f"invalid dict key in a state tree: a JSON {type(k).__name__}", hint=RECORD_HINT)
     return k
 
 
@@ -206,23 +221,20 @@ def _describe(node: Any) -> str:
 
 
 def tensor_paths(tree: Any) -> list[str]:
-    """Tensor paths in the order they appear in a typed-JSON tree."""
+    """Tensor paths in the order they appear in a typed-JSON tree (malformed nodes are skipped: the table's
+    own validation refuses them)."""
     out: list[str] = []
-
-    def walk(node: Any) -> None:
+    todo = [tree]
+    while todo:
+        node = todo.pop()
         if isinstance(node, list):
-            for v in node:
-                walk(v)
+            todo.extend(reversed(node))
         elif isinstance(node, dict) and len(node) == 1:
             ((tag, body),) = node.items()
-            if tag == "$tensor":
+            if tag == "$tensor" and isinstance(body, str):
                 out.append(body)
-            elif tag == "$dict":
-                for _k, v in body:
-                    walk(v)
-            elif tag == "$tuple":
-                for v in body:
-                    walk(v)
-
-    walk(tree)
+            elif tag == "$dict" and isinstance(body, list):
+                todo.extend(pair[1] for pair in reversed(body) if isinstance(pair, list) and len(pair) == 2)
+            elif tag == "$tuple" and isinstance(body, list):
+                todo.extend(reversed(body))
     return out

@@ -61,10 +61,7 @@ def open_backend(url: str | os.PathLike[str], **storage_options: Any) -> Backend
             f"a store location must be a path or a URL string, got {type(url).__name__}",
             hint="pass a str or pathlib.Path, e.g. ckpt.open('runs') or ckpt.open('s3://bucket/models')",
         ) from None
-    if not isinstance(text, str):
-        raise BackendError(f"a store location must be a str path, got {type(text).__name__}")
-    if not text:
-        raise BackendError("a store location must not be empty", hint="e.g. ckpt.open('.ckpt')")
+    _check_url(text)
     if "::" in text:
         raise BackendError(
             f"chained URLs such as {text!r} are not supported for a store",
@@ -77,3 +74,21 @@ def open_backend(url: str | os.PathLike[str], **storage_options: Any) -> Backend
     from ckpt.storage.fsspec import FsspecBackend
 
     return FsspecBackend(text, **storage_options)
+
+
+def _check_url(url: object) -> None:
+    """Refuse what no file system or object store can name: not a string, empty, control characters (NUL…),
+    invalid Unicode."""
+    if not isinstance(url, str) or not url.strip():
+        raise BackendError(f"not a store URL: {url!r}", hint="give a local path or an fsspec URL such as s3://bucket/x")
+    problem = None
+    if any(ord(c) < 0x20 or c == "\x7f" for c in url):
+        problem = "it holds a control character"
+    else:
+        try:
+            url.encode("utf-8")
+        except UnicodeEncodeError:
+            problem = "it is not valid Unicode (a lone surrogate)"
+    if problem:
+        shown = repr(url[:80]).encode("utf-8", "backslashreplace").decode("utf-8")
+        raise BackendError(f"not a store URL: {shown}: {problem}", hint="give a local path or an fsspec URL")

@@ -107,7 +107,7 @@ class FsspecBackend:
     def __init__(self, url: str, **storage_options: Any) -> None:
         protocol, _, rest = url.partition("://")
         if not rest:
-            raise BackendError(f"not a URL: {url!r}")
+            raise BackendError(f"not a URL: {url!r}", hint="give a local path or an fsspec URL such as s3://bucket/x")
         if "::" in url:
             raise BackendError(
                 f"chained URLs such as {url!r} are not supported for a store",
@@ -122,7 +122,7 @@ class FsspecBackend:
             self._s3_options = options
         try:
             self.fs = fsspec.filesystem(protocol, **options)
-        except (ImportError, ValueError) as e:
+        except (ImportError, ValueError, TypeError, OSError) as e:  # unknown protocol, bad options, missing file
             raise BackendError(
                 f"cannot open {url!r}: {e}",
                 hint=_install_hint(protocol),

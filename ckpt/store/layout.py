@@ -9,6 +9,7 @@ __all__ = [
     "PRUNED",
     "REFS_HEADS",
     "REFS_TAGS",
+    "SIGNATURES",
     "SNAPSHOTS",
     "TABLES",
     "TMP",
@@ -30,6 +31,7 @@ REFS_HEADS = "refs/heads/"
 REFS_TAGS = "refs/tags/"
 LOGS = "logs/"
 PRUNED = "pruned/"
+SIGNATURES = "signatures/"
 TMP = "tmp/"
 
 

@@ -8,19 +8,16 @@ import os
 import stat
 import struct
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import blake3
-from pydantic import BaseModel, ValidationError
 
-from ckpt.errors import CorruptChunkError, FormatVersionError, IntegrityError, MissingObjectError, RecordError
+from ckpt.errors import CorruptChunkError, FormatVersionError, IntegrityError, MissingObjectError
 from ckpt.model import (
     Snapshot,
     TensorTable,
     canonical_json,
     digest_bytes,
-    drop_unknown,
-    parse_json,
+    parse_record,
 )
 from ckpt.storage import Backend
 from ckpt.store import layout
@@ -32,7 +29,6 @@ __all__ = [
     "Objects",
     "chunk_header",
     "hash_chunk",
-    "invalid_reason",
     "stored_size",
 ]
 
@@ -407,17 +403,7 @@ class Objects:
             raise MissingObjectError(f"tensor table {digest[:12]} is missing from the store") from e
         if digest_bytes(data) != digest:
             raise CorruptChunkError(f"tensor table {digest[:12]} is corrupt", digest=digest)
-        raw = parse_json(data, what=f"tensor table {digest[:12]}")
-        try:
-            return TensorTable.model_validate(self._known(TensorTable, raw))
-        except ValidationError as e:
-            raise RecordError(
-                f"tensor table {digest[:12]} is invalid: {invalid_reason(e)}",
-                hint="check the store with store.verify(); a table that matches its digest but breaks the schema "
-                "may need a newer ckpt",
-                cli_hint="run `ckpt verify`; a table that matches its digest but breaks the schema may need a newer "
-                "ckpt",
-            ) from e
+        return parse_record(TensorTable, data, what=f"tensor table {digest[:12]}", minor_newer=self.minor_newer)
 
     def raw_record(self, kind: str, digest: str) -> bytes:
         """The exact stored bytes of a ``table`` or ``snapshot`` record, checked against its digest."""
@@ -465,22 +451,13 @@ class Objects:
             raise CorruptChunkError(
                 f"snapshot record {snapshot_id[:12]} is corrupt", digest=snapshot_id, snapshot=snapshot_id
             )
-        raw = parse_json(data, what=f"snapshot {snapshot_id[:12]}")
-        if not isinstance(raw, dict):
-            raise RecordError(
-                f"snapshot {snapshot_id[:12]} is invalid: its record is a JSON {type(raw).__name__}, not an object",
-                hint="check the store with store.verify()",
-                cli_hint="run `ckpt verify`",
-            )
-        try:
-            return Snapshot.model_validate({**self._known(Snapshot, raw), "id": snapshot_id, "pruned": pruned})
-        except ValidationError as e:
-            raise RecordError(
-                f"snapshot {snapshot_id[:12]} is invalid: {invalid_reason(e)}",
-                hint="check the store with store.verify(); a record that matches its id but breaks the schema may "
-                "need a newer ckpt",
-                cli_hint="run `ckpt verify`; a record that matches its id but breaks the schema may need a newer ckpt",
-            ) from e
+        return parse_record(
+            Snapshot,
+            data,
+            what=f"snapshot {snapshot_id[:12]}",
+            minor_newer=self.minor_newer,
+            extra={"id": snapshot_id, "pruned": pruned},
+        )
 
     def has_snapshot(self, snapshot_id: str) -> bool:
         """Whether the snapshot record exists."""
@@ -493,34 +470,6 @@ class Objects:
             sid = layout.digest_from_path(entry.path)
             if sid.startswith(prefix) and entry.path.endswith(".json"):
                 yield sid
-
-    def _known(self, model: type[BaseModel], raw: Any) -> Any:
-        """Drop fields a newer minor format added (readers of an older minor ignore them)."""
-        if self.minor_newer and isinstance(raw, dict):
-            return drop_unknown(model, {k: v for k, v in raw.items() if k not in ("id", "pruned")})
-        return raw
-
-
-def invalid_reason(e: ValidationError) -> str:
-    """What a pydantic ``ValidationError`` found, without quoting the values it read.
-
-    pydantic's own message repeats the offending input; a record read from a store may hold anything (a
-    link-planted secret, megabytes of garbage), so messages name the field and the rule, never the value.
-
-    Example:
-        >>> from ckpt.model import TagRecord
-        >>> try:
-        ...     TagRecord.model_validate({"id": 5, "created_at": "x", "secret": "hunter2"})
-        ... except ValidationError as e:
-        ...     print(invalid_reason(e))
-        id: Input should be a valid string; secret: Extra inputs are not permitted
-    """
-    parts = []
-    for err in e.errors(include_url=False, include_input=False, include_context=False)[:5]:
-        loc = ".".join(str(x)[:60] for x in err.get("loc", ())) or "record"
-        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
-    more = e.error_count() - len(parts)
-    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
 def _where(tensor: str | None, snapshot: str | None) -> str:

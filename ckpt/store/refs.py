@@ -18,12 +18,13 @@ import time
 import warnings
 from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from ckpt.errors import (
     BackendError,
     CkptError,
     FrozenRefError,
+    Hint,
     MissingObjectError,
     RecordError,
     RefConflictError,
@@ -36,11 +37,11 @@ from ckpt.model import (
     TagRecord,
     canonical_json,
     check_ref_name,
-    drop_unknown,
     format_time,
     is_digest,
-    parse_json,
+    parse_record,
     parse_time,
+    ref_name_readable,
     utcnow,
 )
 from ckpt.model.refs import ReflogAction
@@ -50,6 +51,12 @@ from ckpt.store import layout
 __all__ = ["RefDamage", "Refs", "branch_bytes"]
 
 _R = TypeVar("_R", bound=BaseModel)
+_REF_HINT = Hint(
+    "a ref file was damaged or written by something else; store.reflog() lists where each ref pointed, and "
+    "store.verify() checks the rest of the store",
+    cli="a ref file was damaged or written by something else; `ckpt reflog` lists where each ref pointed, and "
+    "`ckpt verify` checks the rest of the store",
+)
 
 
 class RefDamage(BaseModel):
@@ -84,34 +91,16 @@ class Refs:
 
     def _parse(self, model: type[_R], raw: bytes, what: str) -> _R:
         """Parse a ref record or reflog entry; every failure is a ``RecordError`` that never quotes the bytes."""
-        from ckpt.store.objects import invalid_reason
-
-        data = parse_json(raw, what=what)
-        try:
-            record = model.model_validate(drop_unknown(model, data) if self.minor_newer else data)
-        except ValidationError as e:
-            raise RecordError(
-                f"{what} is invalid: {invalid_reason(e)}",
-                hint="check the store with store.verify()",
-                cli_hint="run `ckpt verify`",
-            ) from e
+        record = parse_record(model, raw, what=what, minor_newer=self.minor_newer, hint=_REF_HINT)
         for field in ("id", "old", "new"):
             value = getattr(record, field, None)
             if value is not None and not is_digest(value):
-                raise RecordError(
-                    f"{what} is invalid: its {field} is not a snapshot id",
-                    hint="check the store with store.verify()",
-                    cli_hint="run `ckpt verify`",
-                )
+                raise RecordError(f"{what} is invalid: its {field} is not a snapshot id", hint=_REF_HINT)
         if isinstance(record, ReflogEntry):
             try:
                 parse_time(record.time)
             except ValueError:
-                raise RecordError(
-                    f"{what} is invalid: its time is not a stored time",
-                    hint="check the store with store.verify()",
-                    cli_hint="run `ckpt verify`",
-                ) from None
+                raise RecordError(f"{what} is invalid: its time is not a stored time", hint=_REF_HINT) from None
         return record
 
     # -- reading ---------------------------------------------------------------------------------------
@@ -137,22 +126,26 @@ class Refs:
         return dict(sorted(out.items()))
 
     def branch_head(self, name: str) -> str | None:
-        """The id a branch points at, or ``None`` if there is no such branch.
+        """The id a branch points at, or ``None`` if there is no such branch (or ``name`` cannot be one).
 
         Raises:
             RecordError: the branch's file is damaged.
         """
+        if not ref_name_readable(name):
+            return None
         raw = self._read(layout.branch_path(name))
         if raw is None:
             return None
         return self._parse(BranchRecord, raw, f"branch {name!r}").id
 
     def tag(self, name: str) -> TagRecord | None:
-        """A tag's record, or ``None`` if there is no such tag.
+        """A tag's record, or ``None`` if there is no such tag (or ``name`` cannot be one).
 
         Raises:
             RecordError: the tag's file is damaged.
         """
+        if not ref_name_readable(name):
+            return None
         raw = self._read(layout.tag_path(name))
         if raw is None:
             return None
@@ -364,6 +357,8 @@ class Refs:
         An entry is damaged when it is not a valid record, its time cannot be parsed, an id in it is not a
         snapshot id, or it sits in another ref's folder than the ref it names.
         """
+        if ref is not None and not _is_ref(ref):
+            return [], []
         prefix = layout.reflog_prefix(ref) if ref else layout.LOGS
         listed = sorted(self.backend.list(prefix), key=lambda e: e.path.rsplit("/", 1)[-1])
         out = []
@@ -381,6 +376,14 @@ class Refs:
             if ref is None or entry.ref == ref:
                 out.append(entry)
         return out, damage
+
+
+def _is_ref(ref: str) -> bool:
+    """Whether ``ref`` is ``refs/heads/NAME`` or ``refs/tags/NAME`` with a valid name."""
+    for prefix in (layout.REFS_HEADS, layout.REFS_TAGS):
+        if isinstance(ref, str) and ref.startswith(prefix):
+            return ref_name_readable(ref[len(prefix) :])
+    return False
 
 
 def _short(snapshot_id: str | None) -> str:

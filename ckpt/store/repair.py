@@ -28,8 +28,7 @@ from ckpt.store import layout
 from ckpt.store.gc import release_needs
 from ckpt.store.revisions import parse_revision, walk_steps
 from ckpt.store.transfer import Progress
-from ckpt.store.verify import Damage, VerifyReport, verify_snapshots
-from ckpt.store.verify import _kind as damage_kind
+from ckpt.store.verify import Damage, VerifyReport, damage_kind, verify_snapshots
 
 if TYPE_CHECKING:
     from ckpt.store.store import Store
@@ -175,6 +174,11 @@ def _fetch(source: Store | None, d: Damage) -> tuple[str, str, bytes]:
             return "snapshot", d.snapshots[0], good.raw_record("snapshot", d.snapshots[0])
     except CkptError as e:
         raise _NotRepaired(f"the source {source.url} cannot give it: {e.message}") from e
+    if d.object == "release":
+        raise _NotRepaired(
+            "a release that changed is not put back from a copy: find what was published in its "
+            "reflog and signatures, and check the copy with `ckpt verify --trust`"
+        )
     if d.kind == "invalid":
         raise _NotRepaired("its bytes match its digest, so every copy is the same: it may need a newer ckpt")
     raise _NotRepaired("refs are not content-addressed: move or delete it (`ckpt reset`, `ckpt branch -d`)")

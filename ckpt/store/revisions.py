@@ -14,14 +14,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ckpt.errors import AmbiguousRevisionError, RevisionNotFoundError
-from ckpt.model import ReflogEntry, Snapshot, is_digest
+from ckpt.model import ReflogEntry, Snapshot, is_digest, ref_name_readable
 
-__all__ = ["MIN_PREFIX", "ParsedRevision", "parse_revision"]
+__all__ = ["MAX_REVISION", "MIN_PREFIX", "ParsedRevision", "parse_revision"]
 
 MIN_PREFIX = 4
-_SUFFIX = re.compile(r"(~|\^)([0-9]*)")
+#: The longest revision text accepted (a 200-character name with a few suffixes fits many times over).
+MAX_REVISION = 1024
+_MAX_COUNT_DIGITS = 9  # ~N, ^N and @{N} take at most 999,999,999
+_SUFFIX = re.compile(r"(~|\^)([0-9]*)", re.ASCII)
 _HEX = re.compile(r"^[0-9a-f]+$")
-_REFLOG = re.compile(r"^(?P<name>.+)@\{(?P<n>[0-9]+)\}$")
+_REFLOG = re.compile(r"^(?P<name>.+)@\{(?P<n>[0-9]+)\}$", re.ASCII | re.DOTALL)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_EXAMPLES = "examples: main, main~2, v1^, main@{1}, 3f9a"
 
 
 @dataclass(frozen=True)
@@ -49,8 +54,17 @@ def parse_revision(rev: str) -> ParsedRevision:
         >>> parse_revision("main~2^")
         ParsedRevision(base='main', steps=(('~', 2), ('^', 1)))
     """
-    if not isinstance(rev, str) or not rev.strip():
-        raise RevisionNotFoundError("empty revision")
+    if not isinstance(rev, str):
+        raise RevisionNotFoundError(f"a revision is a string, not a {type(rev).__name__}", hint=_EXAMPLES)
+    if not rev.strip():
+        raise RevisionNotFoundError("empty revision", hint=_EXAMPLES)
+    shown = _show(rev)
+    if len(rev) > MAX_REVISION:
+        raise RevisionNotFoundError(f"revision {shown} is longer than {MAX_REVISION} characters", hint=_EXAMPLES)
+    if _CONTROL.search(rev) or not _is_unicode(rev):
+        raise RevisionNotFoundError(
+            f"revision {shown} holds a control character or invalid Unicode; no name or id can", hint=_EXAMPLES
+        )
     cut = min((i for i in (rev.find("~"), rev.find("^")) if i >= 0), default=len(rev))
     base, rest = rev[:cut], rev[cut:]
     steps = []
@@ -58,15 +72,38 @@ def parse_revision(rev: str) -> ParsedRevision:
     while pos < len(rest):
         m = _SUFFIX.match(rest, pos)
         if not m:
-            raise RevisionNotFoundError(f"cannot parse revision {rev!r}", hint="examples: main, main~2, v1^, 3f9a")
-        steps.append((m.group(1), int(m.group(2)) if m.group(2) else 1))
+            raise RevisionNotFoundError(f"cannot parse revision {shown}", hint=_EXAMPLES)
+        steps.append((m.group(1), _count(m.group(2), rev) if m.group(2) else 1))
         pos = m.end()
     if not base:
-        raise RevisionNotFoundError(f"revision {rev!r} has no branch, tag or id before its suffix")
+        raise RevisionNotFoundError(f"revision {shown} has no branch, tag or id before its suffix", hint=_EXAMPLES)
     m = _REFLOG.match(base)
     if m:
-        return ParsedRevision(m.group("name"), tuple(steps), reflog=int(m.group("n")))
+        name = m.group("name")
+        if not ref_name_readable(name):
+            raise RevisionNotFoundError(f"revision {shown}: {_show(name)} cannot be a branch name")
+        return ParsedRevision(name, tuple(steps), reflog=_count(m.group("n"), rev))
     return ParsedRevision(base, tuple(steps))
+
+
+def _count(digits: str, rev: str) -> int:
+    if len(digits) > _MAX_COUNT_DIGITS:
+        raise RevisionNotFoundError(f"revision {_show(rev)}: the count {digits[:12]}… is too large", hint=_EXAMPLES)
+    return int(digits)
+
+
+def _show(text: str, limit: int = 80) -> str:
+    """``text`` quoted for a message: escaped, and cut when long (a revision can come from anywhere)."""
+    shown = repr(text if len(text) <= limit else text[:limit] + "…")
+    return shown.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def resolve_reflog(branch: str, n: int, entries: list[ReflogEntry]) -> str:
@@ -115,12 +152,13 @@ def resolve_base(
         RevisionNotFoundError: nothing matches; the message suggests close names.
         AmbiguousRevisionError: an id prefix matches several snapshots; all are listed.
     """
-    head = branch(base)
-    if head is not None:
-        return head
-    tagged = tag(base)
-    if tagged is not None:
-        return tagged
+    if ref_name_readable(base):  # only what can be a ref's name is looked up as one
+        head = branch(base)
+        if head is not None:
+            return head
+        tagged = tag(base)
+        if tagged is not None:
+            return tagged
     low = base.lower()
     if is_digest(low) and has_snapshot(low):
         return low
@@ -130,15 +168,15 @@ def resolve_base(
             return found[0]
         if len(found) > 1:
             raise AmbiguousRevisionError(
-                f"id prefix {base!r} matches {len(found)} snapshots: " + ", ".join(f[:12] for f in found[:10]),
+                f"id prefix {_show(base)} matches {len(found)} snapshots: " + ", ".join(f[:12] for f in found[:10]),
                 candidates=found,
             )
-    close = difflib.get_close_matches(base, names(), n=3)
+    close = difflib.get_close_matches(base, names(), n=3) if len(base) <= 200 else []
     hint = f"did you mean {', '.join(close)}?" if close else None
     if _HEX.match(low) and len(low) < MIN_PREFIX:
         short = f"an id prefix needs at least {MIN_PREFIX} hex digits: give more of the id"
         hint = f"{short}, or did you mean {', '.join(close)}?" if close else short
-    raise RevisionNotFoundError(f"no branch, tag or snapshot matches {base!r}", hint=hint)
+    raise RevisionNotFoundError(f"no branch, tag or snapshot matches {_show(base)}", hint=hint)
 
 
 def walk_steps(

@@ -6,7 +6,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import JsonValue, ValidationError
 
@@ -40,22 +40,27 @@ from ckpt.model import (
     TensorTable,
     canonical_json,
     check_ref_name,
+    file_path_problem,
     format_time,
     parse_json,
     utcnow,
+    validate_record,
 )
 from ckpt.state import flatten, tensor_paths, tied_groups, unflatten
 from ckpt.storage import Backend, open_backend
 from ckpt.store import layout
 from ckpt.store.gc import GcReport, OnDamage, plan_gc, release_needs, scan_liveness
-from ckpt.store.objects import Objects, invalid_reason
+from ckpt.store.objects import Objects
 from ckpt.store.refs import Refs
 from ckpt.store.repair import RepairReport, repair
 from ckpt.store.retention import RetentionPolicy
 from ckpt.store.revisions import ParsedRevision, parse_revision, resolve_base, resolve_reflog, walk_steps
 from ckpt.store.sync import SyncReport, sync
 from ckpt.store.transfer import Progress, WriteStats, read_tensors, write_files, write_tensors
-from ckpt.store.verify import Damage, VerifyReport, verify_snapshots
+from ckpt.store.verify import Damage, VerifyReport, release_damage, verify_snapshots
+
+if TYPE_CHECKING:
+    from ckpt.store.signing import PrivateKey, PublicKey, ReleaseSigner, ReleaseStatus
 
 __all__ = ["Store", "init", "open"]
 
@@ -669,13 +674,17 @@ class Store:
         name: str | None = None,
         message: str | None = None,
         verify: bool = False,
+        signer: ReleaseSigner | PrivateKey | str | os.PathLike[str] | None = None,
     ) -> str:
         """Publish a snapshot as a frozen release tag, ``<model>-<YYYY-MM-DD>`` (UTC) by default.
 
         A frozen tag can never be moved or deleted, and its snapshot (and, for an adapter, the bases it
         needs) can never be pruned; gc keeps their objects whatever a pruned marker says. Only what can be
         loaded is published: the snapshot must not be pruned, and its table and every chunk must be in the
-        store (an adapter's bases too).
+        store (an adapter's bases too). With ``signer``, the release is also signed: a statement naming the
+        release, the snapshot id (which commits to every byte), the time and the signer's key is signed and
+        stored beside the tag (``ckpt.store.signing``), so that ``verify(trust=[public key])`` can tell the
+        release is the one its publisher froze.
 
         Args:
             rev: the snapshot to publish.
@@ -684,19 +693,26 @@ class Store:
             message: a release note.
             verify: also read every chunk and check it against its digest (``verify(rev)``) before freezing;
                 by default only their presence is checked.
+            signer: a private key to sign with: a key file path (PEM or OpenSSH; Ed25519 or ECDSA
+                P-256/P-384/P-521), a ``cryptography`` private key, or a ``ReleaseSigner`` (which also carries
+                the signer's name). Needs the ``sign`` extra.
 
         Returns:
             The tag name.
 
         Raises:
-            RecordError: no model name given or recorded.
+            RecordError: no model name given or recorded; the signing key cannot be used.
             RefExistsError: the name is taken (releases are never overwritten).
             MissingObjectError: the snapshot (or a base it needs) was pruned, or an object it needs is missing.
             IntegrityError: with ``verify``, an object it needs is damaged.
+            BackendError: the signature could not be written after the release was frozen (the hint says how
+                to add it).
 
         Example:
             >>> store.freeze("main", model="tiny-llama")  # doctest: +SKIP
             'tiny-llama-2026-11-28'
+            >>> store.freeze("main", name="tiny-llama-v2", signer="release-key.pem")  # doctest: +SKIP
+            'tiny-llama-v2'
         """
         snap = self.resolve(rev)
         if name is None:
@@ -710,6 +726,11 @@ class Store:
             name = f"{model}-{utcnow():%Y-%m-%d}"
         self._refs.check_new_name(name, "tag")
         needs = self._check_loadable(snap, verify=verify)
+        signature = None
+        if signer is not None:  # every key problem shows before anything is written
+            from ckpt.store.signing import ReleaseSigner
+
+            signature = ReleaseSigner.of(signer).sign(name, snap.id)
         self._refs.create_tag(
             name,
             TagRecord(id=snap.id, frozen=True, created_at=format_time(utcnow()), message=message),
@@ -726,6 +747,10 @@ class Store:
                 "gc keeps the release's objects anyway, and `ckpt repair` removes the marker",
                 stacklevel=2,
             )
+        if signature is not None:
+            from ckpt.store.signing import write_release_signature
+
+            write_release_signature(self.backend, name, signature)
         return name
 
     def _check_loadable(self, snap: Snapshot, *, verify: bool) -> list[str]:
@@ -770,6 +795,33 @@ class Store:
                         )
             current = self._get(current.base, pruned) if current.base else None
         return needs
+
+    def sign_release(self, name: str, signer: ReleaseSigner | PrivateKey | str | os.PathLike[str]) -> None:
+        """Sign a frozen release as it is now (one signed before, by another key, or frozen unsigned).
+
+        Check it first (``verify(trust=...)``): a signature vouches for the snapshot the tag names now.
+
+        Args:
+            name: the release (a frozen tag).
+            signer: as ``freeze``'s ``signer``.
+
+        Raises:
+            RevisionNotFoundError: no such tag.
+            FrozenRefError: the tag is not frozen (only releases are signed).
+            RecordError: the key cannot be used.
+        """
+        from ckpt.store.signing import ReleaseSigner, put_signature
+
+        tag = self._refs.tag(name)
+        if tag is None:
+            raise RevisionNotFoundError(f"no tag named {name!r}")
+        if not tag.frozen:
+            raise FrozenRefError(
+                f"tag {name!r} is not frozen: only releases are signed",
+                hint="freeze it: store.freeze(rev, name=NAME, signer=key)",
+                cli_hint="freeze it: `ckpt freeze REV --name NAME --sign KEY`",
+            )
+        put_signature(self.backend, name, ReleaseSigner.of(signer).sign(name, tag.id))
 
     def prune(self, rev: str, *, reason: str | None = None) -> Snapshot:
         """Release a snapshot's tensors (gc reclaims them); its record stays in the log, marked pruned.
@@ -901,6 +953,7 @@ class Store:
         self,
         rev: str | None = None,
         *,
+        trust: Sequence[str | os.PathLike[str] | PublicKey] | None = None,
         progress: Progress | None = None,
         progress_total: Callable[[int], None] | None = None,
     ) -> VerifyReport:
@@ -911,11 +964,29 @@ class Store:
         each ref's latest move is in its reflog, and that every frozen release (with the adapter bases it
         needs) is complete and not marked pruned.
 
+        Without ``rev``, frozen releases are checked too: each against the reflog (a frozen tag that moved,
+        was unfrozen or deleted, or whose freeze is not logged, is ``tampered`` or ``repointed``) and against
+        its signatures (each must verify with its own key and sign this release's name and id). With ``trust``,
+        every frozen release must also be signed by one of the trusted keys, as it is now; one that is not is
+        reported ``unsigned``, ``repointed`` or ``forged`` (``ckpt.store.signing``).
+
         Args:
             rev: check this snapshot only; default: every snapshot reachable from a branch, tag or the reflog.
+            trust: trusted public keys: key files or trust files (PEM or OpenSSH lines), or key objects.
             progress: called with byte counts as chunks are checked.
             progress_total: called once, before the first chunk is read, with the bytes ``progress`` will count.
+
+        Raises:
+            RecordError: a trusted key file cannot be read, or ``trust`` was given with ``rev``.
         """
+        releases: list[ReleaseStatus] = []
+        keys = None
+        if trust is not None and rev is not None:
+            raise RecordError("trust= checks every frozen release: call verify(trust=...) without a revision")
+        if trust is not None:
+            from ckpt.store.signing import load_trusted_keys
+
+            keys = load_trusted_keys(trust)
         if rev is not None:
             sid = self.resolve(rev).id
             pruned = self._pruned() - release_needs(self._objects, self._refs.tags())
@@ -961,8 +1032,12 @@ class Store:
                     "(gc keeps its objects); `ckpt repair` removes the marker",
                 )
             )
+        from ckpt.store.signing import check_releases
+
+        releases = check_releases(self.backend, tags, entries, trust=keys)
+        extra.extend(release_damage(releases, keys_given=keys is not None))
         pruned = state.pruned - state.protected
-        return verify_snapshots(
+        report = verify_snapshots(
             self._objects,
             sorted(state.live),
             pruned=pruned,
@@ -970,6 +1045,7 @@ class Store:
             progress=progress,
             progress_total=progress_total,
         )
+        return report.model_copy(update={"releases": tuple(releases)})
 
     def repair(
         self,
@@ -1136,25 +1212,27 @@ class LazyTensors(Mapping[str, Any]):
 def _read_config(backend: Backend) -> StoreConfig:
     if not backend.exists(layout.CONFIG):
         raise StoreNotFoundError(f"no ckpt store at {backend.url}")
-    raw = parse_json(backend.read(layout.CONFIG), what=f"{backend.url}/{layout.CONFIG}")
+    what = f"{backend.url}/{layout.CONFIG}"
+    hint = "this file says what the store is; restore it from a backup or a replica (see docs/format.md)"
+    raw = parse_json(backend.read(layout.CONFIG), what=what, hint=hint)
     if not isinstance(raw, dict) or raw.get("format") != "ckpt":
         raise StoreNotFoundError(f"{backend.url} is not a ckpt store ({layout.CONFIG} is not a ckpt config)")
-    version = str(raw.get("format_version", ""))
-    try:
-        major = int(version.split(".")[0])
-    except ValueError:
-        raise RecordError(
-            f"{backend.url}/{layout.CONFIG}: its format_version is not MAJOR.MINOR", hint="is this a ckpt store?"
-        ) from None
-    if major > READABLE_MAJOR:
+    version = raw.get("format_version")
+    text = version if isinstance(version, str) and len(version) <= 13 else ""
+    major, _, minor = text.partition(".")
+    if not (major.isascii() and major.isdigit() and minor.isascii() and minor.isdigit()):
+        raise RecordError(f"{what}: invalid format_version {str(version)[:40]!r}", hint=hint)
+    if int(major) > READABLE_MAJOR:
         raise FormatVersionError(
             f"the store at {backend.url} uses format {version}; this ckpt ({__version__}) reads format "
             f"{READABLE_MAJOR}.x and older"
         )
-    try:
-        return StoreConfig.model_validate({k: v for k, v in raw.items() if k in StoreConfig.model_fields})
-    except ValidationError as e:
-        raise RecordError(f"{backend.url}/{layout.CONFIG} is invalid: {invalid_reason(e)}") from e
+    known = {k: v for k, v in raw.items() if k in StoreConfig.model_fields}
+    return validate_record(StoreConfig, known, what=what, hint=hint)
+
+
+_MAX_CHUNK = 1 << 40
+_SIZE_HINT = "a number of bytes, or with a unit: 4096, 64MiB, 1GB"
 
 
 def init(
@@ -1180,9 +1258,12 @@ def init(
         >>> store = ckpt.init("memory://docs-init")  # doctest: +SKIP
     """
     location = _location(url)
-    size = settings.parse_size(chunk_size) if chunk_size is not None else settings.chunk_size()
-    if size <= 0:
-        raise RecordError(f"chunk_size must be positive, got {size}", hint="e.g. chunk_size='64MiB'")
+    try:
+        size = settings.parse_size(chunk_size) if chunk_size is not None else settings.chunk_size()
+    except (ValueError, TypeError, OverflowError) as e:
+        raise RecordError(f"invalid chunk_size {chunk_size!r}"[:120] + f": {e}"[:200], hint=_SIZE_HINT) from None
+    if not 0 < size <= _MAX_CHUNK:
+        raise RecordError(f"chunk_size must be a positive size of at most 1 TiB, got {size}"[:120], hint=_SIZE_HINT)
     backend = open_backend(location, **storage_options)
     config = StoreConfig(chunk_size=size, created_at=format_time(utcnow()))
     data = canonical_json(config.model_dump(mode="json"))
@@ -1245,10 +1326,15 @@ def _clean_metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
 def _clean_files(files: Mapping[str, bytes] | None) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     for path, data in (files or {}).items():
-        parts = path.replace("\\", "/").split("/")
-        if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise RecordError(f"attached file path {path!r} must be relative, without '.' or '..' parts")
+        name = "/".join(path.split("\\")) if isinstance(path, str) else path
+        problem = file_path_problem(name)
+        if problem:
+            shown = repr(path if not isinstance(path, str) or len(path) <= 80 else path[:80] + "…")
+            raise RecordError(
+                f"attached file path {shown.encode('utf-8', 'backslashreplace').decode()} cannot be stored: {problem}",
+                hint="attached files are relative paths such as config.json or tokenizer/vocab.json",
+            )
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise RecordError(f"attached file {path!r} must be bytes, got {type(data).__name__}")
-        out["/".join(parts)] = bytes(data)
+        out[name] = bytes(data)
     return out

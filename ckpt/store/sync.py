@@ -22,6 +22,7 @@ from ckpt.errors import CkptError, RefConflictError
 from ckpt.model import Snapshot, TagRecord
 from ckpt.store import layout
 from ckpt.store.objects import CHUNK_HEADER_SIZE
+from ckpt.store.signing import copy_signatures
 from ckpt.store.transfer import Progress
 
 if TYPE_CHECKING:
@@ -195,10 +196,14 @@ def sync(
             if existing is not None:
                 if existing.id != tag.id:
                     conflicts.append(f"tag {name!r}: destination tags {existing.id[:12]}, source {tag.id[:12]}")
+                elif tag.frozen:
+                    copy_signatures(src.backend, dst.backend, name)  # a release signed since the last sync
                 continue
             try:
                 dst._refs.check_new_name(name, "tag")
                 dst._refs.create_tag(name, TagRecord.model_validate(tag.model_dump()), action="sync")
+                if tag.frozen:
+                    copy_signatures(src.backend, dst.backend, name)
                 refs.append(layout.tag_path(name))
             except CkptError as e:
                 conflicts.append(f"tag {name!r}: {e.message}")

@@ -13,9 +13,10 @@ from ckpt import settings
 from ckpt.errors import CkptError, IntegrityError, MissingObjectError
 from ckpt.model import TensorTable
 from ckpt.store.objects import Objects
+from ckpt.store.signing import ReleaseStatus
 from ckpt.store.transfer import Progress
 
-__all__ = ["Damage", "VerifyReport", "damage_kind", "verify_snapshots"]
+__all__ = ["Damage", "VerifyReport", "damage_kind", "release_damage", "verify_snapshots"]
 
 
 class Damage(BaseModel):
@@ -24,10 +25,12 @@ class Damage(BaseModel):
     Attributes:
         kind: ``missing`` (not in the store), ``corrupt`` (bytes do not match the digest, wrong size, or not a
             regular file) or ``invalid`` (not a valid record, or contradicting another: a frozen release marked
-            pruned).
+            pruned); for a frozen release (``ckpt.store.signing``): ``unsigned`` (no signature by a trusted
+            key), ``repointed`` (its tag names another snapshot than the one frozen or signed), ``forged`` (a
+            signature that does not verify) or ``tampered`` (unfrozen, deleted, or missing from the reflog).
         object: ``chunk``, ``table``, ``snapshot``, ``ref`` (a branch or tag), ``reflog`` (an entry, or the
-            entry of a ref's latest move) or ``marker`` (a pruned marker).
-        digest: the object's address (or the path of the ref, reflog entry or marker).
+            entry of a ref's latest move), ``marker`` (a pruned marker) or ``release``.
+        digest: the object's address (or the path of the ref, reflog entry or marker, or the release's name).
         snapshots: ids of the snapshots that need it.
         tensors: names of the tensors (or files) that hold it.
         message: what was found.
@@ -35,8 +38,8 @@ class Damage(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    kind: Literal["missing", "corrupt", "invalid"]
-    object: Literal["chunk", "table", "snapshot", "ref", "reflog", "marker"]
+    kind: Literal["missing", "corrupt", "invalid", "unsigned", "repointed", "forged", "tampered"]
+    object: Literal["chunk", "table", "snapshot", "ref", "reflog", "marker", "release"]
     digest: str
     snapshots: tuple[str, ...] = ()
     tensors: tuple[str, ...] = ()
@@ -52,6 +55,7 @@ class VerifyReport(BaseModel):
         bytes: bytes of the sound chunks as stored (each with its 16-byte header), the figure ``gc`` and
             ``Store.stats`` use for the same chunks.
         damage: every problem found (empty when the store is sound).
+        releases: every frozen release, with its signatures and what they say (``ckpt.store.signing``).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -60,11 +64,28 @@ class VerifyReport(BaseModel):
     chunks: int
     bytes: int
     damage: tuple[Damage, ...]
+    releases: tuple[ReleaseStatus, ...] = ()
 
     @property
     def ok(self) -> bool:
         """No damage found."""
         return not self.damage
+
+
+def release_damage(releases: Iterable[ReleaseStatus], *, keys_given: bool) -> list[Damage]:
+    """A ``Damage`` (object ``release``) for each release that is not sound; an unsigned release is one only
+    when the reader gave trusted keys (asked for signatures)."""
+    return [
+        Damage(
+            kind=r.status,  # every status but "signed", which is filtered out below
+            object="release",
+            digest=r.name,
+            snapshots=(r.snapshot,) if r.snapshot else (),
+            message=r.message,
+        )
+        for r in releases
+        if r.status != "signed" and (r.status != "unsigned" or keys_given)
+    ]
 
 
 def damage_kind(e: CkptError) -> Literal["missing", "corrupt", "invalid"]:
@@ -99,12 +120,16 @@ def verify_snapshots(
         try:
             snap = objects.get_snapshot(sid)
         except CkptError as e:
-            damage.append(Damage(kind=_kind(e), object="snapshot", digest=sid, snapshots=(sid,), message=e.message))
+            damage.append(
+                Damage(kind=damage_kind(e), object="snapshot", digest=sid, snapshots=(sid,), message=e.message)
+            )
             continue
         try:
             table: TensorTable = objects.get_table(snap.table)
         except CkptError as e:
-            damage.append(Damage(kind=_kind(e), object="table", digest=snap.table, snapshots=(sid,), message=e.message))
+            damage.append(
+                Damage(kind=damage_kind(e), object="table", digest=snap.table, snapshots=(sid,), message=e.message)
+            )
             continue
         if sid in pruned:
             continue
@@ -133,7 +158,7 @@ def verify_snapshots(
             )
         except CkptError as e:
             d = Damage(
-                kind=_kind(e),
+                kind=damage_kind(e),
                 object="chunk",
                 digest=digest,
                 snapshots=tuple(sorted(snaps)),

@@ -106,7 +106,7 @@ def check_record(
             metrics=clean,
             message=message,
             metadata=metadata,
-            created_at="",
+            created_at="2000-01-01T00:00:00.000000Z",  # placeholders: only the caller's fields are checked
             ckpt_version="",
             table="0" * 64,
         )

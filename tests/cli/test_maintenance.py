@@ -51,7 +51,7 @@ def test_verify_ok(invoke: Invoke, family: dict[str, ckpt.Snapshot]) -> None:
     assert out.strip().startswith("checked ") and out.strip().endswith("): ok")
     data = parse(invoke("verify", "--all", "--json"))
     assert data["ok"] is True and data["damage"] == [] and data["snapshots"] >= 7 and data["chunks"] > 0
-    assert set(data) == {"ok", "snapshots", "chunks", "bytes", "damage"}
+    assert set(data) == {"ok", "snapshots", "chunks", "bytes", "damage", "releases"}
     one = parse(invoke("verify", "lora", "--json"))
     assert one["snapshots"] == 1 and one["bytes"] == 512 + 16  # as stored: the chunk with its 16-byte header
     invoke("verify", "main", "--all", code=2)

@@ -13,20 +13,29 @@ T0 = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 
 def snap(sid: str, *parents: str, minute: int, base: str | None = None, pruned: bool = False, **kw: object) -> Snapshot:
     return Snapshot(
-        id=sid * 64,
-        parents=tuple(p * 64 for p in parents),
+        id=_id(sid),
+        parents=tuple(_id(p) for p in parents),
         relation=kw.pop("relation", "continue" if parents else "import"),  # type: ignore[arg-type]
         created_at=format_time(T0 + timedelta(minutes=minute)),
         ckpt_version="0",
         table="0" * 64,
-        base=base * 64 if base else None,
+        base=_id(base) if base else None,
         pruned=pruned,
         **kw,  # type: ignore[arg-type]
     )
 
 
+def _id(letter: str) -> str:
+    """A valid snapshot id for a one-letter name (ids are 64 hex characters)."""
+    return letter * 64 if letter in "0123456789abcdef" else f"{ord(letter):02x}" * 32
+
+
+def _letter(s: Snapshot) -> str:
+    return s.id[0] if len(set(s.id)) == 1 else chr(int(s.id[:2], 16))
+
+
 def drawing(snaps: list[Snapshot]) -> list[str]:
-    return [f"{d.plain} {s.id[0] if s else ''}".rstrip() for d, s in graph_rows(snaps)]
+    return [f"{d.plain} {_letter(s) if s else ''}".rstrip() for d, s in graph_rows(snaps)]
 
 
 def test_linear_history() -> None:
@@ -65,7 +74,7 @@ def test_adapter_base_edge_and_three_way_join() -> None:
 
 def test_topological_puts_children_first_even_with_skewed_clocks() -> None:
     snaps = [snap("a", minute=10), snap("b", "a", minute=0)]  # the child's clock is behind
-    assert [s.id[0] for s in topological(snaps)] == ["b", "a"]
+    assert [_letter(s) for s in topological(snaps)] == ["b", "a"]
 
 
 def test_edges_outside_the_set_are_left_out() -> None:
@@ -94,7 +103,8 @@ def test_human_bytes() -> None:
 def test_snapshot_line_and_json() -> None:
     s = snap("c", "b", minute=0, model="m", step=5, epoch=1, metrics={"loss": float("nan"), "a": 1, "b": 2, "c": 3})
     tag = TagRecord(id=s.id, frozen=True, created_at=format_time(T0))
-    refs = RefIndex({"main": s.id}, {"m-2026-11-28": tag, "other": TagRecord(id="f" * 64, created_at="x")})
+    other = TagRecord(id="f" * 64, created_at=format_time(T0))
+    refs = RefIndex({"main": s.id}, {"m-2026-11-28": tag, "other": other})
     line = snapshot_line(s, refs, now=T0 + timedelta(hours=2)).plain
     assert (
         line

@@ -193,21 +193,22 @@ def test_what_readers_refuse_is_refused_before_writing(
 
 
 @pytest.mark.parametrize(
-    ("name", "message"),
+    "name",
     [
-        ("a" * 300 + ".json", "filesystems take at most 255"),
-        ("/".join(["d"] * 2000) + "/x", "2001 levels deep"),
-        ("/".join(["d" * 200] * 30), "at most 4096 bytes"),
+        "a" * 300 + ".json",  # a component over the 255 bytes file systems take
+        "/".join(["d"] * 2000) + "/x",  # 2001 levels deep
+        "/".join(["d" * 200] * 30),  # a path over 4096 bytes
     ],
 )
-def test_names_too_long_for_a_filesystem_are_record_errors(
-    local_store: ckpt.Store, tmp_path: Path, name: str, message: str
+def test_names_too_long_for_a_filesystem_are_refused_before_anything_is_stored(
+    local_store: ckpt.Store, tmp_path: Path, name: str
 ) -> None:
-    local_store.save({"model": weights(1, n=1)}, files={name: b"{}"})
-    with pytest.raises(RecordError, match=message) as e:
-        export_folder(local_store, "main", tmp_path / "out")
+    # the one rule for attached file paths refuses at save what no export could write back
+    with pytest.raises(RecordError) as e:
+        local_store.save({"model": weights(1, n=1)}, files={name: b"{}"})
     assert e.value.hint
-    assert not (tmp_path / "out").exists()
+    assert local_store.branches() == {}
+    assert local_store.verify().ok
 
 
 def test_files_appearing_during_the_export_are_kept(local_store: ckpt.Store, tmp_path: Path) -> None:

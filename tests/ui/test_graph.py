@@ -22,7 +22,7 @@ def record(
         base=base,
         created_at=f"2026-01-01T00:00:00.{i:06d}Z",
         ckpt_version="0",
-        table="t",
+        table="0" * 64,
     )
 
 

@@ -72,7 +72,7 @@ def test_names_decide_mode_group_and_monitor() -> None:
     ]  # fmt: skip
 
     def snaps(*names: str) -> list[ckpt.Snapshot]:
-        base = ckpt.Snapshot(created_at="2026-01-01T00:00:00.000000Z", ckpt_version="0", table="t")
+        base = ckpt.Snapshot(created_at="2026-01-01T00:00:00.000000Z", ckpt_version="0", table="0" * 64)
         return [base.model_copy(update={"metrics": dict.fromkeys(names, 1.0)})]
 
     assert monitored_metric(snaps("train_loss", "val_loss", "val_acc")) == "val_loss"

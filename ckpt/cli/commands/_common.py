@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
-__all__ = ["json_option", "parse_duration", "parse_options", "parse_size_option"]
+__all__ = ["json_option", "key_password", "parse_duration", "parse_options", "parse_size_option"]
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -93,3 +93,12 @@ def parse_options(pairs: Sequence[str], *, flag: str) -> dict[str, Any]:
             raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=flag)
         out[key.strip()] = _option_value(value)
     return out
+
+
+def key_password(path: str) -> str | None:
+    """The passphrase of a private key file: asked for (without echo) only when the key is encrypted."""
+    from ckpt.store.signing import key_is_encrypted
+
+    if not key_is_encrypted(path):
+        return None
+    return str(click.prompt(f"passphrase for {path}", hide_input=True, err=True))

@@ -43,24 +43,40 @@ def init(state: CliState, url: str | None, chunk_size: str | None, as_json: bool
 @click.command()
 @click.argument("rev", required=False)
 @click.option("--all", "all_", is_flag=True, help="Check every reachable snapshot (the default without REV).")
+@click.option(
+    "--trust",
+    "trust",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True),
+    metavar="PUBKEY",
+    help="A trusted public key, or a file of them (PEM or OpenSSH lines); every frozen release must be signed by "
+    "one (repeatable).",
+)
 @json_option
 @click.pass_obj
-def verify(state: CliState, rev: str | None, all_: bool, as_json: bool) -> None:
+def verify(state: CliState, rev: str | None, all_: bool, trust: tuple[str, ...], as_json: bool) -> None:
     """Read objects back and check each against its digest; report all damage, exit 1 if any.
 
     With REV, checks that snapshot (record, table and every chunk); with --all or without REV, every snapshot
-    reachable from a branch, a tag or the reflog, and the refs themselves.
+    reachable from a branch, a tag or the reflog, the refs themselves, and the frozen releases: against the
+    reflog (moved, unfrozen, deleted) and against their signatures. With --trust, every frozen release must be
+    signed by a trusted key as it is now; unsigned, repointed and forged releases are reported.
 
     \b
     Examples:
       ckpt verify
       ckpt verify tiny-llama-2026-11-28 --json
+      ckpt verify --trust release-key.pub --trust team-keys.txt
     """
     if rev is not None and all_:
         raise click.UsageError("give REV or --all, not both")
+    if rev is not None and trust:
+        raise click.UsageError("--trust checks every frozen release: it goes without REV")
     store = state.store()
     with progress_bar("verify", quiet=state.quiet) as bar:
-        report = store.verify(rev, progress=bar, progress_total=bar.total if bar else None)
+        report = store.verify(
+            rev, trust=list(trust) if trust else None, progress=bar, progress_total=bar.total if bar else None
+        )
     if as_json:
         emit_json({"ok": report.ok, **report.model_dump(mode="json")})
     else:
@@ -68,6 +84,12 @@ def verify(state: CliState, rev: str | None, all_: bool, as_json: bool) -> None:
         for d in report.damage:
             where = f" (tensors: {', '.join(d.tensors[:3])}{' …' if len(d.tensors) > 3 else ''})" if d.tensors else ""
             out.print(Text.assemble((d.kind, "bold red"), f" {d.object} {_name(d)}{where}: {d.message}"))
+        signed = [r for r in report.releases if r.status == "signed"]
+        if report.releases:
+            whose = "trusted keys" if trust else "their own keys (no --trust given)"
+            click.echo(
+                f"{count(len(report.releases), 'frozen release')}, {len(signed)} signed and checked against {whose}"
+            )
         verdict = "ok" if report.ok else count(len(report.damage), "problem")
         click.echo(
             f"checked {count(report.snapshots, 'snapshot')}, {count(report.chunks, 'chunk')} "
@@ -75,7 +97,16 @@ def verify(state: CliState, rev: str | None, all_: bool, as_json: bool) -> None:
         )
     if not report.ok:
         if not as_json:
-            click.echo("hint: put the damaged objects back from a good copy with `ckpt repair --from URL`", err=True)
+            if any(d.object != "release" for d in report.damage):
+                click.echo(
+                    "hint: put the damaged objects back from a good copy with `ckpt repair --from URL`", err=True
+                )
+            if any(d.object == "release" for d in report.damage):
+                click.echo(
+                    "hint: a release is not what was frozen and signed: do not use it; its reflog "
+                    "(`ckpt reflog TAG`) and the signatures name the snapshot that was published",
+                    err=True,
+                )
         click.get_current_context().exit(1)
 
 
@@ -86,8 +117,8 @@ def _damage_line(kind: str, d: ckpt.Damage) -> Text:
 
 
 def _name(d: ckpt.Damage) -> str:
-    """A digest's first 16 characters; a ref's, reflog entry's or marker's whole path."""
-    return d.digest if d.object in ("ref", "reflog", "marker") else d.digest[:16]
+    """A digest's first 16 characters; a ref's, reflog entry's, marker's or release's whole name."""
+    return d.digest if d.object in ("ref", "reflog", "marker", "release") else d.digest[:16]
 
 
 @click.command()

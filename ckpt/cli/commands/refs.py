@@ -158,23 +158,56 @@ def tag(state: CliState, name: str | None, rev: str | None, message: str | None,
 @click.option("--model", help="The model name for the release name <model>-<YYYY-MM-DD> (default: the snapshot's).")
 @click.option("--name", help="The full release name, instead of <model>-<date>.")
 @click.option("-m", "--message", help="A release note.")
+@click.option(
+    "--sign",
+    "key",
+    type=click.Path(dir_okay=False, exists=True),
+    metavar="KEY",
+    help="Sign the release with this private key (Ed25519 or ECDSA P-256/384/521, PEM or OpenSSH).",
+)
+@click.option("--signer", metavar="NAME", help="Who signs (e.g. an e-mail address), recorded with the signature.")
 @json_option
 @click.pass_obj
-def freeze(state: CliState, rev: str, model: str | None, name: str | None, message: str | None, as_json: bool) -> None:
+def freeze(
+    state: CliState,
+    rev: str,
+    model: str | None,
+    name: str | None,
+    message: str | None,
+    key: str | None,
+    signer: str | None,
+    as_json: bool,
+) -> None:
     """Publish REV (default: main) as a frozen release: a tag that is never moved, deleted or pruned.
+
+    With --sign, the release is signed: a statement naming the release, the snapshot id (which commits to every
+    byte), the time and the key is signed and stored beside the tag; `ckpt verify --trust KEY.pub` checks it.
+    An encrypted key's passphrase is asked for.
 
     \b
     Examples:
       ckpt freeze main~4 --model tiny-llama      # -> tiny-llama-2026-11-28
       ckpt freeze best --name tiny-llama-v1
+      ckpt freeze main --model tiny-llama --sign ~/.ssh/release_ed25519 --signer alice@lab
     """
     store = state.store()
-    tag_name = store.freeze(rev, model=model, name=name, message=message)
+    release_signer = None
+    if key is not None:
+        from ckpt.cli.commands._common import key_password
+        from ckpt.store.signing import ReleaseSigner
+
+        release_signer = ReleaseSigner.from_file(key, password=key_password(key), name=signer)
+    elif signer is not None:
+        raise click.UsageError("--signer names who signs: it goes with --sign KEY")
+    tag_name = store.freeze(rev, model=model, name=name, message=message, signer=release_signer)
     tag_record = store.tags()[tag_name]
     if as_json:
-        emit_json({"tag": tag_name, **tag_record.model_dump(mode="json")})
+        signed = {"signed_by": release_signer.key_id} if release_signer else {}
+        emit_json({"tag": tag_name, **tag_record.model_dump(mode="json"), **signed})
     else:
         click.echo(f"froze {tag_record.id[:12]} as {tag_name}")
+        if release_signer is not None:
+            click.echo(f"signed by {release_signer.key_id}")
 
 
 @click.command()

@@ -41,9 +41,40 @@ _RELATIONS = ["continue", "finetune", "adapter", "merge", "quantized", "import"]
     is_flag=True,
     help="Write into a non-empty folder: earlier weights and their index are replaced, other files kept.",
 )
+@click.option(
+    "--sign",
+    "key",
+    type=click.Path(dir_okay=False, exists=True),
+    metavar="KEY",
+    help="Also write an OpenSSF model-signing signature of DIR, made with this ECDSA private key (PEM); REV must "
+    "be a release signed with it (or with a --trust key).",
+)
+@click.option(
+    "--signature",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="PATH",
+    help="Where --sign writes the signature (default: DIR/model.sig).",
+)
+@click.option(
+    "--trust",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True),
+    metavar="PUBKEY",
+    help="With --sign: a public key (or file of them) whose release signature also counts (repeatable).",
+)
 @json_option
 @click.pass_obj
-def restore(state: CliState, rev: str, to: Path, shard_size: str | None, force: bool, as_json: bool) -> None:
+def restore(
+    state: CliState,
+    rev: str,
+    to: Path,
+    shard_size: str | None,
+    force: bool,
+    key: str | None,
+    signature: Path | None,
+    trust: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Write snapshot REV as ordinary files in DIR: safetensors weights, attached files, state.json.
 
     The weights go to model.safetensors, or to model-0000i-of-0000N.safetensors shards plus
@@ -59,29 +90,63 @@ def restore(state: CliState, rev: str, to: Path, shard_size: str | None, force: 
     An adapter snapshot (relation adapter) is written as a PEFT folder (adapter_model.safetensors and
     adapter_config.json) that PeftModel.from_pretrained loads onto its base.
 
+    With --sign KEY, REV must be a frozen release signed (`ckpt freeze --sign`) by KEY or by a --trust key, as
+    it is now; the folder is then signed with OpenSSF model-signing, which verifies it with
+    `model_signing verify key DIR --signature DIR/model.sig --public_key KEY.pub`. model-signing signs with
+    ECDSA keys (P-256/384/521, PEM) only, so such a release is signed with an EC key.
+
     \b
     Examples:
       ckpt restore tiny-llama-2026-11-28 --to out/tiny-llama
       ckpt restore main~2 --to out/retry --shard-size 2GB --force
       ckpt restore lora --to out/lora
+      ckpt restore tiny-llama-2026-11-28 --to out/tiny-llama --sign release-key.pem
     """
     from ckpt.hf import export_folder
 
     size = parse_size_option(shard_size, flag="--shard-size")
     store = state.store()
-    snap = store.resolve(rev)
+    password = None
+    vouched = None
+    if key is not None:  # check the release before anything is written
+        from ckpt.cli.commands._common import key_password
+        from ckpt.store.signing import check_folder_key, load_private_key, load_trusted_keys, require_signed_release
+
+        password = key_password(key)
+        check_folder_key(key, password=password)
+        own = load_private_key(key, password=password).public_key()
+        _, status = require_signed_release(store, rev, [*load_trusted_keys([own]), *load_trusted_keys(trust)])
+        vouched = status.snapshot  # exported by id: what was checked is what is written
+    elif signature is not None or trust:
+        raise click.UsageError("--signature and --trust go with --sign KEY")
+    snap = store.resolve(vouched or rev)
     with progress_bar("restore", total=snap.tensor_bytes, quiet=state.quiet) as progress:
         result = export_folder(store, snap.id, to, shard_size=size, force=force, progress=progress)
     files: list[dict[str, Any]] = [{"path": str(p), "size": _size(result.path, p)} for p in result.written]
     removed = [str(p) for p in result.removed]
+    signed = None
+    if key is not None:
+        from ckpt.store.signing import sign_folder
+
+        signed = sign_folder(to, key, signature=signature, password=password)
     if as_json:
-        emit_json({"snapshot": snap.id, "to": str(to), "files": files, "removed": removed})
+        emit_json(
+            {
+                "snapshot": snap.id,
+                "to": str(to),
+                "files": files,
+                "removed": removed,
+                "signature": str(signed) if signed else None,
+            }
+        )
         return
     for f in files:
         click.echo(f"wrote {f['path']} ({human_bytes(f['size'])})")
     for path in removed:
         click.echo(f"removed {path} (superseded by this restore)")
     click.echo(f"restored {snap.short_id} to {to}: {count(len(files), 'file')}")
+    if signed is not None:
+        click.echo(f"signed {to} with model-signing: {signed}")
 
 
 def _size(folder: Path, path: Path) -> int:
