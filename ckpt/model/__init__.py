@@ -4,7 +4,7 @@ from ckpt.model.canonical import canonical_json, digest_bytes, drop_unknown, is_
 from ckpt.model.config import FORMAT_VERSION, READABLE_MAJOR, StoreConfig
 from ckpt.model.refs import BranchRecord, PrunedMarker, ReflogEntry, TagRecord, check_ref_name
 from ckpt.model.snapshot import Relation, Snapshot, format_time, parse_time, utcnow
-from ckpt.model.table import DTYPE_SIZES, RESERVED_FILE_PREFIX, FileEntry, TensorEntry, TensorTable
+from ckpt.model.table import DTYPE_SIZES, RESERVED_FILE_PREFIX, FileEntry, TensorEntry, TensorShard, TensorTable
 
 __all__ = [
     "DTYPE_SIZES",
@@ -20,6 +20,7 @@ __all__ = [
     "StoreConfig",
     "TagRecord",
     "TensorEntry",
+    "TensorShard",
     "TensorTable",
     "canonical_json",
     "check_ref_name",
