@@ -258,8 +258,10 @@ def _check_shards(name: str, t: TensorEntry, cs: int) -> None:
         total += shard.numel
     if total != t.numel:
         raise ValueError(f"{where}: its shards hold {total} elements, the tensor {t.numel}")
-    cuts = [sorted({0, d, *(s.offsets[k] for s in t.shards), *(s.offsets[k] + s.sizes[k] for s in t.shards)})
-            for k, d in enumerate(t.shape)]
+    cuts = [
+        sorted({0, d, *(s.offsets[k] for s in t.shards), *(s.offsets[k] + s.sizes[k] for s in t.shards)})
+        for k, d in enumerate(t.shape)
+    ]
     cells = 1
     for c in cuts:
         cells *= len(c) - 1
@@ -278,4 +280,3 @@ def _check_shards(name: str, t: TensorEntry, cs: int) -> None:
                 raise ValueError(f"{where}: shards overlap at {list(shard.offsets)}")
             seen[flat] = 1
     # with every element counted once and no overlap, the blocks cover the tensor exactly
-
