@@ -13,6 +13,7 @@ it resumes exactly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -54,10 +55,8 @@ def main() -> None:
     mesh = init_device_mesh("cuda" if torch.cuda.is_available() else "cpu", (dist.get_world_size(),))
     url = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("CKPT_STORE", "distributed-store")
     if rank == 0:
-        try:
+        with contextlib.suppress(ckpt.StoreExistsError):  # a later run finds it there
             ckpt.init(url, chunk_size="1MiB")
-        except ckpt.StoreExistsError:
-            pass
     dist.barrier()
     store = ckpt.open(url)  # every rank opens the store itself
 

@@ -22,7 +22,11 @@ from ckpt.state import TensorSource, flatten, unflatten
 from ckpt.state.torch import dtype_name, torch_source
 from ckpt.store import Store
 
-__all__ = ["StorageWriter"]
+__all__ = ["STAGING_BYTES", "StorageWriter"]
+
+#: At most this many bytes of a rank's tensors are copied to CPU memory (from a GPU, or to make them
+#: contiguous) before they are written; CPU tensors are hashed and written where they are, without a copy.
+STAGING_BYTES = 1 << 30
 
 
 class StorageWriter(_DcpStorageWriter):
@@ -172,14 +176,21 @@ class StorageWriter(_DcpStorageWriter):
                     sources[_key(item, name)] = src
                 values.append((item, tree, keys))
         tensor_items: list[WriteItem] = []
+        entries: dict[str, TensorEntry] = {}
+        copied = 0  # bytes of GPU or strided tensors copied into CPU memory and not written yet
         for item in plan.items:
             if item.type != WriteItemType.BYTE_IO:
                 tensor = planner.resolve_data(item)
                 if not isinstance(tensor, torch.Tensor):
                     raise StateError(f"DCP's planner gave a {type(tensor).__name__} for tensor {item.index.fqn!r}")
+                if tensor.device.type != "cpu" or not tensor.is_contiguous():
+                    copied += tensor.numel() * tensor.element_size()
                 sources[_key(item)] = torch_source(tensor.detach(), item.index.fqn)
                 tensor_items.append(item)
-        entries, _written = _store.write_tensors(self.store, sources)
+                if copied >= STAGING_BYTES:  # write what is staged before copying more
+                    entries.update(_store.write_tensors(self.store, sources)[0])
+                    sources, copied = {}, 0
+        entries.update(_store.write_tensors(self.store, sources)[0])
 
         results: list[WriteResult] = []
         for item in tensor_items:
