@@ -47,7 +47,12 @@ def extra_state(values: dict[str, torch.Tensor]) -> dict[str, Any]:
 def uneven() -> dict[str, torch.Tensor]:
     """Tensors whose dimensions do not divide by two: blocks of unequal sizes."""
     base = torch.arange(35, dtype=torch.float32).reshape(7, 5)
-    return {"rows": base, "cols": base.T.contiguous() * 2, "plain": torch.arange(6, dtype=torch.float64)}
+    return {
+        "rows": base,
+        "cols": base.T.contiguous() * 2,
+        "one": torch.tensor([[1.0, 2.0, 3.0]]),  # one row for two ranks: rank 1 holds an empty block
+        "plain": torch.arange(6, dtype=torch.float64),
+    }
 
 
 def sharded(mesh: DeviceMesh, weights: dict[str, torch.Tensor], flip: bool = False) -> dict[str, DTensor]:
@@ -64,6 +69,7 @@ def scenario_save(rank: int, world: int, a: dict[str, Any]) -> dict[str, Any]:
         "uneven": {
             "rows": distribute_tensor(more["rows"], mesh, [Shard(0)]),
             "cols": distribute_tensor(more["cols"], mesh, [Shard(1)]),
+            "one": distribute_tensor(more["one"], mesh, [Shard(0)]),
         },
         **extra_state(more),
     }
@@ -85,6 +91,7 @@ def scenario_save(rank: int, world: int, a: dict[str, Any]) -> dict[str, Any]:
         "uneven": {
             "rows": distribute_tensor(torch.zeros(7, 5), mesh, [Shard(1)]),
             "cols": distribute_tensor(torch.zeros(5, 7), mesh, [Replicate()]),
+            "one": distribute_tensor(torch.zeros(1, 3), mesh, [Shard(1)]),
         },
         "plain": torch.zeros(6, dtype=torch.float64),
         "step": 0,
@@ -97,6 +104,7 @@ def scenario_save(rank: int, world: int, a: dict[str, Any]) -> dict[str, Any]:
         assert torch.equal(target["model"][k].full_tensor(), v), k
     assert torch.equal(target["uneven"]["rows"].full_tensor(), more["rows"])
     assert torch.equal(target["uneven"]["cols"].full_tensor(), more["cols"])
+    assert torch.equal(target["uneven"]["one"].full_tensor(), more["one"])
     assert torch.equal(target["plain"], more["plain"])
     assert (target["step"], target["sched"], target["betas"], target["note"]) == (
         3,

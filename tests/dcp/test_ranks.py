@@ -85,7 +85,9 @@ def test_two_ranks_save_one_snapshot_that_every_reader_reads(tmp_path: Path, run
     assert list(state["model"]) == list(weights)
     for k, v in weights.items():
         assert torch.equal(state["model"][k], v), k
-    assert torch.equal(state["uneven"]["rows"], more["rows"]) and torch.equal(state["uneven"]["cols"], more["cols"])
+    for k in ("rows", "cols", "one"):
+        assert torch.equal(state["uneven"][k], more[k]), k
+    assert table.tensors["uneven/one"].shards == ()  # the empty block is not recorded: one block, stored whole
     assert (state["step"], state["sched"], state["betas"], state["note"]) == (
         3,
         {"last_epoch": 3, "lrs": [0.1, 0.01]},
@@ -96,7 +98,7 @@ def test_two_ranks_save_one_snapshot_that_every_reader_reads(tmp_path: Path, run
     # 2 -> 1 through DCP, into plain tensors
     target = {
         "model": {k: torch.zeros_like(v) for k, v in weights.items()},
-        "uneven": {"rows": torch.zeros(7, 5), "cols": torch.zeros(5, 7)},
+        "uneven": {"rows": torch.zeros(7, 5), "cols": torch.zeros(5, 7), "one": torch.zeros(1, 3)},
         **extra_state({"plain": torch.zeros(6, dtype=torch.float64)}),
     }
     target["step"] = 0
@@ -109,7 +111,7 @@ def test_two_ranks_save_one_snapshot_that_every_reader_reads(tmp_path: Path, run
 
     # the same state saved in one process: ckpt diff sees no change
     plain = store.save(
-        {"model": weights, "uneven": {"rows": more["rows"], "cols": more["cols"]}, **extra_state(more)},
+        {"model": weights, "uneven": {k: more[k] for k in ("rows", "cols", "one")}, **extra_state(more)},
         branch="plain",
     )
     d = json.loads(_cli(store, "diff", sid, plain.id, "--json"))
