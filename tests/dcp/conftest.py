@@ -15,8 +15,6 @@ import pytest
 
 RANKS = Path(__file__).with_name("ranks.py")
 
-pytestmark = pytest.mark.torch
-
 
 def free_port() -> int:
     with socket.socket() as s:
