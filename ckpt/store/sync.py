@@ -110,8 +110,8 @@ def sync(
             if snap.id not in pruned:
                 sizes: dict[str, tuple[str, int]] = {}
                 for name, entry in table.tensors.items():
-                    for i, d in enumerate(entry.chunks):
-                        sizes.setdefault(d, (name, min(table.chunk_size, entry.nbytes - i * table.chunk_size)))
+                    for d, length in entry.pieces(table.chunk_size):
+                        sizes.setdefault(d, (name, length))
                 for name, fentry in table.files.items():
                     for i, d in enumerate(fentry.chunks):
                         sizes.setdefault(d, (name, min(table.chunk_size, fentry.size - i * table.chunk_size)))
