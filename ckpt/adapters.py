@@ -590,15 +590,17 @@ def _plan(
     found = lora.plan(shapes, _settings(cfg, adapter), entries, ties, adapter=adapter, base=label)
     paths = _model_paths(table)
     tied = {name: set(group) for group in ties for name in group}
-    owners: dict[tuple[str, ...], list[str]] = {}
+    owners: dict[tuple[Any, ...], list[str]] = {}
     for name, path in paths.items():
-        chunks = table.tensors[path].chunks
-        if chunks:
-            owners.setdefault(chunks, []).append(name)
+        entry = table.tensors[path]
+        if entry.chunks or entry.shards:
+            owners.setdefault((entry.chunks, entry.shards), []).append(name)
     for target in [*(p.target for p in found.pairs), *found.whole]:
         if len(entries[target][1]) < 2:
             continue  # vectors (biases, norms) are often equal by initialisation (zeros, ones); matrices are not
-        others = [n for n in owners.get(table.tensors[paths[target]].chunks, []) if n not in tied.get(target, {target})]
+        target_entry = table.tensors[paths[target]]
+        owned = owners.get((target_entry.chunks, target_entry.shards), [])
+        others = [n for n in owned if n not in tied.get(target, {target})]
         if others:
             raise StateMismatchError(
                 f"{adapter} changes {target!r}, whose bytes base {label} also holds as {others[0]!r} without "

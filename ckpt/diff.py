@@ -232,8 +232,8 @@ def chunk_sizes(table: TensorTable) -> dict[str, int]:
     cs = table.chunk_size
     out: dict[str, int] = {}
     for t in table.tensors.values():
-        for i, d in enumerate(t.chunks):
-            out.setdefault(d, min(cs, t.nbytes - i * cs))
+        for d, length in t.pieces(cs):
+            out.setdefault(d, length)
     for f in table.files.values():
         for i, d in enumerate(f.chunks):
             out.setdefault(d, min(cs, f.size - i * cs))
@@ -296,8 +296,8 @@ def _relative_change(la: LazyTensors, lb: LazyTensors, name: str, ea: TensorEntr
 
     Chunks are read through the two snapshots' already-read tables, so the work is linear in tensors.
     """
-    a = _Elements((la.chunk_bytes(name, i) for i in range(len(ea.chunks))), ea.dtype)
-    b = _Elements((lb.chunk_bytes(name, i) for i in range(len(eb.chunks))), eb.dtype)
+    a = _Elements(la.byte_pieces(name), ea.dtype)
+    b = _Elements(lb.byte_pieces(name), eb.dtype)
     num = den = 0.0
     left = ea.numel
     while left:
@@ -345,6 +345,7 @@ def diff(store: Store, a: str, b: str, *, norms: bool = True) -> SnapshotDiff:
 
     rows: list[TensorDiff] = []
     todo: list[tuple[int, str, TensorEntry, TensorEntry]] = []
+    relaid: list[tuple[int, str, TensorEntry, TensorEntry]] = []  # same tensor, stored in other blocks?
     for name in tensor_order(tb):
         eb = tb.tensors[name]
         ea = ta.tensors.get(name)
@@ -354,11 +355,13 @@ def diff(store: Store, a: str, b: str, *, norms: bool = True) -> SnapshotDiff:
             rows.append(TensorDiff(status="added", **base))
             continue
         base.update(dtype_a=ea.dtype, shape_a=ea.shape, bytes_a=ea.nbytes)
-        if (ea.dtype, ea.shape, ea.chunks) == (eb.dtype, eb.shape, eb.chunks):
+        if (ea.dtype, ea.shape, ea.chunks, ea.shards) == (eb.dtype, eb.shape, eb.chunks, eb.shards):
             rows.append(TensorDiff(status="unchanged", relative_change=0.0, **base))
             continue
         note = _why_no_norm(ea, eb, sa, sb) if norms else "not computed (norms=False)"
-        if note is None:
+        if (ea.shards or eb.shards) and (ea.dtype, ea.shape) == (eb.dtype, eb.shape) and not (sa.pruned or sb.pruned):
+            relaid.append((len(rows), name, ea, eb))  # the chunks of blocks say nothing: compare the bytes
+        elif note is None:
             todo.append((len(rows), name, ea, eb))
         rows.append(TensorDiff(status="changed", note=note, **base))
     for name in tensor_order(ta):
@@ -375,6 +378,13 @@ def diff(store: Store, a: str, b: str, *, norms: bool = True) -> SnapshotDiff:
                 )
             )
 
+    if relaid:
+        la, lb = store.tensors(sa.id), store.tensors(sb.id)
+        for i, name, ea, eb in relaid:
+            if b"".join(la.byte_pieces(name)) == b"".join(lb.byte_pieces(name)):
+                rows[i] = rows[i].model_copy(update={"status": "unchanged", "relative_change": 0.0, "note": None})
+            elif rows[i].note is None:
+                todo.append((i, name, ea, eb))
     if todo:
         la, lb = store.tensors(sa.id), store.tensors(sb.id)
         with ThreadPoolExecutor(settings.threads(), thread_name_prefix="ckpt-diff") as pool:

@@ -729,7 +729,7 @@ def export_folder(
                 assert o.header is not None and o.paths is not None
                 items = []
                 for info in o.infos:
-                    count = len(table.tensors[o.paths[info.name]].chunks)
+                    count = len(_chunks(table, o.paths[info.name]))
                     items.append((info.name, info.dtype, info.shape, _counted(islice(chunks, count), progress)))
                 write_file(target, items, header_bytes=o.header, infos=o.infos)
         finally:
@@ -741,8 +741,11 @@ def export_folder(
 
 
 def _chunks(table: TensorTable, tensor_path: str) -> list[tuple[int, int]]:
+    """(index, size) of each piece a tensor's bytes are read in; index -1: the whole of a sharded tensor."""
     entry = table.tensors[tensor_path]
     size, cs = entry.nbytes, table.chunk_size
+    if entry.shards:  # blocks of a distributed save: its bytes in order need all of them
+        return [(-1, size)]
     return [(i, min(cs, size - i * cs)) for i in range(len(entry.chunks))]
 
 
@@ -770,7 +773,9 @@ def _prefetch(lazy: LazyTensors, jobs: Sequence[tuple[str, int, int]]) -> Genera
         return
 
     def read(batch: list[tuple[str, int]]) -> list[bytes]:
-        return [lazy.chunk_bytes(name, index) for name, index in batch]
+        return [
+            lazy.chunk_bytes(name, index) if index >= 0 else b"".join(lazy.byte_pieces(name)) for name, index in batch
+        ]
 
     pool = ThreadPoolExecutor(settings.threads(), thread_name_prefix="ckpt-export")
     pending: deque[tuple[Future[list[bytes]], int]] = deque()

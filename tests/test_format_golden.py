@@ -185,3 +185,79 @@ def test_invalid_ties_are_refused(tmp_path: Path, tied: list[list[str]]) -> None
     (root / layout.snapshot_path(new_id)).write_bytes(record_bytes)
     with pytest.raises(ckpt.RecordError, match="tied"):
         store.load(new_id)
+
+
+def test_sharded_tensor_table_record(tmp_path: Path) -> None:
+    """Format 1.2: a tensor two ranks saved in blocks (here its two columns) is one entry with ``shards``:
+    offsets, sizes and each block's own chunks; ``chunks`` stays empty. A tensor one rank held whole (the
+    bias) is an ordinary entry, byte for byte a format 1.1 one."""
+    torch = pytest.importorskip("torch")
+    from torch.distributed.checkpoint.metadata import (
+        BytesStorageMetadata,
+        ChunkStorageMetadata,
+        Metadata,
+        MetadataIndex,
+        TensorProperties,
+        TensorStorageMetadata,
+    )
+    from torch.distributed.checkpoint.storage import WriteResult
+
+    from ckpt.dcp import _store
+    from ckpt.dcp._writer import assemble
+    from ckpt.state import flatten
+
+    store = ckpt.init(str(tmp_path / "s"), chunk_size=4096)
+    w = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    blocks = {(0, 0): w[:, :1].contiguous(), (0, 1): w[:, 1:].contiguous()}
+    sources = {str(k): flatten({"b": v})[1]["b"] for k, v in blocks.items()}
+    sources["bias"] = flatten({"b": torch.tensor([0.5, -0.5])})[1]["b"]
+    entries, _ = _store.write_tensors(store, sources)
+
+    def result(fqn: str, offsets: tuple[int, ...] | None, data: dict[str, object]) -> WriteResult:
+        return WriteResult(index=MetadataIndex(fqn, offsets), size_in_bytes=8, storage_data=data)
+
+    def tensor_data(key: str) -> dict[str, object]:
+        e = entries[key]
+        return {"dtype": e.dtype, "shape": e.shape, "chunks": e.chunks}
+
+    f32 = TensorProperties(dtype=torch.float32)
+    metadata = Metadata(
+        state_dict_metadata={
+            "model.w": TensorStorageMetadata(
+                f32, torch.Size([2, 2]), [ChunkStorageMetadata(torch.Size(k), torch.Size([2, 1])) for k in blocks]
+            ),
+            "model.b": TensorStorageMetadata(
+                f32, torch.Size([2]), [ChunkStorageMetadata(torch.Size([0]), torch.Size([2]))]
+            ),
+            "step": BytesStorageMetadata(),
+        },
+        planner_data={"model.w": ("model", "w"), "model.b": ("model", "b"), "step": ("step",)},
+    )
+    results = [
+        [result("model.w", (0, 0), tensor_data("(0, 0)")), result("step", None, {"tree": 7, "tensors": {}})],
+        [result("model.w", (0, 1), tensor_data("(0, 1)")), result("model.b", (0,), tensor_data("bias"))],
+    ]
+    tensors, tree = assemble(metadata, results)
+    pending = _store.begin(
+        store,
+        "main",
+        parents=None,
+        relation=None,
+        model=None,
+        step=7,
+        epoch=None,
+        metrics=None,
+        message=None,
+        metadata=None,
+        files=None,
+        force=False,
+    )
+    snap = _store.commit(store, pending, tensors=tensors, tree=tree)
+    table_bytes = (tmp_path / "s" / layout.table_path(snap.table)).read_bytes()
+    assert table_bytes == _golden("table_sharded.json")
+    entry = TensorTable.model_validate(json.loads(table_bytes)).tensors["model/w"]
+    assert entry.chunks == () and [s.offsets for s in entry.shards] == [(0, 0), (0, 1)]
+    state = store.load(snap.id)
+    assert torch.equal(state["model"]["w"], w) and state["step"] == 7 and list(state["model"]) == ["w", "b"]
+    golden = json.loads(_golden("table_sharded.json"))
+    assert "shards" not in golden["tensors"]["model/b"]

@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import ckpt
+import ckpt.dcp
 import ckpt.diff
 import ckpt.errors
 import ckpt.hf
@@ -15,7 +16,7 @@ import ckpt.retention
 import ckpt.storage
 import ckpt.testing
 
-DOCUMENTED = [ckpt, ckpt.errors, ckpt.storage, ckpt.retention, ckpt.testing, ckpt.hf, ckpt.diff]
+DOCUMENTED = [ckpt, ckpt.errors, ckpt.storage, ckpt.retention, ckpt.testing, ckpt.hf, ckpt.diff, ckpt.dcp]
 
 
 def test_all_is_sorted_and_complete() -> None:

@@ -11,7 +11,7 @@ from ckpt.model.types import Timestamp
 __all__ = ["FORMAT_VERSION", "READABLE_MAJOR", "StoreConfig"]
 
 #: The format version this ckpt writes, ``"MAJOR.MINOR"``.
-FORMAT_VERSION = "1.1"
+FORMAT_VERSION = "1.2"
 #: The newest major format version this ckpt reads.
 READABLE_MAJOR = 1
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import reprlib
+from itertools import product
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
@@ -17,6 +18,7 @@ __all__ = [
     "RESERVED_FILE_PREFIX",
     "FileEntry",
     "TensorEntry",
+    "TensorShard",
     "TensorTable",
     "file_path_problem",
     "tree_problem",
@@ -63,6 +65,34 @@ MAX_FILE_DEPTH = 32
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+class TensorShard(BaseModel):
+    """One block of a sharded tensor, as one rank of a distributed save held it (format 1.2).
+
+    The block is the sub-array ``tensor[o0:o0+s0, o1:o1+s1, …]`` for ``offsets`` (o) and ``sizes`` (s), the
+    terms of ``torch.distributed.checkpoint``'s ``ChunkStorageMetadata``. Its bytes are the block's elements in
+    C order (little-endian), cut every ``chunk_size`` bytes like a whole tensor's.
+
+    Attributes:
+        offsets: where the block starts, one index per dimension.
+        sizes: the block's extent in each dimension (all ≥ 1).
+        chunks: BLAKE3 digests of the block's bytes, in order.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    offsets: tuple[int, ...]
+    sizes: tuple[int, ...]
+    chunks: tuple[Digest, ...]
+
+    @property
+    def numel(self) -> int:
+        """Number of elements in the block."""
+        n = 1
+        for d in self.sizes:
+            n *= d
+        return n
+
+
 class TensorEntry(BaseModel):
     """One tensor of a snapshot.
 
@@ -70,8 +100,11 @@ class TensorEntry(BaseModel):
         dtype: the safetensors dtype name (``F32``, ``BF16``, ``I64`` …), a key of ``DTYPE_SIZES``.
         shape: the dimensions; ``[]`` for a 0-dim tensor.
         chunks: the BLAKE3 digests of the tensor's raw bytes (C order, little-endian), cut every
-            ``chunk_size`` bytes; an empty tensor has no chunk.
+            ``chunk_size`` bytes; an empty tensor has no chunk. Empty for a sharded tensor.
         kind: which array type comes back on load: ``torch`` tensors or ``numpy`` arrays.
+        shards: for a tensor saved in blocks by several ranks (``ckpt.dcp``), its blocks, ordered by
+            ``offsets``, that cover the tensor exactly, each with its own chunks; ``()`` for a tensor stored
+            whole (written only when not empty, format 1.2).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -80,6 +113,14 @@ class TensorEntry(BaseModel):
     shape: tuple[int, ...] = Field(max_length=MAX_DIMS)
     chunks: tuple[Digest, ...]
     kind: Literal["torch", "numpy"] = "torch"
+    shards: tuple[TensorShard, ...] = ()
+
+    @model_serializer(mode="wrap")
+    def _without_empty_shards(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and not self.shards:
+            data.pop("shards", None)
+        return data
 
     @model_validator(mode="after")
     def _sane_shape(self) -> TensorEntry:
@@ -104,6 +145,18 @@ class TensorEntry(BaseModel):
     def nbytes(self) -> int:
         """Size of the raw bytes."""
         return self.numel * DTYPE_SIZES[self.dtype]
+
+    def pieces(self, chunk_size: int) -> list[tuple[Digest, int]]:
+        """Every chunk of the tensor with its raw length in bytes, shard by shard for a sharded tensor.
+
+        Example:
+            >>> entry = TensorEntry(dtype="F32", shape=(3,), chunks=("a" * 64, "b" * 64))
+            >>> len(entry.pieces(8)), sum(length for _, length in entry.pieces(8))
+            (2, 12)
+        """
+        size = DTYPE_SIZES[self.dtype]
+        blocks = [(self.chunks, self.nbytes)] if not self.shards else [(s.chunks, s.numel * size) for s in self.shards]
+        return [(d, min(chunk_size, n - i * chunk_size)) for chunks, n in blocks for i, d in enumerate(chunks)]
 
 
 class FileEntry(BaseModel):
@@ -172,7 +225,9 @@ class TensorTable(BaseModel):
         for name, t in self.tensors.items():
             if t.dtype not in DTYPE_SIZES:
                 raise ValueError(f"tensor {name!r}: unknown dtype {t.dtype!r}")
-            if len(t.chunks) != -(-t.nbytes // cs):
+            if t.shards:
+                _check_shards(name, t, cs)
+            elif len(t.chunks) != -(-t.nbytes // cs):
                 raise ValueError(f"tensor {name!r}: {len(t.chunks)} chunks for {t.nbytes} bytes in {cs}-byte chunks")
         for path, f in self.files.items():
             problem = file_path_problem(path)
@@ -190,6 +245,8 @@ class TensorTable(BaseModel):
         out: set[str] = set()
         for t in self.tensors.values():
             out.update(t.chunks)
+            for shard in t.shards:
+                out.update(shard.chunks)
         for f in self.files.values():
             out.update(f.chunks)
         return out
@@ -281,3 +338,68 @@ def tree_problem(tree: Any, tensors: Any = None) -> str | None:
 
 def _node_text(node: Any) -> str:
     return reprlib.repr(node)
+
+
+#: A sharded tensor's blocks may cut it into at most this many grid cells (a check of exact cover, below).
+_MAX_SHARD_CELLS = 1 << 22
+
+
+def _check_shards(name: str, t: TensorEntry, cs: int) -> None:
+    """A sharded entry's blocks lie inside the tensor, are sorted, do not overlap and cover it exactly.
+
+    A reader fills a tensor from its blocks: an overlap would pick one of two values and a gap would leave
+    memory unwritten, so both are refused. Cover is checked on the grid that all block edges cut the tensor
+    into: every cell must belong to exactly one block.
+    """
+    where = f"tensor {name!r}"
+    if t.chunks:
+        raise ValueError(f"{where}: a sharded tensor lists its chunks in its shards, not in 'chunks'")
+    if len(t.shards) < 2:
+        raise ValueError(f"{where}: a tensor in one block is stored whole (in 'chunks'), not as one shard")
+    ndim = len(t.shape)
+    size = DTYPE_SIZES[t.dtype]
+    previous: tuple[int, ...] | None = None
+    total = 0
+    for shard in t.shards:
+        if len(shard.offsets) != ndim or len(shard.sizes) != ndim:
+            raise ValueError(f"{where}: shard at {list(shard.offsets)} does not have {ndim} dimensions")
+        for o, s, d in zip(shard.offsets, shard.sizes, t.shape, strict=True):
+            if o < 0 or s < 1 or o + s > d:
+                raise ValueError(
+                    f"{where}: shard at {list(shard.offsets)} of sizes {list(shard.sizes)} is empty or outside the "
+                    f"shape {list(t.shape)}"
+                )
+        if previous is not None and shard.offsets <= previous:
+            raise ValueError(f"{where}: shards must be sorted by offsets, without repeats")
+        previous = shard.offsets
+        nbytes = shard.numel * size
+        if len(shard.chunks) != -(-nbytes // cs):
+            raise ValueError(
+                f"{where}: shard at {list(shard.offsets)} has {len(shard.chunks)} chunks for {nbytes} bytes in "
+                f"{cs}-byte chunks"
+            )
+        total += shard.numel
+    if total != t.numel:
+        raise ValueError(f"{where}: its shards hold {total} elements, the tensor {t.numel}")
+    cuts = [
+        sorted({0, d, *(s.offsets[k] for s in t.shards), *(s.offsets[k] + s.sizes[k] for s in t.shards)})
+        for k, d in enumerate(t.shape)
+    ]
+    cells = 1
+    for c in cuts:
+        cells *= len(c) - 1
+    if cells > _MAX_SHARD_CELLS:
+        raise ValueError(f"{where}: its shards cut it into {cells} blocks, more than ckpt checks")
+    seen = bytearray(cells)
+    index = [{v: i for i, v in enumerate(c)} for c in cuts]
+    for shard in t.shards:
+        spans = enumerate(zip(shard.offsets, shard.sizes, strict=True))
+        ranges = [range(index[k][o], index[k][o + s]) for k, (o, s) in spans]
+        for cell in product(*ranges):
+            flat = 0
+            for k, i in enumerate(cell):
+                flat = flat * (len(cuts[k]) - 1) + i
+            if seen[flat]:
+                raise ValueError(f"{where}: shards overlap at {list(shard.offsets)}")
+            seen[flat] = 1
+    # with every element counted once and no overlap, the blocks cover the tensor exactly

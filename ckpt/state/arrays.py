@@ -155,10 +155,11 @@ def _check_torch(torch: Any, value: Any, path: str) -> None:
     module = type(value).__module__ or ""
     if name == "DTensor" and module.startswith("torch.distributed"):
         raise UnsupportedStateError(
-            f"cannot store the DTensor at {where}: it is sharded over a process group and ckpt does not save "
-            "distributed tensors yet",
-            hint="gather it on every rank with value.full_tensor() and save the full tensor from one rank, or save "
-            "each rank's shard (value.to_local()) under its own key; torch.distributed.checkpoint support is planned",
+            f"cannot store the DTensor at {where} with Store.save: it is sharded over a process group, and one "
+            "process holds only its own shard",
+            hint="save a distributed state with torch.distributed.checkpoint and ckpt.dcp.StorageWriter (each rank "
+            "writes its shards, one snapshot; see docs/guides/distributed.md), or gather it with "
+            "value.full_tensor() and save the full tensor from one rank",
         )
     if name.startswith("Uninitialized") and module.startswith("torch.nn"):
         raise UnsupportedStateError(

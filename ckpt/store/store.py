@@ -55,6 +55,7 @@ from ckpt.store.refs import Refs
 from ckpt.store.repair import RepairReport, repair
 from ckpt.store.retention import RetentionPolicy
 from ckpt.store.revisions import ParsedRevision, parse_revision, resolve_base, resolve_reflog, walk_steps
+from ckpt.store.shards import read_whole
 from ckpt.store.sync import SyncReport, sync
 from ckpt.store.transfer import Progress, WriteStats, read_tensors, write_files, write_tensors
 from ckpt.store.verify import Damage, VerifyReport, release_damage, verify_snapshots
@@ -553,6 +554,9 @@ class Store:
         table = self._objects.get_table(snap.table)
         entry = table.tensors[name]
         cs = table.chunk_size
+        if entry.shards:  # blocks of a distributed save: the bytes in tensor order need them all
+            yield bytes(read_whole(self._objects, entry, cs, verify=verify, tensor=name, snapshot=snap.id))
+            return
         for i, digest in enumerate(entry.chunks):
             yield self._objects.read_chunk(
                 digest, min(cs, entry.nbytes - i * cs), verify=verify, tensor=name, snapshot=snap.id
@@ -1191,19 +1195,45 @@ class LazyTensors(Mapping[str, Any]):
         """The raw bytes of one chunk of a tensor (its ``index``-th), verified unless ``verify=False``.
 
         Reads only that chunk; the table is the one already read, so streaming every tensor of a snapshot
-        this way costs one table read in all (``export_folder`` does it, in parallel).
+        this way costs one table read in all (``export_folder`` does it, in parallel). The chunks of a sharded
+        tensor (``TensorEntry.shards``) hold its blocks, not its bytes in order: read those with
+        ``byte_pieces``.
 
         Raises:
-            KeyError: no such tensor. IndexError: no such chunk.
+            KeyError: no such tensor. IndexError: no such chunk, or the tensor is sharded.
             MissingObjectError, CorruptChunkError: the chunk is missing or damaged.
         """
         entry = self.table.tensors[name]
+        if entry.shards:
+            raise IndexError(f"tensor {name!r} is stored in blocks (sharded): read it with byte_pieces()")
         digest = entry.chunks[index]
         cs = self.table.chunk_size
         length = min(cs, entry.nbytes - index * cs)  # the one rule: the length the table implies is checked
         return self._store._objects.read_chunk(
             digest, length, verify=self._verify, tensor=name, snapshot=self.snapshot.id
         )
+
+    def byte_pieces(self, name: str) -> Iterator[bytes]:
+        """The raw bytes of a tensor in order (C order, little-endian), as consecutive pieces, each verified.
+
+        A tensor stored whole comes chunk by chunk (one chunk in memory at a time); a sharded tensor, whose
+        blocks interleave in tensor order, comes as one piece read from all its blocks.
+
+        Raises:
+            KeyError: no such tensor.
+            MissingObjectError, CorruptChunkError: a chunk is missing or damaged.
+        """
+        entry = self.table.tensors[name]
+        if entry.shards:
+            objects = self._store._objects
+            yield bytes(
+                read_whole(
+                    objects, entry, self.table.chunk_size, verify=self._verify, tensor=name, snapshot=self.snapshot.id
+                )
+            )
+            return
+        for index in range(len(entry.chunks)):
+            yield self.chunk_bytes(name, index)
 
 
 # -- construction ------------------------------------------------------------------------------------

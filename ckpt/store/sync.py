@@ -126,13 +126,12 @@ def sync(
         if snap.id in pruned:
             continue
         table = src._objects.get_table(snap.table)
-        entries = [
-            *((name, e.nbytes, e.chunks) for name, e in table.tensors.items()),
-            *((name, f.size, f.chunks) for name, f in table.files.items()),
-        ]
-        for name, size, chunks in entries:
-            for i, d in enumerate(chunks):
-                needed.setdefault(d, (name, snap.id, min(table.chunk_size, size - i * table.chunk_size)))
+        for name, entry in table.tensors.items():
+            for d, length in entry.pieces(table.chunk_size):  # a sharded tensor's pieces need not be equal
+                needed.setdefault(d, (name, snap.id, length))
+        for name, fentry in table.files.items():
+            for i, d in enumerate(fentry.chunks):
+                needed.setdefault(d, (name, snap.id, min(table.chunk_size, fentry.size - i * table.chunk_size)))
 
     copied = skipped = nbytes = skipped_bytes = 0
     with ThreadPoolExecutor(settings.threads(), thread_name_prefix="ckpt-sync") as pool:

@@ -19,6 +19,7 @@ from ckpt.errors import StateError
 from ckpt.model import FileEntry, TensorEntry
 from ckpt.state.arrays import TensorSource, writable_view
 from ckpt.store.objects import CHUNK_HEADER_SIZE, Objects
+from ckpt.store.shards import sharded_jobs
 
 __all__ = ["Progress", "WriteStats", "allocate", "read_tensors", "write_files", "write_tensors"]
 
@@ -200,13 +201,14 @@ def read_tensors(
     """
     out: dict[str, Any] = {}
     jobs: list[tuple[str, str, memoryview]] = []
+    sharded: list[Callable[[], int]] = []
     mapped: list[tuple[str, TensorEntry]] = []
     local = mmap and objects.backend.local_path("") is not None
     for name, entry in entries.items():
         view = writable_view(into[name], entry.dtype, entry.shape) if into and name in into else None
         if view is not None:
             tensor = into[name]  # type: ignore[index]
-        elif local and len(entry.chunks) == 1 and entry.nbytes >= MMAP_MIN_BYTES:
+        elif local and len(entry.chunks) == 1 and not entry.shards and entry.nbytes >= MMAP_MIN_BYTES:
             mapped.append((name, entry))
             continue
         else:
@@ -215,6 +217,9 @@ def read_tensors(
         view = view.cast("B") if view.format != "B" else view
         if view.nbytes != entry.nbytes:
             raise StateError(f"tensor {name!r}: buffer of {view.nbytes} bytes for {entry.nbytes} bytes of data")
+        if entry.shards:  # format 1.2: blocks of a distributed save, each read into its place
+            sharded += sharded_jobs(objects, entry, chunk_size, view, verify=verify, tensor=name, snapshot=snapshot)
+            continue
         for digest, piece in zip(entry.chunks, _pieces(view, chunk_size), strict=True):
             jobs.append((name, digest, piece))
 
@@ -222,6 +227,9 @@ def read_tensors(
         objects.read_chunk_into(digest, piece, verify=verify, tensor=name, snapshot=snapshot)
         if progress:
             progress(piece.nbytes)
+
+    if sharded:
+        _run_jobs(sharded, progress)
 
     def map_job(name: str, entry: TensorEntry) -> Any:
         mm = objects.map_chunk(entry.chunks[0], entry.nbytes, verify=verify, tensor=name, snapshot=snapshot)
@@ -260,3 +268,12 @@ def _run_all(jobs: Iterable[tuple[str, str, memoryview]], fn: Callable[[str, str
         futures = [pool.submit(fn, *j) for j in jobs]
         for f in futures:
             f.result()
+
+
+def _run_jobs(jobs: list[Callable[[], int]], progress: Progress | None) -> None:
+    """Run read jobs (each returns the bytes it read) in parallel."""
+    with _pool() as pool:
+        for f in [pool.submit(j) for j in jobs]:
+            n = f.result()
+            if progress:
+                progress(n)

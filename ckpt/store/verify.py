@@ -134,16 +134,14 @@ def verify_snapshots(
         if sid in pruned:
             continue
         cs = table.chunk_size
-        sized: list[tuple[str, int, tuple[str, ...]]] = [
-            *((n, t.nbytes, t.chunks) for n, t in table.tensors.items()),
-            *((n, f.size, f.chunks) for n, f in table.files.items()),
+        pieces: list[tuple[str, str, int]] = [
+            *((n, d, length) for n, t in table.tensors.items() for d, length in t.pieces(cs)),
+            *((n, d, min(cs, f.size - i * cs)) for n, f in table.files.items() for i, d in enumerate(f.chunks)),
         ]
-        for name, size, chunks in sized:
-            for i, digest in enumerate(chunks):
-                length = min(cs, size - i * cs)
-                snaps, tensors = users.setdefault((digest, length), (set(), set()))
-                snaps.add(sid)
-                tensors.add(name)
+        for name, digest, length in pieces:
+            snaps, tensors = users.setdefault((digest, length), (set(), set()))
+            snaps.add(sid)
+            tensors.add(name)
 
     lock = threading.Lock()
     total = 0
