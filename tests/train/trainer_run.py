@@ -25,7 +25,9 @@ STEPS_PER_EPOCH = 4  # 32 rows, batches of 8
 def tiny_gpt2() -> transformers.GPT2LMHeadModel:
     """A 1-layer GPT-2 with dropout on (its masks draw from torch's global generator)."""
     torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32, n_positions=16)
+    config = transformers.GPT2Config(
+        n_layer=1, n_embd=16, n_head=2, vocab_size=32, n_positions=16, bos_token_id=0, eos_token_id=0
+    )
     return transformers.GPT2LMHeadModel(config)
 
 
