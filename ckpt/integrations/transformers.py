@@ -199,7 +199,7 @@ class CkptTrainerCallback(TrainerCallback):
         except BaseException:
             folder.cleanup()
             raise
-        self._resume = _Resume(snap, folder, state, paths["trainer_state"])
+        self._resume = _Resume(snap, folder, state, paths["trainer_state"], frozenset(weights))
         return folder.name
 
     def _drop_resume(self) -> None:
@@ -218,6 +218,17 @@ class CkptTrainerCallback(TrainerCallback):
                 stacklevel=3,
             )
             return
+        model = kwargs.get("model")
+        if model is not None:  # the Trainer loads weights leniently (strict=False): a partial load must not go on
+            live = set(model.state_dict())
+            missing, unexpected = sorted(live - resume.weights), sorted(resume.weights - live)
+            if missing or unexpected:
+                raise StateMismatchError(
+                    f"snapshot {resume.snapshot.short_id} holds the weights of another model: "
+                    f"{len(missing)} of this model's tensors are not in it (e.g. {missing[:3]}), "
+                    f"{len(unexpected)} of its tensors are not in this model (e.g. {unexpected[:3]})",
+                    hint="resume with the model the interrupted run trained",
+                )
         for key, name in (("optimizer", "optimizer"), ("scheduler", "lr_scheduler")):
             live = kwargs.get(name)
             if live is None:
@@ -339,6 +350,7 @@ class _Resume:
     folder: tempfile.TemporaryDirectory[str]
     state: dict[str, Any]
     trainer_state: dict[str, Any]
+    weights: frozenset[str]
 
 
 @dataclasses.dataclass(frozen=True)

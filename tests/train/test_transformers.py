@@ -346,3 +346,28 @@ def test_a_prepared_resume_that_train_does_not_use_is_not_applied(tmp_path: Path
     with pytest.warns(UserWarning, match="did not resume from it"):
         again.train()  # resume_from_checkpoint not passed: a fresh run, nothing of the snapshot is forced on it
     assert again.state.global_step == trainer_run.STEPS_PER_EPOCH and not Path(path).exists()
+
+
+def test_a_resume_into_another_model_or_without_optimizer_state_is_told(tmp_path: Path) -> None:
+    store = ckpt.init(str(tmp_path / "store"), chunk_size=4096)
+    cb = CkptTrainerCallback(store, "weights-only", save_optimizer=False)
+    t, _ = trainer_run.trainer(store, "unused", tmp_path / "out", num_train_epochs=1)
+    t.remove_callback(CkptTrainerCallback)
+    t.add_callback(cb)
+    t.train()
+    assert "optimizer" not in store.load("weights-only")
+    again, cb2 = trainer_run.trainer(store, "weights-only", tmp_path / "out", num_train_epochs=2)
+    with pytest.warns(UserWarning, match="holds no optimizer state"):
+        again.train(resume_from_checkpoint=cb2.resume_path())
+    assert again.state.global_step == 2 * trainer_run.STEPS_PER_EPOCH
+
+    config = transformers.GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=32, n_positions=16)
+    other = transformers.Trainer(
+        model=transformers.GPT2LMHeadModel(config),
+        args=again.args,
+        train_dataset=trainer_run.rows(32, 1),
+        eval_dataset=trainer_run.rows(8, 2),
+        callbacks=[cb3 := CkptTrainerCallback(store, "weights-only")],
+    )
+    with pytest.raises(StateMismatchError, match="weights of another model"):
+        other.train(resume_from_checkpoint=cb3.resume_path())
