@@ -493,7 +493,7 @@ def _check_delta(
         if len(w1) != 2:
             raise refuse(f"hold a first Kronecker factor of shape {list(w1)}, not a matrix")
         delta = _kron_shape((*w1, 1, 1) if len(w2) == 4 else w1, w2)
-    if _numel(delta) != _numel(weight) or delta[0] != weight[0]:
+    if _numel(delta) != _numel(weight):  # PEFT reshapes the delta to the weight's shape, and so does the merge
         raise refuse(f"build a delta of shape {list(delta)}, which does not reshape to the base weight {list(weight)}")
 
 
