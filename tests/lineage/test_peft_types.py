@@ -247,7 +247,7 @@ def test_adapter_tensors_named_after_their_adapter_are_renamed(store: ckpt.Store
         want = sorted(f"model/{k}" for k in get_peft_model_state_dict(model))
         assert sorted(store.table(snap.id).tensors) == want, branch
         full = model.state_dict()  # base weights too: which tensors are the adapter's cannot be told
-        with pytest.raises(UnsupportedStateError, match="peft_model.state_dict"):
+        with pytest.raises(UnsupportedStateError, match=r"peft_model\.state_dict"):
             save_adapter(store, "main", full, branch=f"{branch}-full", config=model.peft_config["default"])
 
 
