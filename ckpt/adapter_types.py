@@ -1,4 +1,4 @@
-"""The PEFT adapter types beyond LoRA whose merge into the base is defined: IA³, LoHa and LoKr.
+"""The PEFT adapter types beyond LoRA whose merge into the base is defined: IA³, LoHa, LoKr and AdaLoRA.
 
 Each one's tensors, in the form PEFT writes to ``adapter_model.safetensors``, name the module they adapt
 (``base_model.model.<module>.<tensor>``), and each merges into that module's weight ``W`` as PEFT 0.21's
@@ -15,12 +15,17 @@ Each one's tensors, in the form PEFT writes to ``adapter_model.safetensors``, na
 - **LoKr** (``LOKR``): ``ΔW = (w1 ⊗ w2) · alpha / r`` (a Kronecker product), ``w1`` = ``lokr_w1`` or
   ``lokr_w1_a @ lokr_w1_b``, ``w2`` = ``lokr_w2``, ``lokr_w2_a @ lokr_w2_b`` or, with a Tucker core ``lokr_t2``,
   ``einsum("ijkl,ip,jr->prkl", t2, w2_a, w2_b)``; reshaped to ``W``'s shape and added.
+- **AdaLoRA** (``ADALORA``): an SVD-shaped LoRA, ``ΔW = B @ (A ⊙ E) · s / (init_r + 1e-5)`` from ``lora_A``
+  ``[k, in]``, ``lora_E`` ``[k, 1]`` (the singular values) and ``lora_B`` ``[out, k]``, transposed for
+  ``fan_in_fan_out``; ``s = lora_alpha`` (``k`` when ``lora_alpha`` is 0). Each module keeps the ``k ≤ init_r``
+  ranks its budget allocation left (``rank_pattern``; ``k`` may be 0), but the divisor stays ``init_r``, as in
+  PEFT (``SVDLinear.get_delta_weight``, whose ``ranknum`` a reload copies from the ``init_r`` layer).
 
 ``r`` and ``alpha`` of LoHa and LoKr come per module from ``rank_pattern`` and ``alpha_pattern``, matched as PEFT
 matches them (``ckpt.lora.PeftPattern``). As for LoRA, the adapter's whole tensors (``modules_to_save``) replace
 the base's first, every delta is computed in float32 (float64 for float64 weights) and cast back to the
 weight's dtype once, and tied weights change together. Anything else an adapter of these types holds is refused
-by name, never skipped. Other PEFT types (VeRA, OFT, BOFT, AdaLoRA, prompt tuning …) are stored but not merged:
+by name, never skipped. Other PEFT types (VeRA, OFT, BOFT, prompt tuning …) are stored but not merged:
 see ``check_type``.
 """
 
@@ -60,7 +65,7 @@ __all__ = [
 ]
 
 #: The adapter types this module merges (``peft_type`` as PEFT writes it).
-PEFT_TYPES = ("IA3", "LOHA", "LOKR")
+PEFT_TYPES = ("IA3", "LOHA", "LOKR", "ADALORA")
 #: Every adapter type ckpt merges: LoRA (``ckpt.lora``) and these.
 MERGED_TYPES = ("LORA", *PEFT_TYPES)
 
@@ -69,8 +74,9 @@ _ROLES = {
     "IA3": ("ia3_l",),
     "LOHA": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"),
     "LOKR": ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"),
+    "ADALORA": ("lora_A", "lora_B", "lora_E"),
 }
-_KEY = re.compile(r"^(?P<module>.+)\.(?P<role>ia3_l|hada_(?:w[12]_[ab]|t[12])|lokr_(?:w[12](?:_[ab])?|t2))$")
+_KEY = re.compile(r"^(?P<module>.+)\.(?P<role>ia3_l|hada_(?:w[12]_[ab]|t[12])|lokr_(?:w[12](?:_[ab])?|t2)|lora_[ABE])$")
 #: The sets of tensors one adapted module may hold.
 _LAYOUTS = {
     "IA3": ({"ia3_l"},),
@@ -83,6 +89,7 @@ _LAYOUTS = {
         for w1 in ({"lokr_w1"}, {"lokr_w1_a", "lokr_w1_b"})
         for w2 in ({"lokr_w2"}, {"lokr_w2_a", "lokr_w2_b"}, {"lokr_t2", "lokr_w2_a", "lokr_w2_b"})
     ),
+    "ADALORA": ({"lora_A", "lora_B", "lora_E"},),
 }
 #: Name segments of PEFT's own tensors: stored, never taken for a base tensor.
 _PEFT_SEGMENTS = ("ia3_", "hada_", "lokr_", "lora_")
@@ -118,8 +125,8 @@ def check_type(cfg: Mapping[str, JsonValue], adapter: str, tensors: Iterable[str
     example = next(iter(sorted(tensors)), None)
     held = f" (its tensors, e.g. {example!r}, are stored as they are)" if example else ""
     raise UnsupportedStateError(
-        f"{adapter} is a {kind} adapter{held}; ckpt merges LoRA (with rsLoRA, DoRA, lora_bias), IA3, LoHa and "
-        "LoKr adapters, not this type",
+        f"{adapter} is a {kind} adapter{held}; ckpt merges LoRA (with rsLoRA, DoRA, lora_bias), IA3, LoHa, "
+        "LoKr and AdaLoRA adapters, not this type",
         hint=PEFT_HINT,
     )
 
@@ -129,15 +136,15 @@ def check_type(cfg: Mapping[str, JsonValue], adapter: str, tensors: Iterable[str
 
 @dataclass(frozen=True)
 class TypeSettings:
-    """What an IA³, LoHa or LoKr config says about merging, checked.
+    """What an IA³, LoHa, LoKr or AdaLoRA config says about merging, checked.
 
     Attributes:
         peft_type: ``IA3``, ``LOHA`` or ``LOKR``.
-        r: the default rank (LoHa, LoKr).
-        alpha: the default ``alpha`` (LoHa, LoKr).
+        r: the default rank (LoHa, LoKr); AdaLoRA: ``init_r``, every module's rank before allocation.
+        alpha: the default ``alpha`` (LoHa, LoKr); AdaLoRA: ``lora_alpha``.
         rank_pattern: module pattern → rank, in config order.
         alpha_pattern: module pattern → alpha, in config order.
-        fan_in_fan_out: IA³: the base stores linear weights transposed (GPT-2's ``Conv1D``).
+        fan_in_fan_out: IA³, AdaLoRA: the base stores linear weights transposed (GPT-2's ``Conv1D``).
         feedforward: IA³: ``feedforward_modules`` as a list of name endings …
         feedforward_regex: … or as one regular expression that must match the whole module name.
         unmerged: the config options set that ckpt's merge does not compute (it refuses to merge them).
@@ -170,7 +177,7 @@ class TypeSettings:
 
 
 def type_settings(cfg: Mapping[str, JsonValue]) -> TypeSettings:
-    """Check an IA³, LoHa or LoKr config (the JSON of ``adapter_config.json``) and return what merging needs.
+    """Check an IA³, LoHa, LoKr or AdaLoRA config (the JSON of ``adapter_config.json``) and return what merging needs.
 
     Raises:
         RecordError: a field has the wrong type or an impossible value; the message names the field.
@@ -198,6 +205,23 @@ def type_settings(cfg: Mapping[str, JsonValue]) -> TypeSettings:
             fan_in_fan_out=_flag(cfg.get("fan_in_fan_out"), "fan_in_fan_out"),
             feedforward=names,
             feedforward_regex=regex,
+            unmerged=unmerged,
+        )
+    if kind == "ADALORA":
+        alpha = cfg.get("lora_alpha")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= float(alpha) < float("inf"):
+            raise RecordError(f"an ADALORA config needs a finite, non-negative 'lora_alpha', got {alpha!r}")
+        pattern = cfg.get("rank_pattern")
+        if pattern is not None and not (
+            isinstance(pattern, Mapping)
+            and all(isinstance(v, list) and all(isinstance(b, bool) for b in v) for v in pattern.values())
+        ):
+            raise RecordError("ADALORA config field 'rank_pattern' must map module names to lists of true/false")
+        return TypeSettings(
+            kind,
+            r=_positive_int(cfg.get("init_r"), "init_r", kind),
+            alpha=float(alpha),
+            fan_in_fan_out=_flag(cfg.get("fan_in_fan_out"), "fan_in_fan_out"),
             unmerged=unmerged,
         )
     return TypeSettings(
@@ -249,7 +273,7 @@ def _mapping(value: Any, name: str) -> Mapping[str, Any]:
 
 @dataclass(frozen=True)
 class Edit:
-    """One adapted module of an IA³, LoHa or LoKr adapter.
+    """One adapted module of an IA³, LoHa, LoKr or AdaLoRA adapter.
 
     Attributes:
         module: the module's name in the base model, e.g. ``model.layers.0.mlp.down_proj``.
@@ -276,7 +300,7 @@ class Edit:
 
 @dataclass(frozen=True)
 class TypePlan:
-    """What an IA³, LoHa or LoKr adapter's tensors do to its base.
+    """What an IA³, LoHa, LoKr or AdaLoRA adapter's tensors do to its base.
 
     Attributes:
         peft_type: the adapter's type.
@@ -381,6 +405,9 @@ def plan(
             if edit is None:
                 unmerged.append(roles["ia3_l"])
                 continue
+        elif kind == "ADALORA":
+            _check_svd(name, got, tuple(weight), settings, adapter=adapter, base=base)
+            edit = Edit(name, dict(roles))
         else:
             _check_delta(kind, name, got, tuple(weight), settings.rank(name), adapter=adapter, base=base)
             edit = Edit(name, dict(roles))
@@ -497,6 +524,33 @@ def _check_delta(
         raise refuse(f"build a delta of shape {list(delta)}, which does not reshape to the base weight {list(weight)}")
 
 
+def _check_svd(
+    name: str,
+    got: Mapping[str, tuple[int, ...]],
+    weight: tuple[int, ...],
+    settings: TypeSettings,
+    *,
+    adapter: str,
+    base: str,
+) -> None:
+    """An AdaLoRA module: ``lora_A`` ``[k, in]``, ``lora_E`` ``[k, 1]``, ``lora_B`` ``[out, k]``, ``k ≤ init_r``."""
+    a, e, b = got["lora_A"], got["lora_E"], got["lora_B"]
+    if len(a) != 2 or len(b) != 2 or e != (a[0], 1) or b[1] != a[0]:
+        raise StateMismatchError(
+            f"{adapter}: the ADALORA tensors of {name!r} ({_shown(got)}) do not fit each other",
+            hint="lora_A is [k, in], lora_E [k, 1] and lora_B [out, k]",
+        )
+    if a[0] > settings.r:
+        raise StateMismatchError(f"{adapter}: the ADALORA of {name!r} has rank {a[0]}, more than init_r={settings.r}")
+    delta = (a[1], b[0]) if settings.fan_in_fan_out else (b[0], a[1])
+    if delta != weight:
+        raise StateMismatchError(
+            f"{adapter}: the ADALORA delta of {name!r} is {list(delta)}, but the base weight {name}.weight of {base} "
+            f"is {list(weight)}",
+            hint="is this the adapter's base? (or check fan_in_fan_out in the adapter config)",
+        )
+
+
 def _kron_shape(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
     """The shape of ``torch.kron(a, b)`` (the shorter shape is padded with leading ones)."""
     n = max(len(a), len(b))
@@ -549,7 +603,7 @@ def merge_into(
     *,
     in_place: Iterable[int] = (),
 ) -> None:
-    """Apply an IA³, LoHa or LoKr adapter to a base's weights as PEFT's ``merge_and_unload()`` does.
+    """Apply an IA³, LoHa, LoKr or AdaLoRA adapter to a base's weights as PEFT's ``merge_and_unload()`` does.
 
     Whole tensors first (as PEFT loads them), then each module's edit (see the module docstring), computed in
     float32 (float64 for float64 weights) and cast back to the weight's dtype.
@@ -586,6 +640,12 @@ def merge_into(
                 old = weights[edit.bias_target]
                 bias = as_torch(old)
                 assign(weights, old, (bias.to(compute) * vector.reshape(bias.shape)).to(bias.dtype), writable)
+        elif found.peft_type == "ADALORA":
+            delta = t["lora_B"] @ (t["lora_A"] * t["lora_E"])
+            if settings.fan_in_fan_out:
+                delta = delta.T
+            scaling = settings.alpha if settings.alpha > 0 else float(t["lora_A"].shape[0])
+            merged = w.to(compute) + delta * scaling / (torch.tensor(float(settings.r), dtype=compute) + 1e-5)
         else:
             delta = _loha(t) if found.peft_type == "LOHA" else _lokr(t)
             merged = w.to(compute) + (delta * settings.scale(edit.module)).reshape(w.shape)

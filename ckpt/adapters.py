@@ -16,9 +16,9 @@ Merging follows PEFT's ``set_peft_model_state_dict`` + ``merge_and_unload()``: w
 ``ckpt.lora``): ``W + scale · B @ A`` (transposed for ``fan_in_fan_out`` layers and for embeddings, reshaped for
 convolutions), ``scale = lora_alpha / r`` or ``lora_alpha / √r`` with rsLoRA (``alpha_pattern`` and
 ``rank_pattern`` matched as PEFT matches them), rescaled by the magnitude with DoRA, plus the LoRA bias with
-``lora_bias``. IA³, LoHa and LoKr: see ``ckpt.adapter_types``. Everything is computed in float32 (float64 for
+``lora_bias``. IA³, LoHa, LoKr and AdaLoRA: see ``ckpt.adapter_types``. Everything is computed in float32 (float64 for
 float64 weights) and cast back to the weight's dtype. Tied weights change together, as in PEFT. Other PEFT
-types (VeRA, OFT, AdaLoRA, prompt tuning …), trainable tokens and the like are stored but not merged: merging
+types (VeRA, OFT, BOFT, prompt tuning …), trainable tokens and the like are stored but not merged: merging
 them raises ``UnsupportedStateError``, naming the type or the tensor.
 
 torch is imported only by the functions that compute (``load_merged``, ``merge``).
@@ -79,7 +79,7 @@ _NAMED_KEY = re.compile(
 )
 #: An adapter's own tensor, named with its adapter (group ``adapter``) or as the file names it.
 _ADAPTER_TENSOR = re.compile(
-    r"^(?P<module>.+)\.(?P<part>lora_[AB]|lora_embedding_[AB]|lora_magnitude_vector|ia3_l|hada_(?:w[12]_[ab]|t[12])"
+    r"^(?P<module>.+)\.(?P<part>lora_[ABE]|lora_embedding_[AB]|lora_magnitude_vector|ia3_l|hada_(?:w[12]_[ab]|t[12])"
     r"|lokr_(?:w[12](?:_[ab])?|t2))(?:\.(?P<adapter>(?!weight$|bias$)[^.]+))?(?P<tail>\.(?:weight|bias))?$"
 )
 #: The tensors that make an adapter of each type (the others are companions or whole modules).
@@ -88,7 +88,9 @@ _CORE_TENSOR = {
     "IA3": re.compile(r"\.ia3_l$"),
     "LOHA": re.compile(r"\.hada_w[12]_[ab]$"),
     "LOKR": re.compile(r"\.lokr_w[12](?:_[ab])?$"),
+    "ADALORA": re.compile(r"\.lora_[ABE]$"),
 }
+_EXAMPLE_TENSOR = {"LORA": "lora_A.weight", "IA3": "ia3_l", "LOHA": "hada_w1_a", "LOKR": "lokr_w1", "ADALORA": "lora_E"}
 _RESERVED_PREFIX = ".ckpt/"
 _INDEX_SUFFIX = ".safetensors.index.json"
 
@@ -111,7 +113,7 @@ def save_adapter(
     metadata: Mapping[str, JsonValue] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Snapshot:
-    """Save an adapter (LoRA, IA³, LoHa or LoKr) over a base snapshot: only its tensors and its config are stored.
+    """Save an adapter (LoRA, IA³, LoHa, LoKr, AdaLoRA) over a base snapshot: only its tensors and config are stored.
 
     Every tensor handed in is stored, under the name PEFT writes to ``adapter_model.safetensors``, so the
     snapshot exports as a PEFT folder: LoRA pairs and their DoRA magnitudes and biases, IA³ vectors, LoHa and
@@ -131,9 +133,10 @@ def save_adapter(
             tensor in it is stored. A dict of adapter tensors alone that carry the adapter's name
             (``….lora_A.default.weight``, ``….ia3_l.default`` …) is accepted too, the name taken out.
         branch: the adapter's branch: new, or one whose head is an adapter of the same base.
-        config: the PEFT config: a ``peft.LoraConfig``, ``IA3Config``, ``LoHaConfig`` or ``LoKrConfig``
-            (anything with ``to_dict()``) or the mapping of ``adapter_config.json``. ``peft_type`` defaults to
-            ``LORA``, which needs ``r`` and ``lora_alpha`` (LoHa and LoKr: ``r`` and ``alpha``).
+        config: the PEFT config: a ``peft.LoraConfig``, ``IA3Config``, ``LoHaConfig``, ``LoKrConfig`` or
+            ``AdaLoraConfig`` (anything with ``to_dict()``) or the mapping of ``adapter_config.json``.
+            ``peft_type`` defaults to ``LORA``, which needs ``r`` and ``lora_alpha`` (LoHa and LoKr: ``r`` and
+            ``alpha``; AdaLoRA: ``init_r`` and ``lora_alpha``).
         model: the adapter's model name; default: the base's name + ``-lora`` (on a continued branch: the
             head's name).
         step: training step.
@@ -170,7 +173,7 @@ def save_adapter(
     kind = adapter_types.peft_type(cfg)
     if kind not in adapter_types.MERGED_TYPES:
         raise RecordError(
-            f"save_adapter saves LoRA, IA3, LoHa and LoKr adapters; this config is {kind}",
+            f"save_adapter saves LoRA, IA3, LoHa, LoKr and AdaLoRA adapters; this config is {kind}",
             hint="save the folder with peft_model.save_pretrained(folder) and use import_peft_folder (stored as is)",
         )
     tensors = _adapter_tensors(adapter_state, kind)
@@ -226,7 +229,7 @@ def load_merged(
 ) -> Any:
     """Load an adapter snapshot merged into its base: the base's state tree with the adapter applied.
 
-    LoRA (with rsLoRA, DoRA, ``lora_bias``, on linear, embedding and conv layers), IA³, LoHa and LoKr adapters
+    LoRA (with rsLoRA, DoRA, ``lora_bias``, on linear, embedding and conv layers), IA³, LoHa, LoKr and AdaLoRA
     are merged. The result equals what PEFT's ``merge_and_unload()`` gives on the same weights, within the
     tolerance of the weights' dtype (the delta is computed in float32 and the sum cast back once, so dtypes are
     preserved).
@@ -249,7 +252,7 @@ def load_merged(
     Raises:
         RecordError: the snapshot is not an adapter, or its config is malformed.
         StateMismatchError: a target module is missing from the base, or shapes or ranks do not fit (names them).
-        UnsupportedStateError: the adapter is of a type ckpt does not merge (VeRA, OFT, AdaLoRA, prompt tuning …),
+        UnsupportedStateError: the adapter is of a type ckpt does not merge (VeRA, OFT, BOFT, prompt tuning …),
             or holds tensors or sets options that ckpt does not merge (trainable tokens, ``layer_replication`` …);
             the message names the type, the option or the tensor.
         MissingObjectError: the adapter or its base was pruned.
@@ -727,17 +730,15 @@ def _file_name(key: str) -> str | None:
     part, tail = m["part"], m["tail"] or ""
     if part == "lora_magnitude_vector":
         tail = ""
-    elif part in ("lora_A", "lora_B") and not tail:
-        return None  # an AdaLoRA parameter, or a name ckpt does not know: not renamed
-    return f"{m['module']}.{part}{tail}"
+    return f"{m['module']}.{part}{tail}"  # AdaLoRA's lora_A/B/E are parameters: no ".weight"
 
 
 def _adapter_tensors(adapter_state: Mapping[str, Any], kind: str = "LORA") -> dict[str, Any]:
     """Every tensor of an adapter state dict, by the name PEFT writes to ``adapter_model.safetensors``.
 
     ``get_peft_model_state_dict(peft_model)`` is taken as it is: every tensor in it is the adapter's (LoRA
-    pairs, DoRA magnitudes, IA³ vectors, LoHa and LoKr factors, ``modules_to_save`` heads, embeddings saved with
-    ``save_embedding_layers`` …), so every one is stored. A dict whose tensors carry an adapter name
+    pairs, DoRA magnitudes, IA³ vectors, LoHa, LoKr and AdaLoRA factors, ``modules_to_save`` heads, embeddings
+    saved with ``save_embedding_layers`` …), so every one is stored. A dict whose tensors carry an adapter name
     (``….lora_A.default.weight``, as ``peft_model.state_dict()`` has them) is accepted when it holds the
     adapter's own tensors only (the name is taken out); next to base weights or modules it is refused, since
     which of its tensors are the adapter's cannot be told by names.
@@ -782,7 +783,7 @@ def _adapter_tensors(adapter_state: Mapping[str, Any], kind: str = "LORA") -> di
         out[name] = value
     core = _CORE_TENSOR[kind]
     if not any(core.search(k) for k in out):
-        example = {"LORA": "lora_A.weight", "IA3": "ia3_l", "LOHA": "hada_w1_a", "LOKR": "lokr_w1"}[kind]
+        example = _EXAMPLE_TENSOR[kind]
         raise StateMismatchError(
             f"adapter_state holds no {'LoRA' if kind == 'LORA' else kind} tensor (names like '….{example}')",
             hint="pass get_peft_model_state_dict(peft_model)",

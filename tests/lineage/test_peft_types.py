@@ -229,6 +229,49 @@ def test_ia3_in_bfloat16_and_from_a_folder(store: ckpt.Store, tmp_path: Path) ->
         torch.testing.assert_close(merged[name], value, msg=name)
 
 
+@pytest.mark.filterwarnings("ignore:The following rank_pattern keys did not match:RuntimeWarning")  # PEFT's own
+def test_adalora_after_rank_allocation_merges_as_peft(store: ckpt.Store, tmp_path: Path) -> None:
+    """AdaLoRA trained with its budget allocation: modules keep different ranks (some none), the divisor stays
+    init_r; the folder PEFT saves, imported, merges as PEFT's reloaded model does."""
+    from peft import AdaLoraConfig
+
+    base = _llama()
+    store.save({"model": weights(base)}, "main", model="tiny")
+    torch.manual_seed(1)
+    config = AdaLoraConfig(
+        init_r=6, target_r=2, lora_alpha=8, target_modules=["q_proj", "v_proj"], total_step=20, tinit=2, tfinal=2
+    )
+    model = get_peft_model(copy.deepcopy(base), config)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    ids = input_ids()
+    for step in range(20):
+        model(ids, labels=ids).loss.backward()
+        opt.step()
+        model.base_model.update_and_allocate(step)
+        opt.zero_grad()
+    model.eval()
+    model.save_pretrained(tmp_path / "adalora")
+    state = get_peft_model_state_dict(model)
+    ranks = {k: v.shape[0] for k, v in state.items() if k.endswith("lora_A")}
+    assert len(set(ranks.values())) > 1 and max(ranks.values()) < 6  # the allocation pruned ranks
+
+    snap = import_peft_folder(store, tmp_path / "adalora", "main", branch="adalora")
+    reloaded = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "adalora").eval()
+    expected = _out(reloaded, ids)
+    merged = store.load(snap.id, merge=True)["model"]
+    for name, value in weights(copy.deepcopy(reloaded).merge_and_unload()).items():
+        torch.testing.assert_close(merged[name], value, msg=name)
+    fresh = _llama(4)
+    ckpt.restore(fresh, store, "adalora")
+    torch.testing.assert_close(_out(fresh, ids), expected)
+    torch.testing.assert_close(_out(fresh, ids), _out(model, ids))  # the live model, before saving, too
+
+    saved = save_adapter(store, "main", state, branch="adalora-saved", config=model.peft_config["default"])
+    export_peft_folder(store, saved.id, tmp_path / "out")
+    again = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "out").eval()
+    assert torch.equal(_out(again, ids), expected)
+
+
 # -- named tensors, mismatches, refusals ---------------------------------------------------------------
 
 
@@ -290,7 +333,7 @@ def test_configs_that_do_not_describe_the_tensors_are_refused(store: ckpt.Store)
 
 
 def test_types_ckpt_does_not_merge_are_stored_and_refused_by_name(store: ckpt.Store, tmp_path: Path) -> None:
-    from peft import AdaLoraConfig, OFTConfig, VeraConfig
+    from peft import OFTConfig, VeraConfig
 
     base = _llama()
     base.save_pretrained(tmp_path / "base")
@@ -301,7 +344,6 @@ def test_types_ckpt_does_not_merge_are_stored_and_refused_by_name(store: ckpt.St
     for kind, config, tensor in (
         ("VERA", VeraConfig(r=4, target_modules=["q_proj", "v_proj"]), "vera_lambda"),
         ("OFT", OFTConfig(r=4, oft_block_size=0, target_modules=["q_proj"]), "oft_"),
-        ("ADALORA", AdaLoraConfig(init_r=4, target_r=2, total_step=10, target_modules=["q_proj"]), "lora_"),
     ):
         model = _trained(base, config)
         if kind == "VERA":  # VeRA trains only its scaling vectors
