@@ -291,16 +291,19 @@ def _same_tree(a: object, b: object) -> None:
         assert a == b
 
 
-@pytest.mark.parametrize("seedable", [True, False])
-def test_a_run_interrupted_mid_epoch_resumes_bit_identical(tmp_path: Path, seedable: bool) -> None:
+@pytest.mark.parametrize(("seedable", "accumulation"), [(True, 1), (False, 1), (False, 2)])
+def test_a_run_interrupted_mid_epoch_resumes_bit_identical(tmp_path: Path, seedable: bool, accumulation: int) -> None:
     """A save in the middle of an epoch: the Trainer skips the batches already trained on, the callback puts
     the generators back where the Trainer would; with a sampler that draws its order from torch's global
-    generator (``use_seedable_sampler=False``) the epoch's order comes back too."""
+    generator (``use_seedable_sampler=False``) the epoch's order comes back too; with gradient accumulation
+    the Trainer counts optimizer steps, the callback too."""
     store = ckpt.init(str(tmp_path / "store"), chunk_size=4096)
     options = {
         "num_train_epochs": 2,
         "eval_strategy": "steps",
         "eval_steps": 3,
+        "per_device_train_batch_size": 8 // accumulation,
+        "gradient_accumulation_steps": accumulation,
         "accelerator_config": {"use_seedable_sampler": seedable},
     }
     whole, _ = trainer_run.trainer(store, "whole", tmp_path / "out", **options)
