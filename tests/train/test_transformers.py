@@ -291,12 +291,16 @@ def _same_tree(a: object, b: object) -> None:
         assert a == b
 
 
-@pytest.mark.parametrize(("seedable", "accumulation"), [(True, 1), (False, 1), (False, 2)])
-def test_a_run_interrupted_mid_epoch_resumes_bit_identical(tmp_path: Path, seedable: bool, accumulation: int) -> None:
+@pytest.mark.parametrize(
+    ("seedable", "accumulation", "lora"), [(True, 1, False), (False, 1, False), (False, 2, False), (True, 1, True)]
+)
+def test_a_run_interrupted_mid_epoch_resumes_bit_identical(
+    tmp_path: Path, seedable: bool, accumulation: int, lora: bool
+) -> None:
     """A save in the middle of an epoch: the Trainer skips the batches already trained on, the callback puts
     the generators back where the Trainer would; with a sampler that draws its order from torch's global
     generator (``use_seedable_sampler=False``) the epoch's order comes back too; with gradient accumulation
-    the Trainer counts optimizer steps, the callback too."""
+    the Trainer counts optimizer steps, the callback too; a PEFT LoRA fine-tune resumes the same way."""
     store = ckpt.init(str(tmp_path / "store"), chunk_size=4096)
     options = {
         "num_train_epochs": 2,
@@ -306,7 +310,7 @@ def test_a_run_interrupted_mid_epoch_resumes_bit_identical(tmp_path: Path, seeda
         "gradient_accumulation_steps": accumulation,
         "accelerator_config": {"use_seedable_sampler": seedable},
     }
-    whole, _ = trainer_run.trainer(store, "whole", tmp_path / "out", **options)
+    whole, _ = trainer_run.trainer(store, "whole", tmp_path / "out", lora=lora, **options)
     whole.train()
 
     class Interrupt(transformers.TrainerCallback):
@@ -314,14 +318,14 @@ def test_a_run_interrupted_mid_epoch_resumes_bit_identical(tmp_path: Path, seeda
             if state.global_step == 7:  # the save of step 6 is two batches into epoch 2
                 raise KeyboardInterrupt
 
-    first, cb = trainer_run.trainer(store, "main", tmp_path / "out", **options)
+    first, cb = trainer_run.trainer(store, "main", tmp_path / "out", lora=lora, **options)
     first.add_callback(Interrupt())
     with pytest.raises(KeyboardInterrupt):
         first.train()
     assert cb.checkpointer.latest().step == 6
     cb.checkpointer.close()
 
-    resumed, cb2 = trainer_run.trainer(store, "main", tmp_path / "out", **options)
+    resumed, cb2 = trainer_run.trainer(store, "main", tmp_path / "out", lora=lora, **options)
     resumed.train(resume_from_checkpoint=cb2.resume_path())
     _same_run(whole, resumed)
 

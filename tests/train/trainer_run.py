@@ -31,6 +31,16 @@ def tiny_gpt2() -> transformers.GPT2LMHeadModel:
     return transformers.GPT2LMHeadModel(config)
 
 
+def tiny_gpt2_lora() -> Any:
+    """The tiny GPT-2 with a LoRA on its attention (dropout on), as PEFT trains it: only the LoRA learns."""
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_gpt2()
+    torch.manual_seed(1)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True, lora_dropout=0.1)
+    return get_peft_model(model, config)
+
+
 def rows(n: int, seed: int) -> list[dict[str, torch.Tensor]]:
     """``n`` random sequences of 16 tokens, their own labels."""
     g = torch.Generator().manual_seed(seed)
@@ -41,8 +51,10 @@ def rows(n: int, seed: int) -> list[dict[str, torch.Tensor]]:
     return out
 
 
-def trainer(store: ckpt.Store, branch: str, out: Path, **overrides: Any) -> tuple[Any, CkptTrainerCallback]:
-    """A ``Trainer`` of the tiny GPT-2 with a ``CkptTrainerCallback`` on ``branch``, and the callback."""
+def trainer(
+    store: ckpt.Store, branch: str, out: Path, *, lora: bool = False, **overrides: Any
+) -> tuple[Any, CkptTrainerCallback]:
+    """A ``Trainer`` of the tiny GPT-2 (with a LoRA) with a ``CkptTrainerCallback`` on ``branch``, and the callback."""
     options: dict[str, Any] = {
         "eval_strategy": "epoch",
         "save_strategy": "no",
@@ -58,7 +70,7 @@ def trainer(store: ckpt.Store, branch: str, out: Path, **overrides: Any) -> tupl
     options.update(overrides)
     cb = CkptTrainerCallback(store, branch, monitor="eval_loss")
     t = transformers.Trainer(
-        model=tiny_gpt2(),
+        model=tiny_gpt2_lora() if lora else tiny_gpt2(),
         args=transformers.TrainingArguments(str(out), **options),
         train_dataset=rows(8 * STEPS_PER_EPOCH, 1),
         eval_dataset=rows(8, 2),
