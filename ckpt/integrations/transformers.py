@@ -32,7 +32,7 @@ its order from the global generator (``use_seedable_sampler=False``) repeats it.
 bit for bit as if it had never stopped. The folder is deleted once training begins.
 
 Not covered: the gradient scaler of fp16 mixed precision (the Trainer keeps it out of callbacks' reach),
-DeepSpeed and FSDP runs (their checkpoints have their own layout: use ``ckpt.dcp``), and the state of other
+DeepSpeed and FSDP runs (their checkpoints are sharded, in a layout of their own), and the state of other
 stateful callbacks (``restore_callback_states_from_checkpoint``): they start afresh. In a distributed run every
 process's generators are gathered to the main process, which saves them (``rng_by_rank``); each gets its own back.
 
