@@ -1,23 +1,25 @@
-"""Adapters over a base snapshot: save LoRA adapters, load them merged, merge them, PEFT folders in and out.
+"""Adapters over a base snapshot: save adapters, load them merged, merge them, PEFT folders in and out.
 
 An adapter snapshot holds only its adapter tensors and its PEFT config, and names the snapshot it modifies:
 
 - state ``{"model": {name: tensor}}`` with every tensor of the adapter, named as ``adapter_model.safetensors``
-  names it (``base_model.model.<module>.lora_A.weight``, ``….lora_embedding_A``, and whole tensors such as a
-  ``modules_to_save`` head ``base_model.model.score.weight`` or embeddings saved with ``save_embedding_layers``);
-  no tensor is left out by its name;
-- the PEFT config (``r``, ``lora_alpha``, ``target_modules``, ``peft_type``, ``use_rslora``, ``fan_in_fan_out``
-  …) attached as ``adapter_config.json`` and copied into ``metadata["adapter_config"]``;
+  names it (``base_model.model.<module>.lora_A.weight``, ``….lora_embedding_A``, ``….ia3_l``, ``….hada_w1_a``,
+  and whole tensors such as a ``modules_to_save`` head ``base_model.model.score.weight`` or embeddings saved with
+  ``save_embedding_layers``); no tensor is left out by its name;
+- the PEFT config (``peft_type``, ``r``, ``lora_alpha``, ``target_modules``, ``use_rslora``, ``use_dora``,
+  ``fan_in_fan_out`` …) attached as ``adapter_config.json`` and copied into ``metadata["adapter_config"]``;
 - ``relation="adapter"``, ``parents=[base]`` and ``base=<base id>``, so "which base does this adapter need?"
   always has an answer (a later save of the same adapter on its branch is ``continue`` and keeps ``base``).
 
-Merging follows PEFT's ``set_peft_model_state_dict`` + ``merge_and_unload()`` (see ``ckpt.lora``): whole
-tensors replace the base's (a resized embedding keeps its new rows), then each adapted module gets
-``W + scale · B @ A`` (transposed for ``fan_in_fan_out`` layers and for embeddings), ``scale = lora_alpha / r``
-or ``lora_alpha / √r`` with rsLoRA (``alpha_pattern`` and ``rank_pattern`` matched as PEFT matches them),
-computed in float32 (float64 for float64 weights) and cast back to the weight's dtype. Tied weights change
-together, as in PEFT. DoRA, ``lora_bias``, trainable tokens, conv layers and other PEFT methods are stored but
-not merged: merging them raises ``UnsupportedStateError``.
+Merging follows PEFT's ``set_peft_model_state_dict`` + ``merge_and_unload()``: whole tensors replace the base's
+(a resized embedding keeps its new rows), then each adapted module changes as its type says. LoRA (see
+``ckpt.lora``): ``W + scale · B @ A`` (transposed for ``fan_in_fan_out`` layers and for embeddings, reshaped for
+convolutions), ``scale = lora_alpha / r`` or ``lora_alpha / √r`` with rsLoRA (``alpha_pattern`` and
+``rank_pattern`` matched as PEFT matches them), rescaled by the magnitude with DoRA, plus the LoRA bias with
+``lora_bias``. IA³, LoHa, LoKr and AdaLoRA: see ``ckpt.adapter_types``. Everything is computed in float32 (float64 for
+float64 weights) and cast back to the weight's dtype. Tied weights change together, as in PEFT. Other PEFT
+types (VeRA, OFT, BOFT, prompt tuning …), trainable tokens and the like are stored but not merged: merging
+them raises ``UnsupportedStateError``, naming the type or the tensor.
 
 torch is imported only by the functions that compute (``load_merged``, ``merge``).
 
@@ -41,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
 
-from ckpt import lora
+from ckpt import adapter_types, lora
 from ckpt.errors import RecordError, RefExistsError, StateMismatchError, UnsupportedStateError
 from ckpt.model import Relation, Snapshot, TensorTable
 from ckpt.state import is_array
@@ -70,12 +72,25 @@ ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 #: Snapshot metadata key of the adapter's PEFT config (the same JSON as ``adapter_config.json``).
 CONFIG_KEY = "adapter_config"
 
-_LINEAR_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
-_EMBEDDING_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_embedding_[AB])(?:\.(?P<adapter>[^.]+))?$")
 #: A tensor of ``peft_model.state_dict()`` that carries its adapter's name: ``….lora_A.default.weight`` …
 _NAMED_KEY = re.compile(
-    r"\.(?P<part>lora_[A-Za-z0-9_]+|modules_to_save)\.(?P<adapter>[^.]+)(?P<tail>\.(?:weight|bias))?$"
+    r"\.(?P<part>lora_[A-Za-z0-9_]+|modules_to_save|ia3_l|hada_\w+|lokr_\w+)\.(?P<adapter>[^.]+)"
+    r"(?P<tail>\.(?:weight|bias))?$"
 )
+#: An adapter's own tensor, named with its adapter (group ``adapter``) or as the file names it.
+_ADAPTER_TENSOR = re.compile(
+    r"^(?P<module>.+)\.(?P<part>lora_[ABE]|lora_embedding_[AB]|lora_magnitude_vector|ia3_l|hada_(?:w[12]_[ab]|t[12])"
+    r"|lokr_(?:w[12](?:_[ab])?|t2))(?:\.(?P<adapter>(?!weight$|bias$)[^.]+))?(?P<tail>\.(?:weight|bias))?$"
+)
+#: The tensors that make an adapter of each type (the others are companions or whole modules).
+_CORE_TENSOR = {
+    "LORA": re.compile(r"\.lora_(?:[AB]\.weight|embedding_[AB])$"),
+    "IA3": re.compile(r"\.ia3_l$"),
+    "LOHA": re.compile(r"\.hada_w[12]_[ab]$"),
+    "LOKR": re.compile(r"\.lokr_w[12](?:_[ab])?$"),
+    "ADALORA": re.compile(r"\.lora_[ABE]$"),
+}
+_EXAMPLE_TENSOR = {"LORA": "lora_A.weight", "IA3": "ia3_l", "LOHA": "hada_w1_a", "LOKR": "lokr_w1", "ADALORA": "lora_E"}
 _RESERVED_PREFIX = ".ckpt/"
 _INDEX_SUFFIX = ".safetensors.index.json"
 
@@ -98,12 +113,13 @@ def save_adapter(
     metadata: Mapping[str, JsonValue] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Snapshot:
-    """Save a LoRA adapter over a base snapshot: only its tensors and its config are stored.
+    """Save an adapter (LoRA, IA³, LoHa, LoKr, AdaLoRA) over a base snapshot: only its tensors and config are stored.
 
     Every tensor handed in is stored, under the name PEFT writes to ``adapter_model.safetensors``, so the
-    snapshot exports as a PEFT folder: LoRA pairs, ``modules_to_save`` modules, saved (resized) embeddings, and
-    PEFT tensors ckpt does not merge (DoRA magnitudes …). LoRA targets and whole tensors are checked against the
-    base's tensor table (no tensor bytes are read) before anything is written.
+    snapshot exports as a PEFT folder: LoRA pairs and their DoRA magnitudes and biases, IA³ vectors, LoHa and
+    LoKr factors, ``modules_to_save`` modules, saved (resized) embeddings, and PEFT tensors ckpt does not merge
+    (trainable tokens …). Targets and whole tensors are checked against the base's tensor table (no tensor bytes
+    are read) before anything is written.
 
     On a new branch the snapshot's relation is ``adapter`` and its parent the base. On a branch whose head is
     an adapter of the same base (an adapter still training), it is ``continue`` with that head as parent. In
@@ -114,11 +130,13 @@ def save_adapter(
         base_rev: the snapshot the adapter modifies (branch, tag, id …).
         adapter_state: the adapter tensors by PEFT name: ``get_peft_model_state_dict(peft_model)`` (pass
             ``save_embedding_layers=True`` when the embeddings were resized), or ``{"model": that}``. Every
-            tensor in it is stored. A dict of LoRA A/B tensors that carry the adapter's name
-            (``….lora_A.default.weight``) is accepted too, the name taken out.
+            tensor in it is stored. A dict of adapter tensors alone that carry the adapter's name
+            (``….lora_A.default.weight``, ``….ia3_l.default`` …) is accepted too, the name taken out.
         branch: the adapter's branch: new, or one whose head is an adapter of the same base.
-        config: the PEFT config: a ``peft.LoraConfig`` (anything with ``to_dict()``) or the mapping of
-            ``adapter_config.json``. ``peft_type`` defaults to ``LORA``, which needs ``r`` and ``lora_alpha``.
+        config: the PEFT config: a ``peft.LoraConfig``, ``IA3Config``, ``LoHaConfig``, ``LoKrConfig`` or
+            ``AdaLoraConfig`` (anything with ``to_dict()``) or the mapping of ``adapter_config.json``.
+            ``peft_type`` defaults to ``LORA``, which needs ``r`` and ``lora_alpha`` (LoHa and LoKr: ``r`` and
+            ``alpha``; AdaLoRA: ``init_r`` and ``lora_alpha``).
         model: the adapter's model name; default: the base's name + ``-lora`` (on a continued branch: the
             head's name).
         step: training step.
@@ -132,13 +150,14 @@ def save_adapter(
         The adapter snapshot.
 
     Raises:
-        RecordError: the config is not a LoRA config, or is malformed (a field of the wrong type, ``r`` not a
-            positive integer, a pattern key outside the subset ``ckpt.lora.compile_pattern`` accepts); or
-            ``metadata`` uses the reserved key.
+        RecordError: the config is of another type (import such an adapter's folder instead), or is malformed
+            (a field of the wrong type, ``r`` not a positive integer, a pattern key outside the subset
+            ``ckpt.lora.compile_pattern`` accepts); or ``metadata`` uses the reserved key.
         UnsupportedStateError: ``peft_model.state_dict()`` (adapter-named tensors next to base weights): pass
             ``get_peft_model_state_dict(peft_model)``.
-        StateMismatchError: no LoRA tensor; a ``lora_A`` without its ``lora_B``; a rank that is 0 or not the
-            config's; a target the base lacks or whose shape does not fit; a whole tensor the base lacks.
+        StateMismatchError: no tensor of the adapter's type; a ``lora_A`` without its ``lora_B`` (or another
+            incomplete set); a rank that is 0 or not the config's; a target the base lacks or whose shape does
+            not fit; a DoRA magnitude or LoRA bias the config does not announce; a whole tensor the base lacks.
         RefExistsError: ``branch`` exists and its head is not an adapter of this base.
         RevisionError: ``base_rev`` does not resolve.
 
@@ -151,12 +170,13 @@ def save_adapter(
     """
     base = store.resolve(base_rev)
     cfg = _config_dict(config)
-    if not lora.is_lora(cfg):
+    kind = adapter_types.peft_type(cfg)
+    if kind not in adapter_types.MERGED_TYPES:
         raise RecordError(
-            f"save_adapter saves LoRA adapters; this config is {cfg.get('peft_type')}",
-            hint="save the folder with peft_model.save_pretrained(folder) and use import_peft_folder",
+            f"save_adapter saves LoRA, IA3, LoHa, LoKr and AdaLoRA adapters; this config is {kind}",
+            hint="save the folder with peft_model.save_pretrained(folder) and use import_peft_folder (stored as is)",
         )
-    tensors = _adapter_tensors(adapter_state)
+    tensors = _adapter_tensors(adapter_state, kind)
     shapes = {name: tuple(int(d) for d in t.shape) for name, t in tensors.items()}
     _plan(store, base, shapes, cfg, adapter="the adapter")
     meta = _with_config(metadata, cfg)
@@ -207,10 +227,12 @@ def load_merged(
     into: Mapping[str, Any] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Any:
-    """Load an adapter snapshot merged into its base: the base's state tree with ``W + scale · B @ A`` applied.
+    """Load an adapter snapshot merged into its base: the base's state tree with the adapter applied.
 
-    The result equals what PEFT's ``merge_and_unload()`` gives on the same weights, within the tolerance of the
-    weights' dtype (the delta is computed in float32 and the sum cast back once, so dtypes are preserved).
+    LoRA (with rsLoRA, DoRA, ``lora_bias``, on linear, embedding and conv layers), IA³, LoHa, LoKr and AdaLoRA
+    are merged. The result equals what PEFT's ``merge_and_unload()`` gives on the same weights, within the
+    tolerance of the weights' dtype (the delta is computed in float32 and the sum cast back once, so dtypes are
+    preserved).
     Whole tensors of the adapter (``modules_to_save``, saved embeddings) replace the base's first, with their
     own shapes (a resized vocabulary stays resized). Tied weights change together, as PEFT's in-place merge
     changes a tied parameter. An adapter over an adapter is merged recursively.
@@ -228,10 +250,11 @@ def load_merged(
         The base's state tree, its model weights merged.
 
     Raises:
-        RecordError: the snapshot is not an adapter, or its config is not a LoRA config or is malformed.
+        RecordError: the snapshot is not an adapter, or its config is malformed.
         StateMismatchError: a target module is missing from the base, or shapes or ranks do not fit (names them).
-        UnsupportedStateError: the adapter holds tensors or sets options that ckpt does not merge (DoRA,
-            trainable tokens, ``lora_bias`` …).
+        UnsupportedStateError: the adapter is of a type ckpt does not merge (VeRA, OFT, BOFT, prompt tuning …),
+            or holds tensors or sets options that ckpt does not merge (trainable tokens, ``layer_replication`` …);
+            the message names the type, the option or the tensor.
         MissingObjectError: the adapter or its base was pruned.
         CorruptChunkError: a chunk does not match its digest.
 
@@ -243,16 +266,14 @@ def load_merged(
     base = store.get(base_of(snap))
     cfg = adapter_config(store, snap.id)
     what = f"adapter {snap.short_id}"
-    if not lora.is_lora(cfg):
-        raise RecordError(
-            f"{what} is a {cfg.get('peft_type')} adapter; only LoRA adapters are merged",
-            hint="load it with peft (export_peft_folder)",
-            cli_hint="write it as a PEFT folder (`ckpt restore REV --to DIR`) and load it with peft",
-        )
-    settings = _settings(cfg, what)
     shapes = {name: shape for name, (_, shape) in _model_entries(store.table(snap.id))[0].items()}
+    adapter_types.check_type(cfg, what, shapes)
+    settings = _settings(cfg, what)
     found = _plan(store, base, shapes, cfg, adapter=what)  # before any byte is read
-    lora.check_mergeable(found, settings, what)
+    if isinstance(found, lora.Plan) and isinstance(settings, lora.LoraSettings):
+        lora.check_mergeable(found, settings, what)
+    elif isinstance(found, adapter_types.TypePlan) and isinstance(settings, adapter_types.TypeSettings):
+        adapter_types.check_mergeable(found, settings, what)
 
     adapter = _model_mapping(store.load(snap.id, verify=verify, framework="torch"), what)
     if _is_adapter(base):
@@ -260,7 +281,11 @@ def load_merged(
     else:
         state = store.load(base.id, verify=verify, framework=framework, into=into, progress=progress)
     weights = _model_mapping(state, f"base {base.short_id}")
-    lora.merge_into(weights, adapter, found, settings, in_place=[id(t) for t in into.values()] if into else ())
+    in_place = [id(t) for t in into.values()] if into else ()
+    if isinstance(found, lora.Plan) and isinstance(settings, lora.LoraSettings):
+        lora.merge_into(weights, adapter, found, settings, in_place=in_place)
+    elif isinstance(found, adapter_types.TypePlan) and isinstance(settings, adapter_types.TypeSettings):
+        adapter_types.merge_into(weights, adapter, found, settings, in_place=in_place)
     return state
 
 
@@ -367,9 +392,10 @@ def import_peft_folder(
 
     The folder is imported as ``ckpt.hf.import_folder`` does (its files attached as they are, so
     ``export_peft_folder`` gives them back byte-identical), with the relation, parents and base of
-    ``save_adapter`` and the config copied into ``metadata["adapter_config"]``. A LoRA adapter's config is
-    checked, and its LoRA pairs and whole tensors against the base's tensor table, before anything is written,
-    whatever else the folder holds (``modules_to_save``, DoRA …: stored, and merged if ckpt can).
+    ``save_adapter`` and the config copied into ``metadata["adapter_config"]``. The config of an adapter ckpt
+    merges (LoRA, IA³, LoHa, LoKr) is checked, and its tensors against the base's tensor table, before anything
+    is written, whatever else the folder holds (``modules_to_save``, trainable tokens …: stored, and merged if
+    ckpt can). An adapter of another type is stored as it is (``export_peft_folder`` gives it back).
 
     Args:
         store: the store.
@@ -418,9 +444,9 @@ def import_peft_folder(
     config_bytes = read_file(config_file, limit=MAX_SIDE_FILE_SIZE)
     cfg = _config_dict(_parse_json(config_bytes, str(config_path)))
     base = store.resolve(base_rev)
-    if weights_path.is_file() and lora.is_lora(cfg):
-        # every tensor is stored as it is; the LoRA pairs and whole tensors are checked against the base
-        # (tensors ckpt does not merge, such as DoRA magnitudes, are stored and only merging them is refused)
+    if weights_path.is_file() and adapter_types.peft_type(cfg) in adapter_types.MERGED_TYPES:
+        # every tensor is stored as it is; the adapter's tensors and whole tensors are checked against the base
+        # (tensors ckpt does not merge, such as trainable tokens, are stored and only merging them is refused)
         _, header = read_header(weights_path)
         shapes = {k: tuple(int(d) for d in v["shape"]) for k, v in header.items() if k != "__metadata__"}
         _plan(store, base, shapes, cfg, adapter=str(src))
@@ -545,8 +571,9 @@ def base_of(snap: Snapshot) -> str:
 def _config_dict(config: Any, *, checked: bool = True) -> dict[str, JsonValue]:
     """The JSON of a PEFT config, as ``adapter_config.json`` holds it (sets become sorted lists).
 
-    A LoRA config is checked as ``ckpt.lora.lora_settings`` checks it (unless ``checked=False``: a stored
-    config is checked where it is used).
+    A config of a type ckpt merges is checked as ``ckpt.lora.lora_settings`` or
+    ``ckpt.adapter_types.type_settings`` checks it (unless ``checked=False``: a stored config is checked where it
+    is used).
 
     Raises:
         RecordError: not a mapping, a value JSON cannot hold, or a malformed LoRA config.
@@ -564,21 +591,29 @@ def _config_dict(config: Any, *, checked: bool = True) -> dict[str, JsonValue]:
     out.setdefault("peft_type", "LORA")
     if not isinstance(out["peft_type"], str):
         raise RecordError(f"adapter config field 'peft_type' must be a string, got {out['peft_type']!r}")
-    if checked and lora.is_lora(out):
+    if checked and adapter_types.peft_type(out) in adapter_types.MERGED_TYPES:
         _settings(out, "the adapter config")
     return out
 
 
-def _settings(cfg: Mapping[str, JsonValue], what: str) -> lora.LoraSettings:
+def _settings(cfg: Mapping[str, JsonValue], what: str) -> lora.LoraSettings | adapter_types.TypeSettings:
+    """The checked config of an adapter ckpt merges.
+
+    Raises:
+        RecordError: a malformed config (the message starts with ``what``).
+        UnsupportedStateError: a type ckpt does not merge.
+    """
     try:
-        return lora.lora_settings(cfg)
+        if adapter_types.peft_type(cfg) == "LORA":
+            return lora.lora_settings(cfg)
+        return adapter_types.type_settings(cfg)
     except RecordError as e:
-        raise RecordError(f"{what}: {e.message}", hint=e.hint or "", cli_hint=e.cli_hint or "") from e
+        raise RecordError(f"{what}: {e}", hint=e.hint) from e
 
 
 def _plan(
     store: Store, base: Snapshot, shapes: Mapping[str, tuple[int, ...]], cfg: Mapping[str, JsonValue], *, adapter: str
-) -> lora.Plan:
+) -> lora.Plan | adapter_types.TypePlan:
     """What the adapter's tensors do to its base, checked against the base's table (no tensor byte is read).
 
     A target matrix whose bytes are also another model tensor's, not recorded as tied to it, is refused: it is a
@@ -587,7 +622,12 @@ def _plan(
     table = store.table(_root(store, base).id)
     entries, ties = _model_entries(table)
     label = f"{base.short_id} ({base.model or 'unnamed'})"
-    found = lora.plan(shapes, _settings(cfg, adapter), entries, ties, adapter=adapter, base=label)
+    settings = _settings(cfg, adapter)
+    found: lora.Plan | adapter_types.TypePlan
+    if isinstance(settings, lora.LoraSettings):
+        found = lora.plan(shapes, settings, entries, ties, adapter=adapter, base=label)
+    else:
+        found = adapter_types.plan(shapes, settings, entries, ties, adapter=adapter, base=label)
     paths = _model_paths(table)
     tied = {name: set(group) for group in ties for name in group}
     owners: dict[tuple[Any, ...], list[str]] = {}
@@ -595,7 +635,7 @@ def _plan(
         entry = table.tensors[path]
         if entry.chunks or entry.shards:
             owners.setdefault((entry.chunks, entry.shards), []).append(name)
-    for target in [*(p.target for p in found.pairs), *found.whole]:
+    for target in found.targets:
         if len(entries[target][1]) < 2:
             continue  # vectors (biases, norms) are often equal by initialisation (zeros, ones); matrices are not
         target_entry = table.tensors[paths[target]]
@@ -681,17 +721,33 @@ def _adapter_name(key: str) -> str | None:
     return m["adapter"]
 
 
-def _adapter_tensors(adapter_state: Mapping[str, Any]) -> dict[str, Any]:
+def _file_name(key: str) -> str | None:
+    """The name PEFT writes to ``adapter_model.safetensors`` for an adapter tensor of ``peft_model.state_dict()``
+    (``….lora_A.default.weight`` → ``….lora_A.weight``, ``….lora_magnitude_vector.default.weight`` →
+    ``….lora_magnitude_vector``, ``….ia3_l.default`` → ``….ia3_l``); ``None`` for a tensor that is not an
+    adapter's own (a base weight)."""
+    m = _ADAPTER_TENSOR.match(key)
+    if m is None:
+        return None
+    part, tail = m["part"], m["tail"] or ""
+    if part == "lora_magnitude_vector":
+        tail = ""
+    return f"{m['module']}.{part}{tail}"  # AdaLoRA's lora_A/B/E are parameters: no ".weight"
+
+
+def _adapter_tensors(adapter_state: Mapping[str, Any], kind: str = "LORA") -> dict[str, Any]:
     """Every tensor of an adapter state dict, by the name PEFT writes to ``adapter_model.safetensors``.
 
     ``get_peft_model_state_dict(peft_model)`` is taken as it is: every tensor in it is the adapter's (LoRA
-    pairs, ``modules_to_save`` heads, embeddings saved with ``save_embedding_layers`` …), so every one is stored.
-    A dict whose tensors carry an adapter name (``….lora_A.default.weight``, as ``peft_model.state_dict()``
-    has them) is accepted when it holds LoRA A/B tensors only (the name is taken out); next to base weights or
-    other PEFT tensors it is refused, since which of its tensors are the adapter's cannot be told by names.
+    pairs, DoRA magnitudes, IA³ vectors, LoHa, LoKr and AdaLoRA factors, ``modules_to_save`` heads, embeddings
+    saved with ``save_embedding_layers`` …), so every one is stored. A dict whose tensors carry an adapter name
+    (``….lora_A.default.weight``, as ``peft_model.state_dict()`` has them) is accepted when it holds the
+    adapter's own tensors only (the name is taken out); next to base weights or modules it is refused, since
+    which of its tensors are the adapter's cannot be told by names.
 
     Raises:
-        StateMismatchError: not a mapping of tensors; no LoRA tensor; several adapters; two tensors with one name.
+        StateMismatchError: not a mapping of tensors; no tensor of the adapter's type; several adapters; two
+            tensors with one name.
         UnsupportedStateError: a state dict with adapter names and other tensors (names one).
     """
     if not isinstance(adapter_state, Mapping):
@@ -713,8 +769,8 @@ def _adapter_tensors(adapter_state: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in adapter_state.items():
         name = key
         if adapter_names:
-            m = _LINEAR_KEY.match(key) or _EMBEDDING_KEY.match(key)
-            if m is None:
+            renamed = _file_name(key)
+            if renamed is None:
                 raise UnsupportedStateError(
                     f"adapter_state mixes {key!r} with tensors named after adapter "
                     f"{next(iter(adapter_names))!r} (as peft_model.state_dict() has them): ckpt stores every tensor "
@@ -723,14 +779,15 @@ def _adapter_tensors(adapter_state: Mapping[str, Any]) -> dict[str, Any]:
                     "embeddings were resized); or save the folder with peft_model.save_pretrained(folder) and use "
                     "import_peft_folder",
                 )
-            suffix = ".weight" if m.re is _LINEAR_KEY else ""
-            name = f"{m['module']}.{m['part']}{suffix}"
+            name = renamed
         if name in out:
             raise StateMismatchError(f"two adapter tensors would both be saved as {name!r}")
         out[name] = value
-    if not any(_LINEAR_KEY.match(k) or _EMBEDDING_KEY.match(k) for k in out):
+    core = _CORE_TENSOR[kind]
+    if not any(core.search(k) for k in out):
+        example = _EXAMPLE_TENSOR[kind]
         raise StateMismatchError(
-            "adapter_state holds no LoRA tensor (names like '….lora_A.weight')",
+            f"adapter_state holds no {'LoRA' if kind == 'LORA' else kind} tensor (names like '….{example}')",
             hint="pass get_peft_model_state_dict(peft_model)",
         )
     return out

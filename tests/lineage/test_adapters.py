@@ -191,7 +191,7 @@ def test_errors_are_clear(store: ckpt.Store) -> None:
     with pytest.raises(RecordError, match="positive integer 'r'"):
         save_adapter(store, "main", state, branch="x", config={"peft_type": "LORA", "lora_alpha": 8})
     dora = {**state, "base_model.model.q.lora_magnitude_vector.default.weight": torch.ones(2)}
-    with pytest.raises(UnsupportedStateError, match="lora_magnitude_vector"):
+    with pytest.raises(StateMismatchError, match="lora_magnitude_vector"):  # a magnitude of no LoRA pair
         save_adapter(store, "main", dora, branch="x", config=config)
 
     # a base without the target module: refused before anything is written, and at merge time

@@ -23,7 +23,7 @@ from transformers import LlamaForCausalLM, LlamaForSequenceClassification  # noq
 
 import ckpt  # noqa: E402
 from ckpt.adapters import export_peft_folder, import_peft_folder, load_merged, save_adapter  # noqa: E402
-from ckpt.errors import StateMismatchError, UnsupportedStateError  # noqa: E402
+from ckpt.errors import StateMismatchError  # noqa: E402
 from ckpt.hf import export_folder, import_folder  # noqa: E402
 
 from .models import VOCAB, input_ids, tiny_classifier, tiny_llama, weights, with_lora  # noqa: E402
@@ -246,10 +246,10 @@ def test_lora_on_tied_lm_head_merges_as_peft_does(store: ckpt.Store, tmp_path: P
     assert store.verify().ok
 
 
-# -- what ckpt stores but does not merge ---------------------------------------------------------------
+# -- DoRA, stored whole and merged as PEFT merges it (more DoRA cases in test_peft_types.py) ----------------
 
 
-def test_dora_is_stored_whole_and_its_merge_refused(store: ckpt.Store, tmp_path: Path) -> None:
+def test_dora_is_stored_whole_and_merged_as_peft(store: ckpt.Store, tmp_path: Path) -> None:
     base = tiny_llama()
     base.save_pretrained(tmp_path / "base")
     import_folder(store, tmp_path / "base", branch="main", model="tiny-llama")
@@ -261,8 +261,9 @@ def test_dora_is_stored_whole_and_its_merge_refused(store: ckpt.Store, tmp_path:
     assert any("lora_magnitude_vector" in k for k in state)
     snap = save_adapter(store, "main", state, branch="dora", config=dora.peft_config["default"])
     assert snap.tensor_count == len(state)
-    with pytest.raises(UnsupportedStateError, match="use_dora"):
-        store.load("dora", merge=True)
+    merged = store.load("dora", merge=True)["model"]
+    for name, value in weights(copy.deepcopy(dora).merge_and_unload()).items():
+        torch.testing.assert_close(merged[name], value, msg=name)
     export_peft_folder(store, "dora", tmp_path / "adapter")
     again = peft.PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tmp_path / "base"), tmp_path / "adapter")
     ids = input_ids()

@@ -52,7 +52,7 @@ def test_a_dtensor_is_refused_naming_its_path(store: ckpt.Store, gloo: None) -> 
 
     mesh = init_device_mesh("cpu", (1,))
     dtensor = distribute_tensor(torch.arange(4.0), mesh, [Replicate()])
-    err = _refused(store, dtensor, "DTensor", "full_tensor()", "to_local()")
+    err = _refused(store, dtensor, "DTensor", "full_tensor()", "ckpt.dcp.StorageWriter")
     assert isinstance(err, TypeError)
     store.save({"model": {"w": dtensor.full_tensor()}})  # what the hint says works
     assert torch.equal(store.load("main")["model"]["w"], torch.arange(4.0))
