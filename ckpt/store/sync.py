@@ -134,7 +134,8 @@ def sync(
                 needed.setdefault(d, (name, snap.id, min(table.chunk_size, fentry.size - i * table.chunk_size)))
 
     copied = skipped = nbytes = skipped_bytes = 0
-    with ThreadPoolExecutor(settings.threads(), thread_name_prefix="ckpt-sync") as pool:
+    pool = ThreadPoolExecutor(settings.threads(), thread_name_prefix="ckpt-sync")
+    try:
         digests = list(needed)
         present = dict(zip(digests, pool.map(dst._objects.has_chunk, digests), strict=True))
         missing = [d for d in digests if not present[d]]
@@ -158,6 +159,10 @@ def sync(
                 skipped_bytes += needed[d][2] + CHUNK_HEADER_SIZE
             else:
                 copied += 1
+    except BaseException:  # Ctrl-C or a failure: chunks not started are dropped, not copied before leaving
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     dst.backend.flush()
     # records are copied byte for byte, ancestors first: never re-serialized, so ids and unknown fields survive
     for snap in todo:
