@@ -165,7 +165,7 @@ def restore(
     Example:
         >>> state = ckpt.restore(model, store, "main", optimizer=opt)  # doctest: +SKIP
     """
-    from ckpt.state.torch import restore_into
+    from ckpt.state import restore_into
 
     return restore_into(
         module,

@@ -501,7 +501,7 @@ def test_format_page_tables_match_the_code() -> None:
 
 
 def test_format_page_layout_and_encodings_match_the_code() -> None:
-    import ckpt.state.tree
+    import ckpt.state._tree
     from ckpt.model import canonical_json
     from ckpt.state import flatten
     from ckpt.store import layout, objects
@@ -522,7 +522,7 @@ def test_format_page_layout_and_encodings_match_the_code() -> None:
         assert f"`{path}" in text, f"format.md does not name the path {path}"
     assert objects._HEADER.format == "<4sBBHQ" and "`<4sBBHQ`" in text
     assert objects.CHUNK_HEADER_SIZE == 16 and objects.CHUNK_MAGIC == b"ckpt"
-    for row in (line for line in ckpt.state.tree.__doc__.splitlines() if line.startswith("|")):
+    for row in (line for line in ckpt.state._tree.__doc__.splitlines() if line.startswith("|")):
         assert row.replace("``", "`") in text, f"format.md lacks the typed-JSON row {row!r}"
     example = {"step": 3, "betas": (0.9, 0.999), "loss": float("nan"), 1: [None, True]}
     assert canonical_json(flatten(example)[0]).decode() in text

@@ -24,7 +24,8 @@ from typing import Any
 from ckpt.errors import RecordError, UnsupportedStateError
 from ckpt.model import RECORD_HINT
 from ckpt.model.canonical import MAX_JSON_DEPTH
-from ckpt.state.arrays import TensorSource, alias_key, is_array, to_source
+from ckpt.state._arrays import to_source
+from ckpt.state._source import TensorSource, alias_key, is_array
 
 __all__ = ["MAX_STATE_DEPTH", "flatten", "tensor_name", "tensor_paths", "tied_groups", "unflatten"]
 
@@ -39,7 +40,7 @@ def flatten(state: Any) -> tuple[Any, dict[str, TensorSource]]:
 
     Returns:
         ``(tree, tensors)``: the typed-JSON tree and tensor path → raw bytes, in tree order. Leaves that are
-        one tensor (the same memory: see ``ckpt.state.arrays.alias_key``), such as tied weights, each keep their
+        one tensor (the same memory: see ``ckpt.state.alias_key``), such as tied weights, each keep their
         own path, and their paths map to one and the same ``TensorSource`` object: ``tied_groups(tensors)``
         lists them.
 
