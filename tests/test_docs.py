@@ -485,8 +485,7 @@ def test_environment_page_lists_every_variable() -> None:
 def test_format_page_tables_match_the_code() -> None:
     from typing import get_args
 
-    from ckpt.model import DTYPE_SIZES, Relation
-    from ckpt.model.refs import ReflogAction
+    from ckpt.model import DTYPE_SIZES, ReflogAction, Relation
 
     text = (DOCS / "format.md").read_text(encoding="utf-8")
     dtypes = dict(re.findall(r"^\| `([A-Z0-9_]+)` \| (\d+) \|", text, flags=re.M))

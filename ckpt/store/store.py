@@ -29,6 +29,7 @@ from ckpt.errors import (
 from ckpt.model import (
     FORMAT_VERSION,
     READABLE_MAJOR,
+    RESERVED_FILE_PREFIX,
     FileEntry,
     PrunedMarker,
     ReflogEntry,
@@ -40,7 +41,8 @@ from ckpt.model import (
     TensorTable,
     canonical_json,
     check_ref_name,
-    file_path_problem,
+    clean_files,
+    clean_metrics,
     format_time,
     parse_json,
     utcnow,
@@ -202,8 +204,8 @@ class Store:
             raise RecordError(f"relation {rel!r} needs a parent", hint="pass parents=[rev]")
         if model is None and parent_ids:
             model = self._objects.get_snapshot(parent_ids[0]).model
-        clean_metrics = _clean_metrics(metrics)
-        clean_files = _clean_files(files)
+        metric_values = clean_metrics(metrics)
+        file_data = clean_files(files)
 
         # everything that can be refused is checked before the first byte is written
         tree, tensors = flatten(state)
@@ -215,7 +217,7 @@ class Store:
                 model=model,
                 step=step,
                 epoch=epoch,
-                metrics=clean_metrics,
+                metrics=metric_values,
                 message=message,
                 metadata=dict(metadata or {}),
                 created_at=format_time(utcnow()),
@@ -242,7 +244,7 @@ class Store:
         if files is None and parent_ids and rel in _INHERITS_FILES:
             file_entries = self._inherited_files(parent_ids[0], stats)
         else:
-            file_entries = write_files(self._objects, clean_files, self.chunk_size, stats=stats)
+            file_entries = write_files(self._objects, file_data, self.chunk_size, stats=stats)
         table = TensorTable(
             chunk_size=self.chunk_size,
             tensors=entries,
@@ -268,7 +270,7 @@ class Store:
             CorruptChunkError: one of them is damaged.
         """
         table = self._objects.get_table(self._objects.get_snapshot(parent_id).table)
-        kept = {path: entry for path, entry in table.files.items() if not path.startswith(".ckpt/")}
+        kept = {path: entry for path, entry in table.files.items() if not path.startswith(RESERVED_FILE_PREFIX)}
         data: dict[str, bytes] = {}
         for path, entry in kept.items():
             cs = table.chunk_size
@@ -1337,34 +1339,3 @@ def _location(url: str | os.PathLike[str] | None) -> str:
     if not isinstance(text, str):
         raise StoreError(f"a store location must be a str path, got {type(text).__name__}")
     return text or settings.store_url()
-
-
-def _clean_metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for k, v in (metrics or {}).items():
-        if not isinstance(k, str):
-            raise RecordError(f"metric names must be str, got {k!r}")
-        try:
-            out[k] = float(v)
-        except (TypeError, ValueError):
-            raise RecordError(f"metric {k!r} must be a number, got {v!r}") from None
-        if isinstance(v, bool):
-            raise RecordError(f"metric {k!r} must be a number, got {v!r}")
-    return out
-
-
-def _clean_files(files: Mapping[str, bytes] | None) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    for path, data in (files or {}).items():
-        name = "/".join(path.split("\\")) if isinstance(path, str) else path
-        problem = file_path_problem(name)
-        if problem:
-            shown = repr(path if not isinstance(path, str) or len(path) <= 80 else path[:80] + "…")
-            raise RecordError(
-                f"attached file path {shown.encode('utf-8', 'backslashreplace').decode()} cannot be stored: {problem}",
-                hint="attached files are relative paths such as config.json or tokenizer/vocab.json",
-            )
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise RecordError(f"attached file {path!r} must be bytes, got {type(data).__name__}")
-        out[name] = bytes(data)
-    return out
