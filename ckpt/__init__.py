@@ -49,14 +49,16 @@ if typing.TYPE_CHECKING:  # imported on first use (PEP 562), so that `import ckp
         Damage,
         GcReport,
         LazyTensors,
+        ReleaseSigner,
+        ReleaseStatus,
         RepairReport,
         Store,
+        SyncReport,
         VerifyReport,
         init,
         open,
+        sync,
     )
-    from ckpt.store.signing import ReleaseSigner, ReleaseStatus
-    from ckpt.store.sync import SyncReport, sync
     from ckpt.train import Checkpointer, SaveHandle
 
 #: Public names imported on first use: name → the module that defines it.
@@ -71,6 +73,8 @@ _LAZY = {
             "Damage",
             "GcReport",
             "LazyTensors",
+            "ReleaseSigner",
+            "ReleaseStatus",
             "RepairReport",
             "Store",
             "SyncReport",
@@ -81,7 +85,6 @@ _LAZY = {
         ),
         "ckpt.store",
     ),
-    **dict.fromkeys(("ReleaseSigner", "ReleaseStatus"), "ckpt.store.signing"),
     **dict.fromkeys(("Checkpointer", "SaveHandle"), "ckpt.train"),
 }
 

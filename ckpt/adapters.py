@@ -49,8 +49,7 @@ from ckpt.model import Relation, Snapshot, TensorTable
 from ckpt.state import is_array
 
 if TYPE_CHECKING:
-    from ckpt.store import Store
-    from ckpt.store.store import Framework
+    from ckpt.store import Framework, Store
 
 __all__ = [
     "ADAPTER_CONFIG_FILE",

@@ -11,8 +11,8 @@ import pytest
 
 import ckpt
 from ckpt.model import Snapshot, StoreConfig, TensorTable, canonical_json, digest_bytes
-from ckpt.store import layout
-from ckpt.store.objects import chunk_header
+from ckpt.store import _layout as layout
+from ckpt.store._objects import chunk_header
 
 GOLDEN = Path(__file__).parent / "golden"
 

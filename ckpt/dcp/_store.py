@@ -36,9 +36,7 @@ from ckpt.model import (
     utcnow,
 )
 from ckpt.state import TensorSource
-from ckpt.store import Store
-from ckpt.store import shards as _shards
-from ckpt.store import transfer as _transfer
+from ckpt.store import Store, _shards, _transfer
 
 __all__ = ["Pending", "begin", "chunk_jobs", "commit", "open_snapshot", "read_tensors", "write_tensors"]
 

@@ -18,7 +18,7 @@ import ckpt
 import ckpt.safetensors_file
 from ckpt.errors import CorruptChunkError, RecordError
 from ckpt.hf import export_folder, import_folder
-from ckpt.store import layout
+from ckpt.store import _layout as layout
 
 
 def weights(seed: int, n: int = 6) -> dict[str, np.ndarray]:

@@ -50,20 +50,20 @@ from ckpt.model import (
 )
 from ckpt.state import flatten, tensor_paths, tied_groups, unflatten
 from ckpt.storage import Backend, open_backend
-from ckpt.store import layout
-from ckpt.store.gc import GcReport, OnDamage, plan_gc, release_needs, scan_liveness
-from ckpt.store.objects import Objects
-from ckpt.store.refs import Refs
-from ckpt.store.repair import RepairReport, repair
-from ckpt.store.retention import RetentionPolicy
-from ckpt.store.revisions import ParsedRevision, parse_revision, resolve_base, resolve_reflog, walk_steps
-from ckpt.store.shards import read_whole
-from ckpt.store.sync import SyncReport, sync
-from ckpt.store.transfer import Progress, WriteStats, read_tensors, write_files, write_tensors
-from ckpt.store.verify import Damage, VerifyReport, release_damage, verify_snapshots
+from ckpt.store import _layout as layout
+from ckpt.store._gc import GcReport, OnDamage, plan_gc, release_needs, scan_liveness
+from ckpt.store._objects import Objects
+from ckpt.store._refs import Refs
+from ckpt.store._repair import RepairReport, repair
+from ckpt.store._retention import RetentionPolicy
+from ckpt.store._revisions import ParsedRevision, parse_revision, resolve_base, resolve_reflog, walk_steps
+from ckpt.store._shards import read_whole
+from ckpt.store._sync import SyncReport, sync
+from ckpt.store._transfer import Progress, WriteStats, read_tensors, write_files, write_tensors
+from ckpt.store._verify import Damage, VerifyReport, release_damage, verify_snapshots
 
 if TYPE_CHECKING:
-    from ckpt.store.signing import PrivateKey, PublicKey, ReleaseSigner, ReleaseStatus
+    from ckpt.store._signing import PrivateKey, PublicKey, ReleaseSigner, ReleaseStatus
 
 __all__ = ["Store", "init", "open"]
 
@@ -689,7 +689,7 @@ class Store:
         loaded is published: the snapshot must not be pruned, and its table and every chunk must be in the
         store (an adapter's bases too). With ``signer``, the release is also signed: a statement naming the
         release, the snapshot id (which commits to every byte), the time and the signer's key is signed and
-        stored beside the tag (``ckpt.store.signing``), so that ``verify(trust=[public key])`` can tell the
+        stored beside the tag (docs/concepts/security.md), so that ``verify(trust=[public key])`` can tell the
         release is the one its publisher froze.
 
         Args:
@@ -734,7 +734,7 @@ class Store:
         needs = self._check_loadable(snap, verify=verify)
         signature = None
         if signer is not None:  # every key problem shows before anything is written
-            from ckpt.store.signing import ReleaseSigner
+            from ckpt.store._signing import ReleaseSigner
 
             signature = ReleaseSigner.of(signer).sign(name, snap.id)
         self._refs.create_tag(
@@ -754,7 +754,7 @@ class Store:
                 stacklevel=2,
             )
         if signature is not None:
-            from ckpt.store.signing import write_release_signature
+            from ckpt.store._signing import write_release_signature
 
             write_release_signature(self.backend, name, signature)
         return name
@@ -816,7 +816,7 @@ class Store:
             FrozenRefError: the tag is not frozen (only releases are signed).
             RecordError: the key cannot be used.
         """
-        from ckpt.store.signing import ReleaseSigner, put_signature
+        from ckpt.store._signing import ReleaseSigner, put_signature
 
         tag = self._refs.tag(name)
         if tag is None:
@@ -974,7 +974,7 @@ class Store:
         was unfrozen or deleted, or whose freeze is not logged, is ``tampered`` or ``repointed``) and against
         its signatures (each must verify with its own key and sign this release's name and id). With ``trust``,
         every frozen release must also be signed by one of the trusted keys, as it is now; one that is not is
-        reported ``unsigned``, ``repointed`` or ``forged`` (``ckpt.store.signing``).
+        reported ``unsigned``, ``repointed`` or ``forged`` (docs/concepts/security.md).
 
         Args:
             rev: check this snapshot only; default: every snapshot reachable from a branch, tag or the reflog.
@@ -990,7 +990,7 @@ class Store:
         if trust is not None and rev is not None:
             raise RecordError("trust= checks every frozen release: call verify(trust=...) without a revision")
         if trust is not None:
-            from ckpt.store.signing import load_trusted_keys
+            from ckpt.store._signing import load_trusted_keys
 
             keys = load_trusted_keys(trust)
         if rev is not None:
@@ -1038,7 +1038,7 @@ class Store:
                     "(gc keeps its objects); `ckpt repair` removes the marker",
                 )
             )
-        from ckpt.store.signing import check_releases
+        from ckpt.store._signing import check_releases
 
         releases = check_releases(self.backend, tags, entries, trust=keys)
         extra.extend(release_damage(releases, keys_given=keys is not None))

@@ -46,7 +46,7 @@ from ckpt.model import (
     utcnow,
 )
 from ckpt.storage import Backend
-from ckpt.store import layout
+from ckpt.store import _layout as layout
 
 __all__ = ["RefDamage", "Refs", "branch_bytes"]
 

@@ -18,8 +18,8 @@ from ckpt import settings, state
 from ckpt.errors import StateError
 from ckpt.model import FileEntry, TensorEntry
 from ckpt.state import TensorSource, writable_view
-from ckpt.store.objects import CHUNK_HEADER_SIZE, Objects
-from ckpt.store.shards import sharded_jobs
+from ckpt.store._objects import CHUNK_HEADER_SIZE, Objects
+from ckpt.store._shards import sharded_jobs
 
 __all__ = ["Progress", "WriteStats", "allocate", "read_tensors", "write_files", "write_tensors"]
 
