@@ -235,6 +235,7 @@ sys.stdin.readline()
 def _check_store(url: str, opts: dict[str, Any], old_head: str) -> tuple[bool, str, str]:
     """Verify the store after a kill; returns (sound?, where main is, what was wrong)."""
     import ckpt
+    from ckpt.store import store_parts
 
     store = ckpt.open(url, **opts)
     report = store.verify()
@@ -245,7 +246,7 @@ def _check_store(url: str, opts: dict[str, Any], old_head: str) -> tuple[bool, s
     for name, sid in refs.items():
         snap = store.get(sid)
         table = store.table(sid)
-        missing = [d for d in table.chunk_digests() if not store._objects.has_chunk(d)]
+        missing = [d for d in table.chunk_digests() if not store_parts(store).objects.has_chunk(d)]
         if missing and not snap.pruned:
             return False, "", f"{name} points at {sid[:12]} whose chunks are missing"
     head = refs["main"]

@@ -42,7 +42,17 @@ from ckpt.errors import (
 )
 
 if typing.TYPE_CHECKING:  # imported on first use (PEP 562), so that `import ckpt` and `ckpt --help` stay fast
-    from ckpt.model import ReflogEntry, Relation, Snapshot, StoreConfig, TagRecord, TensorEntry, TensorTable
+    from ckpt.model import (
+        ReflogEntry,
+        Relation,
+        SaveFields,
+        Snapshot,
+        SnapshotFields,
+        StoreConfig,
+        TagRecord,
+        TensorEntry,
+        TensorTable,
+    )
     from ckpt.rng import rng_state, set_rng_state
     from ckpt.state import TensorSource
     from ckpt.store import (
@@ -53,6 +63,7 @@ if typing.TYPE_CHECKING:  # imported on first use (PEP 562), so that `import ckp
         ReleaseStatus,
         RepairReport,
         Store,
+        StoreStats,
         SyncReport,
         VerifyReport,
         init,
@@ -64,7 +75,18 @@ if typing.TYPE_CHECKING:  # imported on first use (PEP 562), so that `import ckp
 #: Public names imported on first use: name → the module that defines it.
 _LAZY = {
     **dict.fromkeys(
-        ("ReflogEntry", "Relation", "Snapshot", "StoreConfig", "TagRecord", "TensorEntry", "TensorTable"), "ckpt.model"
+        (
+            "ReflogEntry",
+            "Relation",
+            "SaveFields",
+            "Snapshot",
+            "SnapshotFields",
+            "StoreConfig",
+            "TagRecord",
+            "TensorEntry",
+            "TensorTable",
+        ),
+        "ckpt.model",
     ),
     **dict.fromkeys(("rng_state", "set_rng_state"), "ckpt.rng"),
     "TensorSource": "ckpt.state",
@@ -77,6 +99,7 @@ _LAZY = {
             "ReleaseStatus",
             "RepairReport",
             "Store",
+            "StoreStats",
             "SyncReport",
             "VerifyReport",
             "init",
@@ -93,6 +116,9 @@ _CLAIMED = frozenset(
     (
         "Store",
         "Snapshot",
+        "SaveFields",
+        "SnapshotFields",
+        "StoreStats",
         "LazyTensors",
         "GcReport",
         "VerifyReport",
@@ -210,9 +236,11 @@ __all__ = [
     "RepairReport",
     "RevisionError",
     "RevisionNotFoundError",
+    "SaveFields",
     "SaveHandle",
     "SignatureError",
     "Snapshot",
+    "SnapshotFields",
     "StateError",
     "StateMismatchError",
     "Store",
@@ -220,6 +248,7 @@ __all__ = [
     "StoreError",
     "StoreExistsError",
     "StoreNotFoundError",
+    "StoreStats",
     "SyncReport",
     "TagRecord",
     "TensorEntry",

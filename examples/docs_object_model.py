@@ -27,8 +27,8 @@ def main(url: str) -> None:
     after = store.stats()
 
     # the second save wrote one new chunk: the 2 MiB embedding is stored once, shared by both snapshots
-    print(f"chunks: {before['chunks']} after the first save, {after['chunks']} after the second")
-    assert after["chunks"] - before["chunks"] == 1
+    print(f"chunks: {before.chunks} after the first save, {after.chunks} after the second")
+    assert after.chunks - before.chunks == 1
 
     # the tensor table: each tensor's dtype, shape and chunk digests, plus the rest of the state as typed JSON
     table = store.table(b.id)

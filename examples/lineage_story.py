@@ -397,7 +397,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="ckpt-lineage-files-"))
     sizes = {snap.id: full_file_bytes(store, snap, folder) for snap in live}
     shutil.rmtree(folder)
-    in_store, as_files = store.stats()["total_bytes"], sum(sizes.values())
+    in_store, as_files = store.stats().total_bytes, sum(sizes.values())
     print(f"\nall {len(live)} live snapshots: {in_store / 1e6:.2f} MB in the store (chunks, records, refs, logs)")
     print(f"   vs {as_files / 1e6:.2f} MB as {len(live)} full safetensors files: {in_store / as_files:.0%}")
     shared, alone = chunk_bytes(store, family), sum(sizes[s.id] for s in family)

@@ -473,6 +473,23 @@ def test_api_page_lists_every_public_name() -> None:
             assert rendered in text or by_hand in text or error in errors, f"api.md lacks {module.__name__}.{name}"
 
 
+def test_api_page_lists_every_store_verb() -> None:
+    """``ckpt.Store`` is rendered from an explicit member list (its own verbs, then StoreMaintenance's)."""
+    import ckpt
+
+    text = (DOCS / "api.md").read_text(encoding="utf-8")
+    block = text.split("::: ckpt.Store\n", 1)[1].split("\n\n", 1)[0]
+    listed = re.findall(r"^ +- (\w+)$", block, flags=re.M)
+    public = {
+        name
+        for cls in ckpt.Store.__mro__
+        if cls.__module__.startswith("ckpt")
+        for name, member in vars(cls).items()
+        if not name.startswith("_") and (callable(member) or isinstance(member, property))
+    }
+    assert sorted(listed) == sorted(public) and len(listed) == len(set(listed))
+
+
 def test_environment_page_lists_every_variable() -> None:
     import ckpt.settings
 
@@ -504,7 +521,7 @@ def test_format_page_layout_and_encodings_match_the_code() -> None:
     from ckpt.model import canonical_json
     from ckpt.state import flatten
     from ckpt.store import _layout as layout
-    from ckpt.store import objects
+    from ckpt.store import _objects as objects
 
     text = (DOCS / "format.md").read_text(encoding="utf-8")
     d = "ab" + "0" * 62

@@ -140,7 +140,7 @@ def test_tied_tensors_table_record(tmp_path: Path) -> None:
     assert table.tensors["model/embed"] == table.tensors["model/head"]
     state = store.load(snap.id)
     assert state["model"]["embed"] is state["model"]["head"]
-    assert store.stats()["chunks"] == 2  # the tied tensor's bytes once, and norm's
+    assert store.stats().chunks == 2  # the tied tensor's bytes once, and norm's
 
 
 def test_table_without_ties_reads_unchanged_and_older_readers_ignore_ties(tmp_path: Path) -> None:

@@ -1,11 +1,18 @@
-"""The public surface: exactly ``ckpt.__all__`` (+ documented submodules), each with a docstring."""
+"""The public surface: exactly ``ckpt.__all__`` (+ documented submodules), each with a docstring.
+
+One rule says what is public: the packages and modules listed in ``PUBLIC`` (and ``ckpt.integrations.*``) are
+public API; every other module is internal, and a module inside an internal package says so with a leading
+underscore (``ckpt/store/_objects.py``), its package ``__init__`` being the interface the other layers import.
+"""
 
 from __future__ import annotations
 
+import ast
 import inspect
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import ckpt
 import ckpt.dcp
@@ -17,6 +24,42 @@ import ckpt.storage
 import ckpt.testing
 
 DOCUMENTED = [ckpt, ckpt.errors, ckpt.storage, ckpt.retention, ckpt.testing, ckpt.hf, ckpt.diff, ckpt.dcp]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Public packages and modules (with ``ckpt.integrations.*``): their names are API, documented in docs/api.md.
+PUBLIC = frozenset(
+    (
+        "ckpt",
+        "ckpt.errors",
+        "ckpt.storage",
+        "ckpt.testing",
+        "ckpt.dcp",
+        "ckpt.lineage",
+        "ckpt.interop",
+        "ckpt.plot",
+        "ckpt.ui",
+        "ckpt.integrations",
+    )
+)
+
+#: Internal packages whose modules follow the rule already (the packages above the store join as they move).
+RULED = ("ckpt.model", "ckpt.state", "ckpt.store")
+
+
+def _modules() -> dict[str, Path]:
+    """Module name → file, for every module of the ``ckpt`` package (a package by its ``__init__``)."""
+    out = {}
+    for path in sorted((ROOT / "ckpt").rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = path
+    return out
+
+
+def _inside(name: str, package: str) -> bool:
+    return name == package or name.startswith(package + ".")
 
 
 def test_all_is_sorted_and_complete() -> None:
@@ -39,10 +82,43 @@ def test_every_public_name_has_a_docstring() -> None:
                 continue
             assert inspect.getdoc(obj), f"{module.__name__}.{name} has no docstring"
             if inspect.isclass(obj):
-                for attr, member in vars(obj).items():
-                    if attr.startswith("_") or not callable(member):
-                        continue
-                    assert inspect.getdoc(member), f"{module.__name__}.{name}.{attr} has no docstring"
+                own = [c for c in obj.__mro__ if c.__module__.startswith("ckpt")]  # inherited verbs too
+                for cls in own:
+                    for attr, member in vars(cls).items():
+                        if attr.startswith("_") or not callable(member):
+                            continue
+                        assert inspect.getdoc(member), f"{module.__name__}.{name}.{attr} has no docstring"
+
+
+def test_internal_modules_say_so() -> None:
+    """Inside an internal package, every module but the package's ``__init__`` has a leading underscore."""
+    for name, path in _modules().items():
+        if any(_inside(name, p) for p in PUBLIC if p != "ckpt") or not any(_inside(name, p) for p in RULED):
+            continue
+        if path.name != "__init__.py":
+            assert path.stem.startswith("_"), f"{name} is internal: name it {path.parent.name}/_{path.name}"
+
+
+def test_internal_modules_are_imported_only_inside_their_package() -> None:
+    """``ckpt.store._objects`` is imported by ``ckpt.store``'s own modules; the other layers use ``ckpt.store``."""
+    modules = _modules()
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                continue
+            for target in targets:
+                parts = target.split(".")
+                private = next((i for i, c in enumerate(parts) if c.startswith("_") and not c.startswith("__")), None)
+                if private is None or parts[0] != "ckpt":
+                    continue
+                owner = ".".join(parts[:private])
+                if any(_inside(owner, p) for p in RULED):
+                    assert _inside(package, owner), f"{name} imports {target}: import it from {owner}"
 
 
 def test_reexports_claim_the_ckpt_module() -> None:

@@ -1,6 +1,7 @@
 """Every use ``ckpt.dcp`` makes of the store's internals, behind six functions.
 
-The DCP writer and reader never touch ``Store._objects`` or ``Store._refs`` themselves; they call:
+The DCP writer and reader reach the store's internals only here, through its internal interface
+(``ckpt.store.store_parts``: objects, refs, backend); they call:
 
 - ``begin``: the checks ``Store.save`` makes before writing (branch name, head, parents, relation, record
   fields), giving a ``Pending`` save; nothing is written.
@@ -10,7 +11,7 @@ The DCP writer and reader never touch ``Store._objects`` or ``Store._refs`` them
 - ``chunk_jobs``: read jobs that fill a byte buffer from a tensor's (or one block's) chunks, verified.
 - ``read_tensors``: whole tensors of a snapshot (as ``Store.load`` reads them).
 
-When the store's write path moves (``commit.py``, ``reading.py``), only this file follows it.
+When the store's write path moves (``ckpt/store/_commit.py``, ``_reading.py``), only this file follows it.
 """
 
 from __future__ import annotations
@@ -36,15 +37,23 @@ from ckpt.model import (
     utcnow,
 )
 from ckpt.state import TensorSource
-from ckpt.store import Store, _shards, _transfer
+from ckpt.store import (
+    INHERITS_FILES,
+    Store,
+    WriteStats,
+    inherited_files,
+    store_parts,
+)
+from ckpt.store import chunk_jobs as store_chunk_jobs
+from ckpt.store import open_snapshot as store_open_snapshot
+from ckpt.store import read_tensors as store_read_tensors
+from ckpt.store import write_files as store_write_files
+from ckpt.store import write_tensors as store_write_tensors
 
 __all__ = ["Pending", "begin", "chunk_jobs", "commit", "open_snapshot", "read_tensors", "write_tensors"]
 
 #: A read job: reads some chunks into place and returns how many bytes it read.
 Job = Callable[[], int]
-
-#: Relations whose snapshots keep their first parent's attached files unless given their own (as ``save``).
-_INHERITS_FILES = frozenset({"continue", "finetune", "quantized"})
 
 
 @dataclass(frozen=True)
@@ -81,9 +90,10 @@ def begin(
             ``force``.
     """
     check_ref_name(branch, kind="branch")
-    head = store._refs.branch_head(branch)
+    parts = store_parts(store)
+    head = parts.refs.branch_head(branch)
     if head is None:
-        store._refs.check_new_name(branch, "branch")
+        parts.refs.check_new_name(branch, "branch")
     parent_ids = [store.resolve(p).id for p in parents] if parents is not None else ([head] if head else [])
     if head is not None and head not in parent_ids and not force:
         raise RefConflictError(
@@ -101,7 +111,7 @@ def begin(
     if rel == "adapter":
         raise RecordError("an adapter is saved with store.save_adapter, not through torch.distributed.checkpoint")
     if model is None and parent_ids:
-        model = store._objects.get_snapshot(parent_ids[0]).model
+        model = parts.objects.get_snapshot(parent_ids[0]).model
     try:
         record = Snapshot(
             parents=tuple(parent_ids),
@@ -132,8 +142,8 @@ def write_tensors(store: Store, sources: Mapping[str, TensorSource]) -> tuple[di
     Returns:
         Table entries by name, and the bytes actually written (new chunks with their headers).
     """
-    stats = _transfer.WriteStats()
-    entries = _transfer.write_tensors(store._objects, sources, store.chunk_size, stats=stats)
+    stats = WriteStats()
+    entries = store_write_tensors(store_parts(store).objects, sources, store.chunk_size, stats=stats)
     return entries, stats.bytes_written
 
 
@@ -145,25 +155,26 @@ def commit(store: Store, pending: Pending, *, tensors: dict[str, TensorEntry], t
         RefConflictError: the branch moved since ``begin``; the snapshot is stored and in the reflog.
     """
     record = pending.record
-    stats = _transfer.WriteStats()
-    if pending.files is None and record.parents and record.relation in _INHERITS_FILES:
-        files: dict[str, FileEntry] = store._inherited_files(record.parents[0], stats)
+    parts = store_parts(store)
+    stats = WriteStats()
+    if pending.files is None and record.parents and record.relation in INHERITS_FILES:
+        files: dict[str, FileEntry] = inherited_files(parts, record.parents[0], stats)
     else:
-        files = _transfer.write_files(store._objects, pending.files or {}, store.chunk_size, stats=stats)
+        files = store_write_files(parts.objects, pending.files or {}, store.chunk_size, stats=stats)
     try:
         table = TensorTable(chunk_size=store.chunk_size, tensors=tensors, tree=tree, files=files)
     except ValidationError as e:
         raise RecordError(f"cannot record this snapshot's tensor table: {e}") from e
     record = record.model_copy(
         update={
-            "table": store._objects.put_table(table),
+            "table": parts.objects.put_table(table),
             "tensor_count": len(tensors),
             "tensor_bytes": sum(t.nbytes for t in tensors.values()),
         }
     )
-    snap = store._objects.put_snapshot(record)
-    store.backend.flush()
-    store._refs.move_branch(pending.branch, pending.head, snap.id, action="commit", message=record.message)
+    snap = parts.objects.put_snapshot(record)
+    parts.backend.flush()
+    parts.refs.move_branch(pending.branch, pending.head, snap.id, action="commit", message=record.message)
     return snap
 
 
@@ -173,9 +184,7 @@ def open_snapshot(store: Store, rev: str) -> tuple[Snapshot, TensorTable]:
     Raises:
         RevisionError: ``rev`` names nothing. MissingObjectError: the snapshot was pruned.
     """
-    snap = store.resolve(rev)
-    store._check_not_pruned(snap)
-    return snap, store._objects.get_table(snap.table)
+    return store_open_snapshot(store_parts(store), rev)
 
 
 def chunk_jobs(
@@ -192,8 +201,8 @@ def chunk_jobs(
     snapshot: str,
 ) -> list[Job]:
     """Jobs that read the chunks of ``nbytes`` bytes overlapping ``[lo, hi)`` into ``dest`` (verified)."""
-    return _shards.chunk_jobs(
-        store._objects,
+    return store_chunk_jobs(
+        store_parts(store).objects,
         chunks,
         nbytes,
         chunk_size,
@@ -211,6 +220,6 @@ def read_tensors(
 ) -> dict[str, Any]:
     """Whole tensors of a snapshot as torch tensors, read (and verified) as ``Store.load`` reads them."""
     entries = {name: table.tensors[name] for name in names}
-    return _transfer.read_tensors(
-        store._objects, entries, table.chunk_size, snapshot=snap.id, verify=verify, framework="torch"
+    return store_read_tensors(
+        store_parts(store).objects, entries, table.chunk_size, snapshot=snap.id, verify=verify, framework="torch"
     )

@@ -19,22 +19,21 @@ unreadable table keeps every chunk; an unreadable pruned marker does not prune.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from ckpt.errors import CkptError, IntegrityError, MissingObjectError
-from ckpt.model import PrunedMarker, TagRecord, is_digest, parse_json, parse_time, utcnow
+from ckpt.errors import CkptError, IntegrityError, RecordError
+from ckpt.model import utcnow
 from ckpt.storage import Backend, Entry
 from ckpt.store import _layout as layout
-from ckpt.store._objects import Objects
-from ckpt.store._refs import Refs
-from ckpt.store._verify import Damage, damage_kind
+from ckpt.store._liveness import scan_liveness
+from ckpt.store._parts import StoreParts
+from ckpt.store._reports import Damage, damage_kind
 
-__all__ = ["GcPlan", "GcReport", "Liveness", "OnDamage", "live_snapshots", "plan_gc", "scan_liveness"]
+__all__ = ["GcPlan", "GcReport", "OnDamage", "collect", "plan_gc"]
 
 #: What gc does when it meets damage: refuse (default), or keep everything the damage might hide.
 OnDamage = Literal["refuse", "keep"]
@@ -155,192 +154,6 @@ class GcPlan(BaseModel):
         return self.report(dry_run=False, reused=reused, reused_tables=len(touched))
 
 
-@dataclass
-class Liveness:
-    """What is live, and what could not be read on the way (shared by ``gc`` and ``verify``).
-
-    Attributes:
-        live: snapshot id → (table digest, pruned?) for every readable snapshot reachable from a root.
-        broken: reachable snapshot ids whose record is missing or unreadable.
-        damage: every problem met, as ``verify`` reports it.
-        pruned: ids with a readable pruned marker.
-        protected: frozen releases and the adapter bases they need: never pruned, whatever a marker says.
-        all_records: an unreadable root or record could name any snapshot: keep every record.
-        all_tables: an unreadable record could have any table: keep every table.
-        all_chunks: an unreadable record or table could need any chunk: keep every chunk.
-        reflog_ids: snapshot ids the (unexpired) reflog names.
-    """
-
-    live: dict[str, tuple[str, bool]] = field(default_factory=dict)
-    broken: set[str] = field(default_factory=set)
-    damage: list[Damage] = field(default_factory=list)
-    pruned: set[str] = field(default_factory=set)
-    protected: set[str] = field(default_factory=set)
-    all_records: bool = False
-    all_tables: bool = False
-    all_chunks: bool = False
-    reflog_ids: set[str] = field(default_factory=set)
-
-
-def read_pruned(backend: Backend) -> tuple[set[str], list[Damage]]:
-    """Ids with a readable pruned marker, and the damage of markers that cannot be read."""
-    ids: set[str] = set()
-    damage: list[Damage] = []
-    for e in backend.list(layout.PRUNED):
-        sid = layout.digest_from_path(e.path)
-        if not e.path.endswith(".json") or not is_digest(sid) or e.path != layout.pruned_path(sid):
-            damage.append(
-                Damage(kind="invalid", object="marker", digest=e.path, message=f"{e.path} is not a pruned marker")
-            )
-            continue
-        try:
-            PrunedMarker.model_validate(parse_json(backend.read(e.path), what=f"pruned marker {e.path}"))
-        except MissingObjectError:
-            continue  # removed between the listing and the read
-        except (CkptError, ValueError) as err:
-            damage.append(
-                Damage(
-                    kind=damage_kind(err) if isinstance(err, CkptError) else "invalid",
-                    object="marker",
-                    digest=e.path,
-                    snapshots=(sid,),
-                    message=f"pruned marker {e.path} cannot be read; the snapshot is treated as not pruned",
-                )
-            )
-            continue
-        ids.add(sid)
-    return ids, damage
-
-
-def _ref_damage(path: str, message: str, kind: Literal["missing", "corrupt", "invalid"] = "invalid") -> Damage:
-    return Damage(kind=kind, object="reflog" if path.startswith(layout.LOGS) else "ref", digest=path, message=message)
-
-
-def release_needs(objects: Objects, tags: Mapping[str, TagRecord]) -> set[str]:
-    """Ids a frozen release needs to load: each frozen tag's snapshot and its adapter bases (unreadable skipped)."""
-    need: set[str] = set()
-    todo = [t.id for t in tags.values() if t.frozen]
-    while todo:
-        sid = todo.pop()
-        if sid in need:
-            continue
-        need.add(sid)
-        try:
-            base = objects.get_snapshot(sid).base
-        except CkptError:
-            continue
-        if base:
-            todo.append(base)
-    return need
-
-
-def scan_liveness(
-    objects: Objects, refs: Refs, *, expire_reflog: timedelta | None, now: datetime | None = None
-) -> Liveness:
-    """Walk every root and every snapshot it reaches; record what is live and every problem met.
-
-    A reflog entry naming a snapshot that is not in the store is not damage (gc may have collected it after
-    the entry expired, under a shorter ``expire_reflog``); a branch, tag, parent or adapter base naming a
-    missing snapshot is.
-    """
-    now = now or utcnow()
-    out = Liveness()
-    branches, tags, ref_damage = refs.scan()
-    entries, log_damage = refs.scan_reflog()
-    for d in (*ref_damage, *log_damage):
-        out.damage.append(_ref_damage(d.path, d.message))
-        out.all_records = True
-    out.pruned, marker_damage = read_pruned(objects.backend)
-    out.damage.extend(marker_damage)
-    roots: dict[str, str] = {}  # id → what names it (for messages)
-    named = [(f"branch {n!r}", layout.branch_path(n), h) for n, h in branches.items()]
-    named += [(f"tag {n!r}", layout.tag_path(n), t.id) for n, t in tags.items()]
-    for why, ref, sid in named:
-        if objects.has_snapshot(sid):
-            roots.setdefault(sid, why)
-            continue
-        # a ref pointing at nothing: the ref is the damage; what the record held is unknown, so keep all
-        out.damage.append(
-            Damage(
-                kind="missing",
-                object="ref",
-                digest=ref,
-                snapshots=(sid,),
-                message=f"{why} points at snapshot {sid[:12]}, which is missing",
-            )
-        )
-        out.broken.add(sid)
-        out.all_records = out.all_tables = out.all_chunks = True
-    for entry in entries:
-        if expire_reflog is not None and now - parse_time(entry.time) > expire_reflog:
-            continue
-        out.reflog_ids.update(x for x in (entry.old, entry.new) if x)
-    for sid in sorted(out.reflog_ids - set(roots) - out.broken):
-        if objects.has_snapshot(sid):
-            roots[sid] = "the reflog"
-    if out.all_records:  # an unreadable ref or reflog entry could name any snapshot: every record is a root
-        for sid in objects.snapshot_ids():
-            roots.setdefault(sid, "every record (an unreadable ref or reflog entry could name it)")
-
-    todo: list[tuple[str, str]] = list(roots.items())
-    reported: set[str] = set()
-    while todo:
-        sid, why = todo.pop()
-        if sid in out.live or sid in reported:
-            continue
-        try:
-            snap = objects.get_snapshot(sid)
-        except CkptError as e:
-            out.broken.add(sid)
-            reported.add(sid)
-            out.damage.append(
-                Damage(
-                    kind=damage_kind(e),
-                    object="snapshot",
-                    digest=sid,
-                    snapshots=(sid,),
-                    message=f"{e.message} (needed by {why})",
-                )
-            )
-            out.all_records = out.all_tables = out.all_chunks = True
-            continue
-        out.live[sid] = (snap.table, sid in out.pruned)
-        for dep in (*snap.parents, *((snap.base,) if snap.base else ())):
-            todo.append((dep, f"snapshot {sid[:12]}"))
-    out.protected = release_needs(objects, tags)
-    for sid in out.protected:
-        if sid in out.live:
-            out.live[sid] = (out.live[sid][0], False)
-    return out
-
-
-def live_snapshots(
-    objects: Objects, roots: Iterable[str], broken: set[str] | None = None
-) -> dict[str, tuple[str, bool]]:
-    """Snapshot id → (table digest, pruned?) for every snapshot reachable from ``roots``.
-
-    Ids whose record cannot be read (missing or damaged) are added to ``broken`` when it is given.
-    """
-    pruned = {layout.digest_from_path(e.path) for e in objects.backend.list(layout.PRUNED)}
-    live: dict[str, tuple[str, bool]] = {}
-    todo = list(roots)
-    while todo:
-        sid = todo.pop()
-        if sid in live:
-            continue
-        try:
-            snap = objects.get_snapshot(sid)
-        except CkptError:
-            if broken is not None:
-                broken.add(sid)
-            continue
-        live[sid] = (snap.table, sid in pruned)
-        todo.extend(snap.parents)
-        if snap.base:
-            todo.append(snap.base)
-    return live
-
-
 def _refusal(damage: list[Damage]) -> IntegrityError:
     shown = "; ".join(f"{d.kind} {d.object} {d.digest[:40]}: {d.message}" for d in damage[:3])
     more = f" (and {len(damage) - 3} more)" if len(damage) > 3 else ""
@@ -356,8 +169,7 @@ def _refusal(damage: list[Damage]) -> IntegrityError:
 
 
 def plan_gc(
-    objects: Objects,
-    refs: Refs,
+    parts: StoreParts,
     *,
     grace: timedelta,
     expire_reflog: timedelta | None = timedelta(days=30),
@@ -369,12 +181,12 @@ def plan_gc(
         IntegrityError: with ``on_damage="refuse"``, something gc must read is damaged or missing.
     """
     now = utcnow()
-    backend = objects.backend
+    objects, backend = parts.objects, parts.backend
 
     def old(e: Entry) -> bool:
         return e.mtime is None or now - e.mtime >= grace
 
-    state = scan_liveness(objects, refs, expire_reflog=expire_reflog, now=now)
+    state = scan_liveness(parts, expire_reflog=expire_reflog, now=now)
     live = state.live
     live_tables = {table for table, _ in live.values()}
     live_chunks: set[str] = set()
@@ -454,3 +266,18 @@ def plan_gc(
         young_records=young_records,
         damage=tuple(state.damage),
     )
+
+
+def collect(
+    parts: StoreParts, *, grace: timedelta, dry_run: bool, expire_reflog: timedelta | None, on_damage: OnDamage
+) -> GcReport:
+    """Plan a collection and, unless ``dry_run``, execute it; see ``Store.gc``.
+
+    Raises:
+        RecordError: ``on_damage`` is neither ``"refuse"`` nor ``"keep"``.
+        IntegrityError: with ``on_damage="refuse"``, something gc must read is damaged or missing.
+    """
+    if on_damage not in ("refuse", "keep"):
+        raise RecordError(f"on_damage must be 'refuse' or 'keep', got {on_damage!r}")
+    plan = plan_gc(parts, grace=grace, expire_reflog=expire_reflog, on_damage=on_damage)
+    return plan.report(dry_run=True) if dry_run else plan.execute(parts.backend)

@@ -7,7 +7,7 @@ import mmap
 import os
 import stat
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import blake3
 
@@ -21,6 +21,7 @@ from ckpt.model import (
 )
 from ckpt.storage import Backend
 from ckpt.store import _layout as layout
+from ckpt.store._types import Progress
 
 __all__ = [
     "CHUNK_HEADER_SIZE",
@@ -260,7 +261,7 @@ class Objects:
         *,
         tensor: str | None = None,
         snapshot: str | None = None,
-        progress: Callable[[int], None] | None = None,
+        progress: Progress | None = None,
     ) -> int:
         """Verify a stored chunk without keeping it: read in pieces of at most ``VERIFY_PIECE`` bytes.
 

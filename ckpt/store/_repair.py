@@ -18,20 +18,17 @@ guessed: it is reported, with what to do.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
 from ckpt.errors import CkptError
 from ckpt.model import PrunedMarker, Snapshot, canonical_json, format_time, is_digest, utcnow
 from ckpt.store import _layout as layout
-from ckpt.store._gc import release_needs
+from ckpt.store._parts import StoreParts
+from ckpt.store._reports import Damage, VerifyReport, damage_kind
 from ckpt.store._revisions import parse_revision, walk_steps
-from ckpt.store._transfer import Progress
-from ckpt.store._verify import Damage, VerifyReport, damage_kind, verify_snapshots
-
-if TYPE_CHECKING:
-    from ckpt.store._store import Store
+from ckpt.store._types import Progress
+from ckpt.store._verify import verify_snapshots, verify_store
 
 __all__ = ["RepairReport", "repair"]
 
@@ -80,7 +77,7 @@ def _key(d: Damage) -> tuple[str, str]:
     return d.object, d.digest
 
 
-def _resolve(store: Store, rev: str, fix: Fix | None) -> str:
+def _resolve(store: StoreParts, rev: str, fix: Fix | None) -> str:
     """The snapshot id ``rev`` names; a damaged record on the way (``main`` for ``main~2``) is fixed first.
 
     Raises:
@@ -89,25 +86,25 @@ def _resolve(store: Store, rev: str, fix: Fix | None) -> str:
 
     def get(sid: str) -> Snapshot:
         try:
-            return store._objects.get_snapshot(sid)
+            return store.objects.get_snapshot(sid)
         except CkptError as e:
             d = Damage(kind=damage_kind(e), object="snapshot", digest=sid, snapshots=(sid,), message=e.message)
             if fix is None or not fix(d):
                 raise _Unreadable(d) from e
         try:
-            return store._objects.get_snapshot(sid)
+            return store.objects.get_snapshot(sid)
         except CkptError as e:
             raise _Unreadable(d) from e
 
     parsed = parse_revision(rev)
-    sid = store._base_id(parsed)
+    sid = store.base_id(parsed)
     return walk_steps(get(sid), parsed.steps, get, rev).id if parsed.steps else sid
 
 
-def _verify(store: Store, revs: Sequence[str] | None, progress: Progress | None, fix: Fix | None) -> VerifyReport:
-    """``store.verify()``, or the snapshots of ``revs`` verified together (each chunk read once)."""
+def _verify(store: StoreParts, revs: Sequence[str] | None, progress: Progress | None, fix: Fix | None) -> VerifyReport:
+    """``Store.verify()``, or the snapshots of ``revs`` verified together (each chunk read once)."""
     if revs is None:
-        return store.verify(progress=progress)
+        return verify_store(store, progress=progress)
     ids: dict[str, None] = {}
     damage: dict[tuple[str, str], Damage] = {}
     for rev in revs:
@@ -115,20 +112,20 @@ def _verify(store: Store, revs: Sequence[str] | None, progress: Progress | None,
             ids[_resolve(store, rev, fix)] = None
         except _Unreadable as e:
             damage.setdefault(_key(e.damage), e.damage)
-    report = verify_snapshots(store._objects, ids, pruned=store._pruned(), progress=progress)
+    report = verify_snapshots(store.objects, ids, pruned=store.pruned(), progress=progress)
     for d in report.damage:
         damage.setdefault(_key(d), d)
     return report.model_copy(update={"damage": tuple(damage.values())})
 
 
-def _fix_in_place(store: Store, d: Damage) -> int | None:
+def _fix_in_place(store: StoreParts, d: Damage) -> int | None:
     """Fix damage that needs no source; returns the bytes written, or ``None`` if this is not such damage.
 
     Raises:
         _NotRepaired: it is damage of that family, but cannot be fixed.
     """
     if d.object == "reflog" and d.kind == "missing" and d.snapshots:
-        store._refs.append_reflog(
+        store.refs.append_reflog(
             d.digest,
             None,
             d.snapshots[0],
@@ -141,7 +138,7 @@ def _fix_in_place(store: Store, d: Damage) -> int | None:
         if not is_digest(sid) or d.digest != layout.pruned_path(sid):
             store.backend.delete([d.digest])  # not a marker at all: pruned/ holds only markers
             return 0
-        if sid in release_needs(store._objects, store._refs.tags()):
+        if sid in store.release_needs():
             store.backend.delete([d.digest])  # a frozen release is never pruned
             return 0
         marker = PrunedMarker(pruned_at=format_time(utcnow()), reason="rewritten by repair: the marker was unreadable")
@@ -156,7 +153,7 @@ def _fix_in_place(store: Store, d: Damage) -> int | None:
     return None
 
 
-def _fetch(source: Store | None, d: Damage) -> tuple[str, str, bytes]:
+def _fetch(source: StoreParts | None, d: Damage) -> tuple[str, str, bytes]:
     """Read the object ``d`` names from ``source``, checked against its digest: ``(object, digest, bytes)``.
 
     Raises:
@@ -164,7 +161,7 @@ def _fetch(source: Store | None, d: Damage) -> tuple[str, str, bytes]:
     """
     if source is None:
         raise _NotRepaired("no good copy was given to repair it from (repair --from URL)")
-    good = source._objects
+    good = source.objects
     try:
         if d.object == "chunk":
             return "chunk", d.digest, good.read_chunk(d.digest, verify=True, tensor=d.tensors[0] if d.tensors else None)
@@ -185,7 +182,7 @@ def _fetch(source: Store | None, d: Damage) -> tuple[str, str, bytes]:
 
 
 def repair(
-    store: Store, source: Store | None, *, revs: Sequence[str] | None = None, progress: Progress | None = None
+    store: StoreParts, source: StoreParts | None, *, revs: Sequence[str] | None = None, progress: Progress | None = None
 ) -> RepairReport:
     """Put back every damaged or missing object of ``store`` from ``source``; see ``Store.repair``."""
     if isinstance(revs, str):
@@ -214,9 +211,9 @@ def repair(
                 reasons[key] = f"not repaired: {e}"
                 return False
             if kind == "chunk":
-                n = store._objects.replace_chunk(digest, data)
+                n = store.objects.replace_chunk(digest, data)
             else:
-                store._objects.replace_raw_record(kind, digest, data)
+                store.objects.replace_raw_record(kind, digest, data)
                 n = len(data)
             reasons[key] = ""
             repaired.append(d)

@@ -1,4 +1,4 @@
-"""Retention policies: which snapshots of a branch's history keep their tensors.
+"""Retention: which snapshots of a branch's history keep their tensors, and pruning the others.
 
 A policy looks at a history (newest first) and names the snapshots it keeps; policies compose with
 ``AnyOf`` (keep what any of them keeps). ``Store.retain(branch, policy)`` prunes the rest. Whatever the
@@ -16,10 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-from ckpt.errors import RecordError
+from ckpt.errors import FrozenRefError, RecordError, RefError
 from ckpt.model import Snapshot
+from ckpt.store import _layout as layout
+from ckpt.store._parts import StoreParts
 
-__all__ = ["AnyOf", "KeepBest", "KeepEvery", "KeepLast", "RetentionPolicy"]
+__all__ = ["AnyOf", "KeepBest", "KeepEvery", "KeepLast", "RetentionPolicy", "prune", "retain"]
 
 
 @runtime_checkable
@@ -103,3 +105,63 @@ class AnyOf:
         for p in self.policies:
             out |= p.keep(history)
         return out
+
+
+# -- applying a policy ---------------------------------------------------------------------------------------
+
+
+def prune(parts: StoreParts, rev: str, *, reason: str | None) -> Snapshot:
+    """Mark a snapshot pruned, unless a ref or a frozen release needs it; see ``Store.prune``."""
+    snap = parts.resolve(rev)
+    _check_prunable(parts, snap.id)
+    if not snap.pruned:
+        parts.mark_pruned(snap.id, reason)
+        try:  # a ref made meanwhile (a freeze, a reset) wins over the prune
+            _check_prunable(parts, snap.id)
+        except RefError:
+            parts.backend.delete([layout.pruned_path(snap.id)])
+            raise
+    return snap.model_copy(update={"pruned": True})
+
+
+def _check_prunable(parts: StoreParts, snapshot_id: str) -> None:
+    short = snapshot_id[:12]
+    tags = parts.refs.tags()
+    for name, tag in tags.items():
+        if tag.id == snapshot_id:
+            if tag.frozen:
+                raise FrozenRefError(f"snapshot {short} is the frozen release {name!r}; it is never pruned")
+            raise RefError(
+                f"snapshot {short} is tagged {name!r}",
+                hint=f"delete the tag first: store.delete_tag({name!r})",
+                cli_hint=f"delete the tag first: `ckpt tag -d {name}`",
+            )
+    if snapshot_id in parts.release_needs(tags):
+        raise FrozenRefError(f"snapshot {short} is the base of a frozen adapter release; it is never pruned")
+    for name, head in parts.refs.branches().items():
+        if head == snapshot_id:
+            raise RefError(
+                f"snapshot {short} is the head of branch {name!r}",
+                hint=f"move the branch (store.reset({name!r}, rev)) or delete it (store.delete_branch({name!r}))",
+                cli_hint=f"move the branch (`ckpt reset {name} REV`) or delete it (`ckpt branch -d {name}`)",
+            )
+
+
+def retain(parts: StoreParts, branch: str, policy: RetentionPolicy, *, dry_run: bool) -> list[Snapshot]:
+    """Prune what ``policy`` does not keep of a branch's history; see ``Store.retain``."""
+    history = [s for s in parts.log(branch) if not s.pruned]
+    tags = parts.refs.tags()
+    protected = {t.id for t in tags.values()} | set(parts.refs.branches().values()) | parts.release_needs(tags)
+    keep = policy.keep(history) | protected
+    doomed = [s for s in history if s.id not in keep]
+    if not dry_run and doomed:
+        for s in doomed:
+            parts.mark_pruned(s.id, f"retention: {policy!r}")
+        # refs made meanwhile (a freeze, a reset, a branch) win over the prune
+        tags = parts.refs.tags()
+        now_protected = {t.id for t in tags.values()} | set(parts.refs.branches().values()) | parts.release_needs(tags)
+        raced = [s for s in doomed if s.id in now_protected]
+        if raced:
+            parts.backend.delete([layout.pruned_path(s.id) for s in raced])
+            doomed = [s for s in doomed if s.id not in now_protected]
+    return [s.model_copy(update={"pruned": True}) for s in doomed]

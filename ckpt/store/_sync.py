@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
@@ -22,13 +21,11 @@ from ckpt.errors import CkptError, RefConflictError
 from ckpt.model import Snapshot, TagRecord
 from ckpt.store import _layout as layout
 from ckpt.store._objects import CHUNK_HEADER_SIZE
-from ckpt.store._signing import copy_signatures
-from ckpt.store._transfer import Progress
+from ckpt.store._parts import StoreParts
+from ckpt.store._signatures import copy_signatures
+from ckpt.store._types import Progress
 
-if TYPE_CHECKING:
-    from ckpt.store._store import Store
-
-__all__ = ["SyncReport", "sync"]
+__all__ = ["SyncReport", "sync_parts"]
 
 
 class SyncReport(BaseModel):
@@ -58,7 +55,7 @@ class SyncReport(BaseModel):
     conflicts: tuple[str, ...]
 
 
-def _closure(src: Store, roots: Sequence[str], dst: Store) -> list[Snapshot]:
+def _closure(src: StoreParts, roots: Sequence[str], dst: StoreParts) -> list[Snapshot]:
     """Snapshots to copy, ancestors (and adapter bases) before the snapshots that need them."""
     order: list[Snapshot] = []
     seen: set[str] = set()
@@ -71,7 +68,7 @@ def _closure(src: Store, roots: Sequence[str], dst: Store) -> list[Snapshot]:
         if sid in seen:
             continue
         seen.add(sid)
-        if dst._objects.has_snapshot(sid):
+        if dst.objects.has_snapshot(sid):
             continue  # present: its data and its ancestors are present too
         snap = src.get(sid)
         stack.append((sid, True))
@@ -81,37 +78,17 @@ def _closure(src: Store, roots: Sequence[str], dst: Store) -> list[Snapshot]:
     return order
 
 
-def sync(
-    src: Store,
-    dst: Store,
+def sync_parts(
+    src: StoreParts,
+    dst: StoreParts,
     revs: Sequence[str] | None = None,
     *,
     progress: Progress | None = None,
     progress_total: Callable[[int], None] | None = None,
 ) -> SyncReport:
-    """Copy snapshots, their history and their refs from ``src`` to ``dst``.
-
-    First the chunks the destination lacks (each read from ``src``, checked against its digest, written once
-    however many snapshots share it), then tables and snapshot records, ancestors first, then the refs.
-
-    Args:
-        src: the store to copy from.
-        dst: the store to copy into.
-        revs: branches, tags or ids to copy; ``None``: every branch and tag.
-        progress: called with byte counts (raw tensor bytes) as chunks are copied.
-        progress_total: called once, before the first chunk is copied, with the bytes ``progress`` will count
-            in all (for a progress bar with a total).
-
-    Returns:
-        What was copied, and which refs diverged (reported, not overwritten).
-
-    Raises:
-        RevisionNotFoundError: a revision matches nothing in ``src``.
-        CorruptChunkError: a chunk or record of ``src`` does not match its digest (nothing of it is written).
-        BackendError: either storage failed; what was copied stays, and a rerun resumes.
-    """
-    branches = src.branches()
-    tags = src.tags()
+    """Copy snapshots, their history and their refs from ``src`` to ``dst``; see ``Store.sync_to``."""
+    branches = src.refs.branches()
+    tags = src.refs.tags()
     if revs is None:
         ref_names = [*branches, *tags]
         roots = [*branches.values(), *(t.id for t in tags.values())]
@@ -120,12 +97,12 @@ def sync(
         roots = [src.resolve(r).id for r in revs]
 
     todo = _closure(src, roots, dst)
-    pruned = src._pruned()
+    pruned = src.pruned()
     needed: dict[str, tuple[str, str, int]] = {}  # chunk → (a tensor or file using it, its snapshot, raw length)
     for snap in todo:
         if snap.id in pruned:
             continue
-        table = src._objects.get_table(snap.table)
+        table = src.objects.get_table(snap.table)
         for name, entry in table.tensors.items():
             for d, length in entry.pieces(table.chunk_size):  # a sharded tensor's pieces need not be equal
                 needed.setdefault(d, (name, snap.id, length))
@@ -137,15 +114,15 @@ def sync(
     pool = ThreadPoolExecutor(settings.threads(), thread_name_prefix="ckpt-sync")
     try:
         digests = list(needed)
-        present = dict(zip(digests, pool.map(dst._objects.has_chunk, digests), strict=True))
+        present = dict(zip(digests, pool.map(dst.objects.has_chunk, digests), strict=True))
         missing = [d for d in digests if not present[d]]
         if progress_total:
             progress_total(sum(needed[d][2] for d in missing))
 
         def copy(digest: str) -> int:
             name, sid, _ = needed[digest]
-            data = src._objects.read_chunk(digest, tensor=name, snapshot=sid)
-            _, written = dst._objects.put_chunk(memoryview(data), digest)
+            data = src.objects.read_chunk(digest, tensor=name, snapshot=sid)
+            _, written = dst.objects.put_chunk(memoryview(data), digest)
             if progress:
                 progress(len(data))
             return written
@@ -166,16 +143,16 @@ def sync(
     dst.backend.flush()
     # records are copied byte for byte, ancestors first: never re-serialized, so ids and unknown fields survive
     for snap in todo:
-        dst._objects.put_raw_record("table", snap.table, src._objects.raw_record("table", snap.table))
+        dst.objects.put_raw_record("table", snap.table, src.objects.raw_record("table", snap.table))
         if snap.id in pruned:
-            dst._mark_pruned(snap.id, "pruned in the source store")
+            dst.mark_pruned(snap.id, "pruned in the source store")
         dst.backend.flush()
-        dst._objects.put_raw_record("snapshot", snap.id, src._objects.raw_record("snapshot", snap.id))
+        dst.objects.put_raw_record("snapshot", snap.id, src.objects.raw_record("snapshot", snap.id))
 
     refs: list[str] = []
     conflicts: list[str] = []
-    dst_branches = dst.branches()
-    dst_tags = dst.tags()
+    dst_branches = dst.refs.branches()
+    dst_tags = dst.refs.tags()
     for name in ref_names:
         if name in branches:
             target = branches[name]
@@ -189,8 +166,8 @@ def sync(
                 continue
             try:
                 if current is None:
-                    dst._refs.check_new_name(name, "branch")
-                dst._refs.move_branch(name, current, target, action="sync", message=f"sync from {src.url}")
+                    dst.refs.check_new_name(name, "branch")
+                dst.refs.move_branch(name, current, target, action="sync", message=f"sync from {src.url}")
                 refs.append(layout.branch_path(name))
             except (RefConflictError, CkptError) as e:
                 conflicts.append(f"branch {name!r}: {e.message}")
@@ -204,8 +181,8 @@ def sync(
                     copy_signatures(src.backend, dst.backend, name)  # a release signed since the last sync
                 continue
             try:
-                dst._refs.check_new_name(name, "tag")
-                dst._refs.create_tag(name, TagRecord.model_validate(tag.model_dump()), action="sync")
+                dst.refs.check_new_name(name, "tag")
+                dst.refs.create_tag(name, TagRecord.model_validate(tag.model_dump()), action="sync")
                 if tag.frozen:
                     copy_signatures(src.backend, dst.backend, name)
                 refs.append(layout.tag_path(name))
@@ -222,7 +199,7 @@ def sync(
     )
 
 
-def _is_ancestor(store: Store, ancestor: str, descendant: str) -> bool:
+def _is_ancestor(store: StoreParts, ancestor: str, descendant: str) -> bool:
     todo = [descendant]
     seen: set[str] = set()
     while todo:

@@ -20,8 +20,9 @@ from ckpt.model import FileEntry, TensorEntry
 from ckpt.state import TensorSource, writable_view
 from ckpt.store._objects import CHUNK_HEADER_SIZE, Objects
 from ckpt.store._shards import sharded_jobs
+from ckpt.store._types import Progress
 
-__all__ = ["Progress", "WriteStats", "allocate", "read_tensors", "write_files", "write_tensors"]
+__all__ = ["WriteStats", "allocate", "read_tensors", "write_files", "write_tensors"]
 
 #: With ``mmap=True``, a local tensor held in one raw chunk at least this big is memory-mapped (zero-copy)
 #: instead of read.
@@ -29,9 +30,6 @@ MMAP_MIN_BYTES = 1 << 20
 
 #: A tensor at least this big is read into memory backed by transparent huge pages where the system has them.
 HUGE_MIN_BYTES = 4 << 20
-
-#: Called with a number of bytes each time that many more are done.
-Progress = Callable[[int], None]
 
 
 @dataclass

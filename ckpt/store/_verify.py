@@ -1,103 +1,112 @@
-"""Verification: read every object a set of snapshots needs and report all damage in one pass."""
+"""Verification: read every object a set of snapshots needs and report all damage in one pass.
+
+``verify_store`` finds what to check (every snapshot reachable from a ref or the reflog, with the liveness
+walk ``gc`` uses) and checks what only a whole-store verify can: the refs themselves, every reflog entry and
+pruned marker, that each ref's latest move is in its reflog, that no frozen release (or a base it needs) is
+marked pruned, and every frozen release against the reflog and its signatures. ``verify_snapshots`` then reads
+every chunk once, in parallel.
+"""
 
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict
+from typing import TYPE_CHECKING
 
 from ckpt import settings
-from ckpt.errors import CkptError, IntegrityError, MissingObjectError
+from ckpt.errors import CkptError, RecordError
 from ckpt.model import TensorTable
+from ckpt.store import _layout as layout
+from ckpt.store._keys import load_trusted_keys
+from ckpt.store._liveness import scan_liveness
 from ckpt.store._objects import Objects
-from ckpt.store._signing import ReleaseStatus
-from ckpt.store._transfer import Progress
+from ckpt.store._parts import StoreParts
+from ckpt.store._reports import Damage, VerifyReport, damage_kind, release_damage
+from ckpt.store._signatures import check_releases
+from ckpt.store._types import Progress
 
-__all__ = ["Damage", "VerifyReport", "damage_kind", "release_damage", "verify_snapshots"]
+if TYPE_CHECKING:
+    from ckpt.store._keys import PublicKey
+
+__all__ = ["verify_snapshots", "verify_store"]
 
 
-class Damage(BaseModel):
-    """One damaged or missing object.
+def verify_store(
+    parts: StoreParts,
+    rev: str | None = None,
+    *,
+    trust: Sequence[str | os.PathLike[str] | PublicKey] | None = None,
+    progress: Progress | None = None,
+    progress_total: Callable[[int], None] | None = None,
+) -> VerifyReport:
+    """Check one snapshot (``rev``), or the whole store with its refs, reflog, markers and releases.
 
-    Attributes:
-        kind: ``missing`` (not in the store), ``corrupt`` (bytes do not match the digest, wrong size, or not a
-            regular file) or ``invalid`` (not a valid record, or contradicting another: a frozen release marked
-            pruned); for a frozen release (docs/concepts/security.md): ``unsigned`` (no signature by a trusted
-            key), ``repointed`` (its tag names another snapshot than the one frozen or signed), ``forged`` (a
-            signature that does not verify) or ``tampered`` (unfrozen, deleted, or missing from the reflog).
-        object: ``chunk``, ``table``, ``snapshot``, ``ref`` (a branch or tag), ``reflog`` (an entry, or the
-            entry of a ref's latest move), ``marker`` (a pruned marker) or ``release``.
-        digest: the object's address (or the path of the ref, reflog entry or marker, or the release's name).
-        snapshots: ids of the snapshots that need it.
-        tensors: names of the tensors (or files) that hold it.
-        message: what was found.
+    See ``Store.verify``.
+
+    Raises:
+        RecordError: a trusted key file cannot be read, or ``trust`` was given with ``rev``.
+        RevisionNotFoundError: ``rev`` names nothing.
     """
-
-    model_config = ConfigDict(frozen=True)
-
-    kind: Literal["missing", "corrupt", "invalid", "unsigned", "repointed", "forged", "tampered"]
-    object: Literal["chunk", "table", "snapshot", "ref", "reflog", "marker", "release"]
-    digest: str
-    snapshots: tuple[str, ...] = ()
-    tensors: tuple[str, ...] = ()
-    message: str
-
-
-class VerifyReport(BaseModel):
-    """The result of ``Store.verify``.
-
-    Attributes:
-        snapshots: snapshots checked.
-        chunks: distinct chunks checked.
-        bytes: bytes of the sound chunks as stored (each with its 16-byte header), the figure ``gc`` and
-            ``Store.stats`` use for the same chunks.
-        damage: every problem found (empty when the store is sound).
-        releases: every frozen release, with its signatures and what they say (docs/concepts/security.md).
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    snapshots: int
-    chunks: int
-    bytes: int
-    damage: tuple[Damage, ...]
-    releases: tuple[ReleaseStatus, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        """No damage found."""
-        return not self.damage
-
-
-def release_damage(releases: Iterable[ReleaseStatus], *, keys_given: bool) -> list[Damage]:
-    """A ``Damage`` (object ``release``) for each release that is not sound; an unsigned release is one only
-    when the reader gave trusted keys (asked for signatures)."""
-    return [
-        Damage(
-            kind=r.status,  # every status but "signed", which is filtered out below
-            object="release",
-            digest=r.name,
-            snapshots=(r.snapshot,) if r.snapshot else (),
-            message=r.message,
+    keys = None
+    if trust is not None and rev is not None:
+        raise RecordError("trust= checks every frozen release: call verify(trust=...) without a revision")
+    if trust is not None:
+        keys = load_trusted_keys(trust)
+    if rev is not None:
+        sid = parts.resolve(rev).id
+        pruned = parts.pruned() - parts.release_needs()
+        return verify_snapshots(parts.objects, [sid], pruned=pruned, progress=progress, progress_total=progress_total)
+    state = scan_liveness(parts, expire_reflog=None)
+    extra = list(state.damage)
+    branches, tags, _ = parts.refs.scan()
+    entries, _ = parts.refs.scan_reflog()
+    moved_to: dict[str, set[str]] = {}
+    for entry in entries:
+        if entry.new and entry.action != "conflict":
+            moved_to.setdefault(entry.ref, set()).add(entry.new)
+    unreadable = {d.digest for d in state.damage if d.object == "reflog"}
+    refs = {layout.branch_path(n): h for n, h in branches.items()} | {layout.tag_path(n): t.id for n, t in tags.items()}
+    for ref, sid in refs.items():
+        if any(p.startswith(layout.reflog_prefix(ref)) for p in unreadable):
+            continue  # the damaged entry may be that move's: reported as it is, not guessed
+        if sid not in moved_to.get(ref, set()):
+            extra.append(
+                Damage(
+                    kind="missing",
+                    object="reflog",
+                    digest=ref,
+                    snapshots=(sid,),
+                    message=f"{ref} points at {sid[:12]}, but no reflog entry records that move "
+                    "(its reflog append failed); `ckpt repair` writes it back",
+                )
+            )
+    for sid in sorted(state.protected & state.pruned):
+        names = sorted(n for n, t in tags.items() if t.frozen and t.id == sid)
+        what = f"the frozen release {names[0]!r}" if names else "the base of a frozen release"
+        extra.append(
+            Damage(
+                kind="invalid",
+                object="marker",
+                digest=layout.pruned_path(sid),
+                snapshots=(sid,),
+                message=f"snapshot {sid[:12]} is {what} but is marked pruned; releases are never pruned "
+                "(gc keeps its objects); `ckpt repair` removes the marker",
+            )
         )
-        for r in releases
-        if r.status != "signed" and (r.status != "unsigned" or keys_given)
-    ]
-
-
-def damage_kind(e: CkptError) -> Literal["missing", "corrupt", "invalid"]:
-    """The ``Damage.kind`` of an error met while reading an object."""
-    if isinstance(e, MissingObjectError):
-        return "missing"
-    if isinstance(e, IntegrityError):
-        return "corrupt"
-    return "invalid"
-
-
-_kind = damage_kind
+    releases = check_releases(parts.backend, tags, entries, trust=keys)
+    extra.extend(release_damage(releases, keys_given=keys is not None))
+    pruned = state.pruned - state.protected
+    report = verify_snapshots(
+        parts.objects,
+        sorted(state.live),
+        pruned=pruned,
+        extra_damage=extra,
+        progress=progress,
+        progress_total=progress_total,
+    )
+    return report.model_copy(update={"releases": tuple(releases)})
 
 
 def verify_snapshots(

@@ -16,8 +16,7 @@ from pydantic import JsonValue
 from ckpt.errors import CkptError, IntegrityError, MissingObjectError, RecordError, StateMismatchError
 from ckpt.model import Snapshot
 from ckpt.state import flatten
-from ckpt.store import AnyOf, KeepBest, KeepEvery, KeepLast, RetentionPolicy
-from ckpt.store import _layout as layout
+from ckpt.store import AnyOf, KeepBest, KeepEvery, KeepLast, RetentionPolicy, store_parts
 from ckpt.training.background import Background, track, untrack
 from ckpt.training.digest_cache import DigestCache
 from ckpt.training.handle import SaveHandle
@@ -485,7 +484,8 @@ class Checkpointer:
         staged, record = job.staged, job.record
         assert staged is not None
         hits = [t for t in staged.tensors.values() if t.hit is not None]
-        missing = [(t.key, d) for t in hits for d in t.hit or () if not self.store.backend.exists(layout.chunk_path(d))]
+        objects = store_parts(self.store).objects
+        missing = [(t.key, d) for t in hits for d in t.hit or () if not objects.has_chunk(d)]
         if missing:
             self._cache.clear()
             key, digest = missing[0]

@@ -27,6 +27,7 @@ from ckpt.errors import RecordError, RefConflictError, StateError
 from ckpt.model import TensorEntry, TensorShard, TensorTable, canonical_json, digest_bytes
 from ckpt.state import flatten
 from ckpt.store import _layout as layout
+from ckpt.store import store_parts
 
 pytestmark = [
     pytest.mark.torch,
@@ -192,7 +193,7 @@ def test_tables_whose_blocks_do_not_cover_the_tensor_exactly_are_refused(
     digest = digest_bytes(data)
     store.backend.put_if_absent(layout.table_path(digest), data)
     record = store.resolve(snap.id).model_copy(update={"table": digest})
-    bad = store._objects.put_snapshot(record)
+    bad = store_parts(store).objects.put_snapshot(record)
     with pytest.raises(RecordError):
         store.load(bad.id)
 

@@ -448,7 +448,7 @@ def _ref_run(path: str, revs: tuple[str, ...]) -> Callable[[bytes], None]:
 
 def _signature_run(data: bytes) -> None:
     """A release signature: checked by verify with and without trusted keys, and by ``restore --sign``'s check."""
-    from ckpt.store._signing import load_trusted_keys, require_signed_release
+    from ckpt.store import load_trusted_keys, require_signed_release, store_parts
 
     t = template()
     files = dict(t.files)
@@ -457,7 +457,7 @@ def _signature_run(data: bytes) -> None:
     try:
         _attempt(store.verify)
         _attempt(lambda: store.verify(trust=[t.trust]))
-        _attempt(lambda: require_signed_release(store, "m-2026-11-28", load_trusted_keys([t.trust])))
+        _attempt(lambda: require_signed_release(store_parts(store), "m-2026-11-28", load_trusted_keys([t.trust])))
         check_cli(["--store", store.url, "-q", "verify", "--trust", str(t.trust), "--json"])
     finally:
         _drop_memory_store(store)

@@ -133,7 +133,7 @@ def test_merge_saves_the_merged_model(store: ckpt.Store) -> None:
     model, base = _base(store)
     lora = with_lora(model)
     adapter = save_adapter(store, "main", adapter_state(lora), branch="lora", config=lora.peft_config["default"])
-    before = store.stats()["chunk_bytes"]
+    before = store.stats().chunk_bytes
     snap = merge(store, "lora", branch="merged", model="tiny-llama-merged")
 
     assert snap.relation == "merge" and snap.parents == (adapter.id, base.id) and snap.base is None
@@ -145,7 +145,7 @@ def test_merge_saves_the_merged_model(store: ckpt.Store) -> None:
     for name, want in weights(lora.merge_and_unload()).items():
         torch.testing.assert_close(loaded[name], want)
     # only the four merged matrices are new bytes; the other 17 tensors are the base's chunks
-    assert store.stats()["chunk_bytes"] - before < 4 * (32 * 32 * 4 + 16) + 1
+    assert store.stats().chunk_bytes - before < 4 * (32 * 32 * 4 + 16) + 1
     with pytest.raises(RefExistsError):
         merge(store, "lora", branch="merged")
 

@@ -122,7 +122,7 @@ def test_storage_reflects_the_sharing(family: Family, capsys: pytest.CaptureFixt
     cannot drop below 1.5 / 3 here (each fine-tune adds a quarter of a model), and the tiny model's tensor tables
     (about 5 kB a snapshot for 21 tensors, negligible for real models) add a few hundredths to both figures.
     """
-    store_bytes = family.store.stats()["total_bytes"]
+    store_bytes = family.store.stats().total_bytes
     full = {m: _folder_bytes(family.folders[m]) for m in ("base", "instruct", "chat", "merged")}
     adapter_folder = _folder_bytes(family.folders["adapter"])
     ratio = store_bytes / sum(full.values())
@@ -144,9 +144,9 @@ def test_vocabulary_growth_shares_leading_chunks(tmp_path: Path, chunk_size: int
     model = tiny_llama()
     base = store.save({"model": weights(model)}, "main", model="tiny-llama")
     model.resize_token_embeddings(136)  # 8 new tokens: 8 rows more in the embedding and the (untied) head
-    before = store.stats()["chunk_bytes"]
+    before = store.stats().chunk_bytes
     chat = store.derive("main", {"model": weights(model)}, branch="chat", model="tiny-llama-chat")
-    grown = store.stats()["chunk_bytes"] - before
+    grown = store.stats().chunk_bytes - before
 
     old, new = store.table(base.id), store.table(chat.id)
     old_digests = {d for e in old.tensors.values() for d in e.chunks}

@@ -266,7 +266,7 @@ def test_tied_weights_are_recorded_restored_and_stay_tied(local_store: ckpt.Stor
     snap = local_store.save({"model": model.state_dict()})
     table = local_store.table(snap.id)
     assert table.tied == (("model/embed.weight", "model/head.weight"),)
-    before = local_store.stats()["chunk_bytes"]
+    before = local_store.stats().chunk_bytes
     assert before < 2 * 16 * 8 * 4  # the tied matrix is stored once
 
     loaded = local_store.load(snap.id)["model"]

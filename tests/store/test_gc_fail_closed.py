@@ -17,6 +17,7 @@ import ckpt
 from ckpt.errors import IntegrityError, MissingObjectError
 from ckpt.retention import KeepLast
 from ckpt.store import _layout as layout
+from ckpt.store import store_parts
 
 NOW = timedelta(0)
 no_s3 = pytest.mark.parametrize("backend_kind", ["file", "memory"], indirect=True)
@@ -45,9 +46,9 @@ def flip(store: ckpt.Store, path: str, at: int = -1) -> None:
 
 def assert_no_ref_dangles(store: ckpt.Store) -> None:
     for head in store.branches().values():
-        assert store._objects.has_snapshot(head)
+        assert store_parts(store).objects.has_snapshot(head)
     for tag in store.tags().values():
-        assert store._objects.has_snapshot(tag.id)
+        assert store_parts(store).objects.has_snapshot(tag.id)
 
 
 @pytest.fixture
@@ -130,7 +131,7 @@ def test_keep_mode_keeps_every_chunk_when_a_live_table_is_unreadable(
     store.prune(five[1].id)  # real garbage: two chunks of its own
     report = store.gc(grace=NOW, on_damage="keep")
     assert report.chunks == 0 and [d.object for d in report.damage] == ["table"]
-    assert all(store._objects.has_chunk(d) for d in chunks)
+    assert all(store_parts(store).objects.has_chunk(d) for d in chunks)
 
 
 def test_a_damaged_reflog_line_is_reported_never_a_bare_value_error(
@@ -215,7 +216,7 @@ def test_a_damaged_pruned_marker_makes_gc_refuse(store: ckpt.Store, five: list[c
     assert [(d.object, d.digest) for d in store.verify().damage] == [("marker", path)]
     report = store.gc(grace=NOW, on_damage="keep")  # an unreadable marker prunes nothing
     assert report.chunks == 0
-    assert all(store._objects.has_chunk(d) for d in store.table(five[1].id).chunk_digests())
+    assert all(store_parts(store).objects.has_chunk(d) for d in store.table(five[1].id).chunk_digests())
     assert store.repair().ok  # written again: the snapshot stays pruned, as it was meant to be
     assert store.gc(grace=NOW).chunks == 2
 
@@ -236,7 +237,7 @@ def test_the_report_says_what_the_grace_period_kept(store: ckpt.Store, five: lis
     spared = store.gc()  # the default hour: everything here is younger
     assert spared.chunks == 0 and spared.young_chunks == 2 and spared.grace_seconds == 3600
     assert spared.young_bytes == 2 * (4096 + 16)
-    assert spared.kept_chunks == store.stats()["chunks"]
+    assert spared.kept_chunks == store.stats().chunks
     done = store.gc(grace=NOW)
     assert done.chunks == 2 and done.young_chunks == 0 and done.freed_bytes == spared.young_bytes
 
@@ -245,8 +246,8 @@ def test_byte_figures_agree_across_verify_gc_and_stats(store: ckpt.Store, five: 
     report = store.verify()
     plan = store.gc(grace=NOW, dry_run=True)
     stats = store.stats()
-    assert report.bytes == plan.kept_bytes == stats["chunk_bytes"]
-    assert report.chunks == plan.kept_chunks == stats["chunks"]
+    assert report.bytes == plan.kept_bytes == stats.chunk_bytes
+    assert report.chunks == plan.kept_chunks == stats.chunks
 
 
 # -- frozen releases ------------------------------------------------------------------------------------------
@@ -256,7 +257,7 @@ def test_byte_figures_agree_across_verify_gc_and_stats(store: ckpt.Store, five: 
 def test_a_pruned_marker_planted_on_a_frozen_release(store: ckpt.Store, five: list[ckpt.Snapshot]) -> None:
     rel = five[1]
     name = store.freeze(rel.id, name="rel-1")
-    store._mark_pruned(rel.id, "planted")  # what prune refuses, written behind its back
+    store_parts(store).mark_pruned(rel.id, "planted")  # what prune refuses, written behind its back
     store.gc(grace=NOW)
     assert store.load(name)["step"] == 1  # gc never deletes a frozen release's objects
     damage = store.verify().damage
@@ -332,7 +333,7 @@ def test_a_table_a_save_reuses_while_gc_runs_is_spared(store: ckpt.Store) -> Non
     store.save(state(9))
     old = store.save(state(0), "tmp")
     store.delete_branch("tmp")
-    plan = plan_gc(store._objects, store._refs, grace=NOW, expire_reflog=NOW)
+    plan = plan_gc(store_parts(store), grace=NOW, expire_reflog=NOW)
     assert layout.table_path(old.table) in plan.table_paths
     again = store.save(state(0), "again")  # the same table, found present and refreshed
     assert again.table == old.table

@@ -16,6 +16,7 @@ from ckpt.errors import CorruptChunkError, IntegrityError, StateError
 from ckpt.hf import export_folder
 from ckpt.model import FileEntry, Snapshot, TensorEntry, TensorTable, format_time, utcnow
 from ckpt.store import _layout as layout
+from ckpt.store import store_parts
 from ckpt.store._objects import CHUNK_HEADER_SIZE
 
 MiB = 1 << 20
@@ -125,10 +126,13 @@ def _hostile(store: ckpt.Store, *, claim: int, file: bool = False) -> str:
         files={"big.bin": FileEntry(size=claim, chunks=(digest,))} if file else {},
     )
     record = Snapshot(
-        table=store._objects.put_table(table), created_at=format_time(utcnow()), ckpt_version="0", tensor_bytes=claim
+        table=store_parts(store).objects.put_table(table),
+        created_at=format_time(utcnow()),
+        ckpt_version="0",
+        tensor_bytes=claim,
     )
-    snap = store._objects.put_snapshot(record)
-    store._refs.move_branch("evil", None, snap.id, action="commit")
+    snap = store_parts(store).objects.put_snapshot(record)
+    store_parts(store).refs.move_branch("evil", None, snap.id, action="commit")
     return digest
 
 

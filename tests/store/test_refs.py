@@ -22,6 +22,7 @@ from ckpt.errors import (
     RevisionError,
     RevisionNotFoundError,
 )
+from ckpt.store import store_parts
 
 
 def state(i: int) -> dict[str, Any]:
@@ -265,7 +266,7 @@ def test_stale_expectation_on_move_branch(store: ckpt.Store, reopen: Callable[[]
     new = store.save(state(1))
     orphan = other.save(state(2), branch="side")
     with pytest.raises(RefConflictError) as err:
-        other._refs.move_branch("main", stale, orphan.id, action="commit")
+        store_parts(other).refs.move_branch("main", stale, orphan.id, action="commit")
     assert (err.value.expected, err.value.actual, err.value.snapshot) == (start.id, new.id, orphan.id)
     assert store.branches()["main"] == new.id
     assert store.reflog("refs/heads/main")[-1].action == "conflict"

@@ -164,9 +164,9 @@ def test_retention_keeps_best_frozen_and_every(local_store: ckpt.Store) -> None:
     kept = {s.step: not s.pruned for s in store.log("main")}
     # 30 is frozen, 70 the best, 80 the last, 40/60/80 every 20th (20 went before keep_every was asked for)
     assert kept == {80: True, 70: True, 60: True, 50: False, 40: True, 30: True, 20: False, 10: False}
-    before = store.stats()["chunk_bytes"]
+    before = store.stats().chunk_bytes
     report = store.gc(grace=timedelta(0))
-    assert report.freed_bytes > 0 and store.stats()["chunk_bytes"] < before
+    assert report.freed_bytes > 0 and store.stats().chunk_bytes < before
     assert len(store.log("main")) == 8  # pruned records stay in the log
     assert store.verify().ok
 

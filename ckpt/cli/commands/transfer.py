@@ -110,12 +110,20 @@ def restore(
     vouched = None
     if key is not None:  # check the release before anything is written
         from ckpt.cli.commands._common import key_password
-        from ckpt.store import check_folder_key, load_private_key, load_trusted_keys, require_signed_release
+        from ckpt.store import (
+            check_folder_key,
+            load_private_key,
+            load_trusted_keys,
+            require_signed_release,
+            store_parts,
+        )
 
         password = key_password(key)
         check_folder_key(key, password=password)
         own = load_private_key(key, password=password).public_key()
-        _, status = require_signed_release(store, rev, [*load_trusted_keys([own]), *load_trusted_keys(trust)])
+        _, status = require_signed_release(
+            store_parts(store), rev, [*load_trusted_keys([own]), *load_trusted_keys(trust)]
+        )
         vouched = status.snapshot  # exported by id: what was checked is what is written
     elif signature is not None or trust:
         raise click.UsageError("--signature and --trust go with --sign KEY")

@@ -1,0 +1,200 @@
+"""Reading snapshots: whole state trees (``load``), one tensor at a time (``LazyTensors``), raw bytes, files.
+
+Every read goes through ``Objects``' one rule for a stored chunk (its size, its header, and its digest unless
+``verify=False``), so a chunk one reader accepts, every reader accepts. Whole loads allocate each tensor once
+and read chunks straight into it, in parallel (``_transfer``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from ckpt.model import Snapshot, TensorEntry, TensorTable
+from ckpt.state import tensor_paths, unflatten
+from ckpt.store._parts import StoreParts
+from ckpt.store._shards import read_whole
+from ckpt.store._transfer import read_tensors
+from ckpt.store._types import Framework, Progress
+
+__all__ = ["LazyTensors", "files", "load", "open_snapshot", "tensor_bytes", "tensors"]
+
+
+def open_snapshot(parts: StoreParts, rev: str) -> tuple[Snapshot, TensorTable]:
+    """The snapshot a revision names and its tensor table, refused if it was pruned.
+
+    Raises:
+        RevisionError: ``rev`` names nothing.
+        MissingObjectError: the snapshot was pruned, or its table is missing.
+    """
+    snap = parts.resolve(rev)
+    parts.check_not_pruned(snap)
+    return snap, parts.objects.get_table(snap.table)
+
+
+def load(
+    parts: StoreParts,
+    rev: str,
+    *,
+    verify: bool,
+    framework: Framework | None,
+    into: Mapping[str, Any] | None,
+    progress: Progress | None,
+    mmap: bool,
+) -> Any:
+    """A snapshot's state tree, every tensor read (a tied group once); see ``Store.load``."""
+    snap, table = open_snapshot(parts, rev)
+    first = {name: group[0] for group in table.tied for name in group}  # a tied group is read once
+    tensors = read_tensors(
+        parts.objects,
+        {name: entry for name, entry in table.tensors.items() if first.get(name, name) == name},
+        table.chunk_size,
+        snapshot=snap.id,
+        verify=verify,
+        framework=framework,
+        into=into,
+        progress=progress,
+        mmap=mmap,
+    )
+    return unflatten(table.tree, lambda name: tensors[first.get(name, name)])
+
+
+def tensors(parts: StoreParts, rev: str, *, verify: bool, framework: Framework | None, mmap: bool) -> LazyTensors:
+    """A lazy mapping of a snapshot's tensors; see ``Store.tensors``."""
+    snap, table = open_snapshot(parts, rev)
+    return LazyTensors(parts, snap, table, verify=verify, framework=framework, mmap=mmap)
+
+
+def tensor_bytes(parts: StoreParts, rev: str, name: str, *, verify: bool) -> Iterator[bytes]:
+    """The raw bytes of one tensor, chunk by chunk; see ``Store.tensor_bytes``."""
+    snap, table = open_snapshot(parts, rev)
+    entry = table.tensors[name]
+    cs = table.chunk_size
+    if entry.shards:  # blocks of a distributed save: the bytes in tensor order need them all
+        yield bytes(read_whole(parts.objects, entry, cs, verify=verify, tensor=name, snapshot=snap.id))
+        return
+    for i, digest in enumerate(entry.chunks):
+        yield parts.objects.read_chunk(
+            digest, min(cs, entry.nbytes - i * cs), verify=verify, tensor=name, snapshot=snap.id
+        )
+
+
+def files(parts: StoreParts, rev: str) -> dict[str, bytes]:
+    """The attached files of a snapshot, path → bytes; see ``Store.files``."""
+    snap, table = open_snapshot(parts, rev)
+    cs = table.chunk_size
+    return {
+        path: b"".join(
+            parts.objects.read_chunk(d, min(cs, entry.size - i * cs), tensor=path, snapshot=snap.id)
+            for i, d in enumerate(entry.chunks)
+        )
+        for path, entry in table.files.items()
+    }
+
+
+class LazyTensors(Mapping[str, Any]):
+    """A read-only mapping tensor path → tensor; each lookup reads (and verifies) only that tensor.
+
+    Iteration follows the order of the saved state tree.
+
+    Attributes:
+        snapshot: the snapshot it reads from.
+        table: its tensor table.
+    """
+
+    def __init__(
+        self,
+        parts: StoreParts,
+        snapshot: Snapshot,
+        table: TensorTable,
+        *,
+        verify: bool,
+        framework: Framework | None,
+        mmap: bool = False,
+    ) -> None:
+        self._parts = parts
+        self.snapshot = snapshot
+        self.table = table
+        self._verify = verify
+        self._framework = framework
+        self._mmap = mmap
+        ordered = tensor_paths(table.tree)
+        self._order = ordered if len(ordered) == len(table.tensors) else list(table.tensors)
+
+    def __getitem__(self, name: str) -> Any:
+        entry = self.table.tensors.get(name)
+        if entry is None:
+            raise KeyError(name)
+        return read_tensors(
+            self._parts.objects,
+            {name: entry},
+            self.table.chunk_size,
+            snapshot=self.snapshot.id,
+            verify=self._verify,
+            framework=self._framework,
+            mmap=self._mmap,
+        )[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._order)
+
+    def __len__(self) -> int:
+        return len(self.table.tensors)
+
+    def entry(self, name: str) -> TensorEntry:
+        """dtype, shape and chunks of one tensor, without reading it.
+
+        Raises:
+            KeyError: no such tensor.
+        """
+        return self.table.tensors[name]
+
+    def chunk_bytes(self, name: str, index: int) -> bytes:
+        """The raw bytes of one chunk of a tensor (its ``index``-th), verified unless ``verify=False``.
+
+        Reads only that chunk; the table is the one already read, so streaming every tensor of a snapshot
+        this way costs one table read in all (``export_folder`` does it, in parallel). The chunks of a sharded
+        tensor (``TensorEntry.shards``) hold its blocks, not its bytes in order: read those with
+        ``byte_pieces``.
+
+        Returns:
+            The chunk's raw bytes (``min(chunk_size, rest of the tensor)`` long).
+
+        Raises:
+            KeyError: no such tensor.
+            IndexError: no such chunk, or the tensor is sharded.
+            MissingObjectError: the chunk is missing.
+            CorruptChunkError: the chunk is damaged.
+        """
+        entry = self.table.tensors[name]
+        if entry.shards:
+            raise IndexError(f"tensor {name!r} is stored in blocks (sharded): read it with byte_pieces()")
+        digest = entry.chunks[index]
+        cs = self.table.chunk_size
+        length = min(cs, entry.nbytes - index * cs)  # the one rule: the length the table implies is checked
+        return self._parts.objects.read_chunk(
+            digest, length, verify=self._verify, tensor=name, snapshot=self.snapshot.id
+        )
+
+    def byte_pieces(self, name: str) -> Iterator[bytes]:
+        """The raw bytes of a tensor in order (C order, little-endian), as consecutive pieces, each verified.
+
+        A tensor stored whole comes chunk by chunk (one chunk in memory at a time); a sharded tensor, whose
+        blocks interleave in tensor order, comes as one piece read from all its blocks.
+
+        Raises:
+            KeyError: no such tensor.
+            MissingObjectError: a chunk is missing.
+            CorruptChunkError: a chunk is damaged.
+        """
+        entry = self.table.tensors[name]
+        if entry.shards:
+            objects = self._parts.objects
+            yield bytes(
+                read_whole(
+                    objects, entry, self.table.chunk_size, verify=self._verify, tensor=name, snapshot=self.snapshot.id
+                )
+            )
+            return
+        for index in range(len(entry.chunks)):
+            yield self.chunk_bytes(name, index)
