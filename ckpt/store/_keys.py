@@ -291,12 +291,28 @@ class ReleaseSigner:
     def from_file(
         cls, path: str | os.PathLike[str], *, password: str | bytes | None = None, name: str | None = None
     ) -> ReleaseSigner:
-        """A signer from a private key file (PEM or OpenSSH); see ``load_private_key``."""
+        """A signer from a private key file (PEM or OpenSSH).
+
+        Args:
+            path: the key file.
+            password: its passphrase, if it is encrypted.
+            name: who signs, recorded in the statement.
+
+        Raises:
+            RecordError: as ``load_private_key``.
+        """
         return cls(load_private_key(path, password=password), name=name)
 
     @classmethod
     def of(cls, signer: ReleaseSigner | PrivateKey | str | os.PathLike[str]) -> ReleaseSigner:
-        """A ``ReleaseSigner`` from what ``Store.freeze(signer=...)`` accepts: a signer, a key, or a key file."""
+        """A ``ReleaseSigner`` from what ``Store.freeze(signer=...)`` accepts.
+
+        Args:
+            signer: a ``ReleaseSigner`` (returned as it is), a ``cryptography`` private key, or a key file path.
+
+        Raises:
+            RecordError: the key file cannot be read, or the key type is not supported.
+        """
         if isinstance(signer, ReleaseSigner):
             return signer
         if isinstance(signer, (str, os.PathLike)):

@@ -12,7 +12,6 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from ckpt.model import Snapshot
-from ckpt.storage import Backend
 from ckpt.store import _releases, _retention
 from ckpt.store._gc import GcReport, OnDamage, collect
 from ckpt.store._open import connect
@@ -35,13 +34,9 @@ __all__ = ["StoreMaintenance"]
 class StoreMaintenance:
     """Publishing, pruning, checking, repairing and copying: the verbs of ``Store`` that keep a store.
 
-    Not used on its own: ``Store`` inherits it, and sets what it declares.
-
-    Attributes:
-        backend: the storage backend.
+    Not used on its own: ``Store`` inherits it, and sets the parts it works on (``_parts``).
     """
 
-    backend: Backend
     _parts: StoreParts
 
     # -- releases ------------------------------------------------------------------------------------
@@ -319,4 +314,4 @@ class StoreMaintenance:
         Returns:
             The counts (one listing of the store, no object read).
         """
-        return store_stats(self.backend)
+        return store_stats(self._parts.backend)
