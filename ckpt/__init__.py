@@ -42,6 +42,8 @@ from ckpt.errors import (
 )
 
 if typing.TYPE_CHECKING:  # imported on first use (PEP 562), so that `import ckpt` and `ckpt --help` stay fast
+    from ckpt.interop import ExportResult, export
+    from ckpt.lineage import load_merged, merge_adapter, save_adapter
     from ckpt.model import ReflogEntry, Relation, Snapshot, StoreConfig, TagRecord, TensorEntry, TensorTable
     from ckpt.rng import rng_state, set_rng_state
     from ckpt.state import TensorSource
@@ -64,6 +66,8 @@ _LAZY = {
     **dict.fromkeys(
         ("ReflogEntry", "Relation", "Snapshot", "StoreConfig", "TagRecord", "TensorEntry", "TensorTable"), "ckpt.model"
     ),
+    **dict.fromkeys(("ExportResult", "export"), "ckpt.interop"),
+    **dict.fromkeys(("load_merged", "merge_adapter", "save_adapter"), "ckpt.lineage"),
     **dict.fromkeys(("rng_state", "set_rng_state"), "ckpt.rng"),
     "TensorSource": "ckpt.state",
     **dict.fromkeys(
@@ -101,6 +105,11 @@ _CLAIMED = frozenset(
         "ReleaseStatus",
         "Checkpointer",
         "SaveHandle",
+        "ExportResult",
+        "export",
+        "load_merged",
+        "merge_adapter",
+        "save_adapter",
         "init",
         "open",
         "sync",
@@ -189,6 +198,7 @@ __all__ = [
     "CkptError",
     "CorruptChunkError",
     "Damage",
+    "ExportResult",
     "FormatVersionError",
     "FrozenRefError",
     "GcReport",
@@ -225,10 +235,14 @@ __all__ = [
     "UnsupportedStateError",
     "VerifyReport",
     "__version__",
+    "export",
     "init",
+    "load_merged",
+    "merge_adapter",
     "open",
     "restore",
     "rng_state",
+    "save_adapter",
     "set_rng_state",
     "sync",
 ]

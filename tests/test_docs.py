@@ -181,7 +181,7 @@ def setup_cli_guide_store(folder: Path) -> None:
     import numpy as np
 
     import ckpt
-    from ckpt.adapters import save_adapter
+    from ckpt.lineage import save_adapter
 
     store = ckpt.open(str(folder / ".ckpt"))
     rng = np.random.default_rng(0)

@@ -11,12 +11,23 @@ import ckpt
 import ckpt.dcp
 import ckpt.diff
 import ckpt.errors
-import ckpt.hf
+import ckpt.interop
+import ckpt.lineage
 import ckpt.retention
 import ckpt.storage
 import ckpt.testing
 
-DOCUMENTED = [ckpt, ckpt.errors, ckpt.storage, ckpt.retention, ckpt.testing, ckpt.hf, ckpt.diff, ckpt.dcp]
+DOCUMENTED = [
+    ckpt,
+    ckpt.errors,
+    ckpt.storage,
+    ckpt.retention,
+    ckpt.testing,
+    ckpt.interop,
+    ckpt.lineage,
+    ckpt.diff,
+    ckpt.dcp,
+]
 
 
 def test_all_is_sorted_and_complete() -> None:

@@ -53,8 +53,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ckpt.errors import StateMismatchError
+from ckpt.interop import write_file
 from ckpt.rng import rng_state, set_rng_state
-from ckpt.safetensors_file import write_file
 from ckpt.state import unflatten
 from ckpt.train import Checkpointer
 

@@ -355,14 +355,14 @@ class Store:
         """Save a LoRA adapter over ``base_rev``: only its tensors and its PEFT config (relation ``adapter``).
 
         The base's id is recorded, so "which base does this adapter need?" always has an answer. See
-        ``ckpt.adapters.save_adapter`` for the accepted state dicts and configs.
+        ``ckpt.lineage.save_adapter`` for the accepted state dicts and configs.
 
         Example:
             >>> from peft import get_peft_model_state_dict
             >>> store.save_adapter("chat", get_peft_model_state_dict(peft_model), branch="lora",
             ...                    config=peft_model.peft_config["default"])  # doctest: +SKIP
         """
-        from ckpt.adapters import save_adapter
+        from ckpt.lineage import save_adapter
 
         return save_adapter(
             self,
@@ -393,11 +393,11 @@ class Store:
         """Save an adapter merged into its base as a new snapshot (relation ``merge``, parents adapter + base).
 
         Tied weights stay tied and change together, as with PEFT's ``merge_and_unload()``; ``files`` replaces
-        the base's attached files (needed when the adapter resized the embeddings). See ``ckpt.adapters.merge``.
+        the base's attached files (needed when the adapter resized the embeddings). See ``ckpt.lineage.merge_adapter``.
         """
-        from ckpt.adapters import merge
+        from ckpt.lineage import merge_adapter
 
-        return merge(
+        return merge_adapter(
             self,
             adapter_rev,
             branch=branch,
@@ -484,7 +484,7 @@ class Store:
                 ``{"model/" + k: v for k, v in model.state_dict().items()}``). Reusing memory avoids the
                 page faults of fresh allocations; tensors that do not fit get new memory.
             merge: for an adapter snapshot, return its base's state with the LoRA deltas merged in
-                (``W + scale · B @ A``, as PEFT's ``merge_and_unload()``; see ``ckpt.adapters.load_merged``).
+                (``W + scale · B @ A``, as PEFT's ``merge_and_unload()``; see ``ckpt.lineage.load_merged``).
             progress: called with byte counts as chunks arrive.
             mmap: on a local store, memory-map tensors of 1 MiB or more held in one chunk instead of copying
                 them (zero-copy and copy-on-write, as safetensors does). The trade-off: a mapped tensor is
@@ -505,7 +505,7 @@ class Store:
             >>> state = store.load("main~2")  # doctest: +SKIP
         """
         if merge:
-            from ckpt.adapters import load_merged
+            from ckpt.lineage import load_merged
 
             return load_merged(self, rev, verify=verify, framework=framework, into=into, progress=progress)
         snap = self.resolve(rev)

@@ -115,7 +115,7 @@ def test_hints_of_raise_sites_fit_their_reader(invoke: Invoke, store: ckpt.Store
     (out / "keep.txt").write_text("x")
     cases = [
         (
-            lambda: ckpt.hf.export_folder(store, "main", out),
+            lambda: ckpt.interop.export(store, "main", out),
             ["restore", "main", "--to", str(out)],
             "force=True",
             "--force",
@@ -124,7 +124,7 @@ def test_hints_of_raise_sites_fit_their_reader(invoke: Invoke, store: ckpt.Store
         (lambda: store.resolve("main@{9}"), ["show", "main@{9}"], "store.reflog()", "`ckpt reflog main`"),
         (lambda: store.resolve("nosuch"), ["show", "nosuch"], "store.branches()", "`ckpt ls`"),
     ]
-    import ckpt.hf
+    import ckpt.interop
 
     for call, argv, py, cli in cases:
         with pytest.raises(ckpt.CkptError) as info:

@@ -19,9 +19,10 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 import ckpt  # noqa: E402
-from ckpt.adapters import CONFIG_KEY, import_peft_folder, save_adapter  # noqa: E402
 from ckpt.errors import CkptError, RecordError, StateMismatchError  # noqa: E402
-from ckpt.lora import compile_pattern  # noqa: E402
+from ckpt.interop import import_peft_folder  # noqa: E402
+from ckpt.lineage import CONFIG_KEY, save_adapter  # noqa: E402
+from ckpt.lineage._patterns import compile_pattern  # noqa: E402
 
 from .models import adapter_state, tiny_llama, weights, with_lora  # noqa: E402
 

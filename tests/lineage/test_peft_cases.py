@@ -22,9 +22,9 @@ from peft import LoraConfig, get_peft_model, get_peft_model_state_dict  # noqa: 
 from transformers import LlamaForCausalLM, LlamaForSequenceClassification  # noqa: E402
 
 import ckpt  # noqa: E402
-from ckpt.adapters import export_peft_folder, import_peft_folder, load_merged, save_adapter  # noqa: E402
 from ckpt.errors import StateMismatchError  # noqa: E402
-from ckpt.hf import export_folder, import_folder  # noqa: E402
+from ckpt.interop import export, export_peft_folder, import_folder, import_peft_folder  # noqa: E402  # noqa: E402
+from ckpt.lineage import load_merged, save_adapter  # noqa: E402
 
 from .models import VOCAB, input_ids, tiny_classifier, tiny_llama, weights, with_lora  # noqa: E402
 
@@ -106,7 +106,7 @@ def test_resized_embeddings_are_stored_and_merged(store: ckpt.Store, tmp_path: P
         store.merge("lora", branch="merged")
     assert "files=" in str(info.value.hint) and "merged" not in store.branches()
     store.merge("lora", branch="merged", files=_files(merged_model))
-    export_folder(store, "merged", tmp_path / "out")
+    export(store, "merged", tmp_path / "out")
     loaded = LlamaForCausalLM.from_pretrained(tmp_path / "out").eval()
     torch.testing.assert_close(_logits(loaded, ids), peft_logits)
 
@@ -176,7 +176,7 @@ def test_modules_to_save_head_is_stored_and_restored(store: ckpt.Store, tmp_path
     assert not torch.allclose(_logits(base, ids), peft_logits, atol=1e-3)
 
     store.merge("cls-lora", branch="cls-merged")
-    export_folder(store, "cls-merged", tmp_path / "out")
+    export(store, "cls-merged", tmp_path / "out")
     loaded = LlamaForSequenceClassification.from_pretrained(tmp_path / "out").eval()
     torch.testing.assert_close(_logits(loaded, ids), peft_logits)
     assert store.verify().ok
@@ -240,7 +240,7 @@ def test_lora_on_tied_lm_head_merges_as_peft_does(store: ckpt.Store, tmp_path: P
         assert fresh.lm_head.weight is fresh.model.embed_tokens.weight
         torch.testing.assert_close(_logits(fresh, ids), expected)
 
-    export_folder(store, "merged", tmp_path / "out")
+    export(store, "merged", tmp_path / "out")
     exported = LlamaForCausalLM.from_pretrained(tmp_path / "out").eval()
     torch.testing.assert_close(_logits(exported, ids), expected)
     assert store.verify().ok

@@ -31,8 +31,9 @@ from peft import (  # noqa: E402
 )
 
 import ckpt  # noqa: E402
-from ckpt.adapters import export_peft_folder, import_peft_folder, save_adapter  # noqa: E402
 from ckpt.errors import RecordError, StateMismatchError, UnsupportedStateError  # noqa: E402
+from ckpt.interop import export_peft_folder, import_peft_folder  # noqa: E402
+from ckpt.lineage import save_adapter  # noqa: E402
 
 from .models import input_ids, tiny_llama, weights  # noqa: E402
 
@@ -217,7 +218,7 @@ def test_other_types_merge_as_peft(store: ckpt.Store, tmp_path: Path, case: str)
 def test_ia3_in_bfloat16_and_from_a_folder(store: ckpt.Store, tmp_path: Path) -> None:
     base = _llama(0, torch.bfloat16)
     base.save_pretrained(tmp_path / "base")
-    from ckpt.hf import import_folder
+    from ckpt.interop import import_folder
 
     import_folder(store, tmp_path / "base", branch="main", model="tiny")
     model = _trained(base, IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"]))
@@ -337,7 +338,7 @@ def test_types_ckpt_does_not_merge_are_stored_and_refused_by_name(store: ckpt.St
 
     base = _llama()
     base.save_pretrained(tmp_path / "base")
-    from ckpt.hf import import_folder
+    from ckpt.interop import import_folder
 
     import_folder(store, tmp_path / "base", branch="main", model="tiny")
     x = input_ids()

@@ -102,7 +102,7 @@ def restore(
       ckpt restore lora --to out/lora
       ckpt restore tiny-llama-2026-11-28 --to out/tiny-llama --sign release-key.pem
     """
-    from ckpt.hf import export_folder
+    from ckpt.interop import export
 
     size = parse_size_option(shard_size, flag="--shard-size")
     store = state.store()
@@ -121,7 +121,7 @@ def restore(
         raise click.UsageError("--signature and --trust go with --sign KEY")
     snap = store.resolve(vouched or rev)
     with progress_bar("restore", total=snap.tensor_bytes, quiet=state.quiet) as progress:
-        result = export_folder(store, snap.id, to, shard_size=size, force=force, progress=progress)
+        result = export(store, snap.id, to, shard_size=size, force=force, progress=progress)
     files: list[dict[str, Any]] = [{"path": str(p), "size": _size(result.path, p)} for p in result.written]
     removed = [str(p) for p in result.removed]
     signed = None
@@ -211,7 +211,7 @@ def import_(
       ckpt import ./my-lora --branch lora --base instruct
       ckpt import ~/.cache/huggingface/hub/models--org--name/snapshots/<commit> --skip-pickles --exclude 'onnx/*'
     """
-    from ckpt.hf import import_folder, plan_import
+    from ckpt.interop import import_folder, plan_import
 
     store = state.store()
     if base is None and relation == "adapter":  # an adapter is checked against its base whichever way it is named
@@ -226,7 +226,7 @@ def import_(
         if base is not None:
             if parents or relation not in (None, "adapter"):
                 raise click.UsageError("--base imports an adapter: it goes without --parent and --relation")
-            from ckpt.adapters import import_peft_folder
+            from ckpt.interop import import_peft_folder
 
             snap = import_peft_folder(store, path, base, branch=branch, model=model, message=message, progress=progress)
         else:

@@ -22,7 +22,7 @@ Each one's tensors, in the form PEFT writes to ``adapter_model.safetensors``, na
   PEFT (``SVDLinear.get_delta_weight``, whose ``ranknum`` a reload copies from the ``init_r`` layer).
 
 ``r`` and ``alpha`` of LoHa and LoKr come per module from ``rank_pattern`` and ``alpha_pattern``, matched as PEFT
-matches them (``ckpt.lora.PeftPattern``). As for LoRA, the adapter's whole tensors (``modules_to_save``) replace
+matches them (``_patterns.PeftPattern``). As for LoRA, the adapter's whole tensors (``modules_to_save``) replace
 the base's first, every delta is computed in float32 (float64 for float64 weights) and cast back to the
 weight's dtype once, and tied weights change together. Anything else an adapter of these types holds is refused
 by name, never skipped. Other PEFT types (VeRA, OFT, BOFT, prompt tuning …) are stored but not merged:
@@ -33,41 +33,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from pydantic import JsonValue
+from ckpt.errors import StateMismatchError, UnsupportedStateError
+from ckpt.lineage._apply import FLOAT_DTYPES, apply_whole, as_torch, assign
+from ckpt.lineage._config import PEFT_HINT, TypeSettings
+from ckpt.lineage._names import PEFT_PREFIX, base_name
 
-from ckpt.errors import RecordError, StateMismatchError, UnsupportedStateError
-from ckpt.lora import (
-    PEFT_HINT,
-    PEFT_PREFIX,
-    PeftPattern,
-    apply_whole,
-    as_torch,
-    assign,
-    base_name,
-    compile_pattern,
-)
-
-__all__ = [
-    "MERGED_TYPES",
-    "PEFT_TYPES",
-    "Edit",
-    "TypePlan",
-    "TypeSettings",
-    "check_mergeable",
-    "check_type",
-    "merge_into",
-    "peft_type",
-    "plan",
-    "type_settings",
-]
-
-#: The adapter types this module merges (``peft_type`` as PEFT writes it).
-PEFT_TYPES = ("IA3", "LOHA", "LOKR", "ADALORA")
-#: Every adapter type ckpt merges: LoRA (``ckpt.lora``) and these.
-MERGED_TYPES = ("LORA", *PEFT_TYPES)
+__all__ = ["Edit", "TypePlan", "check_mergeable", "merge_into", "plan"]
 
 #: Each type's tensors, by the name that follows the module's.
 _ROLES = {
@@ -94,181 +68,6 @@ _LAYOUTS = {
 #: Name segments of PEFT's own tensors: stored, never taken for a base tensor.
 _PEFT_SEGMENTS = ("ia3_", "hada_", "lokr_", "lora_")
 _PEFT_WRAPPERS = frozenset({"modules_to_save", "original_module", "trainable_tokens_delta"})
-#: Config options that change what a merge computes, beyond what is computed here.
-_UNMERGED_OPTIONS = ("layer_replication", "trainable_token_indices", "target_parameters")
-_FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
-
-
-def peft_type(cfg: Mapping[str, JsonValue]) -> str:
-    """The adapter's type, as PEFT names it in ``adapter_config.json`` (``LORA`` when the config does not say).
-
-    Raises:
-        RecordError: ``peft_type`` is not a string.
-    """
-    kind = cfg.get("peft_type")
-    if kind is None:
-        return "LORA"
-    if not isinstance(kind, str):
-        raise RecordError(f"adapter config field 'peft_type' must be a string, got {kind!r}")
-    return kind.upper()
-
-
-def check_type(cfg: Mapping[str, JsonValue], adapter: str, tensors: Iterable[str] = ()) -> None:
-    """Refuse to merge an adapter of a type ckpt does not merge, naming the type and one of its tensors.
-
-    Raises:
-        UnsupportedStateError: the type is not one of ``MERGED_TYPES``.
-    """
-    kind = peft_type(cfg)
-    if kind in MERGED_TYPES:
-        return
-    example = next(iter(sorted(tensors)), None)
-    held = f" (its tensors, e.g. {example!r}, are stored as they are)" if example else ""
-    raise UnsupportedStateError(
-        f"{adapter} is a {kind} adapter{held}; ckpt merges LoRA (with rsLoRA, DoRA, lora_bias), IA3, LoHa, "
-        "LoKr and AdaLoRA adapters, not this type",
-        hint=PEFT_HINT,
-    )
-
-
-# -- config ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TypeSettings:
-    """What an IA³, LoHa, LoKr or AdaLoRA config says about merging, checked.
-
-    Attributes:
-        peft_type: ``IA3``, ``LOHA`` or ``LOKR``.
-        r: the default rank (LoHa, LoKr); AdaLoRA: ``init_r``, every module's rank before allocation.
-        alpha: the default ``alpha`` (LoHa, LoKr); AdaLoRA: ``lora_alpha``.
-        rank_pattern: module pattern → rank, in config order.
-        alpha_pattern: module pattern → alpha, in config order.
-        fan_in_fan_out: IA³, AdaLoRA: the base stores linear weights transposed (GPT-2's ``Conv1D``).
-        feedforward: IA³: ``feedforward_modules`` as a list of name endings …
-        feedforward_regex: … or as one regular expression that must match the whole module name.
-        unmerged: the config options set that ckpt's merge does not compute (it refuses to merge them).
-    """
-
-    peft_type: str
-    r: int = 0
-    alpha: float = 0.0
-    rank_pattern: tuple[tuple[PeftPattern, int], ...] = ()
-    alpha_pattern: tuple[tuple[PeftPattern, float], ...] = ()
-    fan_in_fan_out: bool = False
-    feedforward: tuple[str, ...] = ()
-    feedforward_regex: PeftPattern | None = None
-    unmerged: tuple[str, ...] = field(default=())
-
-    def rank(self, module: str) -> int:
-        """The rank PEFT gives ``module``: the first ``rank_pattern`` key that matches, else ``r``."""
-        return next((v for p, v in self.rank_pattern if p.matches(module)), self.r)
-
-    def scale(self, module: str) -> float:
-        """``alpha / r`` of ``module`` (LoHa and LoKr), both from their patterns or the defaults."""
-        alpha = next((v for p, v in self.alpha_pattern if p.matches(module)), self.alpha)
-        return alpha / self.rank(module)
-
-    def is_feedforward(self, module: str) -> bool:
-        """IA³: whether PEFT treats ``module`` as feed-forward (``IA3Model._check_target_module_feedforward``)."""
-        if self.feedforward_regex is not None:
-            return self.feedforward_regex.regex.fullmatch(module) is not None
-        return any(module.endswith(key) for key in self.feedforward)
-
-
-def type_settings(cfg: Mapping[str, JsonValue]) -> TypeSettings:
-    """Check an IA³, LoHa, LoKr or AdaLoRA config (the JSON of ``adapter_config.json``) and return what merging needs.
-
-    Raises:
-        RecordError: a field has the wrong type or an impossible value; the message names the field.
-        UnsupportedStateError: the config is of another type (see ``check_type``).
-    """
-    kind = peft_type(cfg)
-    if kind not in PEFT_TYPES:
-        check_type(cfg, "the adapter")  # raises for the types ckpt does not merge
-        raise RecordError(f"a {kind} config is read by ckpt.lora.lora_settings")
-    unmerged = tuple(name for name in _UNMERGED_OPTIONS if cfg.get(name) not in (None, False, [], {}, ""))
-    if kind == "IA3":
-        ff = cfg.get("feedforward_modules")
-        regex = None
-        names: tuple[str, ...] = ()
-        if isinstance(ff, str):
-            regex = compile_pattern(ff, "feedforward_modules")
-        elif isinstance(ff, list) and all(isinstance(k, str) for k in ff):
-            names = tuple(str(k) for k in ff)
-        elif ff is not None:
-            raise RecordError(
-                f"IA3 config field 'feedforward_modules' must be a list of names or a pattern, got {ff!r}"
-            )
-        return TypeSettings(
-            kind,
-            fan_in_fan_out=_flag(cfg.get("fan_in_fan_out"), "fan_in_fan_out"),
-            feedforward=names,
-            feedforward_regex=regex,
-            unmerged=unmerged,
-        )
-    if kind == "ADALORA":
-        alpha = cfg.get("lora_alpha")
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= float(alpha) < float("inf"):
-            raise RecordError(f"an ADALORA config needs a finite, non-negative 'lora_alpha', got {alpha!r}")
-        pattern = cfg.get("rank_pattern")
-        if pattern is not None and not (
-            isinstance(pattern, Mapping)
-            and all(isinstance(v, list) and all(isinstance(b, bool) for b in v) for v in pattern.values())
-        ):
-            raise RecordError("ADALORA config field 'rank_pattern' must map module names to lists of true/false")
-        return TypeSettings(
-            kind,
-            r=_positive_int(cfg.get("init_r"), "init_r", kind),
-            alpha=float(alpha),
-            fan_in_fan_out=_flag(cfg.get("fan_in_fan_out"), "fan_in_fan_out"),
-            unmerged=unmerged,
-        )
-    return TypeSettings(
-        kind,
-        r=_positive_int(cfg.get("r"), "r", kind),
-        alpha=_positive_number(cfg.get("alpha"), "alpha", kind),
-        rank_pattern=tuple(
-            (compile_pattern(k, "rank_pattern"), _positive_int(v, f"rank_pattern[{k!r}]", kind))
-            for k, v in _mapping(cfg.get("rank_pattern"), "rank_pattern").items()
-        ),
-        alpha_pattern=tuple(
-            (compile_pattern(k, "alpha_pattern"), _positive_number(v, f"alpha_pattern[{k!r}]", kind))
-            for k, v in _mapping(cfg.get("alpha_pattern"), "alpha_pattern").items()
-        ),
-        unmerged=unmerged,
-    )
-
-
-def _positive_int(value: Any, name: str, kind: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise RecordError(f"a {kind} config needs a positive integer {name!r}, got {value!r}")
-    return value
-
-
-def _positive_number(value: Any, name: str, kind: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < float(value) < float("inf"):
-        raise RecordError(f"a {kind} config needs a positive, finite {name!r}, got {value!r}")
-    return float(value)
-
-
-def _flag(value: Any, name: str) -> bool:
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise RecordError(f"adapter config field {name!r} must be true or false, got {value!r}")
-    return value
-
-
-def _mapping(value: Any, name: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise RecordError(f"adapter config field {name!r} must be an object (module pattern → number), got {value!r}")
-    return value
-
-
-# -- what each tensor is -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -395,7 +194,7 @@ def plan(
             missing.append(target)
             continue
         dtype, weight = effective[target]
-        if dtype not in _FLOAT_DTYPES:
+        if dtype not in FLOAT_DTYPES:
             raise UnsupportedStateError(
                 f"cannot merge into {target!r} of base {base}: its dtype {dtype} is not a float type"
             )
@@ -459,7 +258,7 @@ def _ia3_edit(
                 f"{adapter}: the IA3 vector of {name!r} scales {_numel(vector)} outputs, but {name}.bias of base "
                 f"{base} is {list(bias[1])}"
             )
-        if bias[0] not in _FLOAT_DTYPES:
+        if bias[0] not in FLOAT_DTYPES:
             raise UnsupportedStateError(
                 f"cannot merge into {name}.bias of base {base}: its dtype {bias[0]} is not a float"
             )

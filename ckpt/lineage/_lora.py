@@ -1,6 +1,6 @@
-"""LoRA as PEFT defines it: the adapter config, what each adapter tensor is, and the merge math.
+"""LoRA as PEFT defines it: what each adapter tensor is, how it fits its base, and the merge math.
 
-``ckpt.adapters`` stores and loads adapter snapshots; this module says what their tensors mean, without
+``ckpt.lineage`` stores and loads adapter snapshots; this module says what their tensors mean, without
 reading any byte (everything here works on names, shapes and the config, until ``merge_into`` computes):
 
 - **LoRA pairs**: ``<module>.lora_A.weight`` / ``<module>.lora_B.weight`` (linear and conv layers) and
@@ -20,58 +20,23 @@ reading any byte (everything here works on names, shapes and the config, until `
 
 No tensor is ever dropped by its name: a tensor that is none of these is refused, named.
 
-``alpha_pattern`` and ``rank_pattern`` keys are matched the way PEFT's ``get_pattern_key`` matches them,
-``re.match(rf"(.*\\.)?({key})$", module)``: the key, a regular expression, must match the whole module name or
-a tail of it that starts after a ``.``; the first key that matches wins. Keys come from files, so they must stay
-inside a subset of regular expressions that cannot backtrack catastrophically; see ``compile_pattern``.
+``alpha_pattern`` and ``rank_pattern`` keys are matched the way PEFT matches them (see ``_patterns``); the config
+is checked by ``_config.lora_settings``.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from pydantic import JsonValue
+from ckpt.errors import StateMismatchError, UnsupportedStateError
+from ckpt.lineage._apply import FLOAT_DTYPES, apply_whole, as_torch, assign
+from ckpt.lineage._config import PEFT_HINT, LoraSettings
+from ckpt.lineage._names import PEFT_PREFIX, base_name
 
-from ckpt.errors import Hint, RecordError, StateMismatchError, UnsupportedStateError
-
-__all__ = [
-    "MAX_MODULE_NAME",
-    "MAX_PATTERN_LENGTH",
-    "PEFT_HINT",
-    "PEFT_PREFIX",
-    "LoraSettings",
-    "Pair",
-    "PeftPattern",
-    "Plan",
-    "apply_whole",
-    "as_torch",
-    "assign",
-    "base_name",
-    "check_mergeable",
-    "compile_pattern",
-    "is_lora",
-    "lora_settings",
-    "merge_into",
-    "plan",
-]
-
-#: The prefix PEFT gives every tensor of a ``PeftModel`` (``base_model.model.<name in the base>``).
-PEFT_PREFIX = "base_model.model."
-#: What to do with an adapter ckpt stores but does not merge.
-PEFT_HINT = Hint(
-    "store and export it as it is (export_peft_folder), then merge it with peft: "
-    "PeftModel.from_pretrained(base_model, folder).merge_and_unload()",
-    cli="write it as a PEFT folder (`ckpt restore REV --to DIR`), then merge it with peft: "
-    "PeftModel.from_pretrained(base_model, folder).merge_and_unload()",
-)
-#: Longest ``alpha_pattern``/``rank_pattern`` key accepted, in characters.
-MAX_PATTERN_LENGTH = 256
-#: Longest module name matched against patterns, in characters (real ones are far shorter).
-MAX_MODULE_NAME = 1024
+__all__ = ["Pair", "Plan", "check_mergeable", "merge_into", "plan"]
 
 _LINEAR_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
 _EMBEDDING_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_embedding_[AB])(?:\.(?P<adapter>[^.]+))?$")
@@ -83,329 +48,6 @@ _BIAS_KEY = re.compile(r"^(?P<module>.+)\.lora_B(?:\.(?P<adapter>[^.]+))?\.bias$
 _PEFT_SEGMENTS = frozenset(
     {"modules_to_save", "original_module", "token_adapter", "trainable_tokens_delta", "trainable_tokens_original"}
 )
-#: Config options that change what a merge computes, beyond plain LoRA: an adapter that sets one is not merged.
-_UNMERGED_OPTIONS = (
-    "layer_replication",
-    "target_parameters",
-    "trainable_token_indices",
-    "alora_invocation_tokens",
-    "use_qalora",
-    "use_bdlora",
-    "arrow_config",
-    "kasa_config",
-    "monteclora_config",
-    "velora_config",
-)
-#: ``init_lora_weights`` values whose adapter only fits a base that PEFT changed while initialising it.
-_BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
-_FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
-_MAX_UNBOUNDED = 2
-_MAX_ALTERNATIVES = 8
-_MAX_BOUNDED_REPEAT = 16
-_REPEAT = re.compile(r"\{(\d{1,3})(,(\d{0,3}))?\}")
-_CLASS_ESCAPES = frozenset("dDwWsS")
-
-
-# -- patterns ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PeftPattern:
-    """One ``alpha_pattern``/``rank_pattern`` key, compiled.
-
-    Attributes:
-        key: the key as the config holds it.
-        regex: the compiled key.
-    """
-
-    key: str
-    regex: re.Pattern[str]
-
-    def matches(self, module: str) -> bool:
-        """Whether PEFT's ``re.match(rf"(.*\\.)?({key})$", module)`` matches: the key matches all of
-        ``module`` or a tail of it that starts right after a ``.`` (``.*`` never crosses a newline).
-
-        Raises:
-            RecordError: the module name is longer than ``MAX_MODULE_NAME``.
-        """
-        if len(module) > MAX_MODULE_NAME:
-            raise RecordError(f"module name of {len(module)} characters is too long to match against patterns")
-        end = module.find("\n")
-        head = module if end < 0 else module[:end]
-        starts = [0, *(i + 1 for i, c in enumerate(head) if c == ".")]
-        return any(self.regex.fullmatch(module, start) is not None for start in starts)
-
-
-def compile_pattern(key: str, where: str) -> PeftPattern:
-    """Compile an ``alpha_pattern``/``rank_pattern`` key, if it is in the subset that cannot blow up.
-
-    PEFT compiles keys as Python regular expressions. Backtracking makes some of those take exponential (or
-    high polynomial) time, and the keys come from files. ckpt accepts the subset every real config uses, in
-    which matching a module name takes at most polynomial time of low degree:
-
-    - literal characters, ``.``, character classes ``[...]`` and escapes of punctuation or ``\\d \\w \\s``
-      (and their capitals);
-    - groups ``(...)`` and ``(?:...)``, at most 8 ``|`` in all;
-    - ``?``, ``*``, ``+``, ``{m}``, ``{m,n}`` on a single character or class only, never on a group nor
-      after another quantifier (so no nested, lazy or possessive quantifiers); at most 2 unbounded ones
-      (``*``, ``+``, ``{m,}`` or ``{m,n}`` with n > 16);
-    - ``^`` only first and ``$`` only last; at most 256 characters.
-
-    Anything else (backreferences, lookarounds, flags, ``\\b``, nested quantifiers such as ``([\\w.]+)+``) is
-    refused.
-
-    Args:
-        key: the key.
-        where: the config field, for messages (``alpha_pattern``).
-
-    Returns:
-        The compiled key.
-
-    Raises:
-        RecordError: the key is not a string, is outside the subset, or is not a valid regular expression.
-
-    Example:
-        >>> compile_pattern("layers.1.self_attn.q_proj", "alpha_pattern").matches("model.layers.1.self_attn.q_proj")
-        True
-        >>> compile_pattern(r"([\\w.]+)+#", "alpha_pattern")
-        Traceback (most recent call last):
-        ...
-        ckpt.errors.RecordError: adapter config alpha_pattern key '([\\\\w.]+)+#': a quantifier ...
-    """
-    if not isinstance(key, str):
-        raise RecordError(f"adapter config {where} keys must be strings, got {key!r}")
-    problem = _unsafe(key)
-    if problem is None:
-        try:
-            return PeftPattern(key, re.compile(key))
-        except (re.error, RecursionError, OverflowError) as e:
-            problem = f"not a valid regular expression ({e})"
-    raise RecordError(
-        f"adapter config {where} key {key!r}: {problem}",
-        hint=f"{where} keys are module names or simple regular expressions, e.g. 'layers.1.self_attn.q_proj' or "
-        r"'layers\.[0-3]\.mlp\..*'; see the adapters guide for the accepted subset",
-    )
-
-
-def _unsafe(key: str) -> str | None:
-    """Why ``key`` is outside the accepted subset, or ``None``."""
-    if not key:
-        return "an empty key matches nothing PEFT would match"
-    if len(key) > MAX_PATTERN_LENGTH:
-        return f"longer than {MAX_PATTERN_LENGTH} characters"
-    n = len(key)
-    i = depth = unbounded = alternatives = 0
-    prev: str | None = None  # "atom" when a quantifier may follow
-    while i < n:
-        c = key[i]
-        if c == "\\":
-            if i + 1 >= n:
-                return "it ends with a backslash"
-            if not _plain_escape(key[i + 1]):
-                return f"the escape \\{key[i + 1]} is not accepted (backreferences, anchors, \\x …)"
-            i, prev = i + 2, "atom"
-        elif c == "[":
-            j = i + 1
-            if j < n and key[j] == "^":
-                j += 1
-            if j < n and key[j] == "]":
-                j += 1
-            while j < n and key[j] != "]":
-                if key[j] == "\\":
-                    if j + 1 >= n or not _plain_escape(key[j + 1]):
-                        return "a character class holds an escape that is not accepted"
-                    j += 2
-                elif key[j] == "[":
-                    return "a character class holds '['"
-                else:
-                    j += 1
-            if j >= n:
-                return "a character class is not closed"
-            i, prev = j + 1, "atom"
-        elif c == "(":
-            if key.startswith("(?:", i):
-                i += 3
-            elif key.startswith("(?", i):
-                return "only (...) and (?:...) groups are accepted (no lookarounds, flags or named groups)"
-            else:
-                i += 1
-            depth, prev = depth + 1, None
-        elif c == ")":
-            depth -= 1
-            if depth < 0:
-                return "a ')' closes no group"
-            i, prev = i + 1, "group"
-        elif c == "|":
-            alternatives += 1
-            i, prev = i + 1, None
-        elif c == "{" and not _REPEAT.match(key, i):
-            return "a '{' that is not a repeat {m}, {m,} or {m,n} with up to 3 digits (write \\{ for the character)"
-        elif c in "*+?{":
-            if prev != "atom":
-                return (
-                    "a quantifier on a group, on nothing or after another quantifier (nested, lazy or possessive "
-                    "quantifiers can take exponential time) is not accepted"
-                )
-            if c == "{":
-                m = _REPEAT.match(key, i)
-                assert m is not None
-                high = m.group(3)
-                if m.group(2) and (not high or int(high) > _MAX_BOUNDED_REPEAT):
-                    unbounded += 1
-                i = m.end()
-            else:
-                unbounded += c != "?"
-                i += 1
-            prev = "quantified"
-        elif c == "^":
-            if i != 0:
-                return "'^' is accepted only at the start"
-            i, prev = i + 1, None
-        elif c == "$":
-            if i != n - 1:
-                return "'$' is accepted only at the end"
-            i, prev = i + 1, None
-        else:
-            i, prev = i + 1, "atom"
-    if depth:
-        return "a '(' is not closed"
-    if unbounded > _MAX_UNBOUNDED:
-        return f"more than {_MAX_UNBOUNDED} unbounded repetitions (*, +, {{m,}})"
-    if alternatives > _MAX_ALTERNATIVES:
-        return f"more than {_MAX_ALTERNATIVES} alternatives ('|')"
-    return None
-
-
-def _plain_escape(c: str) -> bool:
-    return c in _CLASS_ESCAPES or (not c.isalnum() and c != "_" and c.isascii() and c.isprintable())
-
-
-# -- config ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """What a LoRA config says about merging, checked.
-
-    Attributes:
-        r: the default rank.
-        alpha: the default ``lora_alpha``.
-        use_rslora: scale by ``alpha / √r`` instead of ``alpha / r``.
-        fan_in_fan_out: the base stores linear weights transposed (GPT-2's ``Conv1D``).
-        use_dora: DoRA: every LoRA layer has a learnt magnitude that rescales its merged weight.
-        lora_bias: ``lora_B`` has a bias, added to the base layer's bias.
-        rank_pattern: module pattern → rank, in config order.
-        alpha_pattern: module pattern → alpha, in config order.
-        unmerged: the config options set that ckpt's merge does not compute (it refuses to merge them).
-    """
-
-    r: int
-    alpha: float
-    use_rslora: bool = False
-    fan_in_fan_out: bool = False
-    use_dora: bool = False
-    lora_bias: bool = False
-    rank_pattern: tuple[tuple[PeftPattern, int], ...] = ()
-    alpha_pattern: tuple[tuple[PeftPattern, float], ...] = ()
-    unmerged: tuple[str, ...] = field(default=())
-
-    def rank(self, module: str) -> int:
-        """The rank PEFT gives ``module``: the first ``rank_pattern`` key that matches, else ``r``."""
-        return next((v for p, v in self.rank_pattern if p.matches(module)), self.r)
-
-    def scale(self, module: str, rank: int) -> float:
-        """``alpha / rank``, or ``alpha / √rank`` with rsLoRA, with ``alpha`` from ``alpha_pattern`` or the default."""
-        alpha = next((v for p, v in self.alpha_pattern if p.matches(module)), self.alpha)
-        return alpha / math.sqrt(rank) if self.use_rslora else alpha / rank
-
-
-def is_lora(cfg: Mapping[str, JsonValue]) -> bool:
-    """Whether a PEFT config is a LoRA config (``peft_type`` ``LORA``, the default)."""
-    return str(cfg.get("peft_type", "LORA")).upper() == "LORA"
-
-
-def lora_settings(cfg: Mapping[str, JsonValue]) -> LoraSettings:
-    """Check a LoRA config (the JSON of ``adapter_config.json``) and return what merging needs.
-
-    Raises:
-        RecordError: a field has the wrong type or an impossible value (``r`` not a positive integer, an
-            ``lora_alpha`` that is not a finite positive number, a pattern key outside the accepted subset …),
-            or fields PEFT refuses together (``use_dora`` with ``lora_bias``); the message names the field.
-    """
-    r = _positive_int(cfg.get("r"), "r")
-    alpha = _positive_number(cfg.get("lora_alpha"), "lora_alpha")
-    flags = {name: _flag(cfg.get(name), name) for name in ("use_rslora", "fan_in_fan_out", "use_dora", "lora_bias")}
-    rank_pattern = tuple(
-        (compile_pattern(k, "rank_pattern"), _positive_int(v, f"rank_pattern[{k!r}]"))
-        for k, v in _mapping(cfg.get("rank_pattern"), "rank_pattern").items()
-    )
-    alpha_pattern = tuple(
-        (compile_pattern(k, "alpha_pattern"), _positive_number(v, f"alpha_pattern[{k!r}]"))
-        for k, v in _mapping(cfg.get("alpha_pattern"), "alpha_pattern").items()
-    )
-    modules = cfg.get("modules_to_save")
-    if modules is not None and not (isinstance(modules, list) and all(isinstance(m, str) for m in modules)):
-        raise RecordError(f"adapter config field 'modules_to_save' must be a list of module names, got {modules!r}")
-    if flags["use_dora"] and flags["lora_bias"]:
-        raise RecordError(
-            "a LoRA config sets both use_dora and lora_bias, which PEFT refuses",
-            hint="PEFT trains DoRA without a LoRA bias: set one of them to false",
-        )
-    unmerged = [name for name in _UNMERGED_OPTIONS if cfg.get(name) not in (None, False, [], {}, "")]
-    init = cfg.get("init_lora_weights")
-    if isinstance(init, str) and init.lower().startswith(_BASE_CHANGING_INITS):
-        unmerged.append(f"init_lora_weights={init!r}")
-    return LoraSettings(
-        r=r,
-        alpha=alpha,
-        use_rslora=flags["use_rslora"],
-        fan_in_fan_out=flags["fan_in_fan_out"],
-        use_dora=flags["use_dora"],
-        lora_bias=flags["lora_bias"],
-        rank_pattern=rank_pattern,
-        alpha_pattern=alpha_pattern,
-        unmerged=tuple(unmerged),
-    )
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise RecordError(
-            f"a LoRA config needs a positive integer {name!r}, got {value!r}",
-            hint="r is the LoRA rank (8, 16 …): the first dimension of lora_A; a rank-0 LoRA changes nothing",
-        )
-    return value
-
-
-def _positive_number(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RecordError(f"a LoRA config needs a positive {name!r}, got {value!r}")
-    try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf
-    if not math.isfinite(number) or number <= 0:
-        raise RecordError(f"a LoRA config needs a positive, finite {name!r}, got {value!r}")
-    return number
-
-
-def _flag(value: Any, name: str) -> bool:
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise RecordError(f"adapter config field {name!r} must be true or false, got {value!r}")
-    return value
-
-
-def _mapping(value: Any, name: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise RecordError(f"adapter config field {name!r} must be an object (module pattern → number), got {value!r}")
-    return value
-
-
-# -- what each tensor is -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -463,20 +105,6 @@ class Plan:
             *(p.bias_target for p in self.pairs if p.bias is not None),
             *self.whole,
         ]
-
-
-def base_name(key: str) -> str:
-    """The base tensor a whole adapter tensor stands for: PEFT's prefix and a ``.base_layer`` segment taken out.
-
-    Example:
-        >>> base_name("base_model.model.lm_head.base_layer.weight")
-        'lm_head.weight'
-    """
-    name = key.removeprefix(PEFT_PREFIX)
-    parts = name.split(".")
-    if "base_layer" in parts[:-1]:
-        parts.remove("base_layer")
-    return ".".join(parts)
 
 
 def _peft_owned(name: str) -> bool:
@@ -576,7 +204,7 @@ def plan(
             missing.append(pair.target)
             continue
         dtype, shape = effective[pair.target]
-        if dtype not in _FLOAT_DTYPES:
+        if dtype not in FLOAT_DTYPES:
             raise UnsupportedStateError(
                 f"cannot merge into {pair.target!r} of base {base}: its dtype {dtype} is not a float type"
             )
@@ -654,7 +282,7 @@ def _check_companions(
                 f"{'missing' if have is None else list(have[1])}: PEFT merges the LoRA bias into the layer's bias",
                 hint="is this the adapter's base?",
             )
-        if have[0] not in _FLOAT_DTYPES:
+        if have[0] not in FLOAT_DTYPES:
             raise UnsupportedStateError(f"cannot merge into {pair.bias_target!r} of base {base}: dtype {have[0]}")
 
 
@@ -750,53 +378,3 @@ def _dora(merged: Any, magnitude: Any, pair: Pair, settings: LoraSettings) -> An
     if pair.embedding or settings.fan_in_fan_out:  # the layer's rows are this weight's columns
         return merged * (magnitude / merged.norm(dim=0)).reshape(1, -1)
     return merged * (magnitude / merged.norm(dim=1)).reshape(-1, 1)
-
-
-def apply_whole(
-    weights: MutableMapping[str, Any], adapter: Mapping[str, Any], whole: Mapping[str, str], writable: set[int]
-) -> None:
-    """Put an adapter's whole tensors in place of the base's, cast to the base tensor's dtype (as PEFT loads them).
-
-    Raises:
-        StateMismatchError: two whole tensors put different values into one tied tensor.
-    """
-    import torch
-
-    set_by: dict[int, str] = {}
-    for target, key in whole.items():
-        old = weights[target]
-        value = adapter[key]
-        if id(old) in set_by:
-            if not torch.equal(as_torch(old).to(value.dtype), value):
-                raise StateMismatchError(
-                    f"the adapter's {set_by[id(old)]!r} and {key!r} replace one tied tensor with different values"
-                )
-            continue
-        new = assign(weights, old, value.to(as_torch(old).dtype), writable)
-        set_by[id(new)] = key
-
-
-def assign(weights: MutableMapping[str, Any], old: Any, new: Any, writable: set[int]) -> Any:
-    """Put ``new`` (torch) wherever ``old`` is (every name of a tied tensor), in place when ``old`` may be written.
-
-    Returns:
-        The tensor now in ``old``'s places (``old`` itself when written in place).
-    """
-    numpy = type(old).__module__ == "numpy"
-    if id(old) in writable and tuple(old.shape) == tuple(new.shape):
-        if numpy:
-            old[...] = new.numpy()
-        else:
-            old.copy_(new)
-        return old
-    value = new.numpy() if numpy else new
-    for name in [k for k, v in weights.items() if v is old]:
-        weights[name] = value
-    return value
-
-
-def as_torch(value: Any) -> Any:
-    """A torch view of a torch tensor or a numpy array (no copy)."""
-    import torch
-
-    return torch.from_numpy(value) if type(value).__module__ == "numpy" else value

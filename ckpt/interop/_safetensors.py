@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ckpt.errors import CkptError, RecordError, StateMismatchError, UnsupportedStateError
-from ckpt.folders import os_error
+from ckpt.interop._folders import os_error
 from ckpt.model.table import DTYPE_SIZES
 from ckpt.state.arrays import TensorSource
 
@@ -365,7 +365,7 @@ def open_mapped(
 
     Args:
         path: the ``.safetensors`` file, or a file already open for reading in binary mode (e.g. from
-            ``ckpt.folders.open_file``, which opens without following links); it is not closed.
+            ``_folders.open_file``, which opens without following links); it is not closed.
         what: how to name the file in error messages; default: its path.
 
     Returns:
