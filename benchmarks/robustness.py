@@ -176,7 +176,7 @@ _CHILD = r"""
 import sys, json
 import numpy as np
 import ckpt
-from ckpt.store import layout
+from ckpt.store import _layout as layout
 
 url, seed, opts, pause_at = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
 store = ckpt.open(url, **opts)

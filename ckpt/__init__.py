@@ -51,14 +51,16 @@ if typing.TYPE_CHECKING:  # imported on first use (PEP 562), so that `import ckp
         Damage,
         GcReport,
         LazyTensors,
+        ReleaseSigner,
+        ReleaseStatus,
         RepairReport,
         Store,
+        SyncReport,
         VerifyReport,
         init,
         open,
+        sync,
     )
-    from ckpt.store.signing import ReleaseSigner, ReleaseStatus
-    from ckpt.store.sync import SyncReport, sync
     from ckpt.train import Checkpointer, SaveHandle
 
 #: Public names imported on first use: name → the module that defines it.
@@ -75,6 +77,8 @@ _LAZY = {
             "Damage",
             "GcReport",
             "LazyTensors",
+            "ReleaseSigner",
+            "ReleaseStatus",
             "RepairReport",
             "Store",
             "SyncReport",
@@ -85,7 +89,6 @@ _LAZY = {
         ),
         "ckpt.store",
     ),
-    **dict.fromkeys(("ReleaseSigner", "ReleaseStatus"), "ckpt.store.signing"),
     **dict.fromkeys(("Checkpointer", "SaveHandle"), "ckpt.train"),
 }
 
@@ -174,7 +177,7 @@ def restore(
     Example:
         >>> state = ckpt.restore(model, store, "main", optimizer=opt)  # doctest: +SKIP
     """
-    from ckpt.state.torch import restore_into
+    from ckpt.state import restore_into
 
     return restore_into(
         module,

@@ -5,6 +5,6 @@ Example:
     >>> policy = AnyOf(KeepLast(3), KeepBest("val_loss", 2, mode="min"))
 """
 
-from ckpt.store.retention import AnyOf, KeepBest, KeepEvery, KeepLast, RetentionPolicy
+from ckpt.store import AnyOf, KeepBest, KeepEvery, KeepLast, RetentionPolicy
 
 __all__ = ["AnyOf", "KeepBest", "KeepEvery", "KeepLast", "RetentionPolicy"]

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ckpt.state.arrays import is_array
+from ckpt.state import is_array
 from ckpt.store import Store, init
 
 __all__ = ["assert_state_equal", "memory_store", "tiny_state"]

@@ -485,8 +485,7 @@ def test_environment_page_lists_every_variable() -> None:
 def test_format_page_tables_match_the_code() -> None:
     from typing import get_args
 
-    from ckpt.model import DTYPE_SIZES, Relation
-    from ckpt.model.refs import ReflogAction
+    from ckpt.model import DTYPE_SIZES, ReflogAction, Relation
 
     text = (DOCS / "format.md").read_text(encoding="utf-8")
     dtypes = dict(re.findall(r"^\| `([A-Z0-9_]+)` \| (\d+) \|", text, flags=re.M))
@@ -501,10 +500,11 @@ def test_format_page_tables_match_the_code() -> None:
 
 
 def test_format_page_layout_and_encodings_match_the_code() -> None:
-    import ckpt.state.tree
+    import ckpt.state._tree
     from ckpt.model import canonical_json
     from ckpt.state import flatten
-    from ckpt.store import layout, objects
+    from ckpt.store import _layout as layout
+    from ckpt.store import objects
 
     text = (DOCS / "format.md").read_text(encoding="utf-8")
     d = "ab" + "0" * 62
@@ -522,7 +522,7 @@ def test_format_page_layout_and_encodings_match_the_code() -> None:
         assert f"`{path}" in text, f"format.md does not name the path {path}"
     assert objects._HEADER.format == "<4sBBHQ" and "`<4sBBHQ`" in text
     assert objects.CHUNK_HEADER_SIZE == 16 and objects.CHUNK_MAGIC == b"ckpt"
-    for row in (line for line in ckpt.state.tree.__doc__.splitlines() if line.startswith("|")):
+    for row in (line for line in ckpt.state._tree.__doc__.splitlines() if line.startswith("|")):
         assert row.replace("``", "`") in text, f"format.md lacks the typed-JSON row {row!r}"
     example = {"step": 3, "betas": (0.9, 0.999), "loss": float("nan"), 1: [None, True]}
     assert canonical_json(flatten(example)[0]).decode() in text

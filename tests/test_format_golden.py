@@ -11,8 +11,8 @@ import pytest
 
 import ckpt
 from ckpt.model import Snapshot, StoreConfig, TensorTable, canonical_json, digest_bytes
-from ckpt.store import layout
-from ckpt.store.objects import chunk_header
+from ckpt.store import _layout as layout
+from ckpt.store._objects import chunk_header
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -148,7 +148,7 @@ def test_table_without_ties_reads_unchanged_and_older_readers_ignore_ties(tmp_pa
     golden = json.loads(_golden("table.json"))
     assert "tied" not in golden
     assert canonical_json(TensorTable.model_validate(golden).model_dump(mode="json")) == _golden("table.json")
-    from ckpt.model.canonical import drop_unknown
+    from ckpt.model import drop_unknown
 
     tied = json.loads(_golden("table_tied.json"))
     stripped = {k: v for k, v in tied.items() if k != "tied"}

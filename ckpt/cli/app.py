@@ -37,12 +37,12 @@ __all__ = [
 
 def find_store(start: Path | None = None) -> Path | None:
     """The nearest ``.ckpt`` store folder in ``start`` (default: the current directory) or a parent of it."""
-    from ckpt.store import layout
+    from ckpt.store import CONFIG_FILE
 
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         candidate = folder / settings.DEFAULT_STORE
-        if (candidate / layout.CONFIG).is_file():
+        if (candidate / CONFIG_FILE).is_file():
             return candidate
     return None
 
@@ -51,13 +51,13 @@ def store_location(url: str) -> str:
     """A store given on the command line: a URL as it is; a local folder that is not a store itself but holds
     one in ``.ckpt`` (``.``, a project folder) means that ``.ckpt``, as Git takes a work tree for its ``.git``.
     """
-    from ckpt.store import layout
+    from ckpt.store import CONFIG_FILE
 
     if "://" in url:
         return url
     folder = Path(url).expanduser()
     inner = folder / settings.DEFAULT_STORE
-    if not (folder / layout.CONFIG).is_file() and (inner / layout.CONFIG).is_file():
+    if not (folder / CONFIG_FILE).is_file() and (inner / CONFIG_FILE).is_file():
         return str(inner)
     return url
 

@@ -31,9 +31,7 @@ from ckpt.dcp import _store
 from ckpt.dcp._tree import Leaf, PathItem, dcp_leaves
 from ckpt.errors import StateError
 from ckpt.model import DTYPE_SIZES, Snapshot, TensorTable
-from ckpt.state import unflatten
-from ckpt.state.arrays import writable_view
-from ckpt.state.torch import torch_dtype
+from ckpt.state import torch_dtype, unflatten, writable_view
 from ckpt.store import Store
 
 __all__ = ["StorageReader"]

@@ -30,14 +30,13 @@ from ckpt.model import (
     TensorEntry,
     TensorTable,
     check_ref_name,
+    clean_files,
+    clean_metrics,
     format_time,
     utcnow,
 )
 from ckpt.state import TensorSource
-from ckpt.store import Store
-from ckpt.store import shards as _shards
-from ckpt.store import store as _store_module
-from ckpt.store import transfer as _transfer
+from ckpt.store import Store, _shards, _transfer
 
 __all__ = ["Pending", "begin", "chunk_jobs", "commit", "open_snapshot", "read_tensors", "write_tensors"]
 
@@ -110,7 +109,7 @@ def begin(
             model=model,
             step=step,
             epoch=epoch,
-            metrics=_store_module._clean_metrics(metrics),
+            metrics=clean_metrics(metrics),
             message=message,
             metadata=dict(metadata or {}),
             created_at=format_time(utcnow()),
@@ -123,8 +122,8 @@ def begin(
         record.record_bytes()
     except (ValidationError, RecordError) as e:
         raise RecordError(f"cannot record this snapshot: {e}") from e
-    clean_files = _store_module._clean_files(files) if files is not None else None
-    return Pending(branch=branch, head=head, record=record, files=clean_files)
+    file_data = clean_files(files) if files is not None else None
+    return Pending(branch=branch, head=head, record=record, files=file_data)
 
 
 def write_tensors(store: Store, sources: Mapping[str, TensorSource]) -> tuple[dict[str, TensorEntry], int]:

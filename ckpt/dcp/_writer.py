@@ -18,8 +18,7 @@ from ckpt.dcp import _store
 from ckpt.dcp._tree import PathItem, build, walk_paths
 from ckpt.errors import RecordError, StateError, UnsupportedStateError
 from ckpt.model import Relation, Snapshot, TensorEntry, TensorShard, check_ref_name
-from ckpt.state import TensorSource, flatten, unflatten
-from ckpt.state.torch import dtype_name, torch_source
+from ckpt.state import TensorSource, dtype_name, flatten, torch_source, unflatten
 from ckpt.store import Store
 
 __all__ = ["STAGING_BYTES", "StorageWriter"]

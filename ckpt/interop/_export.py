@@ -14,8 +14,7 @@ from ckpt.interop._peft import write_peft_folder
 from ckpt.lineage import is_adapter
 
 if TYPE_CHECKING:
-    from ckpt.store import Store
-    from ckpt.store.transfer import Progress
+    from ckpt.store import Progress, Store
 
 __all__ = ["export"]
 

@@ -30,8 +30,7 @@ from ckpt.model import RESERVED_FILE_PREFIX, Snapshot, TensorEntry, TensorTable
 from ckpt.state import split_model, tensor_groups, tensor_paths
 
 if TYPE_CHECKING:
-    from ckpt.store import LazyTensors, Store
-    from ckpt.store.transfer import Progress
+    from ckpt.store import LazyTensors, Progress, Store
 
 __all__ = ["ExportResult", "write_folder"]
 

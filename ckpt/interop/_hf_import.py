@@ -46,8 +46,7 @@ from ckpt.model import RESERVED_FILE_PREFIX, Relation, Snapshot
 from ckpt.state import TensorSource, from_typed_float, model_tensors, tensor_paths, unflatten
 
 if TYPE_CHECKING:
-    from ckpt.store import Store
-    from ckpt.store.transfer import Progress
+    from ckpt.store import Progress, Store
 
 __all__ = ["MAX_SIDE_FILE_SIZE", "PICKLE_SUFFIXES", "ImportPlan", "import_folder", "plan_import"]
 

@@ -33,8 +33,7 @@ from ckpt.lineage import (
 from ckpt.model import Snapshot
 
 if TYPE_CHECKING:
-    from ckpt.store import Store
-    from ckpt.store.transfer import Progress
+    from ckpt.store import Progress, Store
 
 __all__ = ["export_peft_folder", "import_peft_folder", "write_peft_folder"]
 

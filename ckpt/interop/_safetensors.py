@@ -35,8 +35,8 @@ from typing import Any, BinaryIO
 
 from ckpt.errors import CkptError, RecordError, StateMismatchError, UnsupportedStateError
 from ckpt.interop._folders import os_error
-from ckpt.model.table import DTYPE_SIZES
-from ckpt.state.arrays import TensorSource
+from ckpt.model import DTYPE_SIZES
+from ckpt.state import TensorSource
 
 __all__ = [
     "MAX_HEADER_SIZE",

@@ -32,8 +32,7 @@ from ckpt.model import Relation, Snapshot, TensorTable
 from ckpt.state import model_tensors
 
 if TYPE_CHECKING:
-    from ckpt.store import Store
-    from ckpt.store.transfer import Progress
+    from ckpt.store import Progress, Store
 
 __all__ = [
     "AdapterRecord",

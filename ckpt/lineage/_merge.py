@@ -19,9 +19,7 @@ from ckpt.lineage._config import LoraSettings, TypeSettings, check_type, merge_s
 from ckpt.model import RESERVED_FILE_PREFIX, Snapshot
 
 if TYPE_CHECKING:
-    from ckpt.store import Store
-    from ckpt.store.store import Framework
-    from ckpt.store.transfer import Progress
+    from ckpt.store import Framework, Progress, Store
 
 __all__ = ["load_merged", "merge_adapter"]
 

@@ -1,6 +1,13 @@
-"""Pydantic models of the on-disk records, canonical JSON and ids (layer 2: imports only ``errors``)."""
+"""Pydantic models of the on-disk records, canonical JSON and ids (layer 2: imports only ``errors``).
 
-from ckpt.model.canonical import (
+The package is internal; this module is its interface for the layers above. Its modules: ``_types`` (digests,
+times), ``_canonical`` (canonical JSON, digests, record parsing), ``_config`` (the store config), ``_refs``
+(branch and tag records, the reflog, ref names), ``_snapshot`` (the snapshot record), ``_table`` (the tensor
+table, reserved file names) and ``_fields`` (the fields a caller gives a new snapshot, and their cleaning).
+"""
+
+from ckpt.model._canonical import (
+    MAX_JSON_DEPTH,
     RECORD_HINT,
     canonical_json,
     digest_bytes,
@@ -12,20 +19,23 @@ from ckpt.model.canonical import (
     validate_record,
     validation_summary,
 )
-from ckpt.model.config import FORMAT_VERSION, READABLE_MAJOR, StoreConfig
-from ckpt.model.refs import (
+from ckpt.model._config import FORMAT_VERSION, READABLE_MAJOR, StoreConfig
+from ckpt.model._fields import SaveFields, SnapshotFields, check_fields, clean_files, clean_metrics
+from ckpt.model._refs import (
     BranchRecord,
     PrunedMarker,
+    ReflogAction,
     ReflogEntry,
     TagRecord,
     check_ref_name,
     ref_name_problem,
     ref_name_readable,
 )
-from ckpt.model.snapshot import Relation, Snapshot, format_time, utcnow
-from ckpt.model.table import (
+from ckpt.model._snapshot import Relation, Snapshot, format_time, utcnow
+from ckpt.model._table import (
     DTYPE_SIZES,
     RESERVED_FILE_PREFIX,
+    SAFETENSORS_INDEX_SUFFIX,
     FileEntry,
     TensorEntry,
     TensorShard,
@@ -33,21 +43,26 @@ from ckpt.model.table import (
     file_path_problem,
     tree_problem,
 )
-from ckpt.model.types import Digest, Timestamp, parse_time
+from ckpt.model._types import Digest, Timestamp, parse_time
 
 __all__ = [
     "DTYPE_SIZES",
     "FORMAT_VERSION",
+    "MAX_JSON_DEPTH",
     "READABLE_MAJOR",
     "RECORD_HINT",
     "RESERVED_FILE_PREFIX",
+    "SAFETENSORS_INDEX_SUFFIX",
     "BranchRecord",
     "Digest",
     "FileEntry",
     "PrunedMarker",
+    "ReflogAction",
     "ReflogEntry",
     "Relation",
+    "SaveFields",
     "Snapshot",
+    "SnapshotFields",
     "StoreConfig",
     "TagRecord",
     "TensorEntry",
@@ -55,7 +70,10 @@ __all__ = [
     "TensorTable",
     "Timestamp",
     "canonical_json",
+    "check_fields",
     "check_ref_name",
+    "clean_files",
+    "clean_metrics",
     "digest_bytes",
     "drop_unknown",
     "file_path_problem",

@@ -16,8 +16,8 @@ from pydantic import JsonValue
 from ckpt.errors import CkptError, IntegrityError, MissingObjectError, RecordError, StateMismatchError
 from ckpt.model import Snapshot
 from ckpt.state import flatten
-from ckpt.store import layout
-from ckpt.store.retention import AnyOf, KeepBest, KeepEvery, KeepLast, RetentionPolicy
+from ckpt.store import AnyOf, KeepBest, KeepEvery, KeepLast, RetentionPolicy
+from ckpt.store import _layout as layout
 from ckpt.training.background import Background, track, untrack
 from ckpt.training.digest_cache import DigestCache
 from ckpt.training.handle import SaveHandle

@@ -148,7 +148,7 @@ class DigestCache:
 def cacheable(t: Any) -> bool:
     """Whether torch's version counter can vouch for this tensor (and its live bytes can stand in for a copy)."""
     torch = sys.modules["torch"]
-    from ckpt.state.torch import dtype_name
+    from ckpt.state import dtype_name
 
     try:
         if t.is_inference():  # no version counter

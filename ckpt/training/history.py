@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ckpt.model import Snapshot
-from ckpt.store.retention import RetentionPolicy
+from ckpt.store import RetentionPolicy
 
 if TYPE_CHECKING:
     from ckpt.store import Store

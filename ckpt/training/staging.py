@@ -103,7 +103,7 @@ def stage(state: Any, slot: Slot | None, cache: DigestCache | None) -> Staged:
         return name
 
     def tensor(t: Any, key: str) -> TensorSource:
-        from ckpt.state.torch import torch_source
+        from ckpt.state import torch_source
 
         trusted = cache is not None and cacheable(t)
         digests = cache.lookup(key, t) if trusted and cache is not None else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import ckpt
-from ckpt.store import layout
+from ckpt.store import _layout as layout
 
 from .conftest import Invoke, parse
 

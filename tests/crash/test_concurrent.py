@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 import ckpt
+from ckpt import Store
 from ckpt.storage.faults import FaultyBackend, InjectedFault
-from ckpt.store.store import Store
 
 SAVES = 10
 CHUNK = 64 * 1024

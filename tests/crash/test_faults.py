@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 import ckpt
+from ckpt import Store
 from ckpt.storage import Backend, open_backend
 from ckpt.storage.faults import FaultyBackend, InjectedFault
-from ckpt.store.store import Store
 
 CHUNK = 4096
 FILES = {"config.json": b'{"hidden_size": 64}', "tokenizer.json": b"x" * (CHUNK + 100)}

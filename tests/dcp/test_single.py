@@ -26,7 +26,7 @@ from ckpt.dcp._tree import dcp_leaves
 from ckpt.errors import RecordError, RefConflictError, StateError
 from ckpt.model import TensorEntry, TensorShard, TensorTable, canonical_json, digest_bytes
 from ckpt.state import flatten
-from ckpt.store import layout
+from ckpt.store import _layout as layout
 
 pytestmark = [
     pytest.mark.torch,

@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 
 import ckpt
 from ckpt.errors import CkptError
-from ckpt.store import layout
+from ckpt.store import _layout as layout
 
 __all__ = ["STATS", "TARGETS", "Target", "check_cli", "read_everything"]
 
@@ -448,7 +448,7 @@ def _ref_run(path: str, revs: tuple[str, ...]) -> Callable[[bytes], None]:
 
 def _signature_run(data: bytes) -> None:
     """A release signature: checked by verify with and without trusted keys, and by ``restore --sign``'s check."""
-    from ckpt.store.signing import load_trusted_keys, require_signed_release
+    from ckpt.store._signing import load_trusted_keys, require_signed_release
 
     t = template()
     files = dict(t.files)

@@ -25,7 +25,7 @@ from ckpt.errors import (
     UnsupportedStateError,
 )
 from ckpt.model import canonical_json, digest_bytes
-from ckpt.store import layout
+from ckpt.store import _layout as layout
 
 
 @pytest.fixture

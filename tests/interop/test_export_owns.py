@@ -18,7 +18,7 @@ import ckpt
 import ckpt.interop._safetensors
 from ckpt.errors import CorruptChunkError, RecordError
 from ckpt.interop import export, import_folder
-from ckpt.store import layout
+from ckpt.store import _layout as layout
 
 
 def weights(seed: int, n: int = 6) -> dict[str, np.ndarray]:

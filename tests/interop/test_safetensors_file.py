@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from ckpt.errors import RecordError, StateMismatchError, UnsupportedStateError
 from ckpt.interop._safetensors import build_header, open_tensors, parse_header, read_header, write_file
-from ckpt.state.torch import TORCH_DTYPES, dtype_name
+from ckpt.state import TORCH_DTYPES, dtype_name
 
 pytestmark = pytest.mark.torch
 

@@ -8,8 +8,8 @@ import pytest
 
 from ckpt.errors import CorruptChunkError
 from ckpt.storage import LocalBackend
-from ckpt.store import layout
-from ckpt.store.objects import Objects, hash_chunk
+from ckpt.store import _layout as layout
+from ckpt.store._objects import Objects, hash_chunk
 
 
 class GcBetweenCalls(LocalBackend):

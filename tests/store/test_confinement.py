@@ -13,7 +13,7 @@ import pytest
 import ckpt
 from ckpt.errors import BackendError, CorruptChunkError, RecordError
 from ckpt.storage import LocalBackend
-from ckpt.store import layout
+from ckpt.store import _layout as layout
 
 NOW = timedelta(0)
 SECRET = b"SECRET-token-0123456789"

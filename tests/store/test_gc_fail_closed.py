@@ -16,7 +16,7 @@ import pytest
 import ckpt
 from ckpt.errors import IntegrityError, MissingObjectError
 from ckpt.retention import KeepLast
-from ckpt.store import layout
+from ckpt.store import _layout as layout
 
 NOW = timedelta(0)
 no_s3 = pytest.mark.parametrize("backend_kind", ["file", "memory"], indirect=True)
@@ -327,7 +327,7 @@ def test_inherited_files_are_found_present_and_refreshed(store: ckpt.Store) -> N
 @no_s3
 def test_a_table_a_save_reuses_while_gc_runs_is_spared(store: ckpt.Store) -> None:
     """A table is content-addressed too: a save of the same tree and tensors reuses an unreachable one."""
-    from ckpt.store.gc import plan_gc
+    from ckpt.store._gc import plan_gc
 
     store.save(state(9))
     old = store.save(state(0), "tmp")

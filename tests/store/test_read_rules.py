@@ -15,8 +15,8 @@ import ckpt
 from ckpt.errors import CorruptChunkError, IntegrityError, StateError
 from ckpt.interop import export
 from ckpt.model import FileEntry, Snapshot, TensorEntry, TensorTable, format_time, utcnow
-from ckpt.store import layout
-from ckpt.store.objects import CHUNK_HEADER_SIZE
+from ckpt.store import _layout as layout
+from ckpt.store._objects import CHUNK_HEADER_SIZE
 
 MiB = 1 << 20
 DATA = np.arange(MiB // 4, dtype=np.float32)  # 1 MiB: one chunk, big enough to be memory-mapped

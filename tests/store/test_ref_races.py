@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 import ckpt
+from ckpt import Store
 from ckpt.errors import FrozenRefError, RefConflictError, RefExistsError, RevisionNotFoundError
 from ckpt.storage import Backend, Buffer, CasResult, Entry
-from ckpt.store import layout
-from ckpt.store.store import Store
+from ckpt.store import _layout as layout
 
 
 class GatedBackend:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import ckpt
-from ckpt.store import layout
+from ckpt.store import _layout as layout
 from ckpt.testing import assert_state_equal
 
 

@@ -23,8 +23,8 @@ import ckpt
 from ckpt.cli import cli
 from ckpt.errors import RecordError, SignatureError
 from ckpt.model import canonical_json, digest_bytes
-from ckpt.store import layout
-from ckpt.store.signing import ReleaseSigner, load_trusted_keys
+from ckpt.store import _layout as layout
+from ckpt.store._signing import ReleaseSigner, load_trusted_keys
 
 RELEASE = "tiny-2026-11-28"
 
@@ -324,7 +324,7 @@ def test_restore_signs_only_what_was_signed(store: ckpt.Store, keys: dict[str, P
     assert result.exit_code == 0, result.output
     assert _model_signing_verifies(out, out / "model.sig", _pub(keys["p384"]))
     with pytest.raises(SignatureError):
-        from ckpt.store.signing import require_signed_release
+        from ckpt.store._signing import require_signed_release
 
         require_signed_release(store, "unsigned-release", load_trusted_keys([_pub(keys["ec"])]))
 

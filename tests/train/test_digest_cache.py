@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import ckpt
-from ckpt.store.objects import hash_chunk
+from ckpt.store._objects import hash_chunk
 from ckpt.train import Checkpointer
 
 from .helpers import train_step

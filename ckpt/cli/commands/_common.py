@@ -97,7 +97,7 @@ def parse_options(pairs: Sequence[str], *, flag: str) -> dict[str, Any]:
 
 def key_password(path: str) -> str | None:
     """The passphrase of a private key file: asked for (without echo) only when the key is encrypted."""
-    from ckpt.store.signing import key_is_encrypted
+    from ckpt.store import key_is_encrypted
 
     if not key_is_encrypted(path):
         return None

@@ -194,7 +194,7 @@ def freeze(
     release_signer = None
     if key is not None:
         from ckpt.cli.commands._common import key_password
-        from ckpt.store.signing import ReleaseSigner
+        from ckpt.store import ReleaseSigner
 
         release_signer = ReleaseSigner.from_file(key, password=key_password(key), name=signer)
     elif signer is not None:

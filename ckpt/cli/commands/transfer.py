@@ -110,7 +110,7 @@ def restore(
     vouched = None
     if key is not None:  # check the release before anything is written
         from ckpt.cli.commands._common import key_password
-        from ckpt.store.signing import check_folder_key, load_private_key, load_trusted_keys, require_signed_release
+        from ckpt.store import check_folder_key, load_private_key, load_trusted_keys, require_signed_release
 
         password = key_password(key)
         check_folder_key(key, password=password)
@@ -126,7 +126,7 @@ def restore(
     removed = [str(p) for p in result.removed]
     signed = None
     if key is not None:
-        from ckpt.store.signing import sign_folder
+        from ckpt.store import sign_folder
 
         signed = sign_folder(to, key, signature=signature, password=password)
     if as_json:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ckpt.errors import StateError
-from ckpt.state.arrays import TensorSource, alias_key, unsupported
+from ckpt.state._source import TensorSource, alias_key, unsupported
 
 __all__ = [
     "TORCH_DTYPES",

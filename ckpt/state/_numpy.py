@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ckpt.errors import StateError
-from ckpt.state.arrays import TensorSource, unsupported
+from ckpt.state._source import TensorSource, unsupported
 
 __all__ = ["NUMPY_DTYPES", "array_from_buffer", "empty_numpy", "numpy_source"]
 

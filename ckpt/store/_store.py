@@ -29,6 +29,7 @@ from ckpt.errors import (
 from ckpt.model import (
     FORMAT_VERSION,
     READABLE_MAJOR,
+    RESERVED_FILE_PREFIX,
     FileEntry,
     PrunedMarker,
     ReflogEntry,
@@ -40,7 +41,8 @@ from ckpt.model import (
     TensorTable,
     canonical_json,
     check_ref_name,
-    file_path_problem,
+    clean_files,
+    clean_metrics,
     format_time,
     parse_json,
     utcnow,
@@ -48,20 +50,20 @@ from ckpt.model import (
 )
 from ckpt.state import flatten, tensor_paths, tied_groups, unflatten
 from ckpt.storage import Backend, open_backend
-from ckpt.store import layout
-from ckpt.store.gc import GcReport, OnDamage, plan_gc, release_needs, scan_liveness
-from ckpt.store.objects import Objects
-from ckpt.store.refs import Refs
-from ckpt.store.repair import RepairReport, repair
-from ckpt.store.retention import RetentionPolicy
-from ckpt.store.revisions import ParsedRevision, parse_revision, resolve_base, resolve_reflog, walk_steps
-from ckpt.store.shards import read_whole
-from ckpt.store.sync import SyncReport, sync
-from ckpt.store.transfer import Progress, WriteStats, read_tensors, write_files, write_tensors
-from ckpt.store.verify import Damage, VerifyReport, release_damage, verify_snapshots
+from ckpt.store import _layout as layout
+from ckpt.store._gc import GcReport, OnDamage, plan_gc, release_needs, scan_liveness
+from ckpt.store._objects import Objects
+from ckpt.store._refs import Refs
+from ckpt.store._repair import RepairReport, repair
+from ckpt.store._retention import RetentionPolicy
+from ckpt.store._revisions import ParsedRevision, parse_revision, resolve_base, resolve_reflog, walk_steps
+from ckpt.store._shards import read_whole
+from ckpt.store._sync import SyncReport, sync
+from ckpt.store._transfer import Progress, WriteStats, read_tensors, write_files, write_tensors
+from ckpt.store._verify import Damage, VerifyReport, release_damage, verify_snapshots
 
 if TYPE_CHECKING:
-    from ckpt.store.signing import PrivateKey, PublicKey, ReleaseSigner, ReleaseStatus
+    from ckpt.store._signing import PrivateKey, PublicKey, ReleaseSigner, ReleaseStatus
 
 __all__ = ["Store", "init", "open"]
 
@@ -202,8 +204,8 @@ class Store:
             raise RecordError(f"relation {rel!r} needs a parent", hint="pass parents=[rev]")
         if model is None and parent_ids:
             model = self._objects.get_snapshot(parent_ids[0]).model
-        clean_metrics = _clean_metrics(metrics)
-        clean_files = _clean_files(files)
+        metric_values = clean_metrics(metrics)
+        file_data = clean_files(files)
 
         # everything that can be refused is checked before the first byte is written
         tree, tensors = flatten(state)
@@ -215,7 +217,7 @@ class Store:
                 model=model,
                 step=step,
                 epoch=epoch,
-                metrics=clean_metrics,
+                metrics=metric_values,
                 message=message,
                 metadata=dict(metadata or {}),
                 created_at=format_time(utcnow()),
@@ -242,7 +244,7 @@ class Store:
         if files is None and parent_ids and rel in _INHERITS_FILES:
             file_entries = self._inherited_files(parent_ids[0], stats)
         else:
-            file_entries = write_files(self._objects, clean_files, self.chunk_size, stats=stats)
+            file_entries = write_files(self._objects, file_data, self.chunk_size, stats=stats)
         table = TensorTable(
             chunk_size=self.chunk_size,
             tensors=entries,
@@ -268,7 +270,7 @@ class Store:
             CorruptChunkError: one of them is damaged.
         """
         table = self._objects.get_table(self._objects.get_snapshot(parent_id).table)
-        kept = {path: entry for path, entry in table.files.items() if not path.startswith(".ckpt/")}
+        kept = {path: entry for path, entry in table.files.items() if not path.startswith(RESERVED_FILE_PREFIX)}
         data: dict[str, bytes] = {}
         for path, entry in kept.items():
             cs = table.chunk_size
@@ -687,7 +689,7 @@ class Store:
         loaded is published: the snapshot must not be pruned, and its table and every chunk must be in the
         store (an adapter's bases too). With ``signer``, the release is also signed: a statement naming the
         release, the snapshot id (which commits to every byte), the time and the signer's key is signed and
-        stored beside the tag (``ckpt.store.signing``), so that ``verify(trust=[public key])`` can tell the
+        stored beside the tag (docs/concepts/security.md), so that ``verify(trust=[public key])`` can tell the
         release is the one its publisher froze.
 
         Args:
@@ -732,7 +734,7 @@ class Store:
         needs = self._check_loadable(snap, verify=verify)
         signature = None
         if signer is not None:  # every key problem shows before anything is written
-            from ckpt.store.signing import ReleaseSigner
+            from ckpt.store._signing import ReleaseSigner
 
             signature = ReleaseSigner.of(signer).sign(name, snap.id)
         self._refs.create_tag(
@@ -752,7 +754,7 @@ class Store:
                 stacklevel=2,
             )
         if signature is not None:
-            from ckpt.store.signing import write_release_signature
+            from ckpt.store._signing import write_release_signature
 
             write_release_signature(self.backend, name, signature)
         return name
@@ -814,7 +816,7 @@ class Store:
             FrozenRefError: the tag is not frozen (only releases are signed).
             RecordError: the key cannot be used.
         """
-        from ckpt.store.signing import ReleaseSigner, put_signature
+        from ckpt.store._signing import ReleaseSigner, put_signature
 
         tag = self._refs.tag(name)
         if tag is None:
@@ -972,7 +974,7 @@ class Store:
         was unfrozen or deleted, or whose freeze is not logged, is ``tampered`` or ``repointed``) and against
         its signatures (each must verify with its own key and sign this release's name and id). With ``trust``,
         every frozen release must also be signed by one of the trusted keys, as it is now; one that is not is
-        reported ``unsigned``, ``repointed`` or ``forged`` (``ckpt.store.signing``).
+        reported ``unsigned``, ``repointed`` or ``forged`` (docs/concepts/security.md).
 
         Args:
             rev: check this snapshot only; default: every snapshot reachable from a branch, tag or the reflog.
@@ -988,7 +990,7 @@ class Store:
         if trust is not None and rev is not None:
             raise RecordError("trust= checks every frozen release: call verify(trust=...) without a revision")
         if trust is not None:
-            from ckpt.store.signing import load_trusted_keys
+            from ckpt.store._signing import load_trusted_keys
 
             keys = load_trusted_keys(trust)
         if rev is not None:
@@ -1036,7 +1038,7 @@ class Store:
                     "(gc keeps its objects); `ckpt repair` removes the marker",
                 )
             )
-        from ckpt.store.signing import check_releases
+        from ckpt.store._signing import check_releases
 
         releases = check_releases(self.backend, tags, entries, trust=keys)
         extra.extend(release_damage(releases, keys_given=keys is not None))
@@ -1337,34 +1339,3 @@ def _location(url: str | os.PathLike[str] | None) -> str:
     if not isinstance(text, str):
         raise StoreError(f"a store location must be a str path, got {type(text).__name__}")
     return text or settings.store_url()
-
-
-def _clean_metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for k, v in (metrics or {}).items():
-        if not isinstance(k, str):
-            raise RecordError(f"metric names must be str, got {k!r}")
-        try:
-            out[k] = float(v)
-        except (TypeError, ValueError):
-            raise RecordError(f"metric {k!r} must be a number, got {v!r}") from None
-        if isinstance(v, bool):
-            raise RecordError(f"metric {k!r} must be a number, got {v!r}")
-    return out
-
-
-def _clean_files(files: Mapping[str, bytes] | None) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    for path, data in (files or {}).items():
-        name = "/".join(path.split("\\")) if isinstance(path, str) else path
-        problem = file_path_problem(name)
-        if problem:
-            shown = repr(path if not isinstance(path, str) or len(path) <= 80 else path[:80] + "…")
-            raise RecordError(
-                f"attached file path {shown.encode('utf-8', 'backslashreplace').decode()} cannot be stored: {problem}",
-                hint="attached files are relative paths such as config.json or tokenizer/vocab.json",
-            )
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise RecordError(f"attached file {path!r} must be bytes, got {type(data).__name__}")
-        out[name] = bytes(data)
-    return out

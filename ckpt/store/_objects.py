@@ -20,7 +20,7 @@ from ckpt.model import (
     parse_record,
 )
 from ckpt.storage import Backend
-from ckpt.store import layout
+from ckpt.store import _layout as layout
 
 __all__ = [
     "CHUNK_HEADER_SIZE",

@@ -1,112 +1,19 @@
 """Tensors and arrays as raw bytes, without importing torch or numpy unless the state holds them.
 
-A ``TensorSource`` is what the store writes: a dtype name, a shape, and one flat, C-ordered, little-endian
-byte buffer that shares memory with the tensor wherever it can (no copy for contiguous CPU tensors).
+A ``TensorSource`` (``_source``) is what the store writes: a dtype name, a shape, and one flat, C-ordered,
+little-endian byte buffer that shares memory with the tensor wherever it can (no copy for contiguous CPU
+tensors). torch and numpy glue (``_torch``, ``_numpy``) is imported only when a leaf is one of theirs.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from ckpt.errors import UnsupportedStateError
+from ckpt.state._source import TensorSource
 
-__all__ = ["TensorSource", "alias_key", "is_array", "to_source", "writable_view"]
-
-Kind = Literal["torch", "numpy"]
-
-
-@dataclass(frozen=True)
-class TensorSource:
-    """The raw bytes of one tensor, ready to be chunked.
-
-    A ``TensorSource`` is also a valid leaf of a state tree: it lets code that holds tensor bytes without a
-    framework (e.g. a memory-mapped safetensors file) save them with no torch and no copy.
-
-    Attributes:
-        dtype: safetensors dtype name (``F32``, ``BF16`` …).
-        shape: dimensions.
-        kind: ``torch`` or ``numpy``: what the load gives back.
-        data: flat bytes (C order, little-endian); ``nbytes`` long.
-        owner: the object that owns the memory, kept alive as long as ``data`` is used.
-        digests: the chunk digests of ``data`` if the caller knows them already (e.g. from a cache of
-            unchanged tensors); the store then skips hashing, and writes nothing when every chunk exists.
-            A wrong digest here would store wrong data under that address: only pass digests computed by
-            ckpt for these exact bytes.
-    """
-
-    dtype: str
-    shape: tuple[int, ...]
-    kind: Kind
-    data: memoryview
-    owner: Any = None
-    digests: tuple[str, ...] | None = None
-
-    @property
-    def nbytes(self) -> int:
-        """Length of ``data``."""
-        return self.data.nbytes
-
-
-def is_array(value: Any) -> bool:
-    """Whether ``value`` is a tensor leaf: a ``TensorSource``, a torch tensor or a numpy array.
-
-    torch and numpy are not imported to find out.
-    """
-    if isinstance(value, TensorSource):
-        return True
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(value, torch.Tensor):
-        return True
-    np = sys.modules.get("numpy")
-    return np is not None and isinstance(value, np.ndarray)
-
-
-def alias_key(value: Any) -> tuple[Any, ...] | None:
-    """What makes two tensor leaves one tensor: the same memory, seen the same way.
-
-    Two torch tensors alias when they view the same storage (``untyped_storage().data_ptr()``) on the same
-    device at the same offset with the same dtype, shape and strides (and conj/neg bits): tied weights, such as a
-    language model's input embedding and output head, or one tensor placed twice in a state. Two numpy arrays
-    alias when their data pointer, dtype, shape and strides are equal. A ``TensorSource`` aliases only itself.
-    Views that merely overlap (a slice, a transpose) are not aliases. Empty tensors, tensors without memory
-    (``meta``) and tensors whose storage cannot be inspected (tensor subclasses) alias only themselves.
-
-    Returns:
-        A hashable key, equal for two leaves exactly when they alias (while both are alive), or ``None`` for
-        a value that is not a tensor leaf.
-    """
-    if isinstance(value, TensorSource):
-        return ("source", id(value))
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(value, torch.Tensor):
-        try:
-            if type(value) not in (torch.Tensor, torch.nn.Parameter) or value.layout != torch.strided:
-                return ("object", id(value))
-            ptr = value.untyped_storage().data_ptr()
-            if ptr == 0 or value.numel() == 0:
-                return ("object", id(value))
-            return (
-                "torch",
-                str(value.device),
-                ptr,
-                value.storage_offset(),
-                str(value.dtype),
-                tuple(value.shape),
-                tuple(value.stride()),
-                value.is_conj(),
-                value.is_neg(),
-            )
-        except (RuntimeError, NotImplementedError, TypeError):
-            return ("object", id(value))
-    np = sys.modules.get("numpy")
-    if np is not None and isinstance(value, np.ndarray):
-        ptr = int(value.__array_interface__["data"][0])
-        if ptr == 0 or value.size == 0:
-            return ("object", id(value))
-        return ("numpy", ptr, value.dtype.str, tuple(value.shape), tuple(value.strides))
-    return None
+__all__ = ["to_source", "writable_view"]
 
 
 def to_source(value: Any, path: str) -> TensorSource:
@@ -123,7 +30,7 @@ def to_source(value: Any, path: str) -> TensorSource:
         return value
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(value, torch.Tensor):
-        from ckpt.state.torch import torch_source
+        from ckpt.state._torch import torch_source
 
         _check_torch(torch, value, path)
         if type(value) in (torch.Tensor, torch.nn.Parameter):
@@ -139,7 +46,7 @@ def to_source(value: Any, path: str) -> TensorSource:
     np = sys.modules.get("numpy")
     if np is not None:
         _check_numpy(np, value, path)
-    from ckpt.state.numpy import numpy_source
+    from ckpt.state._numpy import numpy_source
 
     return numpy_source(value, path)
 
@@ -208,7 +115,7 @@ def writable_view(value: Any, dtype: str, shape: tuple[int, ...]) -> memoryview 
     """
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(value, torch.Tensor):
-        from ckpt.state.torch import dtype_name
+        from ckpt.state._torch import dtype_name
 
         if (
             value.device.type != "cpu"
@@ -224,7 +131,7 @@ def writable_view(value: Any, dtype: str, shape: tuple[int, ...]) -> memoryview 
         return memoryview(flat)
     np = sys.modules.get("numpy")
     if np is not None and isinstance(value, np.ndarray):
-        from ckpt.state.numpy import NUMPY_DTYPES
+        from ckpt.state._numpy import NUMPY_DTYPES
 
         if (
             NUMPY_DTYPES.get(dtype) is None
@@ -237,8 +144,3 @@ def writable_view(value: Any, dtype: str, shape: tuple[int, ...]) -> memoryview 
             return None
         return memoryview(value.reshape(-1).view(np.uint8))
     return None
-
-
-def unsupported(path: str, what: str) -> UnsupportedStateError:
-    """The error for a leaf ckpt cannot store."""
-    return UnsupportedStateError(f"cannot store {what} at {path or '<root>'}")

@@ -33,6 +33,7 @@ from ckpt.errors import (
 )
 from ckpt.model import (
     BranchRecord,
+    ReflogAction,
     ReflogEntry,
     TagRecord,
     canonical_json,
@@ -44,9 +45,8 @@ from ckpt.model import (
     ref_name_readable,
     utcnow,
 )
-from ckpt.model.refs import ReflogAction
 from ckpt.storage import Backend
-from ckpt.store import layout
+from ckpt.store import _layout as layout
 
 __all__ = ["RefDamage", "Refs", "branch_bytes"]
 

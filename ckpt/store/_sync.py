@@ -20,13 +20,13 @@ from pydantic import BaseModel, ConfigDict
 from ckpt import settings
 from ckpt.errors import CkptError, RefConflictError
 from ckpt.model import Snapshot, TagRecord
-from ckpt.store import layout
-from ckpt.store.objects import CHUNK_HEADER_SIZE
-from ckpt.store.signing import copy_signatures
-from ckpt.store.transfer import Progress
+from ckpt.store import _layout as layout
+from ckpt.store._objects import CHUNK_HEADER_SIZE
+from ckpt.store._signing import copy_signatures
+from ckpt.store._transfer import Progress
 
 if TYPE_CHECKING:
-    from ckpt.store.store import Store
+    from ckpt.store._store import Store
 
 __all__ = ["SyncReport", "sync"]
 

@@ -9,13 +9,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
-from ckpt.model.types import Digest
+from ckpt.model._types import Digest
 
 __all__ = [
     "DTYPE_SIZES",
     "MAX_DIMS",
     "MAX_ELEMENTS",
     "RESERVED_FILE_PREFIX",
+    "SAFETENSORS_INDEX_SUFFIX",
     "FileEntry",
     "TensorEntry",
     "TensorShard",
@@ -27,6 +28,10 @@ __all__ = [
 #: Attached files under this prefix are ckpt's own bookkeeping (e.g. the headers of imported safetensors
 #: files): kept with the snapshot, never shown as the user's files, never exported.
 RESERVED_FILE_PREFIX = ".ckpt/"
+
+#: The name ending of a sharded safetensors checkpoint's index file (``model.safetensors.index.json``, as Hugging
+#: Face's ``save_pretrained`` writes it): it maps tensor names to shard files.
+SAFETENSORS_INDEX_SUFFIX = ".safetensors.index.json"
 
 #: Every tensor dtype ckpt stores, by safetensors name, with its size in bytes.
 DTYPE_SIZES: dict[str, int] = {

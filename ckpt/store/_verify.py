@@ -12,9 +12,9 @@ from pydantic import BaseModel, ConfigDict
 from ckpt import settings
 from ckpt.errors import CkptError, IntegrityError, MissingObjectError
 from ckpt.model import TensorTable
-from ckpt.store.objects import Objects
-from ckpt.store.signing import ReleaseStatus
-from ckpt.store.transfer import Progress
+from ckpt.store._objects import Objects
+from ckpt.store._signing import ReleaseStatus
+from ckpt.store._transfer import Progress
 
 __all__ = ["Damage", "VerifyReport", "damage_kind", "release_damage", "verify_snapshots"]
 
@@ -25,7 +25,7 @@ class Damage(BaseModel):
     Attributes:
         kind: ``missing`` (not in the store), ``corrupt`` (bytes do not match the digest, wrong size, or not a
             regular file) or ``invalid`` (not a valid record, or contradicting another: a frozen release marked
-            pruned); for a frozen release (``ckpt.store.signing``): ``unsigned`` (no signature by a trusted
+            pruned); for a frozen release (docs/concepts/security.md): ``unsigned`` (no signature by a trusted
             key), ``repointed`` (its tag names another snapshot than the one frozen or signed), ``forged`` (a
             signature that does not verify) or ``tampered`` (unfrozen, deleted, or missing from the reflog).
         object: ``chunk``, ``table``, ``snapshot``, ``ref`` (a branch or tag), ``reflog`` (an entry, or the
@@ -55,7 +55,7 @@ class VerifyReport(BaseModel):
         bytes: bytes of the sound chunks as stored (each with its 16-byte header), the figure ``gc`` and
             ``Store.stats`` use for the same chunks.
         damage: every problem found (empty when the store is sound).
-        releases: every frozen release, with its signatures and what they say (``ckpt.store.signing``).
+        releases: every frozen release, with its signatures and what they say (docs/concepts/security.md).
     """
 
     model_config = ConfigDict(frozen=True)

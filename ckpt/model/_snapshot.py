@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_serializer, field_validator
 
-from ckpt.model.canonical import canonical_json, digest_bytes
-from ckpt.model.types import TIME_FORMAT, Digest, Timestamp, parse_time
+from ckpt.model._canonical import canonical_json, digest_bytes
+from ckpt.model._types import TIME_FORMAT, Digest, Timestamp, parse_time
 
 __all__ = ["Relation", "Snapshot", "format_time", "parse_time", "utcnow"]
 

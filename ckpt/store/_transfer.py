@@ -14,12 +14,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckpt import settings
+from ckpt import settings, state
 from ckpt.errors import StateError
 from ckpt.model import FileEntry, TensorEntry
-from ckpt.state.arrays import TensorSource, writable_view
-from ckpt.store.objects import CHUNK_HEADER_SIZE, Objects
-from ckpt.store.shards import sharded_jobs
+from ckpt.state import TensorSource, writable_view
+from ckpt.store._objects import CHUNK_HEADER_SIZE, Objects
+from ckpt.store._shards import sharded_jobs
 
 __all__ = ["Progress", "WriteStats", "allocate", "read_tensors", "write_files", "write_tensors"]
 
@@ -122,16 +122,15 @@ def write_files(
     return out
 
 
-def _torch_glue() -> Any:
-    """``ckpt.state.torch``, or a clear error when torch is not installed."""
+def _torch_glue(name: str) -> Any:
+    """A function of the torch glue (``ckpt.state``), or a clear error when torch is not installed."""
     try:
-        import ckpt.state.torch as glue
+        return getattr(state, name)
     except ImportError as e:
         raise StateError(
             "loading torch tensors needs torch, which is not installed",
             hint="install torch, or read them as numpy arrays: store.load(rev, framework='numpy')",
         ) from e
-    return glue
 
 
 def allocate(
@@ -155,9 +154,9 @@ def allocate(
             tensor = from_buffer(buffer, 0, entry, framework)
             return tensor, memoryview(buffer)
         if framework == "torch":
-            tensor, view = _torch_glue().empty_torch(entry.dtype, entry.shape)
+            tensor, view = _torch_glue("empty_torch")(entry.dtype, entry.shape)
             return tensor, view
-        from ckpt.state.numpy import empty_numpy
+        from ckpt.state import empty_numpy
 
         return empty_numpy(entry.dtype, entry.shape)
     except (MemoryError, RuntimeError, ValueError, OverflowError, OSError) as e:
@@ -252,8 +251,8 @@ def read_tensors(
 def from_buffer(buffer: Any, offset: int, entry: TensorEntry, framework: str) -> Any:
     """A tensor (``torch``) or array (``numpy``) viewing ``entry.nbytes`` bytes of ``buffer`` at ``offset``."""
     if framework == "torch":
-        return _torch_glue().tensor_from_buffer(buffer, offset, entry.dtype, entry.shape)
-    from ckpt.state.numpy import array_from_buffer
+        return _torch_glue("tensor_from_buffer")(buffer, offset, entry.dtype, entry.shape)
+    from ckpt.state import array_from_buffer
 
     return array_from_buffer(buffer, offset, entry.dtype, entry.shape)
 

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ckpt.errors import InvalidNameError
-from ckpt.model.types import Digest, Timestamp
+from ckpt.model._types import Digest, Timestamp
 
 __all__ = [
     "BranchRecord",

@@ -24,14 +24,14 @@ from pydantic import BaseModel, ConfigDict
 
 from ckpt.errors import CkptError
 from ckpt.model import PrunedMarker, Snapshot, canonical_json, format_time, is_digest, utcnow
-from ckpt.store import layout
-from ckpt.store.gc import release_needs
-from ckpt.store.revisions import parse_revision, walk_steps
-from ckpt.store.transfer import Progress
-from ckpt.store.verify import Damage, VerifyReport, damage_kind, verify_snapshots
+from ckpt.store import _layout as layout
+from ckpt.store._gc import release_needs
+from ckpt.store._revisions import parse_revision, walk_steps
+from ckpt.store._transfer import Progress
+from ckpt.store._verify import Damage, VerifyReport, damage_kind, verify_snapshots
 
 if TYPE_CHECKING:
-    from ckpt.store.store import Store
+    from ckpt.store._store import Store
 
 __all__ = ["RepairReport", "repair"]
 

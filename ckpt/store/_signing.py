@@ -50,13 +50,13 @@ from ckpt.model import (
     validate_record,
 )
 from ckpt.storage import Backend
-from ckpt.store import layout
+from ckpt.store import _layout as layout
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey, EllipticCurvePublicKey
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-    from ckpt.store.store import Store
+    from ckpt.store._store import Store
 
     PrivateKey = Ed25519PrivateKey | EllipticCurvePrivateKey
     PublicKey = Ed25519PublicKey | EllipticCurvePublicKey

@@ -29,10 +29,10 @@ from pydantic import BaseModel, ConfigDict
 from ckpt.errors import CkptError, IntegrityError, MissingObjectError
 from ckpt.model import PrunedMarker, TagRecord, is_digest, parse_json, parse_time, utcnow
 from ckpt.storage import Backend, Entry
-from ckpt.store import layout
-from ckpt.store.objects import Objects
-from ckpt.store.refs import Refs
-from ckpt.store.verify import Damage, damage_kind
+from ckpt.store import _layout as layout
+from ckpt.store._objects import Objects
+from ckpt.store._refs import Refs
+from ckpt.store._verify import Damage, damage_kind
 
 __all__ = ["GcPlan", "GcReport", "Liveness", "OnDamage", "live_snapshots", "plan_gc", "scan_liveness"]
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ckpt.model.types import Timestamp
+from ckpt.model._types import Timestamp
 
 __all__ = ["FORMAT_VERSION", "READABLE_MAJOR", "StoreConfig"]
 

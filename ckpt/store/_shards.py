@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckpt import settings
 from ckpt.model import DTYPE_SIZES, TensorEntry, TensorShard
-from ckpt.store.objects import Objects
+from ckpt.store._objects import Objects
 
 if TYPE_CHECKING:  # numpy is imported by the functions that place blocks: `ckpt log` never needs it
     import numpy as np

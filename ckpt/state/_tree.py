@@ -22,9 +22,9 @@ from collections.abc import Callable, Container, Mapping
 from typing import Any
 
 from ckpt.errors import RecordError, UnsupportedStateError
-from ckpt.model import RECORD_HINT
-from ckpt.model.canonical import MAX_JSON_DEPTH
-from ckpt.state.arrays import TensorSource, alias_key, is_array, to_source
+from ckpt.model import MAX_JSON_DEPTH, RECORD_HINT
+from ckpt.state._arrays import to_source
+from ckpt.state._source import TensorSource, alias_key, is_array
 
 __all__ = ["MAX_STATE_DEPTH", "flatten", "tensor_name", "tensor_paths", "tied_groups", "unflatten"]
 
@@ -39,7 +39,7 @@ def flatten(state: Any) -> tuple[Any, dict[str, TensorSource]]:
 
     Returns:
         ``(tree, tensors)``: the typed-JSON tree and tensor path → raw bytes, in tree order. Leaves that are
-        one tensor (the same memory: see ``ckpt.state.arrays.alias_key``), such as tied weights, each keep their
+        one tensor (the same memory: see ``ckpt.state.alias_key``), such as tied weights, each keep their
         own path, and their paths map to one and the same ``TensorSource`` object: ``tied_groups(tensors)``
         lists them.
 
@@ -127,7 +127,7 @@ def tied_groups(tensors: Mapping[str, TensorSource]) -> list[list[str]]:
 _MAX_INT_DIGITS = 4300  # Python's own limit for int <-> decimal text
 _MAX_INT_BITS = int(_MAX_INT_DIGITS * 3.32) - 8
 #: The deepest nesting of dicts, lists and tuples a state tree may have; its typed JSON then stays within
-#: the depth every reader accepts (``ckpt.model.canonical.MAX_JSON_DEPTH``: a dict level takes three).
+#: the depth every reader accepts (``ckpt.model.MAX_JSON_DEPTH``: a dict level takes three).
 MAX_STATE_DEPTH = 150
 
 
