@@ -42,6 +42,7 @@ from ckpt.errors import (
 )
 
 if typing.TYPE_CHECKING:  # imported on first use (PEP 562), so that `import ckpt` and `ckpt --help` stay fast
+    from ckpt._restore import restore
     from ckpt.interop import ExportResult, export
     from ckpt.lineage import load_merged, merge_adapter, save_adapter
     from ckpt.model import ReflogEntry, Relation, Snapshot, StoreConfig, TagRecord, TensorEntry, TensorTable
@@ -72,6 +73,7 @@ _LAZY = {
     **dict.fromkeys(("load_merged", "merge_adapter", "save_adapter"), "ckpt.lineage"),
     **dict.fromkeys(("rng_state", "set_rng_state"), "ckpt.rng"),
     "TensorSource": "ckpt.state",
+    "restore": "ckpt._restore",
     **dict.fromkeys(
         (
             "Damage",
@@ -115,6 +117,7 @@ _CLAIMED = frozenset(
         "save_adapter",
         "init",
         "open",
+        "restore",
         "sync",
         "rng_state",
         "set_rng_state",
@@ -137,62 +140,6 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
-
-def restore(
-    module: Any,
-    store: Store,
-    rev: str = "main",
-    *,
-    optimizer: Any = None,
-    strict: bool = True,
-    key: str | None = "model",
-    optimizer_key: str = "optimizer",
-    verify: bool = True,
-    in_place: bool = False,
-) -> Any:
-    """Load a snapshot's weights (and optimizer state) into live torch objects.
-
-    Args:
-        module: a ``torch.nn.Module``.
-        store: the store.
-        rev: the revision to restore.
-        optimizer: a ``torch.optim.Optimizer`` to restore from ``state[optimizer_key]``, if given.
-        strict: refuse missing or unexpected keys (as ``load_state_dict`` does).
-        key: where the module's state dict sits in the saved tree; ``None``: the tree is the state dict.
-        optimizer_key: where the optimizer's state dict sits.
-        verify: check every chunk against its digest.
-        in_place: read the weights straight into the module's own memory (no new allocation, no page
-            faults: faster for big models). The default loads into new memory first, so that a failure
-            (a corrupt chunk, a shape mismatch) leaves the module untouched; with ``in_place=True`` a failure
-            part-way can leave it partly updated.
-
-    Returns:
-        The whole loaded state tree (so that step, scheduler and RNG state can be restored too).
-
-    Raises:
-        StateMismatchError: keys, shapes or dtypes do not fit the module (the message lists them).
-        CorruptChunkError: a chunk does not match its digest.
-        MissingObjectError: the snapshot was pruned, or a chunk is missing.
-
-    Example:
-        >>> state = ckpt.restore(model, store, "main", optimizer=opt)  # doctest: +SKIP
-    """
-    from ckpt.state import restore_into
-
-    return restore_into(
-        module,
-        store,
-        rev,
-        optimizer=optimizer,
-        strict=strict,
-        key=key,
-        optimizer_key=optimizer_key,
-        verify=verify,
-        in_place=in_place,
-    )
-
-
-restore.__module__ = "ckpt"
 
 __all__ = [
     "AmbiguousRevisionError",

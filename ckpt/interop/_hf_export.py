@@ -24,9 +24,9 @@ from ckpt.errors import CkptError, RecordError
 from ckpt.interop._folder_writer import FolderWriter
 from ckpt.interop._folders import check_relative_path, os_error
 from ckpt.interop._safetensors import TensorInfo, build_header, parse_header, write_file
-from ckpt.interop._shards import INDEX_SUFFIX, WEIGHTS_SUFFIX, index_json, plan_shards, shard_names
+from ckpt.interop._shards import WEIGHTS_SUFFIX, index_json, plan_shards, shard_names
 from ckpt.interop._state_doc import HEADER_PREFIX, LAYOUT_KEY, STATE_JSON, STATE_TENSORS, is_ckpt_state, state_doc
-from ckpt.model import RESERVED_FILE_PREFIX, Snapshot, TensorEntry, TensorTable
+from ckpt.model import RESERVED_FILE_PREFIX, SAFETENSORS_INDEX_SUFFIX, Snapshot, TensorEntry, TensorTable
 from ckpt.state import split_model, tensor_groups, tensor_paths
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ def write_folder(
         outs, doc = _fresh_plan(snap, table, limit, weights_name)
     generated = {o.rel for o in outs} | ({STATE_JSON} if doc is not None else set())
     for name, data in {**attached, **{k: v for k, v in default_files.items() if k not in attached}}.items():
-        stale_index = not recorded and name.endswith(INDEX_SUFFIX)
+        stale_index = not recorded and name.endswith(SAFETENSORS_INDEX_SUFFIX)
         if name.startswith(RESERVED_FILE_PREFIX) or name in generated or stale_index:
             continue  # a fresh layout makes any attached index stale
         outs.append(_Out(check_relative_path(name, what="attached file"), data=data))
@@ -126,7 +126,7 @@ def write_folder(
 
     def owns(rel: str, found: Path) -> bool:
         folder, _, name = rel.rpartition("/")
-        if folder in weight_dirs and (name.endswith(WEIGHTS_SUFFIX) or name.endswith(INDEX_SUFFIX)):
+        if folder in weight_dirs and (name.endswith(WEIGHTS_SUFFIX) or name.endswith(SAFETENSORS_INDEX_SUFFIX)):
             return True
         return rel == STATE_JSON and is_ckpt_state(found)
 

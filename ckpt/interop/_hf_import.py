@@ -40,9 +40,9 @@ from pydantic import JsonValue
 from ckpt.errors import CkptError, RecordError, UnsupportedStateError
 from ckpt.interop._folders import FolderFile, open_file, os_error, read_file, scan_folder
 from ckpt.interop._safetensors import open_mapped
-from ckpt.interop._shards import INDEX_SUFFIX, WEIGHTS_SUFFIX, check_index
+from ckpt.interop._shards import WEIGHTS_SUFFIX, check_index
 from ckpt.interop._state_doc import HEADER_PREFIX, LAYOUT_KEY, STATE_JSON, ExportDoc, read_export_doc
-from ckpt.model import RESERVED_FILE_PREFIX, Relation, Snapshot
+from ckpt.model import RESERVED_FILE_PREFIX, SAFETENSORS_INDEX_SUFFIX, Relation, Snapshot
 from ckpt.state import TensorSource, from_typed_float, model_tensors, tensor_paths, unflatten
 
 if TYPE_CHECKING:
@@ -274,7 +274,7 @@ def import_folder(
         layout.append(rel)
         files[f"{HEADER_PREFIX}{rel}.header"] = header_bytes
     for rel, data in files.items():
-        if rel.endswith(INDEX_SUFFIX) and not rel.startswith(RESERVED_FILE_PREFIX):
+        if rel.endswith(SAFETENSORS_INDEX_SUFFIX) and not rel.startswith(RESERVED_FILE_PREFIX):
             folder = rel.rpartition("/")[0]
             in_folder = {
                 w: r.rpartition("/")[2] for r in opened if r.rpartition("/")[0] == folder for w in opened[r][1]

@@ -14,12 +14,10 @@ from collections.abc import Mapping, Sequence
 
 from ckpt.errors import RecordError
 
-__all__ = ["INDEX_SUFFIX", "WEIGHTS_SUFFIX", "check_index", "index_json", "plan_shards", "shard_names"]
+__all__ = ["WEIGHTS_SUFFIX", "check_index", "index_json", "plan_shards", "shard_names"]
 
 #: The suffix of a safetensors weights file.
 WEIGHTS_SUFFIX = ".safetensors"
-#: The suffix of the index of sharded weights (``model.safetensors.index.json``).
-INDEX_SUFFIX = ".safetensors.index.json"
 
 
 def plan_shards(sizes: Sequence[tuple[str, int]], limit: int) -> list[list[str]]:

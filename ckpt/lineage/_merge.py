@@ -16,14 +16,12 @@ from ckpt.errors import RefExistsError, StateMismatchError
 from ckpt.lineage import _lora, _types
 from ckpt.lineage._adapters import adapter_config, base_of, fit_to_base, is_adapter, model_entries, root_of
 from ckpt.lineage._config import LoraSettings, TypeSettings, check_type, merge_settings
-from ckpt.model import RESERVED_FILE_PREFIX, Snapshot
+from ckpt.model import RESERVED_FILE_PREFIX, SAFETENSORS_INDEX_SUFFIX, Snapshot
 
 if TYPE_CHECKING:
     from ckpt.store import Framework, Progress, Store
 
 __all__ = ["load_merged", "merge_adapter"]
-
-_INDEX_SUFFIX = ".safetensors.index.json"
 
 
 def load_merged(
@@ -153,7 +151,7 @@ def merge_adapter(
         files = {
             name: data
             for name, data in store.files(base.id).items()
-            if not name.startswith(RESERVED_FILE_PREFIX) and not name.endswith(_INDEX_SUFFIX)
+            if not name.startswith(RESERVED_FILE_PREFIX) and not name.endswith(SAFETENSORS_INDEX_SUFFIX)
         }
         entries, _ = model_entries(store.table(root_of(store, base).id))
         weights = _model_mapping(state, "the merged state")

@@ -339,77 +339,6 @@ class Store:
         found = [s for s in self.snapshots() if target in s.parents or s.base == target]
         return sorted(found, key=lambda s: s.created_at)
 
-    def save_adapter(
-        self,
-        base_rev: str,
-        adapter_state: Mapping[str, Any],
-        *,
-        branch: str,
-        config: Any,
-        model: str | None = None,
-        step: int | None = None,
-        epoch: int | float | None = None,
-        metrics: Mapping[str, float] | None = None,
-        message: str | None = None,
-        metadata: Mapping[str, JsonValue] | None = None,
-        progress: Progress | None = None,
-    ) -> Snapshot:
-        """Save a LoRA adapter over ``base_rev``: only its tensors and its PEFT config (relation ``adapter``).
-
-        The base's id is recorded, so "which base does this adapter need?" always has an answer. See
-        ``ckpt.lineage.save_adapter`` for the accepted state dicts and configs.
-
-        Example:
-            >>> from peft import get_peft_model_state_dict
-            >>> store.save_adapter("chat", get_peft_model_state_dict(peft_model), branch="lora",
-            ...                    config=peft_model.peft_config["default"])  # doctest: +SKIP
-        """
-        from ckpt.lineage import save_adapter
-
-        return save_adapter(
-            self,
-            base_rev,
-            adapter_state,
-            branch=branch,
-            config=config,
-            model=model,
-            step=step,
-            epoch=epoch,
-            metrics=metrics,
-            message=message,
-            metadata=metadata,
-            progress=progress,
-        )
-
-    def merge(
-        self,
-        adapter_rev: str,
-        *,
-        branch: str,
-        model: str | None = None,
-        message: str | None = None,
-        metadata: Mapping[str, JsonValue] | None = None,
-        files: Mapping[str, bytes] | None = None,
-        progress: Progress | None = None,
-    ) -> Snapshot:
-        """Save an adapter merged into its base as a new snapshot (relation ``merge``, parents adapter + base).
-
-        Tied weights stay tied and change together, as with PEFT's ``merge_and_unload()``; ``files`` replaces
-        the base's attached files (needed when the adapter resized the embeddings). See ``ckpt.lineage.merge_adapter``.
-        """
-        from ckpt.lineage import merge_adapter
-
-        return merge_adapter(
-            self,
-            adapter_rev,
-            branch=branch,
-            model=model,
-            message=message,
-            metadata=metadata,
-            files=files,
-            progress=progress,
-        )
-
     # -- reading -------------------------------------------------------------------------------------
 
     def resolve(self, rev: str) -> Snapshot:
@@ -472,7 +401,6 @@ class Store:
         verify: bool = True,
         framework: Framework | None = None,
         into: Mapping[str, Any] | None = None,
-        merge: bool = False,
         progress: Progress | None = None,
         mmap: bool = False,
     ) -> Any:
@@ -485,8 +413,6 @@ class Store:
             into: tensor path → existing tensor to read into, in place, when dtype and shape fit (e.g.
                 ``{"model/" + k: v for k, v in model.state_dict().items()}``). Reusing memory avoids the
                 page faults of fresh allocations; tensors that do not fit get new memory.
-            merge: for an adapter snapshot, return its base's state with the LoRA deltas merged in
-                (``W + scale · B @ A``, as PEFT's ``merge_and_unload()``; see ``ckpt.lineage.load_merged``).
             progress: called with byte counts as chunks arrive.
             mmap: on a local store, memory-map tensors of 1 MiB or more held in one chunk instead of copying
                 them (zero-copy and copy-on-write, as safetensors does). The trade-off: a mapped tensor is
@@ -506,10 +432,6 @@ class Store:
         Example:
             >>> state = store.load("main~2")  # doctest: +SKIP
         """
-        if merge:
-            from ckpt.lineage import load_merged
-
-            return load_merged(self, rev, verify=verify, framework=framework, into=into, progress=progress)
         snap = self.resolve(rev)
         self._check_not_pruned(snap)
         table = self._objects.get_table(snap.table)

@@ -212,7 +212,7 @@ def _commands(store: Store, snap: Snapshot) -> list[dict[str, str]]:
         {"label": "inspect", "text": f"ckpt {where}show {snap.short_id} --tensors"},
     ]
     if snap.relation == "adapter":
-        out.append({"label": "load merged into its base", "text": f"state = {open_}.load({snap.id!r}, merge=True)"})
+        out.append({"label": "load merged into its base", "text": f"state = ckpt.load_merged({open_}, {snap.id!r})"})
     out.append({"label": "load the state tree", "text": f"state = {open_}.load({snap.id!r})"})
     out.append({"label": "into a torch module", "text": f"ckpt.restore(model, {open_}, {snap.id!r})"})
     return out

@@ -629,7 +629,7 @@ def _adapter_run(data: bytes) -> None:
         store.save({f"{_LORA_TARGET}.weight": np.eye(4, dtype=np.float32)}, model="m")
         snap = _attempt(lambda: import_peft_folder(store, folder, "main", branch="lora"))
         if snap is not None:
-            _attempt(lambda: store.load("lora", merge=True, framework="numpy"))
+            _attempt(lambda: ckpt.load_merged(store, "lora", framework="numpy"))
             out = folder.parent / "out"
             _attempt(lambda: export_peft_folder(store, "lora", out))
             read_everything(store, ("lora",), cli=False)

@@ -144,7 +144,7 @@ def test_malformed_configs_are_record_errors(
     # and recorded in a store by other means: refused when merged, never a raw exception
     forced = store.save({"model": state}, "forced", parents=["main"], relation="adapter", metadata={CONFIG_KEY: config})
     with pytest.raises(RecordError):
-        store.load(forced.id, merge=True)
+        ckpt.load_merged(store, forced.id)
     with pytest.raises(RecordError):
         ckpt.restore(tiny_llama(), store, forced.id)
     assert "x" not in store.branches()
@@ -160,7 +160,7 @@ def test_rank_zero_and_mismatched_ranks(family: tuple[ckpt.Store, dict[str, torc
         save_adapter(store, "main", zero, branch="x", config=GOOD)
     forced = store.save({"model": zero}, "forced", parents=["main"], relation="adapter", metadata={CONFIG_KEY: GOOD})
     with pytest.raises(CkptError, match="rank 0"):  # never ZeroDivisionError
-        store.load(forced.id, merge=True)
+        ckpt.load_merged(store, forced.id)
     with pytest.raises(StateMismatchError, match="r=8"):
         save_adapter(store, "main", state, branch="x", config={**GOOD, "r": 8})
     with pytest.raises(StateMismatchError, match="r=2"):

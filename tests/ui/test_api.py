@@ -111,7 +111,7 @@ def test_snapshot_files_adapter_base_and_deep_revisions(served: str, family: Fam
     assert [x["id"] for x in inst["lineage"]] == [snaps["m1"].id, snaps["m5"].id, snaps["i1"].id, snaps["i2"].id]
     lora = get_json(served + "api/snap/lora")
     assert lora["base"]["id"] == snaps["i2"].id and lora["snapshot"]["relation"] == "adapter"
-    assert any("merge=True" in c["text"] for c in lora["commands"])
+    assert any("ckpt.load_merged(" in c["text"] for c in lora["commands"])
     assert get_json(served + "api/snap/main~3")["snapshot"]["id"] == snaps["m5"].id
     assert get_json(served + "api/snap/" + snaps["e2"].id[:10])["snapshot"]["id"] == snaps["e2"].id
     assert get_json(served + "api/snap/exp/lr-3e-4")["snapshot"]["id"] == snaps["e3"].id
