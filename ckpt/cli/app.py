@@ -109,7 +109,9 @@ _READ_ONLY = "interrupted; nothing was changed"
 INTERRUPTED_BY_COMMAND = {
     **dict.fromkeys(("log", "show", "ls", "reflog", "diff"), _READ_ONLY),
     "verify": "interrupted before every object was checked; nothing was changed",
-    "restore": "interrupted: the store was only read; rerun the restore to write the folder",
+    **dict.fromkeys(
+        ("restore", "export"), "interrupted: the store was only read; rerun the restore to write the folder"
+    ),
     "import": "interrupted: nothing was committed and the branch did not move; rerun the import",
     "sync": "interrupted: what was copied stays, and every record on the destination is whole; rerun the sync "
     "to finish (chunks already copied are not sent again)",

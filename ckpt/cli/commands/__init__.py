@@ -7,7 +7,7 @@ import click
 from ckpt.cli.commands.history import diff, log, show
 from ckpt.cli.commands.maintenance import gc, init, repair, verify
 from ckpt.cli.commands.refs import branch, freeze, ls, prune, reflog, reset, tag
-from ckpt.cli.commands.transfer import import_, restore, sync
+from ckpt.cli.commands.transfer import export, import_, restore, sync
 from ckpt.cli.commands.ui import plot, ui
 
 __all__ = ["COMMANDS"]
@@ -24,6 +24,7 @@ COMMANDS: list[click.Command] = [
     prune,
     reflog,
     restore,
+    export,
     import_,
     diff,
     verify,

@@ -77,6 +77,9 @@ def restore(
 ) -> None:
     """Write snapshot REV as ordinary files in DIR: safetensors weights, attached files, state.json.
 
+    `ckpt export REV --to DIR` is another name for this command (in Python: ckpt.export). It writes files; the
+    Python function ckpt.restore loads a snapshot into a live torch module instead.
+
     The weights go to model.safetensors, or to model-0000i-of-0000N.safetensors shards plus
     model.safetensors.index.json, as Hugging Face writes them; an imported snapshot gives back its original
     files byte for byte, subfolders included. safetensors.torch.load_file reads them with no ckpt installed.
@@ -102,8 +105,6 @@ def restore(
       ckpt restore lora --to out/lora
       ckpt restore tiny-llama-2026-11-28 --to out/tiny-llama --sign release-key.pem
     """
-    from ckpt.interop import export
-
     size = parse_size_option(shard_size, flag="--shard-size")
     store = state.store()
     password = None
@@ -121,7 +122,7 @@ def restore(
         raise click.UsageError("--signature and --trust go with --sign KEY")
     snap = store.resolve(vouched or rev)
     with progress_bar("restore", total=snap.tensor_bytes, quiet=state.quiet) as progress:
-        result = export(store, snap.id, to, shard_size=size, force=force, progress=progress)
+        result = ckpt.export(store, snap.id, to, shard_size=size, force=force, progress=progress)
     files: list[dict[str, Any]] = [{"path": str(p), "size": _size(result.path, p)} for p in result.written]
     removed = [str(p) for p in result.removed]
     signed = None
@@ -147,6 +148,17 @@ def restore(
     click.echo(f"restored {snap.short_id} to {to}: {count(len(files), 'file')}")
     if signed is not None:
         click.echo(f"signed {to} with model-signing: {signed}")
+
+
+#: ``ckpt export REV --to DIR``: ``ckpt restore REV --to DIR`` under the name of its Python counterpart.
+export = click.Command(
+    "export",
+    callback=restore.callback,
+    params=restore.params,
+    help="Another name for `ckpt restore REV --to DIR` (see its help): write snapshot REV as ordinary files in DIR."
+    "\n\nIn Python this is ckpt.export(store, rev, path).",
+    short_help="Write a snapshot as files in DIR (same as restore --to).",
+)
 
 
 def _size(folder: Path, path: Path) -> int:
