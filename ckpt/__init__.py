@@ -46,15 +46,19 @@ if typing.TYPE_CHECKING:  # imported on first use (PEP 562), so that `import ckp
     from ckpt.interop import ExportResult, export
     from ckpt.lineage import load_merged, merge_adapter, save_adapter
     from ckpt.model import ReflogEntry, Relation, Snapshot, StoreConfig, TagRecord, TensorEntry, TensorTable
-    from ckpt.rng import rng_state, set_rng_state
     from ckpt.state import TensorSource
     from ckpt.store import (
+        AnyOf,
         Damage,
         GcReport,
+        KeepBest,
+        KeepEvery,
+        KeepLast,
         LazyTensors,
         ReleaseSigner,
         ReleaseStatus,
         RepairReport,
+        RetentionPolicy,
         Store,
         SyncReport,
         VerifyReport,
@@ -62,7 +66,7 @@ if typing.TYPE_CHECKING:  # imported on first use (PEP 562), so that `import ckp
         open,
         sync,
     )
-    from ckpt.train import Checkpointer, SaveHandle
+    from ckpt.training import Checkpointer, CheckpointerOptions, SaveHandle, rng_state, set_rng_state
 
 #: Public names imported on first use: name → the module that defines it.
 _LAZY = {
@@ -71,17 +75,21 @@ _LAZY = {
     ),
     **dict.fromkeys(("ExportResult", "export"), "ckpt.interop"),
     **dict.fromkeys(("load_merged", "merge_adapter", "save_adapter"), "ckpt.lineage"),
-    **dict.fromkeys(("rng_state", "set_rng_state"), "ckpt.rng"),
     "TensorSource": "ckpt.state",
     "restore": "ckpt._restore",
     **dict.fromkeys(
         (
+            "AnyOf",
             "Damage",
             "GcReport",
+            "KeepBest",
+            "KeepEvery",
+            "KeepLast",
             "LazyTensors",
             "ReleaseSigner",
             "ReleaseStatus",
             "RepairReport",
+            "RetentionPolicy",
             "Store",
             "SyncReport",
             "VerifyReport",
@@ -91,7 +99,9 @@ _LAZY = {
         ),
         "ckpt.store",
     ),
-    **dict.fromkeys(("Checkpointer", "SaveHandle"), "ckpt.train"),
+    **dict.fromkeys(
+        ("Checkpointer", "CheckpointerOptions", "SaveHandle", "rng_state", "set_rng_state"), "ckpt.training"
+    ),
 }
 
 #: Re-exports documented as ``ckpt.<name>``: their ``__module__`` says so once loaded.
@@ -109,7 +119,13 @@ _CLAIMED = frozenset(
         "ReleaseSigner",
         "ReleaseStatus",
         "Checkpointer",
+        "CheckpointerOptions",
         "SaveHandle",
+        "AnyOf",
+        "KeepBest",
+        "KeepEvery",
+        "KeepLast",
+        "RetentionPolicy",
         "ExportResult",
         "export",
         "load_merged",
@@ -143,8 +159,10 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AmbiguousRevisionError",
+    "AnyOf",
     "BackendError",
     "Checkpointer",
+    "CheckpointerOptions",
     "CkptError",
     "CorruptChunkError",
     "Damage",
@@ -154,6 +172,9 @@ __all__ = [
     "GcReport",
     "IntegrityError",
     "InvalidNameError",
+    "KeepBest",
+    "KeepEvery",
+    "KeepLast",
     "LazyTensors",
     "MissingObjectError",
     "RecordError",
@@ -165,6 +186,7 @@ __all__ = [
     "ReleaseSigner",
     "ReleaseStatus",
     "RepairReport",
+    "RetentionPolicy",
     "RevisionError",
     "RevisionNotFoundError",
     "SaveHandle",

@@ -36,8 +36,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 import ckpt
-from ckpt.rng import rng_state, set_rng_state
-from ckpt.train import Checkpointer
+from ckpt import Checkpointer, rng_state, set_rng_state
 
 DATA = Path(__file__).resolve().parent / "data"
 CONTEXT = 48

@@ -810,7 +810,7 @@ class Store:
             The snapshots pruned (or that would be), newest first.
 
         Example:
-            >>> from ckpt.retention import AnyOf, KeepBest, KeepLast
+            >>> from ckpt import AnyOf, KeepBest, KeepLast
             >>> store.retain("main", AnyOf(KeepLast(3), KeepBest("val_loss", 1)))  # doctest: +SKIP
         """
         history = [s for s in self.log(branch) if not s.pruned]

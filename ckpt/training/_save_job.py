@@ -3,50 +3,42 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from pydantic import JsonValue, ValidationError
+from pydantic import ValidationError
 
 from ckpt.errors import RecordError
-from ckpt.model import Snapshot
-from ckpt.training.handle import SaveHandle
-from ckpt.training.judging import clean_metrics
-from ckpt.training.staging import Slot, SlotPool, Staged
+from ckpt.model import Snapshot, SnapshotFields, clean_files, clean_metrics
+from ckpt.training._handle import SaveHandle
+from ckpt.training._staging import Slot, SlotPool, Staged
 
-if TYPE_CHECKING:
-    from ckpt.training.checkpointer import Checkpointer
-
-__all__ = ["Record", "SaveJob", "check_record"]
-
-
-@dataclass(frozen=True)
-class Record:
-    """The record fields of one save, checked (and copied) when ``save()`` is called."""
-
-    step: int | None
-    epoch: int | float | None
-    metrics: dict[str, float]
-    message: str | None
-    metadata: dict[str, JsonValue]
-    files: dict[str, bytes] | None
+__all__ = ["SaveJob", "check_record"]
 
 
 class SaveJob:
-    """One async save: staged, then queued, then run by the background thread — or cancelled before it runs."""
+    """One async save: staged, then queued, then run by the background thread — or cancelled before it runs.
+
+    ``runner`` commits it (the ``Checkpointer``'s bound method: held while queued, so a ``Checkpointer`` with
+    saves queued stays alive).
+    """
 
     def __init__(
-        self, owner: Checkpointer, staged: Staged, record: Record, slot: Slot | None, pool: SlotPool | None
+        self,
+        runner: Callable[[SaveJob], None],
+        staged: Staged,
+        record: SnapshotFields,
+        slot: Slot | None,
+        pool: SlotPool | None,
     ) -> None:
-        self.owner: Checkpointer | None = owner  # held while queued: a Checkpointer with saves queued stays alive
+        self.runner: Callable[[SaveJob], None] | None = runner
         self.staged: Staged | None = staged
         self.record = record
         self._slot = slot
         self._pool = pool
         self.future: Future[Snapshot] = Future()
-        self.handle = SaveHandle(record.step, self.future, reused=staged.reused)
+        self.handle = SaveHandle(record.get("step"), self.future, reused=staged.reused)
         self._state: Literal["issued", "taken", "cancelled"] = "issued"
         self._lock = threading.Lock()
 
@@ -59,19 +51,19 @@ class SaveJob:
 
     def run(self) -> None:
         """Commit the save (the background thread's side); a cancelled job is skipped."""
-        owner = self.owner
-        if owner is None or not self._claim("taken"):
+        runner = self.runner
+        if runner is None or not self._claim("taken"):
             return
         try:
-            owner._run(self)
+            runner(self)
         finally:
-            self.owner = None
+            self.runner = None
 
     def cancel(self) -> bool:
         """Cancel the save unless it started; its staging buffers are then free at once."""
         if not self._claim("cancelled"):
             return False
-        self.owner = None
+        self.runner = None
         self.release()
         self.future.cancel()
         return True
@@ -96,8 +88,12 @@ def check_record(
     message: str | None,
     metadata: dict[str, Any],
     files: Mapping[str, bytes] | None,
-) -> Record:
-    """The record fields, checked by the snapshot model itself and copied (later changes do not reach them)."""
+) -> SnapshotFields:
+    """The record fields, checked by the snapshot model itself and copied (later changes do not reach them).
+
+    Raises:
+        RecordError: a bad step, epoch, metric, message, metadata or attached file (path or content).
+    """
     clean = clean_metrics(metrics)
     try:
         checked = Snapshot(
@@ -115,11 +111,11 @@ def check_record(
         raise RecordError(f"cannot record this save: {e.message}", hint=e.hint or "", cli_hint=e.cli_hint or "") from e
     except (ValidationError, TypeError, ValueError) as e:
         raise RecordError(f"cannot record this save: {e}") from e
-    copied: dict[str, bytes] | None = None
-    if files is not None:
-        copied = {}
-        for path, data in files.items():
-            if not isinstance(path, str) or not isinstance(data, (bytes, bytearray, memoryview)):
-                raise RecordError(f"attached file {path!r} must be bytes under a str path, got {type(data).__name__}")
-            copied[path] = bytes(data)
-    return Record(checked.step, checked.epoch, clean, checked.message, dict(checked.metadata), copied)
+    return SnapshotFields(
+        step=checked.step,
+        epoch=checked.epoch,
+        metrics=clean,
+        message=checked.message,
+        metadata=dict(checked.metadata),
+        files=None if files is None else clean_files(files),
+    )

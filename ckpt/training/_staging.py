@@ -17,7 +17,7 @@ from typing import Any
 
 from ckpt.errors import UnsupportedStateError
 from ckpt.state import TensorSource, alias_key, flatten, tensor_name
-from ckpt.training.digest_cache import DigestCache, Identity, cacheable, sample
+from ckpt.training._digest_cache import DigestCache, Identity, cacheable, sample
 
 __all__ = ["Slot", "SlotPool", "Staged", "StagedTensor", "stage"]
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Literal
 
-from ckpt.errors import RecordError
 from ckpt.model import Snapshot
 
-__all__ = ["clean_metrics", "pick_best", "plateau"]
+__all__ = ["pick_best", "plateau"]
 
 Mode = Literal["min", "max"]
 
@@ -42,22 +41,3 @@ def pick_best(history: Sequence[Snapshot], metric: str, mode: Mode) -> Snapshot 
         return None
     pick = min if mode == "min" else max
     return pick(scored, key=lambda s: s.metrics[metric])
-
-
-def clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
-    """Metric values as floats (0-d tensors and numpy scalars included).
-
-    Raises:
-        RecordError: a name that is not a string, or a value that is not a number.
-    """
-    out: dict[str, float] = {}
-    for name, value in (metrics or {}).items():
-        if not isinstance(name, str):
-            raise RecordError(f"metric names must be str, got {name!r}")
-        if isinstance(value, bool):
-            raise RecordError(f"metric {name!r} must be a number, got {value!r}")
-        try:
-            out[name] = float(value)
-        except (TypeError, ValueError, RuntimeError):
-            raise RecordError(f"metric {name!r} must be a number, got {value!r}") from None
-    return out
