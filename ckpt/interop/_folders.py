@@ -49,7 +49,6 @@ MAX_PATH_BYTES = 4096
 #: The deepest relative path ckpt reads or writes inside a folder (model folders nest a few levels).
 MAX_DEPTH = 64
 
-_STORE_CONFIG = "ckpt.json"  # ckpt.store.layout.CONFIG: a folder holding it is a store, never imported
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -183,6 +182,7 @@ class FolderScan:
 
 
 def inside(path: str, folder: str) -> bool:
+    """Whether the real path ``path`` is ``folder`` or inside it."""
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
@@ -197,7 +197,10 @@ def _hub_blobs(root: Path) -> Path | None:
 
 
 def is_store(folder: str) -> bool:
-    config = os.path.join(folder, _STORE_CONFIG)
+    """Whether ``folder`` is a ckpt store (it holds a store config): never imported, never written into."""
+    from ckpt.store import CONFIG_FILE
+
+    config = os.path.join(folder, CONFIG_FILE)
     if not os.path.isfile(config):
         return False
     try:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import ckpt
-from ckpt.cli.app import INTERRUPTED_BY_COMMAND
+from ckpt.cli._app import INTERRUPTED_BY_COMMAND
 
 from .conftest import Invoke, child_env, parse, weights
 
@@ -86,7 +86,7 @@ def test_byte_figures_use_one_formatter_and_count_chunks_as_stored(
     invoke: Invoke, store: ckpt.Store, tmp_path: Path
 ) -> None:
     """sync counts the bytes it wrote as they lie on the destination's disk, in the unit every command prints."""
-    from ckpt.cli.output import human_bytes
+    from ckpt.cli._output import human_bytes
 
     store.save({"model": weights(0)})
     data = parse(invoke("sync", store.url, str(tmp_path / "c"), "--all", "--json", store=False))

@@ -92,7 +92,7 @@ def test_lineage_children_and_log(family: Family) -> None:
 def test_log_graph_draws_the_family(family: Family) -> None:
     from click.testing import CliRunner
 
-    from ckpt.cli.app import cli
+    from ckpt.cli import cli
 
     result = CliRunner().invoke(cli, ["--store", family.store.url, "log", "--graph", "--all"])
     assert result.exit_code == 0, result.output

@@ -245,9 +245,9 @@ def test_requests_for_another_host_are_refused(served: str) -> None:
 
 
 def test_static_files_are_vendored() -> None:
-    import ckpt.ui.app
+    import ckpt.ui._app
 
-    static = Path(ckpt.ui.app.STATIC)
+    static = Path(ckpt.ui._app.STATIC)
     assert (static / "vendor" / "uplot" / "uPlot.iife.min.js").stat().st_size > 10_000
     assert "MIT" in (static / "vendor" / "uplot" / "LICENSE").read_text()
     html = (static / "index.html").read_text()
@@ -303,7 +303,7 @@ def test_a_store_on_s3(s3_server: dict[str, Any]) -> None:
 def test_pruned_and_collected_snapshot_keeps_its_page(tmp_path: Path) -> None:
     from datetime import timedelta
 
-    from ckpt.ui import views
+    from ckpt.ui import _views as views
 
     store = ckpt.init(str(tmp_path / "s"), chunk_size=4096)
     old = store.save({"w": np.zeros(4, np.float32)}, step=1, metrics={"val_loss": 1.0})

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from ckpt.errors import CkptError
-from ckpt.ui.app import LOOPBACK_HOSTS, create_app
+from ckpt.ui._app import LOOPBACK_HOSTS, create_app
 
 if TYPE_CHECKING:
     from ckpt import Store

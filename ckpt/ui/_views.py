@@ -20,7 +20,7 @@ from ckpt.diff import layer_of, tensor_order
 from ckpt.errors import MissingObjectError, RecordError
 from ckpt.model import RESERVED_FILE_PREFIX, Snapshot, TagRecord
 from ckpt.plot import Scope, metric_group, metric_names, monitored_metric, run_history, series_of, x_axis
-from ckpt.ui.graph import layout
+from ckpt.ui._graph import layout
 
 if TYPE_CHECKING:
     from ckpt import Store

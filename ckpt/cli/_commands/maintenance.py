@@ -10,11 +10,11 @@ from rich.console import Console
 from rich.text import Text
 
 import ckpt
-from ckpt.cli.commands._common import json_option, parse_duration, parse_options, parse_size_option
-from ckpt.cli.output import console, count, emit_json, human_bytes, progress_bar, progress_enabled
+from ckpt.cli._commands._common import json_option, parse_duration, parse_options, parse_size_option
+from ckpt.cli._output import console, count, emit_json, human_bytes, progress_bar, progress_enabled
 
 if TYPE_CHECKING:
-    from ckpt.cli.app import CliState
+    from ckpt.cli._context import CliState
 
 __all__ = ["gc", "init", "repair", "verify"]
 
@@ -151,7 +151,7 @@ def repair(
       ckpt repair --from s3://bucket/models-replica
       ckpt repair --from /mnt/backup/.ckpt tiny-llama-2026-11-28
     """
-    from ckpt.cli.app import store_location
+    from ckpt.cli._context import store_location
 
     store = state.store()
     good = ckpt.open(store_location(source), **parse_options(from_option, flag="--from-option")) if source else None

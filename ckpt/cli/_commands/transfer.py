@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 import click
 
 import ckpt
-from ckpt.cli.commands._common import json_option, parse_options, parse_size_option
-from ckpt.cli.output import RefIndex, console, count, emit_json, human_bytes, progress_bar, snapshot_json
+from ckpt.cli._commands._common import json_option, parse_options, parse_size_option
+from ckpt.cli._output import RefIndex, console, count, emit_json, human_bytes, progress_bar, snapshot_json
 from ckpt.errors import StoreNotFoundError
 
 if TYPE_CHECKING:
-    from ckpt.cli.app import CliState
+    from ckpt.cli._context import CliState
     from ckpt.model import Relation
 
 __all__ = ["import_", "restore", "sync"]
@@ -110,7 +110,7 @@ def restore(
     password = None
     vouched = None
     if key is not None:  # check the release before anything is written
-        from ckpt.cli.commands._common import key_password
+        from ckpt.cli._commands._common import key_password
         from ckpt.store import check_folder_key, load_private_key, load_trusted_keys, require_signed_release
 
         password = key_password(key)
@@ -300,7 +300,7 @@ def sync(
       ckpt sync s3://bucket/models . tiny-llama-2026-11-28
       ckpt sync . s3://bucket/models main --dst-option endpoint_url=http://127.0.0.1:9000
     """
-    from ckpt.cli.app import store_location
+    from ckpt.cli._context import store_location
 
     if bool(revs) == all_:
         raise click.UsageError("give the revisions to copy, or --all (not both)")

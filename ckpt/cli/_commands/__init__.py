@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from ckpt.cli.commands.history import diff, log, show
-from ckpt.cli.commands.maintenance import gc, init, repair, verify
-from ckpt.cli.commands.refs import branch, freeze, ls, prune, reflog, reset, tag
-from ckpt.cli.commands.transfer import export, import_, restore, sync
-from ckpt.cli.commands.ui import plot, ui
+from ckpt.cli._commands.history import diff, log, show
+from ckpt.cli._commands.maintenance import gc, init, repair, verify
+from ckpt.cli._commands.refs import branch, freeze, ls, prune, reflog, reset, tag
+from ckpt.cli._commands.transfer import export, import_, restore, sync
+from ckpt.cli._commands.ui import plot, ui
 
 __all__ = ["COMMANDS"]
 

@@ -45,7 +45,7 @@ from ckpt.errors import (
     RevisionError,
     RevisionNotFoundError,
 )
-from ckpt.ui import views
+from ckpt.ui import _views as views
 
 if TYPE_CHECKING:
     from ckpt import Store

@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 import click
 from rich.text import Text
 
-from ckpt.cli.commands._common import json_option
-from ckpt.cli.output import RefIndex, age, emit_json, keep_column, print_table, snapshot_json, table
+from ckpt.cli._commands._common import json_option
+from ckpt.cli._output import RefIndex, age, emit_json, keep_column, print_table, snapshot_json, table
 from ckpt.errors import CkptError
 
 if TYPE_CHECKING:
-    from ckpt.cli.app import CliState
+    from ckpt.cli._context import CliState
     from ckpt.store import Store
 
 __all__ = ["branch", "freeze", "ls", "prune", "reflog", "reset", "tag"]
@@ -193,7 +193,7 @@ def freeze(
     store = state.store()
     release_signer = None
     if key is not None:
-        from ckpt.cli.commands._common import key_password
+        from ckpt.cli._commands._common import key_password
         from ckpt.store import ReleaseSigner
 
         release_signer = ReleaseSigner.from_file(key, password=key_password(key), name=signer)

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.text import Text
 
-from ckpt.cli.commands._common import json_option
-from ckpt.cli.graph import graph_rows, topological
-from ckpt.cli.output import (
+from ckpt.cli._commands._common import json_option
+from ckpt.cli._graph import graph_rows, topological
+from ckpt.cli._output import (
     RefIndex,
     age,
     console,
@@ -26,7 +26,7 @@ from ckpt.cli.output import (
 )
 
 if TYPE_CHECKING:
-    from ckpt.cli.app import CliState
+    from ckpt.cli._context import CliState
     from ckpt.diff import SnapshotDiff
     from ckpt.model import Snapshot, TensorTable
     from ckpt.store import Store
@@ -128,7 +128,7 @@ def log(state: CliState, rev: str | None, limit: int | None, graph: bool, all_: 
     if as_json:
         emit_json([snapshot_json(s, refs) for s in snaps])
         return
-    from ckpt.cli.sparkline import print_sparklines  # records and metrics: read commands only
+    from ckpt.cli._sparkline import print_sparklines  # records and metrics: read commands only
 
     spark_rev = None if all_ or len(revs) != 1 else revs[0]
     out = console()

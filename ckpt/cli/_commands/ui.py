@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 if TYPE_CHECKING:
-    from ckpt.cli.app import CliState
+    from ckpt.cli._context import CliState
 
 __all__ = ["plot", "ui"]
 
@@ -46,10 +46,9 @@ def ui(ctx: click.Context, store_url: str | None, host: str, port: int, open_bro
       ckpt ui --port 0
       ckpt ui --host 0.0.0.0      # on purpose: other machines can read the store
     """
-    import ckpt.ui
+    from ckpt.ui import bind, require, serve
 
-    ckpt.ui.require()
-    from ckpt.ui.server import bind, serve
+    require()
 
     state: CliState = ctx.obj
     if store_url:
