@@ -7,8 +7,8 @@ and times, each against the same run's ``safetensors.torch`` baseline:
 
 - ``save``:   ``Store.save({"model": sd})`` into a fresh local store     / ``save_file``
 - ``load``:   ``Store.load`` (every chunk verified)                     / ``load_file``
-- ``import``: ``ckpt.hf.import_folder`` of the safetensors file         / ``load_file`` + ``save_file``
-- ``export``: ``ckpt.hf.export_folder`` (the imported snapshot's file)  / ``load_file`` + ``save_file``
+- ``import``: ``ckpt.interop.import_folder`` of the safetensors file         / ``load_file`` + ``save_file``
+- ``export``: ``ckpt.interop.export`` (the imported snapshot's file)  / ``load_file`` + ``save_file``
 - ``diff``:   ``ckpt.diff.diff`` of two saves, 10 % of tensors changed  / ``load_file`` of both files
 - ``verify``: ``Store.verify`` of the store (every chunk hashed)        / ``load_file``
 
@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 
 import ckpt
 from ckpt.diff import diff
-from ckpt.hf import export_folder, import_folder
+from ckpt.interop import export, import_folder
 
 
 def tensors(n: int, elements: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -95,7 +95,7 @@ def run(n: int, elements: int, repeat: int, root: Path) -> dict[str, tuple[float
     ckpt_import = timed(lambda: import_folder(fresh_store(), folder), repeat)
     imported = fresh_store()
     import_folder(imported, folder)
-    ckpt_export = timed(lambda: export_folder(imported, "main", work / f"out-{next(counter)}"), repeat)
+    ckpt_export = timed(lambda: export(imported, "main", work / f"out-{next(counter)}"), repeat)
     assert (work / f"out-{next(counter) - 1}" / "model.safetensors").read_bytes() == st_file.read_bytes()
     shutil.rmtree(work)
     return {

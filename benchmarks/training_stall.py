@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 import ckpt
-from ckpt.train import Checkpointer
+from ckpt import Checkpointer
 
 HIDDEN = 2048
 

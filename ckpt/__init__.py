@@ -42,6 +42,9 @@ from ckpt.errors import (
 )
 
 if typing.TYPE_CHECKING:  # imported on first use (PEP 562), so that `import ckpt` and `ckpt --help` stay fast
+    from ckpt._restore import restore
+    from ckpt.interop import ExportResult, export
+    from ckpt.lineage import load_merged, merge_adapter, save_adapter
     from ckpt.model import (
         ReflogEntry,
         Relation,
@@ -53,15 +56,19 @@ if typing.TYPE_CHECKING:  # imported on first use (PEP 562), so that `import ckp
         TensorEntry,
         TensorTable,
     )
-    from ckpt.rng import rng_state, set_rng_state
     from ckpt.state import TensorSource
     from ckpt.store import (
+        AnyOf,
         Damage,
         GcReport,
+        KeepBest,
+        KeepEvery,
+        KeepLast,
         LazyTensors,
         ReleaseSigner,
         ReleaseStatus,
         RepairReport,
+        RetentionPolicy,
         Store,
         StoreStats,
         SyncReport,
@@ -70,7 +77,7 @@ if typing.TYPE_CHECKING:  # imported on first use (PEP 562), so that `import ckp
         open,
         sync,
     )
-    from ckpt.train import Checkpointer, SaveHandle
+    from ckpt.training import Checkpointer, CheckpointerOptions, SaveHandle, rng_state, set_rng_state
 
 #: Public names imported on first use: name → the module that defines it.
 _LAZY = {
@@ -88,16 +95,23 @@ _LAZY = {
         ),
         "ckpt.model",
     ),
-    **dict.fromkeys(("rng_state", "set_rng_state"), "ckpt.rng"),
+    **dict.fromkeys(("ExportResult", "export"), "ckpt.interop"),
+    **dict.fromkeys(("load_merged", "merge_adapter", "save_adapter"), "ckpt.lineage"),
     "TensorSource": "ckpt.state",
+    "restore": "ckpt._restore",
     **dict.fromkeys(
         (
+            "AnyOf",
             "Damage",
             "GcReport",
+            "KeepBest",
+            "KeepEvery",
+            "KeepLast",
             "LazyTensors",
             "ReleaseSigner",
             "ReleaseStatus",
             "RepairReport",
+            "RetentionPolicy",
             "Store",
             "StoreStats",
             "SyncReport",
@@ -108,7 +122,9 @@ _LAZY = {
         ),
         "ckpt.store",
     ),
-    **dict.fromkeys(("Checkpointer", "SaveHandle"), "ckpt.train"),
+    **dict.fromkeys(
+        ("Checkpointer", "CheckpointerOptions", "SaveHandle", "rng_state", "set_rng_state"), "ckpt.training"
+    ),
 }
 
 #: Re-exports documented as ``ckpt.<name>``: their ``__module__`` says so once loaded.
@@ -129,9 +145,21 @@ _CLAIMED = frozenset(
         "ReleaseSigner",
         "ReleaseStatus",
         "Checkpointer",
+        "CheckpointerOptions",
         "SaveHandle",
+        "AnyOf",
+        "KeepBest",
+        "KeepEvery",
+        "KeepLast",
+        "RetentionPolicy",
+        "ExportResult",
+        "export",
+        "load_merged",
+        "merge_adapter",
+        "save_adapter",
         "init",
         "open",
+        "restore",
         "sync",
         "rng_state",
         "set_rng_state",
@@ -155,74 +183,24 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-def restore(
-    module: Any,
-    store: Store,
-    rev: str = "main",
-    *,
-    optimizer: Any = None,
-    strict: bool = True,
-    key: str | None = "model",
-    optimizer_key: str = "optimizer",
-    verify: bool = True,
-    in_place: bool = False,
-) -> Any:
-    """Load a snapshot's weights (and optimizer state) into live torch objects.
-
-    Args:
-        module: a ``torch.nn.Module``.
-        store: the store.
-        rev: the revision to restore.
-        optimizer: a ``torch.optim.Optimizer`` to restore from ``state[optimizer_key]``, if given.
-        strict: refuse missing or unexpected keys (as ``load_state_dict`` does).
-        key: where the module's state dict sits in the saved tree; ``None``: the tree is the state dict.
-        optimizer_key: where the optimizer's state dict sits.
-        verify: check every chunk against its digest.
-        in_place: read the weights straight into the module's own memory (no new allocation, no page
-            faults: faster for big models). The default loads into new memory first, so that a failure
-            (a corrupt chunk, a shape mismatch) leaves the module untouched; with ``in_place=True`` a failure
-            part-way can leave it partly updated.
-
-    Returns:
-        The whole loaded state tree (so that step, scheduler and RNG state can be restored too).
-
-    Raises:
-        StateMismatchError: keys, shapes or dtypes do not fit the module (the message lists them).
-        CorruptChunkError: a chunk does not match its digest.
-        MissingObjectError: the snapshot was pruned, or a chunk is missing.
-
-    Example:
-        >>> state = ckpt.restore(model, store, "main", optimizer=opt)  # doctest: +SKIP
-    """
-    from ckpt.state import restore_into
-
-    return restore_into(
-        module,
-        store,
-        rev,
-        optimizer=optimizer,
-        strict=strict,
-        key=key,
-        optimizer_key=optimizer_key,
-        verify=verify,
-        in_place=in_place,
-    )
-
-
-restore.__module__ = "ckpt"
-
 __all__ = [
     "AmbiguousRevisionError",
+    "AnyOf",
     "BackendError",
     "Checkpointer",
+    "CheckpointerOptions",
     "CkptError",
     "CorruptChunkError",
     "Damage",
+    "ExportResult",
     "FormatVersionError",
     "FrozenRefError",
     "GcReport",
     "IntegrityError",
     "InvalidNameError",
+    "KeepBest",
+    "KeepEvery",
+    "KeepLast",
     "LazyTensors",
     "MissingObjectError",
     "RecordError",
@@ -234,6 +212,7 @@ __all__ = [
     "ReleaseSigner",
     "ReleaseStatus",
     "RepairReport",
+    "RetentionPolicy",
     "RevisionError",
     "RevisionNotFoundError",
     "SaveFields",
@@ -257,10 +236,14 @@ __all__ = [
     "UnsupportedStateError",
     "VerifyReport",
     "__version__",
+    "export",
     "init",
+    "load_merged",
+    "merge_adapter",
     "open",
     "restore",
     "rng_state",
+    "save_adapter",
     "set_rng_state",
     "sync",
 ]

@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from ckpt.extras import DISTRIBUTION
+from ckpt._extras import DISTRIBUTION
 
 __all__ = [
     "AmbiguousRevisionError",

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from ckpt._extras import install_hint
 from ckpt.errors import CkptError, RecordError
-from ckpt.extras import install_hint
 from ckpt.model import Snapshot
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 import ckpt
-from ckpt.adapters import save_adapter
+from ckpt.lineage import save_adapter
 
 where = sys.argv[1] if len(sys.argv) > 1 else "family"
 store = ckpt.init(where)

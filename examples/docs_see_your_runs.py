@@ -20,7 +20,7 @@ import numpy as np
 import ckpt
 import ckpt.plot
 import ckpt.ui
-from ckpt.retention import AnyOf, KeepBest, KeepLast
+from ckpt import AnyOf, KeepBest, KeepLast
 
 where = sys.argv[1] if len(sys.argv) > 1 else "runs"
 store = ckpt.init(where)

@@ -36,7 +36,7 @@ def run(branch: str, *callbacks: TrainerCallback) -> tuple[Trainer, CkptTrainerC
     model = GPT2LMHeadModel(
         GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32, n_positions=16, bos_token_id=0, eos_token_id=0)
     )
-    cb = CkptTrainerCallback(store, branch, monitor="eval_loss", model="tiny-gpt")
+    cb = CkptTrainerCallback(ckpt.Checkpointer(store, branch, monitor="eval_loss", model="tiny-gpt"))
     args = TrainingArguments(
         f"out-{branch}",
         eval_strategy="epoch",

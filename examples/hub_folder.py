@@ -16,7 +16,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 import ckpt
-from ckpt.hf import export_folder, import_folder, plan_import
+from ckpt.interop import export, import_folder, plan_import
 
 
 def hub_cache(root: Path) -> Path:
@@ -56,7 +56,7 @@ def main(root: Path) -> None:
     print(snap.model, sorted(p for p in store.files(snap.id) if not p.startswith(".ckpt/")))
 
     out = root / "out"
-    export_folder(store, snap.id, out)
+    export(store, snap.id, out)
     for folder, _, names in os.walk(out):
         for name in names:
             rel = Path(folder, name).relative_to(out)
@@ -74,7 +74,7 @@ def main(root: Path) -> None:
         step=3,
         metrics={"val_loss": 0.5},
     )
-    export_folder(store, "train", root / "train-out")
+    export(store, "train", root / "train-out")
     back = import_folder(store, root / "train-out", branch="back")
     assert back.table == train.table and (back.step, back.metrics) == (3, {"val_loss": 0.5})
     print("the training folder imports back as the same snapshot state:", back.short_id)

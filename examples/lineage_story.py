@@ -36,8 +36,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 import ckpt
-from ckpt.rng import rng_state, set_rng_state
-from ckpt.train import Checkpointer
+from ckpt import Checkpointer, rng_state, set_rng_state
 
 DATA = Path(__file__).resolve().parent / "data"
 CONTEXT = 48
@@ -206,7 +205,7 @@ def state_of(model: torch.nn.Module, opt: torch.optim.Optimizer, epoch: int) -> 
 def full_file_bytes(store: ckpt.Store, snap: ckpt.Snapshot, folder: Path) -> int:
     """The size of a snapshot as one standalone safetensors file (an adapter: the merged model it gives)."""
     if snap.relation == "adapter":
-        tensors = dict(store.load(snap.id, merge=True)["model"])
+        tensors = dict(ckpt.load_merged(store, snap.id)["model"])
     else:
         tensors = dict(store.tensors(snap.id))
     path = folder / f"{snap.id}.safetensors"
@@ -357,7 +356,8 @@ def main() -> None:
     for epoch in range(1 if args.quick else 15):
         loss = train_epoch(chat, opt, data, steps)
         print(f"   epoch {epoch}  train {loss:.3f}")
-    adapter = store.save_adapter(
+    adapter = ckpt.save_adapter(
+        store,
         b["chat"],
         lora.state_dict(),
         branch=b["chat-ahoy"],
@@ -371,7 +371,7 @@ def main() -> None:
 
     # 6. load the adapter merged into its base, and talk to it ------------------------------------------------
     merged = TinyLM(len(tok.chars))
-    merged.load_state_dict(store.load(b["chat-ahoy"], merge=True)["model"])
+    merged.load_state_dict(ckpt.load_merged(store, b["chat-ahoy"])["model"])
     plain = TinyLM(len(tok.chars))
     plain.load_state_dict(store.load(b["chat"])["model"])
     prompt = "User: hello keeper\nBot:"

@@ -18,12 +18,21 @@ import ckpt
 import ckpt.dcp
 import ckpt.diff
 import ckpt.errors
-import ckpt.hf
-import ckpt.retention
+import ckpt.interop
+import ckpt.lineage
 import ckpt.storage
 import ckpt.testing
 
-DOCUMENTED = [ckpt, ckpt.errors, ckpt.storage, ckpt.retention, ckpt.testing, ckpt.hf, ckpt.diff, ckpt.dcp]
+DOCUMENTED = [
+    ckpt,
+    ckpt.errors,
+    ckpt.storage,
+    ckpt.testing,
+    ckpt.interop,
+    ckpt.lineage,
+    ckpt.diff,
+    ckpt.dcp,
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -134,11 +143,12 @@ def test_errors_share_one_root() -> None:
 
 
 def test_library_and_cli_run_without_torch(tmp_path) -> None:
-    """Everything but tensor math works with torch impossible to import (numpy arrays stand in)."""
+    """Everything but tensor math works with torch (and safetensors) impossible to import (numpy arrays stand in)."""
     script = textwrap.dedent(
         f"""
         import sys
         sys.modules["torch"] = None  # any `import torch` now raises ImportError
+        sys.modules["safetensors"] = None  # not a dependency: ckpt reads and writes the format itself
         import numpy as np
         import ckpt
         from ckpt.cli import main
@@ -148,6 +158,10 @@ def test_library_and_cli_run_without_torch(tmp_path) -> None:
         assert (store.load("main~1")["w"] == np.arange(5000, dtype=np.float32)).all()
         assert store.verify().ok
         store.freeze("main")
+        out = ckpt.export(store, "main", {str(tmp_path / "out")!r})  # safetensors files without torch or safetensors
+        import ckpt.interop
+        again = ckpt.interop.import_folder(store, out.path, branch="again")
+        assert (store.load(again.id)["w"] == np.arange(5000, dtype=np.float32) + 1).all()
         for argv in (["log"], ["ls", "--json"], ["verify"], ["gc", "--dry-run"]):
             try:
                 main(["--store", {str(tmp_path / "s")!r}, *argv])
@@ -159,3 +173,46 @@ def test_library_and_cli_run_without_torch(tmp_path) -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("OK")
+
+
+#: The modules a user may import: everything else has a leading underscore somewhere in its dotted name.
+PUBLIC_MODULES = {
+    "ckpt",
+    "ckpt.cli",
+    "ckpt.dcp",
+    "ckpt.diff",
+    "ckpt.errors",
+    "ckpt.integrations",
+    "ckpt.integrations.lightning",
+    "ckpt.integrations.transformers",
+    "ckpt.interop",
+    "ckpt.lineage",
+    "ckpt.plot",
+    "ckpt.settings",
+    "ckpt.storage",
+    "ckpt.testing",
+    "ckpt.ui",
+}
+#: Packages that are the interfaces between ckpt's own layers: importable, not documented to users.
+LAYER_INTERFACES = {"ckpt.model", "ckpt.state", "ckpt.store", "ckpt.training"}
+#: Modules whose owner has not renamed them yet (ckpt/storage is another helper's; see issue 13's merge notes).
+NOT_RENAMED_YET = {"ckpt.storage.base", "ckpt.storage.faults", "ckpt.storage.fsspec", "ckpt.storage.local"}
+
+
+def test_internal_modules_have_a_leading_underscore() -> None:
+    """One rule for what is public: a module is public if listed, internal if any part of its name starts with _."""
+    import pathlib
+
+    root = pathlib.Path(ckpt.__file__).parent
+    found = set()
+    for path in root.rglob("*.py"):
+        parts = ["ckpt", *path.relative_to(root).with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts.pop()
+        name = ".".join(parts)
+        if any(part.startswith("_") for part in parts[1:]):
+            continue
+        found.add(name)
+    unexpected = found - PUBLIC_MODULES - LAYER_INTERFACES - NOT_RENAMED_YET
+    assert not unexpected, f"modules neither public nor internal (rename them _name, or list them): {unexpected}"
+    assert found >= PUBLIC_MODULES, f"listed as public but missing: {PUBLIC_MODULES - found}"

@@ -225,7 +225,7 @@ def test_api_examples_render_as_highlighted_code(served: str, tmp_path: Path) ->
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (apt-get install chromium)")
 def test_cli_reference_keeps_each_example_on_its_own_line(served: str, tmp_path: Path) -> None:
     """Each command's examples (click's ``\\b`` paragraphs) show one command a line, as `ckpt CMD --help` does."""
-    from ckpt.cli.app import cli
+    from ckpt.cli import cli
 
     dom = _dump_dom(served + "cli/", tmp_path / "profile")
     lines = {line.strip() for block in _code_blocks(dom) for line in block}

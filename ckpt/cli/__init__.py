@@ -1,13 +1,13 @@
 """The ``ckpt`` command line: parses arguments, calls the Python API, formats results.
 
-``main()`` is the console script. Errors are handled by the group itself (``ckpt.cli.app.CkptGroup``), so
+``main()`` is the console script. Errors are handled by the group itself (``ckpt.cli._app.CkptGroup``), so
 that ``CliRunner`` and the installed program behave the same: a ``CkptError`` prints ``error: …`` and its
 hint and exits 1, a usage error exits 2, ``--debug`` (or ``CKPT_DEBUG=1``) shows the traceback.
 """
 
 from __future__ import annotations
 
-from ckpt.cli.app import cli
+from ckpt.cli._app import cli
 
 __all__ = ["cli", "main"]
 

@@ -109,7 +109,7 @@ def begin(
     if rel != "import" and not parent_ids:
         raise RecordError(f"relation {rel!r} needs a parent", hint="pass parents=[rev]")
     if rel == "adapter":
-        raise RecordError("an adapter is saved with store.save_adapter, not through torch.distributed.checkpoint")
+        raise RecordError("an adapter is saved with ckpt.save_adapter, not through torch.distributed.checkpoint")
     if model is None and parent_ids:
         model = parts.objects.get_snapshot(parent_ids[0]).model
     try:

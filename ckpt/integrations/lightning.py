@@ -2,9 +2,10 @@
 
 ::
 
+    import ckpt
     from ckpt.integrations.lightning import CkptCallback
 
-    cb = CkptCallback(store, "main", monitor="val_loss", patience=3, keep_last=3, model="tiny-lm")
+    cb = CkptCallback(ckpt.Checkpointer(store, "main", monitor="val_loss", keep_last=3, model="tiny-lm"), patience=3)
     trainer = L.Trainer(max_epochs=50, callbacks=[cb])
     trainer.fit(module, train_loader, val_loader, ckpt_path=cb.resume_path())  # None on the first run
     cb.freeze_best()                                                           # -> "tiny-lm-2026-11-28"
@@ -29,8 +30,7 @@ one is installed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 try:
     import lightning.pytorch as pl
@@ -42,8 +42,7 @@ except ImportError:  # pragma: no cover - the standalone package
     from pytorch_lightning.plugins.io import CheckpointIO  # type: ignore[assignment]
 
 from ckpt.errors import RecordError, RevisionNotFoundError
-from ckpt.rng import rng_state, set_rng_state
-from ckpt.train import Checkpointer
+from ckpt.training import Checkpointer, CheckpointerOptions, rng_state, scalar_metrics, set_rng_state
 
 if TYPE_CHECKING:
     from ckpt.model import Snapshot
@@ -58,63 +57,48 @@ PREFIX = "ckpt:"
 class CkptCallback(Checkpoint):
     """Save every epoch of a Lightning run into a branch of a ckpt store.
 
+    The run's saves are made by a ``ckpt.Checkpointer``: pass one (its options say what is judged, kept and
+    written), or a store and branch with ``CheckpointerOptions``.
+
     Args:
-        store: the store (or its URL).
-        branch: the run's branch.
-        monitor: the logged validation metric to judge by (``"val_loss"``).
-        mode: ``"min"`` or ``"max"``.
-        patience: stop training once this many saves in a row brought no improvement of ``monitor`` larger
-            than ``min_delta`` (``None``: no early stopping).
+        checkpointer: the ``Checkpointer`` that saves the run; or the store (or its URL) to make one on.
+        branch: with a store: the run's branch (default ``main``).
+        options: with a store: the ``Checkpointer``'s options (monitor, mode, retention, model …).
+        patience: stop training once this many saves in a row brought no improvement of the ``Checkpointer``'s
+            ``monitor`` larger than ``min_delta`` (``None``: no early stopping).
         min_delta: the smallest change that counts as an improvement.
-        keep_last: retention: keep the last N saves (see ``ckpt.Checkpointer``).
-        keep_best: retention: keep the best K saves by ``monitor``.
-        keep_every: retention: keep saves at steps divisible by N.
         every_n_epochs: save at the end of every N-th training epoch.
-        async_save: hash and write in the background.
-        model: the model name recorded on the snapshots and used by ``freeze_best``.
         weights_only: save only the weights (and loop state), not the optimizers and schedulers.
 
+    Raises:
+        RecordError: ``patience`` without a monitor; ``branch`` or ``options`` next to a ``Checkpointer``.
+
     Example:
-        >>> cb = CkptCallback(store, "main", monitor="val_loss", patience=3)  # doctest: +SKIP
+        >>> ckpts = ckpt.Checkpointer(store, "main", monitor="val_loss", keep_last=3)  # doctest: +SKIP
+        >>> cb = CkptCallback(ckpts, patience=3)  # doctest: +SKIP
         >>> L.Trainer(callbacks=[cb]).fit(module, ckpt_path=cb.resume_path())  # doctest: +SKIP
     """
 
     def __init__(
         self,
-        store: Store | str,
-        branch: str = "main",
+        checkpointer: Checkpointer | Store | str,
+        branch: str | None = None,
         *,
-        monitor: str | None = None,
-        mode: Literal["min", "max"] = "min",
+        options: CheckpointerOptions | None = None,
         patience: int | None = None,
         min_delta: float = 0.0,
-        keep_last: int | None = None,
-        keep_best: int | None = None,
-        keep_every: int | None = None,
         every_n_epochs: int = 1,
-        async_save: bool = True,
-        model: str | None = None,
         weights_only: bool = False,
     ) -> None:
         super().__init__()
-        self.checkpointer = Checkpointer(
-            store,
-            branch,
-            monitor=monitor,
-            mode=mode,
-            keep_last=keep_last,
-            keep_best=keep_best,
-            keep_every=keep_every,
-            async_save=async_save,
-            model=model,
-        )
+        self.checkpointer = _checkpointer(checkpointer, branch, options)
         self.store = self.checkpointer.store
-        self.branch = branch
+        self.branch = self.checkpointer.branch
         self.patience = patience
         self.min_delta = min_delta
         self.every_n_epochs = max(1, every_n_epochs)
         self.weights_only = weights_only
-        if patience is not None and monitor is None:
+        if patience is not None and self.checkpointer.monitor is None:
             raise RecordError("early stopping (patience=…) needs a metric to judge by", hint="pass monitor='val_loss'")
         self._validated = False  # a validation ran since the last save
         self._validation_keys: set[str] = set()  # the metrics validations log
@@ -168,14 +152,14 @@ class CkptCallback(Checkpoint):
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Note the metrics before the validation, to tell which ones it logs."""
         if not trainer.sanity_checking:
-            self._before_validation = _metrics(trainer.callback_metrics)
+            self._before_validation = scalar_metrics(trainer.callback_metrics)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """The next save carries this validation's metrics."""
         if trainer.sanity_checking:
             return
         before = self._before_validation
-        now = _metrics(trainer.callback_metrics)
+        now = scalar_metrics(trainer.callback_metrics)
         self._validation_keys |= {k for k, v in now.items() if k not in before or before[k] != v}
         self._validated = True
 
@@ -187,7 +171,7 @@ class CkptCallback(Checkpoint):
         """
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        metrics = _metrics(trainer.callback_metrics)
+        metrics = scalar_metrics(trainer.callback_metrics)
         if not self._validated:
             metrics = {k: v for k, v in metrics.items() if k not in self._validation_keys}
         self._validated = False
@@ -261,15 +245,20 @@ class _StoreIO(CheckpointIO):
         self.inner.teardown()
 
 
-def _metrics(values: Mapping[str, Any]) -> dict[str, float]:
-    """The scalar entries of ``trainer.callback_metrics`` as floats."""
-    out = {}
-    for name, value in values.items():
-        numel = getattr(value, "numel", None)
-        if numel is not None and numel() != 1:
-            continue
-        try:
-            out[name] = float(value)
-        except (TypeError, ValueError):
-            continue
-    return out
+def _checkpointer(
+    given: Checkpointer | Store | str, branch: str | None, options: CheckpointerOptions | None
+) -> Checkpointer:
+    """The callback's ``Checkpointer``: the one given, or one made on the store given.
+
+    Raises:
+        RecordError: ``branch`` or ``options`` next to a ``Checkpointer`` (it has its own).
+    """
+    if isinstance(given, Checkpointer):
+        if branch is not None or options is not None:
+            raise RecordError(
+                "a Checkpointer was given, with its own branch and options; branch= and options= go with a store",
+                hint="pass CkptCallback(ckpt.Checkpointer(store, branch, ...)) or "
+                "CkptCallback(store, branch, options=...)",
+            )
+        return given
+    return Checkpointer(given, branch or "main", options=options or CheckpointerOptions())

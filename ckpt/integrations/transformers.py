@@ -2,9 +2,11 @@
 
 ::
 
+    import ckpt
     from ckpt.integrations.transformers import CkptTrainerCallback
 
-    cb = CkptTrainerCallback(store, "main", monitor="eval_loss", patience=3, keep_last=3, model="tiny-gpt")
+    ckpts = ckpt.Checkpointer(store, "main", monitor="eval_loss", keep_last=3, model="tiny-gpt")
+    cb = CkptTrainerCallback(ckpts, patience=3)
     args = TrainingArguments("out", eval_strategy="epoch", save_strategy="no", ...)
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=val, callbacks=[cb])
     trainer.train(resume_from_checkpoint=cb.resume_path())   # None on the first run
@@ -48,15 +50,14 @@ import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from ckpt.errors import StateMismatchError
-from ckpt.rng import rng_state, set_rng_state
-from ckpt.safetensors_file import write_file
+from ckpt.errors import RecordError, StateMismatchError
+from ckpt.interop import write_file
 from ckpt.state import unflatten
-from ckpt.train import Checkpointer
+from ckpt.training import Checkpointer, CheckpointerOptions, rng_state, scalar_metrics, set_rng_state
 
 if TYPE_CHECKING:
     from ckpt.model import Snapshot
@@ -71,59 +72,49 @@ _PUT_BACK = ("optimizer", "scheduler", "rng", "rng_at_epoch_start", "rng_by_rank
 class CkptTrainerCallback(TrainerCallback):
     """Save a Hugging Face ``Trainer`` run into a branch of a ckpt store, one snapshot per evaluation; resume it.
 
+    The run's saves are made by a ``ckpt.Checkpointer``: pass one (its options say what is judged, kept and
+    written), or a store and branch with ``CheckpointerOptions``. The Trainer reports evaluation metrics as
+    ``eval_<name>``: a ``monitor`` in the options is read that way (``loss`` and ``eval_loss`` are the same), and
+    is ``eval_loss`` when no options are given.
+
     Args:
-        store: the store (or its URL).
-        branch: the run's branch.
-        monitor: the evaluation metric to judge by; ``loss`` and ``eval_loss`` are the same (the Trainer
-            prefixes ``eval_``).
-        mode: ``"min"`` or ``"max"``.
+        checkpointer: the ``Checkpointer`` that saves the run (its ``monitor``, if any, an ``eval_`` metric); or
+            the store (or its URL) to make one on.
+        branch: with a store: the run's branch (default ``main``).
+        options: with a store: the ``Checkpointer``'s options (default: ``monitor="eval_loss"``).
         patience: stop training once this many evaluations in a row brought no improvement of ``monitor``
             larger than ``min_delta`` (``None``: no early stopping).
         min_delta: the smallest change that counts as an improvement.
-        keep_last: retention: keep the last N saves (see ``ckpt.Checkpointer``).
-        keep_best: retention: keep the best K saves by ``monitor``.
-        keep_every: retention: keep saves at steps divisible by N.
-        async_save: hash and write in the background.
-        model: the model name recorded on the snapshots and used by ``freeze_best``.
         save_optimizer: also save the optimizer's and scheduler's state (a resumed run needs them to go on
             exactly as the interrupted one would have).
 
+    Raises:
+        RecordError: ``patience`` without a monitor; a ``Checkpointer`` whose monitor is not an ``eval_`` metric;
+            ``branch`` or ``options`` next to a ``Checkpointer``.
+
     Example:
-        >>> cb = CkptTrainerCallback(store, "main", monitor="eval_loss", patience=2)  # doctest: +SKIP
+        >>> ckpts = ckpt.Checkpointer(store, "main", monitor="eval_loss")  # doctest: +SKIP
+        >>> cb = CkptTrainerCallback(ckpts, patience=2)  # doctest: +SKIP
         >>> trainer = Trainer(model=model, args=args, callbacks=[cb], ...)  # doctest: +SKIP
         >>> trainer.train(resume_from_checkpoint=cb.resume_path())  # doctest: +SKIP
     """
 
     def __init__(
         self,
-        store: Store | str,
-        branch: str = "main",
+        checkpointer: Checkpointer | Store | str,
+        branch: str | None = None,
         *,
-        monitor: str = "eval_loss",
-        mode: Literal["min", "max"] = "min",
+        options: CheckpointerOptions | None = None,
         patience: int | None = None,
         min_delta: float = 0.0,
-        keep_last: int | None = None,
-        keep_best: int | None = None,
-        keep_every: int | None = None,
-        async_save: bool = True,
-        model: str | None = None,
         save_optimizer: bool = True,
     ) -> None:
-        self.monitor = monitor if monitor.startswith("eval_") else f"eval_{monitor}"
-        self.checkpointer = Checkpointer(
-            store,
-            branch,
-            monitor=self.monitor,
-            mode=mode,
-            keep_last=keep_last,
-            keep_best=keep_best,
-            keep_every=keep_every,
-            async_save=async_save,
-            model=model,
-        )
+        self.checkpointer = _checkpointer(checkpointer, branch, options)
+        self.monitor = self.checkpointer.monitor
+        if patience is not None and self.monitor is None:
+            raise RecordError("early stopping (patience=…) needs a metric to judge by", hint="monitor='eval_loss'")
         self.store = self.checkpointer.store
-        self.branch = branch
+        self.branch = self.checkpointer.branch
         self.patience = patience
         self.min_delta = min_delta
         self.save_optimizer = save_optimizer
@@ -299,7 +290,7 @@ class CkptTrainerCallback(TrainerCallback):
         if not self._training:
             return  # a trainer.evaluate() of its own: nothing new to save
         raw = kwargs.get("metrics") or {}
-        metrics = _metrics(raw)
+        metrics = scalar_metrics(raw)
         generators = {"rng": rng_state(), "rng_at_epoch_start": self._epoch_rng}
         ranks = _generators_by_rank(generators)  # a collective: every process, before the main one saves
         if state.is_world_process_zero:
@@ -491,14 +482,29 @@ def _own_generators(state: Mapping[str, Any], short_id: str) -> dict[str, Any]:
     return own
 
 
-def _metrics(values: Mapping[str, Any]) -> dict[str, float]:
-    """The numeric entries of an evaluation's metrics."""
-    out = {}
-    for name, value in values.items():
-        if isinstance(value, bool):
-            continue
-        try:
-            out[name] = float(value)
-        except (TypeError, ValueError):
-            continue
-    return out
+def _checkpointer(
+    given: Checkpointer | Store | str, branch: str | None, options: CheckpointerOptions | None
+) -> Checkpointer:
+    """The callback's ``Checkpointer``: the one given, or one made on the store given (monitor read as ``eval_``).
+
+    Raises:
+        RecordError: ``branch`` or ``options`` next to a ``Checkpointer``; a ``Checkpointer`` that monitors a
+            metric the Trainer never reports (not ``eval_…``).
+    """
+    if isinstance(given, Checkpointer):
+        if branch is not None or options is not None:
+            raise RecordError(
+                "a Checkpointer was given, with its own branch and options; branch= and options= go with a store",
+                hint="pass CkptTrainerCallback(ckpt.Checkpointer(store, branch, ...)) or "
+                "CkptTrainerCallback(store, branch, options=...)",
+            )
+        if given.monitor is not None and not given.monitor.startswith("eval_"):
+            raise RecordError(
+                f"the Trainer reports evaluation metrics as eval_<name>; this Checkpointer monitors {given.monitor!r}",
+                hint=f"make it with monitor='eval_{given.monitor}'",
+            )
+        return given
+    options = options or CheckpointerOptions(monitor="eval_loss")
+    if options.monitor is not None and not options.monitor.startswith("eval_"):
+        options = dataclasses.replace(options, monitor=f"eval_{options.monitor}")
+    return Checkpointer(given, branch or "main", options=options)

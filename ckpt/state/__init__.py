@@ -16,6 +16,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from ckpt.state._arrays import to_source, writable_view
+from ckpt.state._model_tree import from_typed_float, model_tensors, split_model, tensor_groups, to_typed_float
 from ckpt.state._source import Kind, TensorSource, alias_key, is_array, unsupported
 from ckpt.state._tree import flatten, tensor_name, tensor_paths, tied_groups, unflatten
 
@@ -23,12 +24,9 @@ if TYPE_CHECKING:
     from ckpt.state._numpy import NUMPY_DTYPES, array_from_buffer, empty_numpy, numpy_source
     from ckpt.state._torch import (
         TORCH_DTYPES,
-        apply_state,
         as_torch,
-        check_tied_values,
         dtype_name,
         empty_torch,
-        restore_into,
         tensor_from_buffer,
         torch_dtype,
         torch_source,
@@ -40,12 +38,9 @@ _LAZY = {
     **dict.fromkeys(
         (
             "TORCH_DTYPES",
-            "apply_state",
             "as_torch",
-            "check_tied_values",
             "dtype_name",
             "empty_torch",
-            "restore_into",
             "tensor_from_buffer",
             "torch_dtype",
             "torch_source",
@@ -69,22 +64,24 @@ __all__ = [
     "Kind",
     "TensorSource",
     "alias_key",
-    "apply_state",
     "array_from_buffer",
     "as_torch",
-    "check_tied_values",
     "dtype_name",
     "empty_numpy",
     "empty_torch",
     "flatten",
+    "from_typed_float",
     "is_array",
+    "model_tensors",
     "numpy_source",
-    "restore_into",
+    "split_model",
     "tensor_from_buffer",
+    "tensor_groups",
     "tensor_name",
     "tensor_paths",
     "tied_groups",
     "to_source",
+    "to_typed_float",
     "torch_dtype",
     "torch_source",
     "unflatten",

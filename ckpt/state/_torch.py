@@ -1,21 +1,18 @@
-"""torch glue: tensors ↔ raw bytes, and ``restore`` into live modules. Imported only when torch is used."""
+"""torch glue: tensors ↔ raw bytes. Imported only when torch is used."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from ckpt.errors import StateError
-from ckpt.state._source import TensorSource, alias_key, unsupported
+from ckpt.state._source import TensorSource, unsupported
 
 __all__ = [
     "TORCH_DTYPES",
-    "check_tied_values",
     "dtype_name",
     "empty_torch",
-    "restore_into",
     "tensor_from_buffer",
     "torch_dtype",
     "torch_source",
@@ -119,114 +116,3 @@ def tensor_from_buffer(buffer: Any, offset: int, dtype: str, shape: tuple[int, .
 def as_torch(value: Any) -> torch.Tensor:
     """A tensor from a numpy array (shares memory)."""
     return value if isinstance(value, torch.Tensor) else torch.from_numpy(value)
-
-
-def restore_into(
-    module: Any,
-    store: Any,
-    rev: str,
-    *,
-    optimizer: Any,
-    strict: bool,
-    key: str | None,
-    optimizer_key: str,
-    verify: bool,
-    in_place: bool = False,
-) -> Any:
-    """Implementation of ``ckpt.restore``: load a snapshot and apply it to a module and optimizer."""
-    snap = store.resolve(rev)
-    if snap.base is not None or snap.relation == "adapter":  # an adapter (new or continued) restores merged
-        state = store.load(snap.id, verify=verify, framework="torch", merge=True)
-    else:
-        into = None
-        if in_place:
-            into = {(f"{key}/{k}" if key is not None else k): v for k, v in module.state_dict().items()}
-        state = store.load(snap.id, verify=verify, framework="torch", into=into)
-    return apply_state(module, state, rev, optimizer=optimizer, strict=strict, key=key, optimizer_key=optimizer_key)
-
-
-def apply_state(
-    module: Any,
-    state: Any,
-    rev: str,
-    *,
-    optimizer: Any,
-    strict: bool,
-    key: str | None,
-    optimizer_key: str,
-) -> Any:
-    """Load a state tree into a module (``state[key]``) and optimizer (``state[optimizer_key]``)."""
-    from ckpt.errors import StateMismatchError
-
-    if key is not None:
-        if not isinstance(state, dict) or key not in state:
-            keys = list(state) if isinstance(state, dict) else type(state).__name__
-            raise StateMismatchError(
-                f"snapshot {rev!r} has no {key!r} entry (its top level: {keys})",
-                hint="pass key=None if the snapshot is the state dict itself, or the right key",
-            )
-        weights = state[key]
-    else:
-        weights = state
-    if isinstance(weights, Mapping):
-        check_tied_values(module, weights, rev)
-    try:
-        result = module.load_state_dict(weights, strict=strict)
-    except RuntimeError as e:
-        raise StateMismatchError(f"snapshot {rev!r} does not fit {type(module).__name__}: {e}") from e
-    if strict and (result.missing_keys or result.unexpected_keys):  # pragma: no cover - torch raises first
-        raise StateMismatchError(f"missing {result.missing_keys}, unexpected {result.unexpected_keys}")
-    if optimizer is not None:
-        if not isinstance(state, dict) or optimizer_key not in state:
-            raise StateMismatchError(f"snapshot {rev!r} has no {optimizer_key!r} entry to restore the optimizer from")
-        try:
-            optimizer.load_state_dict(state[optimizer_key])
-        except (ValueError, RuntimeError, KeyError) as e:
-            raise StateMismatchError(f"optimizer state of {rev!r} does not fit: {e}") from e
-    return state
-
-
-def check_tied_values(module: Any, weights: Mapping[str, Any], rev: str) -> None:
-    """Refuse a state that would put two different values into one parameter of ``module``.
-
-    A module with tied weights (``lm_head.weight`` and ``model.embed_tokens.weight`` one ``Parameter``) lists
-    the parameter under each of its names in ``state_dict()``; ``load_state_dict`` copies every key in turn,
-    so the last one silently wins. Tied keys must hold equal values (bit for bit, dtype and shape included);
-    then loading keeps the tie as the module has it.
-
-    Raises:
-        StateMismatchError: two keys of one parameter hold different values; names both.
-    """
-    from ckpt.errors import StateMismatchError
-
-    groups: dict[Any, list[str]] = {}
-    for name, tensor in module.state_dict(keep_vars=True).items():
-        key = alias_key(tensor)
-        if key is not None and name in weights:
-            groups.setdefault(key, []).append(name)
-    for names in groups.values():
-        first = names[0]
-        for other in names[1:]:
-            if not _same_value(weights[first], weights[other]):
-                raise StateMismatchError(
-                    f"snapshot {rev!r} holds different values for {first!r} and {other!r}, which are one tied "
-                    f"parameter of {type(module).__name__}: loading would keep only one of them",
-                    hint="untie the weights in the model (e.g. tie_word_embeddings=False) to load both, or fix the "
-                    "snapshot so that tied tensors are equal",
-                )
-
-
-def _same_value(a: Any, b: Any) -> bool:
-    if a is b:
-        return True
-    try:
-        a, b = as_torch(a), as_torch(b)
-    except TypeError:
-        return False
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    if a.numel() == 0:
-        return True
-    flat_a = a.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-    flat_b = b.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-    return bool(torch.equal(flat_a, flat_b))

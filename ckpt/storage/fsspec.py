@@ -15,8 +15,8 @@ from typing import Any
 
 import fsspec
 
+from ckpt._extras import install_hint
 from ckpt.errors import BackendError, MissingObjectError
-from ckpt.extras import install_hint
 from ckpt.storage.base import Buffer, CasResult, Entry
 
 __all__ = ["FsspecBackend"]

@@ -11,8 +11,6 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pydantic import JsonValue
-
 from ckpt.errors import RevisionNotFoundError
 from ckpt.model import (
     ReflogEntry,
@@ -272,7 +270,6 @@ class Store(StoreMaintenance):
         verify: bool = True,
         framework: Framework | None = None,
         into: Mapping[str, Any] | None = None,
-        merge: bool = False,
         progress: Progress | None = None,
         mmap: bool = False,
     ) -> Any:
@@ -285,8 +282,6 @@ class Store(StoreMaintenance):
             into: tensor path → existing tensor to read into, in place, when dtype and shape fit (e.g.
                 ``{"model/" + k: v for k, v in model.state_dict().items()}``). Reusing memory avoids the
                 page faults of fresh allocations; tensors that do not fit get new memory.
-            merge: for an adapter snapshot, return its base's state with the LoRA deltas merged in
-                (``W + scale · B @ A``, as PEFT's ``merge_and_unload()``; see ``ckpt.adapters.load_merged``).
             progress: called with byte counts as chunks arrive.
             mmap: on a local store, memory-map tensors of 1 MiB or more held in one chunk instead of copying
                 them (zero-copy and copy-on-write, as safetensors does). The trade-off: a mapped tensor is
@@ -306,8 +301,6 @@ class Store(StoreMaintenance):
         Example:
             >>> state = store.load("main~2")  # doctest: +SKIP
         """
-        if merge:
-            return self._load_merged(rev, verify=verify, framework=framework, into=into, progress=progress)
         return _reading.load(
             self._parts, rev, verify=verify, framework=framework, into=into, progress=progress, mmap=mmap
         )
@@ -445,93 +438,6 @@ class Store(StoreMaintenance):
             FrozenRefError: the tag is frozen.
         """
         self._parts.refs.delete_tag(name)
-
-    # -- adapter verbs: moving to ckpt.lineage (refactor-packages deletes this block) ------------------
-
-    def save_adapter(
-        self,
-        base_rev: str,
-        adapter_state: Mapping[str, Any],
-        *,
-        branch: str,
-        config: Any,
-        model: str | None = None,
-        step: int | None = None,
-        epoch: int | float | None = None,
-        metrics: Mapping[str, float] | None = None,
-        message: str | None = None,
-        metadata: Mapping[str, JsonValue] | None = None,
-        progress: Progress | None = None,
-    ) -> Snapshot:
-        """Save a LoRA adapter over ``base_rev``: only its tensors and its PEFT config (relation ``adapter``).
-
-        The base's id is recorded, so "which base does this adapter need?" always has an answer. See
-        ``ckpt.adapters.save_adapter`` for the accepted state dicts and configs.
-
-        Example:
-            >>> from peft import get_peft_model_state_dict
-            >>> store.save_adapter("chat", get_peft_model_state_dict(peft_model), branch="lora",
-            ...                    config=peft_model.peft_config["default"])  # doctest: +SKIP
-        """
-        from ckpt.adapters import save_adapter
-
-        return save_adapter(
-            self,
-            base_rev,
-            adapter_state,
-            branch=branch,
-            config=config,
-            model=model,
-            step=step,
-            epoch=epoch,
-            metrics=metrics,
-            message=message,
-            metadata=metadata,
-            progress=progress,
-        )
-
-    def merge(
-        self,
-        adapter_rev: str,
-        *,
-        branch: str,
-        model: str | None = None,
-        message: str | None = None,
-        metadata: Mapping[str, JsonValue] | None = None,
-        files: Mapping[str, bytes] | None = None,
-        progress: Progress | None = None,
-    ) -> Snapshot:
-        """Save an adapter merged into its base as a new snapshot (relation ``merge``, parents adapter + base).
-
-        Tied weights stay tied and change together, as with PEFT's ``merge_and_unload()``; ``files`` replaces
-        the base's attached files (needed when the adapter resized the embeddings). See ``ckpt.adapters.merge``.
-        """
-        from ckpt.adapters import merge
-
-        return merge(
-            self,
-            adapter_rev,
-            branch=branch,
-            model=model,
-            message=message,
-            metadata=metadata,
-            files=files,
-            progress=progress,
-        )
-
-    def _load_merged(
-        self,
-        rev: str,
-        *,
-        verify: bool,
-        framework: Framework | None,
-        into: Mapping[str, Any] | None,
-        progress: Progress | None,
-    ) -> Any:
-        """``load(rev, merge=True)``: an adapter merged into its base (``ckpt.adapters.load_merged``)."""
-        from ckpt.adapters import load_merged
-
-        return load_merged(self, rev, verify=verify, framework=framework, into=into, progress=progress)
 
 
 def init(

@@ -1,9 +1,11 @@
 """Checkpoints inside a training loop — async saves, best-by-validation, early stopping, retention, resume.
 
-The public names are ``ckpt.Checkpointer`` and ``ckpt.SaveHandle`` (also importable from ``ckpt.train``).
+The public names are ``ckpt.Checkpointer``, ``ckpt.CheckpointerOptions``, ``ckpt.SaveHandle``, ``ckpt.rng_state``
+and ``ckpt.set_rng_state``; the retention policies are ``ckpt.KeepLast``, ``ckpt.KeepBest``, ``ckpt.KeepEvery`` and
+``ckpt.AnyOf``.
 One ``Checkpointer`` saves one run onto one branch::
 
-    with ckpt.Checkpointer(store, "main", monitor="val_loss", keep_last=3) as ckpts:
+    with ckpt.Checkpointer(store, "main", monitor="val_loss", retention=ckpt.KeepLast(3)) as ckpts:
         if (state := ckpts.resume()) is not None:          # after a crash or preemption: carry on
             model.load_state_dict(state["model"]); opt.load_state_dict(state["optimizer"])
             ckpt.set_rng_state(state["rng"]); start = state["epoch"] + 1
@@ -40,13 +42,20 @@ answers. A run's history is the branch's chain of ``continue`` saves back to the
 ``main``'s run. Retention prunes only snapshots that a ``Checkpointer`` saved on this very branch (they carry
 ``metadata["checkpointer"]["branch"]``), never a parent line's or another branch's.
 
-The modules: ``checkpointer`` (the ``Checkpointer``), ``handle`` (``SaveHandle``), ``save_job`` (one save on its
-way to the background: checked record, staged state, cancellation), ``staging`` (copying into reused buffers),
-``digest_cache`` (unchanged tensors), ``background`` (the save thread and the exit hook), ``history`` (a run's
-saves in the store) and ``judging`` (best and early stopping).
+The modules (internal): ``_options`` (``CheckpointerOptions``: judging, retention, writing), ``_checkpointer``
+(the ``Checkpointer``: saving and its lifecycle), ``_reading`` (what is read back from the run: latest, best,
+resume, early stopping), ``_handle`` (``SaveHandle``, and the error channel that carries background failures
+back to the loop), ``_commit`` (one save committed, the digest cache re-checked), ``_save_job`` (one save on its
+way to the background: checked record, staged state, cancellation), ``_staging`` (copying into reused buffers),
+``_digest_cache`` (unchanged tensors), ``_background`` (the save thread and the exit hook), ``_history`` (a run's
+saves in the store), ``_judging`` (best and early stopping), ``_metrics`` (the numbers a framework logged) and
+``_rng`` (random generator state).
 """
 
-from ckpt.training.checkpointer import Checkpointer
-from ckpt.training.handle import SaveHandle
+from ckpt.training._checkpointer import Checkpointer
+from ckpt.training._handle import SaveHandle
+from ckpt.training._metrics import scalar_metrics as scalar_metrics  # for ckpt.integrations; not in __all__
+from ckpt.training._options import CheckpointerOptions
+from ckpt.training._rng import rng_state, set_rng_state
 
-__all__ = ["Checkpointer", "SaveHandle"]
+__all__ = ["Checkpointer", "CheckpointerOptions", "SaveHandle", "rng_state", "set_rng_state"]

@@ -4,7 +4,7 @@ Four pages, each with a deep link: the family tree (``/``), a run's metric curve
 snapshot (``/snap/<rev>``) and the per-layer change between two (``/diff/<a>..<b>``), drawn from a JSON API under
 ``/api/``. The tree and the curves read snapshot records only, never tensors. It is built from Starlette and
 uvicorn, with uPlot vendored for the curves (``static/vendor``: no CDN, works offline); the tree is laid out
-in Python (``ckpt.ui.graph``) and drawn as SVG.
+in Python (``ckpt.ui._graph``) and drawn as SVG.
 
 Importing ``ckpt.ui`` needs no extra; the functions below import Starlette and uvicorn when called and say
 what to install when they are missing::
@@ -20,16 +20,31 @@ import contextlib
 from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
+from ckpt._extras import install_hint
 from ckpt.errors import CkptError
-from ckpt.extras import install_hint
 
 if TYPE_CHECKING:
     from ckpt import Store
+    from ckpt.ui._server import Binding as Binding
+    from ckpt.ui._server import bind as bind
+    from ckpt.ui._server import serve as serve
 
 __all__ = ["create_app", "require", "serving"]
 
 #: The modules the extra brings.
 _NEEDS = ("starlette", "uvicorn")
+#: What ``ckpt ui`` needs of the server (not in ``__all__``), imported on first use: it imports uvicorn.
+_SERVER = frozenset(("Binding", "bind", "serve"))
+
+
+def __getattr__(name: str) -> Any:
+    """``bind``, ``serve`` and ``Binding`` of the server module, on first use (PEP 562)."""
+    if name not in _SERVER:
+        raise AttributeError(f"module 'ckpt.ui' has no attribute {name!r}")
+    require()
+    from ckpt.ui import _server
+
+    return getattr(_server, name)
 
 
 def require() -> None:
@@ -52,7 +67,7 @@ def require() -> None:
 
 
 def create_app(store: Store, *, allowed_hosts: Collection[str] | None = None) -> Any:
-    """The read-only Starlette app over ``store`` (see ``ckpt.ui.app.create_app``).
+    """The read-only Starlette app over ``store``.
 
     Args:
         store: the store to show.
@@ -62,8 +77,8 @@ def create_app(store: Store, *, allowed_hosts: Collection[str] | None = None) ->
         CkptError: the ``ui`` extra is not installed.
     """
     require()
-    from ckpt.ui.app import LOOPBACK_HOSTS
-    from ckpt.ui.app import create_app as build
+    from ckpt.ui._app import LOOPBACK_HOSTS
+    from ckpt.ui._app import create_app as build
 
     return build(store, allowed_hosts=LOOPBACK_HOSTS if allowed_hosts is None else allowed_hosts)
 
@@ -87,7 +102,7 @@ def serving(store: Store, host: str = "127.0.0.1", port: int = 0, *, allow_remot
         ...     input(f"open {url}, then press Enter")
     """
     require()
-    from ckpt.ui.server import serving as run
+    from ckpt.ui._server import serving as run
 
     with run(store, host, port, allow_remote=allow_remote) as url:
         yield url

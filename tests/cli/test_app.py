@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 import ckpt
 from ckpt.cli import cli, main
-from ckpt.cli.app import find_store
-from ckpt.cli.commands._common import parse_duration, parse_options, parse_size_option
+from ckpt.cli._commands._common import parse_duration, parse_options, parse_size_option
+from ckpt.cli._context import find_store
 
 from .conftest import Invoke, parse
 
@@ -113,7 +113,7 @@ def test_hints_speak_the_command_line_and_python_in_its_own_terms(invoke: Invoke
 def test_relation_choices_match_the_record_model() -> None:
     import typing
 
-    from ckpt.cli.commands.transfer import _RELATIONS
+    from ckpt.cli._commands.transfer import _RELATIONS
     from ckpt.model import Relation
 
     assert list(typing.get_args(Relation)) == _RELATIONS

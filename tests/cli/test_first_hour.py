@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import ckpt
-from ckpt.cli.app import INTERRUPTED_BY_COMMAND
+from ckpt.cli._app import INTERRUPTED_BY_COMMAND
 
 from .conftest import Invoke, child_env, parse, weights
 
@@ -86,7 +86,7 @@ def test_byte_figures_use_one_formatter_and_count_chunks_as_stored(
     invoke: Invoke, store: ckpt.Store, tmp_path: Path
 ) -> None:
     """sync counts the bytes it wrote as they lie on the destination's disk, in the unit every command prints."""
-    from ckpt.cli.output import human_bytes
+    from ckpt.cli._output import human_bytes
 
     store.save({"model": weights(0)})
     data = parse(invoke("sync", store.url, str(tmp_path / "c"), "--all", "--json", store=False))
@@ -115,7 +115,7 @@ def test_hints_of_raise_sites_fit_their_reader(invoke: Invoke, store: ckpt.Store
     (out / "keep.txt").write_text("x")
     cases = [
         (
-            lambda: ckpt.hf.export_folder(store, "main", out),
+            lambda: ckpt.interop.export(store, "main", out),
             ["restore", "main", "--to", str(out)],
             "force=True",
             "--force",
@@ -124,7 +124,7 @@ def test_hints_of_raise_sites_fit_their_reader(invoke: Invoke, store: ckpt.Store
         (lambda: store.resolve("main@{9}"), ["show", "main@{9}"], "store.reflog()", "`ckpt reflog main`"),
         (lambda: store.resolve("nosuch"), ["show", "nosuch"], "store.branches()", "`ckpt ls`"),
     ]
-    import ckpt.hf
+    import ckpt.interop
 
     for call, argv, py, cli in cases:
         with pytest.raises(ckpt.CkptError) as info:

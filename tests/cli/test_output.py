@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from ckpt.cli.graph import graph_rows, topological
-from ckpt.cli.output import RefIndex, age, human_bytes, metrics_text, snapshot_json, snapshot_line
+from ckpt.cli._graph import graph_rows, topological
+from ckpt.cli._output import RefIndex, age, human_bytes, metrics_text, snapshot_json, snapshot_line
 from ckpt.model import Snapshot, TagRecord, format_time
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)

@@ -63,6 +63,23 @@ def test_import_and_restore_sharded_folder_byte_identical(invoke: Invoke, store:
     same_files(src, tmp_path / "out")
 
 
+def test_export_is_restore_to_files_and_matches_the_python_export(
+    invoke: Invoke, store: ckpt.Store, tmp_path: Path
+) -> None:
+    """`ckpt export REV --to DIR` is `ckpt restore REV --to DIR`, and both write what `ckpt.export` writes."""
+    src = hf_folder(tmp_path / "hf")
+    invoke("import", str(src))
+    by_restore = parse(invoke("restore", "main", "--to", str(tmp_path / "a"), "--json"))
+    by_export = parse(invoke("export", "main", "--to", str(tmp_path / "b"), "--json"))
+    assert [f["size"] for f in by_export["files"]] == [f["size"] for f in by_restore["files"]]
+    assert [Path(f["path"]).name for f in by_export["files"]] == [Path(f["path"]).name for f in by_restore["files"]]
+    written = ckpt.export(store, "main", tmp_path / "c").written
+    assert [p.name for p in written] == [Path(f["path"]).name for f in by_export["files"]]
+    for folder in ("a", "b", "c"):
+        same_files(src, tmp_path / folder)
+    assert "ckpt restore REV --to DIR" in invoke("export", "--help").stdout
+
+
 def test_import_options_and_json(invoke: Invoke, store: ckpt.Store, tmp_path: Path) -> None:
     base = parse(invoke("import", str(hf_folder(tmp_path / "base")), "--model", "base", "--json"))
     assert base["relation"] == "import" and base["model"] == "base"

@@ -369,11 +369,11 @@ def read_everything(store: ckpt.Store, revs: tuple[str, ...] = ("main",), *, cli
 
 
 def _export(store: ckpt.Store, rev: str) -> None:
-    from ckpt.hf import export_folder
+    from ckpt.interop import export
 
     out = Path(tempfile.mkdtemp(dir=_TMP))
     try:
-        export_folder(store, rev, out / "out")
+        export(store, rev, out / "out")
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -536,8 +536,8 @@ def _folder(files: dict[str, bytes]) -> Path:
 
 
 def _import_and_read(files: dict[str, bytes]) -> None:
-    from ckpt.hf import import_folder
-    from ckpt.safetensors_file import open_tensors, read_header
+    from ckpt.interop import import_folder
+    from ckpt.interop._safetensors import open_tensors, read_header
 
     folder = _folder(files)
     store = ckpt.init(f"memory:///ckpt-fuzz/{next(_counter)}", chunk_size=16)
@@ -621,7 +621,7 @@ def _adapter_weights() -> bytes:
 
 
 def _adapter_run(data: bytes) -> None:
-    from ckpt.adapters import export_peft_folder, import_peft_folder
+    from ckpt.interop import export_peft_folder, import_peft_folder
 
     folder = _folder({"adapter_config.json": data, "adapter_model.safetensors": _adapter_weights()})
     store = ckpt.init(f"memory:///ckpt-fuzz/{next(_counter)}", chunk_size=64)
@@ -629,7 +629,7 @@ def _adapter_run(data: bytes) -> None:
         store.save({f"{_LORA_TARGET}.weight": np.eye(4, dtype=np.float32)}, model="m")
         snap = _attempt(lambda: import_peft_folder(store, folder, "main", branch="lora"))
         if snap is not None:
-            _attempt(lambda: store.load("lora", merge=True, framework="numpy"))
+            _attempt(lambda: ckpt.load_merged(store, "lora", framework="numpy"))
             out = folder.parent / "out"
             _attempt(lambda: export_peft_folder(store, "lora", out))
             read_everything(store, ("lora",), cli=False)

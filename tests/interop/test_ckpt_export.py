@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 import ckpt
 from ckpt.errors import RecordError
-from ckpt.hf import LAYOUT_KEY, export_folder, import_folder
+from ckpt.interop import LAYOUT_KEY, export, import_folder
 
 pytestmark = pytest.mark.torch
 
@@ -66,7 +66,7 @@ def test_a_training_snapshot_round_trips_through_a_folder(
         files=files,
     )
     out = tmp_path / "out"
-    written = export_folder(local_store, "train", out, shard_size=shard_size).written
+    written = export(local_store, "train", out, shard_size=shard_size).written
     names = sorted(p.relative_to(out).as_posix() for p in written)
     assert "state.json" in names and "state.safetensors" in names and "notes/README.md" in names
 
@@ -93,7 +93,7 @@ def test_a_training_snapshot_round_trips_through_a_folder(
 
 def test_the_same_export_imported_with_new_fields_keeps_the_rest(local_store: ckpt.Store, tmp_path: Path) -> None:
     local_store.save({"model": {"w": torch.ones(2)}, "step": 1}, model="m", step=1, metrics={"loss": 1.0})
-    export_folder(local_store, "main", tmp_path / "out")
+    export(local_store, "main", tmp_path / "out")
     back = import_folder(local_store, tmp_path / "out", branch="b", model="renamed", message="from disk")
     assert (back.model, back.message, back.step, back.metrics) == ("renamed", "from disk", 1, {"loss": 1.0})
 
@@ -103,7 +103,7 @@ def test_an_export_whose_files_no_longer_match_its_state_json_is_refused(
 ) -> None:
     local_store.save(training_state())
     out = tmp_path / "out"
-    export_folder(local_store, "main", out)
+    export(local_store, "main", out)
     weights = load_file(out / "model.safetensors")
     save_file({k: v for k, v in weights.items() if k != "0.bias"}, out / "model.safetensors")
     with pytest.raises(RecordError, match="names tensors the folder's files do not hold") as e:

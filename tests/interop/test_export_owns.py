@@ -15,9 +15,9 @@ import pytest
 from safetensors.numpy import load_file
 
 import ckpt
-import ckpt.safetensors_file
+import ckpt.interop._safetensors
 from ckpt.errors import CorruptChunkError, RecordError
-from ckpt.hf import export_folder, import_folder
+from ckpt.interop import export, import_folder
 from ckpt.store import _layout as layout
 
 
@@ -62,20 +62,20 @@ def test_sharded_over_single_and_more_shards_over_fewer_leave_only_the_new_weigh
     local_store.save({"model": two}, branch="two")
     local_store.save({"model": three}, branch="three")
     out = tmp_path / "out"
-    export_folder(local_store, "one", out)  # model.safetensors
+    export(local_store, "one", out)  # model.safetensors
     (out / "notes.md").write_text("mine")
     (out / "pytorch_model.bin").write_bytes(b"\x80\x04not ours")  # not a file the export owns
     (out / "runs").mkdir()
     (out / "runs" / "log.txt").write_text("step 1")
     (out / "link.txt").symlink_to("notes.md")
 
-    result = export_folder(local_store, "two", out, shard_size="10KB", force=True)  # 3 shards
+    result = export(local_store, "two", out, shard_size="10KB", force=True)  # 3 shards
     assert [p.name for p in result.removed] == ["model.safetensors"]
     assert same(loaded(out), two)
-    result = export_folder(local_store, "three", out, shard_size="5KB", force=True)  # 6 shards over 3
+    result = export(local_store, "three", out, shard_size="5KB", force=True)  # 6 shards over 3
     assert sorted(p.name for p in result.removed) == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
     assert same(loaded(out), three)
-    result = export_folder(local_store, "one", out, shard_size="10KB", force=True)  # 3 shards over 6
+    result = export(local_store, "one", out, shard_size="10KB", force=True)  # 3 shards over 6
     assert sorted(p.name for p in result.removed) == [f"model-0000{i}-of-00006.safetensors" for i in range(1, 7)]
     assert same(loaded(out), one)
     assert sorted(p.name for p in out.glob("*.safetensors")) == [
@@ -95,12 +95,12 @@ def test_a_stale_ckpt_state_json_is_removed_but_a_foreign_one_kept(local_store: 
     local_store.save({"model": weights(1), "step": 3}, branch="train")
     local_store.save({"model": weights(2)}, branch="plain")
     out = tmp_path / "out"
-    export_folder(local_store, "train", out)
+    export(local_store, "train", out)
     assert (out / "state.json").exists()
-    result = export_folder(local_store, "plain", out, force=True)
+    result = export(local_store, "plain", out, force=True)
     assert sorted(p.name for p in result.removed) == ["state.json"]
     (out / "state.json").write_text('{"user": "data"}')
-    result = export_folder(local_store, "plain", out, force=True)
+    result = export(local_store, "plain", out, force=True)
     assert result.removed == () and (out / "state.json").read_text() == '{"user": "data"}'
 
 
@@ -114,7 +114,7 @@ def test_links_in_the_target_are_replaced_never_written_through(local_store: ckp
     (out / "config.json").symlink_to(outside / "config.json")
     (out / "1_Pooling").symlink_to(outside, target_is_directory=True)
     (out / "model.safetensors").symlink_to(outside / "config.json")
-    result = export_folder(local_store, "main", out, force=True)
+    result = export(local_store, "main", out, force=True)
     assert (outside / "config.json").read_text() == "precious"  # nothing written through a link
     assert sorted(os.listdir(outside)) == ["config.json"]
     assert not (out / "config.json").is_symlink() and (out / "config.json").read_text() == "{}"
@@ -127,7 +127,7 @@ def test_a_failure_half_way_leaves_the_folder_as_it_was(local_store: ckpt.Store,
     local_store.save({"model": weights(1)}, branch="old")
     snap = local_store.save({"model": weights(2)}, branch="new")
     out = tmp_path / "out"
-    export_folder(local_store, "old", out)
+    export(local_store, "old", out)
     (out / "notes.md").write_text("mine")
     before = listing(out)
     digest = local_store.table(snap.id).tensors["model/layers.4.w"].chunks[0]
@@ -136,11 +136,11 @@ def test_a_failure_half_way_leaves_the_folder_as_it_was(local_store: ckpt.Store,
     data[-1] ^= 1
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptChunkError):
-        export_folder(local_store, "new", out, shard_size="10KB", force=True)
+        export(local_store, "new", out, shard_size="10KB", force=True)
     assert listing(out) == before
     no_leftovers(tmp_path)
     with pytest.raises(CorruptChunkError):
-        export_folder(local_store, "new", tmp_path / "fresh")
+        export(local_store, "new", tmp_path / "fresh")
     assert not (tmp_path / "fresh").exists()
     no_leftovers(tmp_path)
 
@@ -150,18 +150,18 @@ def test_a_full_disk_is_a_backend_error_and_changes_nothing(tmp_path: Path) -> N
     store = ckpt.init(str(tmp_path / "store"), chunk_size=4096)
     store.save({"model": weights(1, n=20)}, branch="big")
     store.save({"model": weights(2, n=1)}, branch="small")
-    export_folder(store, "small", tmp_path / "out")
+    export(store, "small", tmp_path / "out")
     before = listing(tmp_path / "out")
     script = textwrap.dedent(
         f"""
         import resource
         import ckpt
         from ckpt.errors import BackendError
-        from ckpt.hf import export_folder
+        from ckpt.interop import export
         store = ckpt.open({str(tmp_path / "store")!r})
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
         try:
-            export_folder(store, "big", {str(tmp_path / "out")!r}, force=True)
+            export(store, "big", {str(tmp_path / "out")!r}, force=True)
         except BackendError as e:
             print("BackendError|", e, "|", e.hint)
         """
@@ -178,17 +178,17 @@ def test_what_readers_refuse_is_refused_before_writing(
 ) -> None:
     local_store.save({"model": {"z": np.ones(3, np.complex128), "w": np.ones(2, np.float32)}}, branch="c128")
     with pytest.raises(RecordError, match="C128, which the safetensors format does not have") as e:
-        export_folder(local_store, "c128", tmp_path / "a")
+        export(local_store, "c128", tmp_path / "a")
     assert "view_as_real" in (e.value.hint or "")
     assert not (tmp_path / "a").exists()
 
     local_store.save({"model": weights(1, n=40)}, branch="many")
-    monkeypatch.setattr(ckpt.safetensors_file, "MAX_HEADER_SIZE", 1000)  # the real limit is 100 MB
+    monkeypatch.setattr(ckpt.interop._safetensors, "MAX_HEADER_SIZE", 1000)  # the real limit is 100 MB
     with pytest.raises(RecordError, match="over the 1000-byte limit") as e:
-        export_folder(local_store, "many", tmp_path / "b")
+        export(local_store, "many", tmp_path / "b")
     assert "shard size" in (e.value.hint or "")
     assert not (tmp_path / "b").exists()
-    export_folder(local_store, "many", tmp_path / "b", shard_size="20KB")  # smaller files fit
+    export(local_store, "many", tmp_path / "b", shard_size="20KB")  # smaller files fit
     no_leftovers(tmp_path)
 
 
@@ -214,12 +214,12 @@ def test_names_too_long_for_a_filesystem_are_refused_before_anything_is_stored(
 def test_files_appearing_during_the_export_are_kept(local_store: ckpt.Store, tmp_path: Path) -> None:
     local_store.save({"model": weights(1)})
     out = tmp_path / "out"
-    export_folder(local_store, "main", out)
+    export(local_store, "main", out)
 
     def meanwhile(_: int) -> None:  # another process writes into the folder while the export runs
         (out / "written-meanwhile.txt").write_text("keep me")
 
-    export_folder(local_store, "main", out, force=True, progress=meanwhile)
+    export(local_store, "main", out, force=True, progress=meanwhile)
     assert (out / "written-meanwhile.txt").read_text() == "keep me"
     no_leftovers(tmp_path)
 
@@ -230,12 +230,12 @@ def test_exporting_into_the_current_folder_and_through_a_link(
     local_store.save({"model": weights(1)}, branch="one")
     local_store.save({"model": weights(2)}, branch="two")
     out = tmp_path / "out"
-    export_folder(local_store, "one", out)
+    export(local_store, "one", out)
     monkeypatch.chdir(out)
-    export_folder(local_store, "two", ".", force=True)
+    export(local_store, "two", ".", force=True)
     assert same(load_file("model.safetensors"), weights(2))  # this process sees the new folder
     (tmp_path / "alias").symlink_to(out, target_is_directory=True)
-    export_folder(local_store, "one", tmp_path / "alias", force=True)
+    export(local_store, "one", tmp_path / "alias", force=True)
     assert (tmp_path / "alias").is_symlink()  # the link you named stays, the folder it names is written
     assert same(load_file(str(out / "model.safetensors")), weights(1))
 
@@ -246,9 +246,9 @@ def test_a_folder_holding_a_store_or_inside_one_is_refused(local_store: ckpt.Sto
     project.mkdir()
     inner = ckpt.init(str(project / ".ckpt"))
     with pytest.raises(RecordError, match=r"\.ckpt is a ckpt store"):
-        export_folder(local_store, "main", project, force=True)
+        export(local_store, "main", project, force=True)
     with pytest.raises(RecordError, match="inside the ckpt store"):
-        export_folder(local_store, "main", project / ".ckpt" / "out")
+        export(local_store, "main", project / ".ckpt" / "out")
     with pytest.raises(RecordError, match="is a ckpt store"):
-        export_folder(local_store, "main", project / ".ckpt", force=True)
+        export(local_store, "main", project / ".ckpt", force=True)
     assert inner.verify().ok and sorted(os.listdir(project)) == [".ckpt"]

@@ -14,8 +14,8 @@ from safetensors.numpy import load_file, save_file
 
 import ckpt
 from ckpt.errors import BackendError, RecordError, UnsupportedStateError
-from ckpt.folders import FolderFile, read_file, scan_folder
-from ckpt.hf import LAYOUT_KEY, export_folder, import_folder, plan_import
+from ckpt.interop import LAYOUT_KEY, export, import_folder, plan_import
+from ckpt.interop._folders import FolderFile, read_file, scan_folder
 
 
 class PathLike:
@@ -81,7 +81,7 @@ def test_every_file_of_the_tree_round_trips_and_subfolder_weights_are_tensors(
     assert ".gitattributes" in local_store.files("main") and "1_Pooling/config.json" in local_store.files("main")
 
     out = tmp_path / "out"
-    result = export_folder(local_store, "main", PathLike(out))
+    result = export(local_store, "main", PathLike(out))
     expected = {k: v for k, v in tree(src).items() if not k.startswith(".git/")}
     assert tree(out) == expected
     assert result.path == out and len(result.written) == len(expected)
@@ -152,7 +152,7 @@ def test_links_inside_the_folder_are_followed(local_store: ckpt.Store, tmp_path:
     (src / "tokenizer_config.json").symlink_to("1_Pooling/config.json")
     (src / "3_Copy").symlink_to("1_Pooling", target_is_directory=True)
     import_folder(local_store, src)
-    export_folder(local_store, "main", tmp_path / "out")
+    export(local_store, "main", tmp_path / "out")
     assert tree(tmp_path / "out") == tree(src)
     assert not (tmp_path / "out" / "tokenizer_config.json").is_symlink()  # written as a regular file
     assert local_store.verify().ok
@@ -208,7 +208,7 @@ def test_a_hub_cache_snapshot_imports_through_its_blob_links(local_store: ckpt.S
     assert (snap_dir / "config.json").is_symlink()
     snap = import_folder(local_store, snap_dir)
     assert snap.model == "tiny-st"
-    export_folder(local_store, "main", tmp_path / "out")
+    export(local_store, "main", tmp_path / "out")
     assert tree(tmp_path / "out") == tree(snap_dir)
     assert local_store.verify().ok
 
@@ -319,6 +319,6 @@ def test_paths_may_be_any_path_like(local_store: ckpt.Store, tmp_path: Path) -> 
     for given in (lone, PathLike(lone), str(lone)):
         snap = import_folder(local_store, given, branch="lone")
         assert snap.model == "st"  # a generic file name: the folder's name
-    export_folder(local_store, "lone", PathLike(tmp_path / "o"))
+    export(local_store, "lone", PathLike(tmp_path / "o"))
     assert load_file(str(tmp_path / "o" / "model.safetensors")).keys() == load_file(str(lone)).keys()
     assert scan_folder(PathLike(src)).root == src.resolve()

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 import ckpt
 from ckpt.errors import MissingObjectError, RecordError, RevisionNotFoundError, UnsupportedStateError
-from ckpt.hf import HEADER_PREFIX, LAYOUT_KEY, export_folder, import_folder
+from ckpt.interop import HEADER_PREFIX, LAYOUT_KEY, export, import_folder
 from ckpt.state import unflatten
 
 pytestmark = pytest.mark.torch
@@ -89,7 +89,7 @@ def test_import_then_export_gives_byte_identical_files(
 ) -> None:
     src: Path = tiny[variant]
     import_folder(store, src, model="tiny-llama")
-    written = export_folder(store, "main", tmp_path / "out")
+    written = export(store, "main", tmp_path / "out")
 
     original = folder_files(src)
     exported = folder_files(tmp_path / "out")
@@ -107,7 +107,7 @@ def test_exported_folder_loads_with_from_pretrained(
     local_store: ckpt.Store, tiny: dict[str, Any], tmp_path: Path
 ) -> None:
     import_folder(local_store, tiny["sharded"])
-    export_folder(local_store, "main", tmp_path / "out")
+    export(local_store, "main", tmp_path / "out")
     loaded = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "out").eval()
     assert torch.equal(logits(loaded), logits(tiny["model"]))
 
@@ -157,7 +157,7 @@ def test_single_file_import_and_export(local_store: ckpt.Store, tmp_path: Path) 
     snap = import_folder(local_store, path)
     assert snap.model == "weights"
     assert snap.metadata[LAYOUT_KEY] == ["weights.safetensors"]
-    written = export_folder(local_store, "main", tmp_path / "out").written
+    written = export(local_store, "main", tmp_path / "out").written
     assert [p.name for p in written] == ["weights.safetensors"]
     assert (tmp_path / "out" / "weights.safetensors").read_bytes() == path.read_bytes()
 
@@ -180,7 +180,7 @@ def test_peft_adapter_folder_round_trips(local_store: ckpt.Store, tiny: dict[str
     assert snap.model == "adapter"
     assert (snap.relation, snap.parents, snap.base) == ("adapter", (base.id,), base.id)
     assert json.loads(local_store.files("lora")["adapter_config.json"]) == config
-    export_folder(local_store, "lora", tmp_path / "out")
+    export(local_store, "lora", tmp_path / "out")
     assert folder_files(tmp_path / "out") == folder_files(src)
 
 
@@ -193,7 +193,7 @@ def test_live_state_dict_exports_to_model_safetensors_and_state_json(
     model = tiny["model"]
     config = (tiny["single"] / "config.json").read_bytes()
     store.save({"model": model.state_dict(), "step": 3}, files={"config.json": config})
-    written = export_folder(store, "main", tmp_path / "out").written
+    written = export(store, "main", tmp_path / "out").written
     assert [p.name for p in written] == ["model.safetensors", "config.json", "state.json"]
 
     back = load_file(tmp_path / "out" / "model.safetensors")
@@ -220,7 +220,7 @@ def test_shards_match_save_pretrained(
     local_store: ckpt.Store, tiny: dict[str, Any], tmp_path: Path, shard_size: int | str
 ) -> None:
     local_store.save({"model": tiny["model"].state_dict()})
-    written = export_folder(local_store, "main", tmp_path / "out", shard_size=shard_size).written
+    written = export(local_store, "main", tmp_path / "out", shard_size=shard_size).written
     shards = sorted(p.name for p in tiny["sharded"].glob("*.safetensors"))
     assert [p.name for p in written] == [*shards, "model.safetensors.index.json"]
     for name in [*shards, "model.safetensors.index.json"]:
@@ -234,7 +234,7 @@ def test_shards_match_save_pretrained(
 def test_one_tensor_bigger_than_a_shard_gets_its_own(local_store: ckpt.Store, tmp_path: Path) -> None:
     state = {"a": torch.zeros(10), "big": torch.zeros(100), "c": torch.zeros(10), "d": torch.zeros(10)}
     local_store.save(state)
-    export_folder(local_store, "main", tmp_path / "out", shard_size=100)
+    export(local_store, "main", tmp_path / "out", shard_size=100)
     index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
     assert index["metadata"] == {"total_parameters": 130, "total_size": 520}
     # as huggingface_hub splits: the big tensor is closed off at once, the open shard goes on filling
@@ -252,7 +252,7 @@ def test_one_tensor_bigger_than_a_shard_gets_its_own(local_store: ckpt.Store, tm
 def test_flat_state_dict_exports_without_state_json(local_store: ckpt.Store, tmp_path: Path) -> None:
     sd = {"w": torch.randn(4, 4), "b": torch.zeros(4, dtype=torch.float16)}
     local_store.save(sd)
-    written = export_folder(local_store, "main", tmp_path / "out").written
+    written = export(local_store, "main", tmp_path / "out").written
     assert [p.name for p in written] == ["model.safetensors"]
     back = load_file(tmp_path / "out" / "model.safetensors")
     assert torch.equal(back["w"], sd["w"]) and torch.equal(back["b"], sd["b"])
@@ -271,7 +271,7 @@ def test_other_tensors_and_values_go_to_state_files(local_store: ckpt.Store, tmp
         "note": "ünïcode",
     }
     local_store.save(state)
-    written = export_folder(local_store, "main", tmp_path / "out").written
+    written = export(local_store, "main", tmp_path / "out").written
     assert [p.name for p in written] == ["model.safetensors", "state.safetensors", "state.json"]
     assert list(load_file(tmp_path / "out" / "model.safetensors")) == ["w"]
 
@@ -298,7 +298,7 @@ def test_a_layout_that_no_longer_fits_falls_back_to_fresh_files(local_store: ckp
         metadata=dict(snap.metadata),
         files={k: v for k, v in local_store.files("main").items()},
     )
-    export_folder(local_store, "main", tmp_path / "out")
+    export(local_store, "main", tmp_path / "out")
     assert torch.equal(load_file(tmp_path / "out" / "model.safetensors")["w"], torch.ones(3))
 
 
@@ -306,7 +306,7 @@ def test_progress_counts_every_tensor_byte(local_store: ckpt.Store, tiny: dict[s
     seen_in: list[int] = []
     seen_out: list[int] = []
     snap = import_folder(local_store, tiny["sharded"], progress=seen_in.append)
-    export_folder(local_store, "main", tmp_path / "out", progress=seen_out.append)
+    export(local_store, "main", tmp_path / "out", progress=seen_out.append)
     assert sum(seen_in) == sum(seen_out) == snap.tensor_bytes > 0
 
 
@@ -387,21 +387,21 @@ def test_non_empty_destination_needs_force(local_store: ckpt.Store, tiny: dict[s
     (out / "keep.txt").write_text("mine")
     (out / "config.json").write_text("stale")
     with pytest.raises(RecordError, match="not empty") as info:
-        export_folder(local_store, "main", out)
+        export(local_store, "main", out)
     assert "force" in (info.value.hint or "")
     assert (out / "config.json").read_text() == "stale"
 
-    export_folder(local_store, "main", out, force=True)
+    export(local_store, "main", out, force=True)
     assert (out / "config.json").read_bytes() == (tiny["single"] / "config.json").read_bytes()
     assert (out / "keep.txt").read_text() == "mine"
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
     with pytest.raises(RecordError, match="is a file"):
-        export_folder(local_store, "main", out / "keep.txt", force=True)
+        export(local_store, "main", out / "keep.txt", force=True)
     with pytest.raises(RecordError, match="shard_size"):
-        export_folder(local_store, "main", tmp_path / "other", shard_size="huge")
+        export(local_store, "main", tmp_path / "other", shard_size="huge")
     with pytest.raises(RevisionNotFoundError):
-        export_folder(local_store, "nope", tmp_path / "other")
+        export(local_store, "nope", tmp_path / "other")
 
 
 def test_pruned_snapshot_cannot_be_exported(local_store: ckpt.Store, tmp_path: Path) -> None:
@@ -409,7 +409,7 @@ def test_pruned_snapshot_cannot_be_exported(local_store: ckpt.Store, tmp_path: P
     local_store.save({"w": torch.ones(2)})
     local_store.prune(first.id)
     with pytest.raises(MissingObjectError, match="pruned"):
-        export_folder(local_store, first.id, tmp_path / "out")
+        export(local_store, first.id, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -433,12 +433,12 @@ def test_import_and_export_run_without_torch(tiny: dict[str, Any], tmp_path: Pat
         import numpy as np
         from safetensors.numpy import load_file
         import ckpt
-        from ckpt.hf import export_folder, import_folder
+        from ckpt.interop import export, import_folder
 
         src = Path({str(tiny["sharded"])!r})
         store = ckpt.init({str(tmp_path / "store")!r}, chunk_size=4096)
         import_folder(store, src)
-        export_folder(store, "main", {str(tmp_path / "out")!r})
+        export(store, "main", {str(tmp_path / "out")!r})
         for p in src.rglob("*"):
             if p.is_file():
                 rel = p.relative_to(src)
@@ -446,7 +446,7 @@ def test_import_and_export_run_without_torch(tiny: dict[str, Any], tmp_path: Pat
 
         w = np.arange(12, dtype=np.float32).reshape(3, 4)
         store.save({{"model": {{"w": w}}, "step": 3}}, branch="np")
-        export_folder(store, "np", {str(tmp_path / "np")!r}, shard_size="1KB")
+        export(store, "np", {str(tmp_path / "np")!r}, shard_size="1KB")
         assert (load_file({str(tmp_path / "np" / "model.safetensors")!r})["w"] == w).all()
         assert "torch" not in [m for m, v in sys.modules.items() if v is not None]
         print("OK")

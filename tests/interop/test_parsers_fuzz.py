@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ckpt.errors import CkptError
-from ckpt.hf import _check_index, _read_export_doc
-from ckpt.safetensors_file import open_mapped, parse_header
+from ckpt.interop._safetensors import open_mapped, parse_header
+from ckpt.interop._shards import check_index as _check_index
+from ckpt.interop._state_doc import read_export_doc as _read_export_doc
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=20),

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ckpt.errors import RecordError, StateMismatchError, UnsupportedStateError
-from ckpt.safetensors_file import build_header, open_tensors, parse_header, read_header, write_file
+from ckpt.interop._safetensors import build_header, open_tensors, parse_header, read_header, write_file
 from ckpt.state import TORCH_DTYPES, dtype_name
 
 pytestmark = pytest.mark.torch

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import ckpt
-from ckpt.hf import export_folder, import_folder
+from ckpt.interop import export, import_folder
 
 pytestmark = pytest.mark.torch
 
@@ -37,7 +37,7 @@ def test_import_then_restore_gives_every_file_back(source: Path, tmp_path: Path)
     store = ckpt.init(str(tmp_path / "store"), chunk_size="4MiB")
     snap = import_folder(store, source)
     assert snap.tensor_count > 100
-    result = export_folder(store, "main", tmp_path / "out")
+    result = export(store, "main", tmp_path / "out")
     assert files(tmp_path / "out") == files(source)
     assert len(result.written) == len(files(source))
     assert store.verify().ok
@@ -52,7 +52,7 @@ def test_the_restored_model_gives_the_same_embeddings(
     st = pytest.importorskip("sentence_transformers")
     store = ckpt.init(str(tmp_path / "store"), chunk_size="4MiB")
     import_folder(store, source)
-    export_folder(store, "main", tmp_path / "out")
+    export(store, "main", tmp_path / "out")
     original = st.SentenceTransformer(str(source), device="cpu")
     restored = st.SentenceTransformer(str(tmp_path / "out"), device="cpu")
     assert len(restored) == len(original) == 3  # transformer, pooling (1_Pooling/config.json), normalize

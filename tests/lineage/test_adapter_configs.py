@@ -19,9 +19,10 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 import ckpt  # noqa: E402
-from ckpt.adapters import CONFIG_KEY, import_peft_folder, save_adapter  # noqa: E402
 from ckpt.errors import CkptError, RecordError, StateMismatchError  # noqa: E402
-from ckpt.lora import compile_pattern  # noqa: E402
+from ckpt.interop import import_peft_folder  # noqa: E402
+from ckpt.lineage import CONFIG_KEY, save_adapter  # noqa: E402
+from ckpt.lineage._patterns import compile_pattern  # noqa: E402
 
 from .models import adapter_state, tiny_llama, weights, with_lora  # noqa: E402
 
@@ -143,7 +144,7 @@ def test_malformed_configs_are_record_errors(
     # and recorded in a store by other means: refused when merged, never a raw exception
     forced = store.save({"model": state}, "forced", parents=["main"], relation="adapter", metadata={CONFIG_KEY: config})
     with pytest.raises(RecordError):
-        store.load(forced.id, merge=True)
+        ckpt.load_merged(store, forced.id)
     with pytest.raises(RecordError):
         ckpt.restore(tiny_llama(), store, forced.id)
     assert "x" not in store.branches()
@@ -159,7 +160,7 @@ def test_rank_zero_and_mismatched_ranks(family: tuple[ckpt.Store, dict[str, torc
         save_adapter(store, "main", zero, branch="x", config=GOOD)
     forced = store.save({"model": zero}, "forced", parents=["main"], relation="adapter", metadata={CONFIG_KEY: GOOD})
     with pytest.raises(CkptError, match="rank 0"):  # never ZeroDivisionError
-        store.load(forced.id, merge=True)
+        ckpt.load_merged(store, forced.id)
     with pytest.raises(StateMismatchError, match="r=8"):
         save_adapter(store, "main", state, branch="x", config={**GOOD, "r": 8})
     with pytest.raises(StateMismatchError, match="r=2"):

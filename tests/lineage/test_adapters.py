@@ -12,8 +12,8 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 import ckpt  # noqa: E402
-from ckpt.adapters import CONFIG_KEY, adapter_config, load_merged, merge, save_adapter  # noqa: E402
 from ckpt.errors import RecordError, RefExistsError, StateMismatchError, UnsupportedStateError  # noqa: E402
+from ckpt.lineage import CONFIG_KEY, adapter_config, load_merged, merge_adapter, save_adapter  # noqa: E402
 
 from .models import adapter_state, tiny_llama, weights, with_lora  # noqa: E402
 
@@ -134,7 +134,7 @@ def test_merge_saves_the_merged_model(store: ckpt.Store) -> None:
     lora = with_lora(model)
     adapter = save_adapter(store, "main", adapter_state(lora), branch="lora", config=lora.peft_config["default"])
     before = store.stats().chunk_bytes
-    snap = merge(store, "lora", branch="merged", model="tiny-llama-merged")
+    snap = merge_adapter(store, "lora", branch="merged", model="tiny-llama-merged")
 
     assert snap.relation == "merge" and snap.parents == (adapter.id, base.id) and snap.base is None
     assert snap.model == "tiny-llama-merged" and store.branches()["merged"] == snap.id
@@ -147,7 +147,7 @@ def test_merge_saves_the_merged_model(store: ckpt.Store) -> None:
     # only the four merged matrices are new bytes; the other 17 tensors are the base's chunks
     assert store.stats().chunk_bytes - before < 4 * (32 * 32 * 4 + 16) + 1
     with pytest.raises(RefExistsError):
-        merge(store, "lora", branch="merged")
+        merge_adapter(store, "lora", branch="merged")
 
 
 def test_load_merged_into_existing_tensors(store: ckpt.Store) -> None:

@@ -1,6 +1,6 @@
 """A model family base → instruct → chat → LoRA: lineage, children, the graph, and the bytes it costs.
 
-The members are real save_pretrained folders of a tiny Llama imported with ``ckpt.hf``; the fine-tunes each change
+The members are real save_pretrained folders of a tiny Llama imported with ``ckpt.interop``; the fine-tunes each change
 a quarter of the tensors (instruct: the top ones, head included; chat: the next quarter down).
 """
 
@@ -16,8 +16,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
 import ckpt  # noqa: E402
-from ckpt.adapters import import_peft_folder  # noqa: E402
-from ckpt.hf import import_folder  # noqa: E402
+from ckpt.interop import import_folder, import_peft_folder  # noqa: E402
 
 from .models import perturb, tiny_llama, weights, with_lora  # noqa: E402
 
@@ -93,7 +92,7 @@ def test_lineage_children_and_log(family: Family) -> None:
 def test_log_graph_draws_the_family(family: Family) -> None:
     from click.testing import CliRunner
 
-    from ckpt.cli.app import cli
+    from ckpt.cli import cli
 
     result = CliRunner().invoke(cli, ["--store", family.store.url, "log", "--graph", "--all"])
     assert result.exit_code == 0, result.output

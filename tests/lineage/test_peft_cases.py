@@ -22,9 +22,9 @@ from peft import LoraConfig, get_peft_model, get_peft_model_state_dict  # noqa: 
 from transformers import LlamaForCausalLM, LlamaForSequenceClassification  # noqa: E402
 
 import ckpt  # noqa: E402
-from ckpt.adapters import export_peft_folder, import_peft_folder, load_merged, save_adapter  # noqa: E402
 from ckpt.errors import StateMismatchError  # noqa: E402
-from ckpt.hf import export_folder, import_folder  # noqa: E402
+from ckpt.interop import export, export_peft_folder, import_folder, import_peft_folder  # noqa: E402  # noqa: E402
+from ckpt.lineage import load_merged, save_adapter  # noqa: E402
 
 from .models import VOCAB, input_ids, tiny_classifier, tiny_llama, weights, with_lora  # noqa: E402
 
@@ -103,10 +103,10 @@ def test_resized_embeddings_are_stored_and_merged(store: ckpt.Store, tmp_path: P
 
     # merged into a snapshot: the base's config.json (vocab 128) no longer fits, so it must be given
     with pytest.raises(StateMismatchError, match=r"config\.json") as info:
-        store.merge("lora", branch="merged")
+        ckpt.merge_adapter(store, "lora", branch="merged")
     assert "files=" in str(info.value.hint) and "merged" not in store.branches()
-    store.merge("lora", branch="merged", files=_files(merged_model))
-    export_folder(store, "merged", tmp_path / "out")
+    ckpt.merge_adapter(store, "lora", branch="merged", files=_files(merged_model))
+    export(store, "merged", tmp_path / "out")
     loaded = LlamaForCausalLM.from_pretrained(tmp_path / "out").eval()
     torch.testing.assert_close(_logits(loaded, ids), peft_logits)
 
@@ -175,8 +175,8 @@ def test_modules_to_save_head_is_stored_and_restored(store: ckpt.Store, tmp_path
     torch.testing.assert_close(_logits(fresh, ids), peft_logits)  # the trained head, not the base's
     assert not torch.allclose(_logits(base, ids), peft_logits, atol=1e-3)
 
-    store.merge("cls-lora", branch="cls-merged")
-    export_folder(store, "cls-merged", tmp_path / "out")
+    ckpt.merge_adapter(store, "cls-lora", branch="cls-merged")
+    export(store, "cls-merged", tmp_path / "out")
     loaded = LlamaForSequenceClassification.from_pretrained(tmp_path / "out").eval()
     torch.testing.assert_close(_logits(loaded, ids), peft_logits)
     assert store.verify().ok
@@ -226,7 +226,7 @@ def test_lora_on_tied_lm_head_merges_as_peft_does(store: ckpt.Store, tmp_path: P
     assert merged_model.lm_head.weight is merged_model.model.embed_tokens.weight
     expected = _logits(merged_model, ids)
 
-    snap = store.merge("lora", branch="merged")
+    snap = ckpt.merge_adapter(store, "lora", branch="merged")
     table = store.table(snap.id)
     assert table.tied == (("model/model.embed_tokens.weight", "model/lm_head.weight"),)
     loaded = store.load("merged")["model"]
@@ -240,7 +240,7 @@ def test_lora_on_tied_lm_head_merges_as_peft_does(store: ckpt.Store, tmp_path: P
         assert fresh.lm_head.weight is fresh.model.embed_tokens.weight
         torch.testing.assert_close(_logits(fresh, ids), expected)
 
-    export_folder(store, "merged", tmp_path / "out")
+    export(store, "merged", tmp_path / "out")
     exported = LlamaForCausalLM.from_pretrained(tmp_path / "out").eval()
     torch.testing.assert_close(_logits(exported, ids), expected)
     assert store.verify().ok
@@ -261,7 +261,7 @@ def test_dora_is_stored_whole_and_merged_as_peft(store: ckpt.Store, tmp_path: Pa
     assert any("lora_magnitude_vector" in k for k in state)
     snap = save_adapter(store, "main", state, branch="dora", config=dora.peft_config["default"])
     assert snap.tensor_count == len(state)
-    merged = store.load("dora", merge=True)["model"]
+    merged = ckpt.load_merged(store, "dora")["model"]
     for name, value in weights(copy.deepcopy(dora).merge_and_unload()).items():
         torch.testing.assert_close(merged[name], value, msg=name)
     export_peft_folder(store, "dora", tmp_path / "adapter")

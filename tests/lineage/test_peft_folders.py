@@ -12,17 +12,9 @@ pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 import ckpt  # noqa: E402
-from ckpt.adapters import (  # noqa: E402
-    ADAPTER_CONFIG_FILE,
-    ADAPTER_WEIGHTS_FILE,
-    CONFIG_KEY,
-    export_peft_folder,
-    import_peft_folder,
-    load_merged,
-    save_adapter,
-)
 from ckpt.errors import RecordError, StateMismatchError, UnsupportedStateError  # noqa: E402
-from ckpt.hf import export_folder, import_folder  # noqa: E402
+from ckpt.interop import export, export_peft_folder, import_folder, import_peft_folder  # noqa: E402  # noqa: E402
+from ckpt.lineage import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, CONFIG_KEY, load_merged, save_adapter  # noqa: E402
 
 from .models import adapter_state, input_ids, tiny_llama, weights, with_lora  # noqa: E402
 
@@ -46,7 +38,7 @@ def _from_store(store: ckpt.Store, rev: str, folder: Path) -> object:
     """The base model as transformers loads it from the store's export."""
     from transformers import LlamaForCausalLM
 
-    export_folder(store, rev, folder)
+    export(store, rev, folder)
     return LlamaForCausalLM.from_pretrained(folder).eval()
 
 

@@ -31,8 +31,9 @@ from peft import (  # noqa: E402
 )
 
 import ckpt  # noqa: E402
-from ckpt.adapters import export_peft_folder, import_peft_folder, save_adapter  # noqa: E402
 from ckpt.errors import RecordError, StateMismatchError, UnsupportedStateError  # noqa: E402
+from ckpt.interop import export_peft_folder, import_peft_folder  # noqa: E402
+from ckpt.lineage import save_adapter  # noqa: E402
 
 from .models import input_ids, tiny_llama, weights  # noqa: E402
 
@@ -112,7 +113,7 @@ def _check(store: ckpt.Store, tmp_path: Path, build: Callable[..., Any], config:
     assert snap.tensor_count == len(state) and snap.base == store.resolve("main").id
 
     # the merged weights are PEFT's merge_and_unload()
-    merged = store.load("adapter", merge=True)["model"]
+    merged = ckpt.load_merged(store, "adapter")["model"]
     merged_model = copy.deepcopy(model).merge_and_unload()
     reference = weights(merged_model)
     assert list(merged) == list(reference)
@@ -217,14 +218,14 @@ def test_other_types_merge_as_peft(store: ckpt.Store, tmp_path: Path, case: str)
 def test_ia3_in_bfloat16_and_from_a_folder(store: ckpt.Store, tmp_path: Path) -> None:
     base = _llama(0, torch.bfloat16)
     base.save_pretrained(tmp_path / "base")
-    from ckpt.hf import import_folder
+    from ckpt.interop import import_folder
 
     import_folder(store, tmp_path / "base", branch="main", model="tiny")
     model = _trained(base, IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"]))
     model.save_pretrained(tmp_path / "ia3")
     snap = import_peft_folder(store, tmp_path / "ia3", "main", branch="ia3")
     assert snap.metadata["adapter_config"]["peft_type"] == "IA3"
-    merged = store.load("ia3", merge=True)["model"]
+    merged = ckpt.load_merged(store, "ia3")["model"]
     for name, value in weights(copy.deepcopy(model).merge_and_unload()).items():
         torch.testing.assert_close(merged[name], value, msg=name)
 
@@ -258,7 +259,7 @@ def test_adalora_after_rank_allocation_merges_as_peft(store: ckpt.Store, tmp_pat
     snap = import_peft_folder(store, tmp_path / "adalora", "main", branch="adalora")
     reloaded = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "adalora").eval()
     expected = _out(reloaded, ids)
-    merged = store.load(snap.id, merge=True)["model"]
+    merged = ckpt.load_merged(store, snap.id)["model"]
     for name, value in weights(copy.deepcopy(reloaded).merge_and_unload()).items():
         torch.testing.assert_close(merged[name], value, msg=name)
     fresh = _llama(4)
@@ -337,7 +338,7 @@ def test_types_ckpt_does_not_merge_are_stored_and_refused_by_name(store: ckpt.St
 
     base = _llama()
     base.save_pretrained(tmp_path / "base")
-    from ckpt.hf import import_folder
+    from ckpt.interop import import_folder
 
     import_folder(store, tmp_path / "base", branch="main", model="tiny")
     x = input_ids()
@@ -357,7 +358,7 @@ def test_types_ckpt_does_not_merge_are_stored_and_refused_by_name(store: ckpt.St
         snap = import_peft_folder(store, folder, "main", branch=branch)
         assert snap.base == store.resolve("main").id
         with pytest.raises(UnsupportedStateError, match=rf"is a {kind} adapter .*{tensor}") as info:
-            store.load(branch, merge=True)
+            ckpt.load_merged(store, branch)
         assert "merge_and_unload" in (info.value.hint or "")
         with pytest.raises(UnsupportedStateError, match=kind):
             ckpt.restore(_llama(5), store, branch)

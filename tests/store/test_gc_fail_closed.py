@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import ckpt
+from ckpt import KeepLast
 from ckpt.errors import IntegrityError, MissingObjectError
-from ckpt.retention import KeepLast
 from ckpt.store import _layout as layout
 from ckpt.store import store_parts
 

@@ -13,7 +13,7 @@ import pytest
 
 import ckpt
 from ckpt.errors import CorruptChunkError, IntegrityError, StateError
-from ckpt.hf import export_folder
+from ckpt.interop import export
 from ckpt.model import FileEntry, Snapshot, TensorEntry, TensorTable, format_time, utcnow
 from ckpt.store import _layout as layout
 from ckpt.store import store_parts
@@ -75,7 +75,7 @@ READS: dict[str, Callable[[ckpt.Store], Any]] = {
     "lazy-mmap": lambda s: s.tensors("main", mmap=True)["w"],
     "tensor_bytes": lambda s: b"".join(s.tensor_bytes("main", "w")),
     "chunk_bytes": lambda s: s.tensors("main").chunk_bytes("w", 0),
-    "export": lambda s: export_folder(s, "main", Path(s.url).parent / uuid.uuid4().hex),
+    "export": lambda s: export(s, "main", Path(s.url).parent / uuid.uuid4().hex),
     "files": lambda s: s.files("main"),
     "sync": lambda s: ckpt.sync(s, ckpt.init(str(Path(s.url).parent / uuid.uuid4().hex), chunk_size=2 * MiB)),
 }

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import ckpt
-from ckpt.retention import AnyOf, KeepBest, KeepEvery, KeepLast
+from ckpt import AnyOf, KeepBest, KeepEvery, KeepLast
 
 
 def _history(store: ckpt.Store, losses: list[float]) -> list[ckpt.Snapshot]:

@@ -21,9 +21,9 @@ import pytest
 import torch
 
 import ckpt
+from ckpt import Checkpointer
 from ckpt.errors import CkptError, RefConflictError
 from ckpt.storage import FaultyBackend, InjectedFault
-from ckpt.train import Checkpointer
 
 pytestmark = pytest.mark.torch
 
@@ -294,7 +294,7 @@ def test_a_forked_child_cannot_save_with_its_parents_checkpointer(tmp_path: Path
     ckpt.init(url)
     script = """
 import os, signal, sys, torch, ckpt
-from ckpt.train import Checkpointer
+from ckpt import Checkpointer
 ckpts = Checkpointer(ckpt.open(sys.argv[1]), "main")
 ckpts.save({"w": torch.zeros(10)}, step=0).result()
 pid = os.fork()

@@ -12,9 +12,9 @@ import torch
 from pydantic import JsonValue
 
 import ckpt
+from ckpt import Checkpointer, SaveHandle
 from ckpt.errors import CkptError, RecordError, UnsupportedStateError
 from ckpt.storage import FaultyBackend, InjectedFault
-from ckpt.train import Checkpointer, SaveHandle
 
 from .helpers import assert_same, model_tensors, refs_locked, tiny_model, train_step
 
@@ -175,6 +175,46 @@ def test_keep_best_by_the_monitored_metric(local_store: ckpt.Store) -> None:
     _run(local_store, epochs=6, keep_best=2)
     kept = [s.step for s in local_store.log("main") if not s.pruned]
     assert kept == [60, 50, 30]  # the head, and the two best (0.6 at 30, 0.61 at 50)
+
+
+def test_a_retention_policy_is_the_shorthand_spelled_out(tmp_path) -> None:
+    """retention=AnyOf(KeepLast, KeepEvery) prunes exactly what keep_last/keep_every prune; options= is the same."""
+    kept = []
+    for name, kw in {
+        "shorthand": {"keep_last": 1, "keep_every": 20},
+        "policy": {"retention": ckpt.AnyOf(ckpt.KeepLast(1), ckpt.KeepEvery(20))},
+        "options": {
+            "options": ckpt.CheckpointerOptions(
+                monitor="val_loss", retention=ckpt.AnyOf(ckpt.KeepLast(1), ckpt.KeepEvery(20))
+            )
+        },
+    }.items():
+        store = ckpt.init(str(tmp_path / name), chunk_size=4096)
+        if "options" in kw:
+            model = tiny_model()
+            with Checkpointer(store, "main", **kw) as ckpts:  # type: ignore[arg-type]
+                for epoch in range(6):
+                    ckpts.save({"model": model.state_dict()}, step=10 * (epoch + 1), metrics={"val_loss": VAL[epoch]})
+        else:
+            _run(store, epochs=6, **kw)
+        kept.append([s.step for s in store.log("main") if not s.pruned])
+    assert kept[0] == kept[1] == kept[2] == [60, 40, 30, 20]  # the last, every 20th, and the best by val_loss (30)
+
+
+def test_options_come_one_way(local_store: ckpt.Store) -> None:
+    options = ckpt.CheckpointerOptions(monitor="val_loss", retention=ckpt.KeepLast(2))
+    with pytest.raises(RecordError, match="not both"):
+        Checkpointer(local_store, "main", options=options, model="x")
+    with pytest.raises(RecordError, match="not both"):
+        Checkpointer(local_store, "main", retention=ckpt.KeepLast(2), keep_last=3)
+    with pytest.raises(RecordError, match="retention policy"):
+        ckpt.CheckpointerOptions(retention=3)  # type: ignore[arg-type]
+    with pytest.raises(RecordError, match="mode"):
+        ckpt.CheckpointerOptions(mode="median")  # type: ignore[arg-type]
+    made = Checkpointer(local_store, "main", options=options)
+    assert made.options is options and made.reopened().options == options
+    assert made.monitor == "val_loss" and made.async_save and made.max_pending == 2
+    made.close()
 
 
 def test_freeze_best_publishes_the_best(local_store: ckpt.Store) -> None:
@@ -490,3 +530,10 @@ def test_tensors_on_a_device_other_than_the_current_one_are_copied_whole(local_s
         got = local_store.load(handle.result().id)
         for i in (0, 1):
             assert torch.equal(got[f"w{i}"], torch.full((n,), float(step * 10 + i))), (step, i)
+
+
+def test_scalar_metrics_picks_the_numbers_a_framework_logged() -> None:
+    from ckpt.training import scalar_metrics
+
+    logged = {"val_loss": torch.tensor(0.5), "acc": 0.75, "epoch": 3, "done": True, "vec": torch.ones(2), "s": "x"}
+    assert scalar_metrics(logged) == {"val_loss": 0.5, "acc": 0.75, "epoch": 3.0}

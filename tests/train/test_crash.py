@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import ckpt
-from ckpt.train import Checkpointer
+from ckpt import Checkpointer
 
 from .helpers import refs_locked
 
@@ -27,7 +27,7 @@ _CHILD = f"""
 import queue, sys, threading
 import torch
 import ckpt
-from ckpt.train import Checkpointer
+from ckpt import Checkpointer
 
 store = ckpt.open(sys.argv[1])
 frozen = torch.arange({N}, dtype=torch.float32)  # unchanged from save to save: its digests are reused
@@ -109,7 +109,7 @@ def test_a_process_that_exits_with_saves_in_flight_finishes_them(tmp_path: Path)
     store = ckpt.init(url)
     script = """
 import multiprocessing, sys, torch, ckpt
-from ckpt.train import Checkpointer
+from ckpt import Checkpointer
 ckpts = Checkpointer(ckpt.open(sys.argv[1]), "main")  # never closed
 for step in range(2):
     ckpts.save({"w": torch.full((1_000_000,), float(step))}, step=step)

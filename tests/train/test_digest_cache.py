@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import ckpt
+from ckpt import Checkpointer
 from ckpt.store._objects import hash_chunk
-from ckpt.train import Checkpointer
 
 from .helpers import train_step
 

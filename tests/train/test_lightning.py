@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import ckpt
-from ckpt.training.judging import plateau as _plateau
+from ckpt.training._judging import plateau as _plateau
 
 pl = pytest.importorskip("lightning.pytorch")
 from ckpt.integrations.lightning import CkptCallback  # noqa: E402
@@ -70,10 +70,10 @@ def test_saves_every_epoch_and_resumes_from_the_store(tmp_path: Path) -> None:
     train, val = _loaders()
     torch.manual_seed(0)
     whole = Regressor()
-    _trainer(CkptCallback(store, "whole", monitor="val_loss"), 4).fit(whole, train, val)
+    _trainer(CkptCallback(ckpt.Checkpointer(store, "whole", monitor="val_loss")), 4).fit(whole, train, val)
 
     torch.manual_seed(0)
-    cb = CkptCallback(store, "main", monitor="val_loss", keep_last=2, model="tiny-reg")
+    cb = CkptCallback(ckpt.Checkpointer(store, "main", monitor="val_loss", keep_last=2, model="tiny-reg"))
     assert cb.resume_path() is None
     _trainer(cb, 2).fit(Regressor(), train, val, ckpt_path=cb.resume_path())
     log = store.log("main")
@@ -85,7 +85,7 @@ def test_saves_every_epoch_and_resumes_from_the_store(tmp_path: Path) -> None:
     # a new process: a new trainer, a new module, picks the run up from the store
     torch.manual_seed(0)
     module = Regressor()
-    cb2 = CkptCallback(store, "main", monitor="val_loss", keep_last=2, model="tiny-reg")
+    cb2 = CkptCallback(ckpt.Checkpointer(store, "main", monitor="val_loss", keep_last=2, model="tiny-reg"))
     assert cb2.resume_path() == "ckpt:" + log[0].id
     trainer = _trainer(cb2, 4)
     trainer.fit(module, train, val, ckpt_path=cb2.resume_path())
@@ -108,7 +108,7 @@ def test_saves_every_epoch_and_resumes_from_the_store(tmp_path: Path) -> None:
 def test_early_stopping_stops_the_trainer(tmp_path: Path) -> None:
     store = ckpt.init(str(tmp_path / "store"), chunk_size=4096)
     train, val = _loaders()
-    cb = CkptCallback(store, "main", monitor="val_loss", patience=2, async_save=False)
+    cb = CkptCallback(ckpt.Checkpointer(store, "main", monitor="val_loss", async_save=False), patience=2)
     trainer = _trainer(cb, 30)
     trainer.fit(Regressor(lr=0.0), train, val)  # nothing learns: validation never improves
     assert trainer.current_epoch == 3  # the first save sets the best; two more without improvement
@@ -138,7 +138,7 @@ def test_an_epoch_without_validation_is_not_judged(tmp_path: Path) -> None:
     store = ckpt.init(str(tmp_path / "store"), chunk_size=4096)
     train, val = _loaders()
     torch.manual_seed(0)
-    cb = CkptCallback(store, "main", monitor="val_loss", patience=1, async_save=False)
+    cb = CkptCallback(ckpt.Checkpointer(store, "main", monitor="val_loss", async_save=False), patience=1)
     trainer = _trainer(cb, 6, check_val_every_n_epoch=2)
     trainer.fit(Regressor(), train, val)  # it learns: every validation improves on the one before
     assert trainer.current_epoch == 6  # not stopped early
@@ -156,7 +156,7 @@ def test_the_callback_releases_its_thread_and_buffers_after_fit_and_fits_again(t
     store = ckpt.init(str(tmp_path / "store"), chunk_size=4096)
     train, val = _loaders()
     torch.manual_seed(0)
-    cb = CkptCallback(store, "released", monitor="val_loss")
+    cb = CkptCallback(ckpt.Checkpointer(store, "released", monitor="val_loss"))
     module = Regressor()
     _trainer(cb, 1).fit(module, train, val)
     assert not [t for t in threading.enumerate() if t.name == "ckpt-save-released" and t.is_alive()]
@@ -164,3 +164,19 @@ def test_the_callback_releases_its_thread_and_buffers_after_fit_and_fits_again(t
     _trainer(cb, 2).fit(module, train, val, ckpt_path=cb.resume_path())  # the same callback, once more
     assert [s.epoch for s in store.log("released")] == [1, 0]
     assert not [t for t in threading.enumerate() if t.name == "ckpt-save-released" and t.is_alive()]
+
+
+def test_the_callback_takes_a_checkpointer_or_its_options(tmp_path: Path) -> None:
+    store = ckpt.init(str(tmp_path / "s"))
+    ckpts = ckpt.Checkpointer(store, "run", monitor="val_loss", keep_last=2)
+    cb = CkptCallback(ckpts, patience=2)
+    assert cb.checkpointer is ckpts and cb.branch == "run" and cb.store is store
+    other = CkptCallback(store, "other", options=ckpt.CheckpointerOptions(monitor="val_loss"))
+    assert other.branch == "other" and other.checkpointer.monitor == "val_loss"
+    assert CkptCallback(store).branch == "main"
+    with pytest.raises(ckpt.RecordError, match="its own branch and options"):
+        CkptCallback(ckpts, "main")
+    with pytest.raises(ckpt.RecordError, match="needs a metric"):
+        CkptCallback(ckpt.Checkpointer(store, "plain"), patience=1)
+    for made in (ckpts, other.checkpointer):
+        made.close()

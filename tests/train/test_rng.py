@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import ckpt
+from ckpt import rng_state, set_rng_state
 from ckpt.errors import StateMismatchError
-from ckpt.rng import rng_state, set_rng_state
 
 from .helpers import assert_same
 
@@ -76,8 +76,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 import ckpt
-from ckpt.rng import rng_state, set_rng_state
-from ckpt.train import Checkpointer
+from ckpt import rng_state, set_rng_state
+from ckpt import Checkpointer
 
 torch.set_num_threads(1)
 store_url, branch, epochs, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])

@@ -56,7 +56,9 @@ def _args(out: Path, epochs: int, lr: float) -> object:
 def test_each_evaluation_is_a_snapshot(tmp_path: Path) -> None:
     store = ckpt.init(str(tmp_path / "store"), chunk_size=4096)
     model = _model()
-    cb = CkptTrainerCallback(store, "main", monitor="loss", keep_last=2, model="tiny-gpt")
+    options = ckpt.CheckpointerOptions(monitor="loss", retention=ckpt.KeepLast(2), model="tiny-gpt")  # eval_loss
+    cb = CkptTrainerCallback(store, "main", options=options)
+    assert cb.monitor == "eval_loss"
     trainer = transformers.Trainer(
         model=model,
         args=_args(tmp_path / "out", 3, 5e-2),
@@ -85,7 +87,7 @@ def test_each_evaluation_is_a_snapshot(tmp_path: Path) -> None:
 
 def test_early_stopping_stops_the_trainer(tmp_path: Path) -> None:
     store = ckpt.init(str(tmp_path / "store"), chunk_size=4096)
-    cb = CkptTrainerCallback(store, "main", monitor="eval_loss", patience=1, async_save=False)
+    cb = CkptTrainerCallback(ckpt.Checkpointer(store, "main", monitor="eval_loss", async_save=False), patience=1)
     trainer = transformers.Trainer(
         model=_model(),
         args=_args(tmp_path / "out", 20, 0.0),
@@ -104,7 +106,7 @@ def test_the_callback_releases_its_thread_after_training_and_trains_again(tmp_pa
 
     store = ckpt.init(str(tmp_path / "store"), chunk_size=4096)
     model = _model()
-    cb = CkptTrainerCallback(store, "hf-released", monitor="eval_loss")
+    cb = CkptTrainerCallback(ckpt.Checkpointer(store, "hf-released", monitor="eval_loss"))
     for epochs in (1, 2):
         trainer = transformers.Trainer(
             model=model,
@@ -129,7 +131,7 @@ from ckpt.integrations.transformers import CkptTrainerCallback
 rank = int(os.environ["RANK"])
 dist.init_process_group("gloo", rank=rank, world_size=2)
 store = ckpt.open(sys.argv[1])
-cb = CkptTrainerCallback(store, "main", monitor="eval_loss", patience=1, async_save=False)
+cb = CkptTrainerCallback(ckpt.Checkpointer(store, "main", monitor="eval_loss", async_save=False), patience=1)
 model = torch.nn.Linear(4, 1)
 state = TrainerState(is_world_process_zero=rank == 0, is_local_process_zero=rank == 0)
 cb.on_train_begin(None, state, TrainerControl())
@@ -378,3 +380,18 @@ def test_a_resume_into_another_model_or_without_optimizer_state_is_told(tmp_path
     )
     with pytest.raises(StateMismatchError, match="weights of another model"):
         other.train(resume_from_checkpoint=cb3.resume_path())
+
+
+def test_the_callback_takes_a_checkpointer_or_its_options(tmp_path: Path) -> None:
+    store = ckpt.init(str(tmp_path / "s"))
+    assert CkptTrainerCallback(store).monitor == "eval_loss"  # the Trainer's default metric
+    named = CkptTrainerCallback(store, "acc", options=ckpt.CheckpointerOptions(monitor="accuracy", mode="max"))
+    assert named.monitor == "eval_accuracy" and named.checkpointer.mode == "max" and named.branch == "acc"
+    ckpts = ckpt.Checkpointer(store, "run", monitor="eval_loss", keep_last=2)
+    assert CkptTrainerCallback(ckpts, patience=1).checkpointer is ckpts
+    with pytest.raises(ckpt.RecordError, match="eval_<name>"):
+        CkptTrainerCallback(ckpt.Checkpointer(store, "bare", monitor="loss"))
+    with pytest.raises(ckpt.RecordError, match="its own branch and options"):
+        CkptTrainerCallback(ckpts, options=ckpt.CheckpointerOptions())
+    with pytest.raises(ckpt.RecordError, match="needs a metric"):
+        CkptTrainerCallback(ckpt.Checkpointer(store, "plain"), patience=1)

@@ -68,7 +68,7 @@ def trainer(
         "disable_tqdm": True,
     }
     options.update(overrides)
-    cb = CkptTrainerCallback(store, branch, monitor="eval_loss")
+    cb = CkptTrainerCallback(ckpt.Checkpointer(store, branch, monitor="eval_loss"))
     t = transformers.Trainer(
         model=tiny_gpt2_lora() if lora else tiny_gpt2(),
         args=transformers.TrainingArguments(str(out), **options),

@@ -111,7 +111,7 @@ def test_snapshot_files_adapter_base_and_deep_revisions(served: str, family: Fam
     assert [x["id"] for x in inst["lineage"]] == [snaps["m1"].id, snaps["m5"].id, snaps["i1"].id, snaps["i2"].id]
     lora = get_json(served + "api/snap/lora")
     assert lora["base"]["id"] == snaps["i2"].id and lora["snapshot"]["relation"] == "adapter"
-    assert any("merge=True" in c["text"] for c in lora["commands"])
+    assert any("ckpt.load_merged(" in c["text"] for c in lora["commands"])
     assert get_json(served + "api/snap/main~3")["snapshot"]["id"] == snaps["m5"].id
     assert get_json(served + "api/snap/" + snaps["e2"].id[:10])["snapshot"]["id"] == snaps["e2"].id
     assert get_json(served + "api/snap/exp/lr-3e-4")["snapshot"]["id"] == snaps["e3"].id
@@ -245,9 +245,9 @@ def test_requests_for_another_host_are_refused(served: str) -> None:
 
 
 def test_static_files_are_vendored() -> None:
-    import ckpt.ui.app
+    import ckpt.ui._app
 
-    static = Path(ckpt.ui.app.STATIC)
+    static = Path(ckpt.ui._app.STATIC)
     assert (static / "vendor" / "uplot" / "uPlot.iife.min.js").stat().st_size > 10_000
     assert "MIT" in (static / "vendor" / "uplot" / "LICENSE").read_text()
     html = (static / "index.html").read_text()
@@ -303,7 +303,7 @@ def test_a_store_on_s3(s3_server: dict[str, Any]) -> None:
 def test_pruned_and_collected_snapshot_keeps_its_page(tmp_path: Path) -> None:
     from datetime import timedelta
 
-    from ckpt.ui import views
+    from ckpt.ui import _views as views
 
     store = ckpt.init(str(tmp_path / "s"), chunk_size=4096)
     old = store.save({"w": np.zeros(4, np.float32)}, step=1, metrics={"val_loss": 1.0})

@@ -102,7 +102,7 @@ def test_snapshot_page_of_an_adapter(served: str, family: Family, page: Watched)
     p = page.open(served + "snap/lora")
     assert snaps["lora"].id in p.inner_text("#record")
     assert p.get_attribute("#record a[data-id]", "data-id") == snaps["i2"].id  # its base
-    assert "merge=True" in p.inner_text("#commands")
+    assert "ckpt.load_merged(" in p.inner_text("#commands")
     assert p.locator("#layers details.layer").count() == 4
     p.click("#layers details.layer summary")
     assert p.locator("#layers tr.tensor:visible").count() == 2

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import ckpt
+from ckpt._extras import DISTRIBUTION, install_hint
 from ckpt.errors import CkptError
-from ckpt.extras import DISTRIBUTION, install_hint
 
 from .conftest import get, get_json
 
@@ -92,7 +92,7 @@ def test_ui_store_option_after_the_command(small: str, cleanup: list[subprocess.
 
 def test_non_loopback_only_when_asked_explicitly(small: str, cleanup: list[subprocess.Popen[str]]) -> None:
     pytest.importorskip("uvicorn")
-    from ckpt.ui.server import bind, is_loopback
+    from ckpt.ui._server import bind, is_loopback
 
     with pytest.raises(CkptError, match=r"refusing to serve on 0\.0\.0\.0") as e:
         bind("0.0.0.0", 0)
@@ -112,7 +112,7 @@ def test_non_loopback_only_when_asked_explicitly(small: str, cleanup: list[subpr
 
 def test_busy_port_is_a_clear_error(small: str) -> None:
     pytest.importorskip("uvicorn")
-    from ckpt.ui.server import bind
+    from ckpt.ui._server import bind
 
     taken = bind("127.0.0.1", 0)
     try:
@@ -147,7 +147,7 @@ def test_missing_extras_say_what_to_install(small: str, tmp_path: Path) -> None:
 def test_core_and_cli_do_not_import_the_optional_stack() -> None:
     code = """
         import sys, json
-        import ckpt, ckpt.cli, ckpt.cli.app, ckpt.plot, ckpt.ui, ckpt.diff
+        import ckpt, ckpt.cli, ckpt.cli._app, ckpt.plot, ckpt.ui, ckpt.diff
         from ckpt.cli import cli
         cli.commands["ui"], cli.commands["plot"]
         print(json.dumps(sorted(m for m in ("starlette", "uvicorn", "matplotlib", "playwright") if m in sys.modules)))

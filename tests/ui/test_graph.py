@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import ckpt
 from ckpt.model import Relation
-from ckpt.ui.graph import COLUMN, LANE, MARGIN, layout
+from ckpt.ui._graph import COLUMN, LANE, MARGIN, layout
 
 Family = tuple[ckpt.Store, dict[str, ckpt.Snapshot]]
 

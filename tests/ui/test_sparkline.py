@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 import ckpt
 from ckpt.cli import cli
-from ckpt.cli.sparkline import BLOCKS, NONFINITE, sparkline
+from ckpt.cli._sparkline import BLOCKS, NONFINITE, sparkline
 
 from .family import VAL
 

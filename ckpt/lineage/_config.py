@@ -1,0 +1,452 @@
+"""PEFT adapter configs: reading ``adapter_config.json`` into JSON and checking what a merge needs from it.
+
+A config is what ``peft_model.peft_config["default"].to_dict()`` gives, or the JSON of ``adapter_config.json``
+(``peft_type``, ``r``, ``lora_alpha``, ``target_modules``, ``use_rslora``, ``use_dora``, ``fan_in_fan_out`` …).
+``config_dict`` turns either into JSON (sets become sorted lists, enums their values); ``merge_settings``
+checks the config of a type ckpt merges (``MERGED_TYPES``) and returns what the merge math needs: a
+``LoraSettings`` for LoRA, a ``TypeSettings`` for IA³, LoHa, LoKr and AdaLoRA. Every check names the field.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import JsonValue
+
+from ckpt.errors import Hint, RecordError, UnsupportedStateError
+from ckpt.lineage._patterns import PeftPattern, compile_pattern
+
+__all__ = [
+    "ADAPTER_CONFIG_FILE",
+    "ADAPTER_WEIGHTS_FILE",
+    "CONFIG_KEY",
+    "MERGED_TYPES",
+    "PEFT_HINT",
+    "PEFT_TYPES",
+    "LoraSettings",
+    "TypeSettings",
+    "check_type",
+    "config_bytes",
+    "config_dict",
+    "lora_settings",
+    "merge_settings",
+    "parse_json",
+    "peft_type",
+    "type_settings",
+    "with_config",
+]
+
+#: The attached file that holds an adapter's PEFT config (as PEFT names it).
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+#: The weights file of a PEFT adapter folder.
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+#: Snapshot metadata key of the adapter's PEFT config (the same JSON as ``adapter_config.json``).
+CONFIG_KEY = "adapter_config"
+#: What to do with an adapter ckpt stores but does not merge.
+PEFT_HINT = Hint(
+    "store and export it as it is (export_peft_folder), then merge it with peft: "
+    "PeftModel.from_pretrained(base_model, folder).merge_and_unload()",
+    cli="write it as a PEFT folder (`ckpt restore REV --to DIR`), then merge it with peft: "
+    "PeftModel.from_pretrained(base_model, folder).merge_and_unload()",
+)
+#: The adapter types beyond LoRA whose merge is defined (``peft_type`` as PEFT writes it; see ``_types``).
+PEFT_TYPES = ("IA3", "LOHA", "LOKR", "ADALORA")
+#: Every adapter type ckpt merges: LoRA (see ``_lora``) and the others.
+MERGED_TYPES = ("LORA", *PEFT_TYPES)
+#: Config options that change what a merge computes, beyond plain LoRA: an adapter that sets one is not merged.
+_UNMERGED_OPTIONS = (
+    "layer_replication",
+    "target_parameters",
+    "trainable_token_indices",
+    "alora_invocation_tokens",
+    "use_qalora",
+    "use_bdlora",
+    "arrow_config",
+    "kasa_config",
+    "monteclora_config",
+    "velora_config",
+)
+#: ``init_lora_weights`` values whose adapter only fits a base that PEFT changed while initialising it.
+_BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
+#: The same, for the types beyond LoRA.
+_TYPE_UNMERGED_OPTIONS = ("layer_replication", "trainable_token_indices", "target_parameters")
+
+
+def peft_type(cfg: Mapping[str, JsonValue]) -> str:
+    """The adapter's type, as PEFT names it in ``adapter_config.json`` (``LORA`` when the config does not say).
+
+    Raises:
+        RecordError: ``peft_type`` is not a string.
+    """
+    kind = cfg.get("peft_type")
+    if kind is None:
+        return "LORA"
+    if not isinstance(kind, str):
+        raise RecordError(f"adapter config field 'peft_type' must be a string, got {kind!r}")
+    return kind.upper()
+
+
+def check_type(cfg: Mapping[str, JsonValue], adapter: str, tensors: Iterable[str] = ()) -> None:
+    """Refuse to merge an adapter of a type ckpt does not merge, naming the type and one of its tensors.
+
+    Raises:
+        UnsupportedStateError: the type is not one of ``MERGED_TYPES``.
+    """
+    kind = peft_type(cfg)
+    if kind in MERGED_TYPES:
+        return
+    example = next(iter(sorted(tensors)), None)
+    held = f" (its tensors, e.g. {example!r}, are stored as they are)" if example else ""
+    raise UnsupportedStateError(
+        f"{adapter} is a {kind} adapter{held}; ckpt merges LoRA (with rsLoRA, DoRA, lora_bias), IA3, LoHa, "
+        "LoKr and AdaLoRA adapters, not this type",
+        hint=PEFT_HINT,
+    )
+
+
+# -- config ------------------------------------------------------------------------------------------
+
+# -- LoRA --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """What a LoRA config says about merging, checked.
+
+    Attributes:
+        r: the default rank.
+        alpha: the default ``lora_alpha``.
+        use_rslora: scale by ``alpha / √r`` instead of ``alpha / r``.
+        fan_in_fan_out: the base stores linear weights transposed (GPT-2's ``Conv1D``).
+        use_dora: DoRA: every LoRA layer has a learnt magnitude that rescales its merged weight.
+        lora_bias: ``lora_B`` has a bias, added to the base layer's bias.
+        rank_pattern: module pattern → rank, in config order.
+        alpha_pattern: module pattern → alpha, in config order.
+        unmerged: the config options set that ckpt's merge does not compute (it refuses to merge them).
+    """
+
+    r: int
+    alpha: float
+    use_rslora: bool = False
+    fan_in_fan_out: bool = False
+    use_dora: bool = False
+    lora_bias: bool = False
+    rank_pattern: tuple[tuple[PeftPattern, int], ...] = ()
+    alpha_pattern: tuple[tuple[PeftPattern, float], ...] = ()
+    unmerged: tuple[str, ...] = field(default=())
+
+    def rank(self, module: str) -> int:
+        """The rank PEFT gives ``module``: the first ``rank_pattern`` key that matches, else ``r``."""
+        return next((v for p, v in self.rank_pattern if p.matches(module)), self.r)
+
+    def scale(self, module: str, rank: int) -> float:
+        """``alpha / rank``, or ``alpha / √rank`` with rsLoRA, with ``alpha`` from ``alpha_pattern`` or the default."""
+        alpha = next((v for p, v in self.alpha_pattern if p.matches(module)), self.alpha)
+        return alpha / math.sqrt(rank) if self.use_rslora else alpha / rank
+
+
+def lora_settings(cfg: Mapping[str, JsonValue]) -> LoraSettings:
+    """Check a LoRA config (the JSON of ``adapter_config.json``) and return what merging needs.
+
+    Raises:
+        RecordError: a field has the wrong type or an impossible value (``r`` not a positive integer, an
+            ``lora_alpha`` that is not a finite positive number, a pattern key outside the accepted subset …),
+            or fields PEFT refuses together (``use_dora`` with ``lora_bias``); the message names the field.
+    """
+    r = _positive_int(cfg.get("r"), "r", "LoRA")
+    alpha = _positive_number(cfg.get("lora_alpha"), "lora_alpha", "LoRA")
+    flags = {name: _flag(cfg.get(name), name) for name in ("use_rslora", "fan_in_fan_out", "use_dora", "lora_bias")}
+    rank_pattern = tuple(
+        (compile_pattern(k, "rank_pattern"), _positive_int(v, f"rank_pattern[{k!r}]", "LoRA"))
+        for k, v in _mapping(cfg.get("rank_pattern"), "rank_pattern").items()
+    )
+    alpha_pattern = tuple(
+        (compile_pattern(k, "alpha_pattern"), _positive_number(v, f"alpha_pattern[{k!r}]", "LoRA"))
+        for k, v in _mapping(cfg.get("alpha_pattern"), "alpha_pattern").items()
+    )
+    modules = cfg.get("modules_to_save")
+    if modules is not None and not (isinstance(modules, list) and all(isinstance(m, str) for m in modules)):
+        raise RecordError(f"adapter config field 'modules_to_save' must be a list of module names, got {modules!r}")
+    if flags["use_dora"] and flags["lora_bias"]:
+        raise RecordError(
+            "a LoRA config sets both use_dora and lora_bias, which PEFT refuses",
+            hint="PEFT trains DoRA without a LoRA bias: set one of them to false",
+        )
+    unmerged = [name for name in _UNMERGED_OPTIONS if cfg.get(name) not in (None, False, [], {}, "")]
+    init = cfg.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith(_BASE_CHANGING_INITS):
+        unmerged.append(f"init_lora_weights={init!r}")
+    return LoraSettings(
+        r=r,
+        alpha=alpha,
+        use_rslora=flags["use_rslora"],
+        fan_in_fan_out=flags["fan_in_fan_out"],
+        use_dora=flags["use_dora"],
+        lora_bias=flags["lora_bias"],
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
+        unmerged=tuple(unmerged),
+    )
+
+
+# -- IA³, LoHa, LoKr, AdaLoRA -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TypeSettings:
+    """What an IA³, LoHa, LoKr or AdaLoRA config says about merging, checked.
+
+    Attributes:
+        peft_type: ``IA3``, ``LOHA`` or ``LOKR``.
+        r: the default rank (LoHa, LoKr); AdaLoRA: ``init_r``, every module's rank before allocation.
+        alpha: the default ``alpha`` (LoHa, LoKr); AdaLoRA: ``lora_alpha``.
+        rank_pattern: module pattern → rank, in config order.
+        alpha_pattern: module pattern → alpha, in config order.
+        fan_in_fan_out: IA³, AdaLoRA: the base stores linear weights transposed (GPT-2's ``Conv1D``).
+        feedforward: IA³: ``feedforward_modules`` as a list of name endings …
+        feedforward_regex: … or as one regular expression that must match the whole module name.
+        unmerged: the config options set that ckpt's merge does not compute (it refuses to merge them).
+    """
+
+    peft_type: str
+    r: int = 0
+    alpha: float = 0.0
+    rank_pattern: tuple[tuple[PeftPattern, int], ...] = ()
+    alpha_pattern: tuple[tuple[PeftPattern, float], ...] = ()
+    fan_in_fan_out: bool = False
+    feedforward: tuple[str, ...] = ()
+    feedforward_regex: PeftPattern | None = None
+    unmerged: tuple[str, ...] = field(default=())
+
+    def rank(self, module: str) -> int:
+        """The rank PEFT gives ``module``: the first ``rank_pattern`` key that matches, else ``r``."""
+        return next((v for p, v in self.rank_pattern if p.matches(module)), self.r)
+
+    def scale(self, module: str) -> float:
+        """``alpha / r`` of ``module`` (LoHa and LoKr), both from their patterns or the defaults."""
+        alpha = next((v for p, v in self.alpha_pattern if p.matches(module)), self.alpha)
+        return alpha / self.rank(module)
+
+    def is_feedforward(self, module: str) -> bool:
+        """IA³: whether PEFT treats ``module`` as feed-forward (``IA3Model._check_target_module_feedforward``)."""
+        if self.feedforward_regex is not None:
+            return self.feedforward_regex.regex.fullmatch(module) is not None
+        return any(module.endswith(key) for key in self.feedforward)
+
+
+def type_settings(cfg: Mapping[str, JsonValue]) -> TypeSettings:
+    """Check an IA³, LoHa, LoKr or AdaLoRA config (the JSON of ``adapter_config.json``) and return what merging needs.
+
+    Raises:
+        RecordError: a field has the wrong type or an impossible value; the message names the field.
+        UnsupportedStateError: the config is of another type (see ``check_type``).
+    """
+    kind = peft_type(cfg)
+    if kind not in PEFT_TYPES:
+        check_type(cfg, "the adapter")  # raises for the types ckpt does not merge
+        raise RecordError(f"a {kind} config is read by lora_settings")
+    unmerged = tuple(name for name in _TYPE_UNMERGED_OPTIONS if cfg.get(name) not in (None, False, [], {}, ""))
+    if kind == "IA3":
+        ff = cfg.get("feedforward_modules")
+        regex = None
+        names: tuple[str, ...] = ()
+        if isinstance(ff, str):
+            regex = compile_pattern(ff, "feedforward_modules")
+        elif isinstance(ff, list) and all(isinstance(k, str) for k in ff):
+            names = tuple(str(k) for k in ff)
+        elif ff is not None:
+            raise RecordError(
+                f"IA3 config field 'feedforward_modules' must be a list of names or a pattern, got {ff!r}"
+            )
+        return TypeSettings(
+            kind,
+            fan_in_fan_out=_flag(cfg.get("fan_in_fan_out"), "fan_in_fan_out"),
+            feedforward=names,
+            feedforward_regex=regex,
+            unmerged=unmerged,
+        )
+    if kind == "ADALORA":
+        alpha = cfg.get("lora_alpha")
+        number = _as_float(alpha)
+        if number is None or not 0 <= number < math.inf:
+            raise RecordError(f"an ADALORA config needs a finite, non-negative 'lora_alpha', got {alpha!r}")
+        pattern = cfg.get("rank_pattern")
+        if pattern is not None and not (
+            isinstance(pattern, Mapping)
+            and all(isinstance(v, list) and all(isinstance(b, bool) for b in v) for v in pattern.values())
+        ):
+            raise RecordError("ADALORA config field 'rank_pattern' must map module names to lists of true/false")
+        return TypeSettings(
+            kind,
+            r=_positive_int(cfg.get("init_r"), "init_r", kind),
+            alpha=number,
+            fan_in_fan_out=_flag(cfg.get("fan_in_fan_out"), "fan_in_fan_out"),
+            unmerged=unmerged,
+        )
+    return TypeSettings(
+        kind,
+        r=_positive_int(cfg.get("r"), "r", kind),
+        alpha=_positive_number(cfg.get("alpha"), "alpha", kind),
+        rank_pattern=tuple(
+            (compile_pattern(k, "rank_pattern"), _positive_int(v, f"rank_pattern[{k!r}]", kind))
+            for k, v in _mapping(cfg.get("rank_pattern"), "rank_pattern").items()
+        ),
+        alpha_pattern=tuple(
+            (compile_pattern(k, "alpha_pattern"), _positive_number(v, f"alpha_pattern[{k!r}]", kind))
+            for k, v in _mapping(cfg.get("alpha_pattern"), "alpha_pattern").items()
+        ),
+        unmerged=unmerged,
+    )
+
+
+# -- fields ------------------------------------------------------------------------------------------
+
+
+def _positive_int(value: Any, name: str, kind: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise RecordError(
+            f"a {kind} config needs a positive integer {name!r}, got {value!r}",
+            hint="r is the LoRA rank (8, 16 …): the first dimension of lora_A; a rank-0 LoRA changes nothing"
+            if kind == "LoRA"
+            else None,
+        )
+    return value
+
+
+def _as_float(value: Any) -> float | None:
+    """A JSON number as a float (``inf`` for an integer too big for one); ``None`` for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
+def _positive_number(value: Any, name: str, kind: str) -> float:
+    number = _as_float(value)
+    if number is None:
+        raise RecordError(f"a {kind} config needs a positive {name!r}, got {value!r}")
+    if not math.isfinite(number) or number <= 0:
+        raise RecordError(f"a {kind} config needs a positive, finite {name!r}, got {value!r}")
+    return number
+
+
+def _flag(value: Any, name: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise RecordError(f"adapter config field {name!r} must be true or false, got {value!r}")
+    return value
+
+
+def _mapping(value: Any, name: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise RecordError(f"adapter config field {name!r} must be an object (module pattern → number), got {value!r}")
+    return value
+
+
+# -- the JSON of a config -----------------------------------------------------------------------------
+
+
+def config_dict(config: Any, *, checked: bool = True) -> dict[str, JsonValue]:
+    """The JSON of a PEFT config, as ``adapter_config.json`` holds it (sets become sorted lists).
+
+    A config of a type ckpt merges is checked as ``lora_settings`` or ``type_settings`` checks it (unless
+    ``checked=False``: a stored config is checked where it is used).
+
+    Raises:
+        RecordError: not a mapping, a value JSON cannot hold, or a malformed LoRA config.
+    """
+    raw = config.to_dict() if callable(getattr(config, "to_dict", None)) else config
+    if not isinstance(raw, Mapping):
+        raise RecordError(
+            f"an adapter config must be a PEFT config or a mapping, got {type(config).__name__}",
+            hint="pass peft_model.peft_config['default'] or the dict of adapter_config.json",
+        )
+    try:
+        out = {str(k): _json_value(v, str(k)) for k, v in raw.items()}
+    except RecursionError:
+        raise RecordError("the adapter config is nested too deeply") from None
+    out.setdefault("peft_type", "LORA")
+    if not isinstance(out["peft_type"], str):
+        raise RecordError(f"adapter config field 'peft_type' must be a string, got {out['peft_type']!r}")
+    if checked and peft_type(out) in MERGED_TYPES:
+        merge_settings(out, "the adapter config")
+    return out
+
+
+def merge_settings(cfg: Mapping[str, JsonValue], what: str) -> LoraSettings | TypeSettings:
+    """The checked config of an adapter ckpt merges.
+
+    Raises:
+        RecordError: a malformed config (the message starts with ``what``).
+        UnsupportedStateError: a type ckpt does not merge.
+    """
+    try:
+        if peft_type(cfg) == "LORA":
+            return lora_settings(cfg)
+        return type_settings(cfg)
+    except RecordError as e:
+        raise RecordError(f"{what}: {e}", hint=e.hint) from e
+
+
+def _json_value(value: Any, where: str) -> JsonValue:
+    if isinstance(value, enum.Enum):
+        return _json_value(value.value, where)
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise RecordError(f"adapter config field {where!r} is {value}; JSON has no such number")
+        return value
+    if isinstance(value, (set, frozenset)):
+        return [_json_value(v, where) for v in sorted(value, key=str)]
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v, where) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _json_value(v, f"{where}.{k}") for k, v in value.items()}
+    raise RecordError(f"adapter config field {where!r} holds a {type(value).__name__}, which is not JSON")
+
+
+def config_bytes(cfg: Mapping[str, JsonValue]) -> bytes:
+    """``adapter_config.json`` as PEFT writes it."""
+    return json.dumps(cfg, indent=2, sort_keys=True).encode("utf-8")
+
+
+def parse_json(data: bytes, what: str) -> Any:
+    """The JSON in ``data`` (an ``adapter_config.json``).
+
+    Raises:
+        RecordError: not JSON, or nested too deeply (``what`` names the file).
+    """
+    try:
+        return json.loads(data)
+    except ValueError as e:
+        raise RecordError(f"{what} is not valid JSON: {e}") from e
+    except RecursionError:
+        raise RecordError(f"{what} is nested too deeply") from None
+
+
+def with_config(metadata: Mapping[str, JsonValue] | None, cfg: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    """The user's metadata with the adapter's config under ``CONFIG_KEY``.
+
+    Raises:
+        RecordError: the user's metadata uses ``CONFIG_KEY``.
+    """
+    meta = dict(metadata or {})
+    if CONFIG_KEY in meta:
+        raise RecordError(f"metadata key {CONFIG_KEY!r} is reserved for the adapter's PEFT config")
+    meta[CONFIG_KEY] = cfg
+    return meta

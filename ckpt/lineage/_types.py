@@ -1,0 +1,478 @@
+"""The PEFT adapter types beyond LoRA whose merge into the base is defined: IA³, LoHa, LoKr and AdaLoRA.
+
+Each one's tensors, in the form PEFT writes to ``adapter_model.safetensors``, name the module they adapt
+(``base_model.model.<module>.<tensor>``), and each merges into that module's weight ``W`` as PEFT 0.21's
+``merge_and_unload()`` does:
+
+- **IA³** (``peft_type`` ``IA3``): a vector ``<module>.ia3_l`` that scales the layer. On an ordinary layer it
+  scales the outputs: ``W ⊙ l`` row by row (``l`` is ``[out, 1]``), and the layer's bias too; on a layer named in
+  ``feedforward_modules`` it scales the inputs, column by column (``l`` is ``[1, in]``), and the bias is left
+  alone. ``fan_in_fan_out`` layers (GPT-2's ``Conv1D``) hold ``W`` transposed, and ``l`` is transposed to match;
+  on a convolution ``l`` is ``[1, channels, 1, …]`` (``IA3Layer.merge``).
+- **LoHa** (``LOHA``): ``ΔW = ((w1a @ w1b) ⊙ (w2a @ w2b)) · alpha / r`` from ``hada_w1_a``, ``hada_w1_b``,
+  ``hada_w2_a``, ``hada_w2_b``; with ``use_effective_conv2d`` two Tucker cores ``hada_t1``, ``hada_t2`` rebuild
+  each factor as ``einsum("ijkl,jr,ip->prkl", t, w_b, w_a)``. ``ΔW`` is reshaped to ``W``'s shape and added.
+- **LoKr** (``LOKR``): ``ΔW = (w1 ⊗ w2) · alpha / r`` (a Kronecker product), ``w1`` = ``lokr_w1`` or
+  ``lokr_w1_a @ lokr_w1_b``, ``w2`` = ``lokr_w2``, ``lokr_w2_a @ lokr_w2_b`` or, with a Tucker core ``lokr_t2``,
+  ``einsum("ijkl,ip,jr->prkl", t2, w2_a, w2_b)``; reshaped to ``W``'s shape and added.
+- **AdaLoRA** (``ADALORA``): an SVD-shaped LoRA, ``ΔW = B @ (A ⊙ E) · s / (init_r + 1e-5)`` from ``lora_A``
+  ``[k, in]``, ``lora_E`` ``[k, 1]`` (the singular values) and ``lora_B`` ``[out, k]``, transposed for
+  ``fan_in_fan_out``; ``s = lora_alpha`` (``k`` when ``lora_alpha`` is 0). Each module keeps the ``k ≤ init_r``
+  ranks its budget allocation left (``rank_pattern``; ``k`` may be 0), but the divisor stays ``init_r``, as in
+  PEFT (``SVDLinear.get_delta_weight``, whose ``ranknum`` a reload copies from the ``init_r`` layer).
+
+``r`` and ``alpha`` of LoHa and LoKr come per module from ``rank_pattern`` and ``alpha_pattern``, matched as PEFT
+matches them (``_patterns.PeftPattern``). As for LoRA, the adapter's whole tensors (``modules_to_save``) replace
+the base's first, every delta is computed in float32 (float64 for float64 weights) and cast back to the
+weight's dtype once, and tied weights change together. Anything else an adapter of these types holds is refused
+by name, never skipped. Other PEFT types (VeRA, OFT, BOFT, prompt tuning …) are stored but not merged:
+see ``check_type``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ckpt.errors import StateMismatchError, UnsupportedStateError
+from ckpt.lineage._apply import FLOAT_DTYPES, apply_whole, as_torch, assign
+from ckpt.lineage._config import PEFT_HINT, TypeSettings
+from ckpt.lineage._names import PEFT_PREFIX, base_name
+
+__all__ = ["Edit", "TypePlan", "check_mergeable", "merge_into", "plan"]
+
+#: Each type's tensors, by the name that follows the module's.
+_ROLES = {
+    "IA3": ("ia3_l",),
+    "LOHA": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"),
+    "LOKR": ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"),
+    "ADALORA": ("lora_A", "lora_B", "lora_E"),
+}
+_KEY = re.compile(r"^(?P<module>.+)\.(?P<role>ia3_l|hada_(?:w[12]_[ab]|t[12])|lokr_(?:w[12](?:_[ab])?|t2)|lora_[ABE])$")
+#: The sets of tensors one adapted module may hold.
+_LAYOUTS = {
+    "IA3": ({"ia3_l"},),
+    "LOHA": (
+        {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"},
+        {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"},
+    ),
+    "LOKR": tuple(
+        w1 | w2
+        for w1 in ({"lokr_w1"}, {"lokr_w1_a", "lokr_w1_b"})
+        for w2 in ({"lokr_w2"}, {"lokr_w2_a", "lokr_w2_b"}, {"lokr_t2", "lokr_w2_a", "lokr_w2_b"})
+    ),
+    "ADALORA": ({"lora_A", "lora_B", "lora_E"},),
+}
+#: Name segments of PEFT's own tensors: stored, never taken for a base tensor.
+_PEFT_SEGMENTS = ("ia3_", "hada_", "lokr_", "lora_")
+_PEFT_WRAPPERS = frozenset({"modules_to_save", "original_module", "trainable_tokens_delta"})
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One adapted module of an IA³, LoHa, LoKr or AdaLoRA adapter.
+
+    Attributes:
+        module: the module's name in the base model, e.g. ``model.layers.0.mlp.down_proj``.
+        tensors: the adapter's tensors of this module, by role (``ia3_l``, ``hada_w1_a``, ``lokr_w2`` …).
+        feedforward: IA³: the vector scales the layer's inputs, not its outputs.
+        scales_bias: IA³: the layer's bias is scaled too (an output-scaling vector on a layer with a bias).
+    """
+
+    module: str
+    tensors: Mapping[str, str]
+    feedforward: bool = False
+    scales_bias: bool = False
+
+    @property
+    def target(self) -> str:
+        """The base weight the adapter changes."""
+        return f"{self.module}.weight"
+
+    @property
+    def bias_target(self) -> str:
+        """The base layer's bias."""
+        return f"{self.module}.bias"
+
+
+@dataclass(frozen=True)
+class TypePlan:
+    """What an IA³, LoHa, LoKr or AdaLoRA adapter's tensors do to its base.
+
+    Attributes:
+        peft_type: the adapter's type.
+        edits: the adapted modules, in the adapter's order.
+        whole: base tensor name → adapter tensor that replaces it (``modules_to_save``).
+        unmerged: adapter tensors ckpt stores but does not merge (named when a merge is refused).
+    """
+
+    peft_type: str
+    edits: tuple[Edit, ...]
+    whole: dict[str, str]
+    unmerged: tuple[str, ...]
+
+    @property
+    def targets(self) -> list[str]:
+        """Every base tensor the merge changes."""
+        return [
+            *(e.target for e in self.edits),
+            *(e.bias_target for e in self.edits if e.scales_bias),
+            *self.whole,
+        ]
+
+
+def _peft_owned(name: str) -> bool:
+    return any(p.startswith(_PEFT_SEGMENTS) or p in _PEFT_WRAPPERS for p in name.split("."))
+
+
+def plan(
+    shapes: Mapping[str, tuple[int, ...]],
+    settings: TypeSettings,
+    entries: Mapping[str, tuple[str, tuple[int, ...]]],
+    ties: Sequence[Sequence[str]] = (),
+    *,
+    adapter: str,
+    base: str,
+) -> TypePlan:
+    """What each adapter tensor does, once everything that names and shapes can tell has been checked.
+
+    Args:
+        shapes: adapter tensor name (PEFT's file form) → shape.
+        settings: the checked config.
+        entries: the base's model tensors, name → (dtype, shape).
+        ties: groups of base tensor names that are one tensor (tied weights).
+        adapter: the adapter, for messages.
+        base: the base, for messages.
+
+    Raises:
+        StateMismatchError: a module with an incomplete or mixed set of tensors, a tensor of another type,
+            a rank other than the config's, a target the base lacks, a delta or a vector whose shape does not fit
+            the base weight, a whole tensor the base does not have.
+        UnsupportedStateError: a target that is not floating point.
+    """
+    kind = settings.peft_type
+    modules: dict[str, dict[str, str]] = {}
+    whole: dict[str, str] = {}
+    unmerged: list[str] = []
+    for key in shapes:
+        m = _KEY.match(key)
+        if m is not None and str(m["role"]) in _ROLES[kind]:
+            modules.setdefault(str(m["module"]), {})[str(m["role"])] = key
+            continue
+        target = base_name(key)
+        if m is None and target in entries and not _peft_owned(target):
+            if target in whole:
+                raise StateMismatchError(f"{adapter}: {whole[target]!r} and {key!r} both replace {target!r}")
+            whole[target] = key
+        elif _peft_owned(key):
+            unmerged.append(key)  # another type's tensor, or one named after an adapter: refused when merging
+        else:
+            raise StateMismatchError(
+                f"{adapter} holds {key!r}, a whole tensor for {target!r}, which base {base} does not have",
+                hint="is this the adapter's base? (PEFT saves modules_to_save whole)",
+            )
+    effective = dict(entries)
+    tied = {name: group for group in ties for name in group}
+    for target, key in whole.items():
+        for name in tied.get(target, (target,)):
+            effective[name] = (entries[name][0], shapes[key])
+
+    edits: list[Edit] = []
+    missing: list[str] = []
+    for raw, roles in modules.items():
+        name = raw.removeprefix(PEFT_PREFIX)
+        if set(roles) not in _LAYOUTS[kind]:
+            raise StateMismatchError(
+                f"{adapter}: the {kind} adapter of {name!r} holds {', '.join(sorted(roles))}, which is not a "
+                f"complete set of {kind} tensors",
+                hint="the adapter file is incomplete, or its config names another type",
+            )
+        target = f"{name}.weight"
+        if target not in effective:
+            missing.append(target)
+            continue
+        dtype, weight = effective[target]
+        if dtype not in FLOAT_DTYPES:
+            raise UnsupportedStateError(
+                f"cannot merge into {target!r} of base {base}: its dtype {dtype} is not a float type"
+            )
+        got = {role: tuple(shapes[key]) for role, key in roles.items()}
+        if kind == "IA3":
+            edit = _ia3_edit(name, roles, got["ia3_l"], tuple(weight), settings, effective, adapter=adapter, base=base)
+            if edit is None:
+                unmerged.append(roles["ia3_l"])
+                continue
+        elif kind == "ADALORA":
+            _check_svd(name, got, tuple(weight), settings, adapter=adapter, base=base)
+            edit = Edit(name, dict(roles))
+        else:
+            _check_delta(kind, name, got, tuple(weight), settings.rank(name), adapter=adapter, base=base)
+            edit = Edit(name, dict(roles))
+        edits.append(edit)
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise StateMismatchError(
+            f"{adapter} targets {shown}, which base {base} does not have",
+            hint=f"is this the adapter's base? {kind} names map 'base_model.model.<name>.<tensor>' to '<name>.weight'",
+        )
+    return TypePlan(peft_type=kind, edits=tuple(edits), whole=whole, unmerged=tuple(unmerged))
+
+
+def _ia3_edit(
+    name: str,
+    roles: Mapping[str, str],
+    vector: tuple[int, ...],
+    weight: tuple[int, ...],
+    settings: TypeSettings,
+    effective: Mapping[str, tuple[str, tuple[int, ...]]],
+    *,
+    adapter: str,
+    base: str,
+) -> Edit | None:
+    """The IA³ edit of one layer, its vector checked against the weight (``None``: a grouped convolution)."""
+    feedforward = settings.is_feedforward(name)
+    if len(weight) == 2:
+        out_dim, in_dim = (weight[1], weight[0]) if settings.fan_in_fan_out else weight
+        want: tuple[int, ...] = (1, in_dim) if feedforward else (out_dim, 1)
+    elif len(weight) > 2:
+        grouped = len(vector) == len(weight) and vector[1] != weight[1] and vector[1] % weight[1] == 0
+        if feedforward and grouped:
+            return None  # the input channels of a grouped convolution: not merged here
+        want = (1, weight[1] if feedforward else weight[0], *([1] * (len(weight) - 2)))
+    else:
+        want = ()
+    if vector != want:
+        layer = "feed-forward layer (feedforward_modules)" if feedforward else "layer"
+        raise StateMismatchError(
+            f"{adapter}: the IA3 vector of {name!r} is {list(vector)}, but the {layer} {name!r} of base {base}, "
+            f"whose weight is {list(weight)}, needs {list(want)}",
+            hint="is this the adapter's base? (or check feedforward_modules and fan_in_fan_out in its config)",
+        )
+    bias = effective.get(f"{name}.bias")
+    scales_bias = not feedforward and bias is not None
+    if scales_bias and bias is not None:
+        if _numel(bias[1]) != _numel(vector):
+            raise StateMismatchError(
+                f"{adapter}: the IA3 vector of {name!r} scales {_numel(vector)} outputs, but {name}.bias of base "
+                f"{base} is {list(bias[1])}"
+            )
+        if bias[0] not in FLOAT_DTYPES:
+            raise UnsupportedStateError(
+                f"cannot merge into {name}.bias of base {base}: its dtype {bias[0]} is not a float"
+            )
+    return Edit(name, dict(roles), feedforward=feedforward, scales_bias=scales_bias)
+
+
+def _check_delta(
+    kind: str,
+    name: str,
+    got: Mapping[str, tuple[int, ...]],
+    weight: tuple[int, ...],
+    rank: int,
+    *,
+    adapter: str,
+    base: str,
+) -> None:
+    """A LoHa or LoKr delta's factors fit each other, the config's rank, and the base weight (by shapes alone)."""
+
+    def refuse(what: str) -> StateMismatchError:
+        return StateMismatchError(
+            f"{adapter}: the {kind} tensors of {name!r} ({_shown(got)}) {what}",
+            hint="is this the adapter's base? (or check r and rank_pattern in its config)",
+        )
+
+    def product(a: str, b: str) -> tuple[int, ...]:
+        if len(got[a]) != 2 or len(got[b]) != 2 or got[a][1] != got[b][0]:
+            raise refuse(f"do not multiply: {a} {list(got[a])} @ {b} {list(got[b])}")
+        if got[a][1] != rank:
+            raise refuse(f"have rank {got[a][1]}, but the config gives that module r={rank}")
+        return (got[a][0], got[b][1])
+
+    def tucker(t: str, a: str, b: str) -> tuple[int, ...]:
+        # LoHa: einsum("ijkl,jr,ip->prkl", t, w_b, w_a); LoKr: einsum("ijkl,ip,jr->prkl", t, w_a, w_b)
+        core, wa, wb = got[t], got[a], got[b]
+        if len(core) != 4 or len(wa) != 2 or len(wb) != 2 or core[0] != core[1] or wa[0] != core[0] or wb[0] != core[1]:
+            raise refuse(f"do not fit their Tucker core {t} {list(core)}")
+        if core[0] != rank:
+            raise refuse(f"have rank {core[0]}, but the config gives that module r={rank}")
+        return (wa[1], wb[1], *core[2:])
+
+    if kind == "LOHA":
+        if "hada_t1" in got:
+            one = tucker("hada_t1", "hada_w1_a", "hada_w1_b")
+            two = tucker("hada_t2", "hada_w2_a", "hada_w2_b")
+        else:
+            one, two = product("hada_w1_a", "hada_w1_b"), product("hada_w2_a", "hada_w2_b")
+        if one != two:
+            raise refuse(f"build factors of different shapes, {list(one)} and {list(two)}")
+        delta = one
+    else:
+        w1 = got["lokr_w1"] if "lokr_w1" in got else product("lokr_w1_a", "lokr_w1_b")
+        if "lokr_w2" in got:
+            w2 = got["lokr_w2"]
+        elif "lokr_t2" in got:
+            w2 = tucker("lokr_t2", "lokr_w2_a", "lokr_w2_b")
+        else:
+            w2 = product("lokr_w2_a", "lokr_w2_b")
+        if len(w1) != 2:
+            raise refuse(f"hold a first Kronecker factor of shape {list(w1)}, not a matrix")
+        delta = _kron_shape((*w1, 1, 1) if len(w2) == 4 else w1, w2)
+    if _numel(delta) != _numel(weight):  # PEFT reshapes the delta to the weight's shape, and so does the merge
+        raise refuse(f"build a delta of shape {list(delta)}, which does not reshape to the base weight {list(weight)}")
+
+
+def _check_svd(
+    name: str,
+    got: Mapping[str, tuple[int, ...]],
+    weight: tuple[int, ...],
+    settings: TypeSettings,
+    *,
+    adapter: str,
+    base: str,
+) -> None:
+    """An AdaLoRA module: ``lora_A`` ``[k, in]``, ``lora_E`` ``[k, 1]``, ``lora_B`` ``[out, k]``, ``k ≤ init_r``."""
+    a, e, b = got["lora_A"], got["lora_E"], got["lora_B"]
+    if len(a) != 2 or len(b) != 2 or e != (a[0], 1) or b[1] != a[0]:
+        raise StateMismatchError(
+            f"{adapter}: the ADALORA tensors of {name!r} ({_shown(got)}) do not fit each other",
+            hint="lora_A is [k, in], lora_E [k, 1] and lora_B [out, k]",
+        )
+    if a[0] > settings.r:
+        raise StateMismatchError(f"{adapter}: the ADALORA of {name!r} has rank {a[0]}, more than init_r={settings.r}")
+    delta = (a[1], b[0]) if settings.fan_in_fan_out else (b[0], a[1])
+    if delta != weight:
+        raise StateMismatchError(
+            f"{adapter}: the ADALORA delta of {name!r} is {list(delta)}, but the base weight {name}.weight of {base} "
+            f"is {list(weight)}",
+            hint="is this the adapter's base? (or check fan_in_fan_out in the adapter config)",
+        )
+
+
+def _kron_shape(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
+    """The shape of ``torch.kron(a, b)`` (the shorter shape is padded with leading ones)."""
+    n = max(len(a), len(b))
+    a = (1,) * (n - len(a)) + tuple(a)
+    b = (1,) * (n - len(b)) + tuple(b)
+    return tuple(x * y for x, y in zip(a, b, strict=True))
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _shown(got: Mapping[str, tuple[int, ...]]) -> str:
+    return ", ".join(f"{role} {list(shape)}" for role, shape in sorted(got.items()))
+
+
+def check_mergeable(found: TypePlan, settings: TypeSettings, adapter: str) -> None:
+    """Refuse what ckpt stores but does not merge.
+
+    Raises:
+        UnsupportedStateError: config options or tensors beyond what is merged here (names them).
+    """
+    if settings.unmerged:
+        raise UnsupportedStateError(
+            f"{adapter} is a {settings.peft_type} adapter that sets {', '.join(settings.unmerged)}, which ckpt "
+            "does not merge",
+            hint=PEFT_HINT,
+        )
+    if found.unmerged:
+        shown = ", ".join(repr(k) for k in found.unmerged[:3])
+        more = f" and {len(found.unmerged) - 3} more" if len(found.unmerged) > 3 else ""
+        raise UnsupportedStateError(
+            f"{adapter} is a {settings.peft_type} adapter holding {shown}{more}, which ckpt does not merge (tensors "
+            f"of another type, or IA3 on the inputs of a grouped convolution)",
+            hint=PEFT_HINT,
+        )
+
+
+# -- merging -----------------------------------------------------------------------------------------
+
+
+def merge_into(
+    weights: MutableMapping[str, Any],
+    adapter: Mapping[str, Any],
+    found: TypePlan,
+    settings: TypeSettings,
+    *,
+    in_place: Iterable[int] = (),
+) -> None:
+    """Apply an IA³, LoHa, LoKr or AdaLoRA adapter to a base's weights as PEFT's ``merge_and_unload()`` does.
+
+    Whole tensors first (as PEFT loads them), then each module's edit (see the module docstring), computed in
+    float32 (float64 for float64 weights) and cast back to the weight's dtype.
+
+    Args:
+        weights: base tensor name → tensor (torch or numpy); changed in place.
+        adapter: adapter tensor name → torch tensor.
+        found: ``plan(...)`` of the adapter.
+        settings: the checked config.
+        in_place: ``id()`` of tensors to overwrite in place (``into=`` buffers) when the shape allows.
+
+    Raises:
+        StateMismatchError: two whole tensors of the adapter put different values into one tied tensor.
+    """
+    import torch
+
+    writable = set(in_place)
+    apply_whole(weights, adapter, found.whole, writable)
+    for edit in found.edits:
+        weight = weights[edit.target]
+        w = as_torch(weight)
+        compute = torch.promote_types(w.dtype, torch.float32)
+        t = {role: adapter[key].to(compute) for role, key in edit.tensors.items()}
+        if found.peft_type == "IA3":
+            vector = t["ia3_l"]
+            if w.dim() == 2 and settings.fan_in_fan_out:
+                scaling = vector.T
+            elif w.dim() > 2 and not edit.feedforward:
+                scaling = vector.transpose(0, 1)
+            else:
+                scaling = vector
+            merged = w.to(compute) * scaling
+            if edit.scales_bias:
+                old = weights[edit.bias_target]
+                bias = as_torch(old)
+                assign(weights, old, (bias.to(compute) * vector.reshape(bias.shape)).to(bias.dtype), writable)
+        elif found.peft_type == "ADALORA":
+            delta = t["lora_B"] @ (t["lora_A"] * t["lora_E"])
+            if settings.fan_in_fan_out:
+                delta = delta.T
+            scaling = settings.alpha if settings.alpha > 0 else float(t["lora_A"].shape[0])
+            merged = w.to(compute) + delta * scaling / (torch.tensor(float(settings.r), dtype=compute) + 1e-5)
+        else:
+            delta = _loha(t) if found.peft_type == "LOHA" else _lokr(t)
+            merged = w.to(compute) + (delta * settings.scale(edit.module)).reshape(w.shape)
+        assign(weights, weight, merged.to(w.dtype), writable)
+
+
+def _loha(t: Mapping[str, Any]) -> Any:
+    """``(w1a @ w1b) ⊙ (w2a @ w2b)``, each factor rebuilt from its Tucker core when there is one."""
+    import torch
+
+    if "hada_t1" in t:
+        one = torch.einsum("i j k l, j r, i p -> p r k l", t["hada_t1"], t["hada_w1_b"], t["hada_w1_a"])
+        two = torch.einsum("i j k l, j r, i p -> p r k l", t["hada_t2"], t["hada_w2_b"], t["hada_w2_a"])
+        return one * two
+    return (t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"])
+
+
+def _lokr(t: Mapping[str, Any]) -> Any:
+    """``w1 ⊗ w2`` (PEFT's ``make_kron``)."""
+    import torch
+
+    w1 = t["lokr_w1"] if "lokr_w1" in t else t["lokr_w1_a"] @ t["lokr_w1_b"]
+    if "lokr_w2" in t:
+        w2 = t["lokr_w2"]
+    elif "lokr_t2" in t:
+        w2 = torch.einsum("i j k l, i p, j r -> p r k l", t["lokr_t2"], t["lokr_w2_a"], t["lokr_w2_b"])
+    else:
+        w2 = t["lokr_w2_a"] @ t["lokr_w2_b"]
+    if w2.dim() == 4:
+        w1 = w1.unsqueeze(2).unsqueeze(2)
+    return torch.kron(w1, w2.contiguous())
