@@ -124,6 +124,16 @@ def threads() -> int:
     return max(2, min(8, 2 * (os.cpu_count() or 1)))
 
 
+def ceiling_directories() -> list[str]:
+    """``$CKPT_CEILING_DIRECTORIES``: folders (``os.pathsep``-separated) the search for ``./.ckpt`` does not enter.
+
+    As Git's ``GIT_CEILING_DIRECTORIES``: the command line looks for ``.ckpt`` in the current folder and then its
+    parents, but stops below each folder listed here (neither it nor its parents are looked at).
+    """
+    raw = os.environ.get("CKPT_CEILING_DIRECTORIES", "")
+    return [part for part in raw.split(os.pathsep) if part.strip()]
+
+
 def debug() -> bool:
     """Whether ``$CKPT_DEBUG`` asks for full tracebacks."""
     return os.environ.get("CKPT_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")

@@ -16,11 +16,13 @@ BACKENDS = ["file", "memory", "s3"]
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No CKPT_* variable of the developer's shell leaks into a test."""
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No CKPT_* variable of the developer's shell leaks into a test, nor a ``.ckpt`` store above the test's folders
+    (``/tmp/.ckpt`` left by someone else): the search for ``./.ckpt`` stops at pytest's base temporary folder."""
     for name in list(os.environ):
         if name.startswith("CKPT_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("CKPT_CEILING_DIRECTORIES", str(tmp_path_factory.getbasetemp()))
 
 
 def _free_port() -> int:

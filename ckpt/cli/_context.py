@@ -20,14 +20,23 @@ __all__ = ["CliState", "find_store", "store_location"]
 
 
 def find_store(start: Path | None = None) -> Path | None:
-    """The nearest ``.ckpt`` store folder in ``start`` (default: the current directory) or a parent of it."""
+    """The nearest ``.ckpt`` store folder in ``start`` (default: the current directory) or a parent of it.
+
+    The search never goes above a folder in ``$CKPT_CEILING_DIRECTORIES`` and enters one only if it starts there
+    (as Git's ``GIT_CEILING_DIRECTORIES``).
+    """
     from ckpt.store import CONFIG_FILE
 
     here = (start or Path.cwd()).resolve()
+    ceilings = {Path(c).expanduser().resolve() for c in settings.ceiling_directories()}
     for folder in (here, *here.parents):
+        if folder in ceilings and folder != here:
+            break
         candidate = folder / settings.DEFAULT_STORE
         if (candidate / CONFIG_FILE).is_file():
             return candidate
+        if folder in ceilings:  # started at a ceiling: never above it
+            break
     return None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -44,6 +45,22 @@ def test_a_dot_ckpt_folder_without_config_is_not_a_store(tmp_path: Path, monkeyp
     (tmp_path / ".ckpt").mkdir()
     monkeypatch.chdir(tmp_path)
     assert find_store() is None
+
+
+def test_the_search_for_a_store_stops_at_a_ceiling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ckpt.init(tmp_path / ".ckpt")
+    work = tmp_path / "runs" / "a"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("CKPT_CEILING_DIRECTORIES")
+    assert find_store() == tmp_path / ".ckpt"  # as Git finds .git in a parent
+    monkeypatch.setenv("CKPT_CEILING_DIRECTORIES", f"/nonexistent{os.pathsep}{tmp_path / 'runs'}")
+    assert find_store() is None  # not above runs/
+    monkeypatch.chdir(tmp_path / "runs")
+    assert find_store() is None
+    monkeypatch.chdir(tmp_path)  # a ceiling's own .ckpt is found from the ceiling itself
+    monkeypatch.setenv("CKPT_CEILING_DIRECTORIES", str(tmp_path))
+    assert find_store() == tmp_path / ".ckpt"
 
 
 def test_flag_beats_env(runner: CliRunner, store: ckpt.Store, store_path: Path, tmp_path: Path) -> None:
