@@ -167,8 +167,14 @@ _CLAIMED = frozenset(
 )
 
 
+#: Public submodules, imported on first attribute access (``ckpt.diff``, ``ckpt.lineage`` …).
+_SUBMODULES = frozenset(("dcp", "diff", "integrations", "interop", "lineage", "plot", "storage", "testing", "ui"))
+
+
 def __getattr__(name: str) -> Any:
     """Import a public name on first use (PEP 562)."""
+    if name in _SUBMODULES:  # `import ckpt; ckpt.diff.diff(...)` works as after `import ckpt.diff`
+        return importlib.import_module(f"ckpt.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'ckpt' has no attribute {name!r}")
