@@ -3,7 +3,8 @@
 Liveness: every snapshot reachable from a branch, a tag, or a reflog entry younger than ``expire_reflog``
 (following parents and adapter bases) keeps its record and its tensor table; a live snapshot that is not
 pruned also keeps its chunks. A frozen release, and the adapter bases it needs, always keep their chunks, even
-if a pruned marker says otherwise; so does the base (transitively) of every live adapter that is not pruned. Every ref, reflog entry, marker or record that cannot be read on the way is
+if a pruned marker says otherwise; so does the base (transitively) of every live adapter that is not pruned.
+Every ref, reflog entry, marker or record that cannot be read on the way is
 reported as ``Damage`` (``gc`` refuses on it, ``verify`` reports it).
 """
 
