@@ -25,9 +25,11 @@ __all__ = [
     "ADAPTER_CONFIG_FILE",
     "ADAPTER_WEIGHTS_FILE",
     "CONFIG_KEY",
+    "LAYERS_KEY",
     "MERGED_TYPES",
     "PEFT_HINT",
     "PEFT_TYPES",
+    "LayerFacts",
     "LoraSettings",
     "TypeSettings",
     "check_type",
@@ -47,6 +49,8 @@ ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 #: Snapshot metadata key of the adapter's PEFT config (the same JSON as ``adapter_config.json``).
 CONFIG_KEY = "adapter_config"
+#: Snapshot metadata key of the per-module facts recorded when the adapter was saved (``_layers``).
+LAYERS_KEY = "adapter_layers"
 #: What to do with an adapter ckpt stores but does not merge.
 PEFT_HINT = Hint(
     "store and export it as it is (export_peft_folder), then merge it with peft: "
@@ -109,7 +113,24 @@ def check_type(cfg: Mapping[str, JsonValue], adapter: str, tensors: Iterable[str
     )
 
 
-# -- config ------------------------------------------------------------------------------------------
+# -- per-module facts ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerFacts:
+    """What one adapted module needs beyond the config, recorded at save time (see ``_layers``).
+
+    Attributes:
+        fan_in_fan_out: the base layer holds its weight transposed (``[in, out]``, transformers' ``Conv1D``), as
+            PEFT decided for that layer; ``None``: not a linear layer, or not known.
+        r: the module's rank, ``rank_pattern`` matched in the config's order; ``None``: not recorded.
+        alpha: the module's alpha, ``alpha_pattern`` matched in the config's order; ``None``: not recorded.
+    """
+
+    fan_in_fan_out: bool | None = None
+    r: int | None = None
+    alpha: float | None = None
+
 
 # -- LoRA --------------------------------------------------------------------------------------------
 
@@ -139,15 +160,31 @@ class LoraSettings:
     rank_pattern: tuple[tuple[PeftPattern, int], ...] = ()
     alpha_pattern: tuple[tuple[PeftPattern, float], ...] = ()
     unmerged: tuple[str, ...] = field(default=())
+    layers: Mapping[str, LayerFacts] = field(default_factory=dict)
 
     def rank(self, module: str) -> int:
-        """The rank PEFT gives ``module``: the first ``rank_pattern`` key that matches, else ``r``."""
+        """The rank PEFT gives ``module``: recorded, else the first ``rank_pattern`` key that matches, else ``r``."""
+        known = self.layers.get(module)
+        if known is not None and known.r is not None:
+            return known.r
         return next((v for p, v in self.rank_pattern if p.matches(module)), self.r)
 
+    def alpha_of(self, module: str) -> float:
+        """The alpha PEFT gives ``module``: recorded, else the first matching ``alpha_pattern`` key, else ``alpha``."""
+        known = self.layers.get(module)
+        if known is not None and known.alpha is not None:
+            return known.alpha
+        return next((v for p, v in self.alpha_pattern if p.matches(module)), self.alpha)
+
     def scale(self, module: str, rank: int) -> float:
-        """``alpha / rank``, or ``alpha / √rank`` with rsLoRA, with ``alpha`` from ``alpha_pattern`` or the default."""
-        alpha = next((v for p, v in self.alpha_pattern if p.matches(module)), self.alpha)
+        """``alpha / rank``, or ``alpha / √rank`` with rsLoRA, with ``alpha`` from ``alpha_of``."""
+        alpha = self.alpha_of(module)
         return alpha / math.sqrt(rank) if self.use_rslora else alpha / rank
+
+    def transposed(self, module: str) -> bool | None:
+        """Whether ``module``'s weight is held transposed (``fan_in_fan_out``), if recorded or read from the model."""
+        known = self.layers.get(module)
+        return None if known is None else known.fan_in_fan_out
 
 
 def lora_settings(cfg: Mapping[str, JsonValue]) -> LoraSettings:
@@ -222,15 +259,30 @@ class TypeSettings:
     feedforward: tuple[str, ...] = ()
     feedforward_regex: PeftPattern | None = None
     unmerged: tuple[str, ...] = field(default=())
+    layers: Mapping[str, LayerFacts] = field(default_factory=dict)
 
     def rank(self, module: str) -> int:
-        """The rank PEFT gives ``module``: the first ``rank_pattern`` key that matches, else ``r``."""
+        """The rank PEFT gives ``module``: recorded, else the first ``rank_pattern`` key that matches, else ``r``."""
+        known = self.layers.get(module)
+        if known is not None and known.r is not None:
+            return known.r
         return next((v for p, v in self.rank_pattern if p.matches(module)), self.r)
 
+    def alpha_of(self, module: str) -> float:
+        """The alpha PEFT gives ``module``: recorded, else the first matching ``alpha_pattern`` key, else ``alpha``."""
+        known = self.layers.get(module)
+        if known is not None and known.alpha is not None:
+            return known.alpha
+        return next((v for p, v in self.alpha_pattern if p.matches(module)), self.alpha)
+
     def scale(self, module: str) -> float:
-        """``alpha / r`` of ``module`` (LoHa and LoKr), both from their patterns or the defaults."""
-        alpha = next((v for p, v in self.alpha_pattern if p.matches(module)), self.alpha)
-        return alpha / self.rank(module)
+        """``alpha / r`` of ``module`` (LoHa and LoKr), both from ``alpha_of`` and ``rank``."""
+        return self.alpha_of(module) / self.rank(module)
+
+    def transposed(self, module: str) -> bool | None:
+        """Whether ``module``'s weight is held transposed (``fan_in_fan_out``), if recorded or read from the model."""
+        known = self.layers.get(module)
+        return None if known is None else known.fan_in_fan_out
 
     def is_feedforward(self, module: str) -> bool:
         """IA³: whether PEFT treats ``module`` as feed-forward (``IA3Model._check_target_module_feedforward``)."""
@@ -421,8 +473,12 @@ def _json_value(value: Any, where: str) -> JsonValue:
 
 
 def config_bytes(cfg: Mapping[str, JsonValue]) -> bytes:
-    """``adapter_config.json`` as PEFT writes it."""
-    return json.dumps(cfg, indent=2, sort_keys=True).encode("utf-8")
+    """``adapter_config.json`` as PEFT writes it, but with its keys in the config's order, not sorted.
+
+    ``alpha_pattern`` and ``rank_pattern`` keys are matched in order, the first match winning (PEFT's
+    ``get_pattern_key``); PEFT's own ``save_pretrained`` sorts them, which can change the adapter it reloads.
+    """
+    return json.dumps(cfg, indent=2).encode("utf-8")
 
 
 def parse_json(data: bytes, what: str) -> Any:
@@ -446,7 +502,8 @@ def with_config(metadata: Mapping[str, JsonValue] | None, cfg: dict[str, JsonVal
         RecordError: the user's metadata uses ``CONFIG_KEY``.
     """
     meta = dict(metadata or {})
-    if CONFIG_KEY in meta:
-        raise RecordError(f"metadata key {CONFIG_KEY!r} is reserved for the adapter's PEFT config")
+    for key in (CONFIG_KEY, LAYERS_KEY):
+        if key in meta:
+            raise RecordError(f"metadata key {key!r} is reserved for the adapter's PEFT config and layers")
     meta[CONFIG_KEY] = cfg
     return meta

@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ckpt.errors import StateMismatchError, UnsupportedStateError
 from ckpt.lineage._apply import FLOAT_DTYPES, apply_whole, as_torch, assign
 from ckpt.lineage._config import PEFT_HINT, TypeSettings
+from ckpt.lineage._layers import resolve_square
 from ckpt.lineage._names import PEFT_PREFIX, base_name
 
 __all__ = ["Edit", "TypePlan", "check_mergeable", "merge_into", "plan"]
@@ -79,12 +80,19 @@ class Edit:
         tensors: the adapter's tensors of this module, by role (``ia3_l``, ``hada_w1_a``, ``lokr_w2`` …).
         feedforward: IA³: the vector scales the layer's inputs, not its outputs.
         scales_bias: IA³: the layer's bias is scaled too (an output-scaling vector on a layer with a bias).
+        transposed: IA³, AdaLoRA: a linear layer that holds its weight ``[in, out]`` (PEFT's per-layer
+            ``fan_in_fan_out``).
+        rank: LoHa, LoKr: the module's rank (``rank_pattern`` matched in the config's order, or recorded).
+        alpha: LoHa, LoKr: the module's alpha (likewise).
     """
 
     module: str
     tensors: Mapping[str, str]
     feedforward: bool = False
     scales_bias: bool = False
+    transposed: bool = False
+    rank: int = 0
+    alpha: float = 0.0
 
     @property
     def target(self) -> str:
@@ -181,6 +189,7 @@ def plan(
 
     edits: list[Edit] = []
     missing: list[str] = []
+    square: list[Edit] = []  # linear layers whose orientation neither shapes nor a record tell
     for raw, roles in modules.items():
         name = raw.removeprefix(PEFT_PREFIX)
         if set(roles) not in _LAYOUTS[kind]:
@@ -205,12 +214,27 @@ def plan(
                 unmerged.append(roles["ia3_l"])
                 continue
         elif kind == "ADALORA":
-            _check_svd(name, got, tuple(weight), settings, adapter=adapter, base=base)
-            edit = Edit(name, dict(roles))
+            transposed = _check_svd(name, got, tuple(weight), settings, adapter=adapter, base=base)
+            edit = Edit(name, dict(roles), transposed=transposed)
         else:
-            _check_delta(kind, name, got, tuple(weight), settings.rank(name), adapter=adapter, base=base)
-            edit = Edit(name, dict(roles))
+            rank = settings.rank(name)
+            _check_delta(kind, name, got, tuple(weight), rank, adapter=adapter, base=base)
+            edit = Edit(name, dict(roles), rank=rank, alpha=settings.alpha_of(name))
+        if (
+            kind in ("IA3", "ADALORA")
+            and len(weight) == 2
+            and weight[0] == weight[1]
+            and settings.transposed(name) is None
+        ):
+            square.append(edit)
+            continue
         edits.append(edit)
+    if square:
+        decided = {e.module: e.transposed for e in edits if len(effective[e.target][1]) == 2}
+        flag = resolve_square(
+            [e.module for e in square], decided, settings.fan_in_fan_out, entries, adapter=adapter, base=base
+        )
+        edits.extend(replace(e, transposed=flag) for e in square)
     if missing:
         shown = ", ".join(repr(m) for m in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise StateMismatchError(
@@ -233,8 +257,14 @@ def _ia3_edit(
 ) -> Edit | None:
     """The IA³ edit of one layer, its vector checked against the weight (``None``: a grouped convolution)."""
     feedforward = settings.is_feedforward(name)
+    transposed = False
     if len(weight) == 2:
-        out_dim, in_dim = (weight[1], weight[0]) if settings.fan_in_fan_out else weight
+        known = settings.transposed(name)
+        if known is None:  # the vector's length tells, unless the weight is square
+            n = vector[1] if feedforward and len(vector) == 2 else vector[0] if vector else -1
+            known = n == (weight[0] if feedforward else weight[1]) and weight[0] != weight[1]
+        transposed = known
+        out_dim, in_dim = (weight[1], weight[0]) if transposed else weight
         want: tuple[int, ...] = (1, in_dim) if feedforward else (out_dim, 1)
     elif len(weight) > 2:
         grouped = len(vector) == len(weight) and vector[1] != weight[1] and vector[1] % weight[1] == 0
@@ -262,7 +292,7 @@ def _ia3_edit(
             raise UnsupportedStateError(
                 f"cannot merge into {name}.bias of base {base}: its dtype {bias[0]} is not a float"
             )
-    return Edit(name, dict(roles), feedforward=feedforward, scales_bias=scales_bias)
+    return Edit(name, dict(roles), feedforward=feedforward, scales_bias=scales_bias, transposed=transposed)
 
 
 def _check_delta(
@@ -331,8 +361,12 @@ def _check_svd(
     *,
     adapter: str,
     base: str,
-) -> None:
-    """An AdaLoRA module: ``lora_A`` ``[k, in]``, ``lora_E`` ``[k, 1]``, ``lora_B`` ``[out, k]``, ``k ≤ init_r``."""
+) -> bool:
+    """An AdaLoRA module: ``lora_A`` ``[k, in]``, ``lora_E`` ``[k, 1]``, ``lora_B`` ``[out, k]``, ``k ≤ init_r``.
+
+    Returns:
+        Whether the layer holds its weight transposed (recorded, or as its shape tells).
+    """
     a, e, b = got["lora_A"], got["lora_E"], got["lora_B"]
     if len(a) != 2 or len(b) != 2 or e != (a[0], 1) or b[1] != a[0]:
         raise StateMismatchError(
@@ -341,13 +375,17 @@ def _check_svd(
         )
     if a[0] > settings.r:
         raise StateMismatchError(f"{adapter}: the ADALORA of {name!r} has rank {a[0]}, more than init_r={settings.r}")
-    delta = (a[1], b[0]) if settings.fan_in_fan_out else (b[0], a[1])
+    known = settings.transposed(name)
+    if known is None:
+        known = weight == (a[1], b[0]) and a[1] != b[0]
+    delta = (a[1], b[0]) if known else (b[0], a[1])
     if delta != weight:
         raise StateMismatchError(
             f"{adapter}: the ADALORA delta of {name!r} is {list(delta)}, but the base weight {name}.weight of {base} "
             f"is {list(weight)}",
-            hint="is this the adapter's base? (or check fan_in_fan_out in the adapter config)",
+            hint="is this the adapter's base? (its ranks and layer sizes do not fit)",
         )
+    return known
 
 
 def _kron_shape(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
@@ -428,7 +466,7 @@ def merge_into(
         t = {role: adapter[key].to(compute) for role, key in edit.tensors.items()}
         if found.peft_type == "IA3":
             vector = t["ia3_l"]
-            if w.dim() == 2 and settings.fan_in_fan_out:
+            if w.dim() == 2 and edit.transposed:
                 scaling = vector.T
             elif w.dim() > 2 and not edit.feedforward:
                 scaling = vector.transpose(0, 1)
@@ -441,13 +479,13 @@ def merge_into(
                 assign(weights, old, (bias.to(compute) * vector.reshape(bias.shape)).to(bias.dtype), writable)
         elif found.peft_type == "ADALORA":
             delta = t["lora_B"] @ (t["lora_A"] * t["lora_E"])
-            if settings.fan_in_fan_out:
+            if edit.transposed:
                 delta = delta.T
             scaling = settings.alpha if settings.alpha > 0 else float(t["lora_A"].shape[0])
             merged = w.to(compute) + delta * scaling / (torch.tensor(float(settings.r), dtype=compute) + 1e-5)
         else:
             delta = _loha(t) if found.peft_type == "LOHA" else _lokr(t)
-            merged = w.to(compute) + (delta * settings.scale(edit.module)).reshape(w.shape)
+            merged = w.to(compute) + (delta * (edit.alpha / edit.rank)).reshape(w.shape)
         assign(weights, weight, merged.to(w.dtype), writable)
 
 
