@@ -340,6 +340,8 @@ def fit_to_base(
         if entry.chunks or entry.shards:
             owners.setdefault((entry.chunks, entry.shards), []).append(name)
     for target in found.targets:
+        if target in found.whole and settings.replaces_module(target):
+            continue  # a modules_to_save copy replaces this name alone, whatever else holds the same bytes
         if len(entries[target][1]) < 2:
             continue  # vectors (biases, norms) are often equal by initialisation (zeros, ones); matrices are not
         target_entry = table.tensors[paths[target]]

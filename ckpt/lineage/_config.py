@@ -149,6 +149,8 @@ class LoraSettings:
         rank_pattern: module pattern → rank, in config order.
         alpha_pattern: module pattern → alpha, in config order.
         unmerged: the config options set that ckpt's merge does not compute (it refuses to merge them).
+        modules_to_save: modules PEFT trains as a copy and puts in place of the base's (``replaces_module``).
+        layers: each module's recorded facts (see ``_layers``), used before the patterns and the flag.
     """
 
     r: int
@@ -160,6 +162,7 @@ class LoraSettings:
     rank_pattern: tuple[tuple[PeftPattern, int], ...] = ()
     alpha_pattern: tuple[tuple[PeftPattern, float], ...] = ()
     unmerged: tuple[str, ...] = field(default=())
+    modules_to_save: tuple[str, ...] = ()
     layers: Mapping[str, LayerFacts] = field(default_factory=dict)
 
     def rank(self, module: str) -> int:
@@ -175,6 +178,12 @@ class LoraSettings:
         if known is not None and known.alpha is not None:
             return known.alpha
         return next((v for p, v in self.alpha_pattern if p.matches(module)), self.alpha)
+
+    def replaces_module(self, tensor: str) -> bool:
+        """Whether the base tensor ``tensor`` belongs to a ``modules_to_save`` module (PEFT's ``_set_trainable``:
+        the module's name ends with one of the config's names); such a module is replaced by the adapter's copy,
+        untied from any tensor the base shares with it."""
+        return replaces_module(tensor, self.modules_to_save)
 
     def scale(self, module: str, rank: int) -> float:
         """``alpha / rank``, or ``alpha / √rank`` with rsLoRA, with ``alpha`` from ``alpha_of``."""
@@ -228,7 +237,15 @@ def lora_settings(cfg: Mapping[str, JsonValue]) -> LoraSettings:
         rank_pattern=rank_pattern,
         alpha_pattern=alpha_pattern,
         unmerged=tuple(unmerged),
+        modules_to_save=tuple(m for m in modules if isinstance(m, str)) if isinstance(modules, list) else (),
     )
+
+
+def replaces_module(tensor: str, modules_to_save: Iterable[str]) -> bool:
+    """Whether a base tensor belongs to a ``modules_to_save`` module: PEFT matches a module whose full name
+    (``base_model.model.<name>``) ends with one of the names."""
+    module = "base_model.model." + tensor.rpartition(".")[0]
+    return any(module.endswith(name) for name in modules_to_save)
 
 
 # -- IA³, LoHa, LoKr, AdaLoRA -----------------------------------------------------------------------
@@ -259,7 +276,12 @@ class TypeSettings:
     feedforward: tuple[str, ...] = ()
     feedforward_regex: PeftPattern | None = None
     unmerged: tuple[str, ...] = field(default=())
+    modules_to_save: tuple[str, ...] = ()
     layers: Mapping[str, LayerFacts] = field(default_factory=dict)
+
+    def replaces_module(self, tensor: str) -> bool:
+        """Whether the base tensor ``tensor`` belongs to a ``modules_to_save`` module (see ``LoraSettings``)."""
+        return replaces_module(tensor, self.modules_to_save)
 
     def rank(self, module: str) -> int:
         """The rank PEFT gives ``module``: recorded, else the first ``rank_pattern`` key that matches, else ``r``."""
@@ -303,6 +325,10 @@ def type_settings(cfg: Mapping[str, JsonValue]) -> TypeSettings:
         check_type(cfg, "the adapter")  # raises for the types ckpt does not merge
         raise RecordError(f"a {kind} config is read by lora_settings")
     unmerged = tuple(name for name in _TYPE_UNMERGED_OPTIONS if cfg.get(name) not in (None, False, [], {}, ""))
+    modules = cfg.get("modules_to_save")
+    if modules is not None and not (isinstance(modules, list) and all(isinstance(m, str) for m in modules)):
+        raise RecordError(f"adapter config field 'modules_to_save' must be a list of module names, got {modules!r}")
+    saved = tuple(str(m) for m in modules or ())
     if kind == "IA3":
         ff = cfg.get("feedforward_modules")
         regex = None
@@ -321,6 +347,7 @@ def type_settings(cfg: Mapping[str, JsonValue]) -> TypeSettings:
             feedforward=names,
             feedforward_regex=regex,
             unmerged=unmerged,
+            modules_to_save=saved,
         )
     if kind == "ADALORA":
         alpha = cfg.get("lora_alpha")
@@ -339,6 +366,7 @@ def type_settings(cfg: Mapping[str, JsonValue]) -> TypeSettings:
             alpha=number,
             fan_in_fan_out=_flag(cfg.get("fan_in_fan_out"), "fan_in_fan_out"),
             unmerged=unmerged,
+            modules_to_save=saved,
         )
     return TypeSettings(
         kind,
@@ -353,6 +381,7 @@ def type_settings(cfg: Mapping[str, JsonValue]) -> TypeSettings:
             for k, v in _mapping(cfg.get("alpha_pattern"), "alpha_pattern").items()
         ),
         unmerged=unmerged,
+        modules_to_save=saved,
     )
 
 

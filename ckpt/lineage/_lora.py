@@ -179,8 +179,8 @@ def plan(
             )
     effective = dict(entries)
     tied = {name: group for group in ties for name in group}
-    for target, key in whole.items():
-        for name in tied.get(target, (target,)):
+    for target, key in whole.items():  # a modules_to_save copy replaces its own tensor only (PEFT unties it)
+        for name in (target,) if settings.replaces_module(target) else tied.get(target, (target,)):
             effective[name] = (entries[name][0], shapes[key])
 
     pairs: list[Pair] = []
@@ -389,7 +389,7 @@ def merge_into(
     import torch
 
     writable = set(in_place)
-    apply_whole(weights, adapter, found.whole, writable)
+    apply_whole(weights, adapter, found.whole, writable, replaces=settings.replaces_module)
     for pair in found.pairs:
         weight = weights[pair.target]
         w = as_torch(weight)

@@ -19,7 +19,7 @@ from ckpt.errors import RecordError, StateMismatchError  # noqa: E402
 from ckpt.interop import export_peft_folder, import_peft_folder  # noqa: E402
 from ckpt.lineage import adapter_config, load_merged, save_adapter  # noqa: E402
 
-from .models import input_ids, tiny_llama, weights, with_lora  # noqa: E402
+from .models import input_ids, tiny_llama, trained, weights, with_lora  # noqa: E402
 
 pytestmark = [
     pytest.mark.torch,
@@ -44,18 +44,6 @@ def _gpt2(head: str = "classifier") -> Any:
     )
     cls = transformers.GPT2ForSequenceClassification if head == "classifier" else transformers.GPT2LMHeadModel
     return cls(cfg).eval()
-
-
-def _trained(base: Any, config: Any, seed: int = 1) -> Any:
-    """``base`` (copied) with an adapter whose every trainable tensor is perturbed, so that its merge is not zero."""
-    torch.manual_seed(seed)
-    model = peft.get_peft_model(copy.deepcopy(base), config).eval()
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in model.named_parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=gen) * 0.1)
-    return model
 
 
 def _peft_merged(model: Any) -> dict[str, Any]:
@@ -90,7 +78,7 @@ def test_mixed_conv1d_and_linear_targets_merge_as_peft(store: ckpt.Store, label:
     model ckpt refuses; with it, it records each layer's and merges as PEFT."""
     base = _gpt2()
     store.save({"model": weights(base)}, "main")
-    model = _trained(base, make())
+    model = trained(base, make())
     state = peft.get_peft_model_state_dict(model)
     config = model.peft_config["default"]
     assert config.fan_in_fan_out is False  # the last adapted layer (score) is an nn.Linear
@@ -119,7 +107,7 @@ def test_mixed_conv1d_and_linear_targets_merge_as_peft(store: ckpt.Store, label:
 def test_a_peft_folder_of_mixed_layers_imports_with_its_model(store: ckpt.Store, tmp_path: Path) -> None:
     base = _gpt2()
     store.save({"model": weights(base)}, "main")
-    model = _trained(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["attn.c_proj", "score"]))
+    model = trained(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["attn.c_proj", "score"]))
     model.save_pretrained(tmp_path / "ad")
     with pytest.raises(StateMismatchError, match="cannot tell"):
         import_peft_folder(store, tmp_path / "ad", "main", branch="guess")
@@ -138,7 +126,7 @@ def test_shapes_tell_without_the_model(store: ckpt.Store, targets: list[str]) ->
     """Non-square weights fit one orientation; square ones follow the flag when nothing contradicts it."""
     base = _gpt2("lm")
     store.save({"model": base.state_dict()}, "main")  # lm_head is tied to transformer.wte: the tie is recorded
-    model = _trained(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    model = trained(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets))
     save_adapter(store, "main", peft.get_peft_model_state_dict(model), branch="ad", config=model.peft_config["default"])
     _assert_equal_to_peft(load_merged(store, "ad")["model"], _peft_merged(model))
 
