@@ -67,6 +67,10 @@ MIXED = [
     ("lora-dora", lambda: peft.LoraConfig(r=4, lora_alpha=8, target_modules=["attn.c_proj", "score"], use_dora=True)),
     ("ia3", lambda: peft.IA3Config(target_modules=["attn.c_proj", "score"], feedforward_modules=[])),
     ("ia3-ff", lambda: peft.IA3Config(target_modules=["attn.c_proj", "score"], feedforward_modules=["attn.c_proj"])),
+    (
+        "adalora",
+        lambda: peft.AdaLoraConfig(init_r=4, target_r=2, total_step=10, lora_alpha=8, target_modules=["c_proj", "score"]),
+    ),
 ]
 
 
@@ -192,3 +196,31 @@ def test_pattern_keys_keep_their_order(store: ckpt.Store, tmp_path: Path, field:
     again = peft.PeftModel.from_pretrained(tiny_llama(), tmp_path / "out").eval()
     with torch.no_grad():
         torch.testing.assert_close(again(ids).logits, want, atol=1e-5, rtol=0)
+
+
+def test_an_adapter_saved_without_layer_facts_merges_from_its_config_or_refuses(store: ckpt.Store) -> None:
+    """Snapshots written before ``adapter_layers`` existed: merged from config and shapes, or refused, never guessed."""
+    from ckpt.lineage import config_bytes
+
+    base = _gpt2()
+    main = store.save({"model": weights(base)}, "main")
+    for label, targets in (("plain", ["c_attn", "score"]), ("mixed", ["attn.c_proj", "score"])):
+        model = trained(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+        cfg = model.peft_config["default"].to_dict()
+        cfg = {k: sorted(v) if isinstance(v, set) else v for k, v in cfg.items()}
+        cfg["peft_type"] = "LORA"
+        cfg.pop("task_type", None)
+        store.save(
+            {"model": dict(peft.get_peft_model_state_dict(model))},
+            label,
+            parents=[main.id],
+            relation="adapter",
+            base=main.id,
+            metadata={"adapter_config": json.loads(config_bytes(cfg))},
+            files={"adapter_config.json": config_bytes(cfg)},
+        )
+        if label == "plain":
+            _assert_equal_to_peft(load_merged(store, label)["model"], _peft_merged(model))
+        else:
+            with pytest.raises(StateMismatchError, match="cannot tell"):
+                load_merged(store, label)
