@@ -69,7 +69,9 @@ MIXED = [
     ("ia3-ff", lambda: peft.IA3Config(target_modules=["attn.c_proj", "score"], feedforward_modules=["attn.c_proj"])),
     (
         "adalora",
-        lambda: peft.AdaLoraConfig(init_r=4, target_r=2, total_step=10, lora_alpha=8, target_modules=["c_proj", "score"]),
+        lambda: peft.AdaLoraConfig(
+            init_r=4, target_r=2, total_step=10, lora_alpha=8, target_modules=["c_proj", "score"]
+        ),
     ),
 ]
 
