@@ -22,13 +22,10 @@ from ckpt.lineage._config import (
     MERGED_TYPES,
     LayerFacts,
     LoraSettings,
-    config_bytes,
-    config_dict,
     merge_settings,
-    parse_json,
     peft_type,
-    with_config,
 )
+from ckpt.lineage._config_json import config_bytes, config_dict, parse_json, with_config
 from ckpt.lineage._layers import layers_of_model
 from ckpt.lineage._layers import record as record_layers
 from ckpt.lineage._names import adapter_tensors
