@@ -233,6 +233,7 @@ def plan(
             )
         linear = not conv and not embedding
         known = settings.transposed(name) if linear else None
+        by_shape = linear and known is None
         if conv:
             delta: tuple[int, ...] = (b[0], *a[1:])
         elif embedding:
@@ -245,7 +246,7 @@ def plan(
         if tuple(shape) != delta:
             raise StateMismatchError(
                 f"{adapter}: the LoRA delta of {name!r} is {list(delta)}"
-                + (f" (or {[delta[1], delta[0]]} transposed)" if linear and known is None else "")
+                + (f" (or {[delta[1], delta[0]]} transposed)" if by_shape else "")
                 + f", but the base weight {pair.target!r} of {base} is {list(shape)}",
                 hint="is this the adapter's base? (its LoRA ranks and layer sizes do not fit)",
             )
