@@ -45,11 +45,19 @@ def _logits(model: Any) -> Any:
         return model(input_ids()).logits
 
 
-@pytest.mark.parametrize("module", ["lm_head", "embed_tokens"])
-def test_modules_to_save_on_a_tied_model_unties_as_peft(store: ckpt.Store, tmp_path: Path, module: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "module"), [("lora", "lm_head"), ("lora", "embed_tokens"), ("ia3", "lm_head")], ids=lambda v: v
+)
+def test_modules_to_save_on_a_tied_model_unties_as_peft(
+    store: ckpt.Store, tmp_path: Path, kind: str, module: str
+) -> None:
     """PEFT trains a copy of the module and puts it in place of the base's: only that name changes."""
     base = _tied_base(store)
-    model = trained(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], modules_to_save=[module]))
+    if kind == "lora":
+        config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], modules_to_save=[module])
+    else:
+        config = peft.IA3Config(target_modules=["q_proj"], feedforward_modules=[], modules_to_save=[module])
+    model = trained(base, config)
     save_adapter(store, "main", peft.get_peft_model_state_dict(model), branch="ad", config=model.peft_config["default"])
     merged_model = copy.deepcopy(model).merge_and_unload()
     assert merged_model.lm_head.weight is not merged_model.model.embed_tokens.weight
