@@ -54,7 +54,10 @@ def restore(
         The whole loaded state tree (so that step, scheduler and RNG state can be restored too).
 
     Raises:
-        StateMismatchError: keys, shapes or dtypes do not fit the module (the message lists them).
+        StateMismatchError: keys, shapes or dtypes do not fit the module (the message lists them); the snapshot
+            holds two different values for one tied parameter (refused before anything is written, ``in_place``
+            too; an adapter whose ``modules_to_save`` unties ``lm_head`` from the embedding, as PEFT's merge does,
+            needs a model built with ``tie_word_embeddings=False``).
         CorruptChunkError: a chunk does not match its digest.
         MissingObjectError: the snapshot was pruned, or a chunk is missing.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
 
@@ -27,6 +27,7 @@ from ckpt.lineage import (
     adapter_record,
     base_of,
     config_bytes,
+    layers_of_model,
     peft_type,
     read_config,
 )
@@ -50,6 +51,7 @@ def import_peft_folder(
     model: str | None = None,
     message: str | None = None,
     metadata: Mapping[str, JsonValue] | None = None,
+    peft_model: Any = None,
     progress: Progress | None = None,
 ) -> Snapshot:
     """Import a PEFT adapter folder (``adapter_model.safetensors`` + ``adapter_config.json``) over a base.
@@ -68,7 +70,11 @@ def import_peft_folder(
         branch: the adapter's branch: new, or one whose head is an adapter of the same base.
         model: the adapter's model name; default: the base's name + ``-lora``.
         message: a note; default ``import adapter <folder name>``.
-        metadata: your own JSON metadata; ``"adapter_config"`` and ``"safetensors_layout"`` are ckpt's.
+        metadata: your own JSON metadata; ``"adapter_config"``, ``"adapter_layers"`` and ``"safetensors_layout"``
+            are ckpt's.
+        peft_model: the adapter loaded in PEFT (``PeftModel.from_pretrained(base_model, path)``) or its base
+            model, to read each layer's orientation from, as ``save_adapter`` does; needed only when the base has
+            both ``Conv1D`` and linear layers and a target's square weight cannot tell which it is.
         progress: called with byte counts as chunks are written.
 
     Returns:
@@ -109,7 +115,10 @@ def import_peft_folder(
         # (tensors ckpt does not merge, such as trainable tokens, are stored and only merging them is refused)
         _, header = read_header(weights_path)
         shapes = {k: tuple(int(d) for d in v["shape"]) for k, v in header.items() if k != "__metadata__"}
-    record = adapter_record(store, base, cfg, branch=branch, metadata=metadata, shapes=shapes, adapter=str(src))
+    layers = layers_of_model(peft_model) if peft_model is not None and shapes is not None else None
+    record = adapter_record(
+        store, base, cfg, branch=branch, metadata=metadata, shapes=shapes, adapter=str(src), layers=layers
+    )
     return import_folder(
         store,
         src,

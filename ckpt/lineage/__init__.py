@@ -40,8 +40,9 @@ from ckpt.lineage._adapters import adapter_config, base_of, is_adapter, save_ada
 from ckpt.lineage._adapters import adapter_record as adapter_record
 from ckpt.lineage._adapters import read_config as read_config
 from ckpt.lineage._config import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, CONFIG_KEY, MERGED_TYPES
-from ckpt.lineage._config import config_bytes as config_bytes
 from ckpt.lineage._config import peft_type as peft_type
+from ckpt.lineage._config_json import config_bytes as config_bytes
+from ckpt.lineage._layers import layers_of_model as layers_of_model
 from ckpt.lineage._merge import load_merged, merge_adapter
 
 __all__ = [

@@ -8,7 +8,7 @@ An adapter snapshot holds only its adapter tensors and its PEFT config, and name
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
@@ -18,15 +18,16 @@ from ckpt.lineage import _lora, _types
 from ckpt.lineage._config import (
     ADAPTER_CONFIG_FILE,
     CONFIG_KEY,
+    LAYERS_KEY,
     MERGED_TYPES,
+    LayerFacts,
     LoraSettings,
-    config_bytes,
-    config_dict,
     merge_settings,
-    parse_json,
     peft_type,
-    with_config,
 )
+from ckpt.lineage._config_json import config_bytes, config_dict, parse_json, with_config
+from ckpt.lineage._layers import layers_of_model
+from ckpt.lineage._layers import record as record_layers
 from ckpt.lineage._names import adapter_tensors
 from ckpt.model import Relation, Snapshot, TensorTable
 from ckpt.state import model_tensors
@@ -61,6 +62,7 @@ def save_adapter(
     metrics: Mapping[str, float] | None = None,
     message: str | None = None,
     metadata: Mapping[str, JsonValue] | None = None,
+    peft_model: Any = None,
     progress: Progress | None = None,
 ) -> Snapshot:
     """Save an adapter (LoRA, IA³, LoHa, LoKr, AdaLoRA) over a base snapshot: only its tensors and config are stored.
@@ -93,11 +95,16 @@ def save_adapter(
         epoch: training epoch.
         metrics: named numbers (``{"val_loss": 0.41}``).
         message: a note, like a commit message.
-        metadata: your own JSON metadata; the key ``"adapter_config"`` is ckpt's.
+        metadata: your own JSON metadata; the keys ``"adapter_config"`` and ``"adapter_layers"`` are ckpt's.
+        peft_model: the ``PeftModel`` the adapter was trained in (or its base model), to read each layer's
+            orientation from: PEFT decides ``fan_in_fan_out`` per layer (true on a transformers ``Conv1D``, false on
+            an ``nn.Linear``), and a square weight's shape cannot tell (see ``ckpt.lineage._layers``). Needed only
+            when the base has layers of both kinds; a save that cannot tell without it is refused.
         progress: called with byte counts as chunks are written.
 
     Returns:
-        The adapter snapshot.
+        The adapter snapshot. Its metadata records, beside the config, each adapted module's orientation, rank
+        and alpha (``"adapter_layers"``: ``alpha_pattern``/``rank_pattern`` matched in the config's order).
 
     Raises:
         RecordError: the config is of another type (import such an adapter's folder instead), or is malformed
@@ -107,7 +114,8 @@ def save_adapter(
             ``get_peft_model_state_dict(peft_model)``.
         StateMismatchError: no tensor of the adapter's type; a ``lora_A`` without its ``lora_B`` (or another
             incomplete set); a rank that is 0 or not the config's; a target the base lacks or whose shape does
-            not fit; a DoRA magnitude or LoRA bias the config does not announce; a whole tensor the base lacks.
+            not fit; a DoRA magnitude or LoRA bias the config does not announce; a whole tensor the base lacks; a
+            square linear target whose orientation cannot be told (pass ``peft_model``).
         RefExistsError: ``branch`` exists and its head is not an adapter of this base.
         RevisionError: ``base_rev`` does not resolve.
 
@@ -128,7 +136,10 @@ def save_adapter(
         )
     tensors = adapter_tensors(adapter_state, kind)
     shapes = {name: tuple(int(d) for d in t.shape) for name, t in tensors.items()}
-    record = adapter_record(store, base, cfg, branch=branch, metadata=metadata, shapes=shapes, adapter="the adapter")
+    layers = layers_of_model(peft_model) if peft_model is not None else None
+    record = adapter_record(
+        store, base, cfg, branch=branch, metadata=metadata, shapes=shapes, adapter="the adapter", layers=layers
+    )
     return store.save(
         {"model": tensors},
         branch,
@@ -147,20 +158,21 @@ def save_adapter(
 
 
 def adapter_config(store: Store, rev: str) -> dict[str, JsonValue]:
-    """The PEFT config of an adapter snapshot (``metadata["adapter_config"]``, else its ``adapter_config.json``).
+    """The PEFT config of an adapter snapshot: its ``adapter_config.json`` (in the file's key order), else
+    ``metadata["adapter_config"]`` (whose keys canonical JSON sorted).
 
     Raises:
         RecordError: the snapshot is not an adapter, or has no readable adapter config.
     """
     snap = store.resolve(rev)
     base_of(snap)
+    data = store.files(snap.id).get(ADAPTER_CONFIG_FILE)
+    if data is not None:  # the file keeps the config's key order (pattern keys match in order); the record sorts
+        return config_dict(parse_json(data, f"{ADAPTER_CONFIG_FILE} of {snap.short_id}"), checked=False)
     recorded = snap.metadata.get(CONFIG_KEY)
     if isinstance(recorded, dict):
         return dict(recorded)
-    data = store.files(snap.id).get(ADAPTER_CONFIG_FILE)
-    if data is None:
-        raise RecordError(f"adapter snapshot {snap.short_id} has no {ADAPTER_CONFIG_FILE} and no recorded config")
-    return config_dict(parse_json(data, f"{ADAPTER_CONFIG_FILE} of {snap.short_id}"), checked=False)
+    raise RecordError(f"adapter snapshot {snap.short_id} has no {ADAPTER_CONFIG_FILE} and no recorded config")
 
 
 def read_config(data: bytes, what: str) -> dict[str, JsonValue]:
@@ -201,6 +213,7 @@ def adapter_record(
     metadata: Mapping[str, JsonValue] | None,
     shapes: Mapping[str, tuple[int, ...]] | None,
     adapter: str,
+    layers: Mapping[str, LayerFacts] | None = None,
 ) -> AdapterRecord:
     """Check an adapter against its base (``fit_to_base``, when ``shapes`` are given) and its branch.
 
@@ -213,18 +226,21 @@ def adapter_record(
         shapes: adapter tensor name → shape, to check against the base; ``None``: not checked (a type ckpt
             does not merge).
         adapter: the adapter, for messages.
+        layers: module → facts read from the live model (``_layers.layers_of_model``), if one was given.
 
     Returns:
-        Parents, relation, default model name and metadata of the adapter's snapshot.
+        Parents, relation, default model name and metadata of the adapter's snapshot (with the config and, when
+        ``shapes`` are given, each adapted module's facts under ``"adapter_layers"``).
 
     Raises:
         RecordError: ``metadata`` uses the reserved key; a malformed config.
         StateMismatchError: a tensor that does not fit the base.
         RefExistsError: ``branch`` exists and its head is not an adapter of ``base``.
     """
-    if shapes is not None:
-        fit_to_base(store, base, shapes, cfg, adapter=adapter)
     meta = with_config(metadata, cfg)
+    if shapes is not None:
+        found = fit_to_base(store, base, shapes, cfg, adapter=adapter, layers=layers)
+        meta[LAYERS_KEY] = record_layers(found_facts(found, model_entries(store.table(root_of(store, base).id))[0]))
     head_id = store.branches().get(branch)
     if head_id is None:
         kind = str(cfg.get("peft_type") or "adapter").lower()
@@ -274,7 +290,13 @@ def base_of(snap: Snapshot) -> str:
 
 
 def fit_to_base(
-    store: Store, base: Snapshot, shapes: Mapping[str, tuple[int, ...]], cfg: Mapping[str, JsonValue], *, adapter: str
+    store: Store,
+    base: Snapshot,
+    shapes: Mapping[str, tuple[int, ...]],
+    cfg: Mapping[str, JsonValue],
+    *,
+    adapter: str,
+    layers: Mapping[str, LayerFacts] | None = None,
 ) -> _lora.Plan | _types.TypePlan:
     """What the adapter's tensors do to its base, checked against the base's table (no tensor byte is read).
 
@@ -287,6 +309,8 @@ def fit_to_base(
         shapes: adapter tensor name (as ``adapter_model.safetensors`` names it) → shape.
         cfg: the adapter's PEFT config (JSON).
         adapter: the adapter, for messages.
+        layers: each module's facts, recorded with the adapter or read from the model (``_layers``): used
+            before the config's patterns and flag.
 
     Raises:
         RecordError: a malformed config.
@@ -298,6 +322,8 @@ def fit_to_base(
     entries, ties = model_entries(table)
     label = f"{base.short_id} ({base.model or 'unnamed'})"
     settings = merge_settings(cfg, adapter)
+    if layers:
+        settings = replace(settings, layers=dict(layers))
     found: _lora.Plan | _types.TypePlan
     if isinstance(settings, LoraSettings):
         found = _lora.plan(shapes, settings, entries, ties, adapter=adapter, base=label)
@@ -311,6 +337,8 @@ def fit_to_base(
         if entry.chunks or entry.shards:
             owners.setdefault((entry.chunks, entry.shards), []).append(name)
     for target in found.targets:
+        if target in found.whole and settings.replaces_module(target):
+            continue  # a modules_to_save copy replaces this name alone, whatever else holds the same bytes
         if len(entries[target][1]) < 2:
             continue  # vectors (biases, norms) are often equal by initialisation (zeros, ones); matrices are not
         target_entry = table.tensors[paths[target]]
@@ -324,6 +352,22 @@ def fit_to_base(
                 "model.state_dict()})) so that ckpt records the tie; if they are copies, make them differ",
             )
     return found
+
+
+def found_facts(
+    found: _lora.Plan | _types.TypePlan, entries: Mapping[str, tuple[str, tuple[int, ...]]]
+) -> dict[str, LayerFacts]:
+    """Each adapted module's orientation, rank and alpha, as the merge resolved them (recorded at save time)."""
+    if isinstance(found, _lora.Plan):
+        return {
+            p.module: LayerFacts(
+                fan_in_fan_out=None if p.embedding or p.conv else p.transposed, r=p.rank, alpha=p.alpha
+            )
+            for p in found.pairs
+        }
+    if found.peft_type in ("LOHA", "LOKR"):
+        return {e.module: LayerFacts(r=e.rank, alpha=e.alpha) for e in found.edits}
+    return {e.module: LayerFacts(fan_in_fan_out=e.transposed) for e in found.edits if len(entries[e.target][1]) == 2}
 
 
 def _model_paths(table: TensorTable) -> dict[str, str]:

@@ -2,15 +2,14 @@
 
 A config is what ``peft_model.peft_config["default"].to_dict()`` gives, or the JSON of ``adapter_config.json``
 (``peft_type``, ``r``, ``lora_alpha``, ``target_modules``, ``use_rslora``, ``use_dora``, ``fan_in_fan_out`` …).
-``config_dict`` turns either into JSON (sets become sorted lists, enums their values); ``merge_settings``
+``_config_json.config_dict`` turns either into JSON (sets become sorted lists, enums their values); ``merge_settings``
 checks the config of a type ckpt merges (``MERGED_TYPES``) and returns what the merge math needs: a
-``LoraSettings`` for LoRA, a ``TypeSettings`` for IA³, LoHa, LoKr and AdaLoRA. Every check names the field.
+``LoraSettings`` for LoRA, a ``TypeSettings`` for IA³, LoHa, LoKr and AdaLoRA, each with the per-module facts
+recorded at save time (``LayerFacts``, see ``_layers``). Every check names the field.
 """
 
 from __future__ import annotations
 
-import enum
-import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,20 +24,18 @@ __all__ = [
     "ADAPTER_CONFIG_FILE",
     "ADAPTER_WEIGHTS_FILE",
     "CONFIG_KEY",
+    "LAYERS_KEY",
     "MERGED_TYPES",
     "PEFT_HINT",
     "PEFT_TYPES",
+    "LayerFacts",
     "LoraSettings",
     "TypeSettings",
     "check_type",
-    "config_bytes",
-    "config_dict",
     "lora_settings",
     "merge_settings",
-    "parse_json",
     "peft_type",
     "type_settings",
-    "with_config",
 ]
 
 #: The attached file that holds an adapter's PEFT config (as PEFT names it).
@@ -47,6 +44,8 @@ ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 #: Snapshot metadata key of the adapter's PEFT config (the same JSON as ``adapter_config.json``).
 CONFIG_KEY = "adapter_config"
+#: Snapshot metadata key of the per-module facts recorded when the adapter was saved (``_layers``).
+LAYERS_KEY = "adapter_layers"
 #: What to do with an adapter ckpt stores but does not merge.
 PEFT_HINT = Hint(
     "store and export it as it is (export_peft_folder), then merge it with peft: "
@@ -109,7 +108,24 @@ def check_type(cfg: Mapping[str, JsonValue], adapter: str, tensors: Iterable[str
     )
 
 
-# -- config ------------------------------------------------------------------------------------------
+# -- per-module facts ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerFacts:
+    """What one adapted module needs beyond the config, recorded at save time (see ``_layers``).
+
+    Attributes:
+        fan_in_fan_out: the base layer holds its weight transposed (``[in, out]``, transformers' ``Conv1D``), as
+            PEFT decided for that layer; ``None``: not a linear layer, or not known.
+        r: the module's rank, ``rank_pattern`` matched in the config's order; ``None``: not recorded.
+        alpha: the module's alpha, ``alpha_pattern`` matched in the config's order; ``None``: not recorded.
+    """
+
+    fan_in_fan_out: bool | None = None
+    r: int | None = None
+    alpha: float | None = None
+
 
 # -- LoRA --------------------------------------------------------------------------------------------
 
@@ -128,6 +144,8 @@ class LoraSettings:
         rank_pattern: module pattern → rank, in config order.
         alpha_pattern: module pattern → alpha, in config order.
         unmerged: the config options set that ckpt's merge does not compute (it refuses to merge them).
+        modules_to_save: modules PEFT trains as a copy and puts in place of the base's (``replaces_module``).
+        layers: each module's recorded facts (see ``_layers``), used before the patterns and the flag.
     """
 
     r: int
@@ -139,15 +157,38 @@ class LoraSettings:
     rank_pattern: tuple[tuple[PeftPattern, int], ...] = ()
     alpha_pattern: tuple[tuple[PeftPattern, float], ...] = ()
     unmerged: tuple[str, ...] = field(default=())
+    modules_to_save: tuple[str, ...] = ()
+    layers: Mapping[str, LayerFacts] = field(default_factory=dict)
 
     def rank(self, module: str) -> int:
-        """The rank PEFT gives ``module``: the first ``rank_pattern`` key that matches, else ``r``."""
+        """The rank PEFT gives ``module``: recorded, else the first ``rank_pattern`` key that matches, else ``r``."""
+        known = self.layers.get(module)
+        if known is not None and known.r is not None:
+            return known.r
         return next((v for p, v in self.rank_pattern if p.matches(module)), self.r)
 
+    def alpha_of(self, module: str) -> float:
+        """The alpha PEFT gives ``module``: recorded, else the first matching ``alpha_pattern`` key, else ``alpha``."""
+        known = self.layers.get(module)
+        if known is not None and known.alpha is not None:
+            return known.alpha
+        return next((v for p, v in self.alpha_pattern if p.matches(module)), self.alpha)
+
+    def replaces_module(self, tensor: str) -> bool:
+        """Whether the base tensor ``tensor`` belongs to a ``modules_to_save`` module (PEFT's ``_set_trainable``:
+        the module's name ends with one of the config's names); such a module is replaced by the adapter's copy,
+        untied from any tensor the base shares with it."""
+        return replaces_module(tensor, self.modules_to_save)
+
     def scale(self, module: str, rank: int) -> float:
-        """``alpha / rank``, or ``alpha / √rank`` with rsLoRA, with ``alpha`` from ``alpha_pattern`` or the default."""
-        alpha = next((v for p, v in self.alpha_pattern if p.matches(module)), self.alpha)
+        """``alpha / rank``, or ``alpha / √rank`` with rsLoRA, with ``alpha`` from ``alpha_of``."""
+        alpha = self.alpha_of(module)
         return alpha / math.sqrt(rank) if self.use_rslora else alpha / rank
+
+    def transposed(self, module: str) -> bool | None:
+        """Whether ``module``'s weight is held transposed (``fan_in_fan_out``), if recorded or read from the model."""
+        known = self.layers.get(module)
+        return None if known is None else known.fan_in_fan_out
 
 
 def lora_settings(cfg: Mapping[str, JsonValue]) -> LoraSettings:
@@ -191,7 +232,15 @@ def lora_settings(cfg: Mapping[str, JsonValue]) -> LoraSettings:
         rank_pattern=rank_pattern,
         alpha_pattern=alpha_pattern,
         unmerged=tuple(unmerged),
+        modules_to_save=tuple(m for m in modules if isinstance(m, str)) if isinstance(modules, list) else (),
     )
+
+
+def replaces_module(tensor: str, modules_to_save: Iterable[str]) -> bool:
+    """Whether a base tensor belongs to a ``modules_to_save`` module: PEFT matches a module whose full name
+    (``base_model.model.<name>``) ends with one of the names."""
+    module = "base_model.model." + tensor.rpartition(".")[0]
+    return any(module.endswith(name) for name in modules_to_save)
 
 
 # -- IA³, LoHa, LoKr, AdaLoRA -----------------------------------------------------------------------
@@ -222,15 +271,35 @@ class TypeSettings:
     feedforward: tuple[str, ...] = ()
     feedforward_regex: PeftPattern | None = None
     unmerged: tuple[str, ...] = field(default=())
+    modules_to_save: tuple[str, ...] = ()
+    layers: Mapping[str, LayerFacts] = field(default_factory=dict)
+
+    def replaces_module(self, tensor: str) -> bool:
+        """Whether the base tensor ``tensor`` belongs to a ``modules_to_save`` module (see ``LoraSettings``)."""
+        return replaces_module(tensor, self.modules_to_save)
 
     def rank(self, module: str) -> int:
-        """The rank PEFT gives ``module``: the first ``rank_pattern`` key that matches, else ``r``."""
+        """The rank PEFT gives ``module``: recorded, else the first ``rank_pattern`` key that matches, else ``r``."""
+        known = self.layers.get(module)
+        if known is not None and known.r is not None:
+            return known.r
         return next((v for p, v in self.rank_pattern if p.matches(module)), self.r)
 
+    def alpha_of(self, module: str) -> float:
+        """The alpha PEFT gives ``module``: recorded, else the first matching ``alpha_pattern`` key, else ``alpha``."""
+        known = self.layers.get(module)
+        if known is not None and known.alpha is not None:
+            return known.alpha
+        return next((v for p, v in self.alpha_pattern if p.matches(module)), self.alpha)
+
     def scale(self, module: str) -> float:
-        """``alpha / r`` of ``module`` (LoHa and LoKr), both from their patterns or the defaults."""
-        alpha = next((v for p, v in self.alpha_pattern if p.matches(module)), self.alpha)
-        return alpha / self.rank(module)
+        """``alpha / r`` of ``module`` (LoHa and LoKr), both from ``alpha_of`` and ``rank``."""
+        return self.alpha_of(module) / self.rank(module)
+
+    def transposed(self, module: str) -> bool | None:
+        """Whether ``module``'s weight is held transposed (``fan_in_fan_out``), if recorded or read from the model."""
+        known = self.layers.get(module)
+        return None if known is None else known.fan_in_fan_out
 
     def is_feedforward(self, module: str) -> bool:
         """IA³: whether PEFT treats ``module`` as feed-forward (``IA3Model._check_target_module_feedforward``)."""
@@ -251,6 +320,10 @@ def type_settings(cfg: Mapping[str, JsonValue]) -> TypeSettings:
         check_type(cfg, "the adapter")  # raises for the types ckpt does not merge
         raise RecordError(f"a {kind} config is read by lora_settings")
     unmerged = tuple(name for name in _TYPE_UNMERGED_OPTIONS if cfg.get(name) not in (None, False, [], {}, ""))
+    modules = cfg.get("modules_to_save")
+    if modules is not None and not (isinstance(modules, list) and all(isinstance(m, str) for m in modules)):
+        raise RecordError(f"adapter config field 'modules_to_save' must be a list of module names, got {modules!r}")
+    saved = tuple(str(m) for m in modules or ())
     if kind == "IA3":
         ff = cfg.get("feedforward_modules")
         regex = None
@@ -269,6 +342,7 @@ def type_settings(cfg: Mapping[str, JsonValue]) -> TypeSettings:
             feedforward=names,
             feedforward_regex=regex,
             unmerged=unmerged,
+            modules_to_save=saved,
         )
     if kind == "ADALORA":
         alpha = cfg.get("lora_alpha")
@@ -287,6 +361,7 @@ def type_settings(cfg: Mapping[str, JsonValue]) -> TypeSettings:
             alpha=number,
             fan_in_fan_out=_flag(cfg.get("fan_in_fan_out"), "fan_in_fan_out"),
             unmerged=unmerged,
+            modules_to_save=saved,
         )
     return TypeSettings(
         kind,
@@ -301,6 +376,7 @@ def type_settings(cfg: Mapping[str, JsonValue]) -> TypeSettings:
             for k, v in _mapping(cfg.get("alpha_pattern"), "alpha_pattern").items()
         ),
         unmerged=unmerged,
+        modules_to_save=saved,
     )
 
 
@@ -353,36 +429,6 @@ def _mapping(value: Any, name: str) -> Mapping[str, Any]:
     return value
 
 
-# -- the JSON of a config -----------------------------------------------------------------------------
-
-
-def config_dict(config: Any, *, checked: bool = True) -> dict[str, JsonValue]:
-    """The JSON of a PEFT config, as ``adapter_config.json`` holds it (sets become sorted lists).
-
-    A config of a type ckpt merges is checked as ``lora_settings`` or ``type_settings`` checks it (unless
-    ``checked=False``: a stored config is checked where it is used).
-
-    Raises:
-        RecordError: not a mapping, a value JSON cannot hold, or a malformed LoRA config.
-    """
-    raw = config.to_dict() if callable(getattr(config, "to_dict", None)) else config
-    if not isinstance(raw, Mapping):
-        raise RecordError(
-            f"an adapter config must be a PEFT config or a mapping, got {type(config).__name__}",
-            hint="pass peft_model.peft_config['default'] or the dict of adapter_config.json",
-        )
-    try:
-        out = {str(k): _json_value(v, str(k)) for k, v in raw.items()}
-    except RecursionError:
-        raise RecordError("the adapter config is nested too deeply") from None
-    out.setdefault("peft_type", "LORA")
-    if not isinstance(out["peft_type"], str):
-        raise RecordError(f"adapter config field 'peft_type' must be a string, got {out['peft_type']!r}")
-    if checked and peft_type(out) in MERGED_TYPES:
-        merge_settings(out, "the adapter config")
-    return out
-
-
 def merge_settings(cfg: Mapping[str, JsonValue], what: str) -> LoraSettings | TypeSettings:
     """The checked config of an adapter ckpt merges.
 
@@ -396,57 +442,3 @@ def merge_settings(cfg: Mapping[str, JsonValue], what: str) -> LoraSettings | Ty
         return type_settings(cfg)
     except RecordError as e:
         raise RecordError(f"{what}: {e}", hint=e.hint) from e
-
-
-def _json_value(value: Any, where: str) -> JsonValue:
-    if isinstance(value, enum.Enum):
-        return _json_value(value.value, where)
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise RecordError(f"adapter config field {where!r} is {value}; JSON has no such number")
-        return value
-    if isinstance(value, (set, frozenset)):
-        return [_json_value(v, where) for v in sorted(value, key=str)]
-    if isinstance(value, (list, tuple)):
-        return [_json_value(v, where) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _json_value(v, f"{where}.{k}") for k, v in value.items()}
-    raise RecordError(f"adapter config field {where!r} holds a {type(value).__name__}, which is not JSON")
-
-
-def config_bytes(cfg: Mapping[str, JsonValue]) -> bytes:
-    """``adapter_config.json`` as PEFT writes it."""
-    return json.dumps(cfg, indent=2, sort_keys=True).encode("utf-8")
-
-
-def parse_json(data: bytes, what: str) -> Any:
-    """The JSON in ``data`` (an ``adapter_config.json``).
-
-    Raises:
-        RecordError: not JSON, or nested too deeply (``what`` names the file).
-    """
-    try:
-        return json.loads(data)
-    except ValueError as e:
-        raise RecordError(f"{what} is not valid JSON: {e}") from e
-    except RecursionError:
-        raise RecordError(f"{what} is nested too deeply") from None
-
-
-def with_config(metadata: Mapping[str, JsonValue] | None, cfg: dict[str, JsonValue]) -> dict[str, JsonValue]:
-    """The user's metadata with the adapter's config under ``CONFIG_KEY``.
-
-    Raises:
-        RecordError: the user's metadata uses ``CONFIG_KEY``.
-    """
-    meta = dict(metadata or {})
-    if CONFIG_KEY in meta:
-        raise RecordError(f"metadata key {CONFIG_KEY!r} is reserved for the adapter's PEFT config")
-    meta[CONFIG_KEY] = cfg
-    return meta

@@ -26,14 +26,16 @@ is checked by ``_config.lora_settings``.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ckpt.errors import StateMismatchError, UnsupportedStateError
 from ckpt.lineage._apply import FLOAT_DTYPES, apply_whole, as_torch, assign
 from ckpt.lineage._config import PEFT_HINT, LoraSettings
+from ckpt.lineage._layers import resolve_square
 from ckpt.lineage._names import PEFT_PREFIX, base_name
 
 __all__ = ["Pair", "Plan", "check_mergeable", "merge_into", "plan"]
@@ -62,6 +64,10 @@ class Pair:
         conv: a convolution (A and B are kernels: the delta is the product of their flattened forms).
         magnitude: DoRA's magnitude tensor (``lora_magnitude_vector``), if the adapter uses DoRA.
         bias: ``lora_B``'s bias (``lora_B.bias``), if the adapter sets ``lora_bias``.
+        transposed: a linear layer that holds its weight ``[in, out]`` (PEFT's per-layer ``fan_in_fan_out``).
+        rank: the pair's rank.
+        alpha: the module's alpha (``alpha_pattern`` matched in the config's order, or recorded).
+        scale: ``alpha / rank`` (``alpha / √rank`` with rsLoRA).
     """
 
     module: str
@@ -71,6 +77,10 @@ class Pair:
     conv: bool = False
     magnitude: str | None = None
     bias: str | None = None
+    transposed: bool = False
+    rank: int = 0
+    alpha: float = 0.0
+    scale: float = 0.0
 
     @property
     def target(self) -> str:
@@ -169,12 +179,13 @@ def plan(
             )
     effective = dict(entries)
     tied = {name: group for group in ties for name in group}
-    for target, key in whole.items():
-        for name in tied.get(target, (target,)):
+    for target, key in whole.items():  # a modules_to_save copy replaces its own tensor only (PEFT unties it)
+        for name in (target,) if settings.replaces_module(target) else tied.get(target, (target,)):
             effective[name] = (entries[name][0], shapes[key])
 
     pairs: list[Pair] = []
     missing: list[str] = []
+    square: list[Pair] = []  # linear pairs whose orientation neither shapes nor a record tell
     for (module, embedding), ab in halves.items():
         if set(ab) != {"A", "B"}:
             have = next(iter(ab.values()))
@@ -199,7 +210,19 @@ def plan(
                 f"{adapter}: LoRA of {name!r} has rank {a[0]}, but its config gives that module r={want}",
                 hint="the adapter config does not describe these tensors (check r and rank_pattern)",
             )
-        pair = Pair(module=name, a=ab["A"], b=ab["B"], embedding=embedding, conv=conv, magnitude=magnitude, bias=bias)
+        alpha = settings.alpha_of(name)
+        pair = Pair(
+            module=name,
+            a=ab["A"],
+            b=ab["B"],
+            embedding=embedding,
+            conv=conv,
+            magnitude=magnitude,
+            bias=bias,
+            rank=a[0],
+            alpha=alpha,
+            scale=alpha / math.sqrt(a[0]) if settings.use_rslora else alpha / a[0],
+        )
         if pair.target not in effective:
             missing.append(pair.target)
             continue
@@ -208,18 +231,40 @@ def plan(
             raise UnsupportedStateError(
                 f"cannot merge into {pair.target!r} of base {base}: its dtype {dtype} is not a float type"
             )
+        linear = not conv and not embedding
+        known = settings.transposed(name) if linear else None
+        by_shape = linear and known is None
         if conv:
             delta: tuple[int, ...] = (b[0], *a[1:])
-        else:
-            delta = (a[1], b[0]) if embedding or settings.fan_in_fan_out else (b[0], a[1])
+        elif embedding:
+            delta = (a[1], b[0])
+        elif known is not None:
+            delta = (a[1], b[0]) if known else (b[0], a[1])
+        else:  # the shape tells, unless the weight is square
+            known = tuple(shape) == (a[1], b[0]) and a[1] != b[0]
+            delta = (a[1], b[0]) if known else (b[0], a[1])
         if tuple(shape) != delta:
             raise StateMismatchError(
-                f"{adapter}: the LoRA delta of {name!r} is {list(delta)}, but the base weight {pair.target!r} of "
-                f"{base} is {list(shape)}",
-                hint="is this the adapter's base? (or check fan_in_fan_out in the adapter config)",
+                f"{adapter}: the LoRA delta of {name!r} is {list(delta)}"
+                + (f" (or {[delta[1], delta[0]]} transposed)" if by_shape else "")
+                + f", but the base weight {pair.target!r} of {base} is {list(shape)}",
+                hint="is this the adapter's base? (its LoRA ranks and layer sizes do not fit)",
             )
+        pair = replace(pair, transposed=bool(known))
+        if linear and settings.transposed(name) is None and a[1] == b[0]:
+            square.append(pair)
+            continue
         _check_companions(pair, shapes, settings, effective, tuple(shape), adapter=adapter, base=base)
         pairs.append(pair)
+    if square:
+        decided = {p.module: p.transposed for p in pairs if not p.embedding and not p.conv}
+        flag = resolve_square(
+            [p.module for p in square], decided, settings.fan_in_fan_out, entries, adapter=adapter, base=base
+        )
+        for pair in square:
+            pair = replace(pair, transposed=flag)
+            _check_companions(pair, shapes, settings, effective, effective[pair.target][1], adapter=adapter, base=base)
+            pairs.append(pair)
     if missing:
         shown = ", ".join(repr(m) for m in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise StateMismatchError(
@@ -260,7 +305,7 @@ def _check_companions(
             hint="the adapter config does not describe these tensors",
         )
     # the weight's output rows, as the layer holds them: rows of W, columns for fan_in_fan_out and embeddings
-    rows = weight[1] if pair.embedding or (settings.fan_in_fan_out and not pair.conv) else weight[0]
+    rows = weight[1] if pair.embedding or pair.transposed else weight[0]
     if pair.magnitude is not None:
         want: tuple[int, ...] = (1, rows, *([1] * (len(weight) - 2))) if pair.conv else (rows,)
         if tuple(shapes[pair.magnitude]) != want:
@@ -345,23 +390,23 @@ def merge_into(
     import torch
 
     writable = set(in_place)
-    apply_whole(weights, adapter, found.whole, writable)
+    apply_whole(weights, adapter, found.whole, writable, replaces=settings.replaces_module)
     for pair in found.pairs:
         weight = weights[pair.target]
         w = as_torch(weight)
         compute = torch.promote_types(w.dtype, torch.float32)
         a, b = adapter[pair.a].to(compute), adapter[pair.b].to(compute)
         rank = int(a.shape[0])
-        scale = settings.scale(pair.module, rank)
+        scale = pair.scale
         if pair.conv:
             delta = (b.reshape(b.shape[0], rank) @ a.reshape(rank, -1)).reshape(w.shape)
         else:
             delta = b @ a
-            if pair.embedding or settings.fan_in_fan_out:
+            if pair.embedding or pair.transposed:
                 delta = delta.T
         merged = w.to(compute) + delta * scale
         if pair.magnitude is not None:
-            merged = _dora(merged, adapter[pair.magnitude].to(compute), pair, settings)
+            merged = _dora(merged, adapter[pair.magnitude].to(compute), pair)
         assign(weights, weight, merged.to(w.dtype), writable)
         if pair.bias is not None:
             old = weights[pair.bias_target]
@@ -370,11 +415,11 @@ def merge_into(
             assign(weights, old, new.to(bias.dtype), writable)
 
 
-def _dora(merged: Any, magnitude: Any, pair: Pair, settings: LoraSettings) -> Any:
+def _dora(merged: Any, magnitude: Any, pair: Pair) -> Any:
     """``m / ‖W + ΔW‖ · (W + ΔW)`` with the norm of each output row of the layer (PEFT's ``get_weight_norm``)."""
     if pair.conv:
         norm = merged.flatten(1).norm(dim=1)
         return (magnitude.reshape(-1) / norm).reshape(-1, *([1] * (merged.dim() - 1))) * merged
-    if pair.embedding or settings.fan_in_fan_out:  # the layer's rows are this weight's columns
+    if pair.embedding or pair.transposed:  # the layer's rows are this weight's columns
         return merged * (magnitude / merged.norm(dim=0)).reshape(1, -1)
     return merged * (magnitude / merged.norm(dim=1)).reshape(-1, 1)

@@ -16,6 +16,7 @@ from ckpt.errors import RefExistsError, StateMismatchError
 from ckpt.lineage import _lora, _types
 from ckpt.lineage._adapters import adapter_config, base_of, fit_to_base, is_adapter, model_entries, root_of
 from ckpt.lineage._config import LoraSettings, TypeSettings, check_type, merge_settings
+from ckpt.lineage._layers import read_layers
 from ckpt.model import RESERVED_FILE_PREFIX, SAFETENSORS_INDEX_SUFFIX, Snapshot
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ def load_merged(
     shapes = {name: shape for name, (_, shape) in model_entries(store.table(snap.id))[0].items()}
     check_type(cfg, what, shapes)
     settings = merge_settings(cfg, what)
-    found = fit_to_base(store, base, shapes, cfg, adapter=what)  # before any byte is read
+    found = fit_to_base(store, base, shapes, cfg, adapter=what, layers=read_layers(snap.metadata))  # no byte read
     if isinstance(found, _lora.Plan) and isinstance(settings, LoraSettings):
         _lora.check_mergeable(found, settings, what)
     elif isinstance(found, _types.TypePlan) and isinstance(settings, TypeSettings):

@@ -33,13 +33,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ckpt.errors import StateMismatchError, UnsupportedStateError
 from ckpt.lineage._apply import FLOAT_DTYPES, apply_whole, as_torch, assign
 from ckpt.lineage._config import PEFT_HINT, TypeSettings
+from ckpt.lineage._layers import resolve_square
 from ckpt.lineage._names import PEFT_PREFIX, base_name
+from ckpt.lineage._type_shapes import check_delta, check_svd, numel
 
 __all__ = ["Edit", "TypePlan", "check_mergeable", "merge_into", "plan"]
 
@@ -79,12 +81,19 @@ class Edit:
         tensors: the adapter's tensors of this module, by role (``ia3_l``, ``hada_w1_a``, ``lokr_w2`` …).
         feedforward: IA³: the vector scales the layer's inputs, not its outputs.
         scales_bias: IA³: the layer's bias is scaled too (an output-scaling vector on a layer with a bias).
+        transposed: IA³, AdaLoRA: a linear layer that holds its weight ``[in, out]`` (PEFT's per-layer
+            ``fan_in_fan_out``).
+        rank: LoHa, LoKr: the module's rank (``rank_pattern`` matched in the config's order, or recorded).
+        alpha: LoHa, LoKr: the module's alpha (likewise).
     """
 
     module: str
     tensors: Mapping[str, str]
     feedforward: bool = False
     scales_bias: bool = False
+    transposed: bool = False
+    rank: int = 0
+    alpha: float = 0.0
 
     @property
     def target(self) -> str:
@@ -175,12 +184,13 @@ def plan(
             )
     effective = dict(entries)
     tied = {name: group for group in ties for name in group}
-    for target, key in whole.items():
-        for name in tied.get(target, (target,)):
+    for target, key in whole.items():  # a modules_to_save copy replaces its own tensor only (PEFT unties it)
+        for name in (target,) if settings.replaces_module(target) else tied.get(target, (target,)):
             effective[name] = (entries[name][0], shapes[key])
 
     edits: list[Edit] = []
     missing: list[str] = []
+    square: list[Edit] = []  # linear layers whose orientation neither shapes nor a record tell
     for raw, roles in modules.items():
         name = raw.removeprefix(PEFT_PREFIX)
         if set(roles) not in _LAYOUTS[kind]:
@@ -205,12 +215,27 @@ def plan(
                 unmerged.append(roles["ia3_l"])
                 continue
         elif kind == "ADALORA":
-            _check_svd(name, got, tuple(weight), settings, adapter=adapter, base=base)
-            edit = Edit(name, dict(roles))
+            transposed = check_svd(name, got, tuple(weight), settings, adapter=adapter, base=base)
+            edit = Edit(name, dict(roles), transposed=transposed)
         else:
-            _check_delta(kind, name, got, tuple(weight), settings.rank(name), adapter=adapter, base=base)
-            edit = Edit(name, dict(roles))
+            rank = settings.rank(name)
+            check_delta(kind, name, got, tuple(weight), rank, adapter=adapter, base=base)
+            edit = Edit(name, dict(roles), rank=rank, alpha=settings.alpha_of(name))
+        if (
+            kind in ("IA3", "ADALORA")
+            and len(weight) == 2
+            and weight[0] == weight[1]
+            and settings.transposed(name) is None
+        ):
+            square.append(edit)
+            continue
         edits.append(edit)
+    if square:
+        decided = {e.module: e.transposed for e in edits if len(effective[e.target][1]) == 2}
+        flag = resolve_square(
+            [e.module for e in square], decided, settings.fan_in_fan_out, entries, adapter=adapter, base=base
+        )
+        edits.extend(replace(e, transposed=flag) for e in square)
     if missing:
         shown = ", ".join(repr(m) for m in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise StateMismatchError(
@@ -233,8 +258,14 @@ def _ia3_edit(
 ) -> Edit | None:
     """The IA³ edit of one layer, its vector checked against the weight (``None``: a grouped convolution)."""
     feedforward = settings.is_feedforward(name)
+    transposed = False
     if len(weight) == 2:
-        out_dim, in_dim = (weight[1], weight[0]) if settings.fan_in_fan_out else weight
+        known = settings.transposed(name)
+        if known is None:  # the vector's length tells, unless the weight is square
+            n = vector[1] if feedforward and len(vector) == 2 else vector[0] if vector else -1
+            known = n == (weight[0] if feedforward else weight[1]) and weight[0] != weight[1]
+        transposed = known
+        out_dim, in_dim = (weight[1], weight[0]) if transposed else weight
         want: tuple[int, ...] = (1, in_dim) if feedforward else (out_dim, 1)
     elif len(weight) > 2:
         grouped = len(vector) == len(weight) and vector[1] != weight[1] and vector[1] % weight[1] == 0
@@ -253,120 +284,16 @@ def _ia3_edit(
     bias = effective.get(f"{name}.bias")
     scales_bias = not feedforward and bias is not None
     if scales_bias and bias is not None:
-        if _numel(bias[1]) != _numel(vector):
+        if numel(bias[1]) != numel(vector):
             raise StateMismatchError(
-                f"{adapter}: the IA3 vector of {name!r} scales {_numel(vector)} outputs, but {name}.bias of base "
+                f"{adapter}: the IA3 vector of {name!r} scales {numel(vector)} outputs, but {name}.bias of base "
                 f"{base} is {list(bias[1])}"
             )
         if bias[0] not in FLOAT_DTYPES:
             raise UnsupportedStateError(
                 f"cannot merge into {name}.bias of base {base}: its dtype {bias[0]} is not a float"
             )
-    return Edit(name, dict(roles), feedforward=feedforward, scales_bias=scales_bias)
-
-
-def _check_delta(
-    kind: str,
-    name: str,
-    got: Mapping[str, tuple[int, ...]],
-    weight: tuple[int, ...],
-    rank: int,
-    *,
-    adapter: str,
-    base: str,
-) -> None:
-    """A LoHa or LoKr delta's factors fit each other, the config's rank, and the base weight (by shapes alone)."""
-
-    def refuse(what: str) -> StateMismatchError:
-        return StateMismatchError(
-            f"{adapter}: the {kind} tensors of {name!r} ({_shown(got)}) {what}",
-            hint="is this the adapter's base? (or check r and rank_pattern in its config)",
-        )
-
-    def product(a: str, b: str) -> tuple[int, ...]:
-        if len(got[a]) != 2 or len(got[b]) != 2 or got[a][1] != got[b][0]:
-            raise refuse(f"do not multiply: {a} {list(got[a])} @ {b} {list(got[b])}")
-        if got[a][1] != rank:
-            raise refuse(f"have rank {got[a][1]}, but the config gives that module r={rank}")
-        return (got[a][0], got[b][1])
-
-    def tucker(t: str, a: str, b: str) -> tuple[int, ...]:
-        # LoHa: einsum("ijkl,jr,ip->prkl", t, w_b, w_a); LoKr: einsum("ijkl,ip,jr->prkl", t, w_a, w_b)
-        core, wa, wb = got[t], got[a], got[b]
-        if len(core) != 4 or len(wa) != 2 or len(wb) != 2 or core[0] != core[1] or wa[0] != core[0] or wb[0] != core[1]:
-            raise refuse(f"do not fit their Tucker core {t} {list(core)}")
-        if core[0] != rank:
-            raise refuse(f"have rank {core[0]}, but the config gives that module r={rank}")
-        return (wa[1], wb[1], *core[2:])
-
-    if kind == "LOHA":
-        if "hada_t1" in got:
-            one = tucker("hada_t1", "hada_w1_a", "hada_w1_b")
-            two = tucker("hada_t2", "hada_w2_a", "hada_w2_b")
-        else:
-            one, two = product("hada_w1_a", "hada_w1_b"), product("hada_w2_a", "hada_w2_b")
-        if one != two:
-            raise refuse(f"build factors of different shapes, {list(one)} and {list(two)}")
-        delta = one
-    else:
-        w1 = got["lokr_w1"] if "lokr_w1" in got else product("lokr_w1_a", "lokr_w1_b")
-        if "lokr_w2" in got:
-            w2 = got["lokr_w2"]
-        elif "lokr_t2" in got:
-            w2 = tucker("lokr_t2", "lokr_w2_a", "lokr_w2_b")
-        else:
-            w2 = product("lokr_w2_a", "lokr_w2_b")
-        if len(w1) != 2:
-            raise refuse(f"hold a first Kronecker factor of shape {list(w1)}, not a matrix")
-        delta = _kron_shape((*w1, 1, 1) if len(w2) == 4 else w1, w2)
-    if _numel(delta) != _numel(weight):  # PEFT reshapes the delta to the weight's shape, and so does the merge
-        raise refuse(f"build a delta of shape {list(delta)}, which does not reshape to the base weight {list(weight)}")
-
-
-def _check_svd(
-    name: str,
-    got: Mapping[str, tuple[int, ...]],
-    weight: tuple[int, ...],
-    settings: TypeSettings,
-    *,
-    adapter: str,
-    base: str,
-) -> None:
-    """An AdaLoRA module: ``lora_A`` ``[k, in]``, ``lora_E`` ``[k, 1]``, ``lora_B`` ``[out, k]``, ``k ≤ init_r``."""
-    a, e, b = got["lora_A"], got["lora_E"], got["lora_B"]
-    if len(a) != 2 or len(b) != 2 or e != (a[0], 1) or b[1] != a[0]:
-        raise StateMismatchError(
-            f"{adapter}: the ADALORA tensors of {name!r} ({_shown(got)}) do not fit each other",
-            hint="lora_A is [k, in], lora_E [k, 1] and lora_B [out, k]",
-        )
-    if a[0] > settings.r:
-        raise StateMismatchError(f"{adapter}: the ADALORA of {name!r} has rank {a[0]}, more than init_r={settings.r}")
-    delta = (a[1], b[0]) if settings.fan_in_fan_out else (b[0], a[1])
-    if delta != weight:
-        raise StateMismatchError(
-            f"{adapter}: the ADALORA delta of {name!r} is {list(delta)}, but the base weight {name}.weight of {base} "
-            f"is {list(weight)}",
-            hint="is this the adapter's base? (or check fan_in_fan_out in the adapter config)",
-        )
-
-
-def _kron_shape(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
-    """The shape of ``torch.kron(a, b)`` (the shorter shape is padded with leading ones)."""
-    n = max(len(a), len(b))
-    a = (1,) * (n - len(a)) + tuple(a)
-    b = (1,) * (n - len(b)) + tuple(b)
-    return tuple(x * y for x, y in zip(a, b, strict=True))
-
-
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-def _shown(got: Mapping[str, tuple[int, ...]]) -> str:
-    return ", ".join(f"{role} {list(shape)}" for role, shape in sorted(got.items()))
+    return Edit(name, dict(roles), feedforward=feedforward, scales_bias=scales_bias, transposed=transposed)
 
 
 def check_mergeable(found: TypePlan, settings: TypeSettings, adapter: str) -> None:
@@ -420,7 +347,7 @@ def merge_into(
     import torch
 
     writable = set(in_place)
-    apply_whole(weights, adapter, found.whole, writable)
+    apply_whole(weights, adapter, found.whole, writable, replaces=settings.replaces_module)
     for edit in found.edits:
         weight = weights[edit.target]
         w = as_torch(weight)
@@ -428,7 +355,7 @@ def merge_into(
         t = {role: adapter[key].to(compute) for role, key in edit.tensors.items()}
         if found.peft_type == "IA3":
             vector = t["ia3_l"]
-            if w.dim() == 2 and settings.fan_in_fan_out:
+            if w.dim() == 2 and edit.transposed:
                 scaling = vector.T
             elif w.dim() > 2 and not edit.feedforward:
                 scaling = vector.transpose(0, 1)
@@ -441,13 +368,13 @@ def merge_into(
                 assign(weights, old, (bias.to(compute) * vector.reshape(bias.shape)).to(bias.dtype), writable)
         elif found.peft_type == "ADALORA":
             delta = t["lora_B"] @ (t["lora_A"] * t["lora_E"])
-            if settings.fan_in_fan_out:
+            if edit.transposed:
                 delta = delta.T
             scaling = settings.alpha if settings.alpha > 0 else float(t["lora_A"].shape[0])
             merged = w.to(compute) + delta * scaling / (torch.tensor(float(settings.r), dtype=compute) + 1e-5)
         else:
             delta = _loha(t) if found.peft_type == "LOHA" else _lokr(t)
-            merged = w.to(compute) + (delta * settings.scale(edit.module)).reshape(w.shape)
+            merged = w.to(compute) + (delta * (edit.alpha / edit.rank)).reshape(w.shape)
         assign(weights, weight, merged.to(w.dtype), writable)
 
 

@@ -3,7 +3,8 @@
 Liveness: every snapshot reachable from a branch, a tag, or a reflog entry younger than ``expire_reflog``
 (following parents and adapter bases) keeps its record and its tensor table; a live snapshot that is not
 pruned also keeps its chunks. A frozen release, and the adapter bases it needs, always keep their chunks, even
-if a pruned marker says otherwise. Every ref, reflog entry, marker or record that cannot be read on the way is
+if a pruned marker says otherwise; so does the base (transitively) of every live adapter that is not pruned.
+Every ref, reflog entry, marker or record that cannot be read on the way is
 reported as ``Damage`` (``gc`` refuses on it, ``verify`` reports it).
 """
 
@@ -32,7 +33,8 @@ class Liveness:
         broken: reachable snapshot ids whose record is missing or unreadable.
         damage: every problem met, as ``verify`` reports it.
         pruned: ids with a readable pruned marker.
-        protected: frozen releases and the adapter bases they need: never pruned, whatever a marker says.
+        protected: frozen releases, the adapter bases they need and those of live unpruned adapters: their chunks
+            are kept, whatever a marker says.
         all_records: an unreadable root or record could name any snapshot: keep every record.
         all_tables: an unreadable record could have any table: keep every table.
         all_chunks: an unreadable record or table could need any chunk: keep every chunk.
@@ -133,6 +135,7 @@ def scan_liveness(parts: StoreParts, *, expire_reflog: timedelta | None, now: da
 
     todo: list[tuple[str, str]] = list(roots.items())
     reported: set[str] = set()
+    bases: dict[str, str] = {}  # snapshot → its adapter base
     while todo:
         sid, why = todo.pop()
         if sid in out.live or sid in reported:
@@ -154,9 +157,17 @@ def scan_liveness(parts: StoreParts, *, expire_reflog: timedelta | None, now: da
             out.all_records = out.all_tables = out.all_chunks = True
             continue
         out.live[sid] = (snap.table, sid in out.pruned)
+        if snap.base:
+            bases[sid] = snap.base
         for dep in (*snap.parents, *((snap.base,) if snap.base else ())):
             todo.append((dep, f"snapshot {sid[:12]}"))
     out.protected = parts.release_needs(tags)
+    for sid, base in bases.items():  # a live adapter that keeps its tensors keeps its base's (however pruned)
+        if out.live[sid][1]:
+            continue
+        while base and base not in out.protected:
+            out.protected.add(base)
+            base = bases.get(base, "")
     for sid in out.protected:
         if sid in out.live:
             out.live[sid] = (out.live[sid][0], False)

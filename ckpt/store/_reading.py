@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from ckpt.errors import StateMismatchError
 from ckpt.model import Snapshot, TensorEntry, TensorTable
-from ckpt.state import tensor_paths, unflatten
+from ckpt.state import alias_key, tensor_paths, unflatten
 from ckpt.store._parts import StoreParts
 from ckpt.store._shards import read_whole
 from ckpt.store._transfer import read_tensors
@@ -45,6 +46,8 @@ def load(
     """A snapshot's state tree, every tensor read (a tied group once); see ``Store.load``."""
     snap, table = open_snapshot(parts, rev)
     first = {name: group[0] for group in table.tied for name in group}  # a tied group is read once
+    if into:
+        _check_tied_into(table, into, first, snap.short_id)
     tensors = read_tensors(
         parts.objects,
         {name: entry for name, entry in table.tensors.items() if first.get(name, name) == name},
@@ -57,6 +60,38 @@ def load(
         mmap=mmap,
     )
     return unflatten(table.tree, lambda name: tensors[first.get(name, name)])
+
+
+def _check_tied_into(table: TensorTable, into: Mapping[str, Any], first: Mapping[str, str], short_id: str) -> None:
+    """Refuse ``into`` buffers that are one tensor (tied weights) for tensors of different values.
+
+    Reading each into the shared memory would keep only the last one read, silently. Two table entries are one
+    value when the table records them tied, or when they have the same dtype, shape and chunk digests.
+
+    Raises:
+        StateMismatchError: names both tensors.
+    """
+    groups: dict[Any, list[str]] = {}
+    for name, buffer in into.items():
+        key = alias_key(buffer) if name in table.tensors else None
+        if key is not None:
+            groups.setdefault(key, []).append(name)
+    for names in groups.values():
+        a = names[0]
+        for b in names[1:]:
+            ea, eb = table.tensors[a], table.tensors[b]
+            same = (ea.dtype, tuple(ea.shape), ea.chunks, ea.shards) == (
+                eb.dtype,
+                tuple(eb.shape),
+                eb.chunks,
+                eb.shards,
+            )
+            if first.get(a, a) != first.get(b, b) and not same:
+                raise StateMismatchError(
+                    f"snapshot {short_id} holds different values for {a!r} and {b!r}, which into= gives one tensor "
+                    "(tied weights): reading both into it would keep only the last",
+                    hint="untie the weights in the model (e.g. tie_word_embeddings=False), or load without into=",
+                )
 
 
 def tensors(parts: StoreParts, rev: str, *, verify: bool, framework: Framework | None, mmap: bool) -> LazyTensors:

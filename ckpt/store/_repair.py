@@ -26,6 +26,7 @@ from ckpt.model import PrunedMarker, Snapshot, canonical_json, format_time, is_d
 from ckpt.store import _layout as layout
 from ckpt.store._parts import StoreParts
 from ckpt.store._reports import Damage, VerifyReport, damage_kind
+from ckpt.store._retention import adapter_bases
 from ckpt.store._revisions import parse_revision, walk_steps
 from ckpt.store._types import Progress
 from ckpt.store._verify import verify_snapshots, verify_store
@@ -138,8 +139,8 @@ def _fix_in_place(store: StoreParts, d: Damage) -> int | None:
         if not is_digest(sid) or d.digest != layout.pruned_path(sid):
             store.backend.delete([d.digest])  # not a marker at all: pruned/ holds only markers
             return 0
-        if sid in store.release_needs():
-            store.backend.delete([d.digest])  # a frozen release is never pruned
+        if sid in store.release_needs() or sid in adapter_bases(store):
+            store.backend.delete([d.digest])  # a frozen release, or a base an adapter in use needs, is never pruned
             return 0
         marker = PrunedMarker(pruned_at=format_time(utcnow()), reason="rewritten by repair: the marker was unreadable")
         data = canonical_json(marker.model_dump(mode="json"))

@@ -2,8 +2,8 @@
 
 A policy looks at a history (newest first) and names the snapshots it keeps; policies compose with
 ``AnyOf`` (keep what any of them keeps). ``Store.retain(branch, policy)`` prunes the rest. Whatever the
-policy says, tagged and frozen snapshots and branch heads are always kept, and pruning keeps every record in
-the log.
+policy says, tagged and frozen snapshots, branch heads and the base of every adapter that keeps its tensors
+(``adapter_bases``) are always kept, and pruning keeps every record in the log.
 
 Example:
     >>> policy = AnyOf(KeepLast(3), KeepBest("val_loss", 2, mode="min"), KeepEvery(1000))
@@ -12,16 +12,16 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-from ckpt.errors import FrozenRefError, RecordError, RefError
-from ckpt.model import Snapshot
+from ckpt.errors import CkptError, FrozenRefError, RecordError, RefError
+from ckpt.model import Snapshot, TagRecord
 from ckpt.store import _layout as layout
 from ckpt.store._parts import StoreParts
 
-__all__ = ["AnyOf", "KeepBest", "KeepEvery", "KeepLast", "RetentionPolicy", "prune", "retain"]
+__all__ = ["AnyOf", "KeepBest", "KeepEvery", "KeepLast", "RetentionPolicy", "adapter_bases", "prune", "retain"]
 
 
 @runtime_checkable
@@ -138,6 +138,15 @@ def _check_prunable(parts: StoreParts, snapshot_id: str) -> None:
             )
     if snapshot_id in parts.release_needs(tags):
         raise FrozenRefError(f"snapshot {short} is the base of a frozen adapter release; it is never pruned")
+    needed = adapter_bases(parts, tags)
+    if snapshot_id in needed:
+        adapter = needed[snapshot_id]
+        raise RefError(
+            f"snapshot {short} is the base of adapter {adapter[:12]}, which is not pruned: loading the adapter "
+            "merged needs the base's tensors",
+            hint=f"prune the adapter first (store.prune({adapter[:12]!r})), or keep the base",
+            cli_hint=f"prune the adapter first (`ckpt prune {adapter[:12]}`), or keep the base",
+        )
     for name, head in parts.refs.branches().items():
         if head == snapshot_id:
             raise RefError(
@@ -152,7 +161,7 @@ def retain(parts: StoreParts, branch: str, policy: RetentionPolicy, *, dry_run: 
     history = [s for s in parts.log(branch) if not s.pruned]
     tags = parts.refs.tags()
     protected = {t.id for t in tags.values()} | set(parts.refs.branches().values()) | parts.release_needs(tags)
-    keep = policy.keep(history) | protected
+    keep = policy.keep(history) | protected | set(adapter_bases(parts, tags))
     doomed = [s for s in history if s.id not in keep]
     if not dry_run and doomed:
         for s in doomed:
@@ -160,8 +169,46 @@ def retain(parts: StoreParts, branch: str, policy: RetentionPolicy, *, dry_run: 
         # refs made meanwhile (a freeze, a reset, a branch) win over the prune
         tags = parts.refs.tags()
         now_protected = {t.id for t in tags.values()} | set(parts.refs.branches().values()) | parts.release_needs(tags)
+        now_protected |= set(adapter_bases(parts, tags))
         raced = [s for s in doomed if s.id in now_protected]
         if raced:
             parts.backend.delete([layout.pruned_path(s.id) for s in raced])
             doomed = [s for s in doomed if s.id not in now_protected]
     return [s.model_copy(update={"pruned": True}) for s in doomed]
+
+
+def adapter_bases(parts: StoreParts, tags: Mapping[str, TagRecord] | None = None) -> dict[str, str]:
+    """The snapshots some adapter that keeps its tensors needs as its base (transitively), each with one such adapter.
+
+    Every snapshot reachable from a branch or a tag (following parents and bases) that is not pruned and records
+    a ``base`` needs that base's tensors to load merged, whether it is tagged, a branch head, or an older save
+    that retention kept; so does a base that is itself an adapter. A record that cannot be read ends the walk
+    there (``verify`` reports it).
+
+    Returns:
+        base id → the id of an adapter that needs it.
+    """
+    tags = parts.refs.tags() if tags is None else tags
+    pruned = parts.pruned()
+    todo = [*parts.refs.branches().values(), *(t.id for t in tags.values())]
+    bases: dict[str, str | None] = {}
+    while todo:
+        sid = todo.pop()
+        if sid in bases:
+            continue
+        try:
+            snap = parts.objects.get_snapshot(sid)
+        except CkptError:
+            continue
+        bases[sid] = snap.base
+        todo.extend(snap.parents)
+        if snap.base:
+            todo.append(snap.base)
+    needed: dict[str, str] = {}
+    for sid, base in bases.items():
+        if sid in pruned:
+            continue
+        while base and base not in needed:
+            needed[base] = sid
+            base = bases.get(base)
+    return needed

@@ -281,7 +281,9 @@ class Store(StoreMaintenance):
             framework: ``torch`` or ``numpy`` for every tensor; default: what each was saved as.
             into: tensor path → existing tensor to read into, in place, when dtype and shape fit (e.g.
                 ``{"model/" + k: v for k, v in model.state_dict().items()}``). Reusing memory avoids the
-                page faults of fresh allocations; tensors that do not fit get new memory.
+                page faults of fresh allocations; tensors that do not fit get new memory. Buffers that are one
+                tensor (tied weights) must receive one value: two different ones are refused
+                (``StateMismatchError``) before any byte is written.
             progress: called with byte counts as chunks arrive.
             mmap: on a local store, memory-map tensors of 1 MiB or more held in one chunk instead of copying
                 them (zero-copy and copy-on-write, as safetensors does). The trade-off: a mapped tensor is

@@ -84,15 +84,16 @@ def verify_store(
             )
     for sid in sorted(state.protected & state.pruned):
         names = sorted(n for n, t in tags.items() if t.frozen and t.id == sid)
-        what = f"the frozen release {names[0]!r}" if names else "the base of a frozen release"
+        what = f"the frozen release {names[0]!r}" if names else "the base of a frozen release or of an adapter in use"
         extra.append(
             Damage(
                 kind="invalid",
                 object="marker",
                 digest=layout.pruned_path(sid),
                 snapshots=(sid,),
-                message=f"snapshot {sid[:12]} is {what} but is marked pruned; releases are never pruned "
-                "(gc keeps its objects); `ckpt repair` removes the marker",
+                message=f"snapshot {sid[:12]} is {what} but is marked pruned; releases and the bases "
+                "they or unpruned adapters need are never pruned (gc keeps its objects); `ckpt repair` removes "
+                "the marker",
             )
         )
     releases = check_releases(parts.backend, tags, entries, trust=keys)

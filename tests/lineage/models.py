@@ -92,3 +92,16 @@ def input_ids(seed: int = 0, length: int = 12) -> torch.Tensor:
     """A batch of two random token sequences."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(1, VOCAB, (2, length), generator=gen)
+
+
+def trained(base: Any, config: Any, seed: int = 1) -> PeftModel:
+    """``base`` (copied) with any PEFT adapter whose every trainable tensor is perturbed (``modules_to_save``
+    copies included), so that its merge is not zero. The same seed gives the same adapter."""
+    torch.manual_seed(seed)
+    model = get_peft_model(copy.deepcopy(base), config).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_((torch.randn(p.shape, generator=gen) * 0.1).to(p.dtype))
+    return model
