@@ -60,8 +60,12 @@ def restore(
 ) -> Any:
     """Load a snapshot's weights (and optimizer state) into live torch objects.
 
+    A diffusers pipeline (not a module: a set of them) is filled component by component, ``state["unet"]`` into
+    ``pipeline.unet`` and so on, every name, key and shape checked before anything is loaded; see
+    ``ckpt.diffusion.restore_pipeline``.
+
     Args:
-        module: a ``torch.nn.Module``.
+        module: a ``torch.nn.Module``, or a diffusers ``DiffusionPipeline`` (then ``key`` is not used).
         store: the store.
         rev: the revision to restore.
         optimizer: a ``torch.optim.Optimizer`` to restore from ``state[optimizer_key]``, if given.
@@ -85,6 +89,21 @@ def restore(
     Example:
         >>> state = ckpt.restore(model, store, "main", optimizer=opt)  # doctest: +SKIP
     """
+    from ckpt.diffusion import is_pipeline
+
+    if is_pipeline(module):
+        from ckpt.diffusion import restore_pipeline
+
+        return restore_pipeline(
+            module,
+            store,
+            rev,
+            strict=strict,
+            verify=verify,
+            in_place=in_place,
+            optimizer=optimizer,
+            optimizer_key=optimizer_key,
+        )
     from ckpt.state.torch import restore_into
 
     return restore_into(
