@@ -222,7 +222,8 @@ def split_lora(state_dict: Mapping[str, Any], components: Sequence[str] | None =
             raise StateMismatchError(
                 f"LoRA tensor {key!r} is for component {component!r}, which the base pipeline does not have "
                 f"(it has {', '.join(components) or 'no component'})",
-                hint="is this the LoRA's base pipeline?",
+                hint="diffusers names LoRA tensors <component>.<module>… (unet.down_blocks.0…): pass "
+                "{'unet': get_peft_model_state_dict(pipe.unet)}; or is this not the LoRA's base pipeline?",
             )
         out.setdefault(component, {})[name] = value
     return out

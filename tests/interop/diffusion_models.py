@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,8 @@ def tiny_pipeline(scratch: Path, seed: int = 0) -> StableDiffusionPipeline:
         feature_extractor=None,
         requires_safety_checker=False,
     )
+    for module in (unet, vae, text_encoder):
+        module.eval()  # as from_pretrained leaves them
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -194,7 +197,9 @@ def add_lora(
     text_config, text_model, text_sd = None, None, {}
     if text_encoder:
         text_config = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(TEXT_TARGETS), **config)
-        text_model = get_peft_model(copy.deepcopy(pipe.text_encoder), text_config)
+        with warnings.catch_warnings():  # transformers 5 deprecates an attribute PEFT 0.21 reads
+            warnings.simplefilter("ignore", FutureWarning)
+            text_model = get_peft_model(copy.deepcopy(pipe.text_encoder), text_config)
         modules.append(text_model)
     with torch.no_grad():
         for module in modules:
