@@ -518,6 +518,7 @@ def merge_lora(
     found: LoraPlan,
     *,
     in_place: Sequence[int] = (),
+    partial: bool = False,
 ) -> None:
     """Merge a diffusers LoRA into a loaded pipeline state, component by component, as PEFT merges (in place).
 
@@ -526,9 +527,20 @@ def merge_lora(
         adapter: component → {name as stored → torch tensor}.
         found: ``plan_lora(...)``.
         in_place: ``id()`` of tensors to overwrite in place.
+        partial: ``state`` holds a part of the base (a prefix of it): merge what falls in it, skip the rest.
     """
     for component, plan_ in found.plans.items():
         names = found.names[component]
         tensors = {names[k]: v for k, v in adapter[component].items()}
-        weights = state[component]
+        weights = state.get(component) if partial else state[component]
+        if weights is None:
+            continue
+        if partial:
+            plan_ = lora.Plan(
+                pairs=tuple(
+                    p for p in plan_.pairs if p.target in weights and (p.bias is None or p.bias_target in weights)
+                ),
+                whole={t: k for t, k in plan_.whole.items() if t in weights},
+                unmerged=plan_.unmerged,
+            )
         lora.merge_into(weights, tensors, plan_, found.settings[component], in_place=in_place)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -497,6 +497,7 @@ def load_merged(
     framework: Framework | None = None,
     into: Mapping[str, Any] | None = None,
     progress: Callable[[int], None] | None = None,
+    prefix: str | Sequence[str] | None = None,
 ) -> Any:
     """Load a diffusers LoRA snapshot merged into its base pipeline: the base's state with every component merged.
 
@@ -511,6 +512,8 @@ def load_merged(
         into: base tensor path → existing tensor to read into (as ``Store.load``); merged weights are written
             into them in place.
         progress: called with byte counts as the base's chunks arrive.
+        prefix: read only the base tensors under this tensor-path prefix (``"unet/"``), and merge what falls in
+            it (see ``ckpt.store.loading``).
 
     Raises:
         RecordError: not a diffusers LoRA snapshot, or its configs are unreadable.
@@ -522,8 +525,15 @@ def load_merged(
         raise RecordError(f"snapshot {snap.short_id} is not a diffusers LoRA", hint="load it with store.load(rev)")
     found, base, _ = _stored_plan(store, snap)
     adapter = store.load(snap.id, verify=verify, framework="torch")
-    state = store.load(base.id, verify=verify, framework=framework, into=into, progress=progress)
-    merge_lora(state, adapter, found, in_place=[id(t) for t in into.values()] if into else ())
+    if prefix is None:
+        state = store.load(base.id, verify=verify, framework=framework, into=into, progress=progress)
+    else:
+        from ckpt.store.loading import load
+
+        state = load(store, base.id, prefix=prefix, verify=verify, framework=framework, into=into, progress=progress)
+    merge_lora(
+        state, adapter, found, in_place=[id(t) for t in into.values()] if into else (), partial=prefix is not None
+    )
     return state
 
 

@@ -323,3 +323,23 @@ def test_split_lora_takes_the_file_layout_and_components() -> None:
     }
     with pytest.raises(StateMismatchError, match="'lora'"):
         split_lora({"unet.conv_in.weight": t})
+
+
+def test_a_merged_component_alone(store: ckpt.Store, lora: dm.Lora) -> None:
+    from ckpt.store import layout
+    from ckpt.store.loading import load
+
+    snap = save_lora(store, "main", {"unet": lora.unet}, branch="style", configs={"unet": lora.unet_config})
+    whole = load_merged(store, snap.id)
+    base = store.load("main")
+    table = store.table("main")
+    needed = {d for p, e in table.tensors.items() if p.startswith("unet/") for d in e.chunks}
+    store.backend.delete([layout.chunk_path(d) for e in table.tensors.values() for d in e.chunks if d not in needed])
+    unet = load(store, snap.id, merge=True, prefix="unet/")
+    assert list(unet) == ["unet"]
+    assert all(torch.equal(whole["unet"][k], v) for k, v in unet["unet"].items())
+    part = load(store, snap.id, merge=True, prefix="unet/down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q")
+    (name,) = part["unet"]
+    assert torch.equal(part["unet"][name], whole["unet"][name]) and not torch.equal(
+        part["unet"][name], base["unet"][name]
+    )
