@@ -10,13 +10,28 @@ import textwrap
 import ckpt
 import ckpt.dcp
 import ckpt.diff
+import ckpt.diffusers_lora
+import ckpt.diffusion
 import ckpt.errors
 import ckpt.hf
+import ckpt.model_card
 import ckpt.retention
 import ckpt.storage
 import ckpt.testing
 
-DOCUMENTED = [ckpt, ckpt.errors, ckpt.storage, ckpt.retention, ckpt.testing, ckpt.hf, ckpt.diff, ckpt.dcp]
+DOCUMENTED = [
+    ckpt,
+    ckpt.errors,
+    ckpt.storage,
+    ckpt.retention,
+    ckpt.testing,
+    ckpt.hf,
+    ckpt.diff,
+    ckpt.dcp,
+    ckpt.diffusion,
+    ckpt.diffusers_lora,
+    ckpt.model_card,
+]
 
 
 def test_all_is_sorted_and_complete() -> None:
