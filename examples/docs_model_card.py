@@ -33,8 +33,10 @@ def main(folder: str) -> None:
         f.write(b"---\nlicense: mit\n# the author's note\nbase_model: someone/else\ntags:\n- art\n---\n# Anime\n")
 
     parent = store.get(tuned.parents[0])
+    with open(readme, "rb") as f:
+        written = f.read()
     card = card_with_lineage(
-        open(readme, "rb").read(),
+        written,
         base_models=[f"my-org/{parent.model}"],  # the base's Hub id
         relation=HUB_RELATION[tuned.relation],  # type: ignore[arg-type]
         library_name="diffusers",
