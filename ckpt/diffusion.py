@@ -60,6 +60,7 @@ __all__ = [
     "PipelineIndex",
     "export_lora",
     "import_lora",
+    "is_lora_folder",
     "is_lora_snapshot",
     "is_pipeline",
     "load_merged",
@@ -390,6 +391,35 @@ def save_lora(
         base=base.id,
         progress=progress,
     )
+
+
+def is_lora_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a diffusers LoRA: a ``.safetensors`` file (or a folder with one, and no
+    ``adapter_config.json``) whose tensor names all carry a component prefix and ``lora`` (``unet.….lora_A.weight``),
+    or a Kohya/A1111 LoRA (``lora_unet_…``), which ``import_lora`` refuses by name.
+
+    Reads the file names and one safetensors header; never raises for a folder that is something else.
+    """
+    from ckpt.hf import plan_import
+    from ckpt.safetensors_file import read_header
+
+    try:
+        found = plan_import(path)
+    except (RecordError, UnsupportedStateError):
+        return False
+    if any(f.path == "adapter_config.json" for f in found.files) or (
+        len(found.weights) != 1 and not any(w.path == LORA_WEIGHTS_FILE for w in found.weights)
+    ):
+        return False
+    weights = next((w for w in found.weights if w.path == LORA_WEIGHTS_FILE), found.weights[0])
+    if "/" in weights.path:
+        return False
+    try:
+        _, header = read_header(weights.source)
+    except (RecordError, UnsupportedStateError):
+        return False
+    names = [n for n in header if n != "__metadata__"]
+    return bool(names) and all("lora" in n and "." in n.strip(".") for n in names)
 
 
 def import_lora(

@@ -343,3 +343,29 @@ def test_a_merged_component_alone(store: ckpt.Store, lora: dm.Lora) -> None:
     assert torch.equal(part["unet"][name], whole["unet"][name]) and not torch.equal(
         part["unet"][name], base["unet"][name]
     )
+
+
+def test_the_command_line_imports_and_restores_a_lora(folder: Path, lora: dm.Lora, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from ckpt.cli import cli
+
+    def run(*args: str) -> Any:
+        result = CliRunner().invoke(cli, ["--store", str(tmp_path / "store"), *args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result
+
+    source = save_file(tmp_path / "style-lora", lora)
+    run("init")
+    run("import", str(folder), "--model", "tiny-sd")
+    out = json.loads(run("import", str(source), "--base", "main", "--branch", "style", "--json").stdout)
+    assert (out["relation"], out["model"]) == ("adapter", "style-lora")
+    run("restore", "style", "--to", str(tmp_path / "out"))
+    assert dm.files(tmp_path / "out") == dm.files(source)
+    kohya = tmp_path / "kohya"
+    kohya.mkdir()
+    from safetensors.torch import save_file as st_save
+
+    st_save({"lora_unet_down_blocks_0.lora_down.weight": torch.zeros(4, 8)}, str(kohya / "style.safetensors"))
+    result = CliRunner().invoke(cli, ["--store", str(tmp_path / "store"), "import", str(kohya), "--base", "main"])
+    assert result.exit_code == 1 and "Kohya" in result.output

@@ -86,7 +86,8 @@ def restore(
     replaced (each removed file is listed) and other files are kept. Links in DIR are never written through.
 
     An adapter snapshot (relation adapter) is written as a PEFT folder (adapter_model.safetensors and
-    adapter_config.json) that PeftModel.from_pretrained loads onto its base.
+    adapter_config.json) that PeftModel.from_pretrained loads onto its base; a diffusers LoRA as the folder
+    (pytorch_lora_weights.safetensors) that pipe.load_lora_weights loads.
 
     With --sign KEY, REV must be a frozen release signed (`ckpt freeze --sign`) by KEY or by a --trust key, as
     it is now; the folder is then signed with OpenSSF model-signing, which verifies it with
@@ -118,8 +119,13 @@ def restore(
     elif signature is not None or trust:
         raise click.UsageError("--signature and --trust go with --sign KEY")
     snap = store.resolve(vouched or rev)
+    from ckpt.diffusion import export_lora, is_lora_snapshot
+
     with progress_bar("restore", total=snap.tensor_bytes, quiet=state.quiet) as progress:
-        result = export_folder(store, snap.id, to, shard_size=size, force=force, progress=progress)
+        if is_lora_snapshot(snap):  # a diffusers LoRA: the folder load_lora_weights loads
+            result = export_lora(store, snap.id, to, force=force, progress=progress)
+        else:
+            result = export_folder(store, snap.id, to, shard_size=size, force=force, progress=progress)
     files: list[dict[str, Any]] = [{"path": str(p), "size": _size(result.path, p)} for p in result.written]
     removed = [str(p) for p in result.removed]
     signed = None
@@ -162,7 +168,8 @@ def _size(folder: Path, path: Path) -> int:
 @click.option(
     "--base",
     metavar="REV",
-    help="For a PEFT adapter folder: the snapshot it adapts (relation adapter; targets checked against it).",
+    help="For a PEFT adapter folder or a diffusers LoRA (pytorch_lora_weights.safetensors): the snapshot it adapts "
+    "(relation adapter; targets checked against it).",
 )
 @click.option("-m", "--message", help="A note, like a commit message (default: import <name>).")
 @click.option(
@@ -207,6 +214,7 @@ def import_(
       ckpt import ./tiny-llama --model tiny-llama
       ckpt import ./instruct --branch instruct --parent tiny-llama-2026-11-28 --relation finetune
       ckpt import ./my-lora --branch lora --base instruct
+      ckpt import ./style-lora --branch style --base tiny-sd   # a diffusers LoRA over a pipeline
       ckpt import ~/.cache/huggingface/hub/models--org--name/snapshots/<commit> --skip-pickles --exclude 'onnx/*'
     """
     from ckpt.hf import import_folder, plan_import
@@ -224,9 +232,16 @@ def import_(
         if base is not None:
             if parents or relation not in (None, "adapter"):
                 raise click.UsageError("--base imports an adapter: it goes without --parent and --relation")
-            from ckpt.adapters import import_peft_folder
+            from ckpt.diffusion import import_lora, is_lora_folder
 
-            snap = import_peft_folder(store, path, base, branch=branch, model=model, message=message, progress=progress)
+            if is_lora_folder(path):  # a diffusers LoRA (pytorch_lora_weights.safetensors) over a pipeline
+                snap = import_lora(store, path, base, branch=branch, model=model, message=message, progress=progress)
+            else:
+                from ckpt.adapters import import_peft_folder
+
+                snap = import_peft_folder(
+                    store, path, base, branch=branch, model=model, message=message, progress=progress
+                )
         else:
             snap = import_folder(
                 store,
