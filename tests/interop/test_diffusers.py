@@ -206,3 +206,17 @@ def test_restore_refuses_a_mismatched_component(folder: Path, scratch: Path, tmp
     live.unet = dm.tiny_pipeline(scratch).vae  # a pipeline whose "unet" is something else
     with pytest.raises(StateMismatchError, match="unet"):
         ckpt.restore(live, store, "main")
+
+
+def test_restore_into_a_pipeline_holding_lora_layers_says_to_unload_them(
+    folder: Path, scratch: Path, tmp_path: Path
+) -> None:
+    from peft import LoraConfig
+
+    store = ckpt.init(str(tmp_path / "store"))
+    import_folder(store, folder)
+    live = dm.load(folder)
+    live.unet.add_adapter(LoraConfig(r=2, target_modules=["to_q"]))
+    with pytest.raises(StateMismatchError, match="'unet'") as e:
+        ckpt.restore(live, store, "main")
+    assert "unload_lora_weights" in (e.value.hint or "")
