@@ -18,6 +18,7 @@ block alone is written again with ``safe_dump``. The block is found as ``hugging
 from __future__ import annotations
 
 import re
+import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast, get_args
@@ -48,6 +49,13 @@ _BLOCK = re.compile(r"^(\s*---(?:\r\n|\r|\n))([\S\s]*?)((?:\r\n|\r|\n)---[ \t]*(
 _TOP_KEY = re.compile(r"([^\s#:\-?][^:#]*?)\s*:(?:\s|$)")
 _BOM = "\ufeff"
 _LINEAGE_KEYS = ("base_model", "base_model_relation")
+_SHORT = reprlib.Repr()  # keyword arguments need Python 3.12
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 60, 60
+
+
+def _short(value: Any) -> str:
+    """A bounded ``repr`` (YAML aliases can make a small file a huge nested value: never print it whole)."""
+    return _SHORT.repr(value)
 
 
 @dataclass(frozen=True)
@@ -138,18 +146,18 @@ def read_card(data: bytes, *, what: str = CARD_FILE) -> CardLineage:
         bases = tuple(base)
     else:
         raise RecordError(
-            f"{what}: base_model is {str(base)[:80]!r}, not a model id or a list of them",
+            f"{what}: base_model is {_short(base)}, not a model id or a list of them",
             hint="write base_model: org/name (or a YAML list of ids for a merge)",
         )
     relation = meta.get("base_model_relation")
     if relation is not None and relation not in HUB_RELATIONS:
         raise RecordError(
-            f"{what}: base_model_relation is {str(relation)[:40]!r}; the Hub knows {', '.join(HUB_RELATIONS)}",
+            f"{what}: base_model_relation is {_short(relation)}; the Hub knows {', '.join(HUB_RELATIONS)}",
             hint="fix the card, or leave the field out (the Hub then infers it)",
         )
     library = meta.get("library_name")
     if library is not None and not isinstance(library, str):
-        raise RecordError(f"{what}: library_name is {str(library)[:40]!r}, not a string")
+        raise RecordError(f"{what}: library_name is {_short(library)}, not a string")
     tags = meta.get("tags")
     if tags is None:
         tag_list: tuple[str, ...] = ()
@@ -158,7 +166,7 @@ def read_card(data: bytes, *, what: str = CARD_FILE) -> CardLineage:
     elif isinstance(tags, list) and all(isinstance(t, str) for t in tags):
         tag_list = tuple(tags)
     else:
-        raise RecordError(f"{what}: tags is {str(tags)[:80]!r}, not a list of strings")
+        raise RecordError(f"{what}: tags is {_short(tags)}, not a list of strings")
     return CardLineage(bases, cast("HubRelation | None", relation), library, tag_list, meta)
 
 
@@ -273,8 +281,10 @@ def card_with_lineage(
             out.extend(block_lines)
     new_block = "".join(out) + (_dump(pending, brk) if pending else "")
     new_block = new_block.removesuffix(brk).removesuffix("\n")
-    try:
-        same = _load(new_block, what) == wanted
+    try:  # the kept lines are verbatim: check the keys, and the values written here (never deep-compare the rest,
+        # which YAML aliases can make exponentially large)
+        parsed = _load(new_block, what)
+        same = set(parsed) == set(wanted) and all(parsed[k] == v for k, v in updates.items())
     except RecordError:
         same = False
     if not same:  # a layout the line edit cannot follow (flow mappings, anchors …): write the block again

@@ -153,3 +153,27 @@ def test_a_layout_the_line_edit_cannot_follow_is_written_again() -> None:
 def test_an_unknown_relation_is_refused() -> None:
     with pytest.raises(RecordError, match="relation"):
         card_with_lineage(None, base_models=["a/b"], relation="distilled")  # type: ignore[arg-type]
+
+
+def alias_bomb(levels: int = 24) -> bytes:
+    """A few hundred bytes of YAML whose value, written out, would hold 4**24 strings."""
+    lines = [b"a0: &a0 [x, x, x, x]"]
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]".encode())
+    return b"\n".join(lines) + b"\n"
+
+
+def test_an_alias_bomb_in_a_field_is_refused_quickly() -> None:
+    bomb = b"---\n" + alias_bomb() + b"base_model: *a23\n---\n"
+    with pytest.raises(RecordError, match="base_model"):
+        read_card(bomb)
+    tags = b"---\n" + alias_bomb() + b"tags: *a23\n---\n"
+    with pytest.raises(RecordError, match="tags"):
+        read_card(tags)
+
+
+def test_a_card_holding_an_alias_bomb_is_written_quickly() -> None:
+    card = b"---\n" + alias_bomb() + b"license: mit\n---\nbody\n"
+    out = card_with_lineage(card, base_models=["org/x"], relation="finetune")
+    assert out.startswith(card.partition(b"license")[0]) and out.endswith(b"---\nbody\n")
+    assert read_card(out).base_models == ("org/x",)
