@@ -14,7 +14,10 @@ sentence-transformers, diffusers, PEFT) or a hub download leaves it, as one snap
   rules on symbolic links, which are followed only inside the folder);
 - so that the files can be written again byte for byte, each safetensors file's exact header is attached as
   ``.ckpt/safetensors/<path>.header``, and the snapshot's metadata holds ``"safetensors_layout"``: the list of
-  the imported files' paths (kept short, since ``ckpt log`` reads every record).
+  the imported files' paths (kept short, since ``ckpt log`` reads every record);
+- a diffusers pipeline's ``model_index.json`` is read as JSON (never imported or run) and its class and
+  components recorded as ``"diffusers_pipeline"``; a model card's front matter (``README.md``, read with
+  PyYAML's ``safe_load``) gives a new line its parents when the bases it names are in the store.
 
 A folder that ``ckpt.export`` wrote from a training snapshot (with its ``state.json``, see ``_state_doc``) is
 recognised and imported back as the same state tree with the same record fields (model, step, epoch, metrics,
@@ -38,7 +41,9 @@ from typing import TYPE_CHECKING
 from pydantic import JsonValue
 
 from ckpt.errors import CkptError, RecordError, UnsupportedStateError
+from ckpt.interop._diffusers import MODEL_INDEX, PIPELINE_KEY, pipeline_record
 from ckpt.interop._folders import FolderFile, open_file, os_error, read_file, scan_folder
+from ckpt.interop._model_card import CARD_FILE, card_parents
 from ckpt.interop._safetensors import open_mapped
 from ckpt.interop._shards import WEIGHTS_SUFFIX, check_index
 from ckpt.interop._state_doc import HEADER_PREFIX, LAYOUT_KEY, STATE_JSON, ExportDoc, read_export_doc
@@ -168,7 +173,10 @@ def import_folder(
         model: the model's name; default: the basename of ``_name_or_path`` in ``config.json``, else the
             repository of a hub-cache snapshot, else the folder's name (for a lone file: its name without
             suffix, or its folder's name for a generic ``model.safetensors``).
-        parents: revisions of the parents; default: the branch's head, if any (as ``Store.save``).
+        parents: revisions of the parents; default: the branch's head, if any (as ``Store.save``); on a new
+            branch, the bases a ``README.md`` model card names (``base_model``) when they are in the store, found
+            by tag or model name (``org/name`` or ``name``), with ``base_model_relation`` as the relation (what
+            the Hub infers when absent: ``adapter``, ``merge`` for several bases, else ``finetune``).
         relation: relation to the first parent; default: ``continue`` with a parent, ``import`` without.
         message: a note; default ``import <folder name>`` (for a ckpt export: the exported snapshot's message).
         metadata: your own JSON metadata; the key ``"safetensors_layout"`` is ckpt's.
@@ -225,11 +233,12 @@ def import_folder(
             opened[f.path] = open_mapped(handle, what=where[f.path])
 
     meta: dict[str, JsonValue] = dict(metadata or {})
-    if LAYOUT_KEY in meta:
-        raise RecordError(
-            f"metadata key {LAYOUT_KEY!r} is reserved for ckpt's record of the imported files",
-            hint="name your key differently",
-        )
+    for key in (LAYOUT_KEY, PIPELINE_KEY):
+        if key in meta:
+            raise RecordError(
+                f"metadata key {key!r} is reserved for ckpt's record of the imported files",
+                hint="name your key differently",
+            )
     if export_doc is not None:
         return _import_export(
             store,
@@ -282,6 +291,12 @@ def import_folder(
             check_index(where.get(rel, rel), data, in_folder)
 
     meta[LAYOUT_KEY] = layout
+    if MODEL_INDEX in files:  # a diffusers pipeline: its class and components, from model_index.json (JSON only)
+        meta[PIPELINE_KEY] = pipeline_record(files[MODEL_INDEX], what=where.get(MODEL_INDEX, MODEL_INDEX))
+    if parents is None and relation is None and base is None and CARD_FILE in files and branch not in store.branches():
+        found = card_parents(store, files[CARD_FILE], adapter="adapter_config.json" in files, what=where[CARD_FILE])
+        if found is not None:  # a new line whose model card names bases that are in the store
+            parents, relation, base = found
     state = {k: groups[k] for k in sorted(groups, key=lambda k: (k != "model", k))}
     return store.save(
         state,
