@@ -18,6 +18,7 @@ from ckpt.interop._folder_writer import FolderWriter
 from ckpt.interop._folders import check_relative_path, open_file, read_file
 from ckpt.interop._hf_export import ExportResult
 from ckpt.interop._hf_import import MAX_SIDE_FILE_SIZE, plan_import
+from ckpt.interop._model_card import CARD_FILE, card_for_export
 from ckpt.interop._safetensors import build_header, open_mapped, parse_header, read_header, write_file
 from ckpt.interop._state_doc import HEADER_PREFIX
 from ckpt.lineage import (
@@ -148,7 +149,8 @@ def export_diffusers_lora(
     An imported file comes back byte-identical (its header verbatim). Otherwise the file holds every tensor as
     ``<component>.<name>``, with ``{"format": "pt"}`` and each component's config under
     ``lora_adapter_metadata`` (as ``save_lora_weights(..., unet_lora_adapter_metadata=...)`` writes it), so that
-    diffusers loads it with the scale it was saved with. Attached files (a model card …) come along. The folder
+    diffusers loads it with the scale it was saved with, and a ``README.md`` whose front matter names its base
+    pipeline (``base_model_relation: adapter``). Attached files (a model card …) come along. The folder
     is written beside ``path`` and renamed into place (see ``ckpt.interop.FolderWriter``).
 
     Args:
@@ -204,6 +206,10 @@ def export_diffusers_lora(
             [(n, table.tensors[p].dtype, table.tensors[p].shape) for n, p in paths.items()], meta
         )
     others = {k: v for k, v in attached.items() if not k.startswith(RESERVED_FILE_PREFIX) and k != name}
+    if f"{HEADER_PREFIX}{name}.header" not in attached:  # saved, not imported: its card names its base pipeline
+        card = card_for_export(store, snap, others.get(CARD_FILE), library_name="diffusers")
+        if card is not None:
+            others[CARD_FILE] = card
     dest = Path(os.fspath(path))
 
     def owns(rel: str, found: Path) -> bool:

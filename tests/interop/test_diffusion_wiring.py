@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -103,6 +104,41 @@ def test_export_folder_writes_a_lora_snapshot_as_diffusers_loads_it(
 
     snap = save_lora(store, "main", {"unet": lora.unet}, branch="style", configs={"unet": lora.unet_config})
     written = export_folder(store, snap.id, tmp_path / "out").written
-    assert [p.name for p in written] == ["pytorch_lora_weights.safetensors"]
+    assert [p.name for p in written] == ["pytorch_lora_weights.safetensors", "README.md"]
+    card = read_card((tmp_path / "out" / "README.md").read_bytes())  # the base pipeline, for the Hub's model tree
+    assert (card.base_models, card.relation, card.library_name) == (("tiny-sd",), "adapter", "diffusers")
     meta = json.loads((tmp_path / "out" / "pytorch_lora_weights.safetensors").read_bytes()[8:].split(b"}}")[0] + b"}}")
     assert "__metadata__" in meta
+
+
+def test_a_pipeline_saved_from_its_modules_exports_as_a_folder_diffusers_loads(
+    store: ckpt.Store, folder: Path, tmp_path: Path
+) -> None:
+    tuned = dm.load(folder)
+    dm.fine_tune_unet(tuned)
+    state = {name: getattr(tuned, name).state_dict() for name in ("unet", "vae", "text_encoder")}
+    files = {k: v for k, v in store.files("main").items() if not k.startswith(".ckpt/")}
+    store.derive("main", state, branch="anime", model="tiny-sd-anime", files=files)
+    out = tmp_path / "out"
+    ckpt.export(store, "anime", out, shard_size="100KB")
+    unet_files = sorted(p.name for p in (out / "unet").iterdir())
+    assert "diffusion_pytorch_model.safetensors.index.json" in unet_files and len(unet_files) > 3  # sharded
+    assert (out / "text_encoder" / "model.safetensors").is_file()  # transformers' name for a transformers module
+    assert not (out / "state.json").exists()
+    assert np.array_equal(dm.image(dm.load(out)), dm.image(tuned))  # bit-equal
+
+
+def test_a_merged_diffusers_lora_exports_as_the_merged_pipeline(
+    store: ckpt.Store, lora: dm.Lora, tmp_path: Path
+) -> None:
+    from ckpt.lineage import save_diffusers_lora
+
+    snap = save_diffusers_lora(store, "main", {"unet": lora.unet}, branch="style", configs={"unet": lora.unet_config})
+    merged = ckpt.merge_adapter(store, snap.id, branch="styled")
+    assert (merged.relation, merged.parents) == ("merge", (snap.id, store.resolve("main").id))
+    ckpt.export(store, "styled", tmp_path / "out")
+    pipe = dm.load(tmp_path / "out")
+    expected = ckpt.load_merged(store, snap.id)
+    assert all(torch.equal(v, expected["unet"][k]) for k, v in pipe.unet.state_dict().items())
+    card = read_card((tmp_path / "out" / "README.md").read_bytes())
+    assert (card.relation, card.library_name) == ("merge", "diffusers")
