@@ -132,3 +132,37 @@ def test_a_peft_adapter_export_names_its_base(store: ckpt.Store, tmp_path: Path)
     ckpt.export(store, "lora", tmp_path / "out")
     found = read_card((tmp_path / "out" / "README.md").read_bytes())
     assert (found.base_models, found.relation, found.library_name) == (("tiny",), "adapter", "peft")
+
+
+def peft_folder(path: Path, base_card: str, rows: int = 4) -> Path:
+    path.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    save_file(
+        {
+            "base_model.model.w.lora_A.weight": rng.standard_normal((2, rows)).astype(np.float32),
+            "base_model.model.w.lora_B.weight": rng.standard_normal((4, 2)).astype(np.float32),
+        },
+        str(path / "adapter_model.safetensors"),
+    )
+    (path / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["w"]}')
+    (path / "README.md").write_text(f"---\nbase_model: {base_card}\nlibrary_name: peft\n---\n# LoRA\n")
+    return path
+
+
+def test_a_peft_folder_whose_card_names_its_base_is_an_adapter(store: ckpt.Store, tmp_path: Path) -> None:
+    snap = import_folder(store, peft_folder(tmp_path / "lora", "org/tiny"), branch="lora")
+    assert (snap.relation, snap.parents, snap.base) == (
+        "adapter",
+        (store.resolve("main").id,),
+        store.resolve("main").id,
+    )
+    assert ckpt.load_merged(store, "lora")["model"]["w.weight"].shape == (4, 4)
+    before = len(store.snapshots())
+    with pytest.raises(ckpt.StateMismatchError):  # checked against the base before anything is stored
+        import_folder(store, peft_folder(tmp_path / "bad", "org/tiny", rows=5), branch="bad")
+    assert len(store.snapshots()) == before
+
+
+def test_an_adapter_card_on_a_plain_folder_is_not_recorded(store: ckpt.Store, tmp_path: Path) -> None:
+    snap = import_folder(store, model_folder(tmp_path / "x", card("org/tiny", "adapter"), 1), branch="x")
+    assert (snap.relation, snap.parents, snap.base) == ("import", (), None)
