@@ -35,6 +35,8 @@ MODEL_INDEX = "model_index.json"
 PIPELINE_KEY = "diffusers_pipeline"
 
 _DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+_MAX_COMPONENTS = 256  # a pipeline has a handful; the record is read by every `ckpt log`
+_MAX_NAME = 200
 _TRANSFORMERS_WEIGHTS = "model.safetensors"
 
 
@@ -64,8 +66,8 @@ def read_model_index(data: bytes, *, what: str = MODEL_INDEX) -> PipelineIndex:
         (``"requires_safety_checker": false``) are not components.
 
     Raises:
-        RecordError: not JSON, not an object, or a component entry that is not ``[library, class]`` or
-            ``[null, null]``.
+        RecordError: not JSON, not an object, a component entry that is not ``[library, class]`` or
+            ``[null, null]``, more than 256 components or a name over 200 characters.
 
     Example:
         >>> read_model_index(b'{"_class_name": "P", "unet": ["diffusers", "UNet2DConditionModel"]}').components
@@ -82,6 +84,11 @@ def read_model_index(data: bytes, *, what: str = MODEL_INDEX) -> PipelineIndex:
     for key, value in doc.items():
         if key.startswith("_") or not isinstance(value, list):
             continue
+        if len(components) >= _MAX_COMPONENTS or len(key) > _MAX_NAME or any(len(str(v)) > _MAX_NAME for v in value):
+            raise RecordError(
+                f"{what} names more than {_MAX_COMPONENTS} components or names longer than {_MAX_NAME} characters",
+                hint="this is not a diffusers model_index.json: download the pipeline again",
+            )
         if value == [None, None]:
             components[key] = None
         elif len(value) == 2 and all(isinstance(v, str) for v in value):

@@ -294,7 +294,7 @@ class Store(StoreMaintenance):
                 one of these): ``"unet/"``, ``"model/layers.0."``; the tree comes back pruned to them.
             device: ``None``/``"cpu"``: host memory; ``"meta"``: dtype and shape only, no byte read; another torch
                 device (``"cuda:0"``): filled through a reused host buffer of at most 256 MiB (pinned for CUDA),
-                never the whole selection on the host. Memory and rules: ``ckpt.store._loading``.
+                never the whole selection on the host. Memory: the guide "Diffusion pipelines".
 
         Returns:
             The same structure that was saved (mappings come back as ``dict``). Tensors that were one tensor

@@ -57,7 +57,15 @@ def test_import_records_the_class_and_components(tmp_path: Path) -> None:
         import_folder(store, pipeline_folder(tmp_path / "q"), branch="q", metadata={PIPELINE_KEY: 1})
 
 
-@pytest.mark.parametrize("index", ["{not json", "[1, 2]", json.dumps({**INDEX, "unet": ["diffusers", 3]})])
+@pytest.mark.parametrize(
+    "index",
+    [
+        "{not json",
+        "[1, 2]",
+        json.dumps({**INDEX, "unet": ["diffusers", 3]}),
+        json.dumps({**INDEX, **{f"c{i}": ["diffusers", "X"] for i in range(300)}}),  # would bloat every record
+    ],
+)
 def test_a_bad_model_index_is_refused_and_nothing_is_stored(tmp_path: Path, index: str) -> None:
     store = ckpt.init(str(tmp_path / "store"))
     with pytest.raises(RecordError, match=r"model_index\.json"):
