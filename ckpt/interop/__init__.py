@@ -34,6 +34,7 @@ Example:
 """
 
 from ckpt.interop._diffusers import MODEL_INDEX, PIPELINE_KEY, PipelineIndex, read_model_index
+from ckpt.interop._diffusers_lora import card_base as card_base  # for the CLI; not in __all__
 from ckpt.interop._diffusers_lora import export_diffusers_lora, import_diffusers_lora, is_diffusers_lora_folder
 from ckpt.interop._export import export
 from ckpt.interop._folder_writer import FolderWriter

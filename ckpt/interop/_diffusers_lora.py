@@ -18,7 +18,7 @@ from ckpt.interop._folder_writer import FolderWriter
 from ckpt.interop._folders import check_relative_path, open_file, read_file
 from ckpt.interop._hf_export import ExportResult
 from ckpt.interop._hf_import import MAX_SIDE_FILE_SIZE, plan_import
-from ckpt.interop._model_card import CARD_FILE, card_for_export
+from ckpt.interop._model_card import CARD_FILE, card_for_export, card_parents
 from ckpt.interop._safetensors import build_header, open_mapped, parse_header, read_header, write_file
 from ckpt.interop._state_doc import HEADER_PREFIX
 from ckpt.lineage import (
@@ -35,7 +35,7 @@ from ckpt.model import RESERVED_FILE_PREFIX, Snapshot
 if TYPE_CHECKING:
     from ckpt.store import Progress, Store
 
-__all__ = ["export_diffusers_lora", "import_diffusers_lora", "is_diffusers_lora_folder"]
+__all__ = ["card_base", "export_diffusers_lora", "import_diffusers_lora", "is_diffusers_lora_folder"]
 
 _FORMAT = {"format": "pt"}
 
@@ -69,7 +69,7 @@ def is_diffusers_lora_folder(path: str | os.PathLike[str]) -> bool:
 def import_diffusers_lora(
     store: Store,
     path: str | os.PathLike[str],
-    base_rev: str,
+    base_rev: str | None,
     *,
     branch: str,
     model: str | None = None,
@@ -87,18 +87,27 @@ def import_diffusers_lora(
         path: ``pytorch_lora_weights.safetensors`` (or any ``.safetensors`` LoRA file), or the folder holding it
             (one ``.safetensors`` file, or ``pytorch_lora_weights.safetensors`` among several, which is the one
             ``load_lora_weights`` picks).
-        base_rev: the pipeline snapshot.
+        base_rev: the pipeline snapshot; ``None``: the one the folder's ``README.md`` names (``base_model``, found
+            in the store by tag or model name; see ``card_base``).
         branch: as ``ckpt.lineage.save_diffusers_lora``.
         model: the adapter's name; default: the folder's name.
         message: a note; default ``import <name>``.
         progress: called with byte counts as chunks are written.
 
     Raises:
-        RecordError: no LoRA file, several without ``pytorch_lora_weights.safetensors``, a malformed file.
+        RecordError: no LoRA file, several without ``pytorch_lora_weights.safetensors``, a malformed file;
+            no ``base_rev`` and no card naming a base pipeline in the store.
         StateMismatchError, UnsupportedStateError: as ``ckpt.lineage.save_diffusers_lora``.
     """
     found = plan_import(path)
     src = Path(os.fspath(path))
+    if base_rev is None:
+        base_rev = card_base(store, path)
+        if base_rev is None:
+            raise RecordError(
+                f"{src}: which pipeline is this LoRA for? Its README.md names no base_model that is in the store",
+                hint="pass the base pipeline's revision (--base REV)",
+            )
     weights = list(found.weights)
     if len(weights) > 1:
         chosen = [w for w in weights if w.path == LORA_WEIGHTS_FILE]
@@ -134,6 +143,23 @@ def import_diffusers_lora(
         _file_metadata=file_metadata,
         _file_name=lora_file.path,
     )
+
+
+def card_base(store: Store, path: str | os.PathLike[str]) -> str | None:
+    """The pipeline a LoRA folder's model card names (``base_model``), if it is in the store: its snapshot id.
+
+    ``None`` when ``path`` is not a folder, has no ``README.md``, or its card names no base that is here (see
+    ``find_model``), or names it with another relation than ``adapter``.
+
+    Raises:
+        RecordError: the card cannot be read (``read_card``).
+        AmbiguousRevisionError: the base's name is the model of several branch heads.
+    """
+    card = next((f for f in plan_import(path).files if f.path == CARD_FILE), None)
+    if card is None or not Path(os.fspath(path)).is_dir():
+        return None
+    found = card_parents(store, read_file(card, limit=MAX_SIDE_FILE_SIZE), adapter=True)
+    return found[2] if found is not None and found[1] == "adapter" else None
 
 
 def export_diffusers_lora(

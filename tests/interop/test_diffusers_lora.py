@@ -373,3 +373,22 @@ def test_the_command_line_imports_and_restores_a_lora(folder: Path, lora: dm.Lor
     st_save({"lora_unet_down_blocks_0.lora_down.weight": torch.zeros(4, 8)}, str(kohya / "style.safetensors"))
     result = CliRunner().invoke(cli, ["--store", str(tmp_path / "store"), "import", str(kohya), "--base", "main"])
     assert result.exit_code == 1 and "Kohya" in result.output
+
+    carded = save_file(tmp_path / "carded-lora", lora)  # a Hub LoRA repo: its card names the base pipeline
+    (carded / "README.md").write_text("---\nbase_model: org/tiny-sd\ntags: [lora]\n---\n# Style\n")
+    out = json.loads(run("import", str(carded), "--branch", "carded", "--json").stdout)
+    assert (out["relation"], out["model"]) == ("adapter", "carded-lora")
+    store = ckpt.open(str(tmp_path / "store"))
+    assert store.resolve("carded").base == store.resolve("main").id
+    run("restore", "carded", "--to", str(tmp_path / "carded-out"))
+    assert dm.files(tmp_path / "carded-out") == dm.files(carded)  # an imported LoRA comes back as it was
+
+
+def test_a_lora_without_its_base_is_refused(store: ckpt.Store, lora: dm.Lora, tmp_path: Path) -> None:
+    source = save_file(tmp_path / "lora", lora)
+    with pytest.raises(RecordError, match="which pipeline"):
+        import_lora(store, source, None, branch="style")
+    (source / "README.md").write_text("---\nbase_model: org/elsewhere\n---\n")
+    with pytest.raises(RecordError, match="which pipeline"):  # a base that is not in the store
+        import_lora(store, source, None, branch="style")
+    assert "style" not in store.branches()

@@ -171,6 +171,13 @@ export = click.Command(
 )
 
 
+def _lora_card_base(store: Any, path: Path) -> str | None:
+    """The base pipeline a diffusers LoRA folder's card names, if it is in the store (and this is such a folder)."""
+    from ckpt.interop import card_base, is_diffusers_lora_folder
+
+    return card_base(store, path) if is_diffusers_lora_folder(path) else None
+
+
 def _size(folder: Path, path: Path) -> int:
     return (Path(os.path.realpath(folder)) / path.relative_to(folder)).lstat().st_size
 
@@ -233,6 +240,7 @@ def import_(
       ckpt import ./instruct --branch instruct --parent tiny-llama-2026-11-28 --relation finetune
       ckpt import ./my-lora --branch lora --base instruct
       ckpt import ./style-lora --branch style --base tiny-sd   # a diffusers LoRA over a pipeline
+      ckpt import ./style-lora --branch style   # its README.md names base_model: org/tiny-sd, which is here
       ckpt import ~/.cache/huggingface/hub/models--org--name/snapshots/<commit> --skip-pickles --exclude 'onnx/*'
     """
     from ckpt.interop import import_folder, plan_import
@@ -260,6 +268,12 @@ def import_(
                 snap = import_peft_folder(
                     store, path, base, branch=branch, model=model, message=message, progress=progress
                 )
+        elif not parents and relation is None and _lora_card_base(store, path) is not None:
+            from ckpt.interop import import_diffusers_lora  # a diffusers LoRA whose card names its base pipeline
+
+            snap = import_diffusers_lora(
+                store, path, None, branch=branch, model=model, message=message, progress=progress
+            )
         else:
             snap = import_folder(
                 store,
