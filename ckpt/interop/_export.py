@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 
 from ckpt import settings
 from ckpt.errors import MissingObjectError, RecordError
+from ckpt.interop._diffusers_lora import export_diffusers_lora
 from ckpt.interop._hf_export import ExportResult, write_folder
 from ckpt.interop._peft import write_peft_folder
-from ckpt.lineage import is_adapter
+from ckpt.lineage import is_adapter, is_diffusers_lora
 
 if TYPE_CHECKING:
     from ckpt.store import Progress, Store
@@ -39,7 +40,13 @@ def export(
     while ``ckpt.restore`` loads a snapshot into live torch objects. The layout follows the snapshot: an adapter
     snapshot (relation ``adapter``, or one that records a ``base``) is written as a PEFT folder
     (``adapter_model.safetensors`` in one file, ``adapter_config.json`` from its recorded config) that
-    ``PeftModel.from_pretrained(base_model, path)`` loads; any other as a Hugging Face model folder.
+    ``PeftModel.from_pretrained(base_model, path)`` loads; a diffusers LoRA (``ckpt.lineage.save_diffusers_lora``)
+    as the ``pytorch_lora_weights.safetensors`` folder that ``pipe.load_lora_weights`` loads; a diffusers pipeline
+    as its folder (each component's weights in its subfolder, ``model_index.json`` and the rest attached); any
+    other as a Hugging Face model folder. A snapshot that starts a ``finetune``, ``adapter``, ``merge`` or
+    ``quantized`` line gets its bases (their model names) and relation written into the front matter of its
+    ``README.md`` (``base_model``, ``base_model_relation``), so that the Hub shows it in its model tree; an
+    imported snapshot's folder comes back file for file (see ``ckpt.interop`` model cards).
 
     What is written:
 
@@ -116,6 +123,8 @@ def export(
         raise MissingObjectError(
             f"snapshot {snap.short_id} was pruned: its tensors were released", hint="export another snapshot"
         )
+    if is_diffusers_lora(snap):  # the folder pipe.load_lora_weights loads
+        return export_diffusers_lora(store, snap.id, dest, force=force, progress=progress)
     if is_adapter(snap):  # a PEFT folder (also a continued adapter)
         return write_peft_folder(
             store,

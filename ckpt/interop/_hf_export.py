@@ -21,8 +21,10 @@ from pydantic import BaseModel, ConfigDict
 
 from ckpt import settings
 from ckpt.errors import CkptError, RecordError
+from ckpt.interop._diffusers import MODEL_INDEX, pipeline_weight_files
 from ckpt.interop._folder_writer import FolderWriter
 from ckpt.interop._folders import check_relative_path, os_error
+from ckpt.interop._model_card import CARD_FILE, card_for_export
 from ckpt.interop._safetensors import TensorInfo, build_header, parse_header, write_file
 from ckpt.interop._shards import WEIGHTS_SUFFIX, index_json, plan_shards, shard_names
 from ckpt.interop._state_doc import HEADER_PREFIX, LAYOUT_KEY, STATE_JSON, STATE_TENSORS, is_ckpt_state, state_doc
@@ -112,13 +114,20 @@ def write_folder(
     recorded = outs is not None
     doc: bytes | None = None
     if outs is None:
+        outs = _pipeline_plan(table, attached, limit)
+    if outs is None:
         outs, doc = _fresh_plan(snap, table, limit, weights_name)
     generated = {o.rel for o in outs} | ({STATE_JSON} if doc is not None else set())
+    library = "diffusers" if MODEL_INDEX in attached else "peft" if weights_name.startswith("adapter_") else None
+    card = card_for_export(store, snap, attached.get(CARD_FILE), library_name=library)  # lineage for the Hub
     for name, data in {**attached, **{k: v for k, v in default_files.items() if k not in attached}}.items():
         stale_index = not recorded and name.endswith(SAFETENSORS_INDEX_SUFFIX)
         if name.startswith(RESERVED_FILE_PREFIX) or name in generated or stale_index:
             continue  # a fresh layout makes any attached index stale
+        data = card if name == CARD_FILE and card is not None else data
         outs.append(_Out(check_relative_path(name, what="attached file"), data=data))
+    if card is not None and CARD_FILE not in attached and CARD_FILE not in default_files:
+        outs.append(_Out(CARD_FILE, data=card))
     if doc is not None:
         outs.append(_Out(STATE_JSON, data=doc))
 
@@ -265,6 +274,30 @@ def _recorded_plan(snap: Snapshot, table: TensorTable, attached: Mapping[str, by
         outs.append(_Out(rel, header, tuple(infos), paths))
     if covered != set(table.tensors) or covered != {p for g in groups.values() for p in g.values()}:
         return None
+    return outs
+
+
+def _pipeline_plan(table: TensorTable, attached: Mapping[str, bytes], limit: int) -> list[_Out] | None:
+    """A diffusers pipeline saved from its modules: each component's tensors in its folder, as ``save_pretrained``
+    names and shards them (``unet/diffusion_pytorch_model.safetensors``, ``text_encoder/model.safetensors``);
+    ``None`` unless the state is only components that ``model_index.json`` names."""
+    groups = tensor_groups(table.tree)
+    files = pipeline_weight_files(attached, groups) if groups else None
+    if groups is None or files is None or {p for g in groups.values() for p in g.values()} != set(table.tensors):
+        return None
+    outs: list[_Out] = []
+    for component, paths in groups.items():
+        entries = {name: table.tensors[p] for name, p in paths.items()}
+        shards = plan_shards([(name, entry.nbytes) for name, entry in entries.items()], limit)
+        names = shard_names(files[component], len(shards))
+        for filename, shard in zip(names, shards, strict=True):
+            header, infos = build_header([(n, entries[n].dtype, entries[n].shape) for n in shard], _FORMAT_METADATA)
+            outs.append(_Out(f"{component}/{filename}", header, tuple(infos), {n: paths[n] for n in shard}))
+        if len(shards) > 1:
+            weight_map = {n: filename for filename, shard in zip(names, shards, strict=True) for n in shard}
+            total = sum(e.nbytes for e in entries.values())
+            data = index_json(weight_map, total_size=total, total_parameters=sum(e.numel for e in entries.values()))
+            outs.append(_Out(f"{component}/{files[component]}.index.json", data=data))
     return outs
 
 

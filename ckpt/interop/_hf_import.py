@@ -14,7 +14,10 @@ sentence-transformers, diffusers, PEFT) or a hub download leaves it, as one snap
   rules on symbolic links, which are followed only inside the folder);
 - so that the files can be written again byte for byte, each safetensors file's exact header is attached as
   ``.ckpt/safetensors/<path>.header``, and the snapshot's metadata holds ``"safetensors_layout"``: the list of
-  the imported files' paths (kept short, since ``ckpt log`` reads every record).
+  the imported files' paths (kept short, since ``ckpt log`` reads every record);
+- a diffusers pipeline's ``model_index.json`` is read as JSON (never imported or run) and its class and
+  components recorded as ``"diffusers_pipeline"``; a model card's front matter (``README.md``, read with
+  PyYAML's ``safe_load``) gives a new line its parents when the bases it names are in the store.
 
 A folder that ``ckpt.export`` wrote from a training snapshot (with its ``state.json``, see ``_state_doc``) is
 recognised and imported back as the same state tree with the same record fields (model, step, epoch, metrics,
@@ -38,10 +41,20 @@ from typing import TYPE_CHECKING
 from pydantic import JsonValue
 
 from ckpt.errors import CkptError, RecordError, UnsupportedStateError
+from ckpt.interop._diffusers import MODEL_INDEX, PIPELINE_KEY, pipeline_record
 from ckpt.interop._folders import FolderFile, open_file, os_error, read_file, scan_folder
+from ckpt.interop._model_card import CARD_FILE, card_parents
 from ckpt.interop._safetensors import open_mapped
 from ckpt.interop._shards import WEIGHTS_SUFFIX, check_index
 from ckpt.interop._state_doc import HEADER_PREFIX, LAYOUT_KEY, STATE_JSON, ExportDoc, read_export_doc
+from ckpt.lineage import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    MERGED_TYPES,
+    adapter_record,
+    peft_type,
+    read_config,
+)
 from ckpt.model import RESERVED_FILE_PREFIX, SAFETENSORS_INDEX_SUFFIX, Relation, Snapshot
 from ckpt.state import TensorSource, from_typed_float, model_tensors, tensor_paths, unflatten
 
@@ -168,7 +181,12 @@ def import_folder(
         model: the model's name; default: the basename of ``_name_or_path`` in ``config.json``, else the
             repository of a hub-cache snapshot, else the folder's name (for a lone file: its name without
             suffix, or its folder's name for a generic ``model.safetensors``).
-        parents: revisions of the parents; default: the branch's head, if any (as ``Store.save``).
+        parents: revisions of the parents; default: the branch's head, if any (as ``Store.save``); on a new
+            branch, the bases a ``README.md`` model card names (``base_model``) when they are in the store, found
+            by tag or model name (``org/name`` or ``name``), with ``base_model_relation`` as the relation (what
+            the Hub infers when absent: ``adapter``, ``merge`` for several bases, else ``finetune``). An
+            ``adapter`` card is recorded for a PEFT folder, checked against its base as ``import_peft_folder``
+            checks it (a diffusers LoRA file goes through ``import_diffusers_lora``).
         relation: relation to the first parent; default: ``continue`` with a parent, ``import`` without.
         message: a note; default ``import <folder name>`` (for a ckpt export: the exported snapshot's message).
         metadata: your own JSON metadata; the key ``"safetensors_layout"`` is ckpt's.
@@ -225,11 +243,12 @@ def import_folder(
             opened[f.path] = open_mapped(handle, what=where[f.path])
 
     meta: dict[str, JsonValue] = dict(metadata or {})
-    if LAYOUT_KEY in meta:
-        raise RecordError(
-            f"metadata key {LAYOUT_KEY!r} is reserved for ckpt's record of the imported files",
-            hint="name your key differently",
-        )
+    for key in (LAYOUT_KEY, PIPELINE_KEY):
+        if key in meta:
+            raise RecordError(
+                f"metadata key {key!r} is reserved for ckpt's record of the imported files",
+                hint="name your key differently",
+            )
     if export_doc is not None:
         return _import_export(
             store,
@@ -282,6 +301,14 @@ def import_folder(
             check_index(where.get(rel, rel), data, in_folder)
 
     meta[LAYOUT_KEY] = layout
+    if MODEL_INDEX in files:  # a diffusers pipeline: its class and components, from model_index.json (JSON only)
+        meta[PIPELINE_KEY] = pipeline_record(files[MODEL_INDEX], what=where.get(MODEL_INDEX, MODEL_INDEX))
+    if parents is None and relation is None and base is None and CARD_FILE in files and branch not in store.branches():
+        found = card_parents(store, files[CARD_FILE], adapter="adapter_config.json" in files, what=where[CARD_FILE])
+        if found is not None and found[1] == "adapter":  # checked against its base as import_peft_folder checks
+            found = _card_adapter(store, found[2], files, opened, branch=branch, meta=meta, what=str(src))
+        if found is not None:  # a new line whose model card names bases that are in the store
+            parents, relation, base = found[0], found[1], found[2]
     state = {k: groups[k] for k in sorted(groups, key=lambda k: (k != "model", k))}
     return store.save(
         state,
@@ -295,6 +322,31 @@ def import_folder(
         base=base,
         progress=progress,
     )
+
+
+def _card_adapter(
+    store: Store,
+    base_id: str | None,
+    files: Mapping[str, bytes],
+    opened: Mapping[str, tuple[bytes, Mapping[str, TensorSource]]],
+    *,
+    branch: str,
+    meta: dict[str, JsonValue],
+    what: str,
+) -> tuple[list[str], Relation, str | None] | None:
+    """A PEFT folder whose card names its base: checked against the base (``adapter_record``), its config recorded
+    in ``meta``. ``None`` for a folder that is not a PEFT folder (the card's relation is then not recorded)."""
+    data = files.get(ADAPTER_CONFIG_FILE)
+    if data is None or base_id is None:
+        return None
+    cfg = read_config(data, f"{what}/{ADAPTER_CONFIG_FILE}")
+    weights = opened.get(ADAPTER_WEIGHTS_FILE)
+    shapes = None
+    if weights is not None and peft_type(cfg) in MERGED_TYPES:
+        shapes = {name: tuple(int(d) for d in source.shape) for name, source in weights[1].items()}
+    record = adapter_record(store, store.get(base_id), cfg, branch=branch, metadata=meta, shapes=shapes, adapter=what)
+    meta.update(record.metadata)
+    return list(record.parents), record.relation, base_id
 
 
 def _default_name(src: Path) -> str:

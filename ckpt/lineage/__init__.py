@@ -25,6 +25,11 @@ PEFT adapter folders (``adapter_model.safetensors`` + ``adapter_config.json``) a
 ``ckpt.interop`` (``import_peft_folder``, ``export_peft_folder``, ``ckpt.export``). torch is imported only by the
 functions that compute (``load_merged``, ``merge_adapter``).
 
+A diffusers LoRA (``pytorch_lora_weights.safetensors``: ``unet.<module>.lora_A.weight`` …) over a pipeline
+snapshot is an adapter snapshot too (``save_diffusers_lora``; modules ``_diffusers_names``, ``_diffusers_plan``,
+``_diffusers_lora``): ``load_merged`` and ``merge_adapter`` merge it component by component as diffusers'
+``fuse_lora()`` does; ``ckpt.interop`` reads and writes its file.
+
 The three verbs are also ``ckpt.save_adapter``, ``ckpt.load_merged`` and ``ckpt.merge_adapter``.
 
 Example:
@@ -42,6 +47,10 @@ from ckpt.lineage._adapters import read_config as read_config
 from ckpt.lineage._config import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, CONFIG_KEY, MERGED_TYPES
 from ckpt.lineage._config import peft_type as peft_type
 from ckpt.lineage._config_json import config_bytes as config_bytes
+from ckpt.lineage._diffusers_lora import DIFFUSERS_LORA_KEY, is_diffusers_lora, save_diffusers_lora
+from ckpt.lineage._diffusers_names import component_paths as component_paths
+from ckpt.lineage._diffusers_plan import LORA_METADATA_KEY, LORA_WEIGHTS_FILE
+from ckpt.lineage._diffusers_plan import lora_file_metadata as lora_file_metadata
 from ckpt.lineage._layers import layers_of_model as layers_of_model
 from ckpt.lineage._merge import load_merged, merge_adapter
 
@@ -49,11 +58,16 @@ __all__ = [
     "ADAPTER_CONFIG_FILE",
     "ADAPTER_WEIGHTS_FILE",
     "CONFIG_KEY",
+    "DIFFUSERS_LORA_KEY",
+    "LORA_METADATA_KEY",
+    "LORA_WEIGHTS_FILE",
     "MERGED_TYPES",
     "adapter_config",
     "base_of",
     "is_adapter",
+    "is_diffusers_lora",
     "load_merged",
     "merge_adapter",
     "save_adapter",
+    "save_diffusers_lora",
 ]

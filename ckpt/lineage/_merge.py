@@ -7,7 +7,7 @@ torch is imported only by the functions that compute.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import JsonValue
@@ -16,8 +16,10 @@ from ckpt.errors import RefExistsError, StateMismatchError
 from ckpt.lineage import _lora, _types
 from ckpt.lineage._adapters import adapter_config, base_of, fit_to_base, is_adapter, model_entries, root_of
 from ckpt.lineage._config import LoraSettings, TypeSettings, check_type, merge_settings
+from ckpt.lineage._diffusers_lora import is_diffusers_lora, load_merged_lora
 from ckpt.lineage._layers import read_layers
 from ckpt.model import RESERVED_FILE_PREFIX, SAFETENSORS_INDEX_SUFFIX, Snapshot
+from ckpt.store import cut_state
 
 if TYPE_CHECKING:
     from ckpt.store import Framework, Progress, Store
@@ -33,6 +35,7 @@ def load_merged(
     framework: Framework | None = None,
     into: Mapping[str, Any] | None = None,
     progress: Progress | None = None,
+    prefix: str | Sequence[str] | None = None,
 ) -> Any:
     """Load an adapter snapshot merged into its base: the base's state tree with the adapter applied.
 
@@ -52,9 +55,12 @@ def load_merged(
         into: base tensor path → existing tensor to read into (as ``Store.load``); merged weights are written
             into those tensors in place.
         progress: called with byte counts as the base's chunks arrive.
+        prefix: only the part of the merged state under this tensor-path prefix (or these), as
+            ``Store.load(prefix=...)`` cuts it. A diffusers LoRA reads only the base's tensors under it.
 
     Returns:
-        The base's state tree, its model weights merged.
+        The base's state tree, its model weights merged. A diffusers LoRA (``save_diffusers_lora``): the
+        pipeline's state, each component merged as diffusers' ``fuse_lora()`` merges it.
 
     Raises:
         RecordError: the snapshot is not an adapter, or its config is malformed.
@@ -70,6 +76,13 @@ def load_merged(
         >>> model.load_state_dict(state["model"])  # doctest: +SKIP
     """
     snap = store.resolve(rev)
+    if is_diffusers_lora(snap):
+        return load_merged_lora(
+            store, snap.id, verify=verify, framework=framework, into=into, progress=progress, prefix=prefix
+        )
+    if prefix is not None:  # the merge needs the whole model: computed whole, then cut down
+        whole = load_merged(store, snap.id, verify=verify, framework=framework, into=into, progress=progress)
+        return cut_state(store.table(root_of(store, snap).id), whole, prefix)
     base = store.get(base_of(snap))
     cfg = adapter_config(store, snap.id)
     what = f"adapter {snap.short_id}"

@@ -8,7 +8,8 @@ names). Upper layers import from here, never from a ``ckpt.store._module``. Its 
 - ``_keys``, ``_signatures``, ``_model_signing``: signing keys; release signatures; folder signing.
 - ``_parts``: ``StoreParts``, the working parts of one store, handed to the modules below.
 - ``_reports``, ``_liveness``, ``_gc``, ``_verify``, ``_repair``, ``_sync``: checking, collecting, copying.
-- ``_shards``, ``_transfer``, ``_commit``, ``_reading``: tensor bytes in and out; the commit protocol; reads.
+- ``_shards``, ``_transfer``, ``_commit``, ``_reading``, ``_loading``: tensor bytes in and out; the commit protocol;
+  reads (``_loading``: a subset by prefix, onto a device).
 - ``_releases``, ``_retention``, ``_open``: freeze and sign; policies and pruning; create and open.
 - ``_maintenance``, ``_store``: ``Store``, the facade, and ``init`` / ``open`` / ``sync``.
 """
@@ -17,6 +18,7 @@ from ckpt.store._commit import INHERITS_FILES, inherited_files
 from ckpt.store._gc import GcPlan, GcReport, OnDamage
 from ckpt.store._keys import ReleaseSigner, TrustedKey, key_is_encrypted, load_private_key, load_trusted_keys
 from ckpt.store._layout import CONFIG as CONFIG_FILE
+from ckpt.store._loading import cut_state
 from ckpt.store._model_signing import check_folder_key, sign_folder
 from ckpt.store._parts import StoreParts
 from ckpt.store._reading import LazyTensors, open_snapshot
@@ -57,6 +59,7 @@ __all__ = [
     "WriteStats",
     "check_folder_key",
     "chunk_jobs",
+    "cut_state",
     "inherited_files",
     "init",
     "key_is_encrypted",

@@ -26,7 +26,7 @@ from ckpt.model import (
     utcnow,
 )
 from ckpt.storage import Backend
-from ckpt.store import _commit, _reading
+from ckpt.store import _commit, _loading, _reading
 from ckpt.store._maintenance import StoreMaintenance
 from ckpt.store._open import connect, create
 from ckpt.store._parts import StoreParts
@@ -272,8 +272,10 @@ class Store(StoreMaintenance):
         into: Mapping[str, Any] | None = None,
         progress: Progress | None = None,
         mmap: bool = False,
+        prefix: str | Sequence[str] | None = None,
+        device: Any = None,
     ) -> Any:
-        """Load a snapshot's state tree, with every tensor restored.
+        """Load a snapshot's state tree, with every tensor restored (or only those under ``prefix``, on ``device``).
 
         Args:
             rev: the revision.
@@ -290,6 +292,11 @@ class Store(StoreMaintenance):
                 verified as it was when mapped, but on Linux a private mapping still shows later changes to
                 pages it has not written, and a chunk file truncated later kills the process with ``SIGBUS``
                 when those pages are read. The default copies, so what ``verify`` checked is what you get.
+            prefix: read only the tensors whose path (``store.table(rev).tensors``) starts with this string (or
+                one of these): ``"unet/"``, ``"model/layers.0."``; the tree comes back pruned to them.
+            device: ``None``/``"cpu"``: host memory; ``"meta"``: dtype and shape only, no byte read; another torch
+                device (``"cuda:0"``): filled through a reused host buffer of at most 256 MiB (pinned for CUDA),
+                never the whole selection on the host. Memory: the guide "Diffusion pipelines".
 
         Returns:
             The same structure that was saved (mappings come back as ``dict``). Tensors that were one tensor
@@ -299,12 +306,27 @@ class Store(StoreMaintenance):
         Raises:
             MissingObjectError: the snapshot was pruned, or a chunk is missing.
             CorruptChunkError: a chunk does not match its digest (names the tensor and the snapshot).
+            StateMismatchError: no tensor path starts with ``prefix``; ``device`` with numpy, ``into`` or ``mmap``.
+            StateError: torch cannot allocate a tensor on ``device``.
 
         Example:
             >>> state = store.load("main~2")  # doctest: +SKIP
+            >>> unet = store.load("tiny-sd", prefix="unet/", device="cuda:0")["unet"]  # doctest: +SKIP
         """
-        return _reading.load(
-            self._parts, rev, verify=verify, framework=framework, into=into, progress=progress, mmap=mmap
+        if prefix is None and device is None:
+            return _reading.load(
+                self._parts, rev, verify=verify, framework=framework, into=into, progress=progress, mmap=mmap
+            )
+        return _loading.load(
+            self._parts,
+            rev,
+            prefix=prefix,
+            device=device,
+            verify=verify,
+            framework=framework,
+            into=into,
+            progress=progress,
+            mmap=mmap,
         )
 
     def tensors(

@@ -74,7 +74,7 @@ def test_saved_adapter_exports_as_peft_folder(family: tuple[ckpt.Store, object, 
     store, _, lora = family
     save_adapter(store, "main", adapter_state(lora), branch="lora", config=lora.peft_config["default"])
     written = export_peft_folder(store, "lora", tmp_path / "out")
-    assert sorted(p.name for p in written) == [ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE]
+    assert sorted(p.name for p in written) == ["README.md", ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE]  # card: base
     assert not (tmp_path / "out" / "model.safetensors").exists()
 
     loaded = peft.PeftModel.from_pretrained(_from_store(store, "main", tmp_path / "base-out"), tmp_path / "out").eval()

@@ -90,7 +90,8 @@ def restore(
     replaced (each removed file is listed) and other files are kept. Links in DIR are never written through.
 
     An adapter snapshot (relation adapter) is written as a PEFT folder (adapter_model.safetensors and
-    adapter_config.json) that PeftModel.from_pretrained loads onto its base.
+    adapter_config.json) that PeftModel.from_pretrained loads onto its base; a diffusers LoRA as the folder
+    (pytorch_lora_weights.safetensors) that pipe.load_lora_weights loads; a diffusers pipeline as its folder.
 
     With --sign KEY, REV must be a frozen release signed (`ckpt freeze --sign`) by KEY or by a --trust key, as
     it is now; the folder is then signed with OpenSSF model-signing, which verifies it with
@@ -170,6 +171,13 @@ export = click.Command(
 )
 
 
+def _lora_card_base(store: Any, path: Path) -> str | None:
+    """The base pipeline a diffusers LoRA folder's card names, if it is in the store (and this is such a folder)."""
+    from ckpt.interop import card_base, is_diffusers_lora_folder
+
+    return card_base(store, path) if is_diffusers_lora_folder(path) else None
+
+
 def _size(folder: Path, path: Path) -> int:
     return (Path(os.path.realpath(folder)) / path.relative_to(folder)).lstat().st_size
 
@@ -185,7 +193,8 @@ def _size(folder: Path, path: Path) -> int:
 @click.option(
     "--base",
     metavar="REV",
-    help="For a PEFT adapter folder: the snapshot it adapts (relation adapter; targets checked against it).",
+    help="For a PEFT adapter folder or a diffusers LoRA (pytorch_lora_weights.safetensors): the snapshot it adapts "
+    "(relation adapter; targets checked against it).",
 )
 @click.option("-m", "--message", help="A note, like a commit message (default: import <name>).")
 @click.option(
@@ -230,6 +239,8 @@ def import_(
       ckpt import ./tiny-llama --model tiny-llama
       ckpt import ./instruct --branch instruct --parent tiny-llama-2026-11-28 --relation finetune
       ckpt import ./my-lora --branch lora --base instruct
+      ckpt import ./style-lora --branch style --base tiny-sd   # a diffusers LoRA over a pipeline
+      ckpt import ./style-lora --branch style   # its README.md names base_model: org/tiny-sd, which is here
       ckpt import ~/.cache/huggingface/hub/models--org--name/snapshots/<commit> --skip-pickles --exclude 'onnx/*'
     """
     from ckpt.interop import import_folder, plan_import
@@ -247,9 +258,22 @@ def import_(
         if base is not None:
             if parents or relation not in (None, "adapter"):
                 raise click.UsageError("--base imports an adapter: it goes without --parent and --relation")
-            from ckpt.interop import import_peft_folder
+            from ckpt.interop import import_diffusers_lora, import_peft_folder, is_diffusers_lora_folder
 
-            snap = import_peft_folder(store, path, base, branch=branch, model=model, message=message, progress=progress)
+            if is_diffusers_lora_folder(path):  # a diffusers LoRA (pytorch_lora_weights.safetensors) over a pipeline
+                snap = import_diffusers_lora(
+                    store, path, base, branch=branch, model=model, message=message, progress=progress
+                )
+            else:
+                snap = import_peft_folder(
+                    store, path, base, branch=branch, model=model, message=message, progress=progress
+                )
+        elif not parents and relation is None and _lora_card_base(store, path) is not None:
+            from ckpt.interop import import_diffusers_lora  # a diffusers LoRA whose card names its base pipeline
+
+            snap = import_diffusers_lora(
+                store, path, None, branch=branch, model=model, message=message, progress=progress
+            )
         else:
             snap = import_folder(
                 store,
