@@ -12,11 +12,14 @@ own ``_pipe_file`` / ``_cat_file``:
   with ``readinto`` instead of collecting the body and joining it;
 - one request for an object up to S3's 5 GiB PUT limit (s3fs switches to a multipart upload from 100 MiB).
 
-The module never imports fsspec or s3fs: it is handed the filesystem by ``ckpt.storage.fsspec``.
+The module is handed the filesystem by ``ckpt.storage.fsspec``; it imports from s3fs only its list of transient
+errors, to resume a GET whose body broke off (s3fs retries the request, not the reading of its body).
 """
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import io
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -33,6 +36,19 @@ JOIN_BELOW = 1 << 20
 
 #: S3's limit for one PUT; larger objects go through s3fs's multipart upload.
 _MAX_PUT = 5 * 1024**3
+
+
+def _retryable_errors() -> tuple[type[BaseException], ...]:
+    """The errors s3fs retries (socket timeouts, bodies that broke off: botocore's ``HTTPClientError`` and its
+    ``ResponseStreamingError``, aiohttp's ``ClientPayloadError`` …), connection errors, and a body whose CRC
+    does not match the one S3 sent (botocore's ``FlexibleChecksumError``: damaged on the way; asked for again)."""
+    errors: tuple[type[BaseException], ...] = (asyncio.TimeoutError, ConnectionError)
+    try:
+        from s3fs.core import S3_RETRYABLE_ERRORS
+    except ImportError:  # pragma: no cover - s3fs is what brings this module into use
+        return errors
+    checksum = getattr(importlib.import_module("botocore.exceptions"), "FlexibleChecksumError", None)
+    return errors + tuple(S3_RETRYABLE_ERRORS) + ((checksum,) if isinstance(checksum, type) else ())
 
 
 def s3_error_code(e: BaseException) -> str | None:
@@ -165,6 +181,8 @@ class S3Objects:
         self.fs = fs
         self.url = url
         self.root = root
+        self.retries = int(getattr(fs, "retries", 5) or 1)
+        self.retryable = _retryable_errors()
 
     def _split(self, full: str) -> tuple[str, str]:
         bucket, key, _ = self.fs.split_path(full)
@@ -283,44 +301,60 @@ class S3Objects:
             )
         return response
 
+    async def _retry_pause(self, attempt: int, path: str, e: BaseException) -> None:
+        """Wait before re-asking for a body that broke off (s3fs's back-off), or give up after its retries."""
+        if attempt >= self.retries:
+            raise self._fail("read", path, e) from e
+        await asyncio.sleep(min(1.7**attempt * 0.1, 15))
+
+    async def _read_body(self, full: str, path: str, start: int, end: int | None) -> tuple[bytes, str] | None:
+        """The bytes of one GET and the object's ETag; ``None`` when ``start`` is at or past the end.
+
+        A body that breaks off (connection reset, timeout) is asked for again, as s3fs does.
+        """
+        attempt = 0
+        while True:
+            response = await self._get(full, path, start, end)
+            if response is None:
+                return None
+            body = response["Body"]
+            try:
+                data = await body.read()
+                _check_complete(response, len(data))
+            except self.retryable as e:
+                attempt += 1
+                await self._retry_pause(attempt, path, e)
+                continue
+            except Exception as e:
+                raise self._fail("read", path, e) from e
+            finally:
+                body.close()
+            if end is not None and len(data) > end - start:  # never more than asked for
+                data = data[: end - start]
+            return bytes(data), str(response.get("ETag", ""))
+
     async def read(self, full: str, path: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes ``[start, end)`` with one GET (fewer when the object ends first)."""
         if end is not None and end <= start:
             if not await self.exists(full, path):
                 raise self._missing(path)
             return b""
-        response = await self._get(full, path, start, end)
-        if response is None:
-            return b""
-        body = response["Body"]
-        try:
-            data = await body.read()
-        except Exception as e:
-            raise self._fail("read", path, e) from e
-        finally:
-            body.close()
-        if end is not None and len(data) > end - start:  # never more than asked for
-            data = data[: end - start]
-        return bytes(data)
+        found = await self._read_body(full, path, start, end)
+        return b"" if found is None else found[0]
 
     async def read_with_etag(self, full: str, path: str) -> tuple[bytes, str] | None:
         """The whole object and its ETag from one GET (they cannot disagree); ``None`` if it does not exist."""
         try:
-            response = await self._get(full, path, 0, None)
+            found = await self._read_body(full, path, 0, None)
         except MissingObjectError:
             return None
-        assert response is not None  # a GET without a range is never InvalidRange
-        body = response["Body"]
-        try:
-            data = await body.read()
-        except Exception as e:
-            raise self._fail("read", path, e) from e
-        finally:
-            body.close()
-        return bytes(data), str(response.get("ETag", ""))
+        return found if found is not None else (b"", "")
 
     async def read_into(self, full: str, path: str, out: Sequence[memoryview], start: int = 0) -> int:
-        """Stream bytes from ``start`` into ``out`` with one ranged GET; returns how many were read."""
+        """Stream bytes from ``start`` into ``out`` with one ranged GET; returns how many were read.
+
+        A body that breaks off is resumed with a GET of the bytes still missing (s3fs's retries and back-off).
+        """
         views = [v if v.format == "B" and v.ndim == 1 else v.cast("B") for v in out]
         views = [v for v in views if v.nbytes]
         total = sum(v.nbytes for v in views)
@@ -328,29 +362,32 @@ class S3Objects:
             if not await self.exists(full, path):
                 raise self._missing(path)
             return 0
-        response = await self._get(full, path, start, start + total)
-        if response is None:
-            return 0
-        body = response["Body"]
-        done = 0
-        try:
-            for view in views:
-                filled = 0
-                while filled < view.nbytes:
-                    n = await body.readinto(view[filled:])
+        done, attempt = 0, 0
+        while True:
+            response = await self._get(full, path, start + done, start + total)
+            if response is None:
+                return done
+            body = response["Body"]
+            got = 0
+            try:
+                while done < total:
+                    i, offset = _locate(views, done)
+                    n = await body.readinto(views[i][offset:])
                     if not n:
                         break
-                    filled += n
-                done += filled
-                if filled < view.nbytes:
-                    break
-        except CkptError:
-            raise
-        except Exception as e:
-            raise self._fail("read", path, e) from e
-        finally:
-            body.close()
-        return done
+                    done += n
+                    got += n
+                _check_complete(response, got)
+                return done  # everything asked for, or the object ends here
+            except self.retryable as e:
+                attempt += 1
+                await self._retry_pause(attempt, path, e)
+            except CkptError:
+                raise
+            except Exception as e:
+                raise self._fail("read", path, e) from e
+            finally:
+                body.close()
 
     async def list(self, prefix_full: str, shown: str) -> list[Entry]:
         """Every object under ``prefix_full`` (a folder: ``/`` is added), one request per 1,000 objects.
@@ -385,6 +422,34 @@ class S3Objects:
             if info is not None:
                 found.append(Entry(shown, int(info.get("ContentLength") or 0), _when(info.get("LastModified"))))
         return found
+
+
+class IncompleteBody(ConnectionError):
+    """A GET's body ended before the bytes its ``Content-Range`` (or ``Content-Length``) announced."""
+
+
+def _check_complete(response: dict[str, Any], got: int) -> None:
+    """Refuse a body shorter than announced: a connection that broke off must not pass for an object's end."""
+    announced: int | None = None
+    content_range = str(response.get("ContentRange") or "")
+    if content_range.startswith("bytes ") and "-" in content_range:
+        first, _, rest = content_range[6:].partition("-")
+        last = rest.partition("/")[0]
+        if first.isdigit() and last.isdigit():
+            announced = int(last) - int(first) + 1
+    elif isinstance(response.get("ContentLength"), int):
+        announced = int(response["ContentLength"])
+    if announced is not None and got < announced:
+        raise IncompleteBody(f"the body ended after {got} of the {announced} bytes announced")
+
+
+def _locate(views: Sequence[memoryview], pos: int) -> tuple[int, int]:
+    """Which buffer holds byte ``pos`` of the concatenated ``views``, and where in it."""
+    for i, v in enumerate(views):
+        if pos < v.nbytes:
+            return i, pos
+        pos -= v.nbytes
+    raise IndexError(pos)
 
 
 def _when(value: Any) -> datetime | None:

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from ckpt.errors import MissingObjectError
+from ckpt.errors import BackendError, MissingObjectError
 from ckpt.storage import CasResult, RangeRead
 from ckpt.storage.fsspec import FsspecBackend
 
@@ -225,3 +225,54 @@ def test_batched_writes_and_reads_overlap_up_to_the_concurrency(backend: FsspecB
     )
     assert got == [len(p) for p in paths] and [bytes(o) for o in outs] == [p.encode() for p in paths]
     assert gate.peak == 4
+
+
+@pytest.fixture
+def broken_once(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The moto server breaks off the first GET of each key under ``flaky/`` half-way (and closes the
+    connection), as a reset network would; later GETs are whole. Under ``broken/``, every GET breaks off."""
+    from moto.s3.responses import S3Response
+
+    broken: list[str] = []
+    original = S3Response.key_response
+
+    def key_response(self: Any, request: Any, full_url: str, headers: Any) -> Any:
+        status, response_headers, content = original(self, request, full_url, headers)
+        once = "/flaky/" in full_url and full_url not in broken
+        if not (once or "/broken/" in full_url) or request.method != "GET" or status >= 300:
+            return status, response_headers, content
+        broken.append(full_url)
+        response_headers = {**response_headers, "connection": "close", "content-length": str(len(content))}
+        return status, response_headers, content[: len(content) // 2]
+
+    monkeypatch.setattr(S3Response, "key_response", key_response)
+    return broken
+
+
+def test_a_body_that_breaks_off_is_resumed(backend: FsspecBackend, requests: Recorder, broken_once: list[str]) -> None:
+    data = bytes(range(256)) * 4096  # 1 MiB
+    backend.put_many([("flaky/a", data), ("flaky/b", data)])
+    requests.take()
+    out = bytearray(len(data) - 100)
+    assert backend.read_into("flaky/a", [memoryview(out)], start=100) == len(data) - 100
+    assert bytes(out) == data[100:]
+    first, resumed = requests.take()
+    assert first.headers["range"] == f"bytes=100-{len(data) - 1}"
+    assert resumed.headers["range"].startswith("bytes=") and resumed.headers["range"] != first.headers["range"]
+    assert backend.read("flaky/b") == data
+    assert len(broken_once) == 2
+
+
+def test_a_body_that_always_breaks_off_is_an_error_not_a_short_read(
+    backend: FsspecBackend, broken_once: list[str]
+) -> None:
+    data = bytes(range(256)) * 1024
+    backend.put_if_absent("broken/a", data)
+    assert backend._s3 is not None
+    backend._s3.retries = 2  # s3fs's default is 5, each after a longer pause
+    with pytest.raises(BackendError, match="broken/a"):
+        backend.read_into("broken/a", [memoryview(bytearray(len(data)))])
+    with pytest.raises(BackendError, match="broken/a"):
+        backend.read("broken/a")
+    got = backend.read_many(["broken/a"], errors="return")
+    assert isinstance(got[0], BackendError) and not isinstance(got[0], MissingObjectError)
