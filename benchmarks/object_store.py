@@ -4,6 +4,8 @@
 
 Starts moto's S3 server in its own process (objects kept in memory) and counts the requests it serves, by
 method, from its request log. Every figure is the median of ``--repeat`` runs, the contenders interleaved.
+On 127.0.0.1 a request costs no network time, only moto's CPU; ``--latency-ms 20`` makes the server wait that
+long before answering each object request, as S3's time to first byte does, which is what concurrency hides.
 
 1. **Chunks**: ``--size-gb`` of 64 MiB chunks (distinct random bytes), written and read back into
    preallocated buffers:
@@ -82,6 +84,18 @@ def _assign(self, new):
     _set(self, new)
 
 FakeKey.value = property(_value, _assign)
+
+if {latency}:
+    import time
+    from moto.s3.responses import S3Response
+
+    _respond = S3Response.key_response
+
+    def _late(self, *args, **kwargs):
+        time.sleep({latency})  # an S3-like time to first byte (a sleeping thread holds no lock)
+        return _respond(self, *args, **kwargs)
+
+    S3Response.key_response = _late
 ThreadedMotoServer(ip_address="127.0.0.1", port={port}).start()
 threading.Event().wait()
 """
@@ -90,7 +104,7 @@ threading.Event().wait()
 class Moto:
     """moto's S3 server in a child process, its request log in a file."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, latency: float = 0.0) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = int(s.getsockname()[1])
@@ -98,7 +112,7 @@ class Moto:
         self.log_path = workdir / "moto.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the server
         env = {**os.environ, "MOTO_S3_DEFAULT_KEY_BUFFER_SIZE": str(1 << 30)}  # keep objects in memory
-        code = _SERVER.format(port=self.port)
+        code = _SERVER.format(port=self.port, latency=latency)
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=self._log, stderr=self._log, env=env)
         for _ in range(300):
             try:
@@ -173,8 +187,9 @@ def bench_chunks(moto: Moto, args: argparse.Namespace, rows: dict[str, dict[str,
                     for p, c in zip(paths, chunks, strict=True):
                         backend.put_if_absent(p, memoryview(c))
                 else:
-                    backend.put_many(((p, memoryview(c)) for p, c in zip(paths, chunks, strict=True)),
-                                     concurrency=args.concurrency)
+                    backend.put_many(
+                        ((p, memoryview(c)) for p, c in zip(paths, chunks, strict=True)), concurrency=args.concurrency
+                    )
             for d in dest:
                 d.fill(0)
             with measured(moto, rows.setdefault(f"chunks read: {name}", {}), total):
@@ -186,8 +201,10 @@ def bench_chunks(moto: Moto, args: argparse.Namespace, rows: dict[str, dict[str,
                     for p, d in zip(paths, dest, strict=True):
                         backend.read_into(p, [memoryview(d)])
                 else:
-                    backend.read_ranges([RangeRead(p, 0, [memoryview(d)]) for p, d in zip(paths, dest, strict=True)],
-                                        concurrency=args.concurrency)
+                    backend.read_ranges(
+                        [RangeRead(p, 0, [memoryview(d)]) for p, d in zip(paths, dest, strict=True)],
+                        concurrency=args.concurrency,
+                    )
             assert all(np.array_equal(c, d) for c, d in zip(chunks, dest, strict=True)), name
             backend.delete([p for p in paths])
 
@@ -334,14 +351,20 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight in the batched runs")
     parser.add_argument("--no-load", action="store_true", help="skip the model load comparison (needs torch)")
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, help="added by the server to every object request (S3: ~10-30 ms)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     workdir = Path(tempfile.mkdtemp(prefix="ckpt-bench-s3-"))
-    moto = Moto(workdir)
+    moto = Moto(workdir, latency=args.latency_ms / 1000)
     rows: dict[str, dict[str, Any]] = {}
-    notes: list[str] = [f"moto {moto.endpoint}, {os.cpu_count()} cores, concurrency {args.concurrency}"]
+    notes: list[str] = [
+        f"moto {moto.endpoint}, {os.cpu_count()} cores, concurrency {args.concurrency}, "
+        f"latency added by the server {args.latency_ms:g} ms per object request"
+    ]
     try:
         import boto3
 

@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 from ckpt.errors import BackendError
+from ckpt.storage._batch import BatchedVerbs
 from ckpt.storage.base import Backend, BatchErrors, Buffer, CasResult, Entry, RangeRead
 from ckpt.storage.faults import FaultyBackend, InjectedFault
 from ckpt.storage.local import LocalBackend
@@ -17,6 +18,7 @@ from ckpt.storage.local import LocalBackend
 __all__ = [
     "Backend",
     "BatchErrors",
+    "BatchedVerbs",
     "Buffer",
     "CasResult",
     "Entry",

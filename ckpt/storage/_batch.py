@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from contextlib import contextmanager
-from typing import Literal, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Literal, TypeVar, cast, overload
 
 from ckpt import settings
 from ckpt.errors import BackendError
@@ -138,55 +138,69 @@ def finish(results: list[_T | Exception], errors: BatchErrors) -> builtins.list[
     return cast("list[_T]", results)
 
 
-class BatchedVerbs:
-    """The batched verbs of ``Backend``, built on a backend's one-object verbs.
+def _each(
+    owner: object, fn: Callable[[_I], _T], items: Iterable[_I], concurrency: int, fail_fast: bool
+) -> list[_T | Exception]:
+    """Run ``fn`` per item on a thread pool, or in turn where ``owner._batch_threads`` is false."""
+    if not getattr(owner, "_batch_threads", True) or concurrency <= 1:
+        return run_inline(fn, items, fail_fast=fail_fast)
+    with thread_submitter(fn, concurrency) as submit:
+        return run_bounded(submit, items, concurrency=concurrency, fail_fast=fail_fast)
 
-    A subclass sets ``_batch_threads`` (``False``: run items one after the other in the caller's thread, where
-    overlapping gains nothing) and may override the ``_put_batch``, ``_read_batch``, ``_range_batch`` and
-    ``_exists_batch`` hooks, each of which returns one result or ``Exception`` per item taken.
+
+class BatchedVerbs:
+    """The batched verbs of ``Backend`` (``put_many``, ``read_many``, ``read_ranges``, ``exists_many``), built on
+    a class's one-object verbs (``put_if_absent``, ``read``, ``read_into``, ``exists``).
+
+    Subclass it to write a backend, or a wrapper around one (a test double that counts or holds writes), with
+    only the one-object verbs: each item of a batch then goes through them, on a pool of up to ``concurrency``
+    threads. The call order, per-item results and error modes are those the ``Backend`` docstring promises.
+
+    A subclass may set ``_batch_threads = False`` (run the items one after the other in the caller's thread,
+    where overlapping gains nothing, e.g. in-process memory) and may override the hooks ``_put_batch``,
+    ``_read_batch``, ``_range_batch`` and ``_exists_batch`` (each returns one result or ``Exception`` per item
+    it took; S3 runs them on its event loop).
+
+    Example:
+        >>> from ckpt.storage import BatchedVerbs, open_backend
+        >>> class Counting(BatchedVerbs):
+        ...     def __init__(self, real):
+        ...         self.real, self.puts = real, 0
+        ...     def put_if_absent(self, path, data):
+        ...         self.puts += 1
+        ...         return self.real.put_if_absent(path, data)
+        >>> counting = Counting(open_backend("memory://batched-verbs-doc"))
+        >>> counting.put_many([("a", b"1"), ("b", b"2")]), counting.puts
+        ([True, True], 2)
     """
 
     #: Overlap items on a thread pool (local disk) rather than run them in turn (in-process memory).
     _batch_threads: bool = True
 
-    # the one-object verbs a subclass provides
-    def put_if_absent(self, path: str, data: Buffer) -> bool:  # pragma: no cover - provided by subclasses
-        raise NotImplementedError
+    if TYPE_CHECKING:  # the one-object verbs a subclass provides
 
-    def read(self, path: str, start: int = 0, end: int | None = None) -> bytes:  # pragma: no cover
-        raise NotImplementedError
-
-    def read_into(self, path: str, out: Sequence[memoryview], start: int = 0) -> int:  # pragma: no cover
-        raise NotImplementedError
-
-    def exists(self, path: str) -> bool:  # pragma: no cover
-        raise NotImplementedError
+        def put_if_absent(self, path: str, data: Buffer) -> bool: ...
+        def read(self, path: str, start: int = 0, end: int | None = None) -> bytes: ...
+        def read_into(self, path: str, out: Sequence[memoryview], start: int = 0) -> int: ...
+        def exists(self, path: str) -> bool: ...
 
     # -- hooks -------------------------------------------------------------------------------------------
-
-    def _each(
-        self, fn: Callable[[_I], _T], items: Iterable[_I], concurrency: int, fail_fast: bool
-    ) -> builtins.list[_T | Exception]:
-        if not self._batch_threads or concurrency <= 1:
-            return run_inline(fn, items, fail_fast=fail_fast)
-        with thread_submitter(fn, concurrency) as submit:
-            return run_bounded(submit, items, concurrency=concurrency, fail_fast=fail_fast)
 
     def _put_batch(
         self, items: Iterable[tuple[str, Buffer]], concurrency: int, fail_fast: bool
     ) -> builtins.list[bool | Exception]:
-        return self._each(lambda item: self.put_if_absent(*item), items, concurrency, fail_fast)
+        return _each(self, lambda item: self.put_if_absent(*item), items, concurrency, fail_fast)
 
     def _read_batch(self, paths: Iterable[str], concurrency: int, fail_fast: bool) -> builtins.list[bytes | Exception]:
-        return self._each(self.read, paths, concurrency, fail_fast)
+        return _each(self, self.read, paths, concurrency, fail_fast)
 
     def _range_batch(
         self, requests: Iterable[RangeRead], concurrency: int, fail_fast: bool
     ) -> builtins.list[int | Exception]:
-        return self._each(lambda r: self.read_into(r.path, r.out, r.start), requests, concurrency, fail_fast)
+        return _each(self, lambda r: self.read_into(r.path, r.out, r.start), requests, concurrency, fail_fast)
 
     def _exists_batch(self, paths: Iterable[str], concurrency: int, fail_fast: bool) -> builtins.list[bool | Exception]:
-        return self._each(self.exists, paths, concurrency, fail_fast)
+        return _each(self, self.exists, paths, concurrency, fail_fast)
 
     # -- the public batched verbs (documented on ``Backend``) ------------------------------------------------
 
