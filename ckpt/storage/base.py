@@ -3,7 +3,7 @@
 A backend stores objects (byte strings) at ``/``-separated relative paths under one root. The store layer
 calls it in this order when it commits (see docs/concepts/commit-protocol.md):
 
-1. ``put_if_absent`` for every chunk, then for the tensor table, then for the snapshot record;
+1. ``put_if_absent`` (or ``put_many``) for every chunk, then for the tensor table, then for the snapshot record;
 2. ``flush`` so that everything written so far is durable;
 3. ``compare_and_swap`` to move the branch.
 
@@ -47,7 +47,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Literal, NamedTuple, Protocol, TypeVar, overload, runtime_checkable
+from typing import Literal, NamedTuple, Protocol, overload, runtime_checkable
 
 __all__ = ["Backend", "BatchErrors", "Buffer", "CasResult", "Entry", "RangeRead"]
 
@@ -56,8 +56,6 @@ Buffer = bytes | bytearray | memoryview | Sequence[bytes | bytearray | memoryvie
 
 #: What a batched call does when an item fails: raise the first failure, or return it in the item's place.
 BatchErrors = Literal["raise", "return"]
-
-_T = TypeVar("_T")
 
 
 class RangeRead(NamedTuple):
