@@ -11,6 +11,8 @@ A versioned, content-addressed store of snapshots on any storage fsspec reaches:
 
 from __future__ import annotations
 
+import importlib
+import typing
 from typing import Any
 
 from ckpt._version import __version__
@@ -38,12 +40,90 @@ from ckpt.errors import (
     StoreNotFoundError,
     UnsupportedStateError,
 )
-from ckpt.model import ReflogEntry, Relation, Snapshot, StoreConfig, TagRecord, TensorEntry, TensorTable
-from ckpt.rng import rng_state, set_rng_state
-from ckpt.state import TensorSource
-from ckpt.store import Damage, GcReport, LazyTensors, RepairReport, Store, SyncReport, VerifyReport, init, open, sync
-from ckpt.store.signing import ReleaseSigner, ReleaseStatus
-from ckpt.train import Checkpointer, SaveHandle
+
+if typing.TYPE_CHECKING:  # imported on first use (PEP 562), so that `import ckpt` and `ckpt --help` stay fast
+    from ckpt.model import ReflogEntry, Relation, Snapshot, StoreConfig, TagRecord, TensorEntry, TensorTable
+    from ckpt.rng import rng_state, set_rng_state
+    from ckpt.state import TensorSource
+    from ckpt.store import (
+        Damage,
+        GcReport,
+        LazyTensors,
+        RepairReport,
+        Store,
+        VerifyReport,
+        init,
+        open,
+    )
+    from ckpt.store.signing import ReleaseSigner, ReleaseStatus
+    from ckpt.store.sync import SyncReport, sync
+    from ckpt.train import Checkpointer, SaveHandle
+
+#: Public names imported on first use: name → the module that defines it.
+_LAZY = {
+    **dict.fromkeys(
+        ("ReflogEntry", "Relation", "Snapshot", "StoreConfig", "TagRecord", "TensorEntry", "TensorTable"), "ckpt.model"
+    ),
+    **dict.fromkeys(("rng_state", "set_rng_state"), "ckpt.rng"),
+    "TensorSource": "ckpt.state",
+    **dict.fromkeys(
+        (
+            "Damage",
+            "GcReport",
+            "LazyTensors",
+            "RepairReport",
+            "Store",
+            "SyncReport",
+            "VerifyReport",
+            "init",
+            "open",
+            "sync",
+        ),
+        "ckpt.store",
+    ),
+    **dict.fromkeys(("ReleaseSigner", "ReleaseStatus"), "ckpt.store.signing"),
+    **dict.fromkeys(("Checkpointer", "SaveHandle"), "ckpt.train"),
+}
+
+#: Re-exports documented as ``ckpt.<name>``: their ``__module__`` says so once loaded.
+_CLAIMED = frozenset(
+    (
+        "Store",
+        "Snapshot",
+        "LazyTensors",
+        "GcReport",
+        "VerifyReport",
+        "Damage",
+        "TensorSource",
+        "SyncReport",
+        "RepairReport",
+        "ReleaseSigner",
+        "ReleaseStatus",
+        "Checkpointer",
+        "SaveHandle",
+        "init",
+        "open",
+        "sync",
+        "rng_state",
+        "set_rng_state",
+    )
+)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name on first use (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ckpt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    if name in _CLAIMED:
+        value.__module__ = "ckpt"
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def restore(
@@ -101,28 +181,6 @@ def restore(
 
 
 restore.__module__ = "ckpt"
-for _obj in (
-    Store,
-    Snapshot,
-    LazyTensors,
-    GcReport,
-    VerifyReport,
-    Damage,
-    TensorSource,
-    SyncReport,
-    RepairReport,
-    ReleaseSigner,
-    ReleaseStatus,
-    Checkpointer,
-    SaveHandle,
-    init,
-    open,
-    sync,
-    rng_state,
-    set_rng_state,
-):
-    _obj.__module__ = "ckpt"
-del _obj
 
 __all__ = [
     "AmbiguousRevisionError",

@@ -1,11 +1,13 @@
 """The exception hierarchy of ckpt.
 
 Every failure a user can meet is one of these, with a message that says what happened and, where there is
-one, a ``hint`` that says what to do. The command line prints ``error: <message>`` and the hint, and exits
-with the class's ``exit_code``.
+one, a hint that says what to do, in the terms of the person reading it: ``hint`` talks Python
+(``store.verify()``, ``force=True``) and is part of ``str(error)``, so a traceback shows it; ``cli_hint`` talks
+command line (``ckpt verify``, ``--force``). The command line prints ``error: <message>`` and ``hint:
+<cli_hint>``, and exits with the class's ``exit_code``.
 
 ```
-CkptError                                  exit_code 1, .hint: str | None
+CkptError                                  exit_code 1, .message, .hint / .cli_hint: str | None
 ├── StoreError
 │   ├── StoreNotFoundError(FileNotFoundError)     hint: run `ckpt init`
 │   ├── StoreExistsError(FileExistsError)
@@ -35,6 +37,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
+from ckpt.extras import DISTRIBUTION
+
 __all__ = [
     "AmbiguousRevisionError",
     "BackendError",
@@ -61,31 +65,72 @@ __all__ = [
 ]
 
 
+class Hint(str):
+    """A hint in Python's terms that also knows its command-line form (``cli``).
+
+    A ``str``, so it travels wherever hints are passed as text; ``CkptError(hint=Hint(...))`` takes ``cli`` as
+    its ``cli_hint`` unless one is given.
+
+    Example:
+        >>> h = Hint("check the store with store.verify()", cli="run `ckpt verify`")
+        >>> CkptError("damaged", hint=h).cli_hint
+        'run `ckpt verify`'
+    """
+
+    cli: str
+
+    def __new__(cls, text: str, *, cli: str) -> Hint:
+        self = super().__new__(cls, text)
+        self.cli = cli
+        return self
+
+
 class CkptError(Exception):
     """Root of every error ckpt raises on purpose.
 
+    ``str(error)`` is the message, then ``hint: …`` on a second line when there is a hint, so a Python traceback
+    shows what to do. The command line prints ``error: <message>`` and ``hint: <cli_hint>`` instead.
+
     Args:
         message: what went wrong, as one sentence.
-        hint: what the user can do about it, or ``None``.
+        hint: what to do about it, in Python's terms (``store.verify()``, ``force=True``), or ``None`` for the
+            class's default; ``""`` for none at all.
+        cli_hint: the same for someone at the command line (``ckpt verify``, ``--force``); ``None``: the same as
+            ``hint`` when one is given (a hint that names no API), else the class's default.
+
+    Attributes:
+        message: what went wrong, without the hint.
+        hint: the Python hint, or ``None``.
+        cli_hint: the command-line hint, or ``None``.
 
     Example:
         >>> try:
-        ...     raise CkptError("something broke", hint="try again")
+        ...     raise CkptError("something broke", hint="call it again", cli_hint="run it again")
         ... except CkptError as e:
-        ...     print(e, "/", e.hint)
-        something broke / try again
+        ...     print(e)
+        ...     print(e.message, "/", e.cli_hint)
+        something broke
+        hint: call it again
+        something broke / run it again
     """
 
     exit_code: ClassVar[int] = 1
     default_hint: ClassVar[str | None] = None
+    default_cli_hint: ClassVar[str | None] = None
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, cli_hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.hint = hint if hint is not None else self.default_hint
+        if hint is None:
+            self.hint = self.default_hint or None
+            fallback = self.default_cli_hint or self.default_hint
+        else:
+            self.hint = str(hint) or None
+            fallback = hint.cli if isinstance(hint, Hint) else hint
+        self.cli_hint = (cli_hint if cli_hint is not None else fallback) or None
 
     def __str__(self) -> str:
-        return self.message
+        return f"{self.message}\nhint: {self.hint}" if self.hint else self.message
 
 
 class StoreError(CkptError):
@@ -95,19 +140,21 @@ class StoreError(CkptError):
 class StoreNotFoundError(StoreError, FileNotFoundError):
     """No ckpt store at the given location."""
 
-    default_hint = "create one with `ckpt init [URL]` or `ckpt.init(url)`, or point CKPT_STORE at an existing one"
+    default_hint = "create one with `ckpt.init(url)`, or open an existing one (the url, or $CKPT_STORE)"
+    default_cli_hint = "create one with `ckpt init [URL]`, or name an existing one with --store URL or $CKPT_STORE"
 
 
 class StoreExistsError(StoreError, FileExistsError):
     """``init`` was asked to create a store where one exists already."""
 
     default_hint = "open it with `ckpt.open(url)` instead"
+    default_cli_hint = "it is ready to use: run commands in its folder, or name it with --store URL"
 
 
 class FormatVersionError(StoreError):
     """The store was written in a format this version of ckpt cannot read."""
 
-    default_hint = "upgrade ckpt: pip install -U ckpt"
+    default_hint = f"upgrade ckpt: pip install -U {DISTRIBUTION}"
 
 
 class BackendError(StoreError, OSError):
@@ -121,7 +168,8 @@ class RevisionError(CkptError, LookupError):
 class RevisionNotFoundError(RevisionError):
     """No branch, tag or snapshot matches the revision."""
 
-    default_hint = "list what exists with `ckpt ls` and `ckpt log --all`"
+    default_hint = "list what exists with `store.branches()`, `store.tags()` and `store.snapshots()`"
+    default_cli_hint = "list what exists with `ckpt ls` and `ckpt log --all`"
 
 
 class AmbiguousRevisionError(RevisionError):
@@ -132,9 +180,13 @@ class AmbiguousRevisionError(RevisionError):
         candidates: the snapshot ids that match.
     """
 
-    def __init__(self, message: str, *, candidates: Sequence[str], hint: str | None = None) -> None:
+    default_hint = "give more characters of the id"
+
+    def __init__(
+        self, message: str, *, candidates: Sequence[str], hint: str | None = None, cli_hint: str | None = None
+    ) -> None:
         self.candidates = list(candidates)
-        super().__init__(message, hint=hint or "give more characters of the id")
+        super().__init__(message, hint=hint, cli_hint=cli_hint)
 
 
 class RefError(CkptError):
@@ -153,6 +205,9 @@ class RefConflictError(RefError):
     """
 
     default_hint = "nothing was lost: branch off the new snapshot, or reload the branch and save again"
+    default_cli_hint = (
+        "nothing was lost: `ckpt reflog` lists both snapshots; branch off one with `ckpt branch NAME --at ID`"
+    )
 
     def __init__(
         self,
@@ -163,12 +218,13 @@ class RefConflictError(RefError):
         actual: str | None,
         snapshot: str | None = None,
         hint: str | None = None,
+        cli_hint: str | None = None,
     ) -> None:
         self.ref = ref
         self.expected = expected
         self.actual = actual
         self.snapshot = snapshot
-        super().__init__(message, hint=hint)
+        super().__init__(message, hint=hint, cli_hint=cli_hint)
 
 
 class FrozenRefError(RefError):
@@ -202,6 +258,10 @@ class CorruptChunkError(IntegrityError):
     """
 
     default_hint = (
+        "find all damage with `store.verify()`, then put it back from a good copy (a replica, a backup) with "
+        "`store.repair(ckpt.open(url))`"
+    )
+    default_cli_hint = (
         "run `ckpt verify` to find all damage, then `ckpt repair --from URL` to put it back from a good copy "
         "(a replica, a backup)"
     )
@@ -214,11 +274,12 @@ class CorruptChunkError(IntegrityError):
         tensor: str | None = None,
         snapshot: str | None = None,
         hint: str | None = None,
+        cli_hint: str | None = None,
     ) -> None:
         self.digest = digest
         self.tensor = tensor
         self.snapshot = snapshot
-        super().__init__(message, hint=hint)
+        super().__init__(message, hint=hint, cli_hint=cli_hint)
 
 
 class MissingObjectError(IntegrityError):

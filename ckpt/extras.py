@@ -11,7 +11,7 @@ __all__ = ["DISTRIBUTION", "install_hint"]
 
 #: The name the package is installed under (``pip install <DISTRIBUTION>``); a test checks it against
 #: ``[project] name`` in pyproject.toml, so a rename of the distribution is made here and nowhere else.
-DISTRIBUTION = "ckpt"
+DISTRIBUTION = "ckpt-store"  # the index's "ckpt" is an unrelated project; the module is `ckpt`
 
 
 def install_hint(extra: str) -> str:
@@ -21,10 +21,10 @@ def install_hint(extra: str) -> str:
         extra: the extra's name, e.g. ``ui`` or ``plot``.
 
     Returns:
-        e.g. ``pip install 'ckpt[ui]'``.
+        e.g. ``pip install 'ckpt-store[ui]'``.
 
     Example:
         >>> install_hint("ui")
-        "pip install 'ckpt[ui]'"
+        "pip install 'ckpt-store[ui]'"
     """
     return f"pip install '{DISTRIBUTION}[{extra}]'"

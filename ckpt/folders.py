@@ -119,7 +119,8 @@ def check_relative_path(rel: str, *, what: str = "path") -> str:
     if "\\" in rel:
         raise RecordError(
             f"{what} {rel!r} has a backslash, which ckpt reads as a folder separator (as Windows does)",
-            hint="rename the file, or leave it out with an exclude pattern",
+            hint="rename the file, or leave it out with exclude=['PATTERN']",
+            cli_hint="rename the file, or leave it out with --exclude PATTERN",
         )
     if size > MAX_PATH_BYTES or len(parts) > MAX_DEPTH:
         raise RecordError(
@@ -294,7 +295,8 @@ def scan_folder(path: str | os.PathLike[str], *, exclude: Sequence[str] = ()) ->
                     if within is not root and not stat.S_ISREG(st.st_mode):
                         raise RecordError(
                             f"{given / rel} links to {real}, which is not a regular file",
-                            hint="remove the link, or leave it out with an exclude pattern",
+                            hint="remove the link, or leave it out with exclude=['PATTERN']",
+                            cli_hint="remove the link, or leave it out with --exclude PATTERN",
                         )
                 else:
                     real = Path(entry.path)
@@ -309,7 +311,8 @@ def scan_folder(path: str | os.PathLike[str], *, exclude: Sequence[str] = ()) ->
                 elif real in chain:
                     raise RecordError(
                         f"{given / rel} is a symbolic link to {link}, a folder that contains it (a loop)",
-                        hint="remove the link, or leave it out with an exclude pattern",
+                        hint="remove the link, or leave it out with exclude=['PATTERN']",
+                        cli_hint="remove the link, or leave it out with --exclude PATTERN",
                     )
                 else:
                     stack.append((rel, real, (*chain, real)))
@@ -323,7 +326,8 @@ def scan_folder(path: str | os.PathLike[str], *, exclude: Sequence[str] = ()) ->
                 )
                 raise RecordError(
                     f"{given / rel} is {kind}, not a regular file",
-                    hint="move it out of the folder, or leave it out with an exclude pattern",
+                    hint="move it out of the folder, or leave it out with exclude=['PATTERN']",
+                    cli_hint="move it out of the folder, or leave it out with --exclude PATTERN",
                 )
     files.sort(key=lambda f: f.path)
     skipped.sort()
@@ -395,7 +399,9 @@ def read_file(file: FolderFile, *, limit: int | None = None) -> bytes:
     if limit is not None and len(data) > limit:
         raise RecordError(
             f"{file.path} holds more than {limit} bytes; files other than weights over that are not attached",
-            hint="move it out of the folder or leave it out with an exclude pattern (weights belong in "
+            hint="move it out of the folder or leave it out with exclude=['PATTERN'] (weights belong in "
+            ".safetensors files)",
+            cli_hint="move it out of the folder or leave it out with --exclude PATTERN (weights belong in "
             ".safetensors files)",
         )
     return data
@@ -515,7 +521,8 @@ class FolderWriter:
         if found and not force:
             raise RecordError(
                 f"{self.given} is not empty",
-                hint="choose an empty or new folder, or pass --force (force=True) to write into it",
+                hint="choose an empty or new folder, or pass force=True to write into it",
+                cli_hint="choose an empty or new folder, or pass --force to write into it",
             )
 
     def __enter__(self) -> FolderWriter:

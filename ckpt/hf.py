@@ -246,7 +246,8 @@ def import_folder(
         if f.path.startswith(RESERVED_PREFIX):
             raise RecordError(
                 f"{where[f.path]}: files under {RESERVED_PREFIX} are ckpt's own bookkeeping",
-                hint=f"rename the folder {RESERVED_PREFIX.rstrip('/')}, or leave it out with an exclude pattern",
+                hint=f"rename the folder {RESERVED_PREFIX.rstrip('/')}, or leave it out with exclude=['PATTERN']",
+                cli_hint=f"rename the folder {RESERVED_PREFIX.rstrip('/')}, or leave it out with --exclude PATTERN",
             )
     files: dict[str, bytes] = {}
     for f in plan.files:
@@ -290,7 +291,8 @@ def import_folder(
         if folder == "model" and any("/" not in w.path for w in plan.weights):
             raise RecordError(
                 f"{src} has weights at its top and in a subfolder named 'model'; both would be the state's 'model'",
-                hint="import them separately, or leave one out with an exclude pattern",
+                hint="import them separately, or leave one out with exclude=['PATTERN']",
+                cli_hint="import them separately, or leave one out with --exclude PATTERN",
             )
         group = groups.setdefault(key, {})
         for name, source in sources.items():
@@ -298,7 +300,9 @@ def import_folder(
                 raise RecordError(
                     f"tensor {name!r} is in both {found_in[key, name]} and {where[rel]}",
                     hint="a folder holds one model; import variants (e.g. *.fp16.safetensors) from separate folders "
-                    "or leave them out with an exclude pattern",
+                    "or leave them out with exclude=['*.fp16.safetensors']",
+                    cli_hint="a folder holds one model; import variants (e.g. *.fp16.safetensors) from separate "
+                    "folders or leave them out with --exclude '*.fp16.safetensors'",
                 )
             group[name] = source
             found_in[key, name] = where[rel]
@@ -347,8 +351,14 @@ def _refuse_pickles(paths: Sequence[str]) -> None:
         f"refusing pickle-based file(s) {names}: loading a pickle can run arbitrary code, and ckpt never loads one",
         hint=(
             "if the folder has the same weights as .safetensors too (common in hub downloads), leave the pickles "
-            "out: `ckpt import --skip-pickles` (skip_pickles=True); otherwise convert them to safetensors in an "
-            "environment you trust: load with torch.load(path, weights_only=True) and save with "
+            "out with skip_pickles=True; otherwise convert them to safetensors in an environment you trust: load "
+            "with torch.load(path, weights_only=True) and save with safetensors.torch.save_file(state_dict, "
+            "'model.safetensors')"
+        ),
+        cli_hint=(
+            "if the folder has the same weights as .safetensors too (common in hub downloads), leave the pickles "
+            "out with `ckpt import --skip-pickles`; otherwise convert them to safetensors in an environment you "
+            "trust: load with torch.load(path, weights_only=True) and save with "
             "safetensors.torch.save_file(state_dict, 'model.safetensors')"
         ),
     )
@@ -874,7 +884,8 @@ def _fresh_plan(snap: Snapshot, table: TensorTable, limit: int, weights_name: st
         if tensor_path not in table.tensors:
             raise RecordError(
                 f"snapshot {snap.short_id}: the state tree names {tensor_path!r}, which has no entry",
-                hint="the snapshot's table is damaged: run `ckpt verify`",
+                hint="the snapshot's table is damaged: check the store with `store.verify()`",
+                cli_hint="the snapshot's table is damaged: check the store with `ckpt verify`",
             )
     shards: list[list[str]] = []
     current: list[str] = []

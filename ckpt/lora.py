@@ -36,7 +36,7 @@ from typing import Any
 
 from pydantic import JsonValue
 
-from ckpt.errors import RecordError, StateMismatchError, UnsupportedStateError
+from ckpt.errors import Hint, RecordError, StateMismatchError, UnsupportedStateError
 
 __all__ = [
     "MAX_MODULE_NAME",
@@ -62,9 +62,11 @@ __all__ = [
 #: The prefix PEFT gives every tensor of a ``PeftModel`` (``base_model.model.<name in the base>``).
 PEFT_PREFIX = "base_model.model."
 #: What to do with an adapter ckpt stores but does not merge.
-PEFT_HINT = (
+PEFT_HINT = Hint(
     "store and export it as it is (export_peft_folder), then merge it with peft: "
-    "PeftModel.from_pretrained(base_model, folder).merge_and_unload()"
+    "PeftModel.from_pretrained(base_model, folder).merge_and_unload()",
+    cli="write it as a PEFT folder (`ckpt restore REV --to DIR`), then merge it with peft: "
+    "PeftModel.from_pretrained(base_model, folder).merge_and_unload()",
 )
 #: Longest ``alpha_pattern``/``rank_pattern`` key accepted, in characters.
 MAX_PATTERN_LENGTH = 256

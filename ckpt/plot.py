@@ -13,7 +13,7 @@ A *run* is what a training run saved on a branch: its chain of ``continue`` save
 started it (a root, or a fine-tune's first snapshot), as ``ckpt.Checkpointer`` reads it. ``scope="lineage"``
 follows first parents to the root instead (the base model's training, then the fine-tune's …).
 
-Plots need matplotlib (``pip install 'ckpt[plot]'``), imported only when a plot is drawn.
+Plots need matplotlib (``pip install 'ckpt-store[plot]'``), imported only when a plot is drawn.
 """
 
 from __future__ import annotations

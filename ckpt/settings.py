@@ -116,7 +116,7 @@ def chunk_size() -> int:
     try:
         return parse_size(raw)
     except RecordError as e:
-        raise RecordError(f"CKPT_CHUNK_SIZE: {e}", hint=e.hint) from None
+        raise RecordError(f"CKPT_CHUNK_SIZE: {e.message}", hint=e.hint or "", cli_hint=e.cli_hint or "") from None
 
 
 def threads() -> int:

@@ -22,20 +22,29 @@ where = sys.argv[1] if len(sys.argv) > 1 else "family"
 store = ckpt.init(where)
 rng = np.random.default_rng(0)
 names = [f"model.layers.{i}.self_attn.{p}_proj.weight" for i in range(2) for p in "qkvo"] + ["lm_head.weight"]
-weights = {name: rng.standard_normal((16, 16)).astype(np.float32) for name in names}
+Weights = dict[str, np.ndarray]
 
 
-def tune(names_to_change: list[str], scale: float) -> dict[str, np.ndarray]:
-    """Stands in for training: changes only the named tensors (the others stay byte-identical, so shared)."""
+def tune(start: Weights, names_to_change: list[str], scale: float) -> Weights:
+    """Stands in for training from ``start``: changes only the named tensors (the others stay byte-identical,
+    so their chunks are shared with ``start``'s snapshot)."""
+    out = dict(start)
     for name in names_to_change:
-        weights[name] = weights[name] + scale * rng.standard_normal((16, 16)).astype(np.float32)
-    return {"model": dict(weights)}
+        out[name] = start[name] + scale * rng.standard_normal((16, 16)).astype(np.float32)
+    return out
+
+
+def weights_of(rev: str) -> Weights:
+    """The model weights a snapshot holds: every line of the family starts from what its parent really is."""
+    return dict(store.load(rev, framework="numpy")["model"])
 
 
 # the base model: three epochs on main; the best is frozen as tiny-llama-<YYYY-MM-DD>
+base = {name: rng.standard_normal((16, 16)).astype(np.float32) for name in names}
 for epoch, val_loss in enumerate([0.92, 0.61, 0.48]):
+    base = tune(base, names, 0.1)
     store.save(
-        tune(names, 0.1),
+        {"model": base},
         model="tiny-llama",
         epoch=epoch,
         step=100 * (epoch + 1),
@@ -46,12 +55,16 @@ release = store.freeze("main")
 
 # a retry from epoch 1 with a lower learning rate, on its own branch (main keeps its history)
 store.branch("retry", at="main~1")
-store.save(tune(names, 0.05), "retry", epoch=2, step=300, metrics={"val_loss": 0.52}, message="lower lr")
+retry = tune(weights_of("retry"), names, 0.05)
+store.save({"model": retry}, "retry", epoch=2, step=300, metrics={"val_loss": 0.52}, message="lower lr")
 
 # instruct and chat: each a fine-tune of the one before, changing the top layer and the head
-store.derive(release, tune(names[-5:], 0.01), branch="instruct", model="tiny-llama-instruct", message="sft")
-store.save(tune(names[-5:], 0.01), "instruct", step=50, message="more sft")
-store.derive("instruct", tune(names[-5:], 0.01), branch="chat", model="tiny-llama-chat", message="chat sft")
+instruct = tune(weights_of(release), names[-5:], 0.01)
+store.derive(release, {"model": instruct}, branch="instruct", model="tiny-llama-instruct", message="sft")
+instruct = tune(instruct, names[-5:], 0.01)
+store.save({"model": instruct}, "instruct", step=50, message="more sft")
+chat = tune(weights_of("instruct"), names[-5:], 0.01)
+store.derive("instruct", {"model": chat}, branch="chat", model="tiny-llama-chat", message="chat sft")
 
 # a LoRA adapter over the chat model: only its own small tensors are stored
 lora = {}

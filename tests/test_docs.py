@@ -409,6 +409,18 @@ def test_home_page_family_tree_is_real(tmp_path: Path) -> None:
     assert _normalise_graph("\n".join(draw["shown"])) == _normalise_graph(drawn.output), (
         "docs/index.md shows another family tree than the CLI draws; paste this one:\n" + drawn.output
     )
+    # the picture is true: each line of the family starts from its parent's weights, not from another line's
+    import ckpt
+    from ckpt.diff import diff
+
+    store = ckpt.open(str(tmp_path / "family"))
+    release = next(name for name, tag in store.tags().items() if tag.frozen)
+    for a, b, changed in ((release, "instruct~1", 5), ("instruct~1", "instruct", 5), ("instruct", "chat", 5)):
+        d = diff(store, a, b, norms=False)
+        assert (d.changed, d.unchanged, d.added, d.removed) == (changed, 9 - changed, 0, 0), (a, b)
+    assert store.resolve("retry").parents == (store.resolve("main~1").id,)
+    assert diff(store, "main~1", "retry", norms=False).changed == 9
+    assert store.resolve("instruct~1").parents == (store.resolve(release).id,)
 
 
 def test_pages_have_runnable_python() -> None:
@@ -634,3 +646,87 @@ def test_benchmark_plot(tmp_path: Path) -> None:
     result = {"size_gb": 1.0, "save_ratio": 0.8, "load_ratio": 1.4, "resave_ratio": 0.2, "bytes_ratio": 1.1}
     out = module.plot_ratios(result, tmp_path / "plots" / "ratios.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and 5_000 < out.stat().st_size < 60_000
+
+
+# -- the README: its demo, then its commands -----------------------------------------------------------------
+
+
+@pytest.mark.torch
+@pytest.mark.s3
+@pytest.mark.slow
+def test_readme_demo_then_every_readme_command(tmp_path: Path, s3_server: dict[str, Any]) -> None:
+    """The README is one story: its demo leaves the store that every command it shows next works on.
+
+    The demo runs as the README's first command does (``python examples/quickstart.py``), then each ``$ …`` line
+    of the README's console blocks runs as a shell command in the same folder, with ``ckpt`` this checkout's
+    command line and ``s3://bucket`` a moto server's bucket (reached through ``AWS_ENDPOINT_URL``). Every command
+    the demo's last lines suggest is one the README shows.
+    """
+    pytest.importorskip("torch")
+    import boto3
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = code_blocks(readme)
+    demo = next(b["code"] for b in blocks if b["lang"] == "bash" and "examples/quickstart.py" in b["code"])
+    argv = shlex.split(demo.split("&&")[-1])
+    assert argv[:2] == ["python", "examples/quickstart.py"], demo
+    commands = [c["command"] for b in blocks if b["lang"] == "console" for c in console_commands(b["code"], 0)]
+    assert any(c.startswith("ckpt log") for c in commands)
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ckpt").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m ckpt "$@"\n', encoding="utf-8")
+    (bin_dir / "ckpt").chmod(0o755)
+    boto3.client("s3", endpoint_url=s3_server["endpoint_url"], region_name="us-east-1").create_bucket(Bucket="bucket")
+    env = {
+        **_env(),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "AWS_ENDPOINT_URL": s3_server["endpoint_url"],
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    work = tmp_path / "work"
+    work.mkdir()
+    shown = subprocess.run(
+        [sys.executable, str(ROOT / argv[1]), *argv[2:]],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    printed = [line for line in shown.stdout.splitlines() if line.strip()]
+    assert len(printed) == len(set(printed)), "the demo prints a line twice"
+    suggested = shown.stdout.split("next, try")[1].splitlines()[1:]
+    release = next(line.split()[2] for line in suggested if " restore " in line)
+    for line in suggested:
+        generic = line.strip().replace(release, "tiny-mlp-$(date -u +%F)")
+        assert any(c.split("#")[0].split("&&")[0].strip() == generic for c in commands), (generic, commands)
+    for command in commands:
+        result = subprocess.run(
+            ["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True, timeout=TIMEOUT
+        )
+        assert result.returncode == 0, f"README: $ {command}\n{result.stdout}{result.stderr}"
+
+
+def test_diagrams_are_rendered_from_their_sources() -> None:
+    """Every ``docs/diagrams/*.mmd`` has its SVG, rendered from the source as it is now, and a page shows it."""
+    sys.path.insert(0, str(DOCS / "_ext"))
+    try:
+        from render_diagrams import source_digest
+    finally:
+        sys.path.pop(0)
+    sources = sorted((DOCS / "diagrams").glob("*.mmd"))
+    assert sources
+    pages = "\n".join(p.read_text(encoding="utf-8") for p in DOCS.rglob("*.md"))
+    for mmd in sources:
+        svg = mmd.with_suffix(".svg")
+        assert svg.is_file(), f"{svg.name} is missing: run python docs/_ext/render_diagrams.py"
+        stamp = re.search(r"sha256 ([0-9a-f]{64})", svg.read_text(encoding="utf-8")[:400])
+        assert stamp and stamp.group(1) == source_digest(mmd.read_text(encoding="utf-8")), (
+            f"{svg.name} was drawn from another {mmd.name}: run python docs/_ext/render_diagrams.py"
+        )
+        assert f"diagrams/{svg.name}" in pages, f"no page shows {svg.name}"
+    assert "```mermaid" not in pages, "a Mermaid block would load Mermaid from a CDN: render it to SVG instead"

@@ -193,3 +193,89 @@ def test_no_internal_link_is_broken(site: Path) -> None:
                     broken.append(f"{rel}: {url} (no #{fragment} in {path.relative_to(site)})")
     assert checked > 500, f"only {checked} links checked: is the site complete?"
     assert not broken, f"{len(broken)} broken internal links:\n" + "\n".join(broken[:50])
+
+
+def _text(fragment: str) -> str:
+    """The text of an HTML fragment (tags dropped, entities decoded)."""
+    return html.unescape(re.sub(r"<[^>]+>", "", fragment))
+
+
+def _code_blocks(dom: str) -> list[list[str]]:
+    """The lines of every ``<pre>`` block of a page, as a reader sees them."""
+    return [_text(m).splitlines() for m in re.findall(r"<pre[^>]*>(.*?)</pre>", dom, flags=re.S)]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (apt-get install chromium)")
+def test_api_examples_render_as_highlighted_code(served: str, tmp_path: Path) -> None:
+    """Docstring ``Example:`` sections show as Python sessions: highlighted, no quotes, no doctest flags."""
+    dom = _dump_dom(served + "api/", tmp_path / "profile")
+    assert "<blockquote" not in dom, "an Example rendered as Markdown quotes"
+    assert "doctest:" not in _text(dom), "doctest flags shown"
+    sessions = [lines for lines in _code_blocks(dom) if lines and lines[0].startswith(">>> ")]
+    assert len(sessions) >= 20, f"only {len(sessions)} examples render as code"
+    assert any('>>> store = ckpt.init("memory://docs-init")' in line for s in sessions for line in s)
+    # highlighted: the prompt and the names carry Pygments' classes
+    init = dom.index("docs-init")
+    block = dom[dom.rindex("<pre", 0, init) : dom.index("</pre>", init)]
+    assert 'class="gp"' in block and 'class="n"' in block, block[:500]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (apt-get install chromium)")
+def test_cli_reference_keeps_each_example_on_its_own_line(served: str, tmp_path: Path) -> None:
+    """Each command's examples (click's ``\\b`` paragraphs) show one command a line, as `ckpt CMD --help` does."""
+    from ckpt.cli.app import cli
+
+    dom = _dump_dom(served + "cli/", tmp_path / "profile")
+    lines = {line.strip() for block in _code_blocks(dom) for line in block}
+    checked = 0
+    for name, command in cli.commands.items():
+        help_text = command.help or ""
+        if "Examples:" not in help_text:
+            continue
+        examples = [
+            line.strip().split("#")[0].strip()
+            for line in help_text.split("Examples:", 1)[1].splitlines()
+            if line.strip().startswith("ckpt ")
+        ]
+        assert examples, name
+        for example in examples:
+            assert any(line.startswith(f"$ {example}") for line in lines), (name, example)
+            checked += 1
+    assert checked >= 30, checked
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (apt-get install chromium)")
+def test_diagrams_render_offline(site: Path, served: str, tmp_path: Path) -> None:
+    """The concept pages' diagrams are SVG files of the site: a browser draws them, nothing comes from a CDN."""
+    probe = site / "diagram-probe.html"  # same origin as the pages: it can look into them
+    probe.write_text(
+        """<!doctype html><title>loading</title>
+<iframe id="f" src="PAGE"></iframe>
+<script>
+document.getElementById("f").addEventListener("load", () => {
+  const imgs = [...document.getElementById("f").contentDocument.querySelectorAll("img.diagram")];
+  Promise.all(imgs.map((i) => i.decode().then(() => i.naturalWidth, () => 0))).then((w) => {
+    document.title = "widths " + w.join(" ");
+  });
+});
+</script>""",
+        encoding="utf-8",
+    )
+    for page in ("concepts/object-model/", "concepts/commit-protocol/"):
+        probe.write_text(re.sub(r'src="[^"]*"', f'src="{page}"', probe.read_text(), count=1), encoding="utf-8")
+        dom = _dump_dom(served + probe.name, tmp_path / "profile")
+        title = re.search(r"<title>(.*?)</title>", dom, flags=re.S)
+        assert title and title.group(1).startswith("widths "), (page, title and title.group(1))
+        widths = [int(w) for w in title.group(1).split()[1:]]
+        assert widths and all(w > 200 for w in widths), (page, widths)
+    probe.unlink()
+    # nothing on any page loads from another host, and no Mermaid block is left for the theme to fetch a CDN for
+    for path in sorted(site.rglob("*.html")):
+        text = path.read_text(encoding="utf-8")
+        assert 'class="mermaid"' not in text, path
+        for tag, attr in (("script", "src"), ("link", "href"), ("img", "src"), ("iframe", "src")):
+            for m in re.finditer(rf"<{tag}\b[^>]*\b{attr}=\"(https?:)?//", text):
+                raise AssertionError(f"{path.relative_to(site)} loads {m.group(0)}… from another host")

@@ -9,7 +9,9 @@ up from the current directory (as Git finds ``.git``).
 
 from __future__ import annotations
 
+import sys
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,19 +22,44 @@ import ckpt
 from ckpt import settings
 from ckpt.cli.commands._common import parse_options
 from ckpt.errors import CkptError, StoreNotFoundError
-from ckpt.store import layout
 
-__all__ = ["CkptGroup", "CliState", "cli", "find_store"]
+__all__ = [
+    "INTERRUPTED",
+    "INTERRUPTED_BY_COMMAND",
+    "CkptGroup",
+    "CliState",
+    "cli",
+    "find_store",
+    "on_interrupt",
+    "store_location",
+]
 
 
 def find_store(start: Path | None = None) -> Path | None:
     """The nearest ``.ckpt`` store folder in ``start`` (default: the current directory) or a parent of it."""
+    from ckpt.store import layout
+
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
         candidate = folder / settings.DEFAULT_STORE
         if (candidate / layout.CONFIG).is_file():
             return candidate
     return None
+
+
+def store_location(url: str) -> str:
+    """A store given on the command line: a URL as it is; a local folder that is not a store itself but holds
+    one in ``.ckpt`` (``.``, a project folder) means that ``.ckpt``, as Git takes a work tree for its ``.git``.
+    """
+    from ckpt.store import layout
+
+    if "://" in url:
+        return url
+    folder = Path(url).expanduser()
+    inner = folder / settings.DEFAULT_STORE
+    if not (folder / layout.CONFIG).is_file() and (inner / layout.CONFIG).is_file():
+        return str(inner)
+    return url
 
 
 @dataclass
@@ -58,13 +85,12 @@ class CliState:
             StoreNotFoundError: none of these gives a store.
         """
         if self.store_url:
-            return self.store_url
+            return store_location(self.store_url)
         found = find_store()
         if found is None:
             raise StoreNotFoundError(
-                f"no ckpt store in {Path.cwd()} or any folder above it; create one with `ckpt init` "
-                "(or pass --store URL, or set CKPT_STORE)",
-                hint="",
+                f"no ckpt store in {Path.cwd()} or any folder above it",
+                cli_hint="create one here with `ckpt init`, or name one with --store URL or $CKPT_STORE",
             )
         return str(found)
 
@@ -73,18 +99,90 @@ class CliState:
         return ckpt.open(self.location(), **self.store_options)
 
 
+#: What Ctrl-C leaves behind, for a command that writes to the store (the default).
+INTERRUPTED = (
+    "interrupted: the store is consistent (what was being written becomes visible only once it is complete); "
+    "rerun the command to finish"
+)
+_READ_ONLY = "interrupted; nothing was changed"
+#: What Ctrl-C leaves behind, by command (commands not listed: ``INTERRUPTED``).
+INTERRUPTED_BY_COMMAND = {
+    **dict.fromkeys(("log", "show", "ls", "reflog", "diff"), _READ_ONLY),
+    "verify": "interrupted before every object was checked; nothing was changed",
+    "restore": "interrupted: the store was only read; rerun the restore to write the folder",
+    "import": "interrupted: nothing was committed and the branch did not move; rerun the import",
+    "sync": "interrupted: what was copied stays, and every record on the destination is whole; rerun the sync "
+    "to finish (chunks already copied are not sent again)",
+    "gc": "interrupted: gc deletes records before the chunks they need, so the store is consistent; rerun "
+    "`ckpt gc` to finish",
+    "repair": "interrupted: what was repaired stays repaired; rerun `ckpt repair` to finish",
+}
+
+
+def on_interrupt(message: str) -> None:
+    """Say what Ctrl-C during the running command leaves behind (instead of ``INTERRUPTED_BY_COMMAND``)."""
+    click.get_current_context().meta["ckpt.interrupted"] = message
+
+
+def _usage_message(e: click.ClickException) -> str:
+    """Click's message in ckpt's voice: ``No such command 'lg'.`` → ``no such command 'lg'``."""
+    text = e.format_message().strip().rstrip(".")
+    if len(text) > 1 and text[0].isupper() and text[1].islower():
+        text = text[0].lower() + text[1:]
+    return text
+
+
+def _usage_hint(e: click.UsageError) -> str:
+    """Where to read more: the usage line of the command that refused, and its ``--help``."""
+    ctx = e.ctx
+    if ctx is None or isinstance(ctx.command, click.Group):
+        path = ctx.command_path if ctx is not None else "ckpt"
+        return f"`{path} --help` lists the commands and options"
+    usage = ctx.get_usage().strip()
+    usage = usage[len("Usage:") :].strip() if usage.startswith("Usage:") else usage
+    return f"usage: {usage} (`{ctx.command_path} --help` says more)"
+
+
 class CkptGroup(click.Group):
     """A click group that turns a ``CkptError`` into ``error: …`` (+ ``hint: …``) and its exit code.
 
     Any other ``OSError`` (permission denied, disk full …) prints ``error: …`` and exits 1 too. Usage errors
-    keep click's handling (exit code 2). ``--debug`` or ``CKPT_DEBUG=1`` re-raise instead, so the
-    traceback shows. Ctrl-C prints one line and exits 130; the store stays consistent because every write
-    follows the commit protocol (nothing half-written is ever visible).
+    (an unknown command or option, a missing argument) print the same two lines and exit 2. ``--debug`` or
+    ``CKPT_DEBUG=1`` re-raise instead, so the traceback shows. Ctrl-C prints one line that says what it left
+    behind (``on_interrupt``) and exits 130.
     """
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         """Commands in the order they were added (the order of a session: init, log, show … sync)."""
         return list(self.commands)
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the program; in standalone mode click's own errors print as ``error:``/``hint:`` lines."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:  # plain `ckpt`: the help, as click prints it
+            e.show()
+            sys.exit(e.exit_code)
+        except click.UsageError as e:
+            click.echo(f"error: {_usage_message(e)}", err=True)
+            click.echo(f"hint: {_usage_hint(e)}", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            click.echo(f"error: {_usage_message(e)}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         """Run the command, mapping errors to messages and exit codes."""
@@ -94,9 +192,9 @@ class CkptGroup(click.Group):
             state = ctx.obj if isinstance(ctx.obj, CliState) else None
             if settings.debug() or (state is not None and state.debug):
                 raise
-            click.echo(f"error: {e}", err=True)
-            if e.hint:
-                click.echo(f"hint: {e.hint}", err=True)
+            click.echo(f"error: {e.message}", err=True)
+            if e.cli_hint:
+                click.echo(f"hint: {e.cli_hint}", err=True)
             ctx.exit(e.exit_code)
         except OSError as e:  # the local filesystem refused (permission denied, disk full …): not a bug of ours
             state = ctx.obj if isinstance(ctx.obj, CliState) else None
@@ -108,15 +206,12 @@ class CkptGroup(click.Group):
             state = ctx.obj if isinstance(ctx.obj, CliState) else None
             if state is not None and state.debug:
                 traceback.print_exc()
-            click.echo(
-                "\ninterrupted: the store is consistent (a save becomes visible only once it is complete); "
-                "rerun the command to finish",
-                err=True,
-            )
+            default = INTERRUPTED_BY_COMMAND.get(ctx.invoked_subcommand or "", INTERRUPTED)
+            click.echo(f"\n{ctx.meta.get('ckpt.interrupted', default)}", err=True)
             ctx.exit(130)
 
 
-@click.group(cls=CkptGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("ckpt", cls=CkptGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--store",
     "store_url",

@@ -10,11 +10,12 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from rich.text import Text
 
-from ckpt.model import Snapshot
+if TYPE_CHECKING:
+    from ckpt.model import Snapshot
 
 __all__ = ["edges", "graph_rows", "topological"]
 

@@ -8,37 +8,34 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich import box
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 from rich.text import Text
 
-from ckpt.model import Snapshot, TagRecord, parse_time
+if TYPE_CHECKING:  # pydantic records: only the commands that read a store import them
+    from ckpt.model import Snapshot, TagRecord
 
 __all__ = [
+    "ProgressBar",
     "RefIndex",
     "age",
     "console",
+    "count",
     "emit_json",
     "human_bytes",
+    "keep_column",
     "metrics_text",
     "progress_bar",
+    "print_table",
     "progress_enabled",
     "ref_text",
     "snapshot_json",
@@ -66,6 +63,45 @@ def table(title: str | None = None) -> Table:
     )
 
 
+def keep_column(t: Table, header: str, cells: Sequence[str | Text], **kwargs: Any) -> None:
+    """Add a column whose cells are never cut or wrapped (ids, ref names): narrow terminals squeeze the others.
+
+    Git never truncates a ref name or an id; neither does ckpt. The column is as wide as its widest cell.
+    """
+    widest = max((len(c) if isinstance(c, str) else c.cell_len for c in (header, *cells)), default=0)
+    t.add_column(header, no_wrap=True, min_width=widest, **kwargs)
+
+
+_TRAILING_SPACE = re.compile(r"[ ]+((?:\x1b\[[0-9;]*m)*)$", re.MULTILINE)
+
+
+def print_table(t: Table, out: Console | None = None) -> None:
+    """Print a table: columns added with ``keep_column`` whole, others wrapped to fit the terminal.
+
+    When even wrapped columns leave too little room for the kept ones, each row is printed on one line, wider
+    than the terminal (which then wraps it, as it does Git's long lines) rather than lose a character of a
+    name. No row has trailing spaces.
+    """
+    from rich.measure import Measurement
+
+    out = out or console()
+    size = Measurement.get(out, out.options.update(width=10**6), t)
+    if size.minimum > out.width:  # rich would cut or drop columns to fit: draw every row on one line instead
+        out = Console(
+            file=out.file,
+            width=size.maximum,
+            highlight=False,
+            soft_wrap=True,
+            force_terminal=out.is_terminal,
+            color_system=out.color_system or None,  # type: ignore[arg-type]
+            no_color=out.no_color,
+        )
+    with out.capture() as captured:
+        out.print(t)
+    out.file.write(_TRAILING_SPACE.sub(r"\1", captured.get()))
+    out.file.flush()
+
+
 def emit_json(data: Any) -> None:
     """Print a JSON document (indented, UTF-8, strict: no NaN or Infinity literals)."""
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False))
@@ -83,6 +119,16 @@ def human_bytes(n: int | float) -> str:
     return format_size(n)
 
 
+def count(n: int, singular: str, plural: str | None = None) -> str:
+    """``1 snapshot``, ``2 snapshots``, ``0 entries`` (``plural`` for words that do not just add an s).
+
+    Example:
+        >>> count(1, "chunk"), count(3, "chunk"), count(2, "entry", "entries")
+        ('1 chunk', '3 chunks', '2 entries')
+    """
+    return f"{n} {singular if n == 1 else (plural or singular + 's')}"
+
+
 def age(created_at: str, *, now: datetime | None = None) -> str:
     """How long ago a stored time was: ``just now``, ``5 minutes ago``, ``3 days ago``, or the date.
 
@@ -90,6 +136,8 @@ def age(created_at: str, *, now: datetime | None = None) -> str:
         >>> age("2026-11-28T10:00:00.000000Z", now=datetime(2026, 11, 28, 12, 30, tzinfo=timezone.utc))
         '2 hours ago'
     """
+    from ckpt.model import parse_time
+
     then = parse_time(created_at)
     seconds = ((now or datetime.now(timezone.utc)) - then).total_seconds()
     if seconds < 45:
@@ -98,8 +146,8 @@ def age(created_at: str, *, now: datetime | None = None) -> str:
         if seconds >= size:
             if unit is None:
                 return then.strftime("%Y-%m-%d")
-            count = int(seconds // size)
-            return f"{count} {unit}{'s' if count != 1 else ''} ago"
+            n = int(seconds // size)
+            return f"{n} {unit}{'s' if n != 1 else ''} ago"
     return "1 minute ago"
 
 
@@ -211,32 +259,65 @@ def progress_enabled() -> bool:
         return False
 
 
-@contextmanager
-def progress_bar(description: str, *, total: int | None = None, quiet: bool = False) -> Iterator[Any]:
-    """A rich progress bar on stderr with bytes and rate; yields a callback taking byte counts.
+class ProgressBar:
+    """A running progress bar: call it with byte counts; ``total()`` sets the bytes expected once known."""
 
-    The bar is off (the callback is ``None``) with ``quiet`` or when stderr is not a terminal, so logs and
-    pipes stay clean (see ``progress_enabled``).
+    def __init__(self, progress: Any, task: Any) -> None:
+        self._progress = progress
+        self._task = task
+
+    def __call__(self, n: int) -> None:
+        """Count ``n`` more bytes done."""
+        self._progress.advance(self._task, n)
+
+    def total(self, n: int) -> None:
+        """Set the bytes expected in all (the bar, percentage and time left appear)."""
+        self._progress.update(self._task, total=n)
+
+
+@contextmanager
+def progress_bar(description: str, *, total: int | None = None, quiet: bool = False) -> Iterator[ProgressBar | None]:
+    """A rich progress bar on stderr: bytes done of the total, rate and time left, in ``human_bytes`` units.
+
+    The bar is off (``None`` is yielded) with ``quiet`` or when stderr is not a terminal, so logs and pipes
+    stay clean (see ``progress_enabled``).
 
     Args:
         description: what is being done (``restore``, ``sync`` …).
-        total: bytes expected, if known (otherwise the bar shows bytes done and the rate only).
+        total: bytes expected, if known now; otherwise call ``bar.total(n)`` once it is.
         quiet: no bar.
     """
     if quiet or not progress_enabled():
         yield None
         return
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        ProgressColumn,
+        Task,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    class Bytes(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            done = human_bytes(task.completed)
+            return Text(done if task.total is None else f"{done} / {human_bytes(task.total)}", style="green")
+
+    class Rate(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("?" if speed is None else f"{human_bytes(speed)}/s", style="red")
+
     err = Console(file=sys.stderr, force_terminal=True)
-    columns: list[Any] = [TextColumn("[bold]{task.description}")]
-    if total is not None:
-        columns += [BarColumn(), TaskProgressColumn()]
-    columns += [DownloadColumn(binary_units=True), TransferSpeedColumn()]
-    if total is not None:
-        columns.append(TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=False) as bar:
-        task = bar.add_task(description, total=total)
-
-        def advance(n: int) -> None:
-            bar.advance(task, n)
-
-        yield advance
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        Bytes(),
+        Rate(),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=err, transient=False) as progress:
+        yield ProgressBar(progress, progress.add_task(description, total=total))

@@ -15,7 +15,7 @@ from typing import Any, TypeVar, get_args, get_origin
 import blake3
 from pydantic import BaseModel, ValidationError
 
-from ckpt.errors import RecordError
+from ckpt.errors import Hint, RecordError
 
 __all__ = [
     "DIGEST_LENGTH",
@@ -38,7 +38,10 @@ MAX_JSON_DEPTH = 512
 _HEX = frozenset("0123456789abcdef")
 _M = TypeVar("_M", bound=BaseModel)
 #: What to do about a record that does not parse: it is damaged (or was written by something else).
-RECORD_HINT = "run `ckpt verify` to find every damaged object; `ckpt repair --from URL` puts them back from a good copy"
+RECORD_HINT = Hint(
+    "find every damaged object with store.verify(); store.repair(good_copy) puts them back from a good copy",
+    cli="run `ckpt verify` to find every damaged object; `ckpt repair --from URL` puts them back from a good copy",
+)
 
 
 def canonical_json(value: Any) -> bytes:

@@ -24,6 +24,7 @@ import fsspec
 import fsspec.asyn
 
 from ckpt.errors import BackendError, MissingObjectError
+from ckpt.extras import install_hint
 from ckpt.storage._batch import BatchedVerbs, run_bounded
 from ckpt.storage._s3 import S3Objects
 from ckpt.storage.base import Buffer, CasResult, Entry, RangeRead
@@ -41,16 +42,16 @@ _I = TypeVar("_I")
 _T = TypeVar("_T")
 
 
-#: The ckpt extra (or package) that brings the filesystem for a protocol.
+#: The extra of ckpt's distribution that brings the filesystem for a protocol.
 _EXTRAS = {
-    "s3": "ckpt[s3]",
-    "s3a": "ckpt[s3]",
-    "gs": "ckpt[gcs]",
-    "gcs": "ckpt[gcs]",
-    "az": "ckpt[azure]",
-    "abfs": "ckpt[azure]",
-    "abfss": "ckpt[azure]",
-    "adl": "ckpt[azure]",
+    "s3": "s3",
+    "s3a": "s3",
+    "gs": "gcs",
+    "gcs": "gcs",
+    "az": "azure",
+    "abfs": "azure",
+    "abfss": "azure",
+    "adl": "azure",
 }
 
 
@@ -58,7 +59,7 @@ def _install_hint(protocol: str) -> str:
     """What to install for ``protocol://``: ckpt's extra when there is one, else fsspec's list of implementations."""
     extra = _EXTRAS.get(protocol)
     if extra:
-        return f"install the filesystem for {protocol}:// with pip install '{extra}'"
+        return f"install the filesystem for {protocol}:// with {install_hint(extra)}"
     return (
         f"install the fsspec implementation for {protocol}:// "
         "(see https://filesystem-spec.readthedocs.io/en/latest/api.html#other-known-implementations)"

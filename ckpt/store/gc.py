@@ -299,7 +299,7 @@ def scan_liveness(
                     object="snapshot",
                     digest=sid,
                     snapshots=(sid,),
-                    message=f"{e} (needed by {why})",
+                    message=f"{e.message} (needed by {why})",
                 )
             )
             out.all_records = out.all_tables = out.all_chunks = True
@@ -348,9 +348,10 @@ def _refusal(damage: list[Damage]) -> IntegrityError:
         f"gc refused to delete anything: {len(damage)} object{'s' if len(damage) != 1 else ''} it must read "
         f"{'are' if len(damage) != 1 else 'is'} damaged or missing, so it cannot prove what is unneeded: "
         f"{shown}{more}",
-        hint="run `ckpt verify` to see all damage and `ckpt repair --from URL` to put it back from a good copy; "
-        "to collect anyway, keeping everything the damaged objects might need, use gc(on_damage='keep') "
-        "(`ckpt gc --keep-damaged`)",
+        hint="see all damage with store.verify() and put it back from a good copy with store.repair(good_copy); "
+        "to collect anyway, keeping everything the damaged objects might need, use gc(on_damage='keep')",
+        cli_hint="run `ckpt verify` to see all damage and `ckpt repair --from URL` to put it back from a good copy; "
+        "to collect anyway, keeping everything the damaged objects might need, use `ckpt gc --keep-damaged`",
     )
 
 
@@ -382,7 +383,9 @@ def plan_gc(
             table = objects.get_table(table_digest)
         except CkptError as err:
             state.damage.append(
-                Damage(kind=damage_kind(err), object="table", digest=table_digest, snapshots=(sid,), message=str(err))
+                Damage(
+                    kind=damage_kind(err), object="table", digest=table_digest, snapshots=(sid,), message=err.message
+                )
             )
             if not is_pruned:
                 state.all_chunks = True

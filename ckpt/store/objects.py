@@ -165,7 +165,8 @@ class Objects:
     def _missing(self, digest: str, tensor: str | None, snapshot: str | None, e: Exception) -> MissingObjectError:
         err = MissingObjectError(
             f"chunk {digest[:12]} of {_where(tensor, snapshot)} is missing from the store",
-            hint="the snapshot may have been pruned and collected; run `ckpt verify`",
+            hint="the snapshot may have been pruned and collected; check the store with `store.verify()`",
+            cli_hint="the snapshot may have been pruned and collected; check the store with `ckpt verify`",
         )
         err.__cause__ = e
         return err
@@ -175,11 +176,12 @@ class Objects:
     ) -> CorruptChunkError:
         """A chunk object the backend refuses to read (a link, not a regular file): corrupt, never followed."""
         err = CorruptChunkError(
-            f"chunk {digest[:12]} of {_where(tensor, snapshot)} is corrupt: {e}",
+            f"chunk {digest[:12]} of {_where(tensor, snapshot)} is corrupt: {e.message}",
             digest=digest,
             tensor=tensor,
             snapshot=snapshot,
-            hint=e.hint,
+            hint=e.hint or "",
+            cli_hint=e.cli_hint or "",
         )
         err.__cause__ = e
         return err

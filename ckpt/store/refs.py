@@ -24,6 +24,7 @@ from ckpt.errors import (
     BackendError,
     CkptError,
     FrozenRefError,
+    Hint,
     MissingObjectError,
     RecordError,
     RefConflictError,
@@ -50,9 +51,11 @@ from ckpt.store import layout
 __all__ = ["RefDamage", "Refs", "branch_bytes"]
 
 _R = TypeVar("_R", bound=BaseModel)
-_REF_HINT = (
-    "a ref file was damaged or written by something else; `ckpt reflog` lists where each ref pointed, and "
-    "`ckpt verify` checks the rest of the store"
+_REF_HINT = Hint(
+    "a ref file was damaged or written by something else; store.reflog() lists where each ref pointed, and "
+    "store.verify() checks the rest of the store",
+    cli="a ref file was damaged or written by something else; `ckpt reflog` lists where each ref pointed, and "
+    "`ckpt verify` checks the rest of the store",
 )
 
 
@@ -166,7 +169,7 @@ class Refs:
                         if tag is not None:
                             tags[name] = tag
                 except CkptError as e:
-                    damage.append(RefDamage(path=entry.path, message=str(e)))
+                    damage.append(RefDamage(path=entry.path, message=e.message))
         return dict(sorted(branches.items())), dict(sorted(tags.items())), damage
 
     def _read(self, path: str) -> bytes | None:
@@ -326,7 +329,8 @@ class Refs:
                 ref=ref,
                 expected=tag.id,
                 actual=None,
-                hint="tags never move: run `ckpt verify`, then look at `ckpt show` and `ckpt reflog`",
+                hint="tags never move: check the store with store.verify(), then look at store.reflog()",
+                cli_hint="tags never move: run `ckpt verify`, then look at `ckpt show` and `ckpt reflog`",
             )
         self._append_after_commit(ref, tag.id, None, "delete", None)
 

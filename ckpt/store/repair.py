@@ -91,7 +91,7 @@ def _resolve(store: Store, rev: str, fix: Fix | None) -> str:
         try:
             return store._objects.get_snapshot(sid)
         except CkptError as e:
-            d = Damage(kind=damage_kind(e), object="snapshot", digest=sid, snapshots=(sid,), message=str(e))
+            d = Damage(kind=damage_kind(e), object="snapshot", digest=sid, snapshots=(sid,), message=e.message)
             if fix is None or not fix(d):
                 raise _Unreadable(d) from e
         try:
@@ -173,7 +173,7 @@ def _fetch(source: Store | None, d: Damage) -> tuple[str, str, bytes]:
         if d.object == "ref" and d.kind == "missing" and d.snapshots:  # the snapshot the ref points at
             return "snapshot", d.snapshots[0], good.raw_record("snapshot", d.snapshots[0])
     except CkptError as e:
-        raise _NotRepaired(f"the source {source.url} cannot give it: {e}") from e
+        raise _NotRepaired(f"the source {source.url} cannot give it: {e.message}") from e
     if d.object == "release":
         raise _NotRepaired(
             "a release that changed is not put back from a copy: find what was published in its "

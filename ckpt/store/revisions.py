@@ -118,11 +118,16 @@ def resolve_reflog(branch: str, n: int, entries: list[ReflogEntry]) -> str:
         RevisionNotFoundError: the reflog is shorter, or the branch did not exist at that point.
     """
     if not entries:
-        raise RevisionNotFoundError(f"no reflog for branch {branch!r}", hint="`ckpt reflog` lists every ref move")
+        raise RevisionNotFoundError(
+            f"no reflog for branch {branch!r}",
+            hint="`store.reflog()` lists every ref move",
+            cli_hint="`ckpt reflog` lists every ref move",
+        )
     if n >= len(entries):
         raise RevisionNotFoundError(
             f"{branch}@{{{n}}}: the reflog of {branch!r} has only {len(entries)} entries",
-            hint=f"{branch}@{{0}} to {branch}@{{{len(entries) - 1}}}; `ckpt reflog {branch}` lists them",
+            hint=f"{branch}@{{0}} to {branch}@{{{len(entries) - 1}}}; `store.reflog()` lists them",
+            cli_hint=f"{branch}@{{0}} to {branch}@{{{len(entries) - 1}}}; `ckpt reflog {branch}` lists them",
         )
     entry = entries[len(entries) - 1 - n]
     if entry.new is None:
@@ -168,6 +173,9 @@ def resolve_base(
             )
     close = difflib.get_close_matches(base, names(), n=3) if len(base) <= 200 else []
     hint = f"did you mean {', '.join(close)}?" if close else None
+    if _HEX.match(low) and len(low) < MIN_PREFIX:
+        short = f"an id prefix needs at least {MIN_PREFIX} hex digits: give more of the id"
+        hint = f"{short}, or did you mean {', '.join(close)}?" if close else short
     raise RevisionNotFoundError(f"no branch, tag or snapshot matches {_show(base)}", hint=hint)
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ckpt import settings
 from ckpt.model import DTYPE_SIZES, TensorEntry, TensorShard
 from ckpt.store.objects import Objects
+
+if TYPE_CHECKING:  # numpy is imported by the functions that place blocks: `ckpt log` never needs it
+    import numpy as np
 
 __all__ = ["block_start", "chunk_jobs", "is_contiguous", "read_whole", "sharded_jobs"]
 
@@ -150,6 +151,8 @@ def read_whole(
 
 def _block_view(dest: memoryview, shape: Sequence[int], shard: TensorShard, itemsize: int) -> np.ndarray:
     """The block of a shard inside ``dest``, as a writable uint8 array whose last axis is a row of bytes."""
+    import numpy as np
+
     whole = np.frombuffer(dest, dtype=np.uint8).reshape(*shape[:-1], shape[-1] * itemsize)
     index = tuple(slice(o, o + s) for o, s in zip(shard.offsets[:-1], shard.sizes[:-1], strict=True))
     last = slice(shard.offsets[-1] * itemsize, (shard.offsets[-1] + shard.sizes[-1]) * itemsize)
@@ -164,6 +167,8 @@ def _scatter(block: np.ndarray, data: memoryview, start: int) -> None:
     Whole rows go in one numpy copy per run of the next-to-last axis; only the first and last row of the
     range may be partial.
     """
+    import numpy as np
+
     row_bytes = block.shape[-1]
     rows_shape = block.shape[:-1]
     pos, n = 0, data.nbytes

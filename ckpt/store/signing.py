@@ -552,7 +552,7 @@ def check_signature(
             SignatureRecord, parse_json(data, what=f"signature {path}"), what=f"signature {path}", hint=None
         )
     except RecordError as e:
-        return SignatureCheck(valid=False, problem=str(e)), None
+        return SignatureCheck(valid=False, problem=e.message), None
     try:
         key = _public_key(record.public_key)
         kid = key_id(key)
@@ -688,14 +688,16 @@ def require_signed_release(store: Store, rev: str, trust: Sequence[TrustedKey]) 
     if tag is None or not tag.frozen:
         raise SignatureError(
             f"{rev!r} is not a frozen release: only a signed release can be restored with a signature",
-            hint="give the release's name (`ckpt ls` lists them), frozen with `ckpt freeze --sign KEY`",
+            hint="give the release's name (store.tags() lists them), frozen with store.freeze(rev, signer=key)",
+            cli_hint="give the release's name (`ckpt ls` lists them), frozen with `ckpt freeze --sign KEY`",
         )
     statuses = check_releases(store.backend, {rev: tag}, store.reflog(f"{layout.REFS_TAGS}{rev}"), trust=trust)
     status = next(s for s in statuses if s.name == rev)
     if status.status != "signed":
         raise SignatureError(
             f"release {rev!r} cannot be vouched for: {status.message}",
-            hint="run `ckpt verify --trust KEY.pub` to see every release's state",
+            hint="store.verify(trust=['KEY.pub']).releases gives every release's state",
+            cli_hint="run `ckpt verify --trust KEY.pub` to see every release's state",
         )
     return rev, status
 

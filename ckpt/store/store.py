@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -190,7 +190,7 @@ class Store:
                 expected=parent_ids[0] if parent_ids else None,
                 actual=head,
                 hint=f"save on a new branch (store.branch('retry', at=...) then save to it), move {branch!r} "
-                f"first (store.reset({branch!r}, rev) / `ckpt reset`), or pass force=True; nothing was written",
+                f"first (store.reset({branch!r}, rev)), or pass force=True; nothing was written",
             )
         base_id = self.resolve(base).id if base is not None else None
         rel: Relation = relation or ("continue" if parent_ids else "import")
@@ -226,7 +226,11 @@ class Store:
                 tensor_bytes=sum(t.nbytes for t in tensors.values()),
             )
             record.record_bytes()
-        except (ValidationError, RecordError) as e:
+        except RecordError as e:
+            raise RecordError(
+                f"cannot record this snapshot: {e.message}", hint=e.hint or "", cli_hint=e.cli_hint or ""
+            ) from e
+        except ValidationError as e:
             raise RecordError(f"cannot record this snapshot: {e}") from e
 
         stats = WriteStats()
@@ -721,6 +725,7 @@ class Store:
                 raise RecordError(
                     f"snapshot {snap.short_id} has no model name to build a release name from",
                     hint="pass model='tiny-llama' (or name='…')",
+                    cli_hint="pass --model tiny-llama (or --name …)",
                 )
             name = f"{model}-{utcnow():%Y-%m-%d}"
         self._refs.check_new_name(name, "tag")
@@ -768,7 +773,8 @@ class Store:
                 what = "it" if current.id == snap.id else f"its base {current.short_id}"
                 raise MissingObjectError(
                     f"snapshot {snap.short_id} cannot be frozen: {what} was pruned (its tensors were released)",
-                    hint="freeze a snapshot that still has its tensors; `ckpt log` marks pruned ones",
+                    hint="freeze a snapshot that still has its tensors; store.log() marks pruned ones (.pruned)",
+                    cli_hint="freeze a snapshot that still has its tensors; `ckpt log` marks pruned ones",
                 )
             table = self._objects.get_table(current.table)
             if verify:
@@ -777,7 +783,9 @@ class Store:
                     d = report.damage[0]
                     raise IntegrityError(
                         f"snapshot {snap.short_id} cannot be frozen: {d.message}",
-                        hint="run `ckpt verify` and `ckpt repair --from URL`, then freeze again",
+                        hint="find the damage with store.verify(), put it back with store.repair(good_copy), then "
+                        "freeze again",
+                        cli_hint="run `ckpt verify` and `ckpt repair --from URL`, then freeze again",
                     )
             else:
                 for digest in sorted(table.chunk_digests()):
@@ -785,7 +793,9 @@ class Store:
                         raise MissingObjectError(
                             f"snapshot {snap.short_id} cannot be frozen: its chunk {digest[:12]} is missing "
                             "from the store",
-                            hint="run `ckpt verify`, and `ckpt repair --from URL` to put it back from a good copy",
+                            hint="find the damage with store.verify(), and put it back from a good copy with "
+                            "store.repair(good_copy)",
+                            cli_hint="run `ckpt verify`, and `ckpt repair --from URL` to put it back from a good copy",
                         )
             current = self._get(current.base, pruned) if current.base else None
         return needs
@@ -811,7 +821,9 @@ class Store:
             raise RevisionNotFoundError(f"no tag named {name!r}")
         if not tag.frozen:
             raise FrozenRefError(
-                f"tag {name!r} is not frozen: only releases are signed", hint="freeze it: `ckpt freeze REV --name NAME`"
+                f"tag {name!r} is not frozen: only releases are signed",
+                hint="freeze it: store.freeze(rev, name=NAME, signer=key)",
+                cli_hint="freeze it: `ckpt freeze REV --name NAME --sign KEY`",
             )
         put_signature(self.backend, name, ReleaseSigner.of(signer).sign(name, tag.id))
 
@@ -840,14 +852,19 @@ class Store:
             if tag.id == snapshot_id:
                 if tag.frozen:
                     raise FrozenRefError(f"snapshot {short} is the frozen release {name!r}; it is never pruned")
-                raise RefError(f"snapshot {short} is tagged {name!r}", hint="delete the tag first")
+                raise RefError(
+                    f"snapshot {short} is tagged {name!r}",
+                    hint=f"delete the tag first: store.delete_tag({name!r})",
+                    cli_hint=f"delete the tag first: `ckpt tag -d {name}`",
+                )
         if snapshot_id in release_needs(self._objects, tags):
             raise FrozenRefError(f"snapshot {short} is the base of a frozen adapter release; it is never pruned")
         for name, head in self._refs.branches().items():
             if head == snapshot_id:
                 raise RefError(
                     f"snapshot {short} is the head of branch {name!r}",
-                    hint="move the branch (`reset`) or delete it first",
+                    hint=f"move the branch (store.reset({name!r}, rev)) or delete it (store.delete_branch({name!r}))",
+                    cli_hint=f"move the branch (`ckpt reset {name} REV`) or delete it (`ckpt branch -d {name}`)",
                 )
 
     def _mark_pruned(self, snapshot_id: str, reason: str | None) -> None:
@@ -942,6 +959,7 @@ class Store:
         *,
         trust: Sequence[str | os.PathLike[str] | PublicKey] | None = None,
         progress: Progress | None = None,
+        progress_total: Callable[[int], None] | None = None,
     ) -> VerifyReport:
         """Read every object and check it against its digest; report all damage, not just the first.
 
@@ -960,6 +978,7 @@ class Store:
             rev: check this snapshot only; default: every snapshot reachable from a branch, tag or the reflog.
             trust: trusted public keys: key files or trust files (PEM or OpenSSH lines), or key objects.
             progress: called with byte counts as chunks are checked.
+            progress_total: called once, before the first chunk is read, with the bytes ``progress`` will count.
 
         Raises:
             RecordError: a trusted key file cannot be read, or ``trust`` was given with ``rev``.
@@ -975,7 +994,9 @@ class Store:
         if rev is not None:
             sid = self.resolve(rev).id
             pruned = self._pruned() - release_needs(self._objects, self._refs.tags())
-            return verify_snapshots(self._objects, [sid], pruned=pruned, progress=progress)
+            return verify_snapshots(
+                self._objects, [sid], pruned=pruned, progress=progress, progress_total=progress_total
+            )
         state = scan_liveness(self._objects, self._refs, expire_reflog=None)
         extra = list(state.damage)
         branches, tags, _ = self._refs.scan()
@@ -1021,7 +1042,12 @@ class Store:
         extra.extend(release_damage(releases, keys_given=keys is not None))
         pruned = state.pruned - state.protected
         report = verify_snapshots(
-            self._objects, sorted(state.live), pruned=pruned, extra_damage=extra, progress=progress
+            self._objects,
+            sorted(state.live),
+            pruned=pruned,
+            extra_damage=extra,
+            progress=progress,
+            progress_total=progress_total,
         )
         return report.model_copy(update={"releases": tuple(releases)})
 

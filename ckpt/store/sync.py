@@ -1,8 +1,9 @@
 """Copying snapshots between stores (local ↔ S3 …), sending only the chunks the destination lacks.
 
-The copy follows the commit protocol on the destination, ancestors first: chunks, then the tensor table,
-then the snapshot record, and refs last. A record on the destination therefore implies that its data and its
-ancestors are there too, which makes an interrupted sync safe to rerun: it resumes where it stopped. Every
+The copy follows the commit protocol on the destination: every chunk first, then tensor tables and snapshot
+records, ancestors first, and refs last. A record on the destination therefore implies that its data and its
+ancestors are there too, which makes an interrupted sync safe to rerun: it resumes where it stopped (chunks
+already copied are not sent again). Every
 chunk is verified on the way. Branches only fast-forward; a branch that diverged is reported, never
 overwritten. Tags are copied as they are (a frozen tag stays frozen); a tag of the same name on another
 snapshot is reported.
@@ -10,7 +11,7 @@ snapshot is reported.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ from ckpt import settings
 from ckpt.errors import CkptError, RefConflictError
 from ckpt.model import Snapshot, TagRecord
 from ckpt.store import layout
+from ckpt.store.objects import CHUNK_HEADER_SIZE
 from ckpt.store.signing import copy_signatures
 from ckpt.store.transfer import Progress
 
@@ -30,13 +32,17 @@ __all__ = ["SyncReport", "sync"]
 
 
 class SyncReport(BaseModel):
-    """What a sync did.
+    """What a sync did. Chunk counts are of distinct chunks: a chunk shared by several snapshots counts once.
+
+    Byte figures count chunks as stored (each with its 16-byte header), the figure ``verify`` and ``gc`` report.
 
     Attributes:
-        snapshots: snapshot records copied.
+        snapshots: snapshot records copied (0: the destination had every snapshot asked for).
         chunks: chunks copied.
-        bytes: raw bytes of the chunks copied.
-        chunks_skipped: chunks the destination already had.
+        bytes: bytes of the chunks written to the destination.
+        chunks_skipped: chunks the copied snapshots need that the destination held already (from earlier
+            syncs or saves), so they were not sent.
+        bytes_skipped: bytes of those chunks.
         refs: refs created or fast-forwarded on the destination (``refs/heads/main`` …).
         conflicts: refs left alone because they diverged, with the reason.
     """
@@ -47,6 +53,7 @@ class SyncReport(BaseModel):
     chunks: int
     bytes: int
     chunks_skipped: int
+    bytes_skipped: int = 0
     refs: tuple[str, ...]
     conflicts: tuple[str, ...]
 
@@ -80,17 +87,28 @@ def sync(
     revs: Sequence[str] | None = None,
     *,
     progress: Progress | None = None,
+    progress_total: Callable[[int], None] | None = None,
 ) -> SyncReport:
     """Copy snapshots, their history and their refs from ``src`` to ``dst``.
+
+    First the chunks the destination lacks (each read from ``src``, checked against its digest, written once
+    however many snapshots share it), then tables and snapshot records, ancestors first, then the refs.
 
     Args:
         src: the store to copy from.
         dst: the store to copy into.
         revs: branches, tags or ids to copy; ``None``: every branch and tag.
-        progress: called with byte counts as chunks are copied.
+        progress: called with byte counts (raw tensor bytes) as chunks are copied.
+        progress_total: called once, before the first chunk is copied, with the bytes ``progress`` will count
+            in all (for a progress bar with a total).
 
     Returns:
         What was copied, and which refs diverged (reported, not overwritten).
+
+    Raises:
+        RevisionNotFoundError: a revision matches nothing in ``src``.
+        CorruptChunkError: a chunk or record of ``src`` does not match its digest (nothing of it is written).
+        BackendError: either storage failed; what was copied stays, and a rerun resumes.
     """
     branches = src.branches()
     tags = src.tags()
@@ -103,40 +121,56 @@ def sync(
 
     todo = _closure(src, roots, dst)
     pruned = src._pruned()
-    copied = skipped = nbytes = 0
-    with ThreadPoolExecutor(settings.threads(), thread_name_prefix="ckpt-sync") as pool:
-        for snap in todo:
-            table = src._objects.get_table(snap.table)
-            if snap.id not in pruned:
-                sizes: dict[str, tuple[str, int]] = {}
-                for name, entry in table.tensors.items():
-                    for d, length in entry.pieces(table.chunk_size):
-                        sizes.setdefault(d, (name, length))
-                for name, fentry in table.files.items():
-                    for i, d in enumerate(fentry.chunks):
-                        sizes.setdefault(d, (name, min(table.chunk_size, fentry.size - i * table.chunk_size)))
+    needed: dict[str, tuple[str, str, int]] = {}  # chunk → (a tensor or file using it, its snapshot, raw length)
+    for snap in todo:
+        if snap.id in pruned:
+            continue
+        table = src._objects.get_table(snap.table)
+        for name, entry in table.tensors.items():
+            for d, length in entry.pieces(table.chunk_size):  # a sharded tensor's pieces need not be equal
+                needed.setdefault(d, (name, snap.id, length))
+        for name, fentry in table.files.items():
+            for i, d in enumerate(fentry.chunks):
+                needed.setdefault(d, (name, snap.id, min(table.chunk_size, fentry.size - i * table.chunk_size)))
 
-                def copy(digest: str, name: str, sid: str = snap.id) -> int:
-                    if dst._objects.has_chunk(digest):
-                        return -1
-                    data = src._objects.read_chunk(digest, tensor=name, snapshot=sid)
-                    dst._objects.put_chunk(memoryview(data), digest)
-                    if progress:
-                        progress(len(data))
-                    return len(data)
+    copied = skipped = nbytes = skipped_bytes = 0
+    pool = ThreadPoolExecutor(settings.threads(), thread_name_prefix="ckpt-sync")
+    try:
+        digests = list(needed)
+        present = dict(zip(digests, pool.map(dst._objects.has_chunk, digests), strict=True))
+        missing = [d for d in digests if not present[d]]
+        if progress_total:
+            progress_total(sum(needed[d][2] for d in missing))
 
-                for n in pool.map(lambda item: copy(item[0], item[1][0]), sizes.items()):
-                    if n < 0:
-                        skipped += 1
-                    else:
-                        copied += 1
-                        nbytes += n
-            # records are copied byte for byte: never re-serialized, so ids and unknown fields survive
-            dst._objects.put_raw_record("table", snap.table, src._objects.raw_record("table", snap.table))
-            if snap.id in pruned:
-                dst._mark_pruned(snap.id, "pruned in the source store")
-            dst.backend.flush()
-            dst._objects.put_raw_record("snapshot", snap.id, src._objects.raw_record("snapshot", snap.id))
+        def copy(digest: str) -> int:
+            name, sid, _ = needed[digest]
+            data = src._objects.read_chunk(digest, tensor=name, snapshot=sid)
+            _, written = dst._objects.put_chunk(memoryview(data), digest)
+            if progress:
+                progress(len(data))
+            return written
+
+        for d, written in zip(missing, pool.map(copy, missing), strict=True):
+            present[d] = not written  # nothing written: another writer stored it meanwhile
+            nbytes += written
+        for d in digests:
+            if present[d]:
+                skipped += 1
+                skipped_bytes += needed[d][2] + CHUNK_HEADER_SIZE
+            else:
+                copied += 1
+    except BaseException:  # Ctrl-C or a failure: chunks not started are dropped, not copied before leaving
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    dst.backend.flush()
+    # records are copied byte for byte, ancestors first: never re-serialized, so ids and unknown fields survive
+    for snap in todo:
+        dst._objects.put_raw_record("table", snap.table, src._objects.raw_record("table", snap.table))
+        if snap.id in pruned:
+            dst._mark_pruned(snap.id, "pruned in the source store")
+        dst.backend.flush()
+        dst._objects.put_raw_record("snapshot", snap.id, src._objects.raw_record("snapshot", snap.id))
 
     refs: list[str] = []
     conflicts: list[str] = []
@@ -159,7 +193,7 @@ def sync(
                 dst._refs.move_branch(name, current, target, action="sync", message=f"sync from {src.url}")
                 refs.append(layout.branch_path(name))
             except (RefConflictError, CkptError) as e:
-                conflicts.append(f"branch {name!r}: {e}")
+                conflicts.append(f"branch {name!r}: {e.message}")
         else:
             tag = tags[name]
             existing = dst_tags.get(name)
@@ -176,12 +210,13 @@ def sync(
                     copy_signatures(src.backend, dst.backend, name)
                 refs.append(layout.tag_path(name))
             except CkptError as e:
-                conflicts.append(f"tag {name!r}: {e}")
+                conflicts.append(f"tag {name!r}: {e.message}")
     return SyncReport(
         snapshots=len(todo),
         chunks=copied,
         bytes=nbytes,
         chunks_skipped=skipped,
+        bytes_skipped=skipped_bytes,
         refs=tuple(refs),
         conflicts=tuple(conflicts),
     )

@@ -129,7 +129,7 @@ def _torch_glue() -> Any:
     except ImportError as e:
         raise StateError(
             "loading torch tensors needs torch, which is not installed",
-            hint="pip install torch, or read them as numpy arrays: store.load(rev, framework='numpy')",
+            hint="install torch, or read them as numpy arrays: store.load(rev, framework='numpy')",
         ) from e
     return glue
 
@@ -165,7 +165,9 @@ def allocate(
         raise StateError(
             f"cannot allocate {entry.nbytes} bytes for {where} (dtype {entry.dtype}, shape {list(entry.shape)}): "
             f"{type(e).__name__}",
-            hint="free memory, or read it lazily (store.tensors(rev)); if the size is absurd, run `ckpt verify`",
+            hint="free memory, or read it lazily (store.tensors(rev)); if the size is absurd, check the store with "
+            "store.verify()",
+            cli_hint="free memory; if the size is absurd, run `ckpt verify`",
         ) from e
 
 

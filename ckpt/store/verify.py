@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
@@ -107,6 +107,7 @@ def verify_snapshots(
     pruned: set[str],
     extra_damage: Iterable[Damage] = (),
     progress: Progress | None = None,
+    progress_total: Callable[[int], None] | None = None,
 ) -> VerifyReport:
     """Check records, tables and every chunk of non-pruned snapshots; each chunk is read once."""
     damage: list[Damage] = list(extra_damage)
@@ -119,13 +120,15 @@ def verify_snapshots(
         try:
             snap = objects.get_snapshot(sid)
         except CkptError as e:
-            damage.append(Damage(kind=damage_kind(e), object="snapshot", digest=sid, snapshots=(sid,), message=str(e)))
+            damage.append(
+                Damage(kind=damage_kind(e), object="snapshot", digest=sid, snapshots=(sid,), message=e.message)
+            )
             continue
         try:
             table: TensorTable = objects.get_table(snap.table)
         except CkptError as e:
             damage.append(
-                Damage(kind=damage_kind(e), object="table", digest=snap.table, snapshots=(sid,), message=str(e))
+                Damage(kind=damage_kind(e), object="table", digest=snap.table, snapshots=(sid,), message=e.message)
             )
             continue
         if sid in pruned:
@@ -158,13 +161,15 @@ def verify_snapshots(
                 digest=digest,
                 snapshots=tuple(sorted(snaps)),
                 tensors=tuple(sorted(tensors)),
-                message=str(e),
+                message=e.message,
             )
             with lock:
                 damage.append(d)
         with lock:
             total += held
 
+    if progress_total:
+        progress_total(sum(length for _, length in users))  # what ``progress`` counts: payload bytes
     with ThreadPoolExecutor(settings.threads(), thread_name_prefix="ckpt-verify") as pool:
         for f in [pool.submit(check, digest, length) for digest, length in users]:
             f.result()

@@ -111,7 +111,9 @@ def check_record(
             table="0" * 64,
         )
         checked.record_bytes()
-    except (ValidationError, RecordError, TypeError, ValueError) as e:
+    except RecordError as e:
+        raise RecordError(f"cannot record this save: {e.message}", hint=e.hint or "", cli_hint=e.cli_hint or "") from e
+    except (ValidationError, TypeError, ValueError) as e:
         raise RecordError(f"cannot record this save: {e}") from e
     copied: dict[str, bytes] | None = None
     if files is not None:

@@ -1,4 +1,4 @@
-"""``ckpt ui``: a local, read-only web app over a store (an optional extra: ``pip install 'ckpt[ui]'``).
+"""``ckpt ui``: a local, read-only web app over a store (an optional extra: ``pip install 'ckpt-store[ui]'``).
 
 Four pages, each with a deep link: the family tree (``/``), a run's metric curves (``/run/<branch>``), one
 snapshot (``/snap/<rev>``) and the per-layer change between two (``/diff/<a>..<b>``), drawn from a JSON API under

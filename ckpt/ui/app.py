@@ -163,7 +163,7 @@ def create_app(store: Store, *, allowed_hosts: Collection[str] | None = LOOPBACK
             try:
                 data = await run_in_threadpool(view, request)
             except CkptError as e:
-                return _error(_status(e), str(e), e.hint, type(e).__name__)
+                return _error(_status(e), e.message, e.cli_hint, type(e).__name__)  # its readers use `ckpt`
             except OSError as e:  # the store's filesystem refused (permission denied …)
                 return _error(500, str(e) or type(e).__name__, None, type(e).__name__)
             return _StrictJSON(data)

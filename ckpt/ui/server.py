@@ -74,7 +74,8 @@ def bind(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, allow_remote: bo
     if not loopback and not allow_remote:
         raise CkptError(
             f"refusing to serve on {host}: it is not a loopback address, so other machines could read the store",
-            hint=f"to expose the store on purpose, pass --host {host} explicitly (or allow_remote=True in Python)",
+            hint="to expose the store on purpose, pass allow_remote=True",
+            cli_hint=f"to expose the store on purpose, pass --host {host} explicitly",
         )
     plain = host.strip("[]")
     family, kind, proto, _, address = socket.getaddrinfo(plain, port, type=socket.SOCK_STREAM)[0]
@@ -86,7 +87,11 @@ def bind(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, allow_remote: bo
     except OSError as e:
         sock.close()
         if e.errno == errno.EADDRINUSE:
-            raise CkptError(f"port {port} on {host} is in use", hint="pick another with --port N, or --port 0") from e
+            raise CkptError(
+                f"port {port} on {host} is in use",
+                hint="pick another port, or port=0 for a free one",
+                cli_hint="pick another with --port N, or --port 0 for a free one",
+            ) from e
         raise CkptError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
     bound = int(sock.getsockname()[1])
     shown = f"[{plain}]" if ":" in plain else plain

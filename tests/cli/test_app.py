@@ -51,16 +51,14 @@ def test_flag_beats_env(runner: CliRunner, store: ckpt.Store, store_path: Path, 
     assert result.exit_code == 0, result.output
 
 
-def test_no_store_says_how_to_create_one_in_one_line(
-    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_no_store_says_how_to_create_one(runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(cli, ["log"])
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1
+    assert len(lines) == 2
     assert lines[0].startswith("error: no ckpt store in")
-    assert "ckpt init" in lines[0]
+    assert lines[1].startswith("hint: ") and "`ckpt init`" in lines[1] and "--store" in lines[1]
     assert result.stdout == ""
 
 
@@ -78,13 +76,47 @@ def test_ckpt_error_exits_1_with_one_error_line_and_hint(invoke: Invoke, store: 
     assert len(lines) == 2
 
 
-def test_usage_errors_exit_2(invoke: Invoke, store: ckpt.Store) -> None:
-    assert "No such option" in invoke("log", "--bogus", code=2).stderr
-    invoke("nosuchcommand", code=2)
-    invoke("diff", "main", code=2)  # missing argument
-    invoke("gc", "--grace", "soon", code=2)
-    invoke("init", "--chunk-size", "lots", code=2)
-    invoke("--store-option", "novalue", "ls", code=2)
+def test_usage_errors_exit_2_and_look_like_ckpt_errors(invoke: Invoke, store: ckpt.Store) -> None:
+    cases = {
+        ("log", "--bogus"): ("error: no such option '--bogus'", "usage: ckpt log [OPTIONS] [REV]"),
+        ("nosuchcommand",): ("error: no such command 'nosuchcommand'", "`ckpt --help` lists the commands"),
+        ("diff", "main"): ("error: missing argument 'B'", "usage: ckpt diff [OPTIONS] A B"),
+        ("gc", "--grace", "soon"): ("error: invalid value for --grace: not a duration", "`ckpt gc --help`"),
+        ("init", "--chunk-size", "lots"): ("error: invalid value for --chunk-size", "usage: ckpt init"),
+        ("--store-option", "novalue", "ls"): ("error: invalid value for --store-option", "`ckpt --help`"),
+    }
+    for args, (error, hint) in cases.items():
+        lines = invoke(*args, code=2).stderr.strip().splitlines()
+        assert len(lines) == 2, (args, lines)
+        assert lines[0].startswith(error), (args, lines)
+        assert lines[1].startswith("hint: ") and hint in lines[1], (args, lines)
+        assert not any(line.startswith(("Error:", "Usage:", "Try ")) for line in lines)
+
+
+def test_plain_ckpt_prints_the_help(runner: CliRunner) -> None:
+    result = runner.invoke(cli, [])
+    assert "Commands:" in result.output and "error:" not in result.output
+
+
+def test_hints_speak_the_command_line_and_python_in_its_own_terms(invoke: Invoke, tmp_path: Path) -> None:
+    """A CLI hint names commands and flags, the Python hint (part of str(error)) names the API."""
+    with pytest.raises(ckpt.StoreNotFoundError) as info:
+        ckpt.open(str(tmp_path / "nowhere"))
+    assert "ckpt.init(url)" in str(info.value) and "`ckpt init" not in str(info.value)
+    assert str(info.value).splitlines()[1] == f"hint: {info.value.hint}"
+    assert "`ckpt init [URL]`" in (info.value.cli_hint or "") and "ckpt.init" not in (info.value.cli_hint or "")
+    result = invoke("log", code=1)
+    assert "`ckpt init [URL]`" in result.stderr and "ckpt.init(" not in result.stderr
+    assert result.stderr.count("hint:") == 1  # printed once, not once more inside the message
+
+
+def test_relation_choices_match_the_record_model() -> None:
+    import typing
+
+    from ckpt.cli.commands.transfer import _RELATIONS
+    from ckpt.model import Relation
+
+    assert list(typing.get_args(Relation)) == _RELATIONS
 
 
 def test_debug_shows_the_traceback(runner: CliRunner, store: ckpt.Store, store_path: Path) -> None:

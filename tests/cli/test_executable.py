@@ -86,7 +86,8 @@ def test_exit_codes_and_messages(tmp_path: Path) -> None:
     empty.mkdir()
     out = run("log", cwd=empty)
     assert out.returncode == 1
-    assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: no ckpt store in")
+    assert out.stderr.startswith("error: no ckpt store in")
+    assert out.stderr.count("\n") == 2 and "\nhint: create one here with `ckpt init`" in out.stderr
     store = tmp_path / ".ckpt"
     assert run("init", str(store)).returncode == 0
     out = run("--store", str(store), "show", "nope")
@@ -94,10 +95,12 @@ def test_exit_codes_and_messages(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr
     out = run("--debug", "--store", str(store), "show", "nope")
     assert out.returncode == 1 and "Traceback" in out.stderr and "RevisionNotFoundError" in out.stderr
+    assert "\nhint: list what exists with `store.branches()`" in out.stderr  # the traceback shows the hint
     out = run("--store", str(store), "show", "nope", env=child_env(CKPT_DEBUG="1"))
     assert "Traceback" in out.stderr
     assert run("--store", str(store), "log", "--bogus").returncode == 2
-    assert run("frobnicate").returncode == 2
+    out = run("frobnicate")
+    assert out.returncode == 2 and out.stderr.startswith("error: no such command 'frobnicate'")
     # found by walking up from a subfolder
     sub = tmp_path / "a" / "b"
     sub.mkdir(parents=True)
@@ -138,7 +141,7 @@ def test_ctrl_c_leaves_the_store_consistent(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=120)
     assert proc.returncode in (0, 130), err
     if proc.returncode == 130:
-        assert "interrupted: the store is consistent" in err
+        assert "interrupted: what was copied stays, and every record on the destination is whole" in err
         assert "Traceback" not in err
     copy = ckpt.open(dst)
     assert copy.verify().ok

@@ -102,10 +102,12 @@ def test_log_empty_store(invoke: Invoke, store: ckpt.Store) -> None:
     assert invoke("log", "--graph", "--all").stdout == ""
 
 
-def test_log_missing_main_is_an_error(invoke: Invoke, store: ckpt.Store) -> None:
+def test_log_without_main_shows_the_only_branch(invoke: Invoke, store: ckpt.Store) -> None:
     store.save({"w": [1]}, branch="other")
-    assert "main" in invoke("log", code=1).stderr
-    assert len(invoke("log", "other").stdout.splitlines()) == 1
+    result = invoke("log")
+    assert "no branch 'main': showing other" in result.stderr
+    assert result.stdout == invoke("log", "other").stdout and len(result.stdout.splitlines()) == 1
+    invoke("log", "main", code=1)
 
 
 def test_log_graph_all_draws_the_family(invoke: Invoke, family: dict[str, ckpt.Snapshot]) -> None:

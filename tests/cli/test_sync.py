@@ -30,7 +30,19 @@ def test_sync_local_to_local(
     assert data["src"] == store.url and data["dst"] == str(dst)
     assert data["snapshots"] == len({s.id for s in family.values()})
     assert data["chunks"] > 0 and data["bytes"] > 0 and data["conflicts"] == []
-    assert set(data) == {"src", "dst", "snapshots", "chunks", "bytes", "chunks_skipped", "refs", "conflicts"}
+    assert set(data) == {
+        "src",
+        "dst",
+        "created",
+        "snapshots",
+        "chunks",
+        "bytes",
+        "chunks_skipped",
+        "bytes_skipped",
+        "refs",
+        "conflicts",
+    }
+    assert data["created"] is True
     copy = ckpt.open(str(dst))
     assert copy.chunk_size == store.chunk_size
     assert copy.branches() == store.branches()
@@ -40,17 +52,69 @@ def test_sync_local_to_local(
     again = parse(invoke("sync", str(store.url), str(dst), "--all", "--json", store=False))
     assert (again["snapshots"], again["chunks"], again["refs"]) == (0, 0, [])
     out = invoke("sync", str(store.url), str(dst), "--all", store=False).stdout
-    assert out.startswith("0 snapshots, 0 chunks (0 B) copied")
+    assert out == f"{dst} is up to date: nothing to copy\n"
 
 
 def test_sync_usage_and_missing_destination(invoke: Invoke, store: ckpt.Store, tmp_path: Path) -> None:
     store.save({"w": [1]})
     invoke("sync", store.url, str(tmp_path / "d"), store=False, code=2)
     invoke("sync", store.url, str(tmp_path / "d"), "main", "--all", store=False, code=2)
-    result = invoke("sync", store.url, str(tmp_path / "d"), "main", store=False, code=1)
-    assert result.stderr.startswith("error: no ckpt store at") and "--init" in result.stderr
-    assert not (tmp_path / "d").exists()
     invoke("sync", store.url, str(tmp_path / "d"), "main", "--src-option", "oops", store=False, code=2)
+    assert not (tmp_path / "d").exists()
+    # a destination with no store yet is created, with the source's chunk size, and the output says so
+    result = invoke("sync", store.url, str(tmp_path / "d"), "main", store=False)
+    assert result.stdout.splitlines()[0] == f"created a ckpt store at {tmp_path / 'd'} (chunks of 4.0 KiB)"
+    assert ckpt.open(str(tmp_path / "d")).chunk_size == store.chunk_size
+    assert ckpt.open(str(tmp_path / "d")).branches() == store.branches()
+
+
+def test_sync_counts_each_chunk_once_and_only_what_the_destination_had(
+    invoke: Invoke, store: ckpt.Store, tmp_path: Path
+) -> None:
+    """Chunks shared by several snapshots are copied and counted once; "already there" means on DST before."""
+    base = weights(1)
+    store.save({"model": base}, step=1)
+    store.save({"model": {**base, "layers.0.w": base["layers.0.w"] + 1}}, step=2)  # shares 2 of 3 tensors
+    store.branch("other", at="main~1")
+    store.save({"model": {**base, "embed.weight": base["embed.weight"] * 2}}, "other", step=3)
+    chunk_bytes: dict[str, int] = {}
+    for snap in store.snapshots():
+        table = store.table(snap.id)
+        for entry in table.tensors.values():
+            for i, d in enumerate(entry.chunks):
+                chunk_bytes[d] = min(table.chunk_size, entry.nbytes - i * table.chunk_size) + 16  # + its header
+    main_chunks = {d for s in store.log("main") for e in store.table(s.id).tensors.values() for d in e.chunks}
+    dst = str(tmp_path / "copy")
+
+    first = parse(invoke("sync", store.url, dst, "main", "--json", store=False))
+    assert (first["snapshots"], first["chunks"], first["chunks_skipped"]) == (2, len(main_chunks), 0)
+    assert first["bytes"] == sum(chunk_bytes[d] for d in main_chunks) and first["bytes_skipped"] == 0
+    assert (tmp_path / "copy" / "chunks").is_dir()
+
+    second = parse(invoke("sync", store.url, dst, "--all", "--json", store=False))
+    other_new = {d for e in store.table(store.resolve("other").id).tensors.values() for d in e.chunks}
+    other_new -= main_chunks
+    assert (second["snapshots"], second["chunks"]) == (1, len(other_new))
+    # the new snapshot's other chunks were on DST from the first sync: only those count as already there
+    shared = {d for e in store.table(store.resolve("other").id).tensors.values() for d in e.chunks} & main_chunks
+    assert second["chunks_skipped"] == len(shared) > 0
+    assert second["bytes_skipped"] == sum(chunk_bytes[d] for d in shared)
+    text = invoke("sync", store.url, str(tmp_path / "third"), "--all", store=False).stdout
+    assert "already" not in text  # a new store had nothing already
+    assert f"copied 3 snapshots, {len(chunk_bytes)} chunks" in text
+
+
+def test_sync_and_verify_progress_totals_match_what_they_count(store: ckpt.Store, tmp_path: Path) -> None:
+    store.save({"model": weights(1)})
+    store.save({"model": weights(2)})
+    for run in (
+        lambda p, t: ckpt.sync(store, ckpt.init(str(tmp_path / "copy")), progress=p, progress_total=t),
+        lambda p, t: store.verify(progress=p, progress_total=t),
+    ):
+        totals: list[int] = []
+        done: list[int] = []
+        run(done.append, totals.append)
+        assert len(totals) == 1 and totals[0] == sum(done) > 0
 
 
 def test_sync_selected_revs(
@@ -87,7 +151,7 @@ def test_sync_local_s3_round_trip(
     second = parse(invoke("sync", store.url, url, "--all", *dst_opts, "--json", store=False))
     assert second["snapshots"] == 1
     assert second["chunks"] == expected.added_chunks > 0
-    assert second["bytes"] == expected.added_bytes
+    assert second["bytes"] == expected.added_bytes + 16 * expected.added_chunks  # as stored: + a header each
     assert second["chunks_skipped"] > 0
     assert second["refs"] == ["refs/heads/main"]
     assert remote.branches()["main"] == new.id

@@ -6,10 +6,12 @@ and is about to reference.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -89,20 +91,30 @@ def test_two_writers_on_one_branch_lose_nothing(tmp_path: Path) -> None:
         for who in (0, 1)
     ]
     results = []
+    lock = root / "locks" / "refs.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         for p in procs:
             assert p.stdout is not None
             line = p.stdout.readline()
             assert line.strip() == "ready", line
+        # hold the ref lock until both writers have written their first save and wait to move main from the
+        # same head: one of the two then loses the race, whatever the machine's speed
+        fcntl.flock(fd, fcntl.LOCK_EX)
         for p in procs:
             assert p.stdin is not None
             p.stdin.write("go\n")
             p.stdin.flush()
+        while len(list((root / "snapshots").rglob("*.json"))) < 3 and all(p.poll() is None for p in procs):
+            threading.Event().wait(0.005)
+        fcntl.flock(fd, fcntl.LOCK_UN)
         for p in procs:
             out, err = p.communicate(timeout=120)
             assert p.returncode == 0, err
             results.append(json.loads(out.strip().splitlines()[-1]))
     finally:
+        os.close(fd)
         for p in procs:
             if p.poll() is None:
                 p.kill()
@@ -113,7 +125,7 @@ def test_two_writers_on_one_branch_lose_nothing(tmp_path: Path) -> None:
     conflicts = {sid: (who, i) for who, r in enumerate(results) for i, sid, _, _ in r["conflicts"]}
     assert len(landed) + len(conflicts) == 2 * SAVES
     assert not landed.keys() & conflicts.keys()
-    assert landed and conflicts, "the two writers never raced"  # both start on one signal: they always do
+    assert landed and conflicts, "the two writers never raced"  # their first saves always do
 
     # the history is linear and holds exactly the first snapshot and every save that landed
     history = store.log("main")

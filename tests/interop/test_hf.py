@@ -321,8 +321,9 @@ def test_pickle_files_are_refused(local_store: ckpt.Store, tiny: dict[str, Any],
         with pytest.raises(UnsupportedStateError, match="arbitrary code") as info:
             import_folder(local_store, target)
         assert name in str(info.value)
-        hint = info.value.hint or ""
-        assert "weights_only=True" in hint and "save_file" in hint and "--skip-pickles" in hint
+        hint, cli_hint = info.value.hint or "", info.value.cli_hint or ""
+        assert "weights_only=True" in hint and "save_file" in hint and "skip_pickles=True" in hint
+        assert "weights_only=True" in cli_hint and "`ckpt import --skip-pickles`" in cli_hint
     assert local_store.branches() == {}
 
 

@@ -100,9 +100,9 @@ def test_a_missing_filesystem_says_what_to_install(url: str, install: str) -> No
 def test_the_install_hint_names_the_extra() -> None:
     from ckpt.storage.fsspec import _install_hint
 
-    assert "pip install 'ckpt[gcs]'" in _install_hint("gs")
-    assert "pip install 'ckpt[azure]'" in _install_hint("abfs")
-    assert "pip install 'ckpt[s3]'" in _install_hint("s3")
+    assert "pip install 'ckpt-store[gcs]'" in _install_hint("gs")
+    assert "pip install 'ckpt-store[azure]'" in _install_hint("abfs")
+    assert "pip install 'ckpt-store[s3]'" in _install_hint("s3")
 
 
 class _Wrapper(BatchedVerbs):

@@ -62,8 +62,10 @@ def test_a_flipped_bit_in_the_head_record_makes_gc_refuse(store: ckpt.Store, fiv
     before = objects(store)
     with pytest.raises(IntegrityError) as err:
         store.gc(grace=NOW, expire_reflog=NOW)
-    assert head.id[:12] in str(err.value) and "ckpt verify" in (err.value.hint or "")
-    assert "ckpt repair" in (err.value.hint or "")
+    assert head.id[:12] in str(err.value) and "store.verify()" in (err.value.hint or "")
+    assert "store.repair(" in (err.value.hint or "") and "on_damage='keep'" in (err.value.hint or "")
+    assert "`ckpt verify`" in (err.value.cli_hint or "") and "`ckpt repair --from URL`" in (err.value.cli_hint or "")
+    assert "hint:" not in err.value.message  # the damage it names is told without the damaged object's own hint
     assert objects(store) == before  # nothing deleted, not even what is really garbage
     damage = store.verify().damage
     assert [(d.kind, d.object, d.digest) for d in damage] == [("corrupt", "snapshot", head.id)]

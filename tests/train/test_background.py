@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError
@@ -52,9 +51,10 @@ def _within(seconds: float, fn: Callable[[], T]) -> T:
 
 
 @contextmanager
-def _refs_held(store: ckpt.Store, at_most: float = 5.0) -> Iterator[threading.Event]:
+def _refs_held(store: ckpt.Store, at_most: float = 120.0) -> Iterator[threading.Event]:
     """Hold the store's ref lock on another thread (saves write everything, then wait to move the branch) until
-    the yielded event is set, or ``at_most`` seconds: a test that goes wrong fails instead of hanging."""
+    the yielded event is set; ``at_most`` seconds is only a safety net, so that a test that goes wrong fails
+    instead of hanging (no test waits for it)."""
     root = store.backend.local_path("")
     assert root is not None
     path = Path(root) / "locks" / "refs.lock"
@@ -80,23 +80,85 @@ def _refs_held(store: ckpt.Store, at_most: float = 5.0) -> Iterator[threading.Ev
         t.join()
 
 
-def _interrupt_in(seconds: float) -> threading.Timer:
-    """Ctrl-C, as the terminal sends it, in ``seconds``."""
-    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
-    return timer
+def _parked_in_futures_wait(thread_id: int) -> bool:
+    """Whether a thread is blocked inside ``concurrent.futures.wait``, on the lock of its waiter's event."""
+    frame = sys._current_frames().get(thread_id)
+    stack = []
+    while frame is not None:
+        stack.append((frame.f_code.co_filename, frame.f_code.co_name))
+        frame = frame.f_back
+    if not stack or stack[0][1] != "wait" or not stack[0][0].endswith("threading.py"):
+        return False
+    return any(
+        name == "wait" and file.endswith(os.path.join("concurrent", "futures", "_base.py")) for file, name in stack
+    )
 
 
-def _failing(store: ckpt.Store) -> ckpt.Store:
+def _until_waiting_for_the_lock(store: ckpt.Store, step: int) -> None:
+    """Return once the save of ``step`` has written its record: it then waits for the ref lock to commit."""
+    while not any(s.step == step for s in store.snapshots()):
+        threading.Event().wait(0.005)
+
+
+@contextmanager
+def _ctrl_c_once_waiting() -> Iterator[None]:
+    """Ctrl-C, as the terminal sends it, once this thread is blocked waiting for the saves in flight.
+
+    The Checkpointer waits with ``concurrent.futures.wait``; a helper thread watches this thread's stack and
+    sends SIGINT when it is parked there (the event, not a delay), so the KeyboardInterrupt lands inside
+    ``wait()``/``close()``, where a user's Ctrl-C would.
+    """
+    main = threading.get_ident()
+    done = threading.Event()
+
+    def send() -> None:
+        while not done.is_set():
+            if _parked_in_futures_wait(main):
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            done.wait(0.001)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        yield
+    finally:
+        done.set()  # a block that never waited must not leave a Ctrl-C pending for another test
+        sender.join()
+
+
+class _Gated:
+    """A backend whose writes wait until ``open`` is set: the saves of a test fail only once all are issued."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.open = threading.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if name not in ("put_if_absent", "replace", "compare_and_swap", "delete"):
+            return attr
+
+        def gated(*args: Any, **kwargs: Any) -> Any:
+            self.open.wait()
+            return attr(*args, **kwargs)
+
+        return gated
+
+
+def _failing(store: ckpt.Store) -> tuple[ckpt.Store, threading.Event]:
+    """A store on which every write fails, once the returned event is set (writes wait for it)."""
     store.save({"w": torch.zeros(10)}, step=0)
-    return ckpt.Store(FaultyBackend(store.backend, fail_after=0), store.config)
+    gate = _Gated(FaultyBackend(store.backend, fail_after=0))
+    return ckpt.Store(gate, store.config), gate.open  # type: ignore[arg-type]
 
 
 def test_every_failed_save_is_raised_once(local_store: ckpt.Store) -> None:
-    ckpts = Checkpointer(_failing(local_store), "main", max_pending=3)
-    handles = [ckpts.save({"w": torch.full((10,), float(i))}, step=i) for i in (1, 2)]
-    while not all(h.done() for h in handles):
-        time.sleep(0.01)
+    failing, fail = _failing(local_store)
+    ckpts = Checkpointer(failing, "main", max_pending=3)
+    for i in (1, 2):
+        ckpts.save({"w": torch.full((10,), float(i))}, step=i)  # none failed yet: save() raises nothing
+    fail.set()
     raised = []
     for _ in range(3):
         try:
@@ -108,12 +170,13 @@ def test_every_failed_save_is_raised_once(local_store: ckpt.Store) -> None:
 
 
 def test_close_raises_with_every_other_failure_attached(local_store: ckpt.Store) -> None:
-    ckpts = Checkpointer(_failing(local_store), "main", max_pending=3)
-    handles = [ckpts.save({"w": torch.full((10,), float(i))}, step=i) for i in (1, 2, 3)]
-    while not all(h.done() for h in handles):
-        time.sleep(0.01)
+    failing, fail = _failing(local_store)
+    ckpts = Checkpointer(failing, "main", max_pending=3)
+    for i in (1, 2, 3):
+        ckpts.save({"w": torch.full((10,), float(i))}, step=i)  # none failed yet: save() raises nothing
+    fail.set()
     with pytest.raises(InjectedFault) as info:
-        ckpts.close()
+        ckpts.close()  # waits for all three
     notes = getattr(info.value, "__notes__", [])
     assert sum("another background save failed too" in n for n in notes) == 2
     ckpts.close()  # closed: nothing more to say
@@ -123,14 +186,9 @@ def test_ctrl_c_interrupts_wait(local_store: ckpt.Store) -> None:
     ckpts = Checkpointer(local_store, "main")
     with _refs_held(local_store) as release:
         handle = ckpts.save({"w": torch.ones(1000)}, step=1)  # cannot commit while the lock is held
-        timer = _interrupt_in(0.3)
-        started = time.monotonic()
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                ckpts.wait()
-        finally:
-            timer.cancel()  # a wait that returned early must not leave a Ctrl-C behind for another test
-        assert time.monotonic() - started < 3  # interrupted, not ended by the lock's release
+        with _ctrl_c_once_waiting(), pytest.raises(KeyboardInterrupt):
+            ckpts.wait()
+        assert not handle.done()  # interrupted, not ended by the save (the lock is still held)
         release.set()
     assert handle.result(timeout=30).step == 1  # the save itself goes on
     ckpts.close()
@@ -141,14 +199,10 @@ def test_ctrl_c_while_closing_cancels_the_saves_not_started(local_store: ckpt.St
     with _refs_held(local_store) as release:
         writing = ckpts.save({"w": torch.ones(1000)}, step=1)
         queued = ckpts.save({"w": torch.ones(1000) * 2}, step=2)
-        timer = _interrupt_in(0.3)
-        started = time.monotonic()
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                ckpts.close()  # e.g. a second Ctrl-C while leaving the with block
-        finally:
-            timer.cancel()
-        assert time.monotonic() - started < 3
+        _until_waiting_for_the_lock(local_store, 1)  # the first save is being written, the second queued
+        with _ctrl_c_once_waiting(), pytest.raises(KeyboardInterrupt):
+            ckpts.close()  # e.g. a second Ctrl-C while leaving the with block
+        assert not writing.done()  # interrupted while the save waited for the lock
         release.set()
     assert writing.result(timeout=30).step == 1  # the save being written finishes
     with pytest.raises(CancelledError):
@@ -216,23 +270,21 @@ def test_a_dropped_checkpointer_is_collected_with_its_thread(local_store: ckpt.S
     ckpts.save({"w": torch.randn(1000)}, step=1).result()
     (thread,) = _save_threads("dropped")
     with _refs_held(local_store) as release:
-        ckpts.save({"w": torch.randn(1000)}, step=2)
+        handle = ckpts.save({"w": torch.randn(1000)}, step=2)
         ref = weakref.ref(ckpts)
+        collected = threading.Event()
+        weakref.finalize(ckpts, collected.set)
         del ckpts
         gc.collect()
         assert ref() is not None  # a save still queued keeps it alive
         release.set()
-    deadline = time.monotonic() + 30
-    while local_store.resolve("dropped").step != 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert handle.result(timeout=60).step == 2
     assert local_store.resolve("dropped").step == 2  # the save was not lost
-    for _ in range(100):
+    while not collected.is_set():  # the background thread lets go of it once its save is committed
         gc.collect()
-        if ref() is None:
-            break
-        time.sleep(0.01)
+        collected.wait(0.01)
     assert ref() is None
-    thread.join(10)
+    thread.join(60)
     assert not thread.is_alive()
 
 
@@ -253,7 +305,7 @@ if pid == 0:
         ckpts.wait()
         print("child saved", flush=True)
     except ckpt.CkptError as e:
-        print("child refused:", e, flush=True)
+        print("child refused:", e.message, flush=True)
     ckpts.close()
     os._exit(0)
 os.waitpid(pid, 0)

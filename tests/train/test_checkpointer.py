@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -203,13 +204,24 @@ def test_mutating_right_after_save_never_changes_the_snapshot(local_store: ckpt.
             want_b = (frozen.clone(), live.clone())
             frozen.zero_()
             live.zero_()
-            time.sleep(0.2)
+            while not any(s.step == 1 for s in store.snapshots()):  # save 1 is written: it waits for the lock
+                threading.Event().wait(0.005)
             assert not a.done() and not b.done()
         assert a.reused == 1 and b.reused == 0
         for handle, (f, v) in ((a, want_a), (b, want_b)):
             got = store.load(handle.result().id)
             assert torch.equal(got["frozen"], f) and torch.equal(got["live"], v)
     assert store.verify().ok
+
+
+def _blocked_in(thread: threading.Thread, function: str) -> bool:
+    """Whether ``thread`` is inside a function of that name (somewhere on its stack)."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        if frame.f_code.co_name == function:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def test_save_blocks_when_max_pending_saves_are_in_flight(local_store: ckpt.Store) -> None:
@@ -221,7 +233,9 @@ def test_save_blocks_when_max_pending_saves_are_in_flight(local_store: ckpt.Stor
             first = ckpts.save({"w": w}, step=1)
             t = threading.Thread(target=lambda: (ckpts.save({"w": w + 1}, step=2), returned.set()))
             t.start()
-            assert not returned.wait(0.5)  # the single staging slot is busy until the first save commits
+            while not _blocked_in(t, "take") and not returned.is_set():  # waiting for the one staging slot
+                threading.Event().wait(0.005)
+            assert not returned.is_set()  # the single staging slot is busy until the first save commits
             assert not first.done()
         t.join(30)
         assert returned.is_set()

@@ -6,7 +6,6 @@ import os
 import random
 import subprocess
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,7 +24,7 @@ CHUNK = 64 * 1024
 N = 256 * 1024  # 1 MiB of float32 per tensor: 16 chunks
 
 _CHILD = f"""
-import sys, time
+import queue, sys, threading
 import torch
 import ckpt
 from ckpt.train import Checkpointer
@@ -33,6 +32,13 @@ from ckpt.train import Checkpointer
 store = ckpt.open(sys.argv[1])
 frozen = torch.arange({N}, dtype=torch.float32)  # unchanged from save to save: its digests are reused
 layers = [torch.zeros({N}) for _ in range(4)]
+handles = queue.Queue()
+
+def report():  # says each commit on stdout, in order, while the loop goes on saving
+    while True:
+        print("committed", handles.get().result().step, flush=True)
+
+threading.Thread(target=report, daemon=True).start()
 with Checkpointer(store, "main", keep_last=2) as ckpts:
     step = (ckpts.latest().step if ckpts.latest() else 0)
     print("ready", flush=True)
@@ -40,7 +46,7 @@ with Checkpointer(store, "main", keep_last=2) as ckpts:
         step += 1
         for i, t in enumerate(layers):
             t.fill_(step * 10 + i)  # the loop changes its tensors right after each save
-        ckpts.save({{"frozen": frozen, "layers": layers, "step": step}}, step=step)
+        handles.put(ckpts.save({{"frozen": frozen, "layers": layers, "step": step}}, step=step))
 """
 
 
@@ -79,7 +85,11 @@ def test_sigkill_during_async_saves(tmp_path: Path) -> None:
         )
         assert child.stdout is not None and child.stderr is not None
         assert child.stdout.readline().strip() == "ready", child.stderr.read()
-        time.sleep(rng.uniform(0.3, 1.0))  # the kill lands while saves are queued, hashing, writing, committing
+        # kill after a few commits (how many: drawn), while the next saves are queued, hashing, writing
+        for _ in range(rng.randint(1, 3)):
+            line = child.stdout.readline()
+            assert line.startswith("committed "), line + child.stderr.read()
+            assert int(line.split()[1]) > last
         child.kill()
         child.communicate(timeout=30)
         assert child.returncode == -9

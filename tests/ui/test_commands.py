@@ -96,7 +96,8 @@ def test_non_loopback_only_when_asked_explicitly(small: str, cleanup: list[subpr
 
     with pytest.raises(CkptError, match=r"refusing to serve on 0\.0\.0\.0") as e:
         bind("0.0.0.0", 0)
-    assert e.value.hint and "--host 0.0.0.0" in e.value.hint
+    assert e.value.cli_hint and "--host 0.0.0.0" in e.value.cli_hint
+    assert e.value.hint and "allow_remote=True" in e.value.hint
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and is_loopback("127.0.0.9")
     assert not is_loopback("0.0.0.0")
 
@@ -117,7 +118,8 @@ def test_busy_port_is_a_clear_error(small: str) -> None:
     try:
         with pytest.raises(CkptError, match=f"port {taken.port} on 127.0.0.1 is in use") as e:
             bind("127.0.0.1", taken.port)
-        assert e.value.hint and "--port 0" in e.value.hint
+        assert e.value.cli_hint and "--port 0" in e.value.cli_hint
+        assert e.value.hint and "port=0" in e.value.hint
     finally:
         taken.socket.close()
 
@@ -132,13 +134,13 @@ def test_missing_extras_say_what_to_install(small: str, tmp_path: Path) -> None:
     out = _run_hidden(["starlette"], f"from ckpt.cli import main; main(['--store', {small!r}, 'ui'])")
     assert out.returncode == 1
     assert "error: `ckpt ui` needs starlette, which is not installed" in out.stderr
-    assert f"hint: {install_hint('ui')}" in out.stderr and "pip install 'ckpt[ui]'" in out.stderr
+    assert f"hint: {install_hint('ui')}" in out.stderr and "pip install 'ckpt-store[ui]'" in out.stderr
     png = str(tmp_path / "x.png")
     out = _run_hidden(
         ["matplotlib"], f"from ckpt.cli import main; main(['--store', {small!r}, 'plot', 'val_loss', '-o', {png!r}])"
     )
     assert out.returncode == 1
-    assert "error: plots need matplotlib" in out.stderr and "hint: pip install 'ckpt[plot]'" in out.stderr
+    assert "error: plots need matplotlib" in out.stderr and "hint: pip install 'ckpt-store[plot]'" in out.stderr
     assert not Path(png).exists()
 
 

@@ -55,8 +55,9 @@ def parse_size_option(text: str | None, *, flag: str) -> int | None:
 
     try:
         size = parse_size(text)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint=flag) from None
+    except ValueError as e:  # a RecordError: its message, with its examples, on the one error line
+        message, examples = getattr(e, "message", str(e)), getattr(e, "cli_hint", None)
+        raise click.BadParameter(f"{message} ({examples})" if examples else message, param_hint=flag) from None
     if size <= 0:
         raise click.BadParameter(f"must be positive, got {text!r}", param_hint=flag)
     return size

@@ -14,31 +14,35 @@ from ckpt.cli.output import (
     RefIndex,
     age,
     console,
+    count,
     emit_json,
     human_bytes,
     metrics_text,
+    print_table,
     ref_text,
     snapshot_json,
     snapshot_line,
     table,
 )
-from ckpt.cli.sparkline import print_sparklines
-from ckpt.diff import SnapshotDiff, group_of, tensor_order
-from ckpt.model import RESERVED_FILE_PREFIX
 
 if TYPE_CHECKING:
     from ckpt.cli.app import CliState
+    from ckpt.diff import SnapshotDiff
     from ckpt.model import Snapshot, TensorTable
     from ckpt.store import Store
 
 __all__ = ["diff", "log", "show"]
 
 
-def _ancestry(store: Store, rev: str) -> list[Snapshot]:
-    """``rev`` and every snapshot it descends from through parents and adapter bases."""
-    start = store.resolve(rev)
-    seen = {start.id: start}
-    todo = deque([start])
+def _ancestry(store: Store, revs: list[str]) -> list[Snapshot]:
+    """The snapshots of ``revs`` and every snapshot they descend from through parents and adapter bases."""
+    seen: dict[str, Snapshot] = {}
+    todo: deque[Snapshot] = deque()
+    for rev in revs:
+        start = store.resolve(rev)
+        if start.id not in seen:
+            seen[start.id] = start
+            todo.append(start)
     while todo:
         snap = todo.popleft()
         for sid in (*snap.parents, *((snap.base,) if snap.base else ())):
@@ -46,6 +50,33 @@ def _ancestry(store: Store, rev: str) -> list[Snapshot]:
                 seen[sid] = store.get(sid)
                 todo.append(seen[sid])
     return list(seen.values())
+
+
+def _histories(store: Store, revs: list[str], limit: int | None) -> list[Snapshot]:
+    """The first-parent histories of ``revs`` together, each snapshot once, newest first."""
+    if len(revs) == 1:
+        return store.log(revs[0], limit=limit)
+    found: dict[str, Snapshot] = {}
+    for rev in revs:
+        for snap in store.log(rev, limit=limit):
+            found.setdefault(snap.id, snap)
+    return sorted(found.values(), key=lambda s: s.created_at, reverse=True)
+
+
+def _default_revs(refs: RefIndex) -> list[str]:
+    """What ``ckpt log`` shows without REV: main; else the only branch; else every branch (else every tag)."""
+    if "main" in refs.branches:
+        return ["main"]
+    names = sorted(refs.branches) or sorted(refs.tags)
+    if len(refs.branches) == 1:
+        click.echo(f"no branch 'main': showing {names[0]}, the only branch", err=True)
+    elif refs.branches:
+        click.echo(
+            f"no branch 'main': showing every branch ({', '.join(names)}); `ckpt log BRANCH` shows one", err=True
+        )
+    elif names:
+        click.echo("no branch yet: showing the history of every tag", err=True)
+    return names
 
 
 @click.command()
@@ -56,7 +87,9 @@ def _ancestry(store: Store, rev: str) -> list[Snapshot]:
 @json_option
 @click.pass_obj
 def log(state: CliState, rev: str | None, limit: int | None, graph: bool, all_: bool, as_json: bool) -> None:
-    """History of REV (default: main), newest first, one line a snapshot.
+    """History of REV, newest first, one line a snapshot.
+
+    Without REV: main; in a store with no branch main, its only branch, or every branch together.
 
     Each line shows the short id, the refs pointing at it (frozen releases marked), the relation to its parent,
     the model, step/epoch, key metrics, the message and the age. Without --graph, history follows first parents;
@@ -73,7 +106,8 @@ def log(state: CliState, rev: str | None, limit: int | None, graph: bool, all_: 
         raise click.UsageError("give REV or --all, not both")
     store = state.store()
     refs = RefIndex(store.branches(), store.tags())
-    if rev is None and not all_ and "main" not in refs.branches and not refs.ids():
+    revs = [rev] if rev is not None else [] if all_ else _default_revs(refs)
+    if not revs and not all_:
         if as_json:
             emit_json([])
         else:
@@ -86,19 +120,22 @@ def log(state: CliState, rev: str | None, limit: int | None, graph: bool, all_: 
         if graph:
             snaps = topological(snaps)
     elif graph:
-        snaps = topological(_ancestry(store, rev or "main"))
+        snaps = topological(_ancestry(store, revs))
     else:
-        snaps = store.log(rev or "main", limit=limit)
+        snaps = _histories(store, revs, limit)
     if limit is not None:
         snaps = snaps[:limit]
     if as_json:
         emit_json([snapshot_json(s, refs) for s in snaps])
         return
+    from ckpt.cli.sparkline import print_sparklines  # records and metrics: read commands only
+
+    spark_rev = None if all_ or len(revs) != 1 else revs[0]
     out = console()
     if not graph:
         for s in snaps:
             out.print(snapshot_line(s, refs))
-        print_sparklines(out, snaps, refs.branches, rev=None if all_ else rev or "main")
+        print_sparklines(out, snaps, refs.branches, rev=spark_rev)
         return
     for drawing, snap in graph_rows(snaps):
         if snap is None:
@@ -111,10 +148,12 @@ def log(state: CliState, rev: str | None, limit: int | None, graph: bool, all_: 
         if snap.base and snap.base not in snap.parents:
             line.append(f" base {snap.base[:12]}", style="dim")
         out.print(line)
-    print_sparklines(out, snaps, refs.branches, rev=None if all_ else rev or "main")
+    print_sparklines(out, snaps, refs.branches, rev=spark_rev)
 
 
 def _tensor_summary(table: TensorTable, *, listing: bool) -> dict[str, Any]:
+    from ckpt.diff import group_of, tensor_order  # numpy: imported by the commands that need it only
+
     by_dtype: dict[str, dict[str, int]] = {}
     by_group: dict[str, dict[str, int]] = {}
     for name, entry in table.tensors.items():
@@ -199,6 +238,8 @@ def show(state: CliState, rev: str, list_tensors: bool, as_json: bool) -> None:
       ckpt show tiny-llama-2026-11-28 --tensors
       ckpt show 5f0c6a1d --json
     """
+    from ckpt.model import RESERVED_FILE_PREFIX
+
     store = state.store()
     snap = store.resolve(rev)
     refs = RefIndex(store.branches(), store.tags())
@@ -250,7 +291,7 @@ def show(state: CliState, rev: str, list_tensors: bool, as_json: bool) -> None:
     if base:
         row("base", _describe(base))
     row("lineage", _lineage_text(family, snap))
-    row("history", f"{depth} snapshot{'s' if depth != 1 else ''} from the root to here along first parents")
+    row("history", f"{count(depth, 'snapshot')} from the root to here along first parents")
     row("metadata", ", ".join(f"{k}" for k in snap.metadata) if snap.metadata else None)
     row("ckpt version", snap.ckpt_version)
     row("tensors", f"{summary['count']} ({human_bytes(summary['bytes'])})")
@@ -264,7 +305,7 @@ def show(state: CliState, rev: str, list_tensors: bool, as_json: bool) -> None:
         ft.add_column("size", justify="right")
         for f in files:
             ft.add_row(f["path"], human_bytes(f["size"]))
-        out.print(ft)
+        print_table(ft, out)
     for title, key, label in (("by dtype", "by_dtype", "dtype"), ("by group", "by_group", "group")):
         if summary[key]:
             t = table(f"tensors {title}")
@@ -273,7 +314,7 @@ def show(state: CliState, rev: str, list_tensors: bool, as_json: bool) -> None:
             t.add_column("bytes", justify="right")
             for k, v in summary[key].items():
                 t.add_row(k, str(v["count"]), human_bytes(v["bytes"]))
-            out.print(t)
+            print_table(t, out)
     if list_tensors:
         t = table("tensors")
         t.add_column("name", overflow="fold")
@@ -282,7 +323,7 @@ def show(state: CliState, rev: str, list_tensors: bool, as_json: bool) -> None:
         t.add_column("bytes", justify="right")
         for item in summary["list"]:
             t.add_row(item["name"], item["dtype"], str(tuple(item["shape"])), human_bytes(item["bytes"]))
-        out.print(t)
+        print_table(t, out)
 
 
 def _change(value: float | None) -> str:
@@ -296,7 +337,7 @@ def _print_diff(d: SnapshotDiff, a: str, b: str) -> None:
     out.print(Text.assemble(("diff ", "bold"), (d.a[:12], "yellow"), f" ({a}) → ", (d.b[:12], "yellow"), f" ({b})"))
     out.print(
         f"tensors: {d.added} added, {d.removed} removed, {d.changed} changed, {d.unchanged} unchanged; "
-        f"B adds {human_bytes(d.added_bytes)} ({d.added_chunks} chunks) to a store holding A"
+        f"B adds {human_bytes(d.added_bytes)} ({count(d.added_chunks, 'chunk')}) to a store holding A"
     )
     if d.state_changed:
         out.print("the state tree differs (structure or non-tensor values)")
@@ -314,7 +355,7 @@ def _print_diff(d: SnapshotDiff, a: str, b: str) -> None:
                 str(layer.unchanged),
                 _change(layer.max_relative_change),
             )
-        out.print(t)
+        print_table(t, out)
     differing = [x for x in d.tensors if x.status != "unchanged"]
     if differing:
         t = table("tensors")
@@ -333,7 +374,7 @@ def _print_diff(d: SnapshotDiff, a: str, b: str) -> None:
             if x.status != "changed":
                 change = ""
             t.add_row(Text(mark, style=style), x.name, dtype, shape, change)
-        out.print(t)
+        print_table(t, out)
     else:
         out.print("no tensor differs")
     for f in d.files:

@@ -11,7 +11,7 @@ from rich.text import Text
 
 import ckpt
 from ckpt.cli.commands._common import json_option, parse_duration, parse_options, parse_size_option
-from ckpt.cli.output import console, emit_json, human_bytes, progress_bar, progress_enabled
+from ckpt.cli.output import console, count, emit_json, human_bytes, progress_bar, progress_enabled
 
 if TYPE_CHECKING:
     from ckpt.cli.app import CliState
@@ -73,8 +73,10 @@ def verify(state: CliState, rev: str | None, all_: bool, trust: tuple[str, ...],
     if rev is not None and trust:
         raise click.UsageError("--trust checks every frozen release: it goes without REV")
     store = state.store()
-    with progress_bar("verify", quiet=state.quiet) as progress:
-        report = store.verify(rev, trust=list(trust) if trust else None, progress=progress)
+    with progress_bar("verify", quiet=state.quiet) as bar:
+        report = store.verify(
+            rev, trust=list(trust) if trust else None, progress=bar, progress_total=bar.total if bar else None
+        )
     if as_json:
         emit_json({"ok": report.ok, **report.model_dump(mode="json")})
     else:
@@ -85,10 +87,13 @@ def verify(state: CliState, rev: str | None, all_: bool, trust: tuple[str, ...],
         signed = [r for r in report.releases if r.status == "signed"]
         if report.releases:
             whose = "trusted keys" if trust else "their own keys (no --trust given)"
-            click.echo(f"{len(report.releases)} frozen releases, {len(signed)} signed and checked against {whose}")
-        verdict = "ok" if report.ok else f"{len(report.damage)} problem{'s' if len(report.damage) != 1 else ''}"
+            click.echo(
+                f"{count(len(report.releases), 'frozen release')}, {len(signed)} signed and checked against {whose}"
+            )
+        verdict = "ok" if report.ok else count(len(report.damage), "problem")
         click.echo(
-            f"{report.snapshots} snapshots, {report.chunks} chunks, {human_bytes(report.bytes)} checked: {verdict}"
+            f"checked {count(report.snapshots, 'snapshot')}, {count(report.chunks, 'chunk')} "
+            f"({human_bytes(report.bytes)}): {verdict}"
         )
     if not report.ok:
         if not as_json:
@@ -146,8 +151,10 @@ def repair(
       ckpt repair --from s3://bucket/models-replica
       ckpt repair --from /mnt/backup/.ckpt tiny-llama-2026-11-28
     """
+    from ckpt.cli.app import store_location
+
     store = state.store()
-    good = ckpt.open(source, **parse_options(from_option, flag="--from-option")) if source else None
+    good = ckpt.open(store_location(source), **parse_options(from_option, flag="--from-option")) if source else None
     with progress_bar("repair", quiet=state.quiet) as progress:
         report = store.repair(good, revs=list(revs) or None, progress=progress)
     if as_json:
@@ -159,8 +166,8 @@ def repair(
         for d in report.unrepaired:
             out.print(_damage_line("unrepaired", d))
         n, m = len(report.repaired), len(report.unrepaired)
-        verdict = "the store verifies clean" if report.ok else f"{m} problem{'s' if m != 1 else ''} remain"
-        click.echo(f"{n} object{'s' if n != 1 else ''} repaired ({human_bytes(report.bytes_copied)} copied); {verdict}")
+        verdict = "the store verifies clean" if report.ok else f"{count(m, 'problem')} remain{'s' if m == 1 else ''}"
+        click.echo(f"{count(n, 'object')} repaired ({human_bytes(report.bytes_copied)} copied); {verdict}")
     if not report.ok:
         click.get_current_context().exit(1)
 
@@ -215,21 +222,32 @@ def gc(state: CliState, dry_run: bool, grace: str, expire_reflog: str, keep_dama
         emit_json(report.model_dump(mode="json"))
         return
     verb = "would free" if dry_run else "freed"
+    removed = [
+        count(report.chunks, "chunk"),
+        count(report.tables, "table"),
+        count(report.snapshots, "snapshot record"),
+        count(report.other, "leftover"),
+    ]
     click.echo(
-        f"{verb} {human_bytes(report.freed_bytes)}: {report.chunks} chunks, {report.tables} tables, "
-        f"{report.snapshots} snapshot records, {report.other} leftovers; "
-        f"kept {report.kept_chunks} chunks ({human_bytes(report.kept_bytes)})"
+        f"{verb} {human_bytes(report.freed_bytes)} of storage: {', '.join(removed)}; "
+        f"kept {count(report.kept_chunks, 'chunk')} ({human_bytes(report.kept_bytes)})"
     )
-    if report.young_chunks or report.young_records:
+    # what the grace period kept (GcReport.young_*), and chunks a save reused while gc ran (reused_*)
+    young, young_records = report.young_chunks, report.young_records
+    if young or young_records:
+        them = "it" if young + young_records == 1 else "them"
+        what = count(young, "chunk") + f" ({human_bytes(report.young_bytes)})"
+        if young_records:
+            what += f" and {count(young_records, 'other object')}"
         click.echo(
-            f"{report.young_chunks} unneeded chunks ({human_bytes(report.young_bytes)}) and {report.young_records} "
-            f"other objects younger than the {grace.strip()} grace period were kept (a save may be using them); "
-            "a later gc takes them"
+            f"spared {what} that nothing needs: written or reused less than {grace.strip()} ago (--grace), a save "
+            f"running now may still need {them}; a later gc frees {them}, or `ckpt gc --grace 0` now if no save "
+            "is running"
         )
-    if report.reused_chunks:
+    reused = report.reused_chunks
+    if reused:
         click.echo(
-            f"{report.reused_chunks} chunks ({human_bytes(report.reused_bytes)}) were reused by a save "
-            "meanwhile and kept"
+            f"kept {count(reused, 'chunk')} ({human_bytes(report.reused_bytes)}) that a save reused while gc ran"
         )
     for d in report.damage:
         click.echo(f"damaged, everything it might need was kept: {d.object} {d.digest[:40]}: {d.message}", err=True)

@@ -8,7 +8,7 @@ import click
 from rich.text import Text
 
 from ckpt.cli.commands._common import json_option
-from ckpt.cli.output import RefIndex, age, console, emit_json, snapshot_json, table
+from ckpt.cli.output import RefIndex, age, emit_json, keep_column, print_table, snapshot_json, table
 from ckpt.errors import CkptError
 
 if TYPE_CHECKING:
@@ -20,24 +20,31 @@ __all__ = ["branch", "freeze", "ls", "prune", "reflog", "reset", "tag"]
 
 def _ref_table(store: Store, *, branches: bool = True, tags: bool = True) -> None:
     refs = RefIndex(store.branches() if branches else {}, store.tags() if tags else {})
-    t = table()
-    for col in ("", "name", "id", "model", "step", "age"):
-        t.add_column(col)
     rows: list[tuple[Text, str, str]] = [(Text("branch", style="green"), n, sid) for n, sid in refs.branches.items()]
     for name, tag in refs.tags.items():
         kind = Text("frozen", style="bold cyan") if tag.frozen else Text("tag", style="yellow")
         rows.append((kind, name, tag.id))
+    if not rows:
+        click.echo("no branches or tags yet", err=True)
+        return
+    cells: list[tuple[Text, str, Text, str, str, str]] = []
     for kind, name, sid in rows:
         try:
             snap = store.get(sid)
             info = (snap.model or "", "" if snap.step is None else str(snap.step), age(snap.created_at))
         except CkptError:  # a ref to a missing snapshot: `ckpt verify` reports it
             info = ("(missing snapshot)", "", "")
-        t.add_row(kind, name, Text(sid[:12], style="yellow"), *info)
-    if rows:
-        console().print(t)
-    else:
-        click.echo("no branches or tags yet", err=True)
+        cells.append((kind, name, Text(sid[:12], style="yellow"), *info))
+    t = table()
+    keep_column(t, "", [c[0] for c in cells])
+    keep_column(t, "name", [c[1] for c in cells])
+    keep_column(t, "id", [c[2] for c in cells])
+    t.add_column("model", overflow="fold")
+    keep_column(t, "step", [c[4] for c in cells])
+    t.add_column("age", overflow="fold")
+    for row in cells:
+        t.add_row(*row)
+    print_table(t)
 
 
 @click.command()
@@ -228,7 +235,11 @@ def prune(state: CliState, revs: tuple[str, ...], reason: str | None, as_json: b
         return
     for s in done:
         click.echo(f"pruned {s.short_id}")
-    click.echo("their records stay in the log; run `ckpt gc` to free the bytes", err=True)
+    click.echo(
+        "their records stay in the log; `ckpt gc` frees the chunks only they used once those are older than its "
+        "grace period (1h by default: a save running now may reuse them), `ckpt gc --grace 0` at once",
+        err=True,
+    )
 
 
 @click.command()
@@ -302,12 +313,9 @@ def reflog(state: CliState, ref: str | None, limit: int | None, as_json: bool) -
     if not entries:
         click.echo(f"no reflog entries{f' for {ref}' if ref else ''}", err=True)
         return
-    t = table()
-    for col in ("age", "ref", "action", "old", "", "new", "message"):
-        t.add_column(col)
     styles = {"conflict": "bold red", "delete": "red", "reset": "magenta", "freeze": "bold cyan", "commit": "green"}
-    for e in entries:
-        t.add_row(
+    rows = [
+        (
             age(e.time),
             _short_ref(e.ref),
             Text(e.action, style=styles.get(e.action, "")),
@@ -316,4 +324,16 @@ def reflog(state: CliState, ref: str | None, limit: int | None, as_json: bool) -
             Text((e.new or "-")[:12], style="yellow" if e.new else "dim"),
             e.message or "",
         )
-    console().print(t)
+        for e in entries
+    ]
+    t = table()
+    t.add_column("age", overflow="fold")
+    keep_column(t, "ref", [r[1] for r in rows])
+    keep_column(t, "action", [r[2] for r in rows])
+    keep_column(t, "old", [r[3] for r in rows])
+    keep_column(t, "", [r[4] for r in rows])
+    keep_column(t, "new", [r[5] for r in rows])
+    t.add_column("message", overflow="fold")
+    for row in rows:
+        t.add_row(*row)
+    print_table(t)

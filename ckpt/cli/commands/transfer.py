@@ -11,16 +11,18 @@ import click
 
 import ckpt
 from ckpt.cli.commands._common import json_option, parse_options, parse_size_option
-from ckpt.cli.output import RefIndex, console, emit_json, human_bytes, progress_bar, snapshot_json
+from ckpt.cli.output import RefIndex, console, count, emit_json, human_bytes, progress_bar, snapshot_json
 from ckpt.errors import StoreNotFoundError
-from ckpt.model import Relation
 
 if TYPE_CHECKING:
     from ckpt.cli.app import CliState
+    from ckpt.model import Relation
 
 __all__ = ["import_", "restore", "sync"]
 
-_RELATIONS = list(typing.get_args(Relation))
+#: ``typing.get_args(ckpt.model.Relation)``, spelled out so that ``ckpt --help`` need not import the records
+#: (tests/cli/test_app.py checks that the two agree).
+_RELATIONS = ["continue", "finetune", "adapter", "merge", "quantized", "import"]
 
 
 @click.command()
@@ -142,7 +144,7 @@ def restore(
         click.echo(f"wrote {f['path']} ({human_bytes(f['size'])})")
     for path in removed:
         click.echo(f"removed {path} (superseded by this restore)")
-    click.echo(f"restored {snap.short_id} to {to}: {len(files)} {'file' if len(files) == 1 else 'files'}")
+    click.echo(f"restored {snap.short_id} to {to}: {count(len(files), 'file')}")
     if signed is not None:
         click.echo(f"signed {to} with model-signing: {signed}")
 
@@ -245,7 +247,7 @@ def import_(
         emit_json({**snapshot_json(snap, RefIndex(store.branches(), store.tags())), "skipped": skipped})
         return
     click.echo(
-        f"imported {path} as {snap.short_id} on {branch}: {snap.tensor_count} tensors "
+        f"imported {path} as {snap.short_id} on {branch}: {count(snap.tensor_count, 'tensor')} "
         f"({human_bytes(snap.tensor_bytes)}), {snap.relation}, model {snap.model or '-'}"
     )
 
@@ -257,7 +259,7 @@ def import_(
 @click.option("--all", "all_", is_flag=True, help="Every branch and tag of SRC.")
 @click.option("--src-option", multiple=True, metavar="KEY=VALUE", help="fsspec storage option for SRC (repeatable).")
 @click.option("--dst-option", multiple=True, metavar="KEY=VALUE", help="fsspec storage option for DST (repeatable).")
-@click.option("--init", "create", is_flag=True, help="Create DST (with SRC's chunk size) if it does not exist.")
+@click.option("--init", "create", is_flag=True, hidden=True, help="(Kept for old scripts: DST is created anyway.)")
 @json_option
 @click.pass_obj
 def sync(
@@ -273,47 +275,64 @@ def sync(
 ) -> None:
     """Copy snapshots with their history, tables, chunks and refs from store SRC to store DST.
 
-    Only chunks DST lacks are sent; an interrupted sync is safe to rerun. Branches only fast-forward: a branch
-    that diverged on DST is reported, not overwritten, and the exit status is 1. Frozen tags stay frozen.
-    S3 endpoints and credentials come from --src-option/--dst-option or the usual AWS_* variables
+    Only chunks DST lacks are sent; an interrupted sync is safe to rerun. A DST with no store yet is created
+    (with SRC's chunk size), as `aws s3 sync` creates its prefix. SRC and DST are URLs or folders: a folder
+    holding a .ckpt store (`.`, a project folder) means that store. Branches only fast-forward: a branch that
+    diverged on DST is reported, not overwritten, and the exit status is 1. Frozen tags stay frozen. S3
+    endpoints and credentials come from --src-option/--dst-option or the usual AWS_* variables
     (AWS_ENDPOINT_URL included).
 
     \b
     Examples:
-      ckpt sync .ckpt s3://bucket/models --all --init
-      ckpt sync s3://bucket/models .ckpt tiny-llama-2026-11-28
-      ckpt sync .ckpt s3://bucket/models main --dst-option endpoint_url=http://127.0.0.1:9000
+      ckpt sync . s3://bucket/models --all
+      ckpt sync s3://bucket/models . tiny-llama-2026-11-28
+      ckpt sync . s3://bucket/models main --dst-option endpoint_url=http://127.0.0.1:9000
     """
+    from ckpt.cli.app import store_location
+
     if bool(revs) == all_:
         raise click.UsageError("give the revisions to copy, or --all (not both)")
-    src_store = ckpt.open(src, **parse_options(src_option, flag="--src-option"))
+    src_store = ckpt.open(store_location(src), **parse_options(src_option, flag="--src-option"))
     dst_options = parse_options(dst_option, flag="--dst-option")
+    created = False
     try:
-        dst_store = ckpt.open(dst, **dst_options)
+        dst_store = ckpt.open(store_location(dst), **dst_options)
     except StoreNotFoundError:
-        if not create:
-            raise StoreNotFoundError(
-                f"no ckpt store at {dst}", hint="pass --init to create it, or create it with `ckpt init URL`"
-            ) from None
-        dst_store = ckpt.init(dst, chunk_size=src_store.chunk_size, **dst_options)
-    with progress_bar("sync", quiet=state.quiet) as progress:
-        report = ckpt.sync(src_store, dst_store, list(revs) if revs else None, progress=progress)
+        dst_store = ckpt.init(store_location(dst), chunk_size=src_store.chunk_size, **dst_options)
+        created = True
+    if created and not as_json:
+        click.echo(f"created a ckpt store at {dst_store.url} (chunks of {human_bytes(dst_store.chunk_size)})")
+    with progress_bar("sync", quiet=state.quiet) as bar:
+        report = ckpt.sync(
+            src_store,
+            dst_store,
+            list(revs) if revs else None,
+            progress=bar,
+            progress_total=bar.total if bar else None,
+        )
     if as_json:
-        emit_json({"src": src_store.url, "dst": dst_store.url, **report.model_dump(mode="json")})
+        emit_json({"src": src_store.url, "dst": dst_store.url, "created": created, **report.model_dump(mode="json")})
     else:
         out = console()
-        out.print(
-            f"{report.snapshots} snapshots, {report.chunks} chunks ({human_bytes(report.bytes)}) copied; "
-            f"{report.chunks_skipped} chunks already there"
-        )
+        if report.snapshots == 0 and not report.refs:
+            out.print(f"{dst_store.url} is up to date: nothing to copy")
+        else:
+            line = (
+                f"copied {count(report.snapshots, 'snapshot')}, {count(report.chunks, 'chunk')} "
+                f"({human_bytes(report.bytes)})"
+            )
+            if report.chunks_skipped:
+                line += (
+                    f"; {count(report.chunks_skipped, 'chunk')} ({human_bytes(report.bytes_skipped)}) "
+                    "were on the destination already"
+                )
+            out.print(line)
         for ref in report.refs:
             out.print(f"updated {ref}")
         for conflict in report.conflicts:
             click.echo(f"conflict: {conflict}", err=True)
     if report.conflicts:
         if not as_json:
-            click.echo(
-                f"error: {len(report.conflicts)} ref(s) left alone on {dst_store.url}; nothing was overwritten",
-                err=True,
-            )
+            n = len(report.conflicts)
+            click.echo(f"error: {count(n, 'ref')} left alone on {dst_store.url}; nothing was overwritten", err=True)
         click.get_current_context().exit(1)
