@@ -363,7 +363,7 @@ def bench_load(moto: Moto, args: argparse.Namespace, rows: dict[str, dict[str, A
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-gb", type=float, default=1.0, help="bytes of chunks, and of the model (GB)")
-    parser.add_argument("--small", type=int, default=2000, help="how many 1 KiB objects")
+    parser.add_argument("--small", type=int, default=2000, help="how many 1 KiB objects (0: skip)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight in the batched runs")
     parser.add_argument("--no-load", action="store_true", help="skip the model load comparison (needs torch)")
@@ -386,7 +386,8 @@ def main() -> None:
 
         boto3.client("s3", endpoint_url=moto.endpoint, region_name="us-east-1").create_bucket(Bucket=BUCKET)
         bench_chunks(moto, args, rows)
-        bench_small(moto, args, rows)
+        if args.small:
+            bench_small(moto, args, rows)
         if not args.no_load:
             bench_load(moto, args, rows, notes)
     finally:
