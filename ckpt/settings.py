@@ -8,6 +8,7 @@ so tests and programs can change the environment at any moment.
 | ``CKPT_STORE`` | the store ``ckpt.open()`` uses when given no URL | ``./.ckpt`` |
 | ``CKPT_CHUNK_SIZE`` | chunk size for ``ckpt.init`` (bytes, or ``64MiB``, ``1GB``…) | ``64MiB`` |
 | ``CKPT_THREADS`` | worker threads for hashing and I/O | ``min(8, 2 × cores)`` |
+| ``CKPT_IO_CONCURRENCY`` | object requests one batched storage call keeps in flight | ``16`` |
 | ``CKPT_DEBUG`` | ``1``: the CLI prints full tracebacks | off |
 """
 
@@ -20,10 +21,12 @@ from ckpt.errors import RecordError
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_IO_CONCURRENCY",
     "DEFAULT_STORE",
     "chunk_size",
     "debug",
     "format_size",
+    "io_concurrency",
     "parse_size",
     "store_url",
     "threads",
@@ -31,6 +34,9 @@ __all__ = [
 
 DEFAULT_STORE = ".ckpt"
 DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
+#: Requests a batched storage call keeps in flight: enough to fill a 10 Gbit/s link at S3's ~100 MB/s per
+#: connection, few enough that 16 × 64 MiB chunks stay a bounded amount of memory.
+DEFAULT_IO_CONCURRENCY = 16
 
 _UNITS = {
     "": 1,
@@ -122,6 +128,45 @@ def threads() -> int:
         except ValueError:
             raise RecordError(f"CKPT_THREADS must be a whole number, got {raw!r}") from None
     return max(2, min(8, 2 * (os.cpu_count() or 1)))
+
+
+def io_concurrency(value: int | None = None) -> int:
+    """How many requests a batched storage call (``put_many``, ``read_ranges`` …) keeps in flight.
+
+    Precedence: ``value`` > ``$CKPT_IO_CONCURRENCY`` > ``DEFAULT_IO_CONCURRENCY`` (16). The same setting serves
+    every store: it bounds the open connections and the memory of one call (at most this many objects are
+    taken from the caller and not yet done), whatever the backend.
+
+    Args:
+        value: an explicit count (the ``concurrency`` argument of a batched call), or ``None``.
+
+    Returns:
+        The count, at least 1.
+
+    Raises:
+        RecordError: the count (or the variable) is not a whole number of at least 1.
+
+    Example:
+        >>> io_concurrency(4)
+        4
+    """
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RecordError(f"concurrency must be a whole number >= 1, got {value!r}")
+        return value
+    raw = os.environ.get("CKPT_IO_CONCURRENCY", "").strip()
+    if not raw:
+        return DEFAULT_IO_CONCURRENCY
+    try:
+        count = int(raw)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise RecordError(
+            f"CKPT_IO_CONCURRENCY must be a whole number >= 1, got {raw!r}",
+            hint="unset it for the default (16), or give e.g. CKPT_IO_CONCURRENCY=32",
+        )
+    return count
 
 
 def debug() -> bool:
