@@ -9,6 +9,7 @@ so tests and programs can change the environment at any moment.
 | ``CKPT_CHUNK_SIZE`` | chunk size for ``ckpt.init`` (bytes, or ``64MiB``, ``1GB``…) | ``64MiB`` |
 | ``CKPT_THREADS`` | worker threads for hashing and I/O | ``min(8, 2 × cores)`` |
 | ``CKPT_IO_CONCURRENCY`` | object requests one batched storage call keeps in flight | ``16`` |
+| ``CKPT_RECORD_CACHE`` | local cache of records read from object stores, or ``off`` | ``~/.cache/ckpt/records`` |
 | ``CKPT_DEBUG`` | ``1``: the CLI prints full tracebacks | off |
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 from ckpt.errors import RecordError
 
@@ -28,6 +30,7 @@ __all__ = [
     "format_size",
     "io_concurrency",
     "parse_size",
+    "record_cache",
     "store_url",
     "threads",
 ]
@@ -167,6 +170,23 @@ def io_concurrency(value: int | None = None) -> int:
             hint="unset it for the default (16), or give e.g. CKPT_IO_CONCURRENCY=32",
         )
     return count
+
+
+def record_cache() -> Path | None:
+    """The folder of the local record cache, or ``None`` when it is off.
+
+    ``$CKPT_RECORD_CACHE`` names the folder; ``off`` (or ``0``, ``false``, ``no``, ``none``) turns the cache off.
+    Unset: ``$XDG_CACHE_HOME/ckpt/records``, else ``~/.cache/ckpt/records``. The cache holds immutable,
+    content-addressed records only, each checked against its digest when read (see
+    docs/guides/remote-storage.md), so a stale or tampered entry can never be taken for a record.
+    """
+    raw = os.environ.get("CKPT_RECORD_CACHE")
+    if raw is not None and raw.strip():
+        if raw.strip().lower() in ("off", "0", "false", "no", "none"):
+            return None
+        return Path(raw.strip()).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(base) if base else Path.home() / ".cache") / "ckpt" / "records"
 
 
 def debug() -> bool:

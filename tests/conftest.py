@@ -15,12 +15,18 @@ import ckpt
 BACKENDS = ["file", "memory", "s3"]
 
 
+@pytest.fixture(scope="session")
+def _record_caches(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return tmp_path_factory.mktemp("record-caches")
+
+
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No CKPT_* variable of the developer's shell leaks into a test."""
+def _clean_env(monkeypatch: pytest.MonkeyPatch, _record_caches: Any) -> None:
+    """No CKPT_* variable of the developer's shell leaks into a test; each test has its own record cache."""
     for name in list(os.environ):
         if name.startswith("CKPT_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("CKPT_RECORD_CACHE", str(_record_caches / uuid.uuid4().hex[:12]))
 
 
 def _free_port() -> int:

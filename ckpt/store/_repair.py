@@ -86,13 +86,13 @@ def _resolve(store: StoreParts, rev: str, fix: Fix | None) -> str:
 
     def get(sid: str) -> Snapshot:
         try:
-            return store.objects.get_snapshot(sid)
+            return store.objects.get_snapshot(sid, fresh=True)
         except CkptError as e:
             d = Damage(kind=damage_kind(e), object="snapshot", digest=sid, snapshots=(sid,), message=e.message)
             if fix is None or not fix(d):
                 raise _Unreadable(d) from e
         try:
-            return store.objects.get_snapshot(sid)
+            return store.objects.get_snapshot(sid, fresh=True)
         except CkptError as e:
             raise _Unreadable(d) from e
 

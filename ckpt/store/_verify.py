@@ -127,14 +127,14 @@ def verify_snapshots(
     for sid in snapshot_ids:
         count += 1
         try:
-            snap = objects.get_snapshot(sid)
+            snap = objects.get_snapshot(sid, fresh=True)
         except CkptError as e:
             damage.append(
                 Damage(kind=damage_kind(e), object="snapshot", digest=sid, snapshots=(sid,), message=e.message)
             )
             continue
         try:
-            table: TensorTable = objects.get_table(snap.table)
+            table: TensorTable = objects.get_table(snap.table, fresh=True)
         except CkptError as e:
             damage.append(
                 Damage(kind=damage_kind(e), object="table", digest=snap.table, snapshots=(sid,), message=e.message)
