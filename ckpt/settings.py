@@ -9,6 +9,7 @@ so tests and programs can change the environment at any moment.
 | ``CKPT_CHUNK_SIZE`` | chunk size for ``ckpt.init`` (bytes, or ``64MiB``, ``1GB``…) | ``64MiB`` |
 | ``CKPT_THREADS`` | worker threads for hashing and I/O | ``min(8, 2 × cores)`` |
 | ``CKPT_IO_CONCURRENCY`` | object requests one batched storage call keeps in flight | ``16`` |
+| ``CKPT_IO_MEMORY`` | bytes of chunks a copy between stores (sync, repair) holds at once | ``1GiB`` |
 | ``CKPT_RECORD_CACHE`` | local cache of records read from object stores, or ``off`` | ``~/.cache/ckpt/records`` |
 | ``CKPT_DEBUG`` | ``1``: the CLI prints full tracebacks | off |
 """
@@ -24,11 +25,13 @@ from ckpt.errors import RecordError
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_IO_CONCURRENCY",
+    "DEFAULT_IO_MEMORY",
     "DEFAULT_STORE",
     "chunk_size",
     "debug",
     "format_size",
     "io_concurrency",
+    "io_memory",
     "parse_size",
     "record_cache",
     "store_url",
@@ -170,6 +173,27 @@ def io_concurrency(value: int | None = None) -> int:
             hint="unset it for the default (16), or give e.g. CKPT_IO_CONCURRENCY=32",
         )
     return count
+
+
+DEFAULT_IO_MEMORY = 1 << 30
+
+
+def io_memory() -> int:
+    """Bytes of chunks one transfer that copies them (``sync``, ``repair``) may hold in memory at once.
+
+    ``$CKPT_IO_MEMORY`` (a size: ``512MiB``, ``4GiB`` …), else 1 GiB. With 64 MiB chunks the default lets 16
+    copies run at once, as many as ``CKPT_IO_CONCURRENCY``'s default; a smaller value runs fewer, never none.
+
+    Raises:
+        RecordError: the variable is not a size.
+    """
+    raw = os.environ.get("CKPT_IO_MEMORY", "").strip()
+    if not raw:
+        return DEFAULT_IO_MEMORY
+    try:
+        return max(1, parse_size(raw))
+    except RecordError as e:
+        raise RecordError(f"CKPT_IO_MEMORY: {e.message}", hint=e.hint or "", cli_hint=e.cli_hint or "") from None
 
 
 def record_cache() -> Path | None:

@@ -29,8 +29,9 @@ from ckpt.model import (
 )
 from ckpt.storage import Backend
 from ckpt.store import _layout as layout
+from ckpt.store._io import is_remote
 from ckpt.store._objects import Objects
-from ckpt.store._records import is_remote, record_cache_for
+from ckpt.store._records import record_cache_for
 from ckpt.store._refs import Refs
 from ckpt.store._revisions import ParsedRevision, parse_revision, resolve_base, resolve_reflog, walk_steps
 

@@ -26,16 +26,14 @@ from pathlib import Path
 from ckpt import settings
 from ckpt.model import digest_bytes
 from ckpt.storage import Backend
+from ckpt.store._io import is_remote
 
-__all__ = ["KINDS", "RecordCache", "is_remote", "record_cache_for"]
+__all__ = ["KINDS", "RecordCache", "record_cache_for"]
 
 #: The kinds of record kept: snapshot records and tensor tables.
 KINDS = ("snapshots", "tables")
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
-
-#: Filesystems whose objects are already on this machine (or in this process): no cache in front of them.
-_LOCAL_PROTOCOLS = frozenset({"file", "local", "memory"})
 
 
 class RecordCache:
@@ -90,12 +88,6 @@ class RecordCache:
             if tmp is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
-
-
-def is_remote(backend: Backend) -> bool:
-    """Whether a store's objects are on another machine (each request a round trip): not a folder, not memory."""
-    protocol = getattr(backend, "protocol", None)
-    return protocol is not None and protocol not in _LOCAL_PROTOCOLS and backend.local_path("ckpt.json") is None
 
 
 def record_cache_for(backend: Backend) -> RecordCache | None:
