@@ -39,9 +39,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+from object_store import BUCKET, Moto, options  # noqa: E402
+
 import ckpt  # noqa: E402
 from ckpt.store import _parts  # noqa: E402
-from object_store import BUCKET, Moto, options  # noqa: E402
 
 
 def build(folder: Path, n: int) -> None:
