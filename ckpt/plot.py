@@ -33,7 +33,7 @@ from ckpt.errors import CkptError, RecordError
 from ckpt.model import Snapshot
 
 if TYPE_CHECKING:
-    from ckpt import Store
+    from ckpt.store import Store
 
 __all__ = [
     "MetricPoint",

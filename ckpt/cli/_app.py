@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 
-import ckpt
 from ckpt import settings
+from ckpt._version import __version__
 from ckpt.cli._commands._common import parse_options
 from ckpt.cli._context import CliState
 from ckpt.errors import CkptError
@@ -154,7 +154,7 @@ class CkptGroup(click.Group):
 )
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-@click.version_option(ckpt.__version__, "-V", "--version", prog_name="ckpt")
+@click.version_option(__version__, "-V", "--version", prog_name="ckpt")
 @click.pass_context
 def cli(ctx: click.Context, store_url: str | None, store_options: tuple[str, ...], debug: bool, quiet: bool) -> None:
     """ckpt: Git for machine-learning checkpoints.

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import ckpt
 from ckpt import settings
 from ckpt.errors import StoreNotFoundError
+
+if TYPE_CHECKING:
+    from ckpt.store import Store
 
 __all__ = ["CliState", "find_store", "store_location"]
 
@@ -76,6 +78,8 @@ class CliState:
             )
         return str(found)
 
-    def store(self) -> ckpt.Store:
+    def store(self) -> Store:
         """Open the selected store."""
-        return ckpt.open(self.location(), **self.store_options)
+        from ckpt.store import open as open_store
+
+        return open_store(self.location(), **self.store_options)

@@ -24,7 +24,7 @@ from ckpt._extras import install_hint
 from ckpt.errors import CkptError
 
 if TYPE_CHECKING:
-    from ckpt import Store
+    from ckpt.store import Store
     from ckpt.ui._server import Binding as Binding
     from ckpt.ui._server import bind as bind
     from ckpt.ui._server import serve as serve

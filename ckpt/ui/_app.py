@@ -48,7 +48,7 @@ from ckpt.errors import (
 from ckpt.ui import _views as views
 
 if TYPE_CHECKING:
-    from ckpt import Store
+    from ckpt.store import Store
 
 __all__ = ["LOOPBACK_HOSTS", "create_app"]
 

@@ -17,7 +17,7 @@ from ckpt.errors import CkptError
 from ckpt.ui._app import LOOPBACK_HOSTS, create_app
 
 if TYPE_CHECKING:
-    from ckpt import Store
+    from ckpt.store import Store
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "Binding", "bind", "is_loopback", "serve", "serving"]
 

@@ -14,7 +14,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import ckpt
+from ckpt._version import __version__
 from ckpt.diff import diff as diff_snapshots
 from ckpt.diff import layer_of, tensor_order
 from ckpt.errors import MissingObjectError, RecordError
@@ -23,7 +23,7 @@ from ckpt.plot import Scope, metric_group, metric_names, monitored_metric, run_h
 from ckpt.ui._graph import layout
 
 if TYPE_CHECKING:
-    from ckpt import Store
+    from ckpt.store import Store
 
 __all__ = [
     "RefIndex",
@@ -114,7 +114,7 @@ def store_view(store: Store) -> dict[str, Any]:
     refs = RefIndex.of(store)
     return {
         "url": store.url,
-        "ckpt_version": ckpt.__version__,
+        "ckpt_version": __version__,
         "branches": refs.branches,
         "tags": {
             name: {"id": t.id, "frozen": t.frozen, "created_at": t.created_at, "message": t.message}

@@ -9,12 +9,12 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-import ckpt
 from ckpt.cli._commands._common import json_option, parse_duration, parse_options, parse_size_option
 from ckpt.cli._output import console, count, emit_json, human_bytes, progress_bar, progress_enabled
 
 if TYPE_CHECKING:
     from ckpt.cli._context import CliState
+    from ckpt.store import Damage
 
 __all__ = ["gc", "init", "repair", "verify"]
 
@@ -33,7 +33,9 @@ def init(state: CliState, url: str | None, chunk_size: str | None, as_json: bool
       ckpt init s3://bucket/models --chunk-size 128MiB
     """
     size = parse_size_option(chunk_size, flag="--chunk-size")
-    store = ckpt.init(url or state.store_url or None, chunk_size=size, **state.store_options)
+    from ckpt.store import init as init_store
+
+    store = init_store(url or state.store_url or None, chunk_size=size, **state.store_options)
     if as_json:
         emit_json({"url": store.url, "chunk_size": store.chunk_size, "format_version": store.config.format_version})
     else:
@@ -110,13 +112,13 @@ def verify(state: CliState, rev: str | None, all_: bool, trust: tuple[str, ...],
         click.get_current_context().exit(1)
 
 
-def _damage_line(kind: str, d: ckpt.Damage) -> Text:
+def _damage_line(kind: str, d: Damage) -> Text:
     where = f" (tensors: {', '.join(d.tensors[:3])}{' …' if len(d.tensors) > 3 else ''})" if d.tensors else ""
     style = "bold green" if kind == "repaired" else "bold red"
     return Text.assemble((kind, style), f" {d.kind} {d.object} {_name(d)}{where}: {d.message}")
 
 
-def _name(d: ckpt.Damage) -> str:
+def _name(d: Damage) -> str:
     """A digest's first 16 characters; a ref's, reflog entry's, marker's or release's whole name."""
     return d.digest if d.object in ("ref", "reflog", "marker", "release") else d.digest[:16]
 
@@ -154,7 +156,9 @@ def repair(
     from ckpt.cli._context import store_location
 
     store = state.store()
-    good = ckpt.open(store_location(source), **parse_options(from_option, flag="--from-option")) if source else None
+    from ckpt.store import open as open_store
+
+    good = open_store(store_location(source), **parse_options(from_option, flag="--from-option")) if source else None
     with progress_bar("repair", quiet=state.quiet) as progress:
         report = store.repair(good, revs=list(revs) or None, progress=progress)
     if as_json:

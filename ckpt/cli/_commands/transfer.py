@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-import ckpt
 from ckpt.cli._commands._common import json_option, parse_options, parse_size_option
 from ckpt.cli._output import RefIndex, console, count, emit_json, human_bytes, progress_bar, snapshot_json
 from ckpt.errors import StoreNotFoundError
@@ -130,7 +129,9 @@ def restore(
         raise click.UsageError("--signature and --trust go with --sign KEY")
     snap = store.resolve(vouched or rev)
     with progress_bar("restore", total=snap.tensor_bytes, quiet=state.quiet) as progress:
-        result = ckpt.export(store, snap.id, to, shard_size=size, force=force, progress=progress)
+        from ckpt.interop import export
+
+        result = export(store, snap.id, to, shard_size=size, force=force, progress=progress)
     files: list[dict[str, Any]] = [{"path": str(p), "size": _size(result.path, p)} for p in result.written]
     removed = [str(p) for p in result.removed]
     signed = None
@@ -309,21 +310,24 @@ def sync(
       ckpt sync . s3://bucket/models main --dst-option endpoint_url=http://127.0.0.1:9000
     """
     from ckpt.cli._context import store_location
+    from ckpt.store import init as init_store
+    from ckpt.store import open as open_store
+    from ckpt.store import sync as sync_stores
 
     if bool(revs) == all_:
         raise click.UsageError("give the revisions to copy, or --all (not both)")
-    src_store = ckpt.open(store_location(src), **parse_options(src_option, flag="--src-option"))
+    src_store = open_store(store_location(src), **parse_options(src_option, flag="--src-option"))
     dst_options = parse_options(dst_option, flag="--dst-option")
     created = False
     try:
-        dst_store = ckpt.open(store_location(dst), **dst_options)
+        dst_store = open_store(store_location(dst), **dst_options)
     except StoreNotFoundError:
-        dst_store = ckpt.init(store_location(dst), chunk_size=src_store.chunk_size, **dst_options)
+        dst_store = init_store(store_location(dst), chunk_size=src_store.chunk_size, **dst_options)
         created = True
     if created and not as_json:
         click.echo(f"created a ckpt store at {dst_store.url} (chunks of {human_bytes(dst_store.chunk_size)})")
     with progress_bar("sync", quiet=state.quiet) as bar:
-        report = ckpt.sync(
+        report = sync_stores(
             src_store,
             dst_store,
             list(revs) if revs else None,
