@@ -19,9 +19,9 @@ long before answering each object request, as S3's time to first byte does, whic
    (``put_many`` / ``read_many`` / ``exists_many``).
 3. **Loading a model from S3** (issue 16): a Llama-shaped bf16 state dict of about ``--size-gb`` GB saved
    once into a ckpt store on S3 and once as one safetensors file in the same bucket, then loaded:
-   ``Store.load`` (today's store code, ``CKPT_THREADS`` workers, every chunk verified); the storage layer
-   reading every chunk object of that snapshot straight into preallocated memory, batched and one at a time
-   (the I/O the store will do once it calls ``read_ranges``); ``runai-model-streamer`` (with
+   ``Store.load`` (every chunk verified), with ``--concurrency`` chunk requests in flight and with one
+   (``CKPT_IO_CONCURRENCY``, ``CKPT_THREADS``); the storage layer reading every chunk object of that snapshot
+   straight into preallocated memory, batched and one at a time; ``runai-model-streamer`` (with
    ``runai-model-streamer-s3``) streaming the safetensors file (tensors consumed in place, not copied); and
    s3fs ``cat_file`` of the file.
 
@@ -323,23 +323,25 @@ def bench_load(moto: Moto, args: argparse.Namespace, rows: dict[str, dict[str, A
         f"load: {len(state)} tensors, {total / 1e9:.2f} GB of bf16; ckpt store: {len(chunk_objects)} chunk objects, "
         f"{chunk_bytes / 1e9:.2f} GB"
     )
-    threads = os.environ.get("CKPT_THREADS")
+    saved_env = {k: os.environ.get(k) for k in ("CKPT_THREADS", "CKPT_IO_CONCURRENCY")}
     for _ in range(args.repeat):
-        with measured(moto, rows.setdefault("load: ckpt Store.load (verified)", {}), total):
+        os.environ["CKPT_IO_CONCURRENCY"] = str(args.concurrency)
+        with measured(moto, rows.setdefault("load: ckpt Store.load (verified, parallel)", {}), total):
             loaded = ckpt.open(store_url, **options(moto)).load()
-            if not all(torch.equal(loaded[k], v) for k, v in state.items()):
-                raise AssertionError("loaded different tensors")
+        if not all(torch.equal(loaded[k], v) for k, v in state.items()):
+            raise AssertionError("loaded different tensors")
         loaded = None
-        os.environ["CKPT_THREADS"] = "1"
+        os.environ.update(CKPT_THREADS="1", CKPT_IO_CONCURRENCY="1")
         try:
             with measured(moto, rows.setdefault("load: ckpt Store.load, one request at a time", {}), total):
                 loaded = ckpt.open(store_url, **options(moto)).load()
             loaded = None
         finally:
-            if threads is None:
-                os.environ.pop("CKPT_THREADS", None)
-            else:
-                os.environ["CKPT_THREADS"] = threads
+            for k, v in saved_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         with measured(moto, rows.setdefault("load: storage read_ranges of the chunks (batched)", {}), chunk_bytes):
             store.backend.read_ranges(
                 [RangeRead(e.path, 0, [memoryview(b)]) for e, b in zip(chunk_objects, buffers, strict=True)],
