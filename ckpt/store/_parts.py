@@ -39,6 +39,8 @@ __all__ = ["StoreParts", "read_snapshots"]
 
 #: A ``log`` whose walk missed the record cache this many times reads the rest of the history in one batch.
 _BATCH_AFTER = 4
+#: ... unless it was asked for at most N more and the store holds more than this many times N records.
+_BATCH_FACTOR = 16
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,7 @@ class StoreParts:
         Records come from the local record cache where it has them. On an object store, a walk that keeps
         missing it (a first ``log`` of a long history) stops reading one record at a time: it lists the store's
         snapshot records once and reads those the cache lacks in one batched, concurrent read (which fills the
-        cache for the next call).
+        cache for the next call), unless ``limit`` leaves few to read in a store of many more records.
 
         Raises:
             RevisionNotFoundError, AmbiguousRevisionError: ``rev`` does not resolve.
@@ -157,8 +159,8 @@ class StoreParts:
         batched = not is_remote(self.backend)  # on this machine, one record at a time costs no round trip
         while snap is not None and (limit is None or len(out) < limit):
             out.append(snap)
-            if not snap.parents:
-                break
+            if not snap.parents or (limit is not None and len(out) >= limit):
+                break  # never a record read beyond what was asked for
             pid = snap.parents[0]
             found = read.get(pid) or self.objects.cached_snapshot(pid, pid in pruned)
             if found is None:
@@ -166,8 +168,10 @@ class StoreParts:
                 left = None if limit is None else limit - len(out)
                 if not batched and misses > _BATCH_AFTER and (left is None or left > _BATCH_AFTER):
                     batched = True
-                    read = read_snapshots(self.objects, self.objects.snapshot_ids(), pruned)
-                    found = read.get(pid)
+                    listed = list(self.objects.snapshot_ids())
+                    if left is None or len(listed) <= _BATCH_FACTOR * left:  # not 100,000 records for 20
+                        read = read_snapshots(self.objects, listed, pruned)
+                        found = read.get(pid)
             snap = found if isinstance(found, Snapshot) else self.get(pid, pruned)  # errors as get() words them
         return out
 

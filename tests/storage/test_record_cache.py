@@ -241,3 +241,17 @@ def test_a_cache_that_cannot_be_written_is_skipped(
     store, _ = _open(url, opts)
     assert [s.step for s in store.log("main")] == list(range(HISTORY - 1, -1, -1))
     assert blocker.read_bytes() == b""
+
+
+def test_a_short_log_of_a_big_store_is_not_read_in_one_batch(
+    history: tuple[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ckpt.store import _parts
+
+    url, opts = history
+    monkeypatch.setattr(_parts, "_BATCH_FACTOR", 1)  # the store "holds more than 1 x what is left" to read
+    store, requests = _open(url, opts)
+    backend = store_parts(store).backend
+    monkeypatch.setattr(backend, "read_many", lambda *a, **k: pytest.fail("read the whole store for a short log"))
+    assert [s.step for s in store.log("main", limit=12)] == list(range(HISTORY - 1, HISTORY - 13, -1))
+    assert requests.take() <= 2 + 12 + 1  # refs, markers, the twelve records, one listing
