@@ -136,3 +136,11 @@ def test_repair_copies_damaged_chunks_concurrently(s3_server: dict[str, Any], ga
     assert report.ok and len(report.repaired) == CHUNKS
     assert (gate.peak, gate.seen) == (6, CHUNKS)
     np.testing.assert_array_equal(damaged.load("main")["w"], state["w"])
+
+
+def test_verify_checks_chunks_concurrently(s3_server: dict[str, Any], gate: Gate) -> None:
+    store, prefix = _s3(s3_server, "parallel-verify")
+    store.save(_state(), branch="main")
+    report = _run(gate, "GET", prefix, 6, store.verify)
+    assert report.ok and report.chunks == CHUNKS
+    assert (gate.peak, gate.seen) == (6, CHUNKS)
