@@ -21,7 +21,7 @@ from ckpt.model import (
 )
 from ckpt.storage import Backend
 from ckpt.store import _layout as layout
-from ckpt.store._records import RecordCache
+from ckpt.store._records import RecordCache, check_record, read_record
 from ckpt.store._types import Progress
 
 __all__ = [
@@ -414,38 +414,9 @@ class Objects:
         return digest
 
     def _record(self, kind: str, digest: str, *, fresh: bool) -> bytes:
-        """A table's or snapshot record's exact bytes, checked against its digest (through the cache unless fresh).
+        return read_record(self.backend, None if fresh else self.cache, kind, digest)
 
-        Raises:
-            MissingObjectError: the store does not hold it.
-            CorruptChunkError: its bytes do not hash to ``digest``.
-        """
-        folder = "tables" if kind == "table" else "snapshots"
-        if self.cache is not None and not fresh:
-            kept = self.cache.get(folder, digest)
-            if kept is not None:
-                return kept
-        path = layout.table_path(digest) if kind == "table" else layout.snapshot_path(digest)
-        what = "tensor table" if kind == "table" else kind
-        try:
-            data = self.backend.read(path)
-        except MissingObjectError as e:
-            raise MissingObjectError(f"{what} {digest[:12]} is missing from the store") from e
-        self.check_record(kind, digest, data)
-        if self.cache is not None:
-            self.cache.put(folder, digest, data)
-        return data
-
-    @staticmethod
-    def check_record(kind: str, digest: str, data: bytes) -> None:
-        """Raise ``CorruptChunkError`` unless a ``table``'s or ``snapshot``'s bytes hash to ``digest``."""
-        if digest_bytes(data) == digest:
-            return
-        if kind == "table":
-            raise CorruptChunkError(f"tensor table {digest[:12]} is corrupt", digest=digest)
-        if kind == "snapshot":
-            raise CorruptChunkError(f"snapshot record {digest[:12]} is corrupt", digest=digest, snapshot=digest)
-        raise CorruptChunkError(f"{kind} record {digest[:12]} is corrupt", digest=digest)
+    check_record = staticmethod(check_record)
 
     def get_table(self, digest: str, *, fresh: bool = False) -> TensorTable:
         """Read and check a tensor table (``fresh``: from the store itself, never the local record cache)."""

@@ -24,11 +24,13 @@ import tempfile
 from pathlib import Path
 
 from ckpt import settings
+from ckpt.errors import CorruptChunkError, MissingObjectError
 from ckpt.model import digest_bytes
 from ckpt.storage import Backend
+from ckpt.store import _layout as layout
 from ckpt.store._io import is_remote
 
-__all__ = ["KINDS", "RecordCache", "record_cache_for"]
+__all__ = ["KINDS", "RecordCache", "check_record", "read_record", "record_cache_for"]
 
 #: The kinds of record kept: snapshot records and tensor tables.
 KINDS = ("snapshots", "tables")
@@ -96,3 +98,40 @@ def record_cache_for(backend: Backend) -> RecordCache | None:
         return None
     root = settings.record_cache()
     return None if root is None else RecordCache(root)
+
+
+def check_record(kind: str, digest: str, data: bytes) -> None:
+    """Raise ``CorruptChunkError`` unless a ``table``'s or ``snapshot``'s bytes hash to ``digest``."""
+    if digest_bytes(data) == digest:
+        return
+    if kind == "table":
+        raise CorruptChunkError(f"tensor table {digest[:12]} is corrupt", digest=digest)
+    if kind == "snapshot":
+        raise CorruptChunkError(f"snapshot record {digest[:12]} is corrupt", digest=digest, snapshot=digest)
+    raise CorruptChunkError(f"{kind} record {digest[:12]} is corrupt", digest=digest)
+
+
+def read_record(backend: Backend, cache: RecordCache | None, kind: str, digest: str) -> bytes:
+    """A table's (``kind="table"``) or snapshot record's exact bytes, checked against its digest.
+
+    From ``cache`` when it holds them (checked there), else from the store (then kept in ``cache``).
+
+    Raises:
+        MissingObjectError: the store does not hold it.
+        CorruptChunkError: its bytes do not hash to ``digest``.
+    """
+    folder = "tables" if kind == "table" else "snapshots"
+    if cache is not None:
+        kept = cache.get(folder, digest)
+        if kept is not None:
+            return kept
+    path = layout.table_path(digest) if kind == "table" else layout.snapshot_path(digest)
+    what = "tensor table" if kind == "table" else kind
+    try:
+        data = backend.read(path)
+    except MissingObjectError as e:
+        raise MissingObjectError(f"{what} {digest[:12]} is missing from the store") from e
+    check_record(kind, digest, data)
+    if cache is not None:
+        cache.put(folder, digest, data)
+    return data
