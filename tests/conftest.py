@@ -15,13 +15,20 @@ import ckpt
 BACKENDS = ["file", "memory", "s3"]
 
 
+@pytest.fixture(scope="session")
+def _record_caches(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return tmp_path_factory.mktemp("record-caches")
+
+
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    """No CKPT_* variable of the developer's shell leaks into a test, nor a ``.ckpt`` store above the test's folders
-    (``/tmp/.ckpt`` left by someone else): the search for ``./.ckpt`` stops at pytest's base temporary folder."""
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory, _record_caches: Any) -> None:
+    """No CKPT_* variable of the developer's shell leaks into a test; each test has its own record cache; no
+    ``.ckpt`` store above the test's folders (``/tmp/.ckpt`` left by someone else) is found: the search for
+    ``./.ckpt`` stops at pytest's base temporary folder."""
     for name in list(os.environ):
         if name.startswith("CKPT_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("CKPT_RECORD_CACHE", str(_record_caches / uuid.uuid4().hex[:12]))
     monkeypatch.setenv("CKPT_CEILING_DIRECTORIES", str(tmp_path_factory.getbasetemp()))
 
 

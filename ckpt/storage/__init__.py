@@ -10,18 +10,22 @@ import os
 from typing import Any
 
 from ckpt.errors import BackendError
-from ckpt.storage.base import Backend, Buffer, CasResult, Entry
+from ckpt.storage._batch import BatchedVerbs
+from ckpt.storage.base import Backend, BatchErrors, Buffer, CasResult, Entry, RangeRead
 from ckpt.storage.faults import FaultyBackend, InjectedFault
 from ckpt.storage.local import LocalBackend
 
 __all__ = [
     "Backend",
+    "BatchErrors",
+    "BatchedVerbs",
     "Buffer",
     "CasResult",
     "Entry",
     "FaultyBackend",
     "InjectedFault",
     "LocalBackend",
+    "RangeRead",
     "is_local_url",
     "open_backend",
 ]

@@ -3,7 +3,7 @@
 A backend stores objects (byte strings) at ``/``-separated relative paths under one root. The store layer
 calls it in this order when it commits (see docs/concepts/commit-protocol.md):
 
-1. ``put_if_absent`` for every chunk, then for the tensor table, then for the snapshot record;
+1. ``put_if_absent`` (or ``put_many``) for every chunk, then for the tensor table, then for the snapshot record;
 2. ``flush`` so that everything written so far is durable;
 3. ``compare_and_swap`` to move the branch.
 
@@ -20,18 +20,57 @@ Guarantees every backend gives:
 - Paths stay under the root: ``..`` and absolute paths are refused, and a local backend never follows a
   symbolic link inside the root (a link is refused as ``IntegrityError``; ``exists`` still reports it).
 - Any other failure of the underlying system is raised as ``BackendError`` with the original as cause.
+
+Batched calls (``put_many``, ``read_many``, ``read_ranges``, ``exists_many``) do what the one-object verb does for
+each item, several at a time, and keep every guarantee above item by item:
+
+- Items are taken from the iterable lazily, in order, and at most ``concurrency`` of them are in flight (taken
+  and not finished): a generator that encodes chunks as they are asked for keeps at most that many in memory.
+  ``concurrency`` defaults to ``ckpt.settings.io_concurrency()`` (``$CKPT_IO_CONCURRENCY``, else 16).
+- Items run in any order and may overlap; the results come back in the order of the items.
+- Each item succeeds or fails on its own; a failure never undoes or hides another item's result. With
+  ``errors="return"`` every item is tried and a failed item's place in the result list holds its exception
+  (``MissingObjectError``, ``IntegrityError`` or ``BackendError``, as the one-object verb raises). With
+  ``errors="raise"`` (the default) no new item starts after the first failure, the items in flight finish, and
+  the failure of the earliest failed item is raised (with a note counting the others); writes that finished
+  are in the store, exactly as if they had been made one by one.
+- An interrupt (``KeyboardInterrupt``, ``SystemExit``) is not an item's failure: it cancels what has not started
+  and propagates.
+- A batched call blocks until every item it started has finished; nothing runs in the background afterwards.
+- Object stores run the items concurrently in one event loop (fsspec's, for S3 with s3fs's client), with no
+  existence check before a conditional write and no ``HEAD`` before a read; the local disk runs them on
+  threads; in-process filesystems run them one after the other.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import builtins
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Literal, NamedTuple, Protocol, overload, runtime_checkable
 
-__all__ = ["Backend", "Buffer", "CasResult", "Entry"]
+__all__ = ["Backend", "BatchErrors", "Buffer", "CasResult", "Entry", "RangeRead"]
 
 #: Bytes, or a sequence of byte buffers written one after the other (no concatenation copy).
 Buffer = bytes | bytearray | memoryview | Sequence[bytes | bytearray | memoryview]
+
+#: What a batched call does when an item fails: raise the first failure, or return it in the item's place.
+BatchErrors = Literal["raise", "return"]
+
+
+class RangeRead(NamedTuple):
+    """One item of ``Backend.read_ranges``: fill ``out`` with the object's bytes from offset ``start``.
+
+    Attributes:
+        path: the object's path relative to the backend root.
+        start: the first byte to read (bytes).
+        out: the destination buffers, filled one after the other (e.g. ``memoryview``\\ s of a tensor's
+            storage); the range read is ``[start, start + total size of out)``.
+    """
+
+    path: str
+    start: int
+    out: Sequence[memoryview]
 
 
 class Entry(NamedTuple):
@@ -114,4 +153,69 @@ class Backend(Protocol):
 
     def local_path(self, path: str) -> str | None:
         """The object's path on the local disk, for memory-mapping, or ``None`` if it is not local."""
+        ...
+
+    # -- batched verbs: the one-object verbs above, many at a time (see the module docstring) ------------
+
+    @overload
+    def put_many(
+        self,
+        items: Iterable[tuple[str, Buffer]],
+        *,
+        concurrency: int | None = None,
+        errors: Literal["raise"] = "raise",
+    ) -> builtins.list[bool]: ...
+    @overload
+    def put_many(
+        self, items: Iterable[tuple[str, Buffer]], *, concurrency: int | None = None, errors: Literal["return"]
+    ) -> builtins.list[bool | Exception]: ...
+    def put_many(
+        self, items: Iterable[tuple[str, Buffer]], *, concurrency: int | None = None, errors: BatchErrors = "raise"
+    ) -> builtins.list[bool] | builtins.list[bool | Exception]:
+        """``put_if_absent`` for each ``(path, data)``: for each, whether this call wrote it. Each write is atomic."""
+        ...
+
+    @overload
+    def read_many(
+        self, paths: Iterable[str], *, concurrency: int | None = None, errors: Literal["raise"] = "raise"
+    ) -> builtins.list[bytes]: ...
+    @overload
+    def read_many(
+        self, paths: Iterable[str], *, concurrency: int | None = None, errors: Literal["return"]
+    ) -> builtins.list[bytes | Exception]: ...
+    def read_many(
+        self, paths: Iterable[str], *, concurrency: int | None = None, errors: BatchErrors = "raise"
+    ) -> builtins.list[bytes] | builtins.list[bytes | Exception]:
+        """``read`` of each whole object (records, tables, small files)."""
+        ...
+
+    @overload
+    def read_ranges(
+        self, requests: Iterable[RangeRead], *, concurrency: int | None = None, errors: Literal["raise"] = "raise"
+    ) -> builtins.list[int]: ...
+    @overload
+    def read_ranges(
+        self, requests: Iterable[RangeRead], *, concurrency: int | None = None, errors: Literal["return"]
+    ) -> builtins.list[int | Exception]: ...
+    def read_ranges(
+        self, requests: Iterable[RangeRead], *, concurrency: int | None = None, errors: BatchErrors = "raise"
+    ) -> builtins.list[int] | builtins.list[int | Exception]:
+        """``read_into`` for each request, straight into its buffers: for each, how many bytes were read.
+
+        Only the bytes asked for are fetched (one ranged GET per request on an object store).
+        """
+        ...
+
+    @overload
+    def exists_many(
+        self, paths: Iterable[str], *, concurrency: int | None = None, errors: Literal["raise"] = "raise"
+    ) -> builtins.list[bool]: ...
+    @overload
+    def exists_many(
+        self, paths: Iterable[str], *, concurrency: int | None = None, errors: Literal["return"]
+    ) -> builtins.list[bool | Exception]: ...
+    def exists_many(
+        self, paths: Iterable[str], *, concurrency: int | None = None, errors: BatchErrors = "raise"
+    ) -> builtins.list[bool] | builtins.list[bool | Exception]:
+        """``exists`` for each path."""
         ...

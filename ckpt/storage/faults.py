@@ -11,18 +11,24 @@ interrupted operation left behind::
     assert store.verify().ok
 
 Write operations are ``put_if_absent``, ``replace``, ``compare_and_swap`` and ``delete``; they are counted
-across threads. With ``applied=True`` the failing write reaches the real backend before the error is
-raised, which models a reply lost on its way back (the write happened but the caller never learnt it).
+across threads. Each item of ``put_many`` counts as one write, numbered in the order the batch takes the items:
+the items before the fault go to the real backend's ``put_many`` (so its concurrent path is what is tested),
+and each item from the fault on fails on its own with the injected error, in its place of the result (or
+raised, per the ``errors`` mode). With ``applied=True`` the failing write reaches the real backend before the
+error is raised, which models a reply lost on its way back (the write happened but the caller never learnt it).
 """
 
 from __future__ import annotations
 
+import builtins
+import functools
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
 from ckpt.errors import BackendError
-from ckpt.storage.base import Backend, Buffer, CasResult, Entry
+from ckpt.storage._batch import BatchedVerbs
+from ckpt.storage.base import Backend, Buffer, CasResult, Entry, RangeRead
 
 __all__ = ["FaultyBackend", "InjectedFault"]
 
@@ -33,7 +39,7 @@ class InjectedFault(BackendError):
     """The failure a ``FaultyBackend`` raises in place of a write."""
 
 
-class FaultyBackend:
+class FaultyBackend(BatchedVerbs):
     """A backend that fails every write operation after the first ``fail_after``.
 
     Args:
@@ -86,18 +92,27 @@ class FaultyBackend:
     def __repr__(self) -> str:
         return f"FaultyBackend({self.real!r}, fail_after={self.fail_after}, writes={self.writes})"
 
-    def _write(self, what: str, path: str, op: Callable[[], _T]) -> _T:
+    def _count(self) -> tuple[int, bool]:
+        """Count one write: its number, and whether it fails."""
         with self._lock:
             self.writes += 1
             number = self.writes
             fail = self.fail_after is not None and number > self.fail_after
             if fail:
                 self.failures += 1
-        if not fail:
-            return op()
+        return number, fail
+
+    def _fault(self, number: int, what: str, path: str, op: Callable[[], object]) -> BaseException:
+        """The injected error for write ``number`` (after letting it through when it is the applied one)."""
         if self.applied and number == (self.fail_after or 0) + 1:
             op()
-        raise self.exc(f"injected fault on write {number} ({what} {path})")
+        return self.exc(f"injected fault on write {number} ({what} {path})")
+
+    def _write(self, what: str, path: str, op: Callable[[], _T]) -> _T:
+        number, fail = self._count()
+        if not fail:
+            return op()
+        raise self._fault(number, what, path, op)
 
     # -- writes: counted, and failed after fail_after ---------------------------------------------------
 
@@ -158,3 +173,44 @@ class FaultyBackend:
     def local_path(self, path: str) -> str | None:
         """Delegated to the real backend."""
         return self.real.local_path(path)
+
+    # -- batched verbs: writes counted per item, the rest of the work done by the real backend's batch ------
+
+    def _put_batch(
+        self, items: Iterable[tuple[str, Buffer]], concurrency: int, fail_fast: bool
+    ) -> builtins.list[bool | Exception]:
+        """Count each item as a write; pass those before the fault to the real ``put_many``, fail the rest."""
+        faults: dict[int, Exception] = {}
+        passed: list[int] = []
+
+        def before_the_fault() -> Iterator[tuple[str, Buffer]]:
+            for i, (path, data) in enumerate(items):
+                number, fail = self._count()
+                if not fail:
+                    passed.append(i)
+                    yield path, data
+                    continue
+                error = self._fault(
+                    number, "put_if_absent", path, functools.partial(self.real.put_if_absent, path, data)
+                )
+                if not isinstance(error, Exception):
+                    raise error  # an interrupt is not an item's failure
+                faults[i] = error
+                if fail_fast:
+                    return
+
+        real = self.real.put_many(before_the_fault(), concurrency=concurrency, errors="return")
+        results: dict[int, bool | Exception] = dict(zip(passed, real, strict=True))
+        results.update(faults)
+        return [results[i] for i in sorted(results)]
+
+    def _read_batch(self, paths: Iterable[str], concurrency: int, fail_fast: bool) -> builtins.list[bytes | Exception]:
+        return self.real.read_many(paths, concurrency=concurrency, errors="return")
+
+    def _range_batch(
+        self, requests: Iterable[RangeRead], concurrency: int, fail_fast: bool
+    ) -> builtins.list[int | Exception]:
+        return self.real.read_ranges(requests, concurrency=concurrency, errors="return")
+
+    def _exists_batch(self, paths: Iterable[str], concurrency: int, fail_fast: bool) -> builtins.list[bool | Exception]:
+        return self.real.exists_many(paths, concurrency=concurrency, errors="return")

@@ -4,25 +4,42 @@ Object stores promise that one PUT is atomic. Conditional writes make ``put_if_a
 ``compare_and_swap`` race-free: on S3 with ``If-None-Match: *`` and ``If-Match: <etag>``; on fsspec's
 in-process memory filesystem with a lock. On other filesystems both are best-effort (read, compare, write),
 which is harmless for content-addressed objects; concurrent writers to one branch there should be avoided.
+
+On S3 every verb is one request per object (``ckpt.storage._s3``): no existence check before a conditional
+PUT, no ``HEAD`` before a GET, bodies sent from and read into the caller's buffers; the batched verbs run their
+requests concurrently on s3fs's event loop. Other filesystems get the batched verbs from their one-object verbs
+(threads; one after the other in memory).
 """
 
 from __future__ import annotations
 
+import asyncio
+import builtins
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
+import fsspec.asyn
 
 from ckpt._extras import install_hint
 from ckpt.errors import BackendError, MissingObjectError
-from ckpt.storage.base import Buffer, CasResult, Entry
+from ckpt.storage._batch import BatchedVerbs, run_bounded
+from ckpt.storage._s3 import S3Objects
+from ckpt.storage.base import Buffer, CasResult, Entry, RangeRead
 
 __all__ = ["FsspecBackend"]
 
 _MEMORY_LOCK = threading.RLock()
 _S3 = ("s3", "s3a")
+
+#: Connections s3fs's client may open (botocore's default is 10, fewer than ckpt's default concurrency of 16);
+#: a storage option ``config_kwargs={"max_pool_connections": n}`` wins.
+_S3_POOL = 64
+
+_I = TypeVar("_I")
+_T = TypeVar("_T")
 
 
 #: The extra of ckpt's distribution that brings the filesystem for a protocol.
@@ -74,29 +91,13 @@ def _mtime(info: dict[str, Any]) -> datetime | None:
     return None
 
 
-def _is_precondition_failure(e: BaseException) -> bool:
-    """Whether a write failed because its condition (If-Match / If-None-Match) did not hold."""
-    seen: BaseException | None = e
-    while seen is not None:
-        text = f"{type(seen).__name__} {seen}"
-        code = getattr(seen, "response", {}).get("Error", {}).get("Code") if hasattr(seen, "response") else None
-        if (
-            isinstance(seen, FileExistsError)
-            or code in ("PreconditionFailed", "ConditionalRequestConflict", "412")
-            or "PreconditionFailed" in text
-            or "pre-conditions you specified did not hold" in text
-        ):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-class FsspecBackend:
+class FsspecBackend(BatchedVerbs):
     """Objects under a root of an fsspec filesystem.
 
     Args:
         url: the root, e.g. ``memory://exp`` or ``s3://bucket/models``.
-        storage_options: passed to ``fsspec.filesystem`` (credentials, ``endpoint_url`` …).
+        storage_options: passed to ``fsspec.filesystem`` (credentials, ``endpoint_url`` …). On S3, unless given,
+            ``use_listings_cache=False`` and ``config_kwargs={"max_pool_connections": 64}``.
 
     Example:
         >>> b = FsspecBackend("memory://demo")
@@ -119,6 +120,9 @@ class FsspecBackend:
         if protocol in _S3:
             # listings are read after other processes write; never answer from a stale listing cache
             options.setdefault("use_listings_cache", False)
+            config = dict(options.get("config_kwargs") or {})
+            config.setdefault("max_pool_connections", _S3_POOL)
+            options["config_kwargs"] = config
             self._s3_options = options
         try:
             self.fs = fsspec.filesystem(protocol, **options)
@@ -130,6 +134,11 @@ class FsspecBackend:
         self.root = self.fs._strip_protocol(url).rstrip("/")
         self.url = f"{protocol}://{self.root}"
         self.conditional_writes = protocol in _S3 or protocol == "memory"
+        self._s3 = S3Objects(self.fs, self.url, self.root) if protocol in _S3 else None
+        self._batch_threads = protocol != "memory"  # in-process memory gains nothing from threads
+
+    def __repr__(self) -> str:
+        return f"FsspecBackend({self.url!r})"
 
     # -- helpers ---------------------------------------------------------------------------------------
 
@@ -141,11 +150,30 @@ class FsspecBackend:
     def _fail(self, what: str, path: str, e: BaseException) -> BackendError:
         return BackendError(f"cannot {what} {self.url}/{path}: {type(e).__name__}: {e}")
 
+    def _run(self, coroutine: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any) -> _T:
+        """Run one of ``S3Objects``' coroutines on s3fs's event loop and wait for it."""
+        result: _T = fsspec.asyn.sync(self.fs.loop, coroutine, *args, **kwargs)
+        return result
+
+    def _on_loop(
+        self, coroutine: Callable[[_I], Awaitable[_T]], items: Iterable[_I], concurrency: int, fail_fast: bool
+    ) -> builtins.list[_T | Exception]:
+        """Run ``coroutine`` for each item on s3fs's event loop, at most ``concurrency`` at once."""
+        loop = self.fs.loop
+
+        def submit(item: _I) -> Any:
+            return asyncio.run_coroutine_threadsafe(_as_coroutine(coroutine, item), loop)
+
+        return run_bounded(submit, items, concurrency=concurrency, fail_fast=fail_fast)
+
     # -- verbs -----------------------------------------------------------------------------------------
 
     def put_if_absent(self, path: str, data: Buffer) -> bool:
-        """Write unless present: ``If-None-Match: *`` on S3, a lock on memory, check-then-put elsewhere."""
+        """Write unless present: one ``PUT`` with ``If-None-Match: *`` on S3, a lock on memory, check-then-put
+        elsewhere."""
         full = self._abs(path)
+        if self._s3 is not None:
+            return self._run(self._s3.put, full, path, data, create=True)
         try:
             if self.protocol == "memory":
                 with _MEMORY_LOCK:
@@ -157,14 +185,6 @@ class FsspecBackend:
                     return True
             if self.fs.exists(full):
                 return False
-            if self.protocol in _S3:
-                try:
-                    self.fs.pipe_file(full, _join(data), mode="create")
-                except Exception as e:
-                    if _is_precondition_failure(e):
-                        return False
-                    raise
-                return True
             self.fs.pipe_file(full, _join(data))
             return True
         except BackendError:
@@ -175,6 +195,9 @@ class FsspecBackend:
     def replace(self, path: str, data: Buffer) -> None:
         """Overwrite with one PUT."""
         full = self._abs(path)
+        if self._s3 is not None:
+            self._run(self._s3.put, full, path, data, create=False)
+            return
         try:
             if self.protocol == "memory":
                 with _MEMORY_LOCK:
@@ -197,8 +220,8 @@ class FsspecBackend:
             if self.protocol == "memory":
                 with _MEMORY_LOCK:
                     return self._plain_cas(full, expected, new)
-            if self.protocol in _S3:
-                return self._s3_cas(full, expected, new)
+            if self._s3 is not None:
+                return self._s3_cas(full, path, expected, new)
             return self._plain_cas(full, expected, new)
         except BackendError:
             raise
@@ -216,43 +239,36 @@ class FsspecBackend:
             self.fs.pipe_file(full, new)
         return CasResult(True, None)
 
-    def _s3_cas(self, full: str, expected: bytes | None, new: bytes | None, attempts: int = 3) -> CasResult:
+    def _s3_cas(self, full: str, path: str, expected: bytes | None, new: bytes | None, attempts: int = 3) -> CasResult:
         """CAS with conditional requests: ``If-None-Match: *`` to create, ``If-Match: <etag>`` to replace or delete.
 
-        The ETag and the body come from two requests; if the object changed between them, the conditional
-        write fails although the body matched, and the swap is simply tried again.
+        The body and its ETag come from one GET. If the object changes between that GET and the conditional
+        write, the write fails although the body matched, and the swap is tried again.
         """
+        assert self._s3 is not None
+        s3 = self._s3
         for _ in range(attempts):
-            etag: str | None = None
-            try:
-                etag = self.fs.info(full).get("ETag")
-                current: bytes | None = bytes(self.fs.cat_file(full))
-            except FileNotFoundError:
-                current = None
+            found = self._run(s3.read_with_etag, full, path)
+            current, etag = found if found is not None else (None, None)
             if current != expected:
                 return CasResult(False, current)
-            try:
-                if new is None:
-                    bucket, key, _ = self.fs.split_path(full)
-                    self.fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
-                elif expected is None:
-                    self.fs.pipe_file(full, new, mode="create")
-                else:
-                    self.fs.pipe_file(full, new, IfMatch=etag)
+            if new is None:
+                assert etag is not None  # expected is not None here, so the object exists
+                done = self._run(s3.delete_if_match, full, path, etag)
+            elif etag is None:
+                done = self._run(s3.put, full, path, new, create=True)
+            else:
+                done = self._run(s3.put, full, path, new, create=False, if_match=etag)
+            if done:
                 return CasResult(True, None)
-            except FileNotFoundError:  # If-Match on an object deleted meanwhile
-                pass
-            except Exception as e:
-                if not _is_precondition_failure(e):
-                    raise
-            now = self._read_or_none(full)
-            if now != expected:
-                return CasResult(False, now)
-        return CasResult(False, self._read_or_none(full))
+        found = self._run(s3.read_with_etag, full, path)
+        return CasResult(False, found[0] if found is not None else None)
 
     def read(self, path: str, start: int = 0, end: int | None = None) -> bytes:
-        """Read bytes ``[start, end)``, with a ranged GET where the filesystem has one."""
+        """Read bytes ``[start, end)``: one GET on S3 (ranged unless the whole object is asked for)."""
         full = self._abs(path)
+        if self._s3 is not None:
+            return self._run(self._s3.read, full, path, start, end)
         if end is not None and end <= start:
             if not self.exists(path):
                 raise MissingObjectError(f"object {path} is missing from {self.url}")
@@ -264,7 +280,7 @@ class FsspecBackend:
         except FileNotFoundError as e:
             raise MissingObjectError(f"object {path} is missing from {self.url}") from e
         except Exception as e:
-            # a range that starts at or past the end (S3 answers 416 InvalidRange): nothing to read
+            # a range that starts at or past the end: nothing to read
             try:
                 size = self.fs.info(full).get("size")
             except FileNotFoundError:
@@ -276,10 +292,14 @@ class FsspecBackend:
             raise self._fail("read", path, e) from e
 
     def read_into(self, path: str, out: Sequence[memoryview], start: int = 0) -> int:
-        """Fill the buffers ``out`` from offset ``start`` with one (ranged) GET; returns the bytes read.
+        """Fill the buffers ``out`` from offset ``start``; returns the bytes read.
 
-        Fewer bytes than the buffers hold are read when the object ends first.
+        On S3, one ranged GET streamed straight into the buffers. Fewer bytes than the buffers hold are read
+        when the object ends first.
         """
+        full = self._abs(path)
+        if self._s3 is not None:
+            return self._run(self._s3.read_into, full, path, out, start)
         views = [v.cast("B") if v.format != "B" else v for v in out]
         total = sum(v.nbytes for v in views)
         data = self.read(path, start, start + total)
@@ -292,8 +312,10 @@ class FsspecBackend:
         return len(data)
 
     def exists(self, path: str) -> bool:
-        """Whether the object exists."""
+        """Whether the object exists (one ``HEAD`` on S3)."""
         full = self._abs(path)
+        if self._s3 is not None:
+            return self._run(self._s3.exists, full, path)
         try:
             if self.protocol == "memory":
                 return full in self.fs.store
@@ -302,8 +324,11 @@ class FsspecBackend:
             raise self._fail("check", path, e) from e
 
     def list(self, prefix: str) -> Iterator[Entry]:
-        """Every object under ``prefix``."""
+        """Every object under ``prefix`` (on S3, one request per 1,000 objects)."""
         full = self._abs(prefix.rstrip("/")) if prefix else self.root
+        if self._s3 is not None:
+            yield from self._run(self._s3.list, full, prefix)
+            return
         try:
             if self.protocol == "memory":
                 with _MEMORY_LOCK:
@@ -322,9 +347,12 @@ class FsspecBackend:
             yield Entry(rel, int(info.get("size") or 0), _mtime(info))
 
     def delete(self, paths: Sequence[str]) -> None:
-        """Delete objects; missing ones are ignored."""
+        """Delete objects; missing ones are ignored (on S3, ``DeleteObjects`` per 1,000, no check first)."""
         fulls = [self._abs(p) for p in paths]
         if not fulls:
+            return
+        if self._s3 is not None:
+            self._run(self._s3.delete, fulls, paths[0])
             return
         try:
             if self.protocol == "memory":
@@ -345,3 +373,54 @@ class FsspecBackend:
     def local_path(self, path: str) -> str | None:
         """Not local."""
         return None
+
+    # -- batched verbs on S3: every request on s3fs's event loop ------------------------------------------
+
+    def _put_batch(
+        self, items: Iterable[tuple[str, Buffer]], concurrency: int, fail_fast: bool
+    ) -> builtins.list[bool | Exception]:
+        s3 = self._s3
+        if s3 is None:
+            return super()._put_batch(items, concurrency, fail_fast)
+
+        async def put(item: tuple[str, Buffer]) -> bool:
+            path, data = item
+            return await s3.put(self._abs(path), path, data, create=True)
+
+        return self._on_loop(put, items, concurrency, fail_fast)
+
+    def _read_batch(self, paths: Iterable[str], concurrency: int, fail_fast: bool) -> builtins.list[bytes | Exception]:
+        s3 = self._s3
+        if s3 is None:
+            return super()._read_batch(paths, concurrency, fail_fast)
+
+        async def read(path: str) -> bytes:
+            return await s3.read(self._abs(path), path)
+
+        return self._on_loop(read, paths, concurrency, fail_fast)
+
+    def _range_batch(
+        self, requests: Iterable[RangeRead], concurrency: int, fail_fast: bool
+    ) -> builtins.list[int | Exception]:
+        s3 = self._s3
+        if s3 is None:
+            return super()._range_batch(requests, concurrency, fail_fast)
+
+        async def read_into(request: RangeRead) -> int:
+            return await s3.read_into(self._abs(request.path), request.path, request.out, request.start)
+
+        return self._on_loop(read_into, requests, concurrency, fail_fast)
+
+    def _exists_batch(self, paths: Iterable[str], concurrency: int, fail_fast: bool) -> builtins.list[bool | Exception]:
+        s3 = self._s3
+        if s3 is None:
+            return super()._exists_batch(paths, concurrency, fail_fast)
+
+        async def exists(path: str) -> bool:
+            return await s3.exists(self._abs(path), path)
+
+        return self._on_loop(exists, paths, concurrency, fail_fast)
+
+
+async def _as_coroutine(coroutine: Callable[[_I], Awaitable[_T]], item: _I) -> _T:
+    return await coroutine(item)

@@ -192,7 +192,7 @@ def plan_gc(
     live_chunks: set[str] = set()
     for sid, (table_digest, is_pruned) in live.items():
         try:
-            table = objects.get_table(table_digest)
+            table = objects.get_table(table_digest, fresh=True)
         except CkptError as err:
             state.damage.append(
                 Damage(

@@ -141,7 +141,7 @@ def scan_liveness(parts: StoreParts, *, expire_reflog: timedelta | None, now: da
         if sid in out.live or sid in reported:
             continue
         try:
-            snap = objects.get_snapshot(sid)
+            snap = objects.get_snapshot(sid, fresh=True)  # gc judges the store itself, never the record cache
         except CkptError as e:
             out.broken.add(sid)
             reported.add(sid)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import blake3
 
-from ckpt.errors import CorruptChunkError, FormatVersionError, IntegrityError, MissingObjectError
+from ckpt.errors import CkptError, CorruptChunkError, FormatVersionError, IntegrityError, MissingObjectError
 from ckpt.model import (
     Snapshot,
     TensorTable,
@@ -21,6 +21,7 @@ from ckpt.model import (
 )
 from ckpt.storage import Backend
 from ckpt.store import _layout as layout
+from ckpt.store._records import RecordCache, check_record, read_record
 from ckpt.store._types import Progress
 
 __all__ = [
@@ -73,11 +74,14 @@ class Objects:
     Args:
         backend: where the bytes live.
         minor_newer: the store was written by a newer minor format: unknown record fields are ignored.
+        cache: the local record cache (``_records``) that snapshot records and tensor tables are read through,
+            or ``None``. Readers that must see the store itself (``verify``, ``repair``) pass ``fresh=True``.
     """
 
-    def __init__(self, backend: Backend, *, minor_newer: bool = False) -> None:
+    def __init__(self, backend: Backend, *, minor_newer: bool = False, cache: RecordCache | None = None) -> None:
         self.backend = backend
         self.minor_newer = minor_newer
+        self.cache = cache
 
     # -- chunks ----------------------------------------------------------------------------------------
 
@@ -263,16 +267,26 @@ class Objects:
         snapshot: str | None = None,
         progress: Progress | None = None,
     ) -> int:
-        """Verify a stored chunk without keeping it: read in pieces of at most ``VERIFY_PIECE`` bytes.
+        """Verify a stored chunk without keeping it.
 
-        Memory stays bounded whatever its table claims (a table claiming a 3 GiB chunk over a 16-byte object
-        reads 16 bytes). Returns the bytes the object holds (header included).
+        On a local store the chunk file is memory-mapped and hashed where it lies (no copy, no fresh memory:
+        BLAKE3's speed; ``map_chunk`` checks it); elsewhere it is read in pieces of at most ``VERIFY_PIECE``
+        bytes. Memory stays bounded whatever its table claims (a table claiming a 3 GiB chunk over a 16-byte
+        object reads 16 bytes). Returns the bytes the object holds (header included).
 
         Raises:
             CorruptChunkError: as ``read_chunk_into``.
             MissingObjectError: the chunk is not in the store.
         """
         path = layout.chunk_path(digest)
+        if self.backend.local_path(path) is not None:  # hashed where it lies: no copy, no fresh memory
+            mm = self.map_chunk(digest, length, verify=True, tensor=tensor, snapshot=snapshot)
+            if mm is not None:
+                size = len(mm)
+                mm.close()
+                if progress and length:
+                    progress(length)
+                return size
         end = CHUNK_HEADER_SIZE + length  # where a valid object ends
         limit = end + 1  # one byte more is asked for, to see whether anything follows
         hasher = blake3.blake3(max_threads=blake3.blake3.AUTO) if length >= _BIG else blake3.blake3()
@@ -281,8 +295,9 @@ class Objects:
         try:
             while pos < limit:
                 want = min(pos + VERIFY_PIECE, limit)
-                data = self.backend.read(path, pos, want)
+                data = self.backend.read(path, pos, want)  # what the object holds, whatever the table claims
                 view = memoryview(data)
+                got = len(data)
                 if pos < CHUNK_HEADER_SIZE:
                     header += bytes(view[: CHUNK_HEADER_SIZE - pos])
                 first = max(pos, CHUNK_HEADER_SIZE)  # object offset of the first payload byte in this piece
@@ -290,7 +305,7 @@ class Objects:
                 hasher.update(payload)
                 if progress and payload.nbytes:
                     progress(payload.nbytes)
-                pos += len(data)
+                pos += got
                 if pos < want:
                     break  # the object ended
         except MissingObjectError as e:
@@ -394,28 +409,23 @@ class Objects:
         data = canonical_json(table.model_dump(mode="json"))
         digest = digest_bytes(data)
         self.backend.put_if_absent(layout.table_path(digest), data)
+        if self.cache is not None:
+            self.cache.put("tables", digest, data)
         return digest
 
-    def get_table(self, digest: str) -> TensorTable:
-        """Read and check a tensor table."""
-        try:
-            data = self.backend.read(layout.table_path(digest))
-        except MissingObjectError as e:
-            raise MissingObjectError(f"tensor table {digest[:12]} is missing from the store") from e
-        if digest_bytes(data) != digest:
-            raise CorruptChunkError(f"tensor table {digest[:12]} is corrupt", digest=digest)
+    def _record(self, kind: str, digest: str, *, fresh: bool) -> bytes:
+        return read_record(self.backend, None if fresh else self.cache, kind, digest)
+
+    check_record = staticmethod(check_record)
+
+    def get_table(self, digest: str, *, fresh: bool = False) -> TensorTable:
+        """Read and check a tensor table (``fresh``: from the store itself, never the local record cache)."""
+        data = self._record("table", digest, fresh=fresh)
         return parse_record(TensorTable, data, what=f"tensor table {digest[:12]}", minor_newer=self.minor_newer)
 
-    def raw_record(self, kind: str, digest: str) -> bytes:
+    def raw_record(self, kind: str, digest: str, *, fresh: bool = False) -> bytes:
         """The exact stored bytes of a ``table`` or ``snapshot`` record, checked against its digest."""
-        path = layout.table_path(digest) if kind == "table" else layout.snapshot_path(digest)
-        try:
-            data = self.backend.read(path)
-        except MissingObjectError as e:
-            raise MissingObjectError(f"{kind} {digest[:12]} is missing from the store") from e
-        if digest_bytes(data) != digest:
-            raise CorruptChunkError(f"{kind} record {digest[:12]} is corrupt", digest=digest)
-        return data
+        return self._record(kind, digest, fresh=fresh)
 
     def put_raw_record(self, kind: str, digest: str, data: bytes) -> None:
         """Store a record's exact bytes (as copied from another store) under its digest."""
@@ -440,18 +450,26 @@ class Objects:
         data = snap.record_bytes()
         snap = snap.model_copy(update={"id": digest_bytes(data)})
         self.backend.put_if_absent(layout.snapshot_path(snap.id), data)
+        if self.cache is not None:
+            self.cache.put("snapshots", snap.id, data)
         return snap
 
-    def get_snapshot(self, snapshot_id: str, *, pruned: bool = False) -> Snapshot:
-        """Read and check a snapshot record."""
+    def get_snapshot(self, snapshot_id: str, *, pruned: bool = False, fresh: bool = False) -> Snapshot:
+        """Read and check a snapshot record (``fresh``: from the store itself, never the local record cache)."""
+        return self.parse_snapshot(snapshot_id, self._record("snapshot", snapshot_id, fresh=fresh), pruned)
+
+    def cached_snapshot(self, snapshot_id: str, pruned: bool = False) -> Snapshot | None:
+        """A snapshot record from the local record cache only (``None`` if not kept there); reads no store."""
+        kept = self.cache.get("snapshots", snapshot_id) if self.cache is not None else None
+        if kept is None:
+            return None
         try:
-            data = self.backend.read(layout.snapshot_path(snapshot_id))
-        except MissingObjectError as e:
-            raise MissingObjectError(f"snapshot {snapshot_id[:12]} is missing from the store") from e
-        if digest_bytes(data) != snapshot_id:
-            raise CorruptChunkError(
-                f"snapshot record {snapshot_id[:12]} is corrupt", digest=snapshot_id, snapshot=snapshot_id
-            )
+            return self.parse_snapshot(snapshot_id, kept, pruned)
+        except CkptError:
+            return None  # the store's copy is the same bytes: reading it raises the same error, worded there
+
+    def parse_snapshot(self, snapshot_id: str, data: bytes, pruned: bool) -> Snapshot:
+        """A snapshot record from bytes already checked against ``snapshot_id`` (``check_record``)."""
         return parse_record(
             Snapshot,
             data,

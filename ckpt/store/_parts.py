@@ -6,13 +6,14 @@ module that does the work (``_commit``, ``_reading``, ``_releases``, ``_retentio
 ``ckpt.store.store_parts(store)``: ``ckpt.dcp`` commits a snapshot whose tensors several ranks wrote, and the
 ``Checkpointer`` re-checks that the chunks of unchanged tensors are still stored. Nothing else should.
 
-Not public API: it may change with the store's internals. Like ``Store``, it holds no cache: every call reads
-the backend.
+Not public API: it may change with the store's internals. Like ``Store``, it holds no state that can go stale:
+refs and markers are read from the backend on every call; immutable records (snapshot records, tensor tables) of
+a store on another machine are read through the local record cache (``_records``), checked on every read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ckpt.errors import CkptError, MissingObjectError, RevisionNotFoundError
@@ -28,11 +29,18 @@ from ckpt.model import (
 )
 from ckpt.storage import Backend
 from ckpt.store import _layout as layout
+from ckpt.store._io import is_remote
 from ckpt.store._objects import Objects
+from ckpt.store._records import record_cache_for
 from ckpt.store._refs import Refs
 from ckpt.store._revisions import ParsedRevision, parse_revision, resolve_base, resolve_reflog, walk_steps
 
-__all__ = ["StoreParts"]
+__all__ = ["StoreParts", "read_snapshots"]
+
+#: A ``log`` whose walk missed the record cache this many times reads the rest of the history in one batch.
+_BATCH_AFTER = 4
+#: ... unless it was asked for at most N more and the store holds more than this many times N records.
+_BATCH_FACTOR = 16
 
 
 @dataclass(frozen=True)
@@ -60,7 +68,8 @@ class StoreParts:
         own = tuple(int(x) for x in FORMAT_VERSION.split("."))
         theirs = tuple(int(x) for x in config.format_version.split("."))
         newer = theirs > own
-        return cls(backend, config, Objects(backend, minor_newer=newer), Refs(backend, minor_newer=newer))
+        objects = Objects(backend, minor_newer=newer, cache=record_cache_for(backend))
+        return cls(backend, config, objects, Refs(backend, minor_newer=newer))
 
     @property
     def url(self) -> str:
@@ -112,8 +121,12 @@ class StoreParts:
             names=lambda: [*self.refs.branches(), *self.refs.tags()],
         )
 
-    def resolve(self, rev: str | Snapshot) -> Snapshot:
+    def resolve(self, rev: str | Snapshot, pruned: set[str] | None = None) -> Snapshot:
         """The snapshot a revision names (see ``Store.resolve``); a ``Snapshot`` is returned as it is.
+
+        Args:
+            rev: the revision.
+            pruned: the ids with a pruned marker, when the caller listed them already (``pruned()``).
 
         Raises:
             RevisionNotFoundError: nothing matches.
@@ -123,17 +136,60 @@ class StoreParts:
             return rev
         parsed = parse_revision(rev)
         sid = self.base_id(parsed)
-        pruned = self.pruned()
-        return walk_steps(self.get(sid, pruned), parsed.steps, lambda i: self.get(i, pruned), rev)
+        marked = self.pruned() if pruned is None else pruned
+        return walk_steps(self.get(sid, marked), parsed.steps, lambda i: self.get(i, marked), rev)
 
     def log(self, rev: str = "main", limit: int | None = None) -> list[Snapshot]:
-        """History from ``rev`` back along first parents, newest first (at most ``limit`` snapshots)."""
+        """History from ``rev`` back along first parents, newest first (at most ``limit`` snapshots).
+
+        Records come from the local record cache where it has them. On an object store, a walk that keeps
+        missing it (a first ``log`` of a long history) stops reading one record at a time: it lists the store's
+        snapshot records once and reads those the cache lacks in one batched, concurrent read (which fills the
+        cache for the next call), unless ``limit`` leaves few to read in a store of many more records.
+
+        Raises:
+            RevisionNotFoundError, AmbiguousRevisionError: ``rev`` does not resolve.
+            RevisionNotFoundError: a parent's record is missing; ``IntegrityError``/``RecordError``: damaged.
+        """
         pruned = self.pruned()
         out: list[Snapshot] = []
-        snap: Snapshot | None = self.resolve(rev)
+        snap: Snapshot | None = self.resolve(rev, pruned)
+        read: dict[str, Snapshot | CkptError] = {}
+        misses = 0
+        batched = not is_remote(self.backend)  # on this machine, one record at a time costs no round trip
         while snap is not None and (limit is None or len(out) < limit):
             out.append(snap)
-            snap = self.get(snap.parents[0], pruned) if snap.parents else None
+            if not snap.parents or (limit is not None and len(out) >= limit):
+                break  # never a record read beyond what was asked for
+            pid = snap.parents[0]
+            found = read.get(pid) or self.objects.cached_snapshot(pid, pid in pruned)
+            if found is None:
+                misses += 1
+                left = None if limit is None else limit - len(out)
+                if not batched and misses > _BATCH_AFTER and (left is None or left > _BATCH_AFTER):
+                    batched = True
+                    listed = list(self.objects.snapshot_ids())
+                    if left is None or len(listed) <= _BATCH_FACTOR * left:  # not 100,000 records for 20
+                        read = read_snapshots(self.objects, listed, pruned)
+                        found = read.get(pid)
+            snap = found if isinstance(found, Snapshot) else self.get(pid, pruned)  # errors as get() words them
+        return out
+
+    def snapshots(self) -> list[Snapshot]:
+        """Every snapshot record in the store, in listing order, read in one batched read (cached ones not).
+
+        Raises:
+            RevisionNotFoundError: a listed record vanished before it was read.
+            IntegrityError, RecordError: a record is damaged.
+        """
+        pruned = self.pruned()
+        out: list[Snapshot] = []
+        for sid, got in read_snapshots(self.objects, self.objects.snapshot_ids(), pruned).items():
+            if isinstance(got, MissingObjectError):
+                raise RevisionNotFoundError(f"snapshot {sid[:12]} is not in this store") from got
+            if isinstance(got, CkptError):
+                raise got
+            out.append(got)
         return out
 
     # -- pruning -----------------------------------------------------------------------------------------
@@ -178,3 +234,44 @@ class StoreParts:
         """Write a snapshot's pruned marker, once (an existing marker is kept as it is)."""
         marker = PrunedMarker(pruned_at=format_time(utcnow()), reason=reason)
         self.backend.put_if_absent(layout.pruned_path(snapshot_id), canonical_json(marker.model_dump(mode="json")))
+
+
+def read_snapshots(objects: Objects, snapshot_ids: Iterable[str], pruned: set[str]) -> dict[str, Snapshot | CkptError]:
+    """Many snapshot records at once: those in the local cache from it, the others in one batched read.
+
+    Every record is checked against its id, as ``get_snapshot`` does. The store's requests run concurrently
+    (``Backend.read_many``, ``ckpt.settings.io_concurrency()`` in flight).
+
+    Args:
+        snapshot_ids: the ids (each read once).
+        pruned: the ids with a pruned marker (``StoreParts.pruned()``).
+
+    Returns:
+        id → the snapshot, or the ``CkptError`` reading it raised (``MissingObjectError``,
+        ``CorruptChunkError``, ``RecordError``, ``BackendError``): one record's damage never hides another.
+    """
+    out: dict[str, Snapshot | CkptError] = {}
+    todo: list[str] = []
+    for sid in dict.fromkeys(snapshot_ids):
+        kept = objects.cache.get("snapshots", sid) if objects.cache is not None else None
+        if kept is None:
+            todo.append(sid)
+            continue
+        try:
+            out[sid] = objects.parse_snapshot(sid, kept, sid in pruned)
+        except CkptError as e:
+            out[sid] = e
+    results = objects.backend.read_many([layout.snapshot_path(sid) for sid in todo], errors="return")
+    for sid, data in zip(todo, results, strict=True):
+        try:
+            if isinstance(data, MissingObjectError):
+                raise MissingObjectError(f"snapshot {sid[:12]} is missing from the store") from data
+            if isinstance(data, Exception):
+                raise data
+            objects.check_record("snapshot", sid, data)
+            if objects.cache is not None:
+                objects.cache.put("snapshots", sid, data)
+            out[sid] = objects.parse_snapshot(sid, data, sid in pruned)
+        except CkptError as e:
+            out[sid] = e
+    return out

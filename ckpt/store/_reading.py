@@ -8,11 +8,13 @@ and read chunks straight into it, in parallel (``_transfer``).
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ckpt.errors import StateMismatchError
 from ckpt.model import Snapshot, TensorEntry, TensorTable
 from ckpt.state import alias_key, tensor_paths, unflatten
+from ckpt.store._io import io_workers
 from ckpt.store._parts import StoreParts
 from ckpt.store._shards import read_whole
 from ckpt.store._transfer import read_tensors
@@ -118,13 +120,23 @@ def files(parts: StoreParts, rev: str) -> dict[str, bytes]:
     """The attached files of a snapshot, path → bytes; see ``Store.files``."""
     snap, table = open_snapshot(parts, rev)
     cs = table.chunk_size
-    return {
-        path: b"".join(
-            parts.objects.read_chunk(d, min(cs, entry.size - i * cs), tensor=path, snapshot=snap.id)
-            for i, d in enumerate(entry.chunks)
-        )
+    pieces = [
+        (path, i, d, min(cs, entry.size - i * cs))
         for path, entry in table.files.items()
-    }
+        for i, d in enumerate(entry.chunks)
+    ]
+
+    def read(piece: tuple[str, int, str, int]) -> bytes:
+        path, _, digest, length = piece
+        return parts.objects.read_chunk(digest, length, tensor=path, snapshot=snap.id)
+
+    # every chunk of every file at once (on an object store, CKPT_IO_CONCURRENCY requests in flight)
+    with ThreadPoolExecutor(io_workers(parts.backend, cs), thread_name_prefix="ckpt-files") as pool:
+        got = list(pool.map(read, pieces))
+    out: dict[str, list[bytes]] = {path: [] for path in table.files}
+    for (path, _, _, _), data in zip(pieces, got, strict=True):
+        out[path].append(data)
+    return {path: b"".join(chunks) for path, chunks in out.items()}
 
 
 class LazyTensors(Mapping[str, Any]):

@@ -176,9 +176,13 @@ class Refs:
         if "/" in path and not self._safe(path):
             return None
         try:
-            return self.backend.read(path) if self.backend.exists(path) else None
-        except (FileNotFoundError, MissingObjectError):  # deleted between the two calls
+            return self.backend.read(path)  # one request: a missing ref is the read's own answer, no check first
+        except (FileNotFoundError, MissingObjectError):
             return None
+        except CkptError:
+            if not self.backend.exists(path):  # not an object at all (a folder of nested names on a local disk)
+                return None
+            raise
 
     @staticmethod
     def _safe(path: str) -> bool:

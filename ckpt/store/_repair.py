@@ -17,13 +17,16 @@ guessed: it is reported, with what to do.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import BaseModel, ConfigDict
 
 from ckpt.errors import CkptError
 from ckpt.model import PrunedMarker, Snapshot, canonical_json, format_time, is_digest, utcnow
 from ckpt.store import _layout as layout
+from ckpt.store._io import io_workers, is_remote
 from ckpt.store._parts import StoreParts
 from ckpt.store._reports import Damage, VerifyReport, damage_kind
 from ckpt.store._retention import adapter_bases
@@ -87,13 +90,13 @@ def _resolve(store: StoreParts, rev: str, fix: Fix | None) -> str:
 
     def get(sid: str) -> Snapshot:
         try:
-            return store.objects.get_snapshot(sid)
+            return store.objects.get_snapshot(sid, fresh=True)
         except CkptError as e:
             d = Damage(kind=damage_kind(e), object="snapshot", digest=sid, snapshots=(sid,), message=e.message)
             if fix is None or not fix(d):
                 raise _Unreadable(d) from e
         try:
-            return store.objects.get_snapshot(sid)
+            return store.objects.get_snapshot(sid, fresh=True)
         except CkptError as e:
             raise _Unreadable(d) from e
 
@@ -191,44 +194,53 @@ def repair(
     repaired: list[Damage] = []
     reasons: dict[tuple[str, str], str] = {}  # what was tried: "" (copied) or why not
     copied = 0
+    lock = threading.Lock()  # chunks are repaired several at a time
 
     def fix(d: Damage) -> bool:
+        """Repair one damage (once per object); whether it is repaired."""
         nonlocal copied
         key = _key(d)
-        if key not in reasons:
-            try:
-                local = _fix_in_place(store, d)
-            except _NotRepaired as e:
-                reasons[key] = f"not repaired: {e}"
-                return False
-            if local is not None:
-                reasons[key] = ""
-                repaired.append(d)
-                copied += local
-                return True
-            try:
+        with lock:
+            if key in reasons:
+                return reasons[key] == ""
+            reasons[key] = "not repaired: it was being repaired when this was reported"  # one worker per object
+        try:
+            local = _fix_in_place(store, d)
+            if local is None:
                 kind, digest, data = _fetch(source, d)
-            except _NotRepaired as e:
+                if kind == "chunk":
+                    local = store.objects.replace_chunk(digest, data)
+                else:
+                    store.objects.replace_raw_record(kind, digest, data)
+                    local = len(data)
+                if progress:
+                    progress(local)
+        except _NotRepaired as e:
+            with lock:
                 reasons[key] = f"not repaired: {e}"
-                return False
-            if kind == "chunk":
-                n = store.objects.replace_chunk(digest, data)
-            else:
-                store.objects.replace_raw_record(kind, digest, data)
-                n = len(data)
+            return False
+        except BaseException:
+            with lock:
+                del reasons[key]
+            raise
+        with lock:
             reasons[key] = ""
             repaired.append(d)
-            copied += n
-            if progress:
-                progress(n)
-        return reasons[key] == ""
+            copied += local
+        return True
 
     for _ in range(_MAX_PASSES):
         todo = [d for d in _verify(store, revs, progress, fix).damage if _key(d) not in reasons]
         if not todo:
             break
+        chunks = [d for d in todo if d.object == "chunk"]
         for d in todo:
-            fix(d)
+            if d.object != "chunk":
+                fix(d)
+        # damaged chunks are copied several at a time (each holds one chunk: io_workers bounds the memory)
+        remote = source.backend if source is not None and is_remote(source.backend) else store.backend
+        with ThreadPoolExecutor(io_workers(remote, store.chunk_size), thread_name_prefix="ckpt-repair") as pool:
+            list(pool.map(fix, chunks))
     store.backend.flush()
     final = _verify(store, revs, progress, None)
     left = {_key(d) for d in final.damage}

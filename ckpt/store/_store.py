@@ -223,9 +223,7 @@ class Store(StoreMaintenance):
         Raises:
             RecordError, IntegrityError: a record is damaged (``verify`` lists every damaged object).
         """
-        pruned = self._parts.pruned()
-        snaps = [self._parts.get(sid, pruned) for sid in self._parts.objects.snapshot_ids()]
-        return sorted(snaps, key=lambda s: s.created_at, reverse=True)
+        return sorted(self._parts.snapshots(), key=lambda s: s.created_at, reverse=True)
 
     # -- reading -------------------------------------------------------------------------------------
 

@@ -16,10 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import BaseModel, ConfigDict
 
-from ckpt import settings
 from ckpt.errors import CkptError, RefConflictError
 from ckpt.model import Snapshot, TagRecord
 from ckpt.store import _layout as layout
+from ckpt.store._io import io_workers, is_remote
 from ckpt.store._objects import CHUNK_HEADER_SIZE
 from ckpt.store._parts import StoreParts
 from ckpt.store._signatures import copy_signatures
@@ -111,10 +111,14 @@ def sync_parts(
                 needed.setdefault(d, (name, snap.id, min(table.chunk_size, fentry.size - i * table.chunk_size)))
 
     copied = skipped = nbytes = skipped_bytes = 0
-    pool = ThreadPoolExecutor(settings.threads(), thread_name_prefix="ckpt-sync")
+    # copies hold a chunk each: as many at once as requests in flight on the remote side, within io_memory()
+    remote = dst.backend if is_remote(dst.backend) else src.backend
+    largest = max((length for _, _, length in needed.values()), default=0) + CHUNK_HEADER_SIZE
+    pool = ThreadPoolExecutor(io_workers(remote, largest), thread_name_prefix="ckpt-sync")
     try:
         digests = list(needed)
-        present = dict(zip(digests, pool.map(dst.objects.has_chunk, digests), strict=True))
+        found = dst.backend.exists_many([layout.chunk_path(d) for d in digests])  # concurrent, one request each
+        present = dict(zip(digests, found, strict=True))
         missing = [d for d in digests if not present[d]]
         if progress_total:
             progress_total(sum(needed[d][2] for d in missing))

@@ -2,7 +2,9 @@
 
 Writing: each tensor's bytes are cut every ``chunk_size`` bytes; each piece is hashed (BLAKE3 releases the
 GIL) and written unless its digest is already stored. Reading: every tensor is allocated once, and each
-chunk is read straight into its slice of the tensor's memory and verified there.
+chunk is read straight into its slice of the tensor's memory and verified there. On an object store the
+workers are as many as the requests kept in flight (``_io.io_workers``: ``CKPT_IO_CONCURRENCY``); no worker
+holds bytes of its own, so memory is the tensors' own.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckpt import settings, state
+from ckpt import state
 from ckpt.errors import StateError
 from ckpt.model import FileEntry, TensorEntry
 from ckpt.state import TensorSource, writable_view
+from ckpt.store._io import io_workers
 from ckpt.store._objects import CHUNK_HEADER_SIZE, Objects
 from ckpt.store._shards import sharded_jobs
 from ckpt.store._types import Progress
@@ -63,8 +66,8 @@ def _pieces(data: memoryview, chunk_size: int) -> list[memoryview]:
     return [data[i : i + chunk_size] for i in range(0, data.nbytes, chunk_size)]
 
 
-def _pool(workers: int | None = None) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers or settings.threads(), thread_name_prefix="ckpt")
+def _pool(objects: Objects) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=io_workers(objects.backend), thread_name_prefix="ckpt")
 
 
 def _put(
@@ -86,7 +89,7 @@ def write_tensors(
     progress: Progress | None = None,
 ) -> dict[str, TensorEntry]:
     """Chunk, hash and store every tensor; returns the table entries in the same order."""
-    with _pool() as pool:
+    with _pool(objects) as pool:
         futures: dict[str, list[Future[str]]] = {}
         for name, src in tensors.items():
             data = src.data.cast("B") if src.data.format != "B" else src.data
@@ -226,7 +229,7 @@ def read_tensors(
             progress(piece.nbytes)
 
     if sharded:
-        _run_jobs(sharded, progress)
+        _run_jobs(objects, sharded, progress)
 
     def map_job(name: str, entry: TensorEntry) -> Any:
         mm = objects.map_chunk(entry.chunks[0], entry.nbytes, verify=verify, tensor=name, snapshot=snapshot)
@@ -236,13 +239,13 @@ def read_tensors(
         return from_buffer(mm, CHUNK_HEADER_SIZE, entry, framework or entry.kind)
 
     if mapped:
-        with _pool() as pool:
+        with _pool(objects) as pool:
             futures = {name: pool.submit(map_job, name, entry) for name, entry in mapped}
-            _run_all(jobs, job)
+            _run_all(objects, jobs, job)
             for name, f in futures.items():
                 out[name] = f.result()
         return {name: out[name] for name in entries}
-    _run_all(jobs, job)
+    _run_all(objects, jobs, job)
     return out
 
 
@@ -255,21 +258,23 @@ def from_buffer(buffer: Any, offset: int, entry: TensorEntry, framework: str) ->
     return array_from_buffer(buffer, offset, entry.dtype, entry.shape)
 
 
-def _run_all(jobs: Iterable[tuple[str, str, memoryview]], fn: Callable[[str, str, memoryview], None]) -> None:
+def _run_all(
+    objects: Objects, jobs: Iterable[tuple[str, str, memoryview]], fn: Callable[[str, str, memoryview], None]
+) -> None:
     jobs = list(jobs)
     if len(jobs) <= 1:
         for j in jobs:
             fn(*j)
         return
-    with _pool() as pool:
+    with _pool(objects) as pool:
         futures = [pool.submit(fn, *j) for j in jobs]
         for f in futures:
             f.result()
 
 
-def _run_jobs(jobs: list[Callable[[], int]], progress: Progress | None) -> None:
+def _run_jobs(objects: Objects, jobs: list[Callable[[], int]], progress: Progress | None) -> None:
     """Run read jobs (each returns the bytes it read) in parallel."""
-    with _pool() as pool:
+    with _pool(objects) as pool:
         for f in [pool.submit(j) for j in jobs]:
             n = f.result()
             if progress:

@@ -19,9 +19,10 @@ from ckpt import settings
 from ckpt.errors import CkptError, RecordError
 from ckpt.model import TensorTable
 from ckpt.store import _layout as layout
+from ckpt.store._io import io_workers, is_remote
 from ckpt.store._keys import load_trusted_keys
 from ckpt.store._liveness import scan_liveness
-from ckpt.store._objects import Objects
+from ckpt.store._objects import CHUNK_HEADER_SIZE, VERIFY_PIECE, Objects
 from ckpt.store._parts import StoreParts
 from ckpt.store._reports import Damage, VerifyReport, damage_kind, release_damage
 from ckpt.store._signatures import check_releases
@@ -128,14 +129,14 @@ def verify_snapshots(
     for sid in snapshot_ids:
         count += 1
         try:
-            snap = objects.get_snapshot(sid)
+            snap = objects.get_snapshot(sid, fresh=True)
         except CkptError as e:
             damage.append(
                 Damage(kind=damage_kind(e), object="snapshot", digest=sid, snapshots=(sid,), message=e.message)
             )
             continue
         try:
-            table: TensorTable = objects.get_table(snap.table)
+            table: TensorTable = objects.get_table(snap.table, fresh=True)
         except CkptError as e:
             damage.append(
                 Damage(kind=damage_kind(e), object="table", digest=snap.table, snapshots=(sid,), message=e.message)
@@ -180,7 +181,11 @@ def verify_snapshots(
 
     if progress_total:
         progress_total(sum(length for _, length in users))  # what ``progress`` counts: payload bytes
-    with ThreadPoolExecutor(settings.threads(), thread_name_prefix="ckpt-verify") as pool:
+    # on an object store each check is a request (and holds what it read, up to VERIFY_PIECE bytes): as many in
+    # flight as CKPT_IO_CONCURRENCY allows within CKPT_IO_MEMORY; on a local disk, CKPT_THREADS
+    largest = max((length for _, length in users), default=0) + CHUNK_HEADER_SIZE + 1
+    workers = io_workers(objects.backend, min(largest, VERIFY_PIECE)) if is_remote(objects.backend) else None
+    with ThreadPoolExecutor(workers or settings.threads(), thread_name_prefix="ckpt-verify") as pool:
         for f in [pool.submit(check, digest, length) for digest, length in users]:
             f.result()
     distinct = len({digest for digest, _ in users})

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from ckpt.errors import BackendError, MissingObjectError
-from ckpt.storage import Backend, CasResult
+from ckpt.errors import BackendError, MissingObjectError, RecordError
+from ckpt.storage import Backend, CasResult, FaultyBackend, InjectedFault, RangeRead
 
 MakeBackend = Callable[..., Backend]
 
@@ -473,3 +473,220 @@ class BackendContract:
         with pytest.raises(BackendError):
             backend.delete(["../outer/x"])
         assert sibling.read("x") == b"secret"
+
+    # -- batched verbs ---------------------------------------------------------------------------------
+
+    def test_put_many_writes_each_and_reports_which_it_wrote(self, backend: Backend) -> None:
+        backend.put_if_absent("b/there", b"old")
+        got = backend.put_many([("b/1", b"one"), ("b/there", b"new"), ("b/2", [b"t", b"wo"]), ("b/3", b"")])
+        assert got == [True, False, True, True]
+        assert backend.read_many(["b/1", "b/there", "b/2", "b/3"]) == [b"one", b"old", b"two", b""]
+        assert backend.put_many([]) == []
+
+    def test_put_many_accepts_every_buffer_kind_large_and_small(self, backend: Backend) -> None:
+        big = bytes(range(256)) * (5 * 4096 + 3)  # 5 MiB and a bit: streamed from memory, not joined
+        floats = array.array("f", [float(i) for i in range(300_000)])  # 1.2 MB, a non-byte format
+        items = [
+            ("k/bytes", b"abc"),
+            ("k/bytearray", bytearray(b"abc")),
+            ("k/view", memoryview(b"xabcx")[1:4]),
+            ("k/big-view", memoryview(big)[7:]),
+            ("k/floats", memoryview(floats)),
+            ("k/parts", [b"head", memoryview(big)[: 2 << 20], bytearray(b"tail"), memoryview(floats)]),
+        ]
+        assert backend.put_many(items) == [True] * len(items)
+        assert backend.read_many([p for p, _ in items]) == [
+            b"abc",
+            b"abc",
+            b"abc",
+            big[7:],
+            floats.tobytes(),
+            b"head" + big[: 2 << 20] + b"tail" + floats.tobytes(),
+        ]
+
+    def test_put_many_takes_items_lazily_with_a_bounded_count_in_flight(self, backend: Backend) -> None:
+        """When the batch asks for item k, all but at most ``concurrency`` of the items before it are stored."""
+        paths = [f"lazy/{i:02d}" for i in range(12)]
+        lag: list[int] = []
+
+        def items() -> Any:
+            for k, path in enumerate(paths):
+                stored = sum(backend.exists_many(paths[:k], concurrency=1))
+                lag.append(k - stored)
+                yield path, path.encode()
+
+        assert backend.put_many(items(), concurrency=3) == [True] * 12
+        assert len(lag) == 12 and max(lag) <= 3, lag
+
+    def test_concurrency_comes_from_the_environment(self, backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("CKPT_IO_CONCURRENCY", "2")
+        paths = [f"env/{i}" for i in range(8)]
+        lag: list[int] = []
+
+        def items() -> Any:
+            for k, path in enumerate(paths):
+                lag.append(k - sum(backend.exists_many(paths[:k], concurrency=1)))
+                yield path, b"x"
+
+        assert backend.put_many(items()) == [True] * 8
+        assert max(lag) <= 2, lag
+        monkeypatch.setenv("CKPT_IO_CONCURRENCY", "zero")
+        with pytest.raises(RecordError, match="CKPT_IO_CONCURRENCY"):
+            backend.put_many([("env/never", b"x")])
+        assert not backend.exists("env/never")
+
+    def test_bad_arguments_are_refused_before_any_work(self, backend: Backend) -> None:
+        with pytest.raises(RecordError):
+            backend.put_many([("bad/a", b"x")], concurrency=0)
+        with pytest.raises(ValueError, match="errors"):
+            backend.put_many([("bad/b", b"x")], errors="ignore")  # type: ignore[call-overload]
+        assert backend.exists_many(["bad/a", "bad/b"]) == [False, False]
+        assert _paths(backend) == set()
+
+    def test_read_many_keeps_each_result_when_one_fails(self, backend: Backend) -> None:
+        backend.put_many([(f"r/{i}", str(i).encode() * (i + 1)) for i in range(6)])
+        paths = ["r/0", "r/missing", "r/2", "../escape", "r/5"]
+        got = backend.read_many(paths, errors="return")
+        assert got[0] == b"0" and got[2] == b"222" and got[4] == b"555555"
+        assert isinstance(got[1], MissingObjectError) and "r/missing" in str(got[1])
+        assert isinstance(got[3], BackendError) and not isinstance(got[3], MissingObjectError)
+        with pytest.raises(MissingObjectError, match="r/missing"):
+            backend.read_many(paths)
+
+    def test_read_ranges_fill_the_callers_buffers(self, backend: Backend) -> None:
+        data = bytes(range(256)) * 1024  # 256 KiB
+        backend.put_many([("rr/data", data), ("rr/short", b"short"), ("rr/empty", b"")])
+        a, b, c = bytearray(100), bytearray(7), bytearray(b"????????")
+        floats = array.array("f", [0.0] * 4)  # 16 bytes, a tensor-like format
+        tail = bytearray(b"!" * 10)
+        requests = [
+            RangeRead("rr/data", 1000, [memoryview(a)]),
+            RangeRead("rr/data", 5, [memoryview(b), memoryview(floats)]),
+            RangeRead("rr/short", 2, [memoryview(c)]),  # the object ends first
+            RangeRead("rr/short", 50, [memoryview(tail)]),  # starts past the end
+            RangeRead("rr/empty", 0, [memoryview(bytearray(3))]),
+            RangeRead("rr/data", len(data) - 4, [memoryview(bytearray(0)), memoryview(bytearray(4))]),
+        ]
+        assert backend.read_ranges(requests) == [100, 23, 3, 0, 0, 4]
+        assert bytes(a) == data[1000:1100]
+        assert bytes(b) == data[5:12] and floats.tobytes() == data[12:28]
+        assert bytes(c) == b"ort?????"
+        assert bytes(tail) == b"!" * 10
+
+    def test_read_ranges_report_missing_objects_per_item(self, backend: Backend) -> None:
+        backend.put_if_absent("rr/x", b"0123456789")
+        ok, lost = bytearray(4), bytearray(4)
+        got = backend.read_ranges(
+            [RangeRead("rr/x", 3, [memoryview(ok)]), RangeRead("rr/gone", 0, [memoryview(lost)])], errors="return"
+        )
+        assert got[0] == 4 and bytes(ok) == b"3456"
+        assert isinstance(got[1], MissingObjectError)
+        with pytest.raises(MissingObjectError):
+            backend.read_ranges([RangeRead("rr/gone", 0, [memoryview(bytearray(0))])])
+
+    def test_exists_many(self, backend: Backend) -> None:
+        backend.put_many([("e/a", b"1"), ("e/b/c", b"2")])
+        assert backend.exists_many(["e/a", "e/b", "e/b/c", "e/nope", "e"]) == [True, False, True, False, False]
+        got = backend.exists_many(["e/a", "../x"], errors="return")
+        assert got[0] is True and isinstance(got[1], BackendError)
+
+    def test_put_many_keeps_the_others_when_one_item_fails(self, backend: Backend) -> None:
+        items = [("p/0", b"a"), ("../escape", b"b"), ("p/2", b"c"), ("/abs", b"d"), ("p/4", b"e")]
+        got = backend.put_many(items, errors="return")
+        assert got[0] is True and got[2] is True and got[4] is True
+        assert isinstance(got[1], BackendError) and isinstance(got[3], BackendError)
+        assert _paths(backend) == {"p/0", "p/2", "p/4"}
+
+    def test_put_many_raise_stops_taking_items_after_a_failure(self, backend: Backend) -> None:
+        taken: list[str] = []
+
+        def items() -> Any:
+            for path in ["../first-fails", "s/1", "s/2", "s/3", "s/4"]:
+                taken.append(path)
+                yield path, b"x"
+
+        with pytest.raises(BackendError, match="leaves the store root"):
+            backend.put_many(items(), concurrency=1)
+        assert taken[:1] == ["../first-fails"] and len(taken) <= 2, taken
+        assert _paths(backend) == set()
+
+    @pytest.mark.parametrize("path", _ESCAPES)
+    def test_batched_paths_cannot_leave_the_root(self, make_backend: MakeBackend, path: str) -> None:
+        backend, outside = make_backend("inner"), make_backend("outer")
+        outside.put_if_absent("x", b"secret")
+        for results in (
+            backend.put_many([(path, b"x")], errors="return"),
+            backend.read_many([path], errors="return"),
+            backend.read_ranges([RangeRead(path, 0, [memoryview(bytearray(1))])], errors="return"),
+            backend.exists_many([path], errors="return"),
+        ):
+            assert len(results) == 1 and isinstance(results[0], BackendError)
+        assert outside.read("x") == b"secret"
+        assert _paths(backend) == set()
+
+    def test_put_many_race_has_exactly_one_winner_per_object(self, make_backend: MakeBackend) -> None:
+        writers, paths = 4, [f"race/{i}" for i in range(10)]
+        backends = [make_backend() for _ in range(writers)]
+
+        def put(i: int) -> list[bool]:
+            return backends[i].put_many([(p, f"writer {i}".encode()) for p in paths], concurrency=4)
+
+        won = _run_threads(writers, put)
+        for k, path in enumerate(paths):
+            winners = [i for i in range(writers) if won[i][k]]
+            assert len(winners) == 1, (path, [w[k] for w in won])
+            assert backends[0].read(path) == f"writer {winners[0]}".encode()
+
+    def test_put_many_of_one_path_twice_in_one_batch_writes_it_once(self, backend: Backend) -> None:
+        got = backend.put_many([("twice", b"first"), ("twice", b"second")], concurrency=2)
+        assert sorted(got) == [False, True]
+        assert backend.read("twice") == (b"first" if got[0] else b"second")
+
+    # -- batched writes through FaultyBackend: partial failures ---------------------------------------
+
+    def test_faulty_put_many_fails_only_the_items_from_the_fault_on(self, backend: Backend) -> None:
+        faulty = FaultyBackend(backend, fail_after=3)
+        assert isinstance(faulty, Backend)
+        items = [(f"f/{i}", str(i).encode()) for i in range(6)]
+        got = faulty.put_many(items, errors="return")
+        assert got[:3] == [True, True, True]
+        assert all(isinstance(g, InjectedFault) for g in got[3:]), got
+        assert _paths(backend) == {"f/0", "f/1", "f/2"}
+        assert (faulty.writes, faulty.failures) == (6, 3)
+
+    def test_faulty_put_many_raise_keeps_what_was_written(self, backend: Backend) -> None:
+        faulty = FaultyBackend(backend, fail_after=2)
+        taken: list[int] = []
+
+        def items() -> Any:
+            for i in range(6):
+                taken.append(i)
+                yield f"g/{i}", b"x"
+
+        with pytest.raises(InjectedFault, match="write 3"):
+            faulty.put_many(items(), concurrency=2)
+        assert _paths(backend) == {"g/0", "g/1"}
+        assert taken == [0, 1, 2], "items after the fault were taken"
+        assert faulty.put_many([("g/0", b"x")], errors="return")[0].__class__ is InjectedFault
+
+    def test_faulty_put_many_applied_fault_reaches_the_store(self, backend: Backend) -> None:
+        faulty = FaultyBackend(backend, fail_after=1, applied=True)
+        got = faulty.put_many([("h/0", b"a"), ("h/1", b"b"), ("h/2", b"c")], errors="return")
+        assert got[0] is True and isinstance(got[1], InjectedFault) and isinstance(got[2], InjectedFault)
+        assert _paths(backend) == {"h/0", "h/1"}, "the applied write landed although its caller saw a fault"
+
+    def test_faulty_put_many_interrupt_is_not_an_item_failure(self, backend: Backend) -> None:
+        faulty = FaultyBackend(backend, fail_after=1, exc=KeyboardInterrupt)
+        with pytest.raises(KeyboardInterrupt):
+            faulty.put_many([("i/0", b"a"), ("i/1", b"b"), ("i/2", b"c")], errors="return")
+        # the write in flight may have been cancelled (an event loop cancels it, a thread lets it finish)
+        assert _paths(backend) <= {"i/0"}
+
+    def test_faulty_batched_reads_are_delegated(self, backend: Backend) -> None:
+        faulty = FaultyBackend(backend, fail_after=0)
+        backend.put_if_absent("j", b"0123")
+        out = bytearray(2)
+        assert faulty.read_many(["j"]) == [b"0123"]
+        assert faulty.read_ranges([RangeRead("j", 1, [memoryview(out)])]) == [2] and bytes(out) == b"12"
+        assert faulty.exists_many(["j", "k"]) == [True, False]
+        assert faulty.writes == 0
