@@ -140,7 +140,7 @@ def ceiling_directories() -> list[str]:
     """``$CKPT_CEILING_DIRECTORIES``: folders (``os.pathsep``-separated) the search for ``./.ckpt`` does not enter.
 
     As Git's ``GIT_CEILING_DIRECTORIES``: the command line looks for ``.ckpt`` in the current folder and then its
-    parents, but stops below each folder listed here (neither it nor its parents are looked at).
+    parents, but stops below each folder listed here (it is looked in only when the search starts there, never above it).
     """
     raw = os.environ.get("CKPT_CEILING_DIRECTORIES", "")
     return [part for part in raw.split(os.pathsep) if part.strip()]
