@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from rich.console import Console
 from rich.text import Text
 
+from ckpt.cli._output import shown
 from ckpt.model import Snapshot
 from ckpt.plot import monitored_metric, series_of
 
@@ -73,9 +74,9 @@ def _line(label: str, run: Sequence[Snapshot], width: int) -> Text | None:
         return None
     values = [p.value for p in series.points]
     text = Text()
-    text.append(metric, style="green")
+    text.append(shown(metric), style="green")
     text.append(" on ")
-    text.append(label, style="bold")
+    text.append(shown(label), style="bold")
     text.append("  ")
     text.append(sparkline(values, width), style="cyan")
     text.append(f"  {_number(values[-1])}")

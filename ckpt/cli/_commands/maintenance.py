@@ -11,7 +11,7 @@ from rich.text import Text
 
 import ckpt
 from ckpt.cli._commands._common import json_option, parse_duration, parse_options, parse_size_option
-from ckpt.cli._output import console, count, emit_json, human_bytes, progress_bar, progress_enabled
+from ckpt.cli._output import console, count, echo, emit_json, human_bytes, progress_bar, progress_enabled
 
 if TYPE_CHECKING:
     from ckpt.cli._context import CliState
@@ -37,7 +37,7 @@ def init(state: CliState, url: str | None, chunk_size: str | None, as_json: bool
     if as_json:
         emit_json({"url": store.url, "chunk_size": store.chunk_size, "format_version": store.config.format_version})
     else:
-        click.echo(f"initialised an empty ckpt store at {store.url} (chunks of {human_bytes(store.chunk_size)})")
+        echo(f"initialised an empty ckpt store at {store.url} (chunks of {human_bytes(store.chunk_size)})")
 
 
 @click.command()
@@ -87,22 +87,18 @@ def verify(state: CliState, rev: str | None, all_: bool, trust: tuple[str, ...],
         signed = [r for r in report.releases if r.status == "signed"]
         if report.releases:
             whose = "trusted keys" if trust else "their own keys (no --trust given)"
-            click.echo(
-                f"{count(len(report.releases), 'frozen release')}, {len(signed)} signed and checked against {whose}"
-            )
+            echo(f"{count(len(report.releases), 'frozen release')}, {len(signed)} signed and checked against {whose}")
         verdict = "ok" if report.ok else count(len(report.damage), "problem")
-        click.echo(
+        echo(
             f"checked {count(report.snapshots, 'snapshot')}, {count(report.chunks, 'chunk')} "
             f"({human_bytes(report.bytes)}): {verdict}"
         )
     if not report.ok:
         if not as_json:
             if any(d.object != "release" for d in report.damage):
-                click.echo(
-                    "hint: put the damaged objects back from a good copy with `ckpt repair --from URL`", err=True
-                )
+                echo("hint: put the damaged objects back from a good copy with `ckpt repair --from URL`", err=True)
             if any(d.object == "release" for d in report.damage):
-                click.echo(
+                echo(
                     "hint: a release is not what was frozen and signed: do not use it; its reflog "
                     "(`ckpt reflog TAG`) and the signatures name the snapshot that was published",
                     err=True,
@@ -167,7 +163,7 @@ def repair(
             out.print(_damage_line("unrepaired", d))
         n, m = len(report.repaired), len(report.unrepaired)
         verdict = "the store verifies clean" if report.ok else f"{count(m, 'problem')} remain{'s' if m == 1 else ''}"
-        click.echo(f"{count(n, 'object')} repaired ({human_bytes(report.bytes_copied)} copied); {verdict}")
+        echo(f"{count(n, 'object')} repaired ({human_bytes(report.bytes_copied)} copied); {verdict}")
     if not report.ok:
         click.get_current_context().exit(1)
 
@@ -228,7 +224,7 @@ def gc(state: CliState, dry_run: bool, grace: str, expire_reflog: str, keep_dama
         count(report.snapshots, "snapshot record"),
         count(report.other, "leftover"),
     ]
-    click.echo(
+    echo(
         f"{verb} {human_bytes(report.freed_bytes)} of storage: {', '.join(removed)}; "
         f"kept {count(report.kept_chunks, 'chunk')} ({human_bytes(report.kept_bytes)})"
     )
@@ -239,15 +235,13 @@ def gc(state: CliState, dry_run: bool, grace: str, expire_reflog: str, keep_dama
         what = count(young, "chunk") + f" ({human_bytes(report.young_bytes)})"
         if young_records:
             what += f" and {count(young_records, 'other object')}"
-        click.echo(
+        echo(
             f"spared {what} that nothing needs: written or reused less than {grace.strip()} ago (--grace), a save "
             f"running now may still need {them}; a later gc frees {them}, or `ckpt gc --grace 0` now if no save "
             "is running"
         )
     reused = report.reused_chunks
     if reused:
-        click.echo(
-            f"kept {count(reused, 'chunk')} ({human_bytes(report.reused_bytes)}) that a save reused while gc ran"
-        )
+        echo(f"kept {count(reused, 'chunk')} ({human_bytes(report.reused_bytes)}) that a save reused while gc ran")
     for d in report.damage:
-        click.echo(f"damaged, everything it might need was kept: {d.object} {d.digest[:40]}: {d.message}", err=True)
+        echo(f"damaged, everything it might need was kept: {d.object} {d.digest[:40]}: {d.message}", err=True)

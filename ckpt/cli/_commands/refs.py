@@ -8,7 +8,17 @@ import click
 from rich.text import Text
 
 from ckpt.cli._commands._common import json_option
-from ckpt.cli._output import RefIndex, age, emit_json, keep_column, print_table, snapshot_json, table
+from ckpt.cli._output import (
+    RefIndex,
+    age,
+    echo,
+    emit_json,
+    keep_column,
+    print_table,
+    shown,
+    snapshot_json,
+    table,
+)
 from ckpt.errors import CkptError
 
 if TYPE_CHECKING:
@@ -20,18 +30,20 @@ __all__ = ["branch", "freeze", "ls", "prune", "reflog", "reset", "tag"]
 
 def _ref_table(store: Store, *, branches: bool = True, tags: bool = True) -> None:
     refs = RefIndex(store.branches() if branches else {}, store.tags() if tags else {})
-    rows: list[tuple[Text, str, str]] = [(Text("branch", style="green"), n, sid) for n, sid in refs.branches.items()]
+    rows: list[tuple[Text, str, str]] = [
+        (Text("branch", style="green"), shown(n), sid) for n, sid in refs.branches.items()
+    ]
     for name, tag in refs.tags.items():
         kind = Text("frozen", style="bold cyan") if tag.frozen else Text("tag", style="yellow")
-        rows.append((kind, name, tag.id))
+        rows.append((kind, shown(name), tag.id))
     if not rows:
-        click.echo("no branches or tags yet", err=True)
+        echo("no branches or tags yet", err=True)
         return
     cells: list[tuple[Text, str, Text, str, str, str]] = []
     for kind, name, sid in rows:
         try:
             snap = store.get(sid)
-            info = (snap.model or "", "" if snap.step is None else str(snap.step), age(snap.created_at))
+            info = (shown(snap.model or ""), "" if snap.step is None else str(snap.step), age(snap.created_at))
         except CkptError:  # a ref to a missing snapshot: `ckpt verify` reports it
             info = ("(missing snapshot)", "", "")
         cells.append((kind, name, Text(sid[:12], style="yellow"), *info))
@@ -102,13 +114,13 @@ def branch(state: CliState, name: str | None, at: str | None, delete: bool, as_j
         if as_json:
             emit_json({"deleted": name, "id": old})
         else:
-            click.echo(f"deleted branch {name} (was {(old or '')[:12]}); its snapshots stay until `ckpt gc`")
+            echo(f"deleted branch {name} (was {(old or '')[:12]}); its snapshots stay until `ckpt gc`")
         return
     snap = store.branch(name, at=at or "main")
     if as_json:
         emit_json(snapshot_json(snap, RefIndex(store.branches(), store.tags())))
     else:
-        click.echo(f"created branch {name} at {snap.short_id}")
+        echo(f"created branch {name} at {snap.short_id}")
 
 
 @click.command()
@@ -144,13 +156,13 @@ def tag(state: CliState, name: str | None, rev: str | None, message: str | None,
         if as_json:
             emit_json({"deleted": name, "id": old.id if old else None})
         else:
-            click.echo(f"deleted tag {name} (was {old.id[:12] if old else '?'})")
+            echo(f"deleted tag {name} (was {old.id[:12] if old else '?'})")
         return
     snap = store.tag(name, rev or "main", message=message)
     if as_json:
         emit_json(snapshot_json(snap, RefIndex(store.branches(), store.tags())))
     else:
-        click.echo(f"tagged {snap.short_id} as {name}")
+        echo(f"tagged {snap.short_id} as {name}")
 
 
 @click.command()
@@ -205,9 +217,9 @@ def freeze(
         signed = {"signed_by": release_signer.key_id} if release_signer else {}
         emit_json({"tag": tag_name, **tag_record.model_dump(mode="json"), **signed})
     else:
-        click.echo(f"froze {tag_record.id[:12]} as {tag_name}")
+        echo(f"froze {tag_record.id[:12]} as {tag_name}")
         if release_signer is not None:
-            click.echo(f"signed by {release_signer.key_id}")
+            echo(f"signed by {release_signer.key_id}")
 
 
 @click.command()
@@ -234,8 +246,8 @@ def prune(state: CliState, revs: tuple[str, ...], reason: str | None, as_json: b
         emit_json([snapshot_json(s, refs) for s in done])
         return
     for s in done:
-        click.echo(f"pruned {s.short_id}")
-    click.echo(
+        echo(f"pruned {s.short_id}")
+    echo(
         "their records stay in the log; `ckpt gc` frees the chunks only they used once those are older than its "
         "grace period (1h by default: a save running now may reuse them), `ckpt gc --grace 0` at once",
         err=True,
@@ -264,9 +276,9 @@ def reset(state: CliState, name: str, rev: str, as_json: bool) -> None:
     if as_json:
         emit_json({"branch": name, "old": old, "new": snap.id})
     else:
-        click.echo(f"moved {name} from {(old or '?')[:12]} to {snap.short_id}")
+        echo(f"moved {name} from {(old or '?')[:12]} to {snap.short_id}")
         if old and old != snap.id:
-            click.echo(f"{old[:12]} stays in the reflog: `ckpt reset {name} {name}@{{1}}` puts it back", err=True)
+            echo(f"{old[:12]} stays in the reflog: `ckpt reset {name} {name}@{{1}}` puts it back", err=True)
 
 
 def _ref_names(name: str) -> set[str]:
@@ -311,18 +323,18 @@ def reflog(state: CliState, ref: str | None, limit: int | None, as_json: bool) -
         emit_json([e.model_dump(mode="json") for e in entries])
         return
     if not entries:
-        click.echo(f"no reflog entries{f' for {ref}' if ref else ''}", err=True)
+        echo(f"no reflog entries{f' for {ref}' if ref else ''}", err=True)
         return
     styles = {"conflict": "bold red", "delete": "red", "reset": "magenta", "freeze": "bold cyan", "commit": "green"}
     rows = [
         (
             age(e.time),
-            _short_ref(e.ref),
+            shown(_short_ref(e.ref)),
             Text(e.action, style=styles.get(e.action, "")),
             Text((e.old or "-")[:12], style="yellow" if e.old else "dim"),
             "→",
             Text((e.new or "-")[:12], style="yellow" if e.new else "dim"),
-            e.message or "",
+            shown(e.message or ""),
         )
         for e in entries
     ]

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ckpt.cli._output import echo
+
 if TYPE_CHECKING:
     from ckpt.cli._context import CliState
 
@@ -57,18 +59,18 @@ def ui(ctx: click.Context, store_url: str | None, host: str, port: int, open_bro
     explicit = ctx.get_parameter_source("host") is click.core.ParameterSource.COMMANDLINE
     binding = bind(host, port, allow_remote=explicit)
     if not binding.loopback:
-        click.echo(
+        echo(
             f"warning: serving on {host}, which is not a loopback address: anyone who can reach this machine "
             "can read the store's records and tensors' metadata",
             err=True,
         )
-    click.echo(f"ckpt ui: {store.url} at {binding.url} (read-only; Ctrl-C to stop)", err=True)
+    echo(f"ckpt ui: {store.url} at {binding.url} (read-only; Ctrl-C to stop)", err=True)
     if open_browser:
         webbrowser.open(binding.url)
     try:
         serve(store, binding)
     except KeyboardInterrupt:
-        click.echo("ckpt ui: stopped", err=True)
+        echo("ckpt ui: stopped", err=True)
 
 
 @click.command()
@@ -110,4 +112,4 @@ def plot(
         scope="lineage" if lineage else "run",
         dpi=dpi,
     )
-    click.echo(f"wrote {path}")
+    echo(f"wrote {path}")
