@@ -13,8 +13,10 @@ so tests and programs can change the environment at any moment.
 
 from __future__ import annotations
 
+import math
 import os
 import re
+from datetime import timedelta
 
 from ckpt.errors import RecordError
 
@@ -24,6 +26,7 @@ __all__ = [
     "chunk_size",
     "debug",
     "format_size",
+    "parse_duration",
     "parse_size",
     "store_url",
     "threads",
@@ -77,6 +80,39 @@ def parse_size(text: str | int) -> int:
     if not m or m.group(2).lower() not in _UNITS:
         raise RecordError(f"not a size: {text!r}", hint=_SIZE_HINT)
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION_HINT = "a timedelta, seconds as a number, or a str such as '0', '90s', '30m', '1h', '7d', '2w'"
+
+
+def parse_duration(value: timedelta | int | float | str, *, name: str = "duration") -> timedelta:
+    """A duration given as a ``timedelta``, seconds (``0``, ``3600``, ``1.5``) or text (``90s``, ``1h``, ``7d``).
+
+    What ``store.gc(grace=…, expire_reflog=…)`` and ``ckpt gc --grace`` accept.
+
+    Raises:
+        RecordError: not a duration, or a negative one (a ``ValueError`` too), with a hint naming the forms.
+
+    Example:
+        >>> parse_duration("1h"), parse_duration(0)
+        (datetime.timedelta(seconds=3600), datetime.timedelta(0))
+    """
+    out: timedelta | None = None
+    if isinstance(value, timedelta):
+        out = value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        out = timedelta(seconds=value)
+    elif isinstance(value, str):
+        raw = value.strip().lower()
+        m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)", raw)
+        if m and (m.group(2) or float(m.group(1)) == int(float(m.group(1)))):
+            out = timedelta(seconds=float(m.group(1)) * _DURATION_UNITS.get(m.group(2), 1))
+    if out is None:
+        raise RecordError(f"{name} is not a duration: {value!r}", hint=_DURATION_HINT)
+    if out < timedelta(0):
+        raise RecordError(f"{name} cannot be negative: {value!r}", hint=_DURATION_HINT)
+    return out
 
 
 def format_size(n: int | float) -> str:

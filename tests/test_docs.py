@@ -770,7 +770,7 @@ def test_install_page_lists_every_extra_and_what_it_adds() -> None:
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
     page = (DOCS / "install.md").read_text(encoding="utf-8")
     rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `([\w-]+)` \| ([^|]+) \|", page, re.MULTILINE)}
-    assert set(rows) == set(extras), (set(rows) ^ set(extras))
+    assert set(rows) == set(extras), set(rows) ^ set(extras)
     for extra, deps in extras.items():
         for dep in deps:
             name = re.split(r"[<>=\[ ;]", dep, maxsplit=1)[0]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.text import Text
 
-from ckpt.cli._commands._common import json_option
+from ckpt.cli._commands._common import default_rev, json_option
 from ckpt.cli._graph import graph_rows, topological
 from ckpt.cli._output import (
     RefIndex,
@@ -225,12 +225,14 @@ def _lineage_text(family: list[tuple[Snapshot, int]], current: Snapshot) -> Text
 
 
 @click.command()
-@click.argument("rev", default="main")
+@click.argument("rev", required=False)
 @click.option("--tensors", "list_tensors", is_flag=True, help="List every tensor: name, dtype, shape, bytes.")
 @json_option
 @click.pass_obj
-def show(state: CliState, rev: str, list_tensors: bool, as_json: bool) -> None:
+def show(state: CliState, rev: str | None, list_tensors: bool, as_json: bool) -> None:
     """One snapshot in full: record, lineage, files, tensors by dtype and by group.
+
+    REV defaults to main (in a store with no branch main, its only branch).
 
     \b
     Examples:
@@ -241,7 +243,7 @@ def show(state: CliState, rev: str, list_tensors: bool, as_json: bool) -> None:
     from ckpt.model import RESERVED_FILE_PREFIX
 
     store = state.store()
-    snap = store.resolve(rev)
+    snap = store.resolve(rev if rev is not None else default_rev(store))
     refs = RefIndex(store.branches(), store.tags())
     tensor_table = store.table(snap.id)
     parents = [store.get(p) for p in snap.parents]

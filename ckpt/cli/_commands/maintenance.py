@@ -21,7 +21,11 @@ __all__ = ["gc", "init", "repair", "verify"]
 
 @click.command()
 @click.argument("url", required=False)
-@click.option("--chunk-size", metavar="SIZE", help="Bytes per chunk, e.g. 64MiB (default: $CKPT_CHUNK_SIZE or 64MiB).")
+@click.option(
+    "--chunk-size",
+    metavar="SIZE",
+    help="Bytes per chunk, at least 4KiB, e.g. 64MiB (default: $CKPT_CHUNK_SIZE or 64MiB).",
+)
 @json_option
 @click.pass_obj
 def init(state: CliState, url: str | None, chunk_size: str | None, as_json: bool) -> None:
@@ -33,6 +37,7 @@ def init(state: CliState, url: str | None, chunk_size: str | None, as_json: bool
       ckpt init s3://bucket/models --chunk-size 128MiB
     """
     size = parse_size_option(chunk_size, flag="--chunk-size")
+    _check_chunk_size(size)
     store = ckpt.init(url or state.store_url or None, chunk_size=size, **state.store_options)
     if as_json:
         emit_json({"url": store.url, "chunk_size": store.chunk_size, "format_version": store.config.format_version})
@@ -104,6 +109,28 @@ def verify(state: CliState, rev: str | None, all_: bool, trust: tuple[str, ...],
                     err=True,
                 )
         click.get_current_context().exit(1)
+
+
+#: The smallest chunk ``ckpt init`` makes: below it, every chunk costs a file (an S3 object) and a header for a
+#: few bytes of tensor, and a 1 GB model becomes millions of objects. The Python API allows less, for tests.
+MIN_CHUNK_SIZE = 4096
+
+
+def _check_chunk_size(size: int | None) -> None:
+    """Refuse a chunk size under ``MIN_CHUNK_SIZE`` (given with --chunk-size or $CKPT_CHUNK_SIZE)."""
+    from ckpt import settings
+
+    flag = "--chunk-size"
+    if size is None:
+        size, flag = settings.chunk_size(), "$CKPT_CHUNK_SIZE"
+    if size < MIN_CHUNK_SIZE:
+        from ckpt.errors import RecordError
+
+        raise RecordError(
+            f"{flag} {size} is too small a chunk: each chunk is a file (an object on S3) with a header, so a "
+            f"model would become millions of them; the smallest is {human_bytes(MIN_CHUNK_SIZE)}",
+            cli_hint=f"give {flag} 4KiB or more; the default 64MiB suits most models (16MiB-256MiB)",
+        )
 
 
 def _damage_line(kind: str, d: ckpt.Damage) -> Text:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import click
 from rich.text import Text
 
-from ckpt.cli._commands._common import json_option
+from ckpt.cli._commands._common import default_rev, json_option
 from ckpt.cli._output import (
     RefIndex,
     age,
@@ -84,7 +84,9 @@ def ls(state: CliState, as_json: bool) -> None:
 
 @click.command()
 @click.argument("name", required=False)
-@click.option("--at", "at", metavar="REV", help="Where the new branch starts (default: main).")
+@click.option(
+    "--at", "at", metavar="REV", help="Where the new branch starts (default: main, or the store's only branch)."
+)
 @click.option("-d", "--delete", is_flag=True, help="Delete the branch NAME (its snapshots stay until gc).")
 @json_option
 @click.pass_obj
@@ -116,7 +118,7 @@ def branch(state: CliState, name: str | None, at: str | None, delete: bool, as_j
         else:
             echo(f"deleted branch {name} (was {(old or '')[:12]}); its snapshots stay until `ckpt gc`")
         return
-    snap = store.branch(name, at=at or "main")
+    snap = store.branch(name, at=at or default_rev(store))
     if as_json:
         emit_json(snapshot_json(snap, RefIndex(store.branches(), store.tags())))
     else:
@@ -131,7 +133,7 @@ def branch(state: CliState, name: str | None, at: str | None, delete: bool, as_j
 @json_option
 @click.pass_obj
 def tag(state: CliState, name: str | None, rev: str | None, message: str | None, delete: bool, as_json: bool) -> None:
-    """Tag REV (default: main) as NAME; a tag never moves. Without NAME, list tags.
+    """Tag REV (default: main, or the store's only branch) as NAME; a tag never moves. Without NAME, list tags.
 
     \b
     Examples:
@@ -158,7 +160,7 @@ def tag(state: CliState, name: str | None, rev: str | None, message: str | None,
         else:
             echo(f"deleted tag {name} (was {old.id[:12] if old else '?'})")
         return
-    snap = store.tag(name, rev or "main", message=message)
+    snap = store.tag(name, rev or default_rev(store), message=message)
     if as_json:
         emit_json(snapshot_json(snap, RefIndex(store.branches(), store.tags())))
     else:
@@ -166,7 +168,7 @@ def tag(state: CliState, name: str | None, rev: str | None, message: str | None,
 
 
 @click.command()
-@click.argument("rev", default="main")
+@click.argument("rev", required=False)
 @click.option("--model", help="The model name for the release name <model>-<YYYY-MM-DD> (default: the snapshot's).")
 @click.option("--name", help="The full release name, instead of <model>-<date>.")
 @click.option("-m", "--message", help="A release note.")
@@ -182,7 +184,7 @@ def tag(state: CliState, name: str | None, rev: str | None, message: str | None,
 @click.pass_obj
 def freeze(
     state: CliState,
-    rev: str,
+    rev: str | None,
     model: str | None,
     name: str | None,
     message: str | None,
@@ -190,7 +192,9 @@ def freeze(
     signer: str | None,
     as_json: bool,
 ) -> None:
-    """Publish REV (default: main) as a frozen release: a tag that is never moved, deleted or pruned.
+    """Publish REV as a frozen release: a tag that is never moved, deleted or pruned.
+
+    REV defaults to main (in a store with no branch main, its only branch).
 
     With --sign, the release is signed: a statement naming the release, the snapshot id (which commits to every
     byte), the time and the key is signed and stored beside the tag; `ckpt verify --trust KEY.pub` checks it.
@@ -211,7 +215,8 @@ def freeze(
         release_signer = ReleaseSigner.from_file(key, password=key_password(key), name=signer)
     elif signer is not None:
         raise click.UsageError("--signer names who signs: it goes with --sign KEY")
-    tag_name = store.freeze(rev, model=model, name=name, message=message, signer=release_signer)
+    target = rev if rev is not None else default_rev(store)
+    tag_name = store.freeze(target, model=model, name=name, message=message, signer=release_signer)
     tag_record = store.tags()[tag_name]
     if as_json:
         signed = {"signed_by": release_signer.key_id} if release_signer else {}

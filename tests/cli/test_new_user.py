@@ -1,0 +1,80 @@
+"""What a new user hits in the first hour, command line and Python: defaults, hints, accepted forms."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ckpt
+from ckpt.errors import RecordError, RefExistsError
+
+from .conftest import Invoke, parse, weights
+
+
+def test_show_freeze_tag_branch_fall_back_to_the_only_branch(invoke: Invoke, store: ckpt.Store) -> None:
+    """Without REV, as `ckpt log` does: main, else the only branch (said on stderr), else a hint."""
+    snap = store.save({"model": weights(0)}, branch="quickstart", model="tiny")
+    shown = invoke("show")
+    assert snap.id in shown.stdout and "no branch 'main': using quickstart" in shown.stderr
+    assert parse(invoke("show", "--json"))["snapshot"]["id"] == snap.id
+    invoke("tag", "first")
+    invoke("branch", "retry")
+    assert store.tags()["first"].id == snap.id and store.branches()["retry"] == snap.id
+    # two branches now, neither main: a revision must be named, and the hint says where to find one
+    result = invoke("freeze", code=1)
+    assert "no branch 'main', and 2 others: quickstart, retry" in result.stderr
+    assert "hint: name the revision" in result.stderr
+    release = invoke("freeze", "quickstart").stdout
+    assert "as tiny-" in release
+
+
+def test_freezing_twice_a_day_says_to_name_the_second_release(invoke: Invoke, store: ckpt.Store) -> None:
+    store.save({"model": weights(0)}, model="tiny")
+    store.save({"model": weights(1)}, model="tiny")
+    first = store.freeze("main~1")
+    result = invoke("freeze", code=1)
+    assert f"the release '{first}' exists already" in result.stderr
+    assert f"hint: give this one its own name: --name {first}-2 (or another --model)" in result.stderr
+    with pytest.raises(RefExistsError) as err:
+        store.freeze("main")
+    assert err.value.hint is not None and f"name='{first}-2'" in err.value.hint
+    invoke("freeze", "--name", f"{first}-2")
+    assert store.tags()[f"{first}-2"].id == store.resolve("main").id
+    # a name given explicitly that is taken: the plain message, no advice about dates
+    result = invoke("freeze", "--name", first, code=1)
+    assert "a tag named" in result.stderr and "dated name" not in result.stderr
+
+
+def test_gc_takes_durations_in_every_form(store: ckpt.Store) -> None:
+    store.save({"w": np.arange(5000, dtype=np.float32)})
+    for grace in (0, 0.0, "0", "1h", "90s", timedelta(minutes=5)):
+        assert store.gc(grace=grace, dry_run=True).freed_bytes == 0
+    for expire in ("30d", 86400, None, "2w"):
+        store.gc(expire_reflog=expire, dry_run=True)
+    for bad in (-1, "soon", None, True, "1y", float("nan")):
+        with pytest.raises(RecordError, match="grace"):
+            store.gc(grace=bad)  # type: ignore[arg-type]
+
+
+def test_sync_takes_urls_and_refuses_anything_else(store: ckpt.Store, tmp_path: Path) -> None:
+    store.save({"w": np.arange(5000, dtype=np.float32)})
+    dst = ckpt.init(str(tmp_path / "copy"))
+    report = ckpt.sync(store.url, str(tmp_path / "copy"))
+    assert report.snapshots == 1 and dst.branches() == store.branches()
+    with pytest.raises(RecordError, match="not a int"):
+        ckpt.sync(3, dst)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("size", ["5", "1KiB", "4095"])
+def test_init_refuses_tiny_chunks(invoke: Invoke, tmp_path: Path, size: str) -> None:
+    target = tmp_path / "tiny"
+    result = invoke("init", str(target), "--chunk-size", size, store=False, code=1)
+    assert "is too small a chunk" in result.stderr and "hint: give --chunk-size 4KiB or more" in result.stderr
+    assert not target.exists()
+    result = invoke("init", str(target), store=False, code=1, env={"CKPT_CHUNK_SIZE": size})
+    assert "$CKPT_CHUNK_SIZE" in result.stderr
+    invoke("init", str(target), "--chunk-size", "4KiB", store=False)
+    assert ckpt.open(str(target)).chunk_size == 4096
