@@ -139,7 +139,15 @@ class FsspecBackend:
         return f"{self.root}/{path}" if path else self.root
 
     def _fail(self, what: str, path: str, e: BaseException) -> BackendError:
-        return BackendError(f"cannot {what} {self.url}/{path}: {type(e).__name__}: {e}")
+        message = f"cannot {what} {self.url}/{path}: {type(e).__name__}: {e}"
+        if "bucket does not exist" in str(e).lower() or "nosuchbucket" in str(e).lower():
+            bucket = self.root.split("/", 1)[0]
+            return BackendError(  # ckpt creates the store's prefix, never the bucket (its region, its policy)
+                message,
+                hint=f"the bucket {bucket!r} does not exist: create it first (`aws s3 mb s3://{bucket}`, or your "
+                "provider's console), or check the name and the endpoint (endpoint_url, $AWS_ENDPOINT_URL)",
+            )
+        return BackendError(message)
 
     # -- verbs -----------------------------------------------------------------------------------------
 

@@ -78,3 +78,37 @@ def test_init_refuses_tiny_chunks(invoke: Invoke, tmp_path: Path, size: str) -> 
     assert "$CKPT_CHUNK_SIZE" in result.stderr
     invoke("init", str(target), "--chunk-size", "4KiB", store=False)
     assert ckpt.open(str(target)).chunk_size == 4096
+
+
+def test_pickles_are_named_in_cli_terms_and_counted(invoke: Invoke, store: ckpt.Store, tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    save_file({"w": np.ones((4, 4), np.float32)}, str(folder / "model.safetensors"))
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04x")
+    result = invoke("import", str(folder), code=1)
+    assert "refusing the pickle-based file pytorch_model.bin" in result.stderr and "--skip-pickles" in result.stderr
+    (folder / "training_args.bin").write_bytes(b"\x80\x04x")
+    assert "refusing 2 pickle-based files" in invoke("import", str(folder), code=1).stderr
+    result = invoke("import", str(folder), "--skip-pickles")
+    assert "skipped pytorch_model.bin: a pickle: never loaded (it can run code)" in result.stderr
+    assert "skip_pickles" not in result.output
+    (folder / "model.safetensors").unlink()
+    result = invoke("import", str(folder), "--skip-pickles", code=1)
+    assert "holds no .safetensors file once 2 pickle files are left out" in result.stderr
+
+
+def test_plot_to_a_missing_folder_says_so_before_drawing(invoke: Invoke, store: ckpt.Store, tmp_path: Path) -> None:
+    store.save({"w": np.zeros(3, np.float32)}, metrics={"val_loss": 1.0})
+    result = invoke("plot", "val_loss", "-o", str(tmp_path / "no" / "such" / "loss.png"), code=1)
+    assert f"{tmp_path / 'no' / 'such'} does not exist" in result.stderr
+    assert f"hint: create the folder first (mkdir -p {tmp_path / 'no' / 'such'})" in result.stderr
+
+
+@pytest.mark.s3
+def test_a_missing_bucket_is_named_with_what_to_do(invoke: Invoke, s3_server: dict[str, object]) -> None:
+    option = f"endpoint_url={s3_server['endpoint_url']}"
+    result = invoke("--store-option", option, "init", "s3://no-such-bucket/models", store=False, code=1)
+    assert "The specified bucket does not exist" in result.stderr
+    assert "hint: the bucket 'no-such-bucket' does not exist: create it first" in result.stderr

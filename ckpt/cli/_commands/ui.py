@@ -103,6 +103,15 @@ def plot(
     """
     from ckpt.plot import save_plot
 
+    folder = output.parent
+    if not folder.is_dir():  # before the store is read and the figure drawn
+        from ckpt.errors import CkptError
+
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise CkptError(
+            f"cannot write {output}: {folder} {what}",
+            cli_hint=f"create the folder first (mkdir -p {folder}), or pass -o a path in an existing folder",
+        )
     path = save_plot(
         state.store(),
         metric,
