@@ -112,3 +112,30 @@ def test_a_missing_bucket_is_named_with_what_to_do(invoke: Invoke, s3_server: di
     result = invoke("--store-option", option, "init", "s3://no-such-bucket/models", store=False, code=1)
     assert "The specified bucket does not exist" in result.stderr
     assert "hint: the bucket 'no-such-bucket' does not exist: create it first" in result.stderr
+
+
+def test_messages_say_what_is_true(invoke: Invoke, store: ckpt.Store, tmp_path: Path) -> None:
+    a = store.save({"model": weights(0), "step": 1, "opt": {"lr": 0.1}}, model="tiny")
+    store.save({"model": weights(1), "step": 2, "opt": {"lr": 0.05}, "note": "x"})
+    # diff names what differs outside tensors
+    out = invoke("diff", "main~1", "main").stdout
+    assert "the state tree differs outside tensors:" in out
+    assert "  step: 1 → 2" in out and "  opt/lr: 0.1 → 0.05" in out and '  note: added ("x")' in out
+    # deleting a branch: the reflog keeps its snapshots, and the way back is given
+    invoke("branch", "retry", "--at", a.id)
+    result = invoke("branch", "-d", "retry")
+    assert result.stdout == f"deleted branch retry (was {a.short_id})\n"
+    assert f"`ckpt branch retry --at {a.short_id}` brings it back" in result.stderr
+    assert "`ckpt gc --expire-reflog 0`" in result.stderr
+    # a ref that never existed has no reflog: an error, not an empty success
+    assert invoke("reflog", "nope", code=1).stderr.startswith("error: no reflog entries for 'nope'")
+    # sync with neither revisions nor --all says what to give
+    result = invoke("sync", str(tmp_path / ".ckpt"), str(tmp_path / "copy"), code=2)
+    assert "say what to copy: the revisions" in result.stderr and not (tmp_path / "copy").exists()
+    # verify without signed releases says nothing about signatures
+    store.freeze("main", name="tiny-v1")
+    assert "sign" not in invoke("verify").output
+    # prune of one snapshot speaks of it in the singular
+    store.save({"model": weights(2)})
+    store.save({"model": weights(3)})
+    assert "its record stays in the log" in invoke("prune", "main~1").stderr

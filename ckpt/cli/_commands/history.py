@@ -220,7 +220,7 @@ def _lineage_text(family: list[tuple[Snapshot, int]], current: Snapshot) -> Text
             text.append(f" ─{s.relation}→ ", style="magenta")
         elif steps > 1:
             text.append(f" ─continue ×{steps}→ ", style="dim")
-        text.append(f"{shown(s.model or '?')} {s.short_id}", style="bold" if s.id == current.id else "")
+        text.append(f"{shown(s.model or '(no model name)')} {s.short_id}", style="bold" if s.id == current.id else "")
     return text
 
 
@@ -334,7 +334,63 @@ def _change(value: float | None) -> str:
     return f"{value:.3e}" if 0 < value < 1e-3 else f"{value:.4f}"
 
 
-def _print_diff(d: SnapshotDiff, a: str, b: str) -> None:
+def _entries(node: Any) -> dict[str, Any] | None:
+    """The children of a container node of a stored state tree (typed JSON), by key or index; else ``None``."""
+    if isinstance(node, dict) and len(node) == 1:
+        (tag, value), *_ = node.items()
+        if tag == "$dict" and isinstance(value, list):
+            return {str(k): v for k, v in (pair for pair in value if isinstance(pair, list) and len(pair) == 2)}
+        if tag in ("$list", "$tuple") and isinstance(value, list):
+            return {str(i): v for i, v in enumerate(value)}
+    if isinstance(node, dict) and not any(str(k).startswith("$") for k in node):
+        return {str(k): v for k, v in node.items()}
+    if isinstance(node, list):
+        return {str(i): v for i, v in enumerate(node)}
+    return None
+
+
+def _value(node: Any) -> str:
+    import json
+
+    if isinstance(node, dict) and "$tensor" in node:
+        return "a tensor"
+    text = json.dumps(node, ensure_ascii=False, default=str)
+    return shown(text if len(text) <= 60 else text[:57] + "…")
+
+
+def tree_changes(a: Any, b: Any, path: str = "", *, limit: int = 10) -> list[str]:
+    """Where two stored state trees differ, outside tensors: ``step: 100 → 200``, ``note: removed`` …
+
+    At most ``limit`` lines (the last says how many more); tensors themselves are the diff's tensor table.
+    """
+    out: list[str] = []
+    missing = object()
+
+    def is_tensor(node: Any) -> bool:
+        return isinstance(node, dict) and "$tensor" in node
+
+    def walk(x: Any, y: Any, where: str) -> None:
+        if x == y or ((is_tensor(x) or x is missing) and (is_tensor(y) or y is missing)):
+            return  # tensors (added, removed, renamed) are the tensor table's
+        ex = {} if x is missing else _entries(x)
+        ey = {} if y is missing else _entries(y)
+        if ex is not None and ey is not None:
+            for key in [*ex, *(k for k in ey if k not in ex)]:
+                walk(ex.get(key, missing), ey.get(key, missing), f"{where}/{key}" if where else key)
+            return
+        name = shown(where or "(the whole state)")
+        if x is missing:
+            out.append(f"{name}: added ({_value(y)})")
+        elif y is missing:
+            out.append(f"{name}: removed (was {_value(x)})")
+        else:
+            out.append(f"{name}: {_value(x)} → {_value(y)}")
+
+    walk(a, b, path)
+    return out if len(out) <= limit else [*out[: limit - 1], f"… and {len(out) - limit + 1} more"]
+
+
+def _print_diff(d: SnapshotDiff, a: str, b: str, trees: tuple[Any, Any] | None = None) -> None:
     out = console()
     out.print(
         Text.assemble(
@@ -346,7 +402,10 @@ def _print_diff(d: SnapshotDiff, a: str, b: str) -> None:
         f"B adds {human_bytes(d.added_bytes)} ({count(d.added_chunks, 'chunk')}) to a store holding A"
     )
     if d.state_changed:
-        out.print("the state tree differs (structure or non-tensor values)")
+        changes = tree_changes(*trees) if trees is not None else []
+        out.print("the state tree differs outside tensors" + (":" if changes else " (structure or non-tensor values)"))
+        for line in changes:
+            out.print(f"  {line}")
     touched = [layer for layer in d.layers if layer.added or layer.removed or layer.changed]
     if touched:
         t = table("by layer")
@@ -408,8 +467,10 @@ def diff(state: CliState, a: str, b: str, no_norms: bool, as_json: bool) -> None
     """
     from ckpt.diff import diff as diff_snapshots
 
-    result = diff_snapshots(state.store(), a, b, norms=not no_norms)
+    store = state.store()
+    result = diff_snapshots(store, a, b, norms=not no_norms)
     if as_json:
         emit_json(result.model_dump(mode="json"))
         return
-    _print_diff(result, a, b)
+    trees = (store.table(result.a).tree, store.table(result.b).tree) if result.state_changed else None
+    _print_diff(result, a, b, trees)

@@ -90,9 +90,13 @@ def verify(state: CliState, rev: str | None, all_: bool, trust: tuple[str, ...],
             where = f" (tensors: {', '.join(d.tensors[:3])}{' …' if len(d.tensors) > 3 else ''})" if d.tensors else ""
             out.print(Text.assemble((d.kind, "bold red"), f" {d.object} {_name(d)}{where}: {d.message}"))
         signed = [r for r in report.releases if r.status == "signed"]
-        if report.releases:
-            whose = "trusted keys" if trust else "their own keys (no --trust given)"
-            echo(f"{count(len(report.releases), 'frozen release')}, {len(signed)} signed and checked against {whose}")
+        if trust:
+            echo(f"{count(len(report.releases), 'frozen release')}, {len(signed)} signed by a trusted key")
+        elif signed:  # without --trust a signature proves only that it matches the key it names
+            echo(
+                f"{count(len(signed), 'signed release')}: each signature matches the key it names; "
+                "`ckpt verify --trust KEY.pub` checks who signed"
+            )
         verdict = "ok" if report.ok else count(len(report.damage), "problem")
         echo(
             f"checked {count(report.snapshots, 'snapshot')}, {count(report.chunks, 'chunk')} "

@@ -116,7 +116,14 @@ def branch(state: CliState, name: str | None, at: str | None, delete: bool, as_j
         if as_json:
             emit_json({"deleted": name, "id": old})
         else:
-            echo(f"deleted branch {name} (was {(old or '')[:12]}); its snapshots stay until `ckpt gc`")
+            was = (old or "")[:12]
+            echo(f"deleted branch {name} (was {was})")
+            echo(
+                f"`ckpt branch {name} --at {was}` brings it back; its snapshots stay reachable through the reflog "
+                "(`ckpt reflog`) until its entries expire (30 days), so `ckpt gc` frees their chunks only then, or "
+                "now with `ckpt gc --expire-reflog 0`",
+                err=True,
+            )
         return
     snap = store.branch(name, at=at or default_rev(store))
     if as_json:
@@ -252,9 +259,11 @@ def prune(state: CliState, revs: tuple[str, ...], reason: str | None, as_json: b
         return
     for s in done:
         echo(f"pruned {s.short_id}")
+    one = len(done) == 1
     echo(
-        "their records stay in the log; `ckpt gc` frees the chunks only they used once those are older than its "
-        "grace period (1h by default: a save running now may reuse them), `ckpt gc --grace 0` at once",
+        f"{'its record stays' if one else 'their records stay'} in the log; `ckpt gc` frees the chunks only "
+        f"{'it' if one else 'they'} used once those are older than its grace period (1h by default: a save "
+        "running now may reuse them), `ckpt gc --grace 0` at once",
         err=True,
     )
 
@@ -328,7 +337,14 @@ def reflog(state: CliState, ref: str | None, limit: int | None, as_json: bool) -
         emit_json([e.model_dump(mode="json") for e in entries])
         return
     if not entries:
-        echo(f"no reflog entries{f' for {ref}' if ref else ''}", err=True)
+        if ref is not None:
+            from ckpt.errors import RevisionNotFoundError
+
+            raise RevisionNotFoundError(
+                f"no reflog entries for {ref!r}: no branch or tag of that name ever moved",
+                cli_hint="`ckpt reflog` lists every ref's moves; `ckpt ls` lists the branches and tags",
+            )
+        echo("no reflog entries: nothing was saved, branched or tagged yet", err=True)
         return
     styles = {"conflict": "bold red", "delete": "red", "reset": "magenta", "freeze": "bold cyan", "commit": "green"}
     rows = [

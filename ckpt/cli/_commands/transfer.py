@@ -310,8 +310,12 @@ def sync(
     """
     from ckpt.cli._context import store_location
 
-    if bool(revs) == all_:
-        raise click.UsageError("give the revisions to copy, or --all (not both)")
+    if revs and all_:
+        raise click.UsageError("give the revisions to copy or --all, not both")
+    if not revs and not all_:
+        raise click.UsageError(
+            "say what to copy: the revisions (branches, tags, ids), or --all for every branch and tag"
+        )
     src_store = ckpt.open(store_location(src), **parse_options(src_option, flag="--src-option"))
     dst_options = parse_options(dst_option, flag="--dst-option")
     created = False
