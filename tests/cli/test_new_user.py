@@ -139,3 +139,28 @@ def test_messages_say_what_is_true(invoke: Invoke, store: ckpt.Store, tmp_path: 
     store.save({"model": weights(2)})
     store.save({"model": weights(3)})
     assert "its record stays in the log" in invoke("prune", "main~1").stderr
+
+
+def test_dir_of_ckpt_offers_the_public_names_only() -> None:
+    names = set(dir(ckpt))
+    assert set(ckpt.__all__) <= names
+    assert not names & {"Any", "annotations", "importlib", "typing", "ModuleType", "_LAZY", "__getattr__"}
+    assert {n for n in names - set(ckpt.__all__)} <= {
+        "__version__",
+        "errors",
+        "storage",
+        "testing",
+        "store",
+        "cli",
+        "model",
+        "settings",
+        "state",
+        "interop",
+        "lineage",
+        "plot",
+        "diff",
+        "training",
+        "dcp",
+        "integrations",
+        "ui",
+    }
