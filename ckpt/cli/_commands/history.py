@@ -123,6 +123,7 @@ def log(state: CliState, rev: str | None, limit: int | None, graph: bool, all_: 
         snaps = topological(_ancestry(store, revs))
     else:
         snaps = _histories(store, revs, limit)
+    whole = snaps  # the sparklines draw whole runs, whatever -n shows of them
     if limit is not None:
         snaps = snaps[:limit]
     if as_json:
@@ -132,10 +133,19 @@ def log(state: CliState, rev: str | None, limit: int | None, graph: bool, all_: 
 
     spark_rev = None if all_ or len(revs) != 1 else revs[0]
     out = console()
+
+    def runs() -> list[Snapshot]:
+        """What the sparklines are drawn from: the whole histories (read again only when -n cut them)."""
+        if not out.is_terminal:  # piped: no sparklines, nothing more to read
+            return []
+        if limit is not None and not (all_ or graph):
+            return _histories(store, revs, None)
+        return whole
+
     if not graph:
         for s in snaps:
             out.print(snapshot_line(s, refs))
-        print_sparklines(out, snaps, refs.branches, rev=spark_rev)
+        print_sparklines(out, runs(), refs.branches, rev=spark_rev)
         return
     for drawing, snap in graph_rows(snaps):
         if snap is None:
@@ -148,7 +158,7 @@ def log(state: CliState, rev: str | None, limit: int | None, graph: bool, all_: 
         if snap.base and snap.base not in snap.parents:
             line.append(f" base {snap.base[:12]}", style="dim")
         out.print(line)
-    print_sparklines(out, snaps, refs.branches, rev=spark_rev)
+    print_sparklines(out, runs(), refs.branches, rev=spark_rev)
 
 
 def _tensor_summary(table: TensorTable, *, listing: bool) -> dict[str, Any]:
