@@ -152,6 +152,16 @@ def print_table(t: Table, out: Console | None = None) -> None:
 
     out = out or console()
     size = Measurement.get(out, out.options.update(width=10**6), t)
+    free = [c for c in t.columns if not c.no_wrap and c.max_width is None]
+    if size.minimum > out.width and free:  # a long word (an id in a message) need not widen its column: fold it
+        floor = 12
+        for c in free:
+            c.max_width = floor
+        squeezed = Measurement.get(out, out.options.update(width=10**6), t).minimum
+        room = out.width - (squeezed - floor * len(free))
+        for c in free:
+            c.max_width = max(floor, room // len(free)) if squeezed <= out.width else None
+        size = Measurement.get(out, out.options.update(width=10**6), t)
     if size.minimum > out.width:  # rich would cut or drop columns to fit: draw every row on one line instead
         out = SafeConsole(
             file=out.file,
@@ -202,26 +212,30 @@ def count(n: int, singular: str, plural: str | None = None) -> str:
     return f"{n} {singular if n == 1 else (plural or singular + 's')}"
 
 
-def age(created_at: str, *, now: datetime | None = None) -> str:
+def age(created_at: str, *, now: datetime | None = None, short: bool = False) -> str:
     """How long ago a stored time was: ``just now``, ``5 minutes ago``, ``3 days ago``, or the date.
 
+    With ``short`` (an ``age`` column of a table, as ``kubectl get`` prints it): ``now``, ``5m``, ``3h``,
+    ``2d``, or the date.
+
     Example:
-        >>> age("2026-11-28T10:00:00.000000Z", now=datetime(2026, 11, 28, 12, 30, tzinfo=timezone.utc))
-        '2 hours ago'
+        >>> t = datetime(2026, 11, 28, 12, 30, tzinfo=timezone.utc)
+        >>> age("2026-11-28T10:00:00.000000Z", now=t), age("2026-11-28T10:00:00.000000Z", now=t, short=True)
+        ('2 hours ago', '2h')
     """
     from ckpt.model import parse_time
 
     then = parse_time(created_at)
     seconds = ((now or datetime.now(timezone.utc)) - then).total_seconds()
     if seconds < 45:
-        return "just now"
+        return "now" if short else "just now"
     for size, unit in ((86400 * 60, None), (86400, "day"), (3600, "hour"), (60, "minute")):
         if seconds >= size:
             if unit is None:
                 return then.strftime("%Y-%m-%d")
             n = int(seconds // size)
-            return f"{n} {unit}{'s' if n != 1 else ''} ago"
-    return "1 minute ago"
+            return f"{n}{unit[0]}" if short else f"{n} {unit}{'s' if n != 1 else ''} ago"
+    return "1m" if short else "1 minute ago"
 
 
 class RefIndex:

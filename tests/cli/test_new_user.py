@@ -164,3 +164,15 @@ def test_dir_of_ckpt_offers_the_public_names_only() -> None:
         "integrations",
         "ui",
     }
+
+
+def test_ls_and_reflog_fit_80_columns(invoke: Invoke, family: dict[str, ckpt.Snapshot]) -> None:
+    """Names and ids whole, ages short (``5m``, ``3h``), one id per reflog row: every row fits 80 columns."""
+    for args in (["ls"], ["reflog"], ["tag"], ["branch"]):
+        out = invoke(*args, env={"COLUMNS": "80"}).stdout
+        lines = out.splitlines()
+        assert all(len(line) <= 80 for line in lines), (args, [line for line in lines if len(line) > 80])
+        assert all(" ago" not in line for line in lines), args
+    out = invoke("ls", env={"COLUMNS": "80"}).stdout
+    assert family["release"].short_id in out and "tiny-llama-2" in out  # the release's whole name
+    assert any(line.rstrip().endswith(" now") for line in out.splitlines())

@@ -43,7 +43,11 @@ def _ref_table(store: Store, *, branches: bool = True, tags: bool = True) -> Non
     for kind, name, sid in rows:
         try:
             snap = store.get(sid)
-            info = (shown(snap.model or ""), "" if snap.step is None else str(snap.step), age(snap.created_at))
+            info = (
+                shown(snap.model or ""),
+                "" if snap.step is None else str(snap.step),
+                age(snap.created_at, short=True),
+            )
         except CkptError:  # a ref to a missing snapshot: `ckpt verify` reports it
             info = ("(missing snapshot)", "", "")
         cells.append((kind, name, Text(sid[:12], style="yellow"), *info))
@@ -53,7 +57,7 @@ def _ref_table(store: Store, *, branches: bool = True, tags: bool = True) -> Non
     keep_column(t, "id", [c[2] for c in cells])
     t.add_column("model", overflow="fold")
     keep_column(t, "step", [c[4] for c in cells])
-    t.add_column("age", overflow="fold")
+    keep_column(t, "age", [c[5] for c in cells])
     for row in cells:
         t.add_row(*row)
     print_table(t)
@@ -302,6 +306,13 @@ def _ref_names(name: str) -> set[str]:
     return {f"refs/heads/{name}", f"refs/tags/{name}"}
 
 
+def _moved_to(old: str | None, new: str | None) -> Text:
+    """Where the ref went, as ``git reflog`` shows it: the new id; a deleted ref's last id, struck through."""
+    if new:
+        return Text(new[:12], style="yellow")
+    return Text((old or "-")[:12], style="dim strike")
+
+
 def _short_ref(ref: str) -> str:
     for prefix in ("refs/heads/", "refs/tags/"):
         if ref.startswith(prefix):
@@ -316,6 +327,9 @@ def _short_ref(ref: str) -> str:
 @click.pass_obj
 def reflog(state: CliState, ref: str | None, limit: int | None, as_json: bool) -> None:
     """Every move of every ref (or of the branch or tag REF), newest first.
+
+    Each line: the age, the ref, the action, the id the ref moved to (for a deletion, the id it had, struck
+    through; --json gives both ids of every move) and the message.
 
     Commits, branch creations and deletions, resets, tags, freezes, syncs, and saves that lost a race for their
     branch (`conflict`: the snapshot was written, the branch had moved). Any id here is a revision: use it to
@@ -349,23 +363,19 @@ def reflog(state: CliState, ref: str | None, limit: int | None, as_json: bool) -
     styles = {"conflict": "bold red", "delete": "red", "reset": "magenta", "freeze": "bold cyan", "commit": "green"}
     rows = [
         (
-            age(e.time),
+            age(e.time, short=True),
             shown(_short_ref(e.ref)),
             Text(e.action, style=styles.get(e.action, "")),
-            Text((e.old or "-")[:12], style="yellow" if e.old else "dim"),
-            "→",
-            Text((e.new or "-")[:12], style="yellow" if e.new else "dim"),
+            _moved_to(e.old, e.new),
             shown(e.message or ""),
         )
         for e in entries
     ]
     t = table()
-    t.add_column("age", overflow="fold")
+    keep_column(t, "age", [r[0] for r in rows])
     keep_column(t, "ref", [r[1] for r in rows])
     keep_column(t, "action", [r[2] for r in rows])
-    keep_column(t, "old", [r[3] for r in rows])
-    keep_column(t, "", [r[4] for r in rows])
-    keep_column(t, "new", [r[5] for r in rows])
+    keep_column(t, "id", [r[3] for r in rows])
     t.add_column("message", overflow="fold")
     for row in rows:
         t.add_row(*row)
