@@ -60,7 +60,7 @@ def freeze(
         if not dated:
             raise
         raise RefExistsError(  # a second release of the same model on the same day
-            f"the release {name!r} exists already: a dated name <model>-<date> is taken by the first release of the "
+            f"a dated release named {name!r} exists already: <model>-<date> is taken by the first release of the "
             "day, and a release never moves",
             hint=f"give this one its own name: freeze(rev, name='{name}-2'), or another model=",
             cli_hint=f"give this one its own name: --name {name}-2 (or another --model)",

@@ -36,7 +36,7 @@ def test_freezing_twice_a_day_says_to_name_the_second_release(invoke: Invoke, st
     store.save({"model": weights(1)}, model="tiny")
     first = store.freeze("main~1")
     result = invoke("freeze", code=1)
-    assert f"the release '{first}' exists already" in result.stderr
+    assert f"a dated release named '{first}' exists already" in result.stderr
     assert f"hint: give this one its own name: --name {first}-2 (or another --model)" in result.stderr
     with pytest.raises(RefExistsError) as err:
         store.freeze("main")
