@@ -176,3 +176,17 @@ def test_ls_and_reflog_fit_80_columns(invoke: Invoke, family: dict[str, ckpt.Sna
     out = invoke("ls", env={"COLUMNS": "80"}).stdout
     assert family["release"].short_id in out and "tiny-llama-2" in out  # the release's whole name
     assert any(line.rstrip().endswith(" now") for line in out.splitlines())
+
+
+def test_restore_into_a_root_or_a_full_folder_is_refused_at_once(
+    invoke: Invoke, store: ckpt.Store, tmp_path: Path
+) -> None:
+    store.save({"w": np.zeros(3, np.float32)})
+    for force in ([], ["--force"]):
+        result = invoke("restore", "main", "--to", "/", *force, code=1)
+        assert result.stderr.startswith("error: / is the root of a file system"), result.stderr
+    full = tmp_path / "full"
+    (full / "deep" / ".ckpt").mkdir(parents=True)
+    ckpt.init(str(full / "deep" / "inner"))  # a store deep inside: not what the error is about
+    result = invoke("restore", "main", "--to", str(full), code=1)
+    assert result.stderr.startswith(f"error: {full} is not empty"), result.stderr
