@@ -179,8 +179,11 @@ def verify_snapshots(
 
     if progress_total:
         progress_total(sum(length for _, length in users))  # what ``progress`` counts: payload bytes
-    with ThreadPoolExecutor(settings.threads(), thread_name_prefix="ckpt-verify") as pool:
+    pool = ThreadPoolExecutor(settings.threads(), thread_name_prefix="ckpt-verify")
+    try:
         for f in [pool.submit(check, digest, length) for digest, length in users]:
             f.result()
+    finally:  # on Ctrl-C the checks still queued are dropped, not run first
+        pool.shutdown(wait=True, cancel_futures=True)
     distinct = len({digest for digest, _ in users})
     return VerifyReport(snapshots=count, chunks=distinct, bytes=total, damage=tuple(damage))

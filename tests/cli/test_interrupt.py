@@ -27,26 +27,36 @@ THREADS = 2
 def ctrl_c_after_first_chunk(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """A real SIGINT to this process once the first chunk is written. Every later chunk waits until the pool
     that runs it has been told to stop (its queue dropped, or not), so what is written after the first chunk
-    is exactly what was in flight then, plus whatever the pool still runs after Ctrl-C. Yields the digests
-    written."""
+    is exactly what was in flight then, plus whatever the pool still runs after Ctrl-C. Yields one entry per
+    chunk written."""
+    yield from _ctrl_c_after_first(monkeypatch, "put_chunk")
+
+
+@pytest.fixture
+def ctrl_c_after_first_check(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The same, for the chunks ``verify`` reads and checks."""
+    yield from _ctrl_c_after_first(monkeypatch, "check_chunk")
+
+
+def _ctrl_c_after_first(monkeypatch: pytest.MonkeyPatch, method: str) -> Iterator[list[str]]:
     monkeypatch.setenv("CKPT_THREADS", str(THREADS))
     written: list[str] = []
     claimed: list[bool] = []
     lock = threading.Lock()
     received = threading.Event()  # the main thread got SIGINT
     stopping = threading.Event()  # ... and a pool was shut down after it
-    real_put = Objects.put_chunk
+    real_call = getattr(Objects, method)
     real_shutdown = ThreadPoolExecutor.shutdown
 
-    def put_chunk(self: Objects, data: memoryview, digest: str | None = None) -> tuple[str, int]:
+    def hooked(self: Objects, *args: Any, **kwargs: Any) -> Any:
         with lock:
             first = not claimed
             claimed.append(first)
         if not first:
             assert stopping.wait(60), "no pool was shut down after SIGINT"
-        out = real_put(self, data, digest)
+        out = real_call(self, *args, **kwargs)
         with lock:
-            written.append(out[0])
+            written.append(str(args[0])[:64])
         if first:
             os.kill(os.getpid(), signal.SIGINT)
         return out
@@ -61,7 +71,7 @@ def ctrl_c_after_first_chunk(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[s
         received.set()
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Objects, "put_chunk", put_chunk)
+    monkeypatch.setattr(Objects, method, hooked)
     monkeypatch.setattr(ThreadPoolExecutor, "shutdown", shutdown)
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
@@ -100,3 +110,13 @@ def test_ctrl_c_during_import_stops_promptly_and_commits_nothing(
     loaded = store.load("main", framework="numpy")["model"]
     for name, w in weights.items():
         np.testing.assert_array_equal(loaded[name], w)
+
+
+def test_ctrl_c_during_verify_stops_promptly(
+    invoke: Invoke, store: ckpt.Store, ctrl_c_after_first_check: list[str]
+) -> None:
+    rng = np.random.default_rng(1)
+    store.save({"w": rng.standard_normal(64 * 1024).astype(np.float32)})  # 64 chunks of 4 KiB
+    result = invoke("verify", code=130)
+    assert "interrupted before every object was checked; nothing was changed" in result.stderr
+    assert 1 <= len(ctrl_c_after_first_check) <= 1 + THREADS, len(ctrl_c_after_first_check)
