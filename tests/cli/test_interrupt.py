@@ -21,6 +21,8 @@ from ckpt.store._objects import Objects
 from .conftest import Invoke, parse
 
 THREADS = 2
+#: Chunks each test's command queues (64 chunks of 4 KiB): Ctrl-C comes once they all are.
+QUEUED = 64
 
 
 @pytest.fixture
@@ -47,12 +49,18 @@ def _ctrl_c_after_first(monkeypatch: pytest.MonkeyPatch, method: str) -> Iterato
     stopping = threading.Event()  # ... and a pool was shut down after it
     real_call = getattr(Objects, method)
     real_shutdown = ThreadPoolExecutor.shutdown
+    real_submit = ThreadPoolExecutor.submit
+    queued = threading.Condition()
+    per_pool: dict[int, int] = {}  # jobs handed to each pool
 
     def hooked(self: Objects, *args: Any, **kwargs: Any) -> Any:
         with lock:
             first = not claimed
             claimed.append(first)
-        if not first:
+        if first:  # Ctrl-C once every chunk is queued: what follows shows whether the queue is dropped
+            with queued:
+                assert queued.wait_for(lambda: max(per_pool.values(), default=0) >= QUEUED, 60), "never all queued"
+        else:
             assert stopping.wait(60), "no pool was shut down after SIGINT"
         out = real_call(self, *args, **kwargs)
         with lock:
@@ -67,12 +75,20 @@ def _ctrl_c_after_first(monkeypatch: pytest.MonkeyPatch, method: str) -> Iterato
             stopping.set()  # then let the chunks in flight finish
         real_shutdown(self, wait=wait, cancel_futures=cancel_futures)
 
+    def submit(self: ThreadPoolExecutor, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        future = real_submit(self, fn, *args, **kwargs)
+        with queued:
+            per_pool[id(self)] = per_pool.get(id(self), 0) + 1
+            queued.notify_all()
+        return future
+
     def on_sigint(signum: int, frame: Any) -> None:
         received.set()
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Objects, method, hooked)
     monkeypatch.setattr(ThreadPoolExecutor, "shutdown", shutdown)
+    monkeypatch.setattr(ThreadPoolExecutor, "submit", submit)
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         yield written
@@ -112,11 +128,17 @@ def test_ctrl_c_during_import_stops_promptly_and_commits_nothing(
         np.testing.assert_array_equal(loaded[name], w)
 
 
-def test_ctrl_c_during_verify_stops_promptly(
-    invoke: Invoke, store: ckpt.Store, ctrl_c_after_first_check: list[str]
-) -> None:
+@pytest.fixture
+def saved(store: ckpt.Store) -> ckpt.Store:
+    """A snapshot of 64 chunks of 4 KiB, saved before Ctrl-C is armed."""
     rng = np.random.default_rng(1)
-    store.save({"w": rng.standard_normal(64 * 1024).astype(np.float32)})  # 64 chunks of 4 KiB
+    store.save({"w": rng.standard_normal(64 * 1024).astype(np.float32)})
+    return store
+
+
+def test_ctrl_c_during_verify_stops_promptly(
+    invoke: Invoke, saved: ckpt.Store, ctrl_c_after_first_check: list[str]
+) -> None:
     result = invoke("verify", code=130)
     assert "interrupted before every object was checked; nothing was changed" in result.stderr
     assert 1 <= len(ctrl_c_after_first_check) <= 1 + THREADS, len(ctrl_c_after_first_check)
