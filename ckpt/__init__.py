@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import typing
+from types import ModuleType
 from typing import Any
 
 from ckpt._version import __version__
@@ -186,7 +187,10 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    """What ``dir(ckpt)`` and tab completion offer: ``__all__``, ``__version__`` and the submodules imported so
+    far (``ckpt.errors`` …), not this module's own imports (``typing``, ``importlib``, ``annotations``)."""
+    modules = (n for n, v in globals().items() if isinstance(v, ModuleType) and v.__name__ == f"ckpt.{n}")
+    return sorted({*__all__, "__version__", *(n for n in modules if not n.startswith("_"))})
 
 
 __all__ = [

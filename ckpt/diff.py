@@ -387,7 +387,8 @@ def diff(store: Store, a: str, b: str, *, norms: bool = True) -> SnapshotDiff:
                 todo.append((i, name, ea, eb))
     if todo:
         la, lb = store.tensors(sa.id), store.tensors(sb.id)
-        with ThreadPoolExecutor(settings.threads(), thread_name_prefix="ckpt-diff") as pool:
+        pool = ThreadPoolExecutor(settings.threads(), thread_name_prefix="ckpt-diff")
+        try:
             futures = [(i, pool.submit(_relative_change, la, lb, n, ea, eb)) for i, n, ea, eb in todo]
             for i, fut in futures:
                 value = fut.result()
@@ -396,6 +397,8 @@ def diff(store: Store, a: str, b: str, *, norms: bool = True) -> SnapshotDiff:
                 else:
                     why = "A is all zeros" if math.isinf(value) else "the tensors hold nan or inf"
                     rows[i] = rows[i].model_copy(update={"note": f"relative change undefined: {why}"})
+        finally:  # on Ctrl-C the norms still queued are dropped, not computed first
+            pool.shutdown(wait=True, cancel_futures=True)
 
     layers: dict[str, dict[str, Any]] = {}
     for row in rows:

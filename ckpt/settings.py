@@ -16,8 +16,10 @@ so tests and programs can change the environment at any moment.
 
 from __future__ import annotations
 
+import math
 import os
 import re
+from datetime import timedelta
 from pathlib import Path
 
 from ckpt.errors import RecordError
@@ -32,6 +34,7 @@ __all__ = [
     "format_size",
     "io_concurrency",
     "io_memory",
+    "parse_duration",
     "parse_size",
     "record_cache",
     "store_url",
@@ -91,6 +94,39 @@ def parse_size(text: str | int) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION_HINT = "a timedelta, seconds as a number, or a str such as '0', '90s', '30m', '1h', '7d', '2w'"
+
+
+def parse_duration(value: timedelta | int | float | str, *, name: str = "duration") -> timedelta:
+    """A duration given as a ``timedelta``, seconds (``0``, ``3600``, ``1.5``) or text (``90s``, ``1h``, ``7d``).
+
+    What ``store.gc(grace=…, expire_reflog=…)`` and ``ckpt gc --grace`` accept.
+
+    Raises:
+        RecordError: not a duration, or a negative one (a ``ValueError`` too), with a hint naming the forms.
+
+    Example:
+        >>> parse_duration("1h"), parse_duration(0)
+        (datetime.timedelta(seconds=3600), datetime.timedelta(0))
+    """
+    out: timedelta | None = None
+    if isinstance(value, timedelta):
+        out = value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        out = timedelta(seconds=value)
+    elif isinstance(value, str):
+        raw = value.strip().lower()
+        m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*([smhdw]?)", raw)
+        if m and (m.group(2) or float(m.group(1)) == int(float(m.group(1)))):
+            out = timedelta(seconds=float(m.group(1)) * _DURATION_UNITS.get(m.group(2), 1))
+    if out is None:
+        raise RecordError(f"{name} is not a duration: {value!r}", hint=_DURATION_HINT)
+    if out < timedelta(0):
+        raise RecordError(f"{name} cannot be negative: {value!r}", hint=_DURATION_HINT)
+    return out
+
+
 def format_size(n: int | float) -> str:
     """A byte count for people, in IEC binary units: ``512 B``, ``1.5 KiB``, ``3.2 GiB``.
 
@@ -140,7 +176,7 @@ def ceiling_directories() -> list[str]:
     """``$CKPT_CEILING_DIRECTORIES``: folders (``os.pathsep``-separated) the search for ``./.ckpt`` does not enter.
 
     As Git's ``GIT_CEILING_DIRECTORIES``: the command line looks for ``.ckpt`` in the current folder and then its
-    parents, but stops below each folder listed here (it is looked in only when the search starts there, never above it).
+    parents, but never enters a folder listed here from below, nor goes above one it started in.
     """
     raw = os.environ.get("CKPT_CEILING_DIRECTORIES", "")
     return [part for part in raw.split(os.pathsep) if part.strip()]

@@ -1,6 +1,6 @@
 """A signed release, and what `verify --trust` says when someone with write access to the store swaps it.
 
-Run it: python examples/docs_signed_release.py (needs the `sign` extra: pip install 'ckpt[sign]').
+Run it: python examples/docs_signed_release.py (needs the `sign` extra: pip install 'ckpt-store[sign]').
 """
 
 import json

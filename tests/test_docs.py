@@ -677,7 +677,8 @@ def test_benchmark_plot(tmp_path: Path) -> None:
 def test_readme_demo_then_every_readme_command(tmp_path: Path, s3_server: dict[str, Any]) -> None:
     """The README is one story: its demo leaves the store that every command it shows next works on.
 
-    The demo runs as the README's first command does (``python examples/quickstart.py``), then each ``$ …`` line
+    The demo runs as the README's first command does (``python examples/quickstart.py``), then the README's
+    Python block as it is written, then each ``$ …`` line
     of the README's console blocks runs as a shell command in the same folder, with ``ckpt`` this checkout's
     command line and ``s3://bucket`` a moto server's bucket (reached through ``AWS_ENDPOINT_URL``). Every command
     the demo's last lines suggest is one the README shows.
@@ -724,6 +725,13 @@ def test_readme_demo_then_every_readme_command(tmp_path: Path, s3_server: dict[s
     for line in suggested:
         generic = line.strip().replace(release, "tiny-mlp-$(date -u +%F)")
         assert any(c.split("#")[0].split("&&")[0].strip() == generic for c in commands), (generic, commands)
+    # the README's Python block, as written, in the demo's folder (no name, date or store it does not make)
+    python_block = next(b["code"] for b in blocks if b["lang"] == "python")
+    ran = subprocess.run(
+        [sys.executable, "-c", python_block], cwd=work, env=env, capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert ran.returncode == 0, f"README's Python block:\n{ran.stdout}{ran.stderr}"
+    assert not re.search(r"\d{4}-\d{2}-\d{2}", python_block.replace("e.g. tiny-linear-2026-11-28", ""))
     for command in commands:
         result = subprocess.run(
             ["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True, timeout=TIMEOUT
@@ -750,3 +758,24 @@ def test_diagrams_are_rendered_from_their_sources() -> None:
         )
         assert f"diagrams/{svg.name}" in pages, f"no page shows {svg.name}"
     assert "```mermaid" not in pages, "a Mermaid block would load Mermaid from a CDN: render it to SVG instead"
+
+
+def test_install_page_lists_every_extra_and_what_it_adds() -> None:
+    """docs/install.md's table has a row per extra of pyproject.toml, naming every package the extra adds; no
+    page, example or hint spells an install command with another distribution name than ``ckpt._extras``'s."""
+    import tomllib
+
+    from ckpt._extras import DISTRIBUTION
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    page = (DOCS / "install.md").read_text(encoding="utf-8")
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `([\w-]+)` \| ([^|]+) \|", page, re.MULTILINE)}
+    assert set(rows) == set(extras), set(rows) ^ set(extras)
+    for extra, deps in extras.items():
+        for dep in deps:
+            name = re.split(r"[<>=\[ ;]", dep, maxsplit=1)[0]
+            assert name in rows[extra], f"install.md: the `{extra}` row does not name {name}"
+    texts = [ROOT / "README.md", *DOCS.rglob("*.md"), *(ROOT / "examples").glob("*.py"), *(ROOT / "ckpt").rglob("*.py")]
+    for path in texts:
+        for m in re.finditer(r"pip install[^\n`]*?'([\w.-]+)\[", path.read_text(encoding="utf-8")):
+            assert m.group(1) in (DISTRIBUTION, "."), f"{path.relative_to(ROOT)}: {m.group(0)}"

@@ -18,6 +18,7 @@ from ckpt import settings
 from ckpt._version import __version__
 from ckpt.cli._commands._common import parse_options
 from ckpt.cli._context import CliState
+from ckpt.cli._output import echo
 from ckpt.errors import CkptError
 
 __all__ = ["INTERRUPTED", "INTERRUPTED_BY_COMMAND", "CkptGroup", "cli", "on_interrupt"]
@@ -99,14 +100,14 @@ class CkptGroup(click.Group):
             e.show()
             sys.exit(e.exit_code)
         except click.UsageError as e:
-            click.echo(f"error: {_usage_message(e)}", err=True)
-            click.echo(f"hint: {_usage_hint(e)}", err=True)
+            echo(f"error: {_usage_message(e)}", err=True)
+            echo(f"hint: {_usage_hint(e)}", err=True)
             sys.exit(e.exit_code)
         except click.ClickException as e:
-            click.echo(f"error: {_usage_message(e)}", err=True)
+            echo(f"error: {_usage_message(e)}", err=True)
             sys.exit(e.exit_code)
         except click.Abort:
-            click.echo("aborted", err=True)
+            echo("aborted", err=True)
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)
 
@@ -118,22 +119,22 @@ class CkptGroup(click.Group):
             state = ctx.obj if isinstance(ctx.obj, CliState) else None
             if settings.debug() or (state is not None and state.debug):
                 raise
-            click.echo(f"error: {e.message}", err=True)
+            echo(f"error: {e.message}", err=True)
             if e.cli_hint:
-                click.echo(f"hint: {e.cli_hint}", err=True)
+                echo(f"hint: {e.cli_hint}", err=True)
             ctx.exit(e.exit_code)
         except OSError as e:  # the local filesystem refused (permission denied, disk full …): not a bug of ours
             state = ctx.obj if isinstance(ctx.obj, CliState) else None
             if isinstance(e, BrokenPipeError) or settings.debug() or (state is not None and state.debug):
                 raise
-            click.echo(f"error: {e}", err=True)
+            echo(f"error: {e}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
             state = ctx.obj if isinstance(ctx.obj, CliState) else None
             if state is not None and state.debug:
                 traceback.print_exc()
             default = INTERRUPTED_BY_COMMAND.get(ctx.invoked_subcommand or "", INTERRUPTED)
-            click.echo(f"\n{ctx.meta.get('ckpt.interrupted', default)}", err=True)
+            echo(f"\n{ctx.meta.get('ckpt.interrupted', default)}", err=True)
             ctx.exit(130)
 
 

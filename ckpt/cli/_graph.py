@@ -95,6 +95,17 @@ def _link_row(lanes: list[str | None], col: int, links: dict[int, _Link]) -> Tex
     return out
 
 
+def _gap_row(lanes: list[str | None]) -> Text:
+    """A row with no snapshot: the lanes that go on, and nothing where one ended."""
+    out = Text()
+    for j, lane in enumerate(lanes):
+        if j:
+            out.append(" ")
+        out.append("│" if lane is not None else " ", style=_style(j) if lane is not None else "")
+    out.rstrip()
+    return out
+
+
 def _free(lanes: list[str | None], after: int) -> int:
     for k in range(after + 1, len(lanes)):
         if lanes[k] is None:
@@ -116,6 +127,7 @@ def graph_rows(snaps: Sequence[Snapshot]) -> list[tuple[Text, Snapshot | None]]:
     known = {s.id for s in order}
     lanes: list[str | None] = []
     rows: list[tuple[Text, Snapshot | None]] = []
+    ended: int | None = None  # the column where the last row's snapshot was a root (its lane ended there)
     for snap in order:
         waiting = [i for i, x in enumerate(lanes) if x == snap.id]
         if waiting:
@@ -124,6 +136,8 @@ def graph_rows(snaps: Sequence[Snapshot]) -> list[tuple[Text, Snapshot | None]]:
             col, others = next((i for i, x in enumerate(lanes) if x is None), len(lanes)), []
             if col == len(lanes):
                 lanes.append(None)
+            if col == ended:  # an unrelated history starts right under a root: a gap, not a line between them
+                rows.append((_gap_row(lanes), None))
             lanes[col] = snap.id
         if others:
             rows.append((_link_row(lanes, col, dict.fromkeys(others, "join")), None))
@@ -134,6 +148,7 @@ def graph_rows(snaps: Sequence[Snapshot]) -> list[tuple[Text, Snapshot | None]]:
         rows.append((_node_row(lanes, col, snap), snap))
         targets = edges(snap, known)
         lanes[col] = targets[0] if targets else None
+        ended = None if targets else col
         links: dict[int, _Link] = {}
         for p in targets[1:]:
             if p in lanes and lanes.index(p) != col:

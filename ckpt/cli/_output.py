@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich import box
 from rich.console import Console
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
@@ -27,9 +28,11 @@ if TYPE_CHECKING:  # pydantic records: only the commands that read a store impor
 __all__ = [
     "ProgressBar",
     "RefIndex",
+    "SafeConsole",
     "age",
     "console",
     "count",
+    "echo",
     "emit_json",
     "human_bytes",
     "keep_column",
@@ -38,6 +41,7 @@ __all__ = [
     "print_table",
     "progress_enabled",
     "ref_text",
+    "shown",
     "snapshot_json",
     "snapshot_line",
     "table",
@@ -46,14 +50,76 @@ __all__ = [
 #: Width used when stdout is not a terminal, so that piped lines and tables are not wrapped at 80 columns.
 _PIPE_WIDTH = 240
 
+#: Characters a terminal may act on instead of showing: C0 controls (ESC starts colour, cursor and title
+#: sequences), DEL, C1 controls (U+009B is a one-character CSI) and the bidirectional overrides and isolates
+#: that reorder what is shown ("Trojan Source"). Text read from a store never reaches the terminal with them.
+_OTHER_CONTROLS = "\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_UNSAFE = re.compile(f"[\x00-\x1f{_OTHER_CONTROLS}]")
+_UNSAFE_KEEP_NEWLINES = re.compile(f"[\x00-\x09\x0b-\x1f{_OTHER_CONTROLS}]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    c = match.group()
+    if c in _NAMED:
+        return _NAMED[c]
+    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+
+
+def shown(text: object, *, newlines: bool = False) -> str:
+    """Text read from a store (a message, a name, a path) made safe to print: control characters escaped.
+
+    ESC, the other C0 and C1 controls, DEL and the bidirectional overrides appear as ``\\x1b``, ``\\u202e`` …,
+    so a stored message can neither drive the terminal (colours, cursor moves, window titles, hyperlinks) nor
+    hide or reorder what is shown. With ``newlines``, line breaks are kept (a multi-line message); otherwise
+    they are escaped too (a table cell, one log line). Rich markup needs no escaping here: ckpt's consoles
+    never interpret markup (``console``).
+
+    Example:
+        >>> shown("fine\\x1b[2Jtune"), shown("a\\nb"), shown("a\\nb", newlines=True)
+        ('fine\\\\x1b[2Jtune', 'a\\\\nb', 'a\\nb')
+    """
+    s = str(text)
+    pattern = _UNSAFE_KEEP_NEWLINES if newlines else _UNSAFE
+    return pattern.sub(_escape, s) if pattern.search(s) else s
+
+
+def echo(message: object = "", *, err: bool = False) -> None:
+    """``click.echo`` for every line of plain text the CLI prints: control characters escaped (``shown``)."""
+    click.echo(shown(message, newlines=True), err=err)
+
+
+class SafeConsole(Console):
+    """A rich ``Console`` that never interprets text as markup or emoji codes and never emits a control character
+    from the text it prints (only the styles ckpt itself applies).
+
+    Store text printed through it can contain ``[bold]``, ``[/]`` or ``:smile:`` and is shown as it is; every
+    rendered segment that is text (not a rich control sequence) goes through ``shown``, a net under the
+    callers that escape store text themselves (so that table widths are measured on what is shown).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("markup", False)
+        kwargs.setdefault("emoji", False)
+        kwargs.setdefault("highlight", False)
+        super().__init__(**kwargs)
+
+    def render(self, renderable: Any, options: Any = None) -> Iterator[Segment]:
+        """Rich's rendering, with control characters in text segments escaped (line breaks kept)."""
+        for seg in super().render(renderable, options):
+            if seg.control is None and _UNSAFE_KEEP_NEWLINES.search(seg.text):
+                yield Segment(shown(seg.text, newlines=True), seg.style)
+            else:
+                yield seg
+
 
 def console(*, stderr: bool = False) -> Console:
-    """A rich console on the current stdout (or stderr); colours only on a terminal, ``NO_COLOR`` honoured."""
+    """A ``SafeConsole`` on the current stdout (or stderr); colours only on a terminal, ``NO_COLOR`` honoured."""
     file = sys.stderr if stderr else sys.stdout
     width = None
     if not file.isatty() and not os.environ.get("COLUMNS"):
         width = _PIPE_WIDTH
-    return Console(file=file, highlight=False, soft_wrap=True, width=width)
+    return SafeConsole(file=file, soft_wrap=True, width=width)
 
 
 def table(title: str | None = None) -> Table:
@@ -86,14 +152,23 @@ def print_table(t: Table, out: Console | None = None) -> None:
 
     out = out or console()
     size = Measurement.get(out, out.options.update(width=10**6), t)
+    free = [c for c in t.columns if not c.no_wrap and c.max_width is None]
+    if size.minimum > out.width and free:  # a long word (an id in a message) need not widen its column: fold it
+        floor = 12
+        for c in free:
+            c.max_width = floor
+        squeezed = Measurement.get(out, out.options.update(width=10**6), t).minimum
+        room = out.width - (squeezed - floor * len(free))
+        for c in free:
+            c.max_width = max(floor, room // len(free)) if squeezed <= out.width else None
+        size = Measurement.get(out, out.options.update(width=10**6), t)
     if size.minimum > out.width:  # rich would cut or drop columns to fit: draw every row on one line instead
-        out = Console(
+        out = SafeConsole(
             file=out.file,
             width=size.maximum,
-            highlight=False,
             soft_wrap=True,
             force_terminal=out.is_terminal,
-            color_system=out.color_system or None,  # type: ignore[arg-type]
+            color_system=out.color_system or None,
             no_color=out.no_color,
         )
     with out.capture() as captured:
@@ -102,9 +177,17 @@ def print_table(t: Table, out: Console | None = None) -> None:
     out.file.flush()
 
 
+_JSON_UNSAFE = re.compile(f"[{_OTHER_CONTROLS}]")
+
+
 def emit_json(data: Any) -> None:
-    """Print a JSON document (indented, UTF-8, strict: no NaN or Infinity literals)."""
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False))
+    """Print a JSON document (indented, UTF-8, strict: no NaN or Infinity literals).
+
+    Every control character inside a string is written as a ``\\uXXXX`` escape (json escapes C0 itself; DEL,
+    C1 and the bidirectional controls too here), so a document shown on a terminal cannot drive it either.
+    """
+    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
+    click.echo(_JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text))
 
 
 def human_bytes(n: int | float) -> str:
@@ -129,26 +212,30 @@ def count(n: int, singular: str, plural: str | None = None) -> str:
     return f"{n} {singular if n == 1 else (plural or singular + 's')}"
 
 
-def age(created_at: str, *, now: datetime | None = None) -> str:
+def age(created_at: str, *, now: datetime | None = None, short: bool = False) -> str:
     """How long ago a stored time was: ``just now``, ``5 minutes ago``, ``3 days ago``, or the date.
 
+    With ``short`` (an ``age`` column of a table, as ``kubectl get`` prints it): ``now``, ``5m``, ``3h``,
+    ``2d``, or the date.
+
     Example:
-        >>> age("2026-11-28T10:00:00.000000Z", now=datetime(2026, 11, 28, 12, 30, tzinfo=timezone.utc))
-        '2 hours ago'
+        >>> t = datetime(2026, 11, 28, 12, 30, tzinfo=timezone.utc)
+        >>> age("2026-11-28T10:00:00.000000Z", now=t), age("2026-11-28T10:00:00.000000Z", now=t, short=True)
+        ('2 hours ago', '2h')
     """
     from ckpt.model import parse_time
 
     then = parse_time(created_at)
     seconds = ((now or datetime.now(timezone.utc)) - then).total_seconds()
     if seconds < 45:
-        return "just now"
+        return "now" if short else "just now"
     for size, unit in ((86400 * 60, None), (86400, "day"), (3600, "hour"), (60, "minute")):
         if seconds >= size:
             if unit is None:
                 return then.strftime("%Y-%m-%d")
             n = int(seconds // size)
-            return f"{n} {unit}{'s' if n != 1 else ''} ago"
-    return "1 minute ago"
+            return f"{n}{unit[0]}" if short else f"{n} {unit}{'s' if n != 1 else ''} ago"
+    return "1m" if short else "1 minute ago"
 
 
 class RefIndex:
@@ -195,11 +282,11 @@ def ref_text(refs: Sequence[Mapping[str, Any]]) -> Text:
         if i:
             out.append(", ", style="yellow")
         if r["kind"] == "branch":
-            out.append(r["name"], style="bold green")
+            out.append(shown(r["name"]), style="bold green")
         elif r.get("frozen"):
-            out.append(f"frozen: {r['name']}", style="bold cyan")
+            out.append(f"frozen: {shown(r['name'])}", style="bold cyan")
         else:
-            out.append(f"tag: {r['name']}", style="bold yellow")
+            out.append(f"tag: {shown(r['name'])}", style="bold yellow")
     out.append(")", style="yellow")
     return out
 
@@ -215,11 +302,11 @@ def _number(v: float) -> str:
 def metrics_text(metrics: Mapping[str, float], *, limit: int | None = 3) -> str:
     """``val_loss=0.41 acc=0.9``; past ``limit`` metrics, ``+N more``."""
     items = list(metrics.items())
-    shown = items if limit is None else items[:limit]
-    text = " ".join(f"{k}={_number(v)}" for k, v in shown)
-    if len(items) > len(shown):
-        text += f" +{len(items) - len(shown)} more"
-    return text
+    kept = items if limit is None else items[:limit]
+    text = " ".join(f"{k}={_number(v)}" for k, v in kept)
+    if len(items) > len(kept):
+        text += f" +{len(items) - len(kept)} more"
+    return shown(text)
 
 
 def snapshot_line(snap: Snapshot, refs: RefIndex, *, now: datetime | None = None) -> Text:
@@ -233,7 +320,7 @@ def snapshot_line(snap: Snapshot, refs: RefIndex, *, now: datetime | None = None
     line.append(" ")
     line.append(snap.relation, style="dim" if snap.relation == "continue" else "bold magenta")
     if snap.model:
-        line.append(f" {snap.model}", style="blue")
+        line.append(f" {shown(snap.model)}", style="blue")
     if snap.step is not None:
         line.append(f" step {snap.step}")
     if snap.epoch is not None:
@@ -241,7 +328,7 @@ def snapshot_line(snap: Snapshot, refs: RefIndex, *, now: datetime | None = None
     if snap.metrics:
         line.append(f" {metrics_text(snap.metrics)}", style="green")
     if snap.message:
-        line.append(f' "{snap.message.splitlines()[0]}"')
+        line.append(f' "{shown(snap.message.splitlines()[0])}"')
     line.append(f" ({age(snap.created_at, now=now)})", style="dim")
     if snap.pruned:
         line.append(" [pruned]", style="bold red")

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from rich.console import Console
 from rich.text import Text
 
+from ckpt.cli._output import shown
 from ckpt.model import Snapshot
 from ckpt.plot import monitored_metric, series_of
 
@@ -64,7 +65,7 @@ def _run(tip: Snapshot, by_id: Mapping[str, Snapshot]) -> list[Snapshot]:
     return list(reversed(chain))
 
 
-def _line(label: str, run: Sequence[Snapshot], width: int) -> Text | None:
+def _line(label: str, run: Sequence[Snapshot], width: int, pad: int = 0) -> Text | None:
     metric = monitored_metric(run)
     if metric is None:
         return None
@@ -73,9 +74,10 @@ def _line(label: str, run: Sequence[Snapshot], width: int) -> Text | None:
         return None
     values = [p.value for p in series.points]
     text = Text()
-    text.append(metric, style="green")
+    text.append(shown(metric), style="green")
     text.append(" on ")
-    text.append(label, style="bold")
+    text.append(shown(label), style="bold")
+    text.append(" " * max(0, pad - text.cell_len))  # the sparklines of several runs start in one column
     text.append("  ")
     text.append(sparkline(values, width), style="cyan")
     text.append(f"  {_number(values[-1])}")
@@ -113,8 +115,10 @@ def log_sparklines(
         tips = [(rev, s) for s in snapshots if s.id not in referenced][:1]
     else:
         tips = [(name, by_id[sid]) for name, sid in sorted(branches.items()) if sid in by_id]
-    lines = [_line(label, _run(tip, by_id), width) for label, tip in tips]
-    return [line for line in lines if line is not None]
+    runs = [(label, _run(tip, by_id)) for label, tip in tips]
+    prefixes = [Text(f"{shown(m)} on {shown(label)}").cell_len for label, run in runs if (m := monitored_metric(run))]
+    pad = max(prefixes, default=0)  # the widest "metric on branch": every sparkline starts in one column
+    return [line for line in (_line(label, run, width, pad) for label, run in runs) if line is not None]
 
 
 def print_sparklines(

@@ -87,6 +87,23 @@ class FolderWriter:
             self._list_existing(force, owns)
 
     def _list_existing(self, force: bool, owns: Callable[[str, Path], bool]) -> None:
+        if self.real == Path(self.real.anchor):  # with --force the whole file system would be walked and kept
+            raise RecordError(
+                f"{self.given} is the root of a file system: an export writes into a folder of its own",
+                hint="choose an empty or new folder, e.g. out/model",
+            )
+        if not force:  # refuse a non-empty folder at its first entry, before walking what it holds
+            try:
+                with os.scandir(self.real) as it:
+                    empty = next(it, None) is None
+            except OSError as e:
+                raise os_error(e, f"listing {self.given}") from e
+            if not empty:
+                raise RecordError(
+                    f"{self.given} is not empty",
+                    hint="choose an empty or new folder, or pass force=True to write into it",
+                    cli_hint="choose an empty or new folder, or pass --force to write into it",
+                )
         ancestors = {"/".join(p.split("/")[:i]) for p in self.planned for i in range(1, p.count("/") + 1)}
         found = False
         stack = [""]

@@ -117,7 +117,7 @@ def plan_import(path: str | os.PathLike[str], *, skip_pickles: bool = False, exc
     Example:
         >>> plan = plan_import("hub-model/", skip_pickles=True)  # doctest: +SKIP
         >>> plan.skipped  # doctest: +SKIP
-        (('pytorch_model.bin', 'pickle (skip_pickles)'),)
+        (('pytorch_model.bin', 'a pickle: never loaded (it can run code)'),)
     """
     src = Path(os.fspath(path))
     try:
@@ -142,12 +142,16 @@ def plan_import(path: str | os.PathLike[str], *, skip_pickles: bool = False, exc
     if pickles and not skip_pickles:
         _refuse_pickles(pickles)
     kept = [f for f in scan.files if not _is_pickle(f.path)]
-    skipped = sorted([*scan.skipped, *((p, "pickle (skip_pickles)") for p in pickles)])
+    skipped = sorted([*scan.skipped, *((p, _PICKLE_SKIPPED) for p in pickles)])
     weights = tuple(f for f in kept if f.path.endswith(WEIGHTS_SUFFIX))
     if not weights:
         raise RecordError(
             f"{src} holds no .safetensors file"
-            + (f" once {len(pickles)} pickle file(s) are skipped" if pickles else ""),
+            + (
+                f" once {_files(len(pickles), 'pickle')} {'is' if len(pickles) == 1 else 'are'} left out"
+                if pickles
+                else ""
+            ),
             hint="import a folder written by save_pretrained(safe_serialization=True), or a .safetensors file",
         )
     return ImportPlan(src, weights, tuple(f for f in kept if not f.path.endswith(WEIGHTS_SUFFIX)), tuple(skipped))
@@ -360,12 +364,22 @@ def _default_name(src: Path) -> str:
     return real.name
 
 
+#: Why a pickle file was left out of an import (``ImportPlan.skipped``), in words for both Python and the CLI.
+_PICKLE_SKIPPED = "a pickle: never loaded (it can run code)"
+
+
+def _files(n: int, kind: str) -> str:
+    """``the pickle file``, ``2 pickle files``."""
+    return f"the {kind} file" if n == 1 else f"{n} {kind} files"
+
+
 def _refuse_pickles(paths: Sequence[str]) -> None:
     if not paths:
         return
     names = ", ".join(paths[:10]) + (f" and {len(paths) - 10} more" if len(paths) > 10 else "")
     raise UnsupportedStateError(
-        f"refusing pickle-based file(s) {names}: loading a pickle can run arbitrary code, and ckpt never loads one",
+        f"refusing {_files(len(paths), 'pickle-based')} {names}: loading a pickle can run arbitrary code, and ckpt "
+        "never loads one",
         hint=(
             "if the folder has the same weights as .safetensors too (common in hub downloads), leave the pickles "
             "out with skip_pickles=True; otherwise convert them to safetensors in an environment you trust: load "

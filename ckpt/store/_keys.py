@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from ckpt._extras import install_hint
 from ckpt.errors import RecordError, SignatureError
 from ckpt.model import Digest, Timestamp, canonical_json, format_time, utcnow, validate_record
 
@@ -58,7 +59,7 @@ KEY_HINT = (
     "use an Ed25519 or ECDSA P-256/P-384/P-521 key in PEM or OpenSSH form, e.g. `ssh-keygen -t ed25519 -f "
     "release-key` or `openssl ecparam -name prime256v1 -genkey -noout -out release-key.pem`"
 )
-_INSTALL_HINT = "install the signing extra: pip install 'ckpt[sign]'"
+_INSTALL_HINT = f"install the signing extra: {install_hint('sign')}"
 _MAX_KEY_FILE = 1 << 20
 
 

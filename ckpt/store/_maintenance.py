@@ -153,9 +153,9 @@ class StoreMaintenance:
     def gc(
         self,
         *,
-        grace: timedelta = timedelta(hours=1),
+        grace: timedelta | float | str = timedelta(hours=1),
         dry_run: bool = False,
-        expire_reflog: timedelta | None = timedelta(days=30),
+        expire_reflog: timedelta | float | str | None = timedelta(days=30),
         on_damage: OnDamage = "refuse",
     ) -> GcReport:
         """Delete what no live snapshot needs: unreachable records, pruned snapshots' chunks, crash leftovers.
@@ -166,10 +166,12 @@ class StoreMaintenance:
         ``repair`` puts it back from a good copy.
 
         Args:
-            grace: never delete objects younger than this (protects saves running right now); the report
-                counts what it spared (``young_chunks``, ``young_bytes``, ``young_records``).
+            grace: never delete objects younger than this (protects saves running right now): a ``timedelta``,
+                seconds, or text such as ``"1h"`` or ``"0"`` (``settings.parse_duration``); the report counts
+                what it spared (``young_chunks``, ``young_bytes``, ``young_records``).
             dry_run: only report what would be deleted.
-            expire_reflog: reflog entries older than this no longer keep snapshots alive (``None``: forever).
+            expire_reflog: reflog entries older than this no longer keep snapshots alive (``None``: forever); the
+                same forms as ``grace`` (``"30d"``).
             on_damage: ``"refuse"`` (default), or ``"keep"``: collect anyway, keeping everything the damaged
                 objects might need (an unreadable ref, reflog entry or record keeps every record; an unreadable
                 record or table keeps every chunk; an unreadable pruned marker prunes nothing). The damage is
@@ -180,14 +182,23 @@ class StoreMaintenance:
 
         Raises:
             IntegrityError: something gc must read is damaged or missing (with ``on_damage="refuse"``).
-            RecordError: ``on_damage`` is neither ``"refuse"`` nor ``"keep"``.
+            RecordError: ``on_damage`` is neither ``"refuse"`` nor ``"keep"``, or ``grace`` or ``expire_reflog``
+                is not a duration (or is negative).
 
         Example:
             >>> report = store.gc(grace=timedelta(0), dry_run=True)  # doctest: +SKIP
             >>> report.freed_bytes, report.young_chunks  # doctest: +SKIP
             (16400, 0)
         """
-        return collect(self._parts, grace=grace, dry_run=dry_run, expire_reflog=expire_reflog, on_damage=on_damage)
+        from ckpt.settings import parse_duration
+
+        return collect(
+            self._parts,
+            grace=parse_duration(grace, name="grace"),
+            dry_run=dry_run,
+            expire_reflog=None if expire_reflog is None else parse_duration(expire_reflog, name="expire_reflog"),
+            on_damage=on_damage,
+        )
 
     def verify(
         self,

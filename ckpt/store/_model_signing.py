@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ckpt._extras import install_hint
 from ckpt.errors import CkptError, SignatureError
 from ckpt.store._keys import key_algorithm, load_private_key, read_key_file
 
@@ -29,7 +30,8 @@ def check_folder_key(private_key: str | os.PathLike[str], *, password: str | Non
         import model_signing
     except ImportError as e:
         raise SignatureError(
-            "signing a folder needs OpenSSF model-signing", hint="pip install model-signing pyopenssl"
+            "signing a folder needs OpenSSF model-signing",
+            hint=f"install the model-signing extra: {install_hint('model-signing')}",
         ) from e
     key = load_private_key(private_key, password=password)
     if key_algorithm(key) == "ed25519":

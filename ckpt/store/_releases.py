@@ -16,6 +16,7 @@ from ckpt.errors import (
     IntegrityError,
     MissingObjectError,
     RecordError,
+    RefExistsError,
     RevisionNotFoundError,
 )
 from ckpt.model import Snapshot, TagRecord, format_time, utcnow
@@ -43,6 +44,7 @@ def freeze(
 ) -> str:
     """Publish a snapshot as a frozen release tag; returns its name. See ``Store.freeze``."""
     snap = parts.resolve(rev)
+    dated = name is None
     if name is None:
         model = model or snap.model
         if not model:
@@ -52,7 +54,17 @@ def freeze(
                 cli_hint="pass --model tiny-llama (or --name …)",
             )
         name = f"{model}-{utcnow():%Y-%m-%d}"
-    parts.refs.check_new_name(name, "tag")
+    try:
+        parts.refs.check_new_name(name, "tag")
+    except RefExistsError:
+        if not dated:
+            raise
+        raise RefExistsError(  # a second release of the same model on the same day
+            f"a dated release named {name!r} exists already: <model>-<date> is taken by the first release of the "
+            "day, and a release never moves",
+            hint=f"give this one its own name: freeze(rev, name='{name}-2'), or another model=",
+            cli_hint=f"give this one its own name: --name {name}-2 (or another --model)",
+        ) from None
     needs = _check_loadable(parts, snap, verify=verify)
     signature = None
     if signer is not None:  # every key problem shows before anything is written

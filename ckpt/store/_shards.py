@@ -143,9 +143,12 @@ def read_whole(
         jobs = chunk_jobs(
             objects, entry.chunks, entry.nbytes, chunk_size, view, verify=verify, tensor=tensor, snapshot=snapshot
         )
-    with ThreadPoolExecutor(settings.threads(), thread_name_prefix="ckpt-read") as pool:
+    pool = ThreadPoolExecutor(settings.threads(), thread_name_prefix="ckpt-read")
+    try:
         for f in [pool.submit(j) for j in jobs]:
             f.result()
+    finally:  # on an error or Ctrl-C, the reads still queued are dropped, not run first
+        pool.shutdown(wait=True, cancel_futures=True)
     return out
 
 

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ckpt.errors import RevisionNotFoundError
+from ckpt.errors import RecordError, RevisionNotFoundError
 from ckpt.model import (
     ReflogEntry,
     Relation,
@@ -512,8 +512,8 @@ def open(url: str | os.PathLike[str] | None = None, **storage_options: Any) -> S
 
 
 def sync(
-    src: Store,
-    dst: Store,
+    src: Store | str | os.PathLike[str],
+    dst: Store | str | os.PathLike[str],
     revs: Sequence[str] | None = None,
     *,
     progress: Progress | None = None,
@@ -523,11 +523,19 @@ def sync(
 
     First the chunks the destination lacks (each read from ``src``, checked against its digest, written once
     however many snapshots share it), then tables and snapshot records, ancestors first, then the refs. The
-    arguments, what is returned and raised are ``Store.sync_to``'s.
+    arguments, what is returned and raised are ``Store.sync_to``'s; ``src`` and ``dst`` may be a ``Store`` or
+    the URL or path of one (opened with ``ckpt.open``). ``RecordError``: ``src`` is neither.
 
     Example:
         >>> ckpt.sync(ckpt.open("runs"), ckpt.open("s3://bucket/models"), ["main"])  # doctest: +SKIP
     """
+    if isinstance(src, (str, os.PathLike)):
+        src = open(src)
+    if not isinstance(src, Store):
+        raise RecordError(
+            f"ckpt.sync copies from a Store (or its URL or path), not a {type(src).__name__}",
+            hint="ckpt.sync(ckpt.open('runs'), 's3://bucket/models')",
+        )
     return src.sync_to(dst, revs, progress=progress, progress_total=progress_total)
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import mmap as _mmap_module
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,8 +67,17 @@ def _pieces(data: memoryview, chunk_size: int) -> list[memoryview]:
     return [data[i : i + chunk_size] for i in range(0, data.nbytes, chunk_size)]
 
 
-def _pool(objects: Objects) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=io_workers(objects.backend), thread_name_prefix="ckpt")
+@contextmanager
+def _pool(objects: Objects) -> Iterator[ThreadPoolExecutor]:
+    """A thread pool sized for the store (``io_workers``) that, when its block ends on an error or Ctrl-C, drops
+    the work still queued: only the chunks already in flight finish (``ThreadPoolExecutor``'s own ``with`` would
+    run every queued chunk first, so Ctrl-C during a save or an import took effect only once every chunk was
+    written)."""
+    pool = ThreadPoolExecutor(max_workers=io_workers(objects.backend), thread_name_prefix="ckpt")
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _put(

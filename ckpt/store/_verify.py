@@ -185,8 +185,11 @@ def verify_snapshots(
     # flight as CKPT_IO_CONCURRENCY allows within CKPT_IO_MEMORY; on a local disk, CKPT_THREADS
     largest = max((length for _, length in users), default=0) + CHUNK_HEADER_SIZE + 1
     workers = io_workers(objects.backend, min(largest, VERIFY_PIECE)) if is_remote(objects.backend) else None
-    with ThreadPoolExecutor(workers or settings.threads(), thread_name_prefix="ckpt-verify") as pool:
+    pool = ThreadPoolExecutor(workers or settings.threads(), thread_name_prefix="ckpt-verify")
+    try:
         for f in [pool.submit(check, digest, length) for digest, length in users]:
             f.result()
+    finally:  # on Ctrl-C the checks still queued are dropped, not run first
+        pool.shutdown(wait=True, cancel_futures=True)
     distinct = len({digest for digest, _ in users})
     return VerifyReport(snapshots=count, chunks=distinct, bytes=total, damage=tuple(damage))

@@ -43,6 +43,14 @@ def test_linear_history() -> None:
     assert drawing(snaps) == ["● c", "● b", "● a"]
 
 
+def test_unrelated_histories_are_not_drawn_as_one_line() -> None:
+    """A root, then the tip of another history in the same column: a gap between them, not a line."""
+    snaps = [snap("a", minute=0), snap("b", "a", minute=1), snap("x", minute=2), snap("y", "x", minute=3)]
+    assert drawing(snaps) == ["● y", "● x", "", "● b", "● a"]
+    snaps = [*snaps, snap("c", "a", minute=4)]  # a lane going on beside the gap keeps its line
+    assert drawing(snaps) == ["● c", "│ ● y", "│ ● x", "│", "│ ● b", "├─╯", "● a"]
+
+
 def test_branch_splitting_off() -> None:
     snaps = [snap("a", minute=0), snap("b", "a", minute=1), snap("c", "a", minute=2), snap("d", "b", minute=3)]
     assert drawing(snaps) == ["● d", "│ ● c", "● │ b", "├─╯", "● a"]

@@ -124,7 +124,7 @@ def test_import_refuses_pickles(invoke: Invoke, store: ckpt.Store, tmp_path: Pat
     folder = hf_folder(tmp_path / "hf", shards=1)
     (folder / f"pytorch_model{suffix}").write_bytes(b"\x80\x04not really a pickle")
     result = invoke("import", str(folder), code=1)
-    assert result.stderr.startswith("error: refusing pickle-based file(s) pytorch_model" + suffix)
+    assert result.stderr.startswith("error: refusing the pickle-based file pytorch_model" + suffix)
     assert "run arbitrary code" in result.stderr and "hint: " in result.stderr and "--skip-pickles" in result.stderr
     assert store.branches() == {}
     lone = tmp_path / f"model{suffix}"
@@ -235,14 +235,14 @@ def test_import_skip_pickles_and_exclude_list_what_was_left_out(
     result = invoke("import", str(src), "--skip-pickles", "--exclude", "onnx/")
     assert result.stderr.splitlines() == [
         "skipped onnx: excluded by 'onnx/'",
-        "skipped pytorch_model.bin: pickle (skip_pickles)",
+        "skipped pytorch_model.bin: a pickle: never loaded (it can run code)",
     ]
     files = store.files("main")
     assert "1_Pooling/config.json" in files and not any(p.startswith("onnx") or p.endswith(".bin") for p in files)
     data = parse(invoke("import", str(src), "--skip-pickles", "--exclude", "onnx/*", "--json", "--branch", "j"))
     assert data["skipped"] == [
         {"path": "onnx/model.onnx", "reason": "excluded by 'onnx/*'"},
-        {"path": "pytorch_model.bin", "reason": "pickle (skip_pickles)"},
+        {"path": "pytorch_model.bin", "reason": "a pickle: never loaded (it can run code)"},
     ]
     assert store.verify().ok
 

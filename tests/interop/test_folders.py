@@ -129,9 +129,9 @@ def test_exclude_patterns_and_skipped_pickles_are_listed(local_store: ckpt.Store
     plan = plan_import(src, skip_pickles=True, exclude=["onnx/", "*.h5"])
     assert plan.skipped == (
         ("onnx", "excluded by 'onnx/'"),
-        ("pytorch_model.bin", "pickle (skip_pickles)"),
+        ("pytorch_model.bin", "a pickle: never loaded (it can run code)"),
         ("tf_model.h5", "excluded by '*.h5'"),
-        ("training_args.bin", "pickle (skip_pickles)"),
+        ("training_args.bin", "a pickle: never loaded (it can run code)"),
     )
     import_folder(local_store, src, skip_pickles=True, exclude=["onnx/", "*.h5"])
     files = local_store.files("main")
@@ -139,7 +139,7 @@ def test_exclude_patterns_and_skipped_pickles_are_listed(local_store: ckpt.Store
     only_pickles = tmp_path / "pickles"
     only_pickles.mkdir()
     (only_pickles / "pytorch_model.bin").write_bytes(b"\x80\x04")
-    with pytest.raises(RecordError, match=r"no \.safetensors file once 1 pickle"):
+    with pytest.raises(RecordError, match=r"no \.safetensors file once the pickle file is left out"):
         import_folder(local_store, only_pickles, skip_pickles=True)
     assert local_store.verify().ok
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-__all__ = ["json_option", "key_password", "parse_duration", "parse_options", "parse_size_option"]
+if TYPE_CHECKING:
+    from ckpt.store import Store
+
+__all__ = ["default_rev", "json_option", "key_password", "parse_duration", "parse_options", "parse_size_option"]
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -29,16 +32,12 @@ def parse_duration(text: str, *, flag: str) -> timedelta:
         >>> parse_duration("1h", flag="--grace")
         datetime.timedelta(seconds=3600)
     """
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-    raw = text.strip().lower()
+    from ckpt.errors import RecordError
+    from ckpt.settings import parse_duration as duration
+
     try:
-        if raw.isdigit():
-            return timedelta(seconds=int(raw))
-        if raw and raw[-1] in units:
-            value = float(raw[:-1])
-            if value >= 0:
-                return timedelta(seconds=value * units[raw[-1]])
-    except ValueError:
+        return duration(text)
+    except RecordError:
         pass
     raise click.BadParameter(f"not a duration: {text!r} (examples: 0, 90s, 30m, 1h, 7d)", param_hint=flag)
 
@@ -102,3 +101,30 @@ def key_password(path: str) -> str | None:
     if not key_is_encrypted(path):
         return None
     return str(click.prompt(f"passphrase for {path}", hide_input=True, err=True))
+
+
+def default_rev(store: Store) -> str:
+    """The revision a command means when none is given: ``main``; in a store with no branch ``main``, its only
+    branch (said on stderr, as ``ckpt log`` does).
+
+    Raises:
+        RevisionNotFoundError: no ``main`` and no single branch to fall back on; the hint lists the branches.
+    """
+    from ckpt.cli._output import echo
+    from ckpt.errors import RevisionNotFoundError
+
+    branches = sorted(store.branches())
+    if "main" in branches:
+        return "main"
+    if len(branches) == 1:
+        echo(f"no branch 'main': using {branches[0]}, the only branch", err=True)
+        return branches[0]
+    if not branches:
+        raise RevisionNotFoundError(
+            "no branch 'main': the store has no branch yet",
+            cli_hint="save or `ckpt import` a snapshot first, or name a tag or an id (`ckpt ls`, `ckpt log --all`)",
+        )
+    raise RevisionNotFoundError(
+        f"no branch 'main', and {len(branches)} others: {', '.join(branches[:8])}{' …' if len(branches) > 8 else ''}",
+        cli_hint="name the revision, e.g. a branch above (`ckpt ls` lists every branch and tag)",
+    )

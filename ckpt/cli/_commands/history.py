@@ -8,22 +8,25 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.text import Text
 
-from ckpt.cli._commands._common import json_option
+from ckpt.cli._commands._common import default_rev, json_option
 from ckpt.cli._graph import graph_rows, topological
 from ckpt.cli._output import (
     RefIndex,
     age,
     console,
     count,
+    echo,
     emit_json,
     human_bytes,
     metrics_text,
     print_table,
     ref_text,
+    shown,
     snapshot_json,
     snapshot_line,
     table,
 )
+from ckpt.cli._state_changes import tree_changes
 
 if TYPE_CHECKING:
     from ckpt.cli._context import CliState
@@ -69,13 +72,11 @@ def _default_revs(refs: RefIndex) -> list[str]:
         return ["main"]
     names = sorted(refs.branches) or sorted(refs.tags)
     if len(refs.branches) == 1:
-        click.echo(f"no branch 'main': showing {names[0]}, the only branch", err=True)
+        echo(f"no branch 'main': showing {names[0]}, the only branch", err=True)
     elif refs.branches:
-        click.echo(
-            f"no branch 'main': showing every branch ({', '.join(names)}); `ckpt log BRANCH` shows one", err=True
-        )
+        echo(f"no branch 'main': showing every branch ({', '.join(names)}); `ckpt log BRANCH` shows one", err=True)
     elif names:
-        click.echo("no branch yet: showing the history of every tag", err=True)
+        echo("no branch yet: showing the history of every tag", err=True)
     return names
 
 
@@ -111,7 +112,7 @@ def log(state: CliState, rev: str | None, limit: int | None, graph: bool, all_: 
         if as_json:
             emit_json([])
         else:
-            click.echo(
+            echo(
                 "no branch or tag yet: save or `ckpt import` a snapshot (`ckpt log --all` lists every record)", err=True
             )
         return
@@ -123,6 +124,7 @@ def log(state: CliState, rev: str | None, limit: int | None, graph: bool, all_: 
         snaps = topological(_ancestry(store, revs))
     else:
         snaps = _histories(store, revs, limit)
+    whole = snaps  # the sparklines draw whole runs, whatever -n shows of them
     if limit is not None:
         snaps = snaps[:limit]
     if as_json:
@@ -132,10 +134,19 @@ def log(state: CliState, rev: str | None, limit: int | None, graph: bool, all_: 
 
     spark_rev = None if all_ or len(revs) != 1 else revs[0]
     out = console()
+
+    def runs() -> list[Snapshot]:
+        """What the sparklines are drawn from: the whole histories (read again only when -n cut them)."""
+        if not out.is_terminal:  # piped: no sparklines, nothing more to read
+            return []
+        if limit is not None and not (all_ or graph):
+            return _histories(store, revs, None)
+        return whole
+
     if not graph:
         for s in snaps:
             out.print(snapshot_line(s, refs))
-        print_sparklines(out, snaps, refs.branches, rev=spark_rev)
+        print_sparklines(out, runs(), refs.branches, rev=spark_rev)
         return
     for drawing, snap in graph_rows(snaps):
         if snap is None:
@@ -148,7 +159,7 @@ def log(state: CliState, rev: str | None, limit: int | None, graph: bool, all_: 
         if snap.base and snap.base not in snap.parents:
             line.append(f" base {snap.base[:12]}", style="dim")
         out.print(line)
-    print_sparklines(out, snaps, refs.branches, rev=spark_rev)
+    print_sparklines(out, runs(), refs.branches, rev=spark_rev)
 
 
 def _tensor_summary(table: TensorTable, *, listing: bool) -> dict[str, Any]:
@@ -187,7 +198,7 @@ def _brief(snap: Snapshot) -> dict[str, Any]:
 
 
 def _describe(snap: Snapshot) -> str:
-    bits = [snap.model or "no model name"]
+    bits = [shown(snap.model) if snap.model else "no model name"]
     if snap.step is not None:
         bits.append(f"step {snap.step}")
     if snap.pruned:
@@ -220,17 +231,19 @@ def _lineage_text(family: list[tuple[Snapshot, int]], current: Snapshot) -> Text
             text.append(f" ─{s.relation}→ ", style="magenta")
         elif steps > 1:
             text.append(f" ─continue ×{steps}→ ", style="dim")
-        text.append(f"{s.model or '?'} {s.short_id}", style="bold" if s.id == current.id else "")
+        text.append(f"{shown(s.model or '(no model name)')} {s.short_id}", style="bold" if s.id == current.id else "")
     return text
 
 
 @click.command()
-@click.argument("rev", default="main")
+@click.argument("rev", required=False)
 @click.option("--tensors", "list_tensors", is_flag=True, help="List every tensor: name, dtype, shape, bytes.")
 @json_option
 @click.pass_obj
-def show(state: CliState, rev: str, list_tensors: bool, as_json: bool) -> None:
+def show(state: CliState, rev: str | None, list_tensors: bool, as_json: bool) -> None:
     """One snapshot in full: record, lineage, files, tensors by dtype and by group.
+
+    REV defaults to main (in a store with no branch main, its only branch).
 
     \b
     Examples:
@@ -241,7 +254,7 @@ def show(state: CliState, rev: str, list_tensors: bool, as_json: bool) -> None:
     from ckpt.model import RESERVED_FILE_PREFIX
 
     store = state.store()
-    snap = store.resolve(rev)
+    snap = store.resolve(rev if rev is not None else default_rev(store))
     refs = RefIndex(store.branches(), store.tags())
     tensor_table = store.table(snap.id)
     parents = [store.get(p) for p in snap.parents]
@@ -281,18 +294,18 @@ def show(state: CliState, rev: str, list_tensors: bool, as_json: bool) -> None:
             fields.append((key, value))
 
     row("relation", snap.relation)
-    row("model", snap.model)
+    row("model", shown(snap.model or ""))
     row("step", None if snap.step is None else str(snap.step))
     row("epoch", None if snap.epoch is None else str(snap.epoch))
     row("metrics", metrics_text(snap.metrics, limit=None))
-    row("message", snap.message)
+    row("message", shown(snap.message or "", newlines=True))
     row("created", f"{snap.created_at} ({age(snap.created_at)})")
     row("parents", ", ".join(_describe(p) for p in parents) or "none (a root)")
     if base:
         row("base", _describe(base))
     row("lineage", _lineage_text(family, snap))
     row("history", f"{count(depth, 'snapshot')} from the root to here along first parents")
-    row("metadata", ", ".join(f"{k}" for k in snap.metadata) if snap.metadata else None)
+    row("metadata", ", ".join(shown(k) for k in snap.metadata) if snap.metadata else None)
     row("ckpt version", snap.ckpt_version)
     row("tensors", f"{summary['count']} ({human_bytes(summary['bytes'])})")
     width = max(len(k) for k, _ in fields) + 2
@@ -304,7 +317,7 @@ def show(state: CliState, rev: str, list_tensors: bool, as_json: bool) -> None:
         ft.add_column("path")
         ft.add_column("size", justify="right")
         for f in files:
-            ft.add_row(f["path"], human_bytes(f["size"]))
+            ft.add_row(shown(f["path"]), human_bytes(f["size"]))
         print_table(ft, out)
     for title, key, label in (("by dtype", "by_dtype", "dtype"), ("by group", "by_group", "group")):
         if summary[key]:
@@ -313,7 +326,7 @@ def show(state: CliState, rev: str, list_tensors: bool, as_json: bool) -> None:
             t.add_column("tensors", justify="right")
             t.add_column("bytes", justify="right")
             for k, v in summary[key].items():
-                t.add_row(k, str(v["count"]), human_bytes(v["bytes"]))
+                t.add_row(shown(k), str(v["count"]), human_bytes(v["bytes"]))
             print_table(t, out)
     if list_tensors:
         t = table("tensors")
@@ -322,7 +335,7 @@ def show(state: CliState, rev: str, list_tensors: bool, as_json: bool) -> None:
         t.add_column("shape")
         t.add_column("bytes", justify="right")
         for item in summary["list"]:
-            t.add_row(item["name"], item["dtype"], str(tuple(item["shape"])), human_bytes(item["bytes"]))
+            t.add_row(shown(item["name"]), item["dtype"], str(tuple(item["shape"])), human_bytes(item["bytes"]))
         print_table(t, out)
 
 
@@ -332,15 +345,22 @@ def _change(value: float | None) -> str:
     return f"{value:.3e}" if 0 < value < 1e-3 else f"{value:.4f}"
 
 
-def _print_diff(d: SnapshotDiff, a: str, b: str) -> None:
+def _print_diff(d: SnapshotDiff, a: str, b: str, trees: tuple[Any, Any] | None = None) -> None:
     out = console()
-    out.print(Text.assemble(("diff ", "bold"), (d.a[:12], "yellow"), f" ({a}) → ", (d.b[:12], "yellow"), f" ({b})"))
+    out.print(
+        Text.assemble(
+            ("diff ", "bold"), (d.a[:12], "yellow"), f" ({shown(a)}) → ", (d.b[:12], "yellow"), f" ({shown(b)})"
+        )
+    )
     out.print(
         f"tensors: {d.added} added, {d.removed} removed, {d.changed} changed, {d.unchanged} unchanged; "
         f"B adds {human_bytes(d.added_bytes)} ({count(d.added_chunks, 'chunk')}) to a store holding A"
     )
     if d.state_changed:
-        out.print("the state tree differs (structure or non-tensor values)")
+        changes = tree_changes(*trees) if trees is not None else []
+        out.print("the state tree differs outside tensors" + (":" if changes else " (structure or non-tensor values)"))
+        for line in changes:
+            out.print(f"  {line}")
     touched = [layer for layer in d.layers if layer.added or layer.removed or layer.changed]
     if touched:
         t = table("by layer")
@@ -348,7 +368,7 @@ def _print_diff(d: SnapshotDiff, a: str, b: str) -> None:
             t.add_column(col, justify="left" if col == "layer" else "right")
         for layer in touched:
             t.add_row(
-                layer.layer,
+                shown(layer.layer),
                 str(layer.added),
                 str(layer.removed),
                 str(layer.changed),
@@ -373,13 +393,13 @@ def _print_diff(d: SnapshotDiff, a: str, b: str) -> None:
             change = _change(x.relative_change) if x.relative_change is not None else (x.note or "")
             if x.status != "changed":
                 change = ""
-            t.add_row(Text(mark, style=style), x.name, dtype, shape, change)
+            t.add_row(Text(mark, style=style), shown(x.name), dtype, shape, change)
         print_table(t, out)
     else:
         out.print("no tensor differs")
     for f in d.files:
         sizes = " → ".join(human_bytes(s) for s in (f.size_a, f.size_b) if s is not None)
-        out.print(f"file {f.status}: {f.path} ({sizes})")
+        out.print(f"file {f.status}: {shown(f.path)} ({sizes})")
 
 
 @click.command()
@@ -402,8 +422,10 @@ def diff(state: CliState, a: str, b: str, no_norms: bool, as_json: bool) -> None
     """
     from ckpt.diff import diff as diff_snapshots
 
-    result = diff_snapshots(state.store(), a, b, norms=not no_norms)
+    store = state.store()
+    result = diff_snapshots(store, a, b, norms=not no_norms)
     if as_json:
         emit_json(result.model_dump(mode="json"))
         return
-    _print_diff(result, a, b)
+    trees = (store.table(result.a).tree, store.table(result.b).tree) if result.state_changed else None
+    _print_diff(result, a, b, trees)

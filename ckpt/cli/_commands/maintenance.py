@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.text import Text
 
 from ckpt.cli._commands._common import json_option, parse_duration, parse_options, parse_size_option
-from ckpt.cli._output import console, count, emit_json, human_bytes, progress_bar, progress_enabled
+from ckpt.cli._output import console, count, echo, emit_json, human_bytes, progress_bar, progress_enabled
 
 if TYPE_CHECKING:
     from ckpt.cli._context import CliState
@@ -21,7 +21,11 @@ __all__ = ["gc", "init", "repair", "verify"]
 
 @click.command()
 @click.argument("url", required=False)
-@click.option("--chunk-size", metavar="SIZE", help="Bytes per chunk, e.g. 64MiB (default: $CKPT_CHUNK_SIZE or 64MiB).")
+@click.option(
+    "--chunk-size",
+    metavar="SIZE",
+    help="Bytes per chunk, at least 4KiB, e.g. 64MiB (default: $CKPT_CHUNK_SIZE or 64MiB).",
+)
 @json_option
 @click.pass_obj
 def init(state: CliState, url: str | None, chunk_size: str | None, as_json: bool) -> None:
@@ -33,13 +37,14 @@ def init(state: CliState, url: str | None, chunk_size: str | None, as_json: bool
       ckpt init s3://bucket/models --chunk-size 128MiB
     """
     size = parse_size_option(chunk_size, flag="--chunk-size")
+    _check_chunk_size(size)
     from ckpt.store import init as init_store
 
     store = init_store(url or state.store_url or None, chunk_size=size, **state.store_options)
     if as_json:
         emit_json({"url": store.url, "chunk_size": store.chunk_size, "format_version": store.config.format_version})
     else:
-        click.echo(f"initialised an empty ckpt store at {store.url} (chunks of {human_bytes(store.chunk_size)})")
+        echo(f"initialised an empty ckpt store at {store.url} (chunks of {human_bytes(store.chunk_size)})")
 
 
 @click.command()
@@ -87,29 +92,51 @@ def verify(state: CliState, rev: str | None, all_: bool, trust: tuple[str, ...],
             where = f" (tensors: {', '.join(d.tensors[:3])}{' …' if len(d.tensors) > 3 else ''})" if d.tensors else ""
             out.print(Text.assemble((d.kind, "bold red"), f" {d.object} {_name(d)}{where}: {d.message}"))
         signed = [r for r in report.releases if r.status == "signed"]
-        if report.releases:
-            whose = "trusted keys" if trust else "their own keys (no --trust given)"
-            click.echo(
-                f"{count(len(report.releases), 'frozen release')}, {len(signed)} signed and checked against {whose}"
+        if trust:
+            echo(f"{count(len(report.releases), 'frozen release')}, {len(signed)} signed by a trusted key")
+        elif signed:  # without --trust a signature proves only that it matches the key it names
+            echo(
+                f"{count(len(signed), 'signed release')}: each signature matches the key it names; "
+                "`ckpt verify --trust KEY.pub` checks who signed"
             )
         verdict = "ok" if report.ok else count(len(report.damage), "problem")
-        click.echo(
+        echo(
             f"checked {count(report.snapshots, 'snapshot')}, {count(report.chunks, 'chunk')} "
             f"({human_bytes(report.bytes)}): {verdict}"
         )
     if not report.ok:
         if not as_json:
             if any(d.object != "release" for d in report.damage):
-                click.echo(
-                    "hint: put the damaged objects back from a good copy with `ckpt repair --from URL`", err=True
-                )
+                echo("hint: put the damaged objects back from a good copy with `ckpt repair --from URL`", err=True)
             if any(d.object == "release" for d in report.damage):
-                click.echo(
+                echo(
                     "hint: a release is not what was frozen and signed: do not use it; its reflog "
                     "(`ckpt reflog TAG`) and the signatures name the snapshot that was published",
                     err=True,
                 )
         click.get_current_context().exit(1)
+
+
+#: The smallest chunk ``ckpt init`` makes: below it, every chunk costs a file (an S3 object) and a header for a
+#: few bytes of tensor, and a 1 GB model becomes millions of objects. The Python API allows less, for tests.
+MIN_CHUNK_SIZE = 4096
+
+
+def _check_chunk_size(size: int | None) -> None:
+    """Refuse a chunk size under ``MIN_CHUNK_SIZE`` (given with --chunk-size or $CKPT_CHUNK_SIZE)."""
+    from ckpt import settings
+
+    flag = "--chunk-size"
+    if size is None:
+        size, flag = settings.chunk_size(), "$CKPT_CHUNK_SIZE"
+    if size < MIN_CHUNK_SIZE:
+        from ckpt.errors import RecordError
+
+        raise RecordError(
+            f"{flag} {size} is too small a chunk: each chunk is a file (an object on S3) with a header, so a "
+            f"model would become millions of them; the smallest is {human_bytes(MIN_CHUNK_SIZE)}",
+            cli_hint=f"give {flag} 4KiB or more; the default 64MiB suits most models (16MiB-256MiB)",
+        )
 
 
 def _damage_line(kind: str, d: Damage) -> Text:
@@ -171,7 +198,7 @@ def repair(
             out.print(_damage_line("unrepaired", d))
         n, m = len(report.repaired), len(report.unrepaired)
         verdict = "the store verifies clean" if report.ok else f"{count(m, 'problem')} remain{'s' if m == 1 else ''}"
-        click.echo(f"{count(n, 'object')} repaired ({human_bytes(report.bytes_copied)} copied); {verdict}")
+        echo(f"{count(n, 'object')} repaired ({human_bytes(report.bytes_copied)} copied); {verdict}")
     if not report.ok:
         click.get_current_context().exit(1)
 
@@ -232,7 +259,7 @@ def gc(state: CliState, dry_run: bool, grace: str, expire_reflog: str, keep_dama
         count(report.snapshots, "snapshot record"),
         count(report.other, "leftover"),
     ]
-    click.echo(
+    echo(
         f"{verb} {human_bytes(report.freed_bytes)} of storage: {', '.join(removed)}; "
         f"kept {count(report.kept_chunks, 'chunk')} ({human_bytes(report.kept_bytes)})"
     )
@@ -243,15 +270,13 @@ def gc(state: CliState, dry_run: bool, grace: str, expire_reflog: str, keep_dama
         what = count(young, "chunk") + f" ({human_bytes(report.young_bytes)})"
         if young_records:
             what += f" and {count(young_records, 'other object')}"
-        click.echo(
+        echo(
             f"spared {what} that nothing needs: written or reused less than {grace.strip()} ago (--grace), a save "
             f"running now may still need {them}; a later gc frees {them}, or `ckpt gc --grace 0` now if no save "
             "is running"
         )
     reused = report.reused_chunks
     if reused:
-        click.echo(
-            f"kept {count(reused, 'chunk')} ({human_bytes(report.reused_bytes)}) that a save reused while gc ran"
-        )
+        echo(f"kept {count(reused, 'chunk')} ({human_bytes(report.reused_bytes)}) that a save reused while gc ran")
     for d in report.damage:
-        click.echo(f"damaged, everything it might need was kept: {d.object} {d.digest[:40]}: {d.message}", err=True)
+        echo(f"damaged, everything it might need was kept: {d.object} {d.digest[:40]}: {d.message}", err=True)

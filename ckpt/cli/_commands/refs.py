@@ -7,8 +7,18 @@ from typing import TYPE_CHECKING
 import click
 from rich.text import Text
 
-from ckpt.cli._commands._common import json_option
-from ckpt.cli._output import RefIndex, age, emit_json, keep_column, print_table, snapshot_json, table
+from ckpt.cli._commands._common import default_rev, json_option
+from ckpt.cli._output import (
+    RefIndex,
+    age,
+    echo,
+    emit_json,
+    keep_column,
+    print_table,
+    shown,
+    snapshot_json,
+    table,
+)
 from ckpt.errors import CkptError
 
 if TYPE_CHECKING:
@@ -20,18 +30,24 @@ __all__ = ["branch", "freeze", "ls", "prune", "reflog", "reset", "tag"]
 
 def _ref_table(store: Store, *, branches: bool = True, tags: bool = True) -> None:
     refs = RefIndex(store.branches() if branches else {}, store.tags() if tags else {})
-    rows: list[tuple[Text, str, str]] = [(Text("branch", style="green"), n, sid) for n, sid in refs.branches.items()]
+    rows: list[tuple[Text, str, str]] = [
+        (Text("branch", style="green"), shown(n), sid) for n, sid in refs.branches.items()
+    ]
     for name, tag in refs.tags.items():
         kind = Text("frozen", style="bold cyan") if tag.frozen else Text("tag", style="yellow")
-        rows.append((kind, name, tag.id))
+        rows.append((kind, shown(name), tag.id))
     if not rows:
-        click.echo("no branches or tags yet", err=True)
+        echo("no branches or tags yet", err=True)
         return
     cells: list[tuple[Text, str, Text, str, str, str]] = []
     for kind, name, sid in rows:
         try:
             snap = store.get(sid)
-            info = (snap.model or "", "" if snap.step is None else str(snap.step), age(snap.created_at))
+            info = (
+                shown(snap.model or ""),
+                "" if snap.step is None else str(snap.step),
+                age(snap.created_at, short=True),
+            )
         except CkptError:  # a ref to a missing snapshot: `ckpt verify` reports it
             info = ("(missing snapshot)", "", "")
         cells.append((kind, name, Text(sid[:12], style="yellow"), *info))
@@ -41,7 +57,7 @@ def _ref_table(store: Store, *, branches: bool = True, tags: bool = True) -> Non
     keep_column(t, "id", [c[2] for c in cells])
     t.add_column("model", overflow="fold")
     keep_column(t, "step", [c[4] for c in cells])
-    t.add_column("age", overflow="fold")
+    keep_column(t, "age", [c[5] for c in cells])
     for row in cells:
         t.add_row(*row)
     print_table(t)
@@ -72,7 +88,9 @@ def ls(state: CliState, as_json: bool) -> None:
 
 @click.command()
 @click.argument("name", required=False)
-@click.option("--at", "at", metavar="REV", help="Where the new branch starts (default: main).")
+@click.option(
+    "--at", "at", metavar="REV", help="Where the new branch starts (default: main, or the store's only branch)."
+)
 @click.option("-d", "--delete", is_flag=True, help="Delete the branch NAME (its snapshots stay until gc).")
 @json_option
 @click.pass_obj
@@ -102,13 +120,20 @@ def branch(state: CliState, name: str | None, at: str | None, delete: bool, as_j
         if as_json:
             emit_json({"deleted": name, "id": old})
         else:
-            click.echo(f"deleted branch {name} (was {(old or '')[:12]}); its snapshots stay until `ckpt gc`")
+            was = (old or "")[:12]
+            echo(f"deleted branch {name} (was {was})")
+            echo(
+                f"`ckpt branch {name} --at {was}` brings it back; its snapshots stay reachable through the reflog "
+                "(`ckpt reflog`) until its entries expire (30 days), so `ckpt gc` frees their chunks only then, or "
+                "now with `ckpt gc --expire-reflog 0`",
+                err=True,
+            )
         return
-    snap = store.branch(name, at=at or "main")
+    snap = store.branch(name, at=at or default_rev(store))
     if as_json:
         emit_json(snapshot_json(snap, RefIndex(store.branches(), store.tags())))
     else:
-        click.echo(f"created branch {name} at {snap.short_id}")
+        echo(f"created branch {name} at {snap.short_id}")
 
 
 @click.command()
@@ -119,7 +144,7 @@ def branch(state: CliState, name: str | None, at: str | None, delete: bool, as_j
 @json_option
 @click.pass_obj
 def tag(state: CliState, name: str | None, rev: str | None, message: str | None, delete: bool, as_json: bool) -> None:
-    """Tag REV (default: main) as NAME; a tag never moves. Without NAME, list tags.
+    """Tag REV (default: main, or the store's only branch) as NAME; a tag never moves. Without NAME, list tags.
 
     \b
     Examples:
@@ -144,17 +169,17 @@ def tag(state: CliState, name: str | None, rev: str | None, message: str | None,
         if as_json:
             emit_json({"deleted": name, "id": old.id if old else None})
         else:
-            click.echo(f"deleted tag {name} (was {old.id[:12] if old else '?'})")
+            echo(f"deleted tag {name} (was {old.id[:12] if old else '?'})")
         return
-    snap = store.tag(name, rev or "main", message=message)
+    snap = store.tag(name, rev or default_rev(store), message=message)
     if as_json:
         emit_json(snapshot_json(snap, RefIndex(store.branches(), store.tags())))
     else:
-        click.echo(f"tagged {snap.short_id} as {name}")
+        echo(f"tagged {snap.short_id} as {name}")
 
 
 @click.command()
-@click.argument("rev", default="main")
+@click.argument("rev", required=False)
 @click.option("--model", help="The model name for the release name <model>-<YYYY-MM-DD> (default: the snapshot's).")
 @click.option("--name", help="The full release name, instead of <model>-<date>.")
 @click.option("-m", "--message", help="A release note.")
@@ -170,7 +195,7 @@ def tag(state: CliState, name: str | None, rev: str | None, message: str | None,
 @click.pass_obj
 def freeze(
     state: CliState,
-    rev: str,
+    rev: str | None,
     model: str | None,
     name: str | None,
     message: str | None,
@@ -178,7 +203,9 @@ def freeze(
     signer: str | None,
     as_json: bool,
 ) -> None:
-    """Publish REV (default: main) as a frozen release: a tag that is never moved, deleted or pruned.
+    """Publish REV as a frozen release: a tag that is never moved, deleted or pruned.
+
+    REV defaults to main (in a store with no branch main, its only branch).
 
     With --sign, the release is signed: a statement naming the release, the snapshot id (which commits to every
     byte), the time and the key is signed and stored beside the tag; `ckpt verify --trust KEY.pub` checks it.
@@ -199,15 +226,16 @@ def freeze(
         release_signer = ReleaseSigner.from_file(key, password=key_password(key), name=signer)
     elif signer is not None:
         raise click.UsageError("--signer names who signs: it goes with --sign KEY")
-    tag_name = store.freeze(rev, model=model, name=name, message=message, signer=release_signer)
+    target = rev if rev is not None else default_rev(store)
+    tag_name = store.freeze(target, model=model, name=name, message=message, signer=release_signer)
     tag_record = store.tags()[tag_name]
     if as_json:
         signed = {"signed_by": release_signer.key_id} if release_signer else {}
         emit_json({"tag": tag_name, **tag_record.model_dump(mode="json"), **signed})
     else:
-        click.echo(f"froze {tag_record.id[:12]} as {tag_name}")
+        echo(f"froze {tag_record.id[:12]} as {tag_name}")
         if release_signer is not None:
-            click.echo(f"signed by {release_signer.key_id}")
+            echo(f"signed by {release_signer.key_id}")
 
 
 @click.command()
@@ -234,10 +262,12 @@ def prune(state: CliState, revs: tuple[str, ...], reason: str | None, as_json: b
         emit_json([snapshot_json(s, refs) for s in done])
         return
     for s in done:
-        click.echo(f"pruned {s.short_id}")
-    click.echo(
-        "their records stay in the log; `ckpt gc` frees the chunks only they used once those are older than its "
-        "grace period (1h by default: a save running now may reuse them), `ckpt gc --grace 0` at once",
+        echo(f"pruned {s.short_id}")
+    one = len(done) == 1
+    echo(
+        f"{'its record stays' if one else 'their records stay'} in the log; `ckpt gc` frees the chunks only "
+        f"{'it' if one else 'they'} used once those are older than its grace period (1h by default: a save "
+        "running now may reuse them), `ckpt gc --grace 0` at once",
         err=True,
     )
 
@@ -264,9 +294,9 @@ def reset(state: CliState, name: str, rev: str, as_json: bool) -> None:
     if as_json:
         emit_json({"branch": name, "old": old, "new": snap.id})
     else:
-        click.echo(f"moved {name} from {(old or '?')[:12]} to {snap.short_id}")
+        echo(f"moved {name} from {(old or '?')[:12]} to {snap.short_id}")
         if old and old != snap.id:
-            click.echo(f"{old[:12]} stays in the reflog: `ckpt reset {name} {name}@{{1}}` puts it back", err=True)
+            echo(f"{old[:12]} stays in the reflog: `ckpt reset {name} {name}@{{1}}` puts it back", err=True)
 
 
 def _ref_names(name: str) -> set[str]:
@@ -274,6 +304,13 @@ def _ref_names(name: str) -> set[str]:
     if name.startswith("refs/"):
         return {name}
     return {f"refs/heads/{name}", f"refs/tags/{name}"}
+
+
+def _moved_to(old: str | None, new: str | None) -> Text:
+    """Where the ref went, as ``git reflog`` shows it: the new id; a deleted ref's last id, struck through."""
+    if new:
+        return Text(new[:12], style="yellow")
+    return Text((old or "-")[:12], style="dim strike")
 
 
 def _short_ref(ref: str) -> str:
@@ -290,6 +327,9 @@ def _short_ref(ref: str) -> str:
 @click.pass_obj
 def reflog(state: CliState, ref: str | None, limit: int | None, as_json: bool) -> None:
     """Every move of every ref (or of the branch or tag REF), newest first.
+
+    Each line: the age, the ref, the action, the id the ref moved to (for a deletion, the id it had, struck
+    through; --json gives both ids of every move) and the message.
 
     Commits, branch creations and deletions, resets, tags, freezes, syncs, and saves that lost a race for their
     branch (`conflict`: the snapshot was written, the branch had moved). Any id here is a revision: use it to
@@ -311,28 +351,31 @@ def reflog(state: CliState, ref: str | None, limit: int | None, as_json: bool) -
         emit_json([e.model_dump(mode="json") for e in entries])
         return
     if not entries:
-        click.echo(f"no reflog entries{f' for {ref}' if ref else ''}", err=True)
+        if ref is not None:
+            from ckpt.errors import RevisionNotFoundError
+
+            raise RevisionNotFoundError(
+                f"no reflog entries for {ref!r}: no branch or tag of that name ever moved",
+                cli_hint="`ckpt reflog` lists every ref's moves; `ckpt ls` lists the branches and tags",
+            )
+        echo("no reflog entries: nothing was saved, branched or tagged yet", err=True)
         return
     styles = {"conflict": "bold red", "delete": "red", "reset": "magenta", "freeze": "bold cyan", "commit": "green"}
     rows = [
         (
-            age(e.time),
-            _short_ref(e.ref),
+            age(e.time, short=True),
+            shown(_short_ref(e.ref)),
             Text(e.action, style=styles.get(e.action, "")),
-            Text((e.old or "-")[:12], style="yellow" if e.old else "dim"),
-            "→",
-            Text((e.new or "-")[:12], style="yellow" if e.new else "dim"),
-            e.message or "",
+            _moved_to(e.old, e.new),
+            shown(e.message or ""),
         )
         for e in entries
     ]
     t = table()
-    t.add_column("age", overflow="fold")
+    keep_column(t, "age", [r[0] for r in rows])
     keep_column(t, "ref", [r[1] for r in rows])
     keep_column(t, "action", [r[2] for r in rows])
-    keep_column(t, "old", [r[3] for r in rows])
-    keep_column(t, "", [r[4] for r in rows])
-    keep_column(t, "new", [r[5] for r in rows])
+    keep_column(t, "id", [r[3] for r in rows])
     t.add_column("message", overflow="fold")
     for row in rows:
         t.add_row(*row)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ckpt.cli._commands._common import json_option, parse_options, parse_size_option
-from ckpt.cli._output import RefIndex, console, count, emit_json, human_bytes, progress_bar, snapshot_json
+from ckpt.cli._output import RefIndex, console, count, echo, emit_json, human_bytes, progress_bar, snapshot_json
 from ckpt.errors import StoreNotFoundError
 
 if TYPE_CHECKING:
@@ -152,12 +152,12 @@ def restore(
         )
         return
     for f in files:
-        click.echo(f"wrote {f['path']} ({human_bytes(f['size'])})")
+        echo(f"wrote {f['path']} ({human_bytes(f['size'])})")
     for path in removed:
-        click.echo(f"removed {path} (superseded by this restore)")
-    click.echo(f"restored {snap.short_id} to {to}: {count(len(files), 'file')}")
+        echo(f"removed {path} (superseded by this restore)")
+    echo(f"restored {snap.short_id} to {to}: {count(len(files), 'file')}")
     if signed is not None:
-        click.echo(f"signed {to} with model-signing: {signed}")
+        echo(f"signed {to} with model-signing: {signed}")
 
 
 #: ``ckpt export REV --to DIR``: ``ckpt restore REV --to DIR`` under the name of its Python counterpart.
@@ -253,7 +253,7 @@ def import_(
     plan = plan_import(path, skip_pickles=skip_pickles, exclude=exclude)
     if not as_json:
         for rel, why in plan.skipped:
-            click.echo(f"skipped {rel}: {why}", err=True)
+            echo(f"skipped {rel}: {why}", err=True)
     with progress_bar("import", total=plan.weight_bytes, quiet=state.quiet) as progress:
         if base is not None:
             if parents or relation not in (None, "adapter"):
@@ -291,7 +291,7 @@ def import_(
         skipped = [{"path": rel, "reason": why} for rel, why in plan.skipped]
         emit_json({**snapshot_json(snap, RefIndex(store.branches(), store.tags())), "skipped": skipped})
         return
-    click.echo(
+    echo(
         f"imported {path} as {snap.short_id} on {branch}: {count(snap.tensor_count, 'tensor')} "
         f"({human_bytes(snap.tensor_bytes)}), {snap.relation}, model {snap.model or '-'}"
     )
@@ -338,8 +338,12 @@ def sync(
     from ckpt.store import open as open_store
     from ckpt.store import sync as sync_stores
 
-    if bool(revs) == all_:
-        raise click.UsageError("give the revisions to copy, or --all (not both)")
+    if revs and all_:
+        raise click.UsageError("give the revisions to copy or --all, not both")
+    if not revs and not all_:
+        raise click.UsageError(
+            "say what to copy: the revisions (branches, tags, ids), or --all for every branch and tag"
+        )
     src_store = open_store(store_location(src), **parse_options(src_option, flag="--src-option"))
     dst_options = parse_options(dst_option, flag="--dst-option")
     created = False
@@ -349,7 +353,7 @@ def sync(
         dst_store = init_store(store_location(dst), chunk_size=src_store.chunk_size, **dst_options)
         created = True
     if created and not as_json:
-        click.echo(f"created a ckpt store at {dst_store.url} (chunks of {human_bytes(dst_store.chunk_size)})")
+        echo(f"created a ckpt store at {dst_store.url} (chunks of {human_bytes(dst_store.chunk_size)})")
     with progress_bar("sync", quiet=state.quiet) as bar:
         report = sync_stores(
             src_store,
@@ -378,9 +382,9 @@ def sync(
         for ref in report.refs:
             out.print(f"updated {ref}")
         for conflict in report.conflicts:
-            click.echo(f"conflict: {conflict}", err=True)
+            echo(f"conflict: {conflict}", err=True)
     if report.conflicts:
         if not as_json:
             n = len(report.conflicts)
-            click.echo(f"error: {count(n, 'ref')} left alone on {dst_store.url}; nothing was overwritten", err=True)
+            echo(f"error: {count(n, 'ref')} left alone on {dst_store.url}; nothing was overwritten", err=True)
         click.get_current_context().exit(1)

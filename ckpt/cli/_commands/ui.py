@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ckpt.cli._output import echo
+
 if TYPE_CHECKING:
     from ckpt.cli._context import CliState
 
@@ -57,18 +59,18 @@ def ui(ctx: click.Context, store_url: str | None, host: str, port: int, open_bro
     explicit = ctx.get_parameter_source("host") is click.core.ParameterSource.COMMANDLINE
     binding = bind(host, port, allow_remote=explicit)
     if not binding.loopback:
-        click.echo(
+        echo(
             f"warning: serving on {host}, which is not a loopback address: anyone who can reach this machine "
             "can read the store's records and tensors' metadata",
             err=True,
         )
-    click.echo(f"ckpt ui: {store.url} at {binding.url} (read-only; Ctrl-C to stop)", err=True)
+    echo(f"ckpt ui: {store.url} at {binding.url} (read-only; Ctrl-C to stop)", err=True)
     if open_browser:
         webbrowser.open(binding.url)
     try:
         serve(store, binding)
     except KeyboardInterrupt:
-        click.echo("ckpt ui: stopped", err=True)
+        echo("ckpt ui: stopped", err=True)
 
 
 @click.command()
@@ -101,6 +103,15 @@ def plot(
     """
     from ckpt.plot import save_plot
 
+    folder = output.parent
+    if not folder.is_dir():  # before the store is read and the figure drawn
+        from ckpt.errors import CkptError
+
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise CkptError(
+            f"cannot write {output}: {folder} {what}",
+            cli_hint=f"create the folder first (mkdir -p {folder}), or pass -o a path in an existing folder",
+        )
     path = save_plot(
         state.store(),
         metric,
@@ -110,4 +121,4 @@ def plot(
         scope="lineage" if lineage else "run",
         dpi=dpi,
     )
-    click.echo(f"wrote {path}")
+    echo(f"wrote {path}")

@@ -69,7 +69,7 @@
     ];
   }
   function label(snap) {
-    const bits = [snap.model || "?", snap.short_id || snap.id.slice(0, 12)];
+    const bits = [snap.model || "(no model name)", snap.short_id || snap.id.slice(0, 12)];
     if (snap.step !== null && snap.step !== undefined) bits.push("step " + snap.step);
     return bits.join(" ");
   }
@@ -170,7 +170,7 @@
       Object.keys(g.tags).map((t) => h("option", { value: t })));
     const legend = h("div", { class: "legend" },
       ["import", "continue", "finetune", "adapter", "merge", "quantized"].map((r) => h("span", { class: "key " + r, text: r })),
-      h("span", { class: "key pruned", text: "pruned" }), h("span", { class: "key frozen", text: "frozen release" }));
+      h("span", { class: "key pruned", text: "pruned" }), h("span", { class: "key frozen", text: "frozen release" }), h("span", { class: "key tag", text: "tag" }));
     const btn = (text, title, fn) => h("button", { type: "button", title, text, onclick: fn });
     const wrap = h("div", { class: "tree-wrap" }, svg);
     wrap.style.height = Math.max(260, Math.min(window.innerHeight - 150, g.height + 120)) + "px";
@@ -293,7 +293,7 @@
     parts.push(h("h2", { text: "Tensors" }));
     if (!t.available) parts.push(h("p", { class: "muted", text: t.note }));
     else {
-      parts.push(h("p", { id: "tensor-summary", text: `${t.count} tensors, ${bytes(t.bytes)} (raw)` + (t.note ? " · " + t.note : "") }));
+      parts.push(h("p", { id: "tensor-summary", text: `${plural(t.count, "tensor")}, ${bytes(t.bytes)} (raw)` + (t.note ? " · " + t.note : "") }));
       parts.push(h("table", { id: "by-dtype" }, h("thead", {}, h("tr", {}, h("th", { text: "dtype" }), h("th", { class: "num", text: "tensors" }), h("th", { class: "num", text: "bytes" }))),
         h("tbody", {}, t.by_dtype.map((x) => h("tr", {}, h("td", { text: x.dtype }), h("td", { class: "num", text: x.count }), h("td", { class: "num", text: bytes(x.bytes) }))))));
       const layers = h("div", { id: "layers" });
@@ -402,7 +402,7 @@
     const body = h("tbody", {});
     const first = Math.max(0, saves.length - TABLE_ROWS); // a long run: the newest saves, the rest on demand
     saves.slice(first).forEach((sv, i) => body.append(row(sv, first + i)));
-    const more = first > 0 ? h("button", { type: "button", id: "all-saves", text: `show the ${first} older saves`, onclick: () => {
+    const more = first > 0 ? h("button", { type: "button", id: "all-saves", text: first === 1 ? "show the older save" : `show the ${first} older saves`, onclick: () => {
       body.prepend(...saves.slice(0, first).map(row)); more.remove();
     } }) : null;
     parts.push(h("h2", { text: "Saves" }), more, h("table", { id: "saves" },
@@ -460,7 +460,7 @@
     try { d = await api("/api/diff/" + enc(a) + ".." + enc(b)); } catch (e) { showError(out, e); main.dataset.ready = "error"; return; }
     const parts = [
       h("p", { id: "diff-heads" }, "from ", snapLink(d.a_snapshot), " (", a, ") to ", snapLink(d.b_snapshot), " (", b, ")"),
-      h("p", { id: "diff-counts", text: `${d.added} added, ${d.removed} removed, ${d.changed} changed, ${d.unchanged} unchanged tensors · B adds ${bytes(d.added_bytes)} (${d.added_chunks} chunks) to a store holding A` + (d.state_changed ? " · the state tree differs (structure or non-tensor values)" : "") }),
+      h("p", { id: "diff-counts", text: `${d.added} added, ${d.removed} removed, ${d.changed} changed, ${d.unchanged} unchanged ${d.unchanged === 1 ? "tensor" : "tensors"} · B adds ${bytes(d.added_bytes)} (${plural(d.added_chunks, "chunk")}) to a store holding A` + (d.state_changed ? " · the state tree differs (structure or non-tensor values)" : "") }),
       h("h2", { text: "Relative change by layer, ‖B−A‖/‖A‖" }),
       h("p", { class: "muted", text: `largest of each layer's tensors; bars on a log scale over ${DECADES} powers of ten below the largest change` }),
     ];
