@@ -1,6 +1,6 @@
 """Distributed saves: ckpt's DCP writer against DCP's own ``FileSystemWriter``, measured in the same run.
 
-    python benchmarks/distributed.py [--size-gb 1] [--repeat 3] [--ranks 2] [--dir DIR]
+    python benchmarks/distributed.py [--size-gb 1] [--repeat 3] [--ranks 2] [--s3-load-gb 1] [--dir DIR]
 
 Starts ``--ranks`` processes (a gloo process group on CPU). Each holds its shards of a Llama-shaped bf16 model
 of about ``--size-gb`` GB in total, as ``DTensor``s split by rows (FSDP2's layout), and saves them with
@@ -13,8 +13,12 @@ of about ``--size-gb`` GB in total, as ``DTensor``s split by rows (FSDP2's layou
   not written again), DCP into a new folder (a DCP checkpoint is a folder; it rewrites everything). Bytes
   written are the growth of the store / the new folder.
 
+- **load from S3** (moto on 127.0.0.1; ``--s3-load-gb 0`` skips it): ``benchmarks/object_store.py``'s model load,
+  GB/s of ``Store.load`` with parallel chunk requests and one at a time, runai-model-streamer streaming a
+  safetensors file of the same tensors from the same server, and s3fs ``cat_file`` of that file.
+
 Prints a table and, last, one JSON line: ``save_ratio`` (ckpt / DCP time of the first save; target ≤ 1.1),
-``second_bytes_fraction`` for each side (bytes written by the second save / by the first).
+``second_bytes_fraction`` for each side (bytes written by the second save / by the first), ``s3_load`` (GB/s).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -144,11 +149,27 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str)
 
 
 def s3_load_comparison(args: argparse.Namespace) -> dict[str, float] | None:
-    """TODO (issue 16, item 3): load ~1 GiB from S3 (moto on 127.0.0.1), GB/s of ckpt with parallel object-store
-    I/O, ckpt one request at a time, and runai-model-streamer (+ runai-model-streamer-s3) streaming a
-    safetensors file of the same tensors from the same server (or s3fs ``cat`` of that file if the streamer
-    cannot talk to moto). Comes with the parallel I/O of the storage layer; returns None until then."""
-    return None
+    """Load ~``--size-gb`` from S3 (moto on 127.0.0.1): GB/s of ckpt with parallel object-store I/O, ckpt one
+    request at a time, runai-model-streamer (+ runai-model-streamer-s3) streaming a safetensors file of the same
+    tensors from the same server, and s3fs ``cat`` of that file. Runs ``benchmarks/object_store.py`` (its model
+    load part; ``--s3-load-gb 0`` skips it) and returns ``case → GB/s`` (``None`` where a contender failed)."""
+    if not args.s3_load_gb:
+        return None
+    command = [
+        sys.executable,
+        str(Path(__file__).with_name("object_store.py")),
+        "--size-gb",
+        str(args.s3_load_gb),
+        "--small",
+        "0",
+        "--repeat",
+        str(args.repeat),
+        "--latency-ms",
+        str(args.s3_latency_ms),
+    ]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    rows = json.loads(out.strip().splitlines()[-1])["rows"]
+    return {name: row["gb_per_s"] for name, row in rows.items() if name.startswith("load:")}
 
 
 def main() -> None:
@@ -156,6 +177,8 @@ def main() -> None:
     parser.add_argument("--size-gb", type=float, default=1.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--s3-load-gb", type=float, default=1.0, help="GB loaded from S3 (moto); 0 skips it")
+    parser.add_argument("--s3-latency-ms", type=float, default=0.0, help="moto's added time per object request")
     parser.add_argument("--dir", default=None, help="where the stores and folders go (default: a temporary one)")
     args = parser.parse_args()
     own = args.dir is None
@@ -196,6 +219,8 @@ def main() -> None:
     print(f"(changed tensors hold {result['changed_bytes'] / result['total']:.1%} of the bytes)")
     print("every run, seconds:", {k: [round(x, 3) for x in v] for k, v in rows.items()})
     s3 = s3_load_comparison(args)
+    for name, speed in (s3 or {}).items():
+        print(f"{name:60} {'failed' if speed is None else f'{speed:.2f} GB/s'}")
     summary = {
         "size_gb": round(gb, 3),
         "ranks": args.ranks,
