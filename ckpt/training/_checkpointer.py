@@ -130,8 +130,6 @@ class Checkpointer(RunReader):
         super().__init__(store, branch, options)
         self.policy = options.policy(branch)
         self._cache = DigestCache()
-        #: keys of tensors caught changing without a version bump; never cached again
-        self.untracked: set[str] = self._cache.untracked
         #: marks this object's saves (``metadata["checkpointer"]["run"]``), with their count as ``"save"``
         self.run_id = os.urandom(6).hex()
         self._count = 0
