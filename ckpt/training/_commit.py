@@ -1,9 +1,10 @@
 """One staged save committed to the store, with what the digest cache assumed checked before and after.
 
 A tensor found byte-for-byte equal to a staging buffer whose committed digests are known (``_digest_cache``) is
-not hashed again: those digests go to the store, with the buffer's bytes. Before the commit, those chunks must still exist (a ``gc`` beside the run could have removed
-them); after it, the table must name the digests the cache gave. Either failure refuses the save, or flags it,
-rather than record tensors the loop did not hold at ``save()``.
+not hashed again: those digests go to the store, with the buffer's bytes. Before the commit, those chunks must
+still exist, whole (a ``gc`` beside the run could have removed them); after it, the table must name the digests
+the cache gave. Either failure refuses the save, or flags it, rather than record tensors the loop did not hold
+at ``save()``.
 """
 
 from __future__ import annotations

@@ -172,9 +172,7 @@ def _write_one(t: torch.Tensor, i: int, value: float, how: str) -> None:
 
 
 @pytest.mark.parametrize("how", [".data[i] =", "numpy view", "from_numpy alias", "-0.0 for 0.0"])
-def test_a_single_element_changed_behind_the_version_counter_is_never_missed(
-    local_store: ckpt.Store, how: str
-) -> None:
+def test_a_single_element_changed_behind_the_version_counter_is_never_missed(local_store: ckpt.Store, how: str) -> None:
     """The breaker's case: a few rows of an embedding change through ``.data`` between saves (new-token init,
     a sparse update). Every save must hold the live bytes, wherever the changed element lies."""
     w = torch.nn.Parameter(torch.zeros(N) if how == "-0.0 for 0.0" else torch.randn(N))
