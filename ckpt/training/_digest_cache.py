@@ -28,9 +28,8 @@ from typing import Any
 
 __all__ = ["DigestCache", "cacheable", "equal_bytes"]
 
-#: bytes compared at a time (the first piece is small: a changed tensor usually differs early)
+#: bytes compared first, alone (a changed tensor usually differs early)
 _FIRST_PIECE = 1 << 16
-_PIECE = 16 << 20
 
 
 class DigestCache:
@@ -98,23 +97,30 @@ def cacheable(t: Any) -> bool:
 
 def equal_bytes(a: Any, b: Any) -> bool:
     """Whether two contiguous CPU tensors of one dtype and shape hold the same bytes (every byte, compared as
-    bits: ``-0.0`` and ``0.0`` differ, a NaN equals itself)."""
+    bits: ``-0.0`` and ``0.0`` differ, a NaN equals itself).
+
+    The bytes are compared as the widest integers that fit (8 bytes at a time where possible: several times
+    faster than bytes); a small first piece is compared alone, since a changed tensor usually differs early.
+    """
     import torch
 
     if a.dtype != b.dtype or tuple(a.shape) != tuple(b.shape) or not b.is_contiguous() or b.device.type != "cpu":
         return False
+    nbytes = int(a.numel()) * a.element_size()
+    as_int = next(
+        (
+            d
+            for d, size in ((torch.int64, 8), (torch.int32, 4), (torch.int16, 2))
+            if nbytes % size == 0 and a.data_ptr() % size == 0 and b.data_ptr() % size == 0
+        ),
+        torch.uint8,
+    )
     try:
-        x = a.detach().reshape(-1).view(torch.uint8)
-        y = b.detach().reshape(-1).view(torch.uint8)
+        x = a.detach().reshape(-1).view(torch.uint8).view(as_int)
+        y = b.detach().reshape(-1).view(torch.uint8).view(as_int)
     except RuntimeError:  # a dtype torch cannot reinterpret: not provable here
         return False
-    n = int(x.numel())
-    if n != int(y.numel()):
+    if x.numel() != y.numel():
         return False
-    start, piece = 0, _FIRST_PIECE
-    while start < n:
-        end = min(n, start + piece)
-        if not torch.equal(x[start:end], y[start:end]):
-            return False
-        start, piece = end, _PIECE
-    return True
+    first = _FIRST_PIECE // x.element_size()
+    return bool(torch.equal(x[:first], y[:first]) and torch.equal(x[first:], y[first:]))
