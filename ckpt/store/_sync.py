@@ -120,9 +120,7 @@ def sync_parts(
     pool = ThreadPoolExecutor(settings.threads(), thread_name_prefix="ckpt-sync")
     try:
         digests = list(needed)
-        present = dict(
-            zip(digests, pool.map(lambda d: dst.objects.chunk_whole(d, needed[d][2]), digests), strict=True)
-        )
+        present = dict(zip(digests, pool.map(lambda d: dst.objects.chunk_whole(d, needed[d][2]), digests), strict=True))
         missing = [d for d in digests if not present[d]]
         if progress_total:
             progress_total(sum(needed[d][2] for d in missing))
