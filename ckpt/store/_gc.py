@@ -72,6 +72,9 @@ class GcReport(BaseModel):
         revived_snapshots: snapshots the plan found unreachable that a ref reached before the deletion (another
             process branched, tagged, reset or saved onto them while gc ran): spared, with their data.
         damage: with ``on_damage="keep"``, what could not be read; everything it might need was kept.
+        foreign: files in the store's object folders whose names are not ckpt's (a user's own files, e.g.
+            after ``ckpt init`` in a folder that had a ``chunks/`` or ``tmp/`` of its own): never deleted,
+            listed here (the first 100).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -92,6 +95,7 @@ class GcReport(BaseModel):
     reused_bytes: int = 0
     revived_snapshots: int = 0
     damage: tuple[Damage, ...] = ()
+    foreign: tuple[str, ...] = ()
 
 
 class GcPlan(BaseModel):
@@ -114,6 +118,7 @@ class GcPlan(BaseModel):
     young_records: int
     damage: tuple[Damage, ...]
     revived_snapshots: int = 0
+    foreign: tuple[str, ...] = ()
 
     @property
     def freed_bytes(self) -> int:
@@ -140,6 +145,7 @@ class GcPlan(BaseModel):
             reused_bytes=sum(reused.values()),
             revived_snapshots=self.revived_snapshots,
             damage=self.damage,
+            foreign=self.foreign,
         )
 
     def execute(self, backend: Backend) -> GcReport:
@@ -268,6 +274,18 @@ def plan_gc(
     def old(e: Entry) -> bool:
         return e.mtime is None or now - e.mtime >= grace
 
+    foreign: list[str] = []
+
+    def listing(prefix: str) -> list[Entry]:
+        """The objects under ``prefix`` named as ckpt names them; any other file is set aside, never deleted."""
+        entries = []
+        for e in backend.list(prefix):
+            if layout.is_object_path(e.path):
+                entries.append(e)
+            else:
+                foreign.append(e.path)
+        return entries
+
     state, live_chunks = _needed(parts, expire_reflog=expire_reflog, now=now)
     if state.damage and on_damage != "keep":
         raise _refusal(state.damage)
@@ -277,7 +295,7 @@ def plan_gc(
     snapshot_paths: list[str] = []
     table_paths: list[str] = []
     record_bytes = young_records = 0
-    for e in backend.list(layout.SNAPSHOTS):
+    for e in listing(layout.SNAPSHOTS):
         if state.all_records or layout.digest_from_path(e.path) in live:
             continue
         if old(e):
@@ -285,7 +303,7 @@ def plan_gc(
             record_bytes += e.size
         else:
             young_records += 1
-    for e in backend.list(layout.TABLES):
+    for e in listing(layout.TABLES):
         if state.all_tables or layout.digest_from_path(e.path) in live_tables:
             continue
         if old(e):
@@ -296,7 +314,7 @@ def plan_gc(
     chunk_paths: list[str] = []
     chunk_sizes: list[int] = []
     kept_chunks = kept_bytes = young_chunks = young_bytes = 0
-    for e in backend.list(layout.CHUNKS):
+    for e in listing(layout.CHUNKS):
         if state.all_chunks or layout.digest_from_path(e.path) in live_chunks:
             kept_chunks += 1
             kept_bytes += e.size
@@ -309,7 +327,7 @@ def plan_gc(
             chunk_paths.append(e.path)
             chunk_sizes.append(e.size)
     other: list[str] = []
-    for e in backend.list(layout.TMP):
+    for e in listing(layout.TMP):
         if old(e):
             other.append(e.path)
             record_bytes += e.size
@@ -332,6 +350,7 @@ def plan_gc(
         young_bytes=young_bytes,
         young_records=young_records,
         damage=tuple(state.damage),
+        foreign=tuple(foreign[:100]),
     )
 
 

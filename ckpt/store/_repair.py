@@ -136,8 +136,10 @@ def _fix_in_place(store: StoreParts, d: Damage) -> int | None:
     if d.object == "marker":
         sid = d.snapshots[0] if d.snapshots else ""
         if not is_digest(sid) or d.digest != layout.pruned_path(sid):
-            store.backend.delete([d.digest])  # not a marker at all: pruned/ holds only markers
-            return 0
+            if layout.is_object_path(d.digest):
+                store.backend.delete([d.digest])  # named as a marker, but for no snapshot id: not a marker
+                return 0
+            raise _NotRepaired(f"{d.digest} is not named as ckpt names a pruned marker: remove it by hand if unneeded")
         if sid in store.release_needs():
             store.backend.delete([d.digest])  # a frozen release is never pruned
             return 0
