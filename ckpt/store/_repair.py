@@ -147,6 +147,11 @@ def _fix_in_place(store: StoreParts, d: Damage) -> int | None:
         data = canonical_json(marker.model_dump(mode="json"))
         store.backend.replace(d.digest, data)
         return len(data)
+    if d.object == "ref" and d.kind == "invalid":
+        raise _NotRepaired(
+            "a branch and a tag share a name: no copy decides which one belongs; delete the one that should not "
+            "be there (`ckpt branch -d NAME` for the branch)"
+        )
     if d.object == "reflog":
         raise _NotRepaired(
             "a reflog entry is not content-addressed, so no copy can restore it; if what it named is not needed, "
