@@ -108,7 +108,7 @@ def test_a_branch_and_a_tag_of_one_name_are_ambiguous(store: ckpt.Store, chain: 
     a, b, _c = chain
     store.freeze(a.id, name="tiny-2026-01-01")
     store.backend.replace("refs/heads/tiny-2026-01-01", branch_bytes(b.id))
-    with pytest.raises(ckpt.AmbiguousRevisionError, match="both a branch .* and a tag") as err:
+    with pytest.raises(ckpt.AmbiguousRevisionError, match=r"both a branch .* and a tag") as err:
         store.load("tiny-2026-01-01")
     assert "refs/tags/tiny-2026-01-01" in str(err.value.hint)
     assert store.resolve("refs/tags/tiny-2026-01-01").id == a.id
