@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ckpt.errors import RecordError
-from ckpt.interop._folders import MAX_PATH_BYTES, check_relative_path, inside, is_store, os_error
+from ckpt.interop._folders import MAX_PATH_BYTES, check_relative_path, inside, is_store, local_path, os_error
 
 __all__ = ["FolderWriter"]
 
@@ -52,7 +52,7 @@ class FolderWriter:
         force: bool,
         owns: Callable[[str, Path], bool] = lambda rel, path: False,
     ) -> None:
-        self.given = Path(os.fspath(dest))
+        self.given = local_path(dest, "the output folder")
         self.real = Path(os.path.realpath(self.given))
         self.planned = {check_relative_path(p, what="file") for p in planned}
         room = MAX_PATH_BYTES - 1 - len(os.fsencode(self.real.parent / f".{self.real.name}.ckpt-export-{'0' * 12}/"))

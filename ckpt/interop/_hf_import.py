@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from pydantic import JsonValue
 
 from ckpt.errors import CkptError, RecordError, UnsupportedStateError
-from ckpt.interop._folders import FolderFile, open_file, os_error, read_file, scan_folder
+from ckpt.interop._folders import FolderFile, local_path, open_file, os_error, read_file, scan_folder
 from ckpt.interop._safetensors import open_mapped
 from ckpt.interop._shards import WEIGHTS_SUFFIX, check_index
 from ckpt.interop._state_doc import HEADER_PREFIX, LAYOUT_KEY, STATE_JSON, ExportDoc, read_export_doc
@@ -106,7 +106,7 @@ def plan_import(path: str | os.PathLike[str], *, skip_pickles: bool = False, exc
         >>> plan.skipped  # doctest: +SKIP
         (('pytorch_model.bin', 'pickle (skip_pickles)'),)
     """
-    src = Path(os.fspath(path))
+    src = local_path(path, "the folder or file to import")
     try:
         missing, is_dir = not src.exists() and not src.is_symlink(), src.is_dir()
     except OSError as e:

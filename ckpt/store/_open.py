@@ -135,5 +135,7 @@ def location(url: str | os.PathLike[str] | None) -> str:
             hint="pass a str or pathlib.Path, e.g. ckpt.open('runs') or ckpt.open('s3://bucket/models')",
         ) from None
     if not isinstance(text, str):
-        raise StoreError(f"a store location must be a str path, got {type(text).__name__}")
+        raise StoreError(
+            f"a store location must be a str path, got {type(text).__name__}", hint="decode it with os.fsdecode(path)"
+        )
     return text or settings.store_url()
