@@ -49,7 +49,7 @@ def test_bytes_and_other_non_paths_are_ckpt_errors(saved: ckpt.Store, tmp_path: 
 
 
 def test_a_single_trust_path_is_one_file_not_its_characters(saved: ckpt.Store, tmp_path: Path) -> None:
-    with pytest.raises(ckpt.RecordError, match="nokey.pub"):
+    with pytest.raises(ckpt.RecordError, match=r"nokey\.pub"):
         saved.verify(trust=str(tmp_path / "nokey.pub"))  # type: ignore[arg-type]
 
 
