@@ -18,6 +18,7 @@ from typing import Any
 
 from ckpt.errors import UnsupportedStateError
 from ckpt.state import TensorSource, alias_key, flatten, tensor_name
+from ckpt.store import ProvenSource
 from ckpt.training._digest_cache import DigestCache, cacheable
 
 __all__ = ["Slot", "SlotPool", "Staged", "StagedTensor", "stage"]
@@ -115,9 +116,9 @@ def stage(state: Any, slot: Slot | None, cache: DigestCache | None) -> Staged:
         if digests is not None:  # byte for byte the buffer whose digests are known: neither copied nor hashed
             assert slot is not None
             bare = torch_source(slot.buffers[key], key)  # the save's own copy stands for the live tensor
-            src = TensorSource(bare.dtype, bare.shape, bare.kind, bare.data, bare.owner, digests)
-            out.tensors[id(src)] = StagedTensor(key, hit=digests)  # the id of the object the tree holds
-            return src
+            proven = ProvenSource(bare.dtype, bare.shape, bare.kind, bare.data, bare.owner, digests)
+            out.tensors[id(proven)] = StagedTensor(key, hit=digests)  # the id of the object the tree holds
+            return proven
         forget(key)
         if slot is None:
             staged = t.detach()

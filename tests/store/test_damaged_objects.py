@@ -166,3 +166,16 @@ def test_sync_does_not_copy_a_release_whose_chunks_the_mirror_collected(store: c
     assert any("m-rel" in c and "pruned in the destination" in c for c in report.conflicts)
     assert "m-rel" not in store.tags()
     assert store.verify().ok
+
+
+def test_digests_a_caller_claims_are_not_trusted(local_store: ckpt.Store) -> None:
+    """A ``TensorSource`` claiming the digests of other, stored bytes: the store hashes what it is given."""
+    store = local_store
+    snap = store.save({"w": W}, "main")
+    claimed = store.table(snap.id).tensors["w"].chunks
+    other = np.full_like(W, 7.0)
+    src = ckpt.TensorSource("F32", other.shape, "numpy", memoryview(other).cast("B"), other, claimed)
+    store.save({"w": src}, "other")
+    np.testing.assert_array_equal(store.load("other")["w"], other)
+    assert store.table(store.resolve("other").id).tensors["w"].chunks != claimed
+    assert store.verify().ok
