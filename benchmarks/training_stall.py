@@ -19,8 +19,10 @@
    (everything copied and hashed, the chunks deduplicated).
 
 The last line is one JSON object: ``stall_ratio`` (async stall / sync stall per save, target ≤ 0.15),
-``lora_resave_ratio`` (re-save / first full save, target ≤ 0.1), ``lora_resave_vs_safetensors`` (re-save /
-``safetensors.save_file`` of the same state) and ``lora_nocache_vs_safetensors``, with the raw seconds.
+``lora_resave_ratio`` (re-save / first full save: no longer ≤ 0.1 as with the version counter, which missed
+writes through ``.data``; the byte comparison reads the frozen base, about the cost of copying it),
+``lora_resave_vs_safetensors`` (re-save / ``safetensors.save_file`` of the same state, target ≤ 1) and
+``lora_nocache_vs_safetensors``, with the raw seconds.
 """
 
 from __future__ import annotations
@@ -195,7 +197,7 @@ def main() -> None:
         lora = lora_run(work / "lora", args.lora_base_mb, 4096)
         shutil.rmtree(work / "lora")
         print(f"LoRA run over a frozen {args.lora_base_mb:.0f} MB base: first save {lora['first']:.3f} s,")
-        print(f"  re-save {lora['resave']:.4f} s   ratio {lora['resave'] / lora['first']:.4f} (target <= 0.1)")
+        print(f"  re-save {lora['resave']:.4f} s   ratio {lora['resave'] / lora['first']:.4f}")
         print(
             f"  re-save with digest_cache=False {lora['nocache']:.4f} s;"
             f" safetensors.save_file of the same state {lora['safetensors']:.4f} s"
