@@ -237,18 +237,9 @@ def _lacking(
             table = dst.objects.get_table(snap.table)
         except CkptError as e:
             return f"snapshot {sid[:12]} cannot be read on the destination: {e.message}"
-        pieces = [p for entry in table.tensors.values() for p in entry.pieces(table.chunk_size)]
-        pieces += [
-            (d, min(table.chunk_size, f.size - i * table.chunk_size))
-            for f in table.files.values()
-            for i, d in enumerate(f.chunks)
-        ]
-        for digest, length in pieces:
-            if digest in whole:
-                continue
-            if not dst.objects.chunk_whole(digest, length):
-                return f"chunk {digest[:12]} of snapshot {sid[:12]} is missing or damaged on the destination"
-            whole.add(digest)
+        digest = dst.unwhole_chunk(table, whole)
+        if digest is not None:
+            return f"chunk {digest[:12]} of snapshot {sid[:12]} is missing or damaged on the destination"
         sid = snap.base or ""
     return None
 

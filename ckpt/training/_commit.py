@@ -25,7 +25,8 @@ __all__ = ["commit"]
 
 
 def _chunk_exists(store: Store, digest: str) -> bool:
-    """Whether the store holds the chunk ``digest`` (one existence check of its object)."""
+    """Whether the store holds the chunk ``digest`` (one existence check of its object; the store's own write
+    checks it is whole, and heals it from the save's buffer if not)."""
     return store_parts(store).objects.has_chunk(digest)
 
 

@@ -179,3 +179,14 @@ def test_digests_a_caller_claims_are_not_trusted(local_store: ckpt.Store) -> Non
     np.testing.assert_array_equal(store.load("other")["w"], other)
     assert store.table(store.resolve("other").id).tensors["w"].chunks != claimed
     assert store.verify().ok
+
+
+def test_freeze_without_verify_refuses_a_truncated_chunk(local_store: ckpt.Store) -> None:
+    """``freeze(verify=False)`` checks each chunk is whole (length, header), not only that it exists."""
+    store = local_store
+    snap = store.save({"w": W}, "main", model="m")
+    path = _chunks(store)[1]
+    store.backend.replace(path, store.backend.read(path)[:40])
+    with pytest.raises(ckpt.MissingObjectError, match="missing from the store or damaged"):
+        store.freeze(snap.id, name="m-rel", verify=False)
+    assert "m-rel" not in store.tags()
