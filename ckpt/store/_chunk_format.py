@@ -7,6 +7,8 @@ import struct
 
 import blake3
 
+from ckpt.errors import CorruptChunkError, FormatVersionError
+
 __all__ = [
     "CHUNK_FORMAT",
     "CHUNK_HEADER_SIZE",
@@ -14,7 +16,9 @@ __all__ = [
     "CODEC_RAW",
     "HEADER",
     "VERIFY_PIECE",
+    "check_stored",
     "chunk_header",
+    "describe",
     "hash_chunk",
     "hasher",
     "stored_size",
@@ -57,3 +61,56 @@ def hash_chunk(data: memoryview | bytes) -> str:
 def hasher(length: int) -> blake3.blake3:
     """A BLAKE3 hasher for ``length`` bytes (multi-threaded above 1 MiB)."""
     return blake3.blake3(max_threads=blake3.blake3.AUTO) if length >= _BIG else blake3.blake3()
+
+
+def check_stored(
+    digest: str,
+    header: bytes,
+    stored: int,
+    expected: int | None,
+    tensor: str | None,
+    snapshot: str | None,
+) -> int:
+    """Check a stored chunk's header and size; returns its raw length.
+
+    Args:
+        digest: the chunk's address.
+        header: its first 16 bytes (fewer if the object is shorter).
+        stored: how many bytes the object holds, or a lower bound past its expected end (a reader asks
+            for one byte more than it expects, to see whether anything follows).
+        expected: the raw length the table implies, or ``None`` to take the header's (then the digest
+            check, not the length, is what proves the bytes).
+    """
+    where = describe(tensor, snapshot)
+
+    def corrupt(what: str) -> CorruptChunkError:
+        return CorruptChunkError(
+            f"chunk {digest[:12]} of {where} is corrupt: {what}", digest=digest, tensor=tensor, snapshot=snapshot
+        )
+
+    if len(header) < CHUNK_HEADER_SIZE:
+        raise corrupt(f"it holds {stored} bytes, less than its {CHUNK_HEADER_SIZE}-byte header")
+    magic, fmt, codec, _reserved, raw_length = HEADER.unpack(header[:CHUNK_HEADER_SIZE])
+    if magic != CHUNK_MAGIC:
+        raise corrupt("its header does not start with the chunk magic")
+    if fmt != CHUNK_FORMAT or codec != CODEC_RAW:
+        raise FormatVersionError(
+            f"chunk {digest[:12]} of {where} uses chunk format {fmt}, codec {codec}, which this ckpt does not "
+            f"know (it reads format {CHUNK_FORMAT}, codec {CODEC_RAW} = raw)"
+        )
+    if expected is not None and raw_length != expected:
+        raise corrupt(f"its header says {raw_length} bytes, its table {expected}")
+    if stored < CHUNK_HEADER_SIZE + raw_length:
+        raise corrupt(f"it holds {stored - CHUNK_HEADER_SIZE} bytes of its {raw_length}")
+    if stored > CHUNK_HEADER_SIZE + raw_length:
+        raise corrupt(f"bytes follow its {raw_length}-byte payload")
+    return int(raw_length)
+
+
+def describe(tensor: str | None, snapshot: str | None) -> str:
+    parts = []
+    if tensor:
+        parts.append(f"tensor {tensor!r}")
+    if snapshot:
+        parts.append(f"snapshot {snapshot[:12]}")
+    return " in ".join(parts) if parts else "the store"

@@ -26,13 +26,12 @@ from ckpt.model import (
 from ckpt.storage import Backend
 from ckpt.store import _layout as layout
 from ckpt.store._chunk_format import (
-    CHUNK_FORMAT,
     CHUNK_HEADER_SIZE,
-    CHUNK_MAGIC,
     CODEC_RAW,
-    HEADER,
     VERIFY_PIECE,
+    check_stored,
     chunk_header,
+    describe,
     hash_chunk,
     stored_size,
 )
@@ -126,7 +125,7 @@ class Objects:
                 stored = st.st_size
             else:
                 stored = end - 1 + len(self.backend.read(path, end - 1, end + 1))
-            self._check_stored(digest, header, stored, length, None, None)
+            check_stored(digest, header, stored, length, None, None)
         except FormatVersionError:
             return True
         except (CkptError, OSError):
@@ -137,58 +136,14 @@ class Objects:
     #
     # A stored chunk is valid when it is a regular file (on a local store) of exactly 16 + n bytes, its header
     # has the magic, a known format and codec and says n, n is the length the table implies for that piece, and
-    # (when verifying) its n payload bytes hash to its address. ``_check_stored`` is that rule; load, lazy
+    # (when verifying) its n payload bytes hash to its address. ``check_stored`` is that rule; load, lazy
     # reads, files, export, verify, repair and sync all reach it through the readers below, so a chunk one of
     # them accepts, every one of them accepts.
-
-    def _check_stored(
-        self,
-        digest: str,
-        header: bytes,
-        stored: int,
-        expected: int | None,
-        tensor: str | None,
-        snapshot: str | None,
-    ) -> int:
-        """Check a stored chunk's header and size; returns its raw length.
-
-        Args:
-            digest: the chunk's address.
-            header: its first 16 bytes (fewer if the object is shorter).
-            stored: how many bytes the object holds, or a lower bound past its expected end (a reader asks
-                for one byte more than it expects, to see whether anything follows).
-            expected: the raw length the table implies, or ``None`` to take the header's (then the digest
-                check, not the length, is what proves the bytes).
-        """
-        where = _where(tensor, snapshot)
-
-        def corrupt(what: str) -> CorruptChunkError:
-            return CorruptChunkError(
-                f"chunk {digest[:12]} of {where} is corrupt: {what}", digest=digest, tensor=tensor, snapshot=snapshot
-            )
-
-        if len(header) < CHUNK_HEADER_SIZE:
-            raise corrupt(f"it holds {stored} bytes, less than its {CHUNK_HEADER_SIZE}-byte header")
-        magic, fmt, codec, _reserved, raw_length = HEADER.unpack(header[:CHUNK_HEADER_SIZE])
-        if magic != CHUNK_MAGIC:
-            raise corrupt("its header does not start with the chunk magic")
-        if fmt != CHUNK_FORMAT or codec != CODEC_RAW:
-            raise FormatVersionError(
-                f"chunk {digest[:12]} of {where} uses chunk format {fmt}, codec {codec}, which this ckpt does not "
-                f"know (it reads format {CHUNK_FORMAT}, codec {CODEC_RAW} = raw)"
-            )
-        if expected is not None and raw_length != expected:
-            raise corrupt(f"its header says {raw_length} bytes, its table {expected}")
-        if stored < CHUNK_HEADER_SIZE + raw_length:
-            raise corrupt(f"it holds {stored - CHUNK_HEADER_SIZE} bytes of its {raw_length}")
-        if stored > CHUNK_HEADER_SIZE + raw_length:
-            raise corrupt(f"bytes follow its {raw_length}-byte payload")
-        return int(raw_length)
 
     def _check_digest(self, payload: memoryview | bytes, digest: str, tensor: str | None, snapshot: str | None) -> None:
         if hash_chunk(payload) != digest:
             raise CorruptChunkError(
-                f"chunk {digest[:12]} of {_where(tensor, snapshot)} is corrupt: its bytes do not match its digest",
+                f"chunk {digest[:12]} of {describe(tensor, snapshot)} is corrupt: its bytes do not match its digest",
                 digest=digest,
                 tensor=tensor,
                 snapshot=snapshot,
@@ -196,7 +151,7 @@ class Objects:
 
     def _missing(self, digest: str, tensor: str | None, snapshot: str | None, e: Exception) -> MissingObjectError:
         err = MissingObjectError(
-            f"chunk {digest[:12]} of {_where(tensor, snapshot)} is missing from the store",
+            f"chunk {digest[:12]} of {describe(tensor, snapshot)} is missing from the store",
             hint="the snapshot may have been pruned and collected; check the store with `store.verify()`",
             cli_hint="the snapshot may have been pruned and collected; check the store with `ckpt verify`",
         )
@@ -208,7 +163,7 @@ class Objects:
     ) -> CorruptChunkError:
         """A chunk object the backend refuses to read (a link, not a regular file): corrupt, never followed."""
         err = CorruptChunkError(
-            f"chunk {digest[:12]} of {_where(tensor, snapshot)} is corrupt: {e.message}",
+            f"chunk {digest[:12]} of {describe(tensor, snapshot)} is corrupt: {e.message}",
             digest=digest,
             tensor=tensor,
             snapshot=snapshot,
@@ -244,7 +199,7 @@ class Objects:
             raise self._missing(digest, tensor, snapshot, e) from e
         except IntegrityError as e:
             raise self._unreadable(digest, tensor, snapshot, e) from e
-        self._check_stored(digest, bytes(header[: min(n, CHUNK_HEADER_SIZE)]), n, out.nbytes, tensor, snapshot)
+        check_stored(digest, bytes(header[: min(n, CHUNK_HEADER_SIZE)]), n, out.nbytes, tensor, snapshot)
         if verify:
             self._check_digest(out, digest, tensor, snapshot)
 
@@ -279,7 +234,7 @@ class Objects:
             raise self._missing(digest, tensor, snapshot, e) from e
         except IntegrityError as e:
             raise self._unreadable(digest, tensor, snapshot, e) from e
-        self._check_stored(digest, data[:CHUNK_HEADER_SIZE], len(data), length, tensor, snapshot)
+        check_stored(digest, data[:CHUNK_HEADER_SIZE], len(data), length, tensor, snapshot)
         payload = data[CHUNK_HEADER_SIZE:]
         if verify:
             self._check_digest(payload, digest, tensor, snapshot)
@@ -328,10 +283,10 @@ class Objects:
             raise self._missing(digest, tensor, snapshot, e) from e
         except IntegrityError as e:
             raise self._unreadable(digest, tensor, snapshot, e) from e
-        self._check_stored(digest, header, pos, length, tensor, snapshot)
+        check_stored(digest, header, pos, length, tensor, snapshot)
         if hasher.hexdigest() != digest:
             raise CorruptChunkError(
-                f"chunk {digest[:12]} of {_where(tensor, snapshot)} is corrupt: its bytes do not match its digest",
+                f"chunk {digest[:12]} of {describe(tensor, snapshot)} is corrupt: its bytes do not match its digest",
                 digest=digest,
                 tensor=tensor,
                 snapshot=snapshot,
@@ -365,7 +320,7 @@ class Objects:
             raise self._missing(digest, tensor, snapshot, e) from e
         except OSError as e:
             raise CorruptChunkError(
-                f"chunk {digest[:12]} of {_where(tensor, snapshot)} cannot be read: "
+                f"chunk {digest[:12]} of {describe(tensor, snapshot)} cannot be read: "
                 + ("it is a symbolic link" if e.errno == errno.ELOOP else os.strerror(e.errno or 0)),
                 digest=digest,
                 tensor=tensor,
@@ -375,17 +330,17 @@ class Objects:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise CorruptChunkError(
-                    f"chunk {digest[:12]} of {_where(tensor, snapshot)} is corrupt: it is not a regular file",
+                    f"chunk {digest[:12]} of {describe(tensor, snapshot)} is corrupt: it is not a regular file",
                     digest=digest,
                     tensor=tensor,
                     snapshot=snapshot,
                 )
             if st.st_size < CHUNK_HEADER_SIZE:
-                self._check_stored(digest, os.pread(fd, CHUNK_HEADER_SIZE, 0), st.st_size, length, tensor, snapshot)
+                check_stored(digest, os.pread(fd, CHUNK_HEADER_SIZE, 0), st.st_size, length, tensor, snapshot)
             mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
         except (OSError, ValueError) as e:
             raise CorruptChunkError(
-                f"chunk {digest[:12]} of {_where(tensor, snapshot)} cannot be mapped",
+                f"chunk {digest[:12]} of {describe(tensor, snapshot)} cannot be mapped",
                 digest=digest,
                 tensor=tensor,
                 snapshot=snapshot,
@@ -394,7 +349,7 @@ class Objects:
             os.close(fd)
         if hasattr(mmap, "MADV_WILLNEED"):
             mm.madvise(mmap.MADV_WILLNEED)
-        self._check_stored(digest, bytes(mm[:CHUNK_HEADER_SIZE]), len(mm), length, tensor, snapshot)
+        check_stored(digest, bytes(mm[:CHUNK_HEADER_SIZE]), len(mm), length, tensor, snapshot)
         if verify:
             view = memoryview(mm)[CHUNK_HEADER_SIZE:]
             try:
@@ -513,12 +468,3 @@ class Objects:
             sid = layout.digest_from_path(entry.path)
             if sid.startswith(prefix) and entry.path.endswith(".json"):
                 yield sid
-
-
-def _where(tensor: str | None, snapshot: str | None) -> str:
-    parts = []
-    if tensor:
-        parts.append(f"tensor {tensor!r}")
-    if snapshot:
-        parts.append(f"snapshot {snapshot[:12]}")
-    return " in ".join(parts) if parts else "the store"
