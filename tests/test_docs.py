@@ -523,8 +523,8 @@ def test_format_page_layout_and_encodings_match_the_code() -> None:
     import ckpt.state._tree
     from ckpt.model import canonical_json
     from ckpt.state import flatten
+    from ckpt.store import _chunk_format as objects
     from ckpt.store import _layout as layout
-    from ckpt.store import _objects as objects
 
     text = (DOCS / "format.md").read_text(encoding="utf-8")
     d = "ab" + "0" * 62
@@ -540,7 +540,7 @@ def test_format_page_layout_and_encodings_match_the_code() -> None:
         layout.reflog_prefix("<ref>"),
     ):
         assert f"`{path}" in text, f"format.md does not name the path {path}"
-    assert objects._HEADER.format == "<4sBBHQ" and "`<4sBBHQ`" in text
+    assert objects.HEADER.format == "<4sBBHQ" and "`<4sBBHQ`" in text
     assert objects.CHUNK_HEADER_SIZE == 16 and objects.CHUNK_MAGIC == b"ckpt"
     for row in (line for line in ckpt.state._tree.__doc__.splitlines() if line.startswith("|")):
         assert row.replace("``", "`") in text, f"format.md lacks the typed-JSON row {row!r}"

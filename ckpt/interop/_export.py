@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ckpt import settings
 from ckpt.errors import MissingObjectError, RecordError
 from ckpt.interop._diffusers_lora import export_diffusers_lora
+from ckpt.interop._folders import local_path
 from ckpt.interop._hf_export import ExportResult, write_folder
 from ckpt.interop._peft import write_peft_folder
 from ckpt.lineage import is_adapter, is_diffusers_lora
@@ -110,7 +110,7 @@ def export(
         >>> ckpt.export(store, "tiny-llama-2026-11-28", "out/tiny-llama").written  # doctest: +SKIP
         (PosixPath('out/tiny-llama/model.safetensors'), PosixPath('out/tiny-llama/config.json'))
     """
-    dest = Path(os.fspath(path))
+    dest = local_path(path, "the export folder")
     try:
         limit = settings.parse_size(shard_size if shard_size is not None else _DEFAULT_SHARD_SIZE)
     except (TypeError, ValueError) as e:

@@ -4,6 +4,12 @@ The new content is written into a fresh folder beside the target (``.<name>.ckpt
 parent), the target's other files are hard-linked into it, and the new folder is renamed into place. A crash
 never leaves a folder with old and new weights mixed; nothing is ever written through a link found in the
 target. (Reading a folder: ``_folders``.)
+
+A target that is a mount point (a container's ``/output`` volume) cannot be renamed or swapped: there the new
+files are written into a fresh folder *inside* it (the same file system), the superseded weight files are
+removed first, then each new file is renamed into place (atomic one by one), the index and ``state.json``
+last. A crash part-way can leave a folder that has lost its old weights and lacks the new index, so that
+loaders fail loudly; never one whose index names old and new weights mixed.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ckpt.errors import RecordError
-from ckpt.interop._folders import MAX_PATH_BYTES, check_relative_path, inside, is_store, os_error
+from ckpt.interop._folders import MAX_PATH_BYTES, check_relative_path, inside, is_store, local_path, os_error
 
 __all__ = ["FolderWriter"]
 
@@ -52,7 +58,7 @@ class FolderWriter:
         force: bool,
         owns: Callable[[str, Path], bool] = lambda rel, path: False,
     ) -> None:
-        self.given = Path(os.fspath(dest))
+        self.given = local_path(dest, "the output folder")
         self.real = Path(os.path.realpath(self.given))
         self.planned = {check_relative_path(p, what="file") for p in planned}
         room = MAX_PATH_BYTES - 1 - len(os.fsencode(self.real.parent / f".{self.real.name}.ckpt-export-{'0' * 12}/"))
@@ -67,6 +73,7 @@ class FolderWriter:
         self._known: set[tuple[int, int]] = set()
         self._tmp: Path | None = None
         self._mode: int | None = None
+        self._in_place = False  # a mount point: written inside, file by file
         try:
             exists, is_dir = self.real.exists(), self.real.is_dir()
         except OSError as e:
@@ -82,6 +89,7 @@ class FolderWriter:
         if is_dir:
             try:
                 self._mode = stat.S_IMODE(os.stat(self.real).st_mode)
+                self._in_place = os.path.ismount(self.real)
             except OSError as e:
                 raise os_error(e, f"looking at {self.given}") from e
             self._list_existing(force, owns)
@@ -161,6 +169,13 @@ class FolderWriter:
             self.abort()
 
     def _fresh(self) -> Path:
+        if self._tmp is None and self._in_place:
+            tmp = self.real / f".ckpt-export-{uuid.uuid4().hex[:12]}"
+            try:
+                os.mkdir(tmp)
+            except OSError as e:
+                raise os_error(e, f"creating a folder inside {self.given}") from e
+            self._tmp = tmp
         if self._tmp is None:
             parent = self.real.parent
             try:
@@ -186,6 +201,9 @@ class FolderWriter:
     def commit(self) -> None:
         """Link the target's other files into the new folder, then put the new folder in place."""
         tmp = self._fresh()
+        if self._in_place:
+            self._commit_in_place(tmp)
+            return
         try:
             for rel, _, is_dir in self._kept:
                 dst = tmp / rel
@@ -224,6 +242,24 @@ class FolderWriter:
             with contextlib.suppress(OSError):
                 os.chdir(cwd)  # this process was inside the old folder: step into the new one
         self._clear_old(old)
+
+    def _commit_in_place(self, tmp: Path) -> None:
+        """A mount point: superseded files go first, then each new file is renamed in, entry files last."""
+        try:
+            for rel in self.removed:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.real / rel)
+            last = {p for p in self.planned if p.endswith(".index.json") or p in ("state.json", "config.json")}
+            for rel in [*sorted(self.planned - last), *sorted(last)]:
+                if not os.path.lexists(tmp / rel):
+                    continue  # planned, not written
+                dst = self.real / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp / rel, dst)  # a link found at dst is replaced, never written through
+        except OSError as e:
+            raise os_error(e, f"moving the new files into {self.given}") from e
+        _remove_tree(tmp)
+        self._tmp = None
 
     def _clear_old(self, old: Path) -> None:
         """Remove the old folder: what ckpt knew of goes; anything that appeared meanwhile is moved over."""

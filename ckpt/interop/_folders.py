@@ -219,6 +219,23 @@ def _matches(rel: str, patterns: Sequence[str]) -> str | None:
     return None
 
 
+def local_path(path: object, what: str = "a folder") -> Path:
+    """A local file or folder argument (a str or ``os.PathLike``) as a ``Path``.
+
+    Raises:
+        RecordError: it is bytes (or an ``os.PathLike`` giving bytes), or not a path at all.
+    """
+    try:
+        text = os.fspath(path)  # type: ignore[call-overload]
+    except TypeError:
+        raise RecordError(f"{what} must be a path (str or os.PathLike), got {type(path).__name__}") from None
+    if not isinstance(text, str):
+        raise RecordError(
+            f"{what} must be a str path, got bytes {text[:80]!r}", hint="decode it with os.fsdecode(path)"
+        )
+    return Path(text)
+
+
 def scan_folder(path: str | os.PathLike[str], *, exclude: Sequence[str] = ()) -> FolderScan:
     """List every regular file of a folder tree that ``ckpt import`` reads, refusing what it cannot prove safe.
 
@@ -240,7 +257,7 @@ def scan_folder(path: str | os.PathLike[str], *, exclude: Sequence[str] = ()) ->
         >>> sorted(f.path for f in scan.files)[0:2]  # doctest: +SKIP
         ['.gitattributes', '1_Pooling/config.json']
     """
-    given = Path(os.fspath(path))
+    given = local_path(path)
     try:
         root = Path(os.path.realpath(given))
         mode = os.stat(root).st_mode

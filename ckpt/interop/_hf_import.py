@@ -42,7 +42,7 @@ from pydantic import JsonValue
 
 from ckpt.errors import CkptError, RecordError, UnsupportedStateError
 from ckpt.interop._diffusers import MODEL_INDEX, PIPELINE_KEY, pipeline_record
-from ckpt.interop._folders import FolderFile, open_file, os_error, read_file, scan_folder
+from ckpt.interop._folders import FolderFile, local_path, open_file, os_error, read_file, scan_folder
 from ckpt.interop._model_card import CARD_FILE, card_parents
 from ckpt.interop._safetensors import open_mapped
 from ckpt.interop._shards import WEIGHTS_SUFFIX, check_index
@@ -119,7 +119,7 @@ def plan_import(path: str | os.PathLike[str], *, skip_pickles: bool = False, exc
         >>> plan.skipped  # doctest: +SKIP
         (('pytorch_model.bin', 'a pickle: never loaded (it can run code)'),)
     """
-    src = Path(os.fspath(path))
+    src = local_path(path, "the folder or file to import")
     try:
         missing, is_dir = not src.exists() and not src.is_symlink(), src.is_dir()
     except OSError as e:

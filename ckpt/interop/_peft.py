@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import JsonValue
 
 from ckpt.errors import MissingObjectError, RecordError
-from ckpt.interop._folders import read_file
+from ckpt.interop._folders import local_path, read_file
 from ckpt.interop._hf_export import ExportResult, write_folder
 from ckpt.interop._hf_import import MAX_SIDE_FILE_SIZE, import_folder, plan_import
 from ckpt.interop._safetensors import read_header
@@ -92,7 +92,7 @@ def import_peft_folder(
         >>> peft_model.save_pretrained("out/chat-lora")  # doctest: +SKIP
         >>> snap = import_peft_folder(store, "out/chat-lora", "chat", branch="chat-lora")  # doctest: +SKIP
     """
-    src = Path(path)
+    src = local_path(path, "the PEFT folder")
     if not src.is_dir():
         raise RecordError(f"{src} is not a folder", hint="pass the folder peft_model.save_pretrained() wrote")
     config_path = src / ADAPTER_CONFIG_FILE
@@ -172,7 +172,9 @@ def export_peft_folder(
         raise MissingObjectError(
             f"snapshot {snap.short_id} was pruned: its tensors were released", hint="export another snapshot"
         )
-    return list(write_peft_folder(store, snap, Path(os.fspath(path)), force=force, progress=progress).written)
+    return list(
+        write_peft_folder(store, snap, local_path(path, "the output folder"), force=force, progress=progress).written
+    )
 
 
 def write_peft_folder(

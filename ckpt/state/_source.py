@@ -31,10 +31,9 @@ class TensorSource:
         kind: ``torch`` or ``numpy``: what the load gives back.
         data: flat bytes (C order, little-endian); ``nbytes`` long.
         owner: the object that owns the memory, kept alive as long as ``data`` is used.
-        digests: the chunk digests of ``data`` if the caller knows them already (e.g. from a cache of
-            unchanged tensors); the store then skips hashing, and writes nothing when every chunk exists.
-            A wrong digest here would store wrong data under that address: only pass digests computed by
-            ckpt for these exact bytes.
+        digests: the chunk digests of ``data``, as ckpt's own ``ckpt.store.ProvenSource`` carries them (the
+            ``Checkpointer`` proved them by comparing the bytes); only then does the store skip hashing. On a
+            plain ``TensorSource`` they are not trusted: the store hashes ``data`` whatever they say.
     """
 
     dtype: str

@@ -29,7 +29,7 @@ from ckpt.store._shards import chunk_jobs
 from ckpt.store._signatures import ReleaseStatus, require_signed_release
 from ckpt.store._store import Store, init, open, store_parts, sync
 from ckpt.store._sync import SyncReport
-from ckpt.store._transfer import WriteStats, read_tensors, write_files, write_tensors
+from ckpt.store._transfer import ProvenSource, WriteStats, read_tensors, write_files, write_tensors
 from ckpt.store._types import Framework, Progress
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "LazyTensors",
     "OnDamage",
     "Progress",
+    "ProvenSource",
     "ReleaseSigner",
     "ReleaseStatus",
     "RepairReport",

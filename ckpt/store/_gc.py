@@ -15,6 +15,14 @@ at no record, a live table) makes it refuse with ``IntegrityError`` naming the d
 objects might need: an unreadable ref or reflog entry could name any snapshot, so every record counts as a
 root; an unreadable record could have any parents and any table, so every record, table and chunk is kept; an
 unreadable table keeps every chunk; an unreadable pruned marker does not prune.
+
+Planning and deleting race with writers: between the two, another process may branch, tag, freeze or reset
+onto a snapshot the plan found unreachable, or save a child of it. So just before deleting, gc reads every
+ref and reflog again and spares whatever is reachable now (``GcReport.revived_snapshots``), refusing on any
+damage it meets then as it would when planning; records, tables and chunks written or reused since the plan
+(a newer modification time) are spared too. What is left is the window of the deletion itself; a ref made to
+an unreachable snapshot in that instant finds it gone (``verify`` reports it), never a half-deleted one
+reported sound.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from ckpt.errors import CkptError, IntegrityError, RecordError
 from ckpt.model import utcnow
 from ckpt.storage import Backend, Entry
 from ckpt.store import _layout as layout
-from ckpt.store._liveness import scan_liveness
+from ckpt.store._liveness import Liveness, scan_liveness
 from ckpt.store._parts import StoreParts
 from ckpt.store._reports import Damage, damage_kind
 
@@ -61,7 +69,12 @@ class GcReport(BaseModel):
         young_records: snapshot records, tables and temporary files no one needs, kept for the same reason.
         reused_chunks: chunks planned for deletion but spared because a save reused them while gc ran.
         reused_bytes: bytes of those chunks.
+        revived_snapshots: snapshots the plan found unreachable that a ref reached before the deletion (another
+            process branched, tagged, reset or saved onto them while gc ran): spared, with their data.
         damage: with ``on_damage="keep"``, what could not be read; everything it might need was kept.
+        foreign: files in the store's object folders whose names are not ckpt's (a user's own files, e.g.
+            after ``ckpt init`` in a folder that had a ``chunks/`` or ``tmp/`` of its own): never deleted,
+            listed here (the first 100).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -80,7 +93,9 @@ class GcReport(BaseModel):
     young_records: int = 0
     reused_chunks: int = 0
     reused_bytes: int = 0
+    revived_snapshots: int = 0
     damage: tuple[Damage, ...] = ()
+    foreign: tuple[str, ...] = ()
 
 
 class GcPlan(BaseModel):
@@ -102,6 +117,8 @@ class GcPlan(BaseModel):
     young_bytes: int
     young_records: int
     damage: tuple[Damage, ...]
+    revived_snapshots: int = 0
+    foreign: tuple[str, ...] = ()
 
     @property
     def freed_bytes(self) -> int:
@@ -126,7 +143,9 @@ class GcPlan(BaseModel):
             young_records=self.young_records,
             reused_chunks=len(reused),
             reused_bytes=sum(reused.values()),
+            revived_snapshots=self.revived_snapshots,
             damage=self.damage,
+            foreign=self.foreign,
         )
 
     def execute(self, backend: Backend) -> GcReport:
@@ -135,7 +154,13 @@ class GcPlan(BaseModel):
         Chunks and tables touched since the plan was made (a save found them and reuses them: a table is
         content-addressed too, and a save of the same tree and tensors writes the same one) are spared.
         """
-        backend.delete(list(self.snapshot_paths))
+        planned_records = set(self.snapshot_paths)
+        touched_records = {
+            e.path
+            for e in backend.list(layout.SNAPSHOTS)
+            if e.path in planned_records and e.mtime and e.mtime >= self.planned_at
+        }
+        backend.delete([p for p in self.snapshot_paths if p not in touched_records])
         planned_tables = set(self.table_paths)
         touched = {
             e.path
@@ -168,6 +193,69 @@ def _refusal(damage: list[Damage]) -> IntegrityError:
     )
 
 
+def _needed(parts: StoreParts, *, expire_reflog: timedelta | None, now: datetime) -> tuple[Liveness, set[str]]:
+    """What every ref and unexpired reflog entry reaches now, and the chunks of its unpruned snapshots."""
+    state = scan_liveness(parts, expire_reflog=expire_reflog, now=now)
+    live_chunks: set[str] = set()
+    for sid, (table_digest, is_pruned) in state.live.items():
+        try:
+            table = parts.objects.get_table(table_digest, fresh=True)  # the store itself, never the record cache
+        except CkptError as err:
+            state.damage.append(
+                Damage(
+                    kind=damage_kind(err), object="table", digest=table_digest, snapshots=(sid,), message=err.message
+                )
+            )
+            if not is_pruned:
+                state.all_chunks = True
+            continue
+        if not is_pruned:
+            live_chunks |= table.chunk_digests()
+    return state, live_chunks
+
+
+def _recheck(parts: StoreParts, plan: GcPlan, *, expire_reflog: timedelta | None, on_damage: OnDamage) -> GcPlan:
+    """The plan less whatever refs and reflogs reach now (read again just before deleting).
+
+    Raises:
+        IntegrityError: with ``on_damage="refuse"``, something gc must read is damaged or missing now.
+    """
+    state, live_chunks = _needed(parts, expire_reflog=expire_reflog, now=plan.planned_at)
+    if state.damage and on_damage != "keep":
+        raise _refusal(state.damage)
+    live_tables = {table for table, _ in state.live.values()}
+    records = tuple(
+        p for p in plan.snapshot_paths if not (state.all_records or layout.digest_from_path(p) in state.live)
+    )
+    tables = tuple(p for p in plan.table_paths if not (state.all_tables or layout.digest_from_path(p) in live_tables))
+    chunks = [
+        (p, n)
+        for p, n in zip(plan.chunk_paths, plan.chunk_sizes, strict=True)
+        if not (state.all_chunks or layout.digest_from_path(p) in live_chunks)
+    ]
+    if (
+        len(records) == len(plan.snapshot_paths)
+        and len(tables) == len(plan.table_paths)
+        and len(chunks) == len(plan.chunk_paths)
+    ):
+        return plan
+    gone = {layout.pruned_path(layout.digest_from_path(p)) for p in records}
+    spared_markers = {layout.pruned_path(layout.digest_from_path(p)) for p in plan.snapshot_paths} - gone
+    spared_bytes = sum(plan.chunk_sizes) - sum(n for _, n in chunks)
+    return plan.model_copy(
+        update={
+            "snapshot_paths": records,
+            "table_paths": tables,
+            "chunk_paths": tuple(p for p, _ in chunks),
+            "chunk_sizes": tuple(n for _, n in chunks),
+            "other_paths": tuple(p for p in plan.other_paths if p not in spared_markers),
+            "kept_chunks": plan.kept_chunks + len(plan.chunk_paths) - len(chunks),
+            "kept_bytes": plan.kept_bytes + spared_bytes,
+            "revived_snapshots": len(plan.snapshot_paths) - len(records),
+        }
+    )
+
+
 def plan_gc(
     parts: StoreParts,
     *,
@@ -181,36 +269,33 @@ def plan_gc(
         IntegrityError: with ``on_damage="refuse"``, something gc must read is damaged or missing.
     """
     now = utcnow()
-    objects, backend = parts.objects, parts.backend
+    backend = parts.backend
 
     def old(e: Entry) -> bool:
         return e.mtime is None or now - e.mtime >= grace
 
-    state = scan_liveness(parts, expire_reflog=expire_reflog, now=now)
-    live = state.live
-    live_tables = {table for table, _ in live.values()}
-    live_chunks: set[str] = set()
-    for sid, (table_digest, is_pruned) in live.items():
-        try:
-            table = objects.get_table(table_digest, fresh=True)
-        except CkptError as err:
-            state.damage.append(
-                Damage(
-                    kind=damage_kind(err), object="table", digest=table_digest, snapshots=(sid,), message=err.message
-                )
-            )
-            if not is_pruned:
-                state.all_chunks = True
-            continue
-        if not is_pruned:
-            live_chunks |= table.chunk_digests()
+    foreign: list[str] = []
+
+    def listing(prefix: str) -> list[Entry]:
+        """The objects under ``prefix`` named as ckpt names them; any other file is set aside, never deleted."""
+        entries = []
+        for e in backend.list(prefix):
+            if layout.is_object_path(e.path):
+                entries.append(e)
+            else:
+                foreign.append(e.path)
+        return entries
+
+    state, live_chunks = _needed(parts, expire_reflog=expire_reflog, now=now)
     if state.damage and on_damage != "keep":
         raise _refusal(state.damage)
+    live = state.live
+    live_tables = {table for table, _ in live.values()}
 
     snapshot_paths: list[str] = []
     table_paths: list[str] = []
     record_bytes = young_records = 0
-    for e in backend.list(layout.SNAPSHOTS):
+    for e in listing(layout.SNAPSHOTS):
         if state.all_records or layout.digest_from_path(e.path) in live:
             continue
         if old(e):
@@ -218,7 +303,7 @@ def plan_gc(
             record_bytes += e.size
         else:
             young_records += 1
-    for e in backend.list(layout.TABLES):
+    for e in listing(layout.TABLES):
         if state.all_tables or layout.digest_from_path(e.path) in live_tables:
             continue
         if old(e):
@@ -229,7 +314,7 @@ def plan_gc(
     chunk_paths: list[str] = []
     chunk_sizes: list[int] = []
     kept_chunks = kept_bytes = young_chunks = young_bytes = 0
-    for e in backend.list(layout.CHUNKS):
+    for e in listing(layout.CHUNKS):
         if state.all_chunks or layout.digest_from_path(e.path) in live_chunks:
             kept_chunks += 1
             kept_bytes += e.size
@@ -242,7 +327,7 @@ def plan_gc(
             chunk_paths.append(e.path)
             chunk_sizes.append(e.size)
     other: list[str] = []
-    for e in backend.list(layout.TMP):
+    for e in listing(layout.TMP):
         if old(e):
             other.append(e.path)
             record_bytes += e.size
@@ -265,6 +350,7 @@ def plan_gc(
         young_bytes=young_bytes,
         young_records=young_records,
         damage=tuple(state.damage),
+        foreign=tuple(foreign[:100]),
     )
 
 
@@ -280,4 +366,7 @@ def collect(
     if on_damage not in ("refuse", "keep"):
         raise RecordError(f"on_damage must be 'refuse' or 'keep', got {on_damage!r}")
     plan = plan_gc(parts, grace=grace, expire_reflog=expire_reflog, on_damage=on_damage)
-    return plan.report(dry_run=True) if dry_run else plan.execute(parts.backend)
+    if dry_run:
+        return plan.report(dry_run=True)
+    plan = _recheck(parts, plan, expire_reflog=expire_reflog, on_damage=on_damage)
+    return plan.execute(parts.backend)

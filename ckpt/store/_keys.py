@@ -40,6 +40,7 @@ __all__ = [
     "ReleaseStatement",
     "SignatureRecord",
     "TrustedKey",
+    "text_path",
     "key_algorithm",
     "key_hex",
     "key_id",
@@ -172,12 +173,30 @@ def key_hex(kid: str) -> str:
     return base64.b64decode(kid.removeprefix("SHA256:") + "==").hex()
 
 
+def text_path(path: object, what: str) -> str:
+    """``path`` (a str or ``os.PathLike``) as text.
+
+    Raises:
+        RecordError: it is bytes (or an ``os.PathLike`` giving bytes), or not a path at all.
+    """
+    try:
+        text = os.fspath(path)  # type: ignore[call-overload]
+    except TypeError:
+        raise RecordError(f"{what} must be a path (str or os.PathLike), got {type(path).__name__}") from None
+    if not isinstance(text, str):
+        raise RecordError(
+            f"{what} must be a str path, got bytes {text[:80]!r}", hint="decode it with os.fsdecode(path)"
+        )
+    return text
+
+
 def read_key_file(path: str | os.PathLike[str], what: str) -> bytes:
     """The bytes of a key file (at most 1 MiB); ``what`` names it in errors.
 
     Raises:
         RecordError: it cannot be read, or is larger than 1 MiB.
     """
+    path = text_path(path, f"the {what}")
     try:
         with open(path, "rb") as f:
             data = f.read(_MAX_KEY_FILE + 1)
@@ -316,8 +335,8 @@ class ReleaseSigner:
         """
         if isinstance(signer, ReleaseSigner):
             return signer
-        if isinstance(signer, (str, os.PathLike)):
-            return cls.from_file(signer)
+        if isinstance(signer, (str, os.PathLike, bytes)):
+            return cls.from_file(text_path(signer, "the signing key file"))
         return cls(signer)
 
     def sign(self, release: str, snapshot_id: str, *, signed_at: str | None = None) -> SignatureRecord:
@@ -379,8 +398,24 @@ def load_trusted_keys(sources: Iterable[str | os.PathLike[str] | PublicKey]) -> 
     """
     serialization = _crypto()
     out: list[TrustedKey] = []
-    for source in sources:
-        if not isinstance(source, (str, os.PathLike)):
+    if isinstance(sources, (str, os.PathLike)):  # one key file, not the characters of its name
+        sources = [sources]
+    try:
+        items = list(sources)
+    except TypeError:
+        raise RecordError(
+            f"trust must be a list of public key files or keys, got {type(sources).__name__}", hint=KEY_HINT
+        ) from None
+    for source in items:
+        if isinstance(source, (str, os.PathLike)):
+            source = text_path(source, "a trusted key file")
+        elif not callable(getattr(source, "public_bytes", None)):
+            raise RecordError(
+                f"a trusted key is a public key file path (str or os.PathLike) or a cryptography public key, "
+                f"got {type(source).__name__}",
+                hint="decode a bytes path with os.fsdecode()" if isinstance(source, bytes) else KEY_HINT,
+            )
+        if not isinstance(source, str):
             line = _openssh_line(source)
             out.append(TrustedKey(key_id=key_id(source), public_key=line, source="<key>"))
             continue

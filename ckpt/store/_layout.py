@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "CHUNKS",
     "CONFIG",
@@ -16,6 +18,7 @@ __all__ = [
     "branch_path",
     "chunk_path",
     "digest_from_path",
+    "is_object_path",
     "pruned_path",
     "reflog_prefix",
     "snapshot_path",
@@ -74,3 +77,26 @@ def digest_from_path(path: str) -> str:
     """The digest or id in an object path (last component, without ``.json``)."""
     name = path.rsplit("/", 1)[-1]
     return name[:-5] if name.endswith(".json") else name
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_TMP_NAME = re.compile(r"[0-9]+-[0-9a-f]{32}")  # what the local backend names its temporary files
+
+
+def is_object_path(path: str) -> bool:
+    """Whether ``path`` is named as ckpt names its collectable objects: ``chunks/ab/<digest>``,
+    ``tables/ab/<digest>.json``, ``snapshots/ab/<id>.json``, ``pruned/<id>.json`` or a temporary file of
+    ``tmp/``. ``gc`` and ``repair`` delete nothing else: a file of another name was not written by ckpt."""
+    parts = path.split("/")
+    if len(parts) == 3 and f"{parts[0]}/" in (CHUNKS, TABLES, SNAPSHOTS):
+        name = parts[2]
+        if f"{parts[0]}/" != CHUNKS:
+            if not name.endswith(".json"):
+                return False
+            name = name[:-5]
+        return bool(_HEX64.fullmatch(name)) and parts[1] == name[:2]
+    if len(parts) == 2 and f"{parts[0]}/" == PRUNED:
+        return parts[1].endswith(".json") and bool(_HEX64.fullmatch(parts[1][:-5]))
+    if len(parts) == 2 and f"{parts[0]}/" == TMP:
+        return bool(_TMP_NAME.fullmatch(parts[1]))
+    return False

@@ -6,12 +6,16 @@ import errno
 import mmap
 import os
 import stat
-import struct
 from collections.abc import Iterator
 
-import blake3
-
-from ckpt.errors import CkptError, CorruptChunkError, FormatVersionError, IntegrityError, MissingObjectError
+from ckpt.errors import (
+    BackendError,
+    CkptError,
+    CorruptChunkError,
+    FormatVersionError,
+    IntegrityError,
+    MissingObjectError,
+)
 from ckpt.model import (
     Snapshot,
     TensorTable,
@@ -21,6 +25,17 @@ from ckpt.model import (
 )
 from ckpt.storage import Backend
 from ckpt.store import _layout as layout
+from ckpt.store._chunk_format import (
+    CHUNK_HEADER_SIZE,
+    CODEC_RAW,
+    VERIFY_PIECE,
+    check_stored,
+    chunk_header,
+    describe,
+    hash_chunk,
+    stored_size,
+)
+from ckpt.store._chunk_format import hasher as new_hasher
 from ckpt.store._records import RecordCache, check_record, read_record
 from ckpt.store._types import Progress
 
@@ -33,39 +48,6 @@ __all__ = [
     "hash_chunk",
     "stored_size",
 ]
-
-CHUNK_MAGIC = b"ckpt"
-CHUNK_FORMAT = 1
-CODEC_RAW = 0
-CHUNK_HEADER_SIZE = 16
-_HEADER = struct.Struct("<4sBBHQ")  # magic, format, codec, reserved, raw length
-_BIG = 1 << 20
-
-#: ``check_chunk`` reads a chunk in pieces of at most this many bytes (one piece for a default 64 MiB chunk
-#: with its header and the byte that proves nothing follows).
-VERIFY_PIECE = (64 << 20) + CHUNK_HEADER_SIZE + 1
-
-
-def chunk_header(raw_length: int, codec: int = CODEC_RAW) -> bytes:
-    """The 16-byte header of a stored chunk: ``b"ckpt"``, format 1, codec, 2 reserved bytes, raw length."""
-    return _HEADER.pack(CHUNK_MAGIC, CHUNK_FORMAT, codec, 0, raw_length)
-
-
-def stored_size(raw_length: int) -> int:
-    """The bytes a chunk of ``raw_length`` raw bytes takes in a store (its header included).
-
-    Every byte figure ckpt reports about what a store holds (``verify``, ``gc``, ``stats``, ``sync``) counts
-    stored bytes, so that they add up.
-    """
-    return CHUNK_HEADER_SIZE + raw_length
-
-
-def hash_chunk(data: memoryview | bytes) -> str:
-    """BLAKE3 of a chunk's raw bytes (multi-threaded above 1 MiB; releases the GIL)."""
-    n = data.nbytes if isinstance(data, memoryview) else len(data)
-    h = blake3.blake3(max_threads=blake3.blake3.AUTO) if n >= _BIG else blake3.blake3()
-    h.update(data)
-    return h.hexdigest()
 
 
 class Objects:
@@ -86,82 +68,86 @@ class Objects:
     # -- chunks ----------------------------------------------------------------------------------------
 
     def put_chunk(self, data: memoryview, digest: str | None = None) -> tuple[str, int]:
-        """Store one chunk unless it exists. Returns ``(digest, bytes written)`` (0 when deduplicated).
+        """Store one chunk unless it is stored whole already. Returns ``(digest, bytes written)`` (0 when
+        deduplicated).
 
-        A ``digest`` the caller already knows skips hashing when that chunk exists; when it does not, the
-        bytes are hashed anyway, so that nothing is ever written under an address that is not its digest.
+        A ``digest`` the caller already knows skips hashing when that chunk is stored whole; otherwise the
+        bytes are hashed anyway, so that nothing is ever written under an address that is not its digest. A
+        chunk found at the address but damaged (not a regular file, a bad header, the wrong length) is never
+        taken as stored: it is replaced by these bytes, which hash to its address (self-healing). A flipped
+        byte inside a chunk of the right length is not seen here (that takes a full read): ``verify`` finds it.
+
+        Raises:
+            CorruptChunkError: a damaged object at the address cannot be replaced (e.g. a folder sits there).
         """
+        n = data.nbytes
         if digest is not None:
             known = layout.chunk_path(digest)
             if self.backend.exists(known):
-                if not self.backend.put_if_absent(known, [chunk_header(data.nbytes), data]):  # refreshes it for gc
-                    return digest, 0
-                # gc deleted it between the two calls, so these unhashed bytes were just written: check them
-                if hash_chunk(data) == digest:
-                    return digest, stored_size(data.nbytes)
-                self.backend.delete([known])  # never leave bytes under an address that is not their digest
+                if not self.backend.put_if_absent(known, [chunk_header(n), data]):  # refreshes it for gc
+                    if self.chunk_whole(digest, n):
+                        return digest, 0
+                # gc deleted it between the two calls (so these unhashed bytes were just written), or it is
+                # damaged: hashed below before anything is (re)written under the address
+                elif hash_chunk(data) == digest:
+                    return digest, stored_size(n)
+                else:
+                    self.backend.delete([known])  # never leave bytes under an address that is not their digest
         digest = hash_chunk(data)
         path = layout.chunk_path(digest)
-        if self.backend.put_if_absent(path, [chunk_header(data.nbytes), data]):
-            return digest, stored_size(data.nbytes)
-        return digest, 0
+        if self.backend.put_if_absent(path, [chunk_header(n), data]):
+            return digest, stored_size(n)
+        if self.chunk_whole(digest, n):
+            return digest, 0
+        self._heal(path, digest, [chunk_header(n), data])
+        return digest, stored_size(n)
+
+    def _heal(self, path: str, digest: str, data: list[bytes | memoryview] | bytes) -> None:
+        """Replace a damaged object by its proven bytes (atomic), or refuse when something else sits there."""
+        try:
+            self.backend.replace(path, data)
+        except BackendError as e:
+            raise CorruptChunkError(
+                f"object {digest[:12]} ({path}) is damaged and cannot be replaced: {e}",
+                digest=digest,
+                hint=f"remove {path} from the store by hand, then save again or run `repair`",
+            ) from e
+
+    def chunk_whole(self, digest: str, length: int) -> bool:
+        """Whether the chunk is stored whole: a regular object of exactly ``16 + length`` bytes whose header is
+        valid and says ``length`` (cheap: its payload is not read, ``verify`` hashes it). A chunk in a chunk
+        format this ckpt does not know counts as whole (a newer ckpt wrote it)."""
+        path = layout.chunk_path(digest)
+        end = CHUNK_HEADER_SIZE + length
+        try:
+            local = self.backend.local_path(path)
+            header = self.backend.read(path, 0, CHUNK_HEADER_SIZE)
+            if local is not None:
+                st = os.lstat(local)
+                if not stat.S_ISREG(st.st_mode):
+                    return False
+                stored = st.st_size
+            else:
+                stored = end - 1 + len(self.backend.read(path, end - 1, end + 1))
+            check_stored(digest, header, stored, length, None, None)
+        except FormatVersionError:
+            return True
+        except (CkptError, OSError):
+            return False
+        return True
 
     # -- reading chunks: one rule for every path ------------------------------------------------------------
     #
     # A stored chunk is valid when it is a regular file (on a local store) of exactly 16 + n bytes, its header
     # has the magic, a known format and codec and says n, n is the length the table implies for that piece, and
-    # (when verifying) its n payload bytes hash to its address. ``_check_stored`` is that rule; load, lazy
+    # (when verifying) its n payload bytes hash to its address. ``check_stored`` is that rule; load, lazy
     # reads, files, export, verify, repair and sync all reach it through the readers below, so a chunk one of
     # them accepts, every one of them accepts.
-
-    def _check_stored(
-        self,
-        digest: str,
-        header: bytes,
-        stored: int,
-        expected: int | None,
-        tensor: str | None,
-        snapshot: str | None,
-    ) -> int:
-        """Check a stored chunk's header and size; returns its raw length.
-
-        Args:
-            digest: the chunk's address.
-            header: its first 16 bytes (fewer if the object is shorter).
-            stored: how many bytes the object holds, or a lower bound past its expected end (a reader asks
-                for one byte more than it expects, to see whether anything follows).
-            expected: the raw length the table implies, or ``None`` to take the header's (then the digest
-                check, not the length, is what proves the bytes).
-        """
-        where = _where(tensor, snapshot)
-
-        def corrupt(what: str) -> CorruptChunkError:
-            return CorruptChunkError(
-                f"chunk {digest[:12]} of {where} is corrupt: {what}", digest=digest, tensor=tensor, snapshot=snapshot
-            )
-
-        if len(header) < CHUNK_HEADER_SIZE:
-            raise corrupt(f"it holds {stored} bytes, less than its {CHUNK_HEADER_SIZE}-byte header")
-        magic, fmt, codec, _reserved, raw_length = _HEADER.unpack(header[:CHUNK_HEADER_SIZE])
-        if magic != CHUNK_MAGIC:
-            raise corrupt("its header does not start with the chunk magic")
-        if fmt != CHUNK_FORMAT or codec != CODEC_RAW:
-            raise FormatVersionError(
-                f"chunk {digest[:12]} of {where} uses chunk format {fmt}, codec {codec}, which this ckpt does not "
-                f"know (it reads format {CHUNK_FORMAT}, codec {CODEC_RAW} = raw)"
-            )
-        if expected is not None and raw_length != expected:
-            raise corrupt(f"its header says {raw_length} bytes, its table {expected}")
-        if stored < CHUNK_HEADER_SIZE + raw_length:
-            raise corrupt(f"it holds {stored - CHUNK_HEADER_SIZE} bytes of its {raw_length}")
-        if stored > CHUNK_HEADER_SIZE + raw_length:
-            raise corrupt(f"bytes follow its {raw_length}-byte payload")
-        return int(raw_length)
 
     def _check_digest(self, payload: memoryview | bytes, digest: str, tensor: str | None, snapshot: str | None) -> None:
         if hash_chunk(payload) != digest:
             raise CorruptChunkError(
-                f"chunk {digest[:12]} of {_where(tensor, snapshot)} is corrupt: its bytes do not match its digest",
+                f"chunk {digest[:12]} of {describe(tensor, snapshot)} is corrupt: its bytes do not match its digest",
                 digest=digest,
                 tensor=tensor,
                 snapshot=snapshot,
@@ -169,7 +155,7 @@ class Objects:
 
     def _missing(self, digest: str, tensor: str | None, snapshot: str | None, e: Exception) -> MissingObjectError:
         err = MissingObjectError(
-            f"chunk {digest[:12]} of {_where(tensor, snapshot)} is missing from the store",
+            f"chunk {digest[:12]} of {describe(tensor, snapshot)} is missing from the store",
             hint="the snapshot may have been pruned and collected; check the store with `store.verify()`",
             cli_hint="the snapshot may have been pruned and collected; check the store with `ckpt verify`",
         )
@@ -181,7 +167,7 @@ class Objects:
     ) -> CorruptChunkError:
         """A chunk object the backend refuses to read (a link, not a regular file): corrupt, never followed."""
         err = CorruptChunkError(
-            f"chunk {digest[:12]} of {_where(tensor, snapshot)} is corrupt: {e.message}",
+            f"chunk {digest[:12]} of {describe(tensor, snapshot)} is corrupt: {e.message}",
             digest=digest,
             tensor=tensor,
             snapshot=snapshot,
@@ -217,7 +203,7 @@ class Objects:
             raise self._missing(digest, tensor, snapshot, e) from e
         except IntegrityError as e:
             raise self._unreadable(digest, tensor, snapshot, e) from e
-        self._check_stored(digest, bytes(header[: min(n, CHUNK_HEADER_SIZE)]), n, out.nbytes, tensor, snapshot)
+        check_stored(digest, bytes(header[: min(n, CHUNK_HEADER_SIZE)]), n, out.nbytes, tensor, snapshot)
         if verify:
             self._check_digest(out, digest, tensor, snapshot)
 
@@ -252,7 +238,7 @@ class Objects:
             raise self._missing(digest, tensor, snapshot, e) from e
         except IntegrityError as e:
             raise self._unreadable(digest, tensor, snapshot, e) from e
-        self._check_stored(digest, data[:CHUNK_HEADER_SIZE], len(data), length, tensor, snapshot)
+        check_stored(digest, data[:CHUNK_HEADER_SIZE], len(data), length, tensor, snapshot)
         payload = data[CHUNK_HEADER_SIZE:]
         if verify:
             self._check_digest(payload, digest, tensor, snapshot)
@@ -289,7 +275,7 @@ class Objects:
                 return size
         end = CHUNK_HEADER_SIZE + length  # where a valid object ends
         limit = end + 1  # one byte more is asked for, to see whether anything follows
-        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO) if length >= _BIG else blake3.blake3()
+        hasher = new_hasher(length)
         header = b""
         pos = 0
         try:
@@ -312,10 +298,10 @@ class Objects:
             raise self._missing(digest, tensor, snapshot, e) from e
         except IntegrityError as e:
             raise self._unreadable(digest, tensor, snapshot, e) from e
-        self._check_stored(digest, header, pos, length, tensor, snapshot)
+        check_stored(digest, header, pos, length, tensor, snapshot)
         if hasher.hexdigest() != digest:
             raise CorruptChunkError(
-                f"chunk {digest[:12]} of {_where(tensor, snapshot)} is corrupt: its bytes do not match its digest",
+                f"chunk {digest[:12]} of {describe(tensor, snapshot)} is corrupt: its bytes do not match its digest",
                 digest=digest,
                 tensor=tensor,
                 snapshot=snapshot,
@@ -349,7 +335,7 @@ class Objects:
             raise self._missing(digest, tensor, snapshot, e) from e
         except OSError as e:
             raise CorruptChunkError(
-                f"chunk {digest[:12]} of {_where(tensor, snapshot)} cannot be read: "
+                f"chunk {digest[:12]} of {describe(tensor, snapshot)} cannot be read: "
                 + ("it is a symbolic link" if e.errno == errno.ELOOP else os.strerror(e.errno or 0)),
                 digest=digest,
                 tensor=tensor,
@@ -359,17 +345,17 @@ class Objects:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise CorruptChunkError(
-                    f"chunk {digest[:12]} of {_where(tensor, snapshot)} is corrupt: it is not a regular file",
+                    f"chunk {digest[:12]} of {describe(tensor, snapshot)} is corrupt: it is not a regular file",
                     digest=digest,
                     tensor=tensor,
                     snapshot=snapshot,
                 )
             if st.st_size < CHUNK_HEADER_SIZE:
-                self._check_stored(digest, os.pread(fd, CHUNK_HEADER_SIZE, 0), st.st_size, length, tensor, snapshot)
+                check_stored(digest, os.pread(fd, CHUNK_HEADER_SIZE, 0), st.st_size, length, tensor, snapshot)
             mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
         except (OSError, ValueError) as e:
             raise CorruptChunkError(
-                f"chunk {digest[:12]} of {_where(tensor, snapshot)} cannot be mapped",
+                f"chunk {digest[:12]} of {describe(tensor, snapshot)} cannot be mapped",
                 digest=digest,
                 tensor=tensor,
                 snapshot=snapshot,
@@ -378,7 +364,7 @@ class Objects:
             os.close(fd)
         if hasattr(mmap, "MADV_WILLNEED"):
             mm.madvise(mmap.MADV_WILLNEED)
-        self._check_stored(digest, bytes(mm[:CHUNK_HEADER_SIZE]), len(mm), length, tensor, snapshot)
+        check_stored(digest, bytes(mm[:CHUNK_HEADER_SIZE]), len(mm), length, tensor, snapshot)
         if verify:
             view = memoryview(mm)[CHUNK_HEADER_SIZE:]
             try:
@@ -408,10 +394,21 @@ class Objects:
         """Store a tensor table; returns its digest."""
         data = canonical_json(table.model_dump(mode="json"))
         digest = digest_bytes(data)
-        self.backend.put_if_absent(layout.table_path(digest), data)
+        self._put_record(layout.table_path(digest), digest, data)
         if self.cache is not None:
             self.cache.put("tables", digest, data)
         return digest
+
+    def _put_record(self, path: str, digest: str, data: bytes) -> None:
+        """Store a content-addressed record unless it is stored intact; a damaged copy is replaced."""
+        if self.backend.put_if_absent(path, data):
+            return
+        try:
+            intact = digest_bytes(self.backend.read(path)) == digest
+        except (CkptError, OSError):
+            intact = False
+        if not intact:
+            self._heal(path, digest, data)
 
     def _record(self, kind: str, digest: str, *, fresh: bool) -> bytes:
         return read_record(self.backend, None if fresh else self.cache, kind, digest)
@@ -432,7 +429,7 @@ class Objects:
         if digest_bytes(data) != digest:
             raise CorruptChunkError(f"{kind} record {digest[:12]} does not match its digest", digest=digest)
         path = layout.table_path(digest) if kind == "table" else layout.snapshot_path(digest)
-        self.backend.put_if_absent(path, data)
+        self._put_record(path, digest, data)
 
     def replace_raw_record(self, kind: str, digest: str, data: bytes) -> None:
         """Write a record's good bytes over a damaged or missing copy (repair).
@@ -449,7 +446,7 @@ class Objects:
         """Store a snapshot record; returns it with its id set."""
         data = snap.record_bytes()
         snap = snap.model_copy(update={"id": digest_bytes(data)})
-        self.backend.put_if_absent(layout.snapshot_path(snap.id), data)
+        self._put_record(layout.snapshot_path(snap.id), snap.id, data)
         if self.cache is not None:
             self.cache.put("snapshots", snap.id, data)
         return snap
@@ -489,12 +486,3 @@ class Objects:
             sid = layout.digest_from_path(entry.path)
             if sid.startswith(prefix) and entry.path.endswith(".json"):
                 yield sid
-
-
-def _where(tensor: str | None, snapshot: str | None) -> str:
-    parts = []
-    if tensor:
-        parts.append(f"tensor {tensor!r}")
-    if snapshot:
-        parts.append(f"snapshot {snapshot[:12]}")
-    return " in ".join(parts) if parts else "the store"

@@ -12,7 +12,14 @@ from typing import Any
 
 from ckpt import settings
 from ckpt._version import __version__
-from ckpt.errors import FormatVersionError, RecordError, StoreError, StoreExistsError, StoreNotFoundError
+from ckpt.errors import (
+    BackendError,
+    FormatVersionError,
+    RecordError,
+    StoreError,
+    StoreExistsError,
+    StoreNotFoundError,
+)
 from ckpt.model import READABLE_MAJOR, StoreConfig, canonical_json, format_time, parse_json, utcnow, validate_record
 from ckpt.storage import Backend, open_backend
 from ckpt.store import _layout as layout
@@ -41,12 +48,38 @@ def create(url: str | os.PathLike[str] | None, *, chunk_size: int | str | None, 
     if not 0 < size <= _MAX_CHUNK:
         raise RecordError(f"chunk_size must be a positive size of at most 1 TiB, got {size}"[:120], hint=_SIZE_HINT)
     backend = open_backend(where, **storage_options)
+    if not backend.exists(layout.CONFIG):
+        _refuse_occupied(backend)
     config = StoreConfig(chunk_size=size, created_at=format_time(utcnow()))
     data = canonical_json(config.model_dump(mode="json"))
     if not backend.put_if_absent(layout.CONFIG, data):
         raise StoreExistsError(f"a ckpt store exists already at {backend.url}")
     backend.flush()
     return StoreParts.of(backend, config)
+
+
+def _refuse_occupied(backend: Backend) -> None:
+    """Refuse a location that holds anything: a store never mixes its objects with other files (``gc`` would
+    have to tell them apart, and a folder named ``chunks/`` or ``tmp/`` of a user's project is not ckpt's).
+
+    Raises:
+        StoreError: the folder or prefix is not empty.
+    """
+    local = backend.local_path(layout.CONFIG)
+    try:
+        if local is not None:
+            root = os.path.dirname(local)
+            found = sorted(os.listdir(root))[:4] if os.path.isdir(root) else []
+        else:
+            found = [e.path for e, _ in zip(backend.list(""), range(4), strict=False)]
+    except OSError as e:
+        raise BackendError(f"cannot list {backend.url}: {e}") from e
+    if found:
+        shown = ", ".join(repr(f) for f in found[:3]) + (", …" if len(found) > 3 else "")
+        raise StoreError(
+            f"{backend.url} is not empty ({shown}) and is not a ckpt store: a store needs a folder of its own",
+            hint=f"create the store in a new or empty folder, e.g. {backend.url.rstrip('/')}/ckpt-store",
+        )
 
 
 def connect(url: str | os.PathLike[str] | None, **storage_options: Any) -> StoreParts:
@@ -102,5 +135,7 @@ def location(url: str | os.PathLike[str] | None) -> str:
             hint="pass a str or pathlib.Path, e.g. ckpt.open('runs') or ckpt.open('s3://bucket/models')",
         ) from None
     if not isinstance(text, str):
-        raise StoreError(f"a store location must be a str path, got {type(text).__name__}")
+        raise StoreError(
+            f"a store location must be a str path, got {type(text).__name__}", hint="decode it with os.fsdecode(path)"
+        )
     return text or settings.store_url()

@@ -23,6 +23,7 @@ from ckpt.model import (
     Snapshot,
     StoreConfig,
     TagRecord,
+    TensorTable,
     canonical_json,
     format_time,
     utcnow,
@@ -229,6 +230,27 @@ class StoreParts:
                 f"snapshot {snap.short_id} was pruned: its tensors were released",
                 hint="its record stays in the log; load another snapshot",
             )
+
+    def unwhole_chunk(self, table: TensorTable, whole: set[str] | None = None) -> str | None:
+        """The first chunk of ``table`` (tensors and attached files) not stored whole, or ``None``.
+
+        Whole: present, of the right length, with a valid header (``Objects.chunk_whole``: its payload is not
+        hashed). Digests in ``whole`` are taken as checked already; each one found whole is added to it.
+        """
+        seen = whole if whole is not None else set()
+        pieces = [p for entry in table.tensors.values() for p in entry.pieces(table.chunk_size)]
+        pieces += [
+            (d, min(table.chunk_size, f.size - i * table.chunk_size))
+            for f in table.files.values()
+            for i, d in enumerate(f.chunks)
+        ]
+        for digest, length in pieces:
+            if digest in seen:
+                continue
+            if not self.objects.chunk_whole(digest, length):
+                return digest
+            seen.add(digest)
+        return None
 
     def mark_pruned(self, snapshot_id: str, reason: str | None) -> None:
         """Write a snapshot's pruned marker, once (an existing marker is kept as it is)."""

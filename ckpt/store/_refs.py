@@ -14,6 +14,7 @@ ref whose latest move is not in its reflog, and ``repair`` writes the entry back
 from __future__ import annotations
 
 import os
+import re
 import time
 import warnings
 from typing import TypeVar
@@ -25,6 +26,7 @@ from ckpt.errors import (
     CkptError,
     FrozenRefError,
     Hint,
+    InvalidNameError,
     MissingObjectError,
     RecordError,
     RefConflictError,
@@ -47,6 +49,10 @@ from ckpt.model import (
 )
 from ckpt.storage import Backend
 from ckpt.store import _layout as layout
+
+#: a name of this many hex digits or more reads as a snapshot id (prefix): refused for branches and tags
+_ID_LIKE_MIN = 7
+_ID_LIKE = re.compile(rf"[0-9a-fA-F]{{{_ID_LIKE_MIN},}}")
 
 __all__ = ["RefDamage", "Refs", "branch_bytes"]
 
@@ -199,14 +205,47 @@ class Refs:
         depends on whether its listing came before or after the other's swap.
         """
         check_ref_name(name, kind=kind)
-        taken = {**{n: "branch" for n in self.branches()}, **{n: "tag" for n in self.tags()}}
-        for other, other_kind in taken.items():
+        if _ID_LIKE.fullmatch(name):
+            raise InvalidNameError(
+                f"invalid {kind} name {name!r}: it reads as a snapshot id (hex digits only, {_ID_LIKE_MIN} or more), "
+                "so a revision naming it would be ambiguous",
+                hint="add a letter outside a-f or a separator, e.g. 'run-" + name[:8] + "'",
+            )
+        if name.startswith("refs/"):
+            raise InvalidNameError(
+                f"invalid {kind} name {name!r}: refs/heads/NAME and refs/tags/NAME are how a revision names a "
+                "branch or a tag explicitly",
+                hint="choose a name that does not start with refs/",
+            )
+        clash = self._clash(name, kind, same_ok=same_branch_ok and kind == "branch")
+        if clash:
+            raise RefExistsError(clash)
+
+    def _clash(self, name: str, kind: str, *, same_ok: bool) -> str | None:
+        """What a ref ``name`` of ``kind`` would clash with: a ref of the other kind of the same name (or one of
+        the same kind unless ``same_ok``), or one that nests with it (``a`` vs ``a/b``)."""
+        for other, other_kind in [*((n, "branch") for n in self.branches()), *((n, "tag") for n in self.tags())]:
             if other == name:
-                if same_branch_ok and other_kind == "branch":
+                if same_ok and other_kind == kind:
                     continue
-                raise RefExistsError(f"a {other_kind} named {name!r} exists already")
+                return f"a {other_kind} named {name!r} exists already"
             if other.startswith(name + "/") or name.startswith(other + "/"):
-                raise RefExistsError(f"{kind} {name!r} would clash with the {other_kind} {other!r}")
+                return f"{kind} {name!r} would clash with the {other_kind} {other!r}"
+        return None
+
+    def _undo_if_clashing(self, name: str, kind: str, ref: str, data: bytes) -> str | None:
+        """Right after creating ``ref`` (holding ``data``): if a clashing ref appeared meanwhile (another writer
+        passed the same name check at the same time), delete ours again. Returns the clash, or ``None``.
+
+        Of two writers racing for one name, at most one ref stays: each looks after its own swap, so the later
+        one always sees the earlier (both may give up; then both are told so and may retry).
+        """
+        clash = self._clash(name, kind, same_ok=True)
+        if clash is None:
+            return None
+        if not self.backend.compare_and_swap(ref, data, None).ok:  # already changed by someone else: it stands
+            return None
+        return clash
 
     def move_branch(
         self,
@@ -280,6 +319,16 @@ class Refs:
                 if new
                 else None,
             )
+        if expected is None and want is not None:
+            clash = self._undo_if_clashing(name, "branch", ref, want)
+            if clash is not None:
+                if not create:  # a save's snapshot: kept in the reflog, never lost
+                    self._append_after_commit(ref, None, new, "conflict", message)
+                raise RefExistsError(
+                    f"{clash} (another writer created it at the same time); branch {name!r} was not created"
+                    + (f", snapshot {_short(new)} is stored and in its reflog" if not create else ""),
+                    hint="choose another name, or look at the other ref with store.resolve()",
+                )
         self._append_after_commit(ref, expected, new, action, message)
 
     def _append_after_commit(
@@ -306,6 +355,12 @@ class Refs:
         data = canonical_json(record.model_dump(mode="json"))
         if not self.backend.put_if_absent(ref, data):
             raise RefExistsError(f"tag {name!r} exists already", hint="tags never move; choose another name")
+        clash = self._undo_if_clashing(name, "tag", ref, data)
+        if clash is not None:
+            raise RefExistsError(
+                f"{clash} (another writer created it at the same time); tag {name!r} was not created",
+                hint="choose another name, or look at the other ref with store.resolve()",
+            )
         self._append_after_commit(ref, None, record.id, action, record.message)
 
     def delete_tag(self, name: str) -> None:

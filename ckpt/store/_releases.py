@@ -121,14 +121,15 @@ def _check_loadable(parts: StoreParts, snap: Snapshot, *, verify: bool) -> list[
                     cli_hint="run `ckpt verify` and `ckpt repair --from URL`, then freeze again",
                 )
         else:
-            for digest in sorted(table.chunk_digests()):
-                if not parts.objects.has_chunk(digest):
-                    raise MissingObjectError(
-                        f"snapshot {snap.short_id} cannot be frozen: its chunk {digest[:12]} is missing from the store",
-                        hint="find the damage with store.verify(), and put it back from a good copy with "
-                        "store.repair(good_copy)",
-                        cli_hint="run `ckpt verify`, and `ckpt repair --from URL` to put it back from a good copy",
-                    )
+            digest = parts.unwhole_chunk(table)  # missing, or damaged as seen without reading it (length, header)
+            if digest is not None:
+                raise MissingObjectError(
+                    f"snapshot {snap.short_id} cannot be frozen: its chunk {digest[:12]} is missing from the store "
+                    "or damaged",
+                    hint="find the damage with store.verify(), and put it back from a good copy with "
+                    "store.repair(good_copy)",
+                    cli_hint="run `ckpt verify`, and `ckpt repair --from URL` to put it back from a good copy",
+                )
         current = parts.get(current.base, pruned) if current.base else None
     return needs
 

@@ -140,8 +140,10 @@ def _fix_in_place(store: StoreParts, d: Damage) -> int | None:
     if d.object == "marker":
         sid = d.snapshots[0] if d.snapshots else ""
         if not is_digest(sid) or d.digest != layout.pruned_path(sid):
-            store.backend.delete([d.digest])  # not a marker at all: pruned/ holds only markers
-            return 0
+            if layout.is_object_path(d.digest):
+                store.backend.delete([d.digest])  # named as a marker, but for no snapshot id: not a marker
+                return 0
+            raise _NotRepaired(f"{d.digest} is not named as ckpt names a pruned marker: remove it by hand if unneeded")
         if sid in store.release_needs() or sid in adapter_bases(store):
             store.backend.delete([d.digest])  # a frozen release, or a base an adapter in use needs, is never pruned
             return 0
@@ -149,6 +151,11 @@ def _fix_in_place(store: StoreParts, d: Damage) -> int | None:
         data = canonical_json(marker.model_dump(mode="json"))
         store.backend.replace(d.digest, data)
         return len(data)
+    if d.object == "ref" and d.kind == "invalid":
+        raise _NotRepaired(
+            "a branch and a tag share a name: no copy decides which one belongs; delete the one that should not "
+            "be there (`ckpt branch -d NAME` for the branch)"
+        )
     if d.object == "reflog":
         raise _NotRepaired(
             "a reflog entry is not content-addressed, so no copy can restore it; if what it named is not needed, "

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from ckpt.errors import AmbiguousRevisionError, RevisionNotFoundError
 from ckpt.model import ReflogEntry, Snapshot, is_digest, ref_name_readable
+from ckpt.store._layout import REFS_HEADS, REFS_TAGS
 
 __all__ = ["MAX_REVISION", "MIN_PREFIX", "ParsedRevision", "parse_revision"]
 
@@ -152,13 +153,35 @@ def resolve_base(
         RevisionNotFoundError: nothing matches; the message suggests close names.
         AmbiguousRevisionError: an id prefix matches several snapshots; all are listed.
     """
+    for prefix, lookup, kind in ((REFS_HEADS, branch, "branch"), (REFS_TAGS, tag, "tag")):
+        if base.startswith(prefix) and ref_name_readable(base[len(prefix) :]):  # a qualified name: one kind only
+            found_ref = lookup(base[len(prefix) :])
+            if found_ref is None:
+                raise RevisionNotFoundError(f"no {kind} named {_show(base[len(prefix) :])}")
+            return found_ref
     if ref_name_readable(base):  # only what can be a ref's name is looked up as one
-        head = branch(base)
-        if head is not None:
-            return head
-        tagged = tag(base)
-        if tagged is not None:
-            return tagged
+        head, tagged = branch(base), tag(base)
+        if head is not None and tagged is not None and head != tagged:
+            raise AmbiguousRevisionError(
+                f"{_show(base)} is both a branch (at {head[:12]}) and a tag (at {tagged[:12]})",
+                candidates=[head, tagged],
+                hint=f"use refs/heads/{base} for the branch or refs/tags/{base} for the tag, and rename one of them",
+            )
+        named = head if head is not None else tagged
+        if named is not None:
+            low = base.lower()
+            if len(low) >= MIN_PREFIX and _HEX.match(low):  # a ref named like an id (made before names were checked)
+                ids = sorted(i for i in ids_with_prefix(low) if i != named)
+                if ids:
+                    kind = "branch" if head is not None else "tag"
+                    raise AmbiguousRevisionError(
+                        f"{_show(base)} is both a {kind} (at {named[:12]}) and the id (prefix) of snapshot "
+                        f"{ids[0][:12]}",
+                        candidates=[named, *ids],
+                        hint=f"use refs/{'heads' if head is not None else 'tags'}/{base} for the {kind}, or more "
+                        "characters of the id; and rename the ref",
+                    )
+            return named
     low = base.lower()
     if is_digest(low) and has_snapshot(low):
         return low

@@ -7,6 +7,12 @@ already copied are not sent again). Every
 chunk is verified on the way. Branches only fast-forward; a branch that diverged is reported, never
 overwritten. Tags are copied as they are (a frozen tag stays frozen); a tag of the same name on another
 snapshot is reported.
+
+Fail closed: a ref is created or moved on the destination only once every chunk its snapshot needs (and its
+adapter base's, if any) is there whole — found whole (present, the right length, a valid header) or written
+by this sync. A chunk the destination holds damaged is written again, never counted as present. A ref whose
+snapshot is pruned in the source (its chunks may be gone) or pruned in the destination is not copied: it is
+reported in ``conflicts``.
 """
 
 from __future__ import annotations
@@ -117,8 +123,7 @@ def sync_parts(
     pool = ThreadPoolExecutor(io_workers(remote, largest), thread_name_prefix="ckpt-sync")
     try:
         digests = list(needed)
-        found = dst.backend.exists_many([layout.chunk_path(d) for d in digests])  # concurrent, one request each
-        present = dict(zip(digests, found, strict=True))
+        present = dict(zip(digests, pool.map(lambda d: dst.objects.chunk_whole(d, needed[d][2]), digests), strict=True))
         missing = [d for d in digests if not present[d]]
         if progress_total:
             progress_total(sum(needed[d][2] for d in missing))
@@ -157,7 +162,17 @@ def sync_parts(
     conflicts: list[str] = []
     dst_branches = dst.refs.branches()
     dst_tags = dst.refs.tags()
+    whole = set(needed)  # every chunk of ``needed`` is whole on the destination now
+    dst_pruned = dst.pruned()
     for name in ref_names:
+        target = branches[name] if name in branches else tags[name].id
+        unchanged = dst_branches.get(name) == target if name in branches else name in dst_tags
+        if not unchanged:
+            lacking = _lacking(src, dst, target, pruned, dst_pruned, whole)
+            if lacking is not None:
+                kind = "branch" if name in branches else "tag"
+                conflicts.append(f"{kind} {name!r} not copied: {lacking}")
+                continue
         if name in branches:
             target = branches[name]
             current = dst_branches.get(name)
@@ -201,6 +216,35 @@ def sync_parts(
         refs=tuple(refs),
         conflicts=tuple(conflicts),
     )
+
+
+def _lacking(
+    src: StoreParts, dst: StoreParts, sid: str, src_pruned: set[str], dst_pruned: set[str], whole: set[str]
+) -> str | None:
+    """Why the destination cannot hold a ref to ``sid`` yet (``None``: every chunk it needs is there whole).
+
+    What a ref needs: its snapshot's chunks, and its adapter base's (and so on down the chain).
+    """
+    seen: set[str] = set()
+    while sid and sid not in seen:
+        seen.add(sid)
+        if sid in src_pruned:
+            return f"its snapshot {sid[:12]} is pruned in the source store (its chunks may be gone there)"
+        if sid in dst_pruned:
+            return (
+                f"its snapshot {sid[:12]} is pruned in the destination store (its chunks may be gone there); "
+                "copy it to a new destination, or save it again there"
+            )
+        try:
+            snap = dst.get(sid)
+            table = dst.objects.get_table(snap.table)
+        except CkptError as e:
+            return f"snapshot {sid[:12]} cannot be read on the destination: {e.message}"
+        digest = dst.unwhole_chunk(table, whole)
+        if digest is not None:
+            return f"chunk {digest[:12]} of snapshot {sid[:12]} is missing or damaged on the destination"
+        sid = snap.base or ""
+    return None
 
 
 def _is_ancestor(store: StoreParts, ancestor: str, descendant: str) -> bool:

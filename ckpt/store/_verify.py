@@ -83,6 +83,18 @@ def verify_store(
                     "(its reflog append failed); `ckpt repair` writes it back",
                 )
             )
+    for name in sorted(set(branches) & set(tags)):  # created behind ckpt's back (a ref file written by hand)
+        extra.append(
+            Damage(
+                kind="invalid",
+                object="ref",
+                digest=layout.branch_path(name),
+                snapshots=(branches[name], tags[name].id),
+                message=f"branch {name!r} and tag {name!r} share a name, so every revision naming it is refused as "
+                f"ambiguous; a branch named as a release may be an attempt to shadow it: look at refs/heads/{name} "
+                f"and refs/tags/{name}, and delete the one that should not be there",
+            )
+        )
     for sid in sorted(state.protected & state.pruned):
         names = sorted(n for n, t in tags.items() if t.frozen and t.id == sid)
         what = f"the frozen release {names[0]!r}" if names else "the base of a frozen release or of an adapter in use"

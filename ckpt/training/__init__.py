@@ -25,15 +25,14 @@ at most ``max_pending`` copies of the state in host memory; a ``save()`` issued 
 one finishes. The loop may change its tensors as soon as ``save()`` returns: the snapshot holds the values
 they had at the call.
 
-**Unchanged tensors cost nothing.** Each tensor's chunk digests are remembered together with its identity: its
-storage, offset, shape, strides, dtype, device and torch's version counter ``_version``, which every in-place
-torch operation bumps (``add_``, ``copy_``, optimizer steps, ``load_state_dict``, also under ``no_grad``). A
-tensor found unchanged is neither copied nor hashed: its known digests go to the store. Writes that bypass
-torch's version counter (fused optimizers, ``p.data.add_()``, writes through a numpy view or a raw pointer) are
-caught by comparing a sample of each cached tensor's elements (64 of them, every element of a small tensor)
-with the values it had when it was hashed; a tensor caught this way is never cached again. A write outside
-the version counter that changes only elements outside the sample would go unseen: pass
-``digest_cache=False`` if your code does such sparse, untracked writes.
+**Unchanged tensors are not hashed again.** An async save keeps its staging buffers from save to save, and
+once a save is committed each buffer's chunk digests are known. At the next save, a CPU tensor that equals its
+buffer byte for byte (every byte is compared, as bits) is neither copied nor hashed: the buffer and its digests
+go to the store. Nothing else is trusted: torch's version counter does not see writes through ``.data``,
+numpy views, ``torch.from_numpy`` aliases or fused kernels, so it never decides that a tensor is unchanged.
+The comparison reads the tensor once (about the cost of the copy it replaces) and saves the hashing and
+writing. Synchronous saves and CUDA tensors are always copied and hashed. ``digest_cache=False`` turns the
+comparison off.
 
 **Everything is read from the store.** ``latest()``, ``best()``, ``should_stop()`` and retention look at the
 branch's history, so a restarted process (or a second ``Checkpointer`` on the same branch) gives the same

@@ -91,10 +91,15 @@ class Checkpointer(RunReader):
         max_pending: int | None = None,
         digest_cache: bool | None = None,
     ) -> None:
-        if isinstance(store, (str, os.PathLike)):
+        if isinstance(store, (str, os.PathLike, bytes)):
             from ckpt.store import open as open_store
 
-            store = open_store(store)
+            store = open_store(store)  # bytes: refused there with a StoreError
+        elif not callable(getattr(store, "save", None)):
+            raise CkptError(
+                f"a Checkpointer needs a store or its location, got {type(store).__name__}",
+                hint="pass ckpt.open(URL), or the URL or path itself",
+            )
         from ckpt.model import check_ref_name
 
         check_ref_name(branch, kind="branch")
@@ -130,8 +135,6 @@ class Checkpointer(RunReader):
         super().__init__(store, branch, options)
         self.policy = options.policy(branch)
         self._cache = DigestCache()
-        #: keys of tensors caught changing without a version bump; never cached again
-        self.untracked: set[str] = self._cache.untracked
         #: marks this object's saves (``metadata["checkpointer"]["run"]``), with their count as ``"save"``
         self.run_id = os.urandom(6).hex()
         self._count = 0

@@ -1,9 +1,10 @@
 """One staged save committed to the store, with what the digest cache assumed checked before and after.
 
-A tensor found unchanged since an earlier save (``_digest_cache``) is not hashed again: its known chunk digests
-go to the store. Before the commit, those chunks must still exist (a ``gc`` beside the run could have removed
-them); after it, the table must name the digests the cache gave. Either failure refuses the save, or flags it,
-rather than record tensors the loop did not hold at ``save()``.
+A tensor found byte-for-byte equal to a staging buffer whose committed digests are known (``_digest_cache``) is
+not hashed again: those digests go to the store, with the buffer's bytes. Before the commit, those chunks must
+still exist, whole (a ``gc`` beside the run could have removed them); after it, the table must name the digests
+the cache gave. Either failure refuses the save, or flags it, rather than record tensors the loop did not hold
+at ``save()``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ __all__ = ["commit"]
 
 
 def _chunk_exists(store: Store, digest: str) -> bool:
-    """Whether the store holds the chunk ``digest`` (one existence check of its object)."""
+    """Whether the store holds the chunk ``digest`` (one existence check of its object; the store's own write
+    checks it is whole, and heals it from the save's buffer if not)."""
     return store_parts(store).objects.has_chunk(digest)
 
 
@@ -51,7 +53,7 @@ def commit(store: Store, branch: str, model: str | None, job: SaveJob, cache: Di
     fields = record.copy()
     fields["model"] = model
     snap = store.save(staged.tree, branch, **fields)
-    if any(t.hit is not None or t.identity is not None for t in staged.tensors.values()):
+    if any(t.hit is not None or t.remember for t in staged.tensors.values()):
         entries = store.table(snap.id).tensors
         _, sources = flatten(staged.tree)  # the store's names for the same TensorSource objects
         for name, src in sources.items():
@@ -67,9 +69,6 @@ def commit(store: Store, branch: str, model: str | None, job: SaveJob, cache: Di
                     hint="load and check that snapshot, or prune it; do not run gc with no grace period "
                     "beside a training run",
                 )
-            if info.identity is not None:
-                cache.remember(info.key, info.identity, digests)
-    # only the tensors of the newest committed save stay known: the chunks of one that left the state may be
-    # referenced by pruned snapshots only, and go with the next gc
-    cache.keep_only(staged.keys)
+            if info.remember and staged.slot is not None:
+                cache.remember(staged.slot, info.key, digests)  # the slot's buffer holds exactly these bytes
     return snap

@@ -3,8 +3,9 @@
 A ``Slot`` is one set of staging buffers (tensor key → CPU tensor or numpy array). Each async save in flight
 owns one slot until it is committed; the ``SlotPool`` bounds how many exist, and hands out the most recently
 used (warmest) one first. Buffers are reused from save to save while a tensor keeps its dtype and shape;
-a tensor that changes shape gets a new buffer (the old one is freed), and one that leaves the state or is
-found unchanged by the digest cache gives its buffer back.
+a tensor that changes shape gets a new buffer (the old one is freed), and one that leaves the state gives its
+buffer back. A buffer whose committed bytes a live tensor still equals, byte for byte, is not refilled: it
+stands for the tensor in the next save (``_digest_cache``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 
 from ckpt.errors import UnsupportedStateError
 from ckpt.state import TensorSource, alias_key, flatten, tensor_name
-from ckpt.training._digest_cache import DigestCache, Identity, cacheable, sample
+from ckpt.store import ProvenSource
+from ckpt.training._digest_cache import DigestCache, cacheable
 
 __all__ = ["Slot", "SlotPool", "Staged", "StagedTensor", "stage"]
 
@@ -62,11 +64,12 @@ class SlotPool:
 
 @dataclass
 class StagedTensor:
-    """One torch tensor of a save: its digests reused from the cache, or an identity to remember them under."""
+    """One torch tensor of a save: its digests reused from the cache (``hit``), or whether the digests this save
+    computes for its staging buffer are to be remembered (``remember``)."""
 
     key: str
     hit: tuple[str, ...] | None = None
-    identity: Identity | None = None
+    remember: bool = False
 
 
 @dataclass
@@ -74,6 +77,7 @@ class Staged:
     """A state tree ready for the background: tensors replaced by ``TensorSource`` over staged (or live) bytes."""
 
     tree: Any
+    slot: Slot | None = None  # whose buffers hold the staged bytes
     tensors: dict[int, StagedTensor] = field(default_factory=dict)  # id(TensorSource) -> what is known of it
     keys: set[str] = field(default_factory=set)
 
@@ -92,10 +96,13 @@ def stage(state: Any, slot: Slot | None, cache: DigestCache | None) -> Staged:
     """
     torch = sys.modules.get("torch")
     np = sys.modules.get("numpy")
-    out = Staged(tree=None)
+    out = Staged(tree=None, slot=slot)
     seen: set[int] = set()
     devices: set[Any] = set()  # CUDA devices copied from without blocking
-    to_sample: list[tuple[Identity, Any]] = []
+
+    def forget(key: str) -> None:  # before a buffer is refilled: its known digests no longer name its bytes
+        if cache is not None and slot is not None:
+            cache.forget(slot, key)
 
     def unique(path: str) -> str:
         name = tensor_name(path, out.keys)  # the names ``flatten`` gives
@@ -105,17 +112,14 @@ def stage(state: Any, slot: Slot | None, cache: DigestCache | None) -> Staged:
     def tensor(t: Any, key: str) -> TensorSource:
         from ckpt.state import torch_source
 
-        trusted = cache is not None and cacheable(t)
-        digests = cache.lookup(key, t) if trusted and cache is not None else None
-        if digests is not None:  # unchanged: neither copied nor hashed; its chunks exist (checked at commit)
-            if slot is not None:
-                slot.buffers.pop(key, None)  # its staging memory is given back
-            live = t if t.device.type == "cpu" else placeholder(t)  # never read
-            bare = torch_source(live, key)
-            src = TensorSource(bare.dtype, bare.shape, bare.kind, bare.data, bare.owner, digests)
-            out.tensors[id(src)] = StagedTensor(key, hit=digests)  # the id of the object the tree holds
-            return src
-        identity = cache.identify(key, t) if trusted and cache is not None else None
+        digests = cache.lookup(slot, key, t) if cache is not None and slot is not None else None
+        if digests is not None:  # byte for byte the buffer whose digests are known: neither copied nor hashed
+            assert slot is not None
+            bare = torch_source(slot.buffers[key], key)  # the save's own copy stands for the live tensor
+            proven = ProvenSource(bare.dtype, bare.shape, bare.kind, bare.data, bare.owner, digests)
+            out.tensors[id(proven)] = StagedTensor(key, hit=digests)  # the id of the object the tree holds
+            return proven
+        forget(key)
         if slot is None:
             staged = t.detach()
         else:
@@ -124,11 +128,18 @@ def stage(state: Any, slot: Slot | None, cache: DigestCache | None) -> Staged:
             staged.copy_(t.detach(), non_blocking=cuda)
             if cuda:
                 devices.add(t.device)
-        if identity is not None:
-            to_sample.append((identity, staged))
         src = torch_source(staged, key)
-        out.tensors[id(src)] = StagedTensor(key, identity=identity)
+        remember = cache is not None and slot is not None and cacheable(t)
+        out.tensors[id(src)] = StagedTensor(key, remember=remember)
         return src
+
+    def array(a: Any, key: str) -> Any:
+        forget(key)
+        return stage_array(a, key, slot)
+
+    def source(src: TensorSource, key: str) -> TensorSource:
+        forget(key)
+        return stage_source(src, key, slot)
 
     staged_as: dict[Any, Any] = {}  # alias_key → the staged leaf: tied tensors stay one tensor (recorded as tied)
 
@@ -143,9 +154,9 @@ def stage(state: Any, slot: Slot | None, cache: DigestCache | None) -> Staged:
         if torch is not None and isinstance(value, torch.Tensor):
             return leaf(value, path, tensor)
         if np is not None and isinstance(value, np.ndarray):
-            return leaf(value, path, lambda a, name: stage_array(a, name, slot))
+            return leaf(value, path, array)
         if isinstance(value, TensorSource):
-            return leaf(value, path, lambda a, name: stage_source(a, name, slot))
+            return leaf(value, path, source)
         if is_stateful(value):  # a module, an optimizer, a scheduler …: its state dict
             value = value.state_dict()
         if isinstance(value, (Mapping, list, tuple)):
@@ -166,12 +177,11 @@ def stage(state: Any, slot: Slot | None, cache: DigestCache | None) -> Staged:
             out.tree = walk(state, "")
         for device in devices:  # every device: synchronize() alone waits only for the current one
             torch.cuda.synchronize(device)
-        for identity, staged in to_sample:
-            identity.sample = sample(staged, identity.index)
     else:
         out.tree = walk(state, "")
     if slot is not None:
         for key in set(slot.buffers) - out.keys:
+            forget(key)
             del slot.buffers[key]  # a tensor that left the state gives its memory back
     flatten(out.tree)  # refuse what cannot be stored now, not in the background
     return out
@@ -205,13 +215,6 @@ def buffer(slot: Slot, key: str, like: Any) -> Any:
     return buf
 
 
-def placeholder(like: Any) -> Any:
-    """Host memory of the right size that is never read nor touched (no page is faulted in, nothing pinned)."""
-    import torch
-
-    return torch.empty(like.shape, dtype=like.dtype)
-
-
 def stage_array(a: Any, key: str, slot: Slot | None) -> Any:
     """A numpy array: copied into the slot's reused buffer (never cached)."""
     if slot is None:
@@ -228,9 +231,10 @@ def stage_array(a: Any, key: str, slot: Slot | None) -> Any:
 
 
 def stage_source(src: TensorSource, key: str, slot: Slot | None) -> TensorSource:
-    """A ``TensorSource`` leaf: its bytes copied into the slot's reused buffer."""
+    """A ``TensorSource`` leaf: its bytes copied into the slot's reused buffer (hashed again: digests the caller
+    claims for them are dropped, a save proves what it stores)."""
     if slot is None:
-        return src
+        return TensorSource(src.dtype, src.shape, src.kind, src.data, src.owner) if src.digests else src
     import numpy as np
 
     data = src.data.cast("B") if src.data.format != "B" else src.data
@@ -241,4 +245,4 @@ def stage_source(src: TensorSource, key: str, slot: Slot | None) -> TensorSource
         slot.buffers[key] = buf
     view = memoryview(buf)  # type: ignore[arg-type]
     view[:] = data
-    return TensorSource(src.dtype, src.shape, src.kind, view, buf, src.digests)
+    return TensorSource(src.dtype, src.shape, src.kind, view, buf)  # digests a caller claims are not carried over

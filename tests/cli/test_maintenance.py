@@ -80,6 +80,7 @@ def test_gc(invoke: Invoke, store: ckpt.Store, family: dict[str, ckpt.Snapshot])
     assert set(dry) == {
         "dry_run", "snapshots", "tables", "chunks", "other", "freed_bytes", "kept_chunks", "kept_bytes",
         "grace_seconds", "young_chunks", "young_bytes", "young_records", "reused_chunks", "reused_bytes", "damage",
+        "revived_snapshots", "foreign",
     }  # fmt: skip
     # young objects are spared by the default grace period, and the report says so
     young = parse(invoke("gc", "--json"))

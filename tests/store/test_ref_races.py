@@ -244,3 +244,42 @@ def test_a_save_that_would_move_a_branch_backwards_is_refused(store: ckpt.Store)
     assert d.id in {x.old for x in store.reflog("refs/heads/main")}  # the old head stays in the reflog
     merge = store.save(state(5), "main", parents=[forced.id, c.id], relation="merge")
     assert store.branches()["main"] == merge.id and store.verify().ok
+
+
+@pytest.mark.parametrize("first", ["branch", "tag", "save"])
+def test_a_branch_and_a_tag_racing_for_one_name_leave_one_ref(
+    store: ckpt.Store, monkeypatch: pytest.MonkeyPatch, first: str
+) -> None:
+    """Both writers pass the name check before either creates its ref (the other acts right after the check,
+    no timing): the one that swaps last sees the other and takes its ref back; never both."""
+    from ckpt.store._refs import Refs
+
+    good = store.save({"w": np.ones(4, np.float32)}, "main", model="tiny")
+    other = store.save({"w": np.zeros(4, np.float32)}, "dev")
+    name = "tiny-2026-01-01"
+    checked = Refs.check_new_name
+    raced: list[str] = []
+
+    def check_then_race(self: Refs, new: str, kind: str, **kwargs: object) -> None:
+        checked(self, new, kind, **kwargs)  # type: ignore[arg-type]
+        if new == name and not raced:
+            raced.append(kind)
+            if kind == "branch":
+                store.freeze(good.id, name=name)  # the other writer, between our check and our swap
+            else:
+                store.branch(name, at=other.id)
+
+    monkeypatch.setattr(Refs, "check_new_name", check_then_race)
+    with pytest.raises(ckpt.RefExistsError, match="at the same time"):
+        if first == "branch":
+            store.branch(name, at=other.id)
+        elif first == "save":
+            store.save({"w": np.full(4, 2.0, np.float32)}, name)
+        else:
+            store.tag(name, good.id)
+    monkeypatch.undo()
+    assert (name in store.branches()) != (name in store.tags())
+    store.resolve(name)  # one ref: not ambiguous
+    if first == "save":  # the save's snapshot is not lost: its branch's reflog keeps it as a conflict
+        entries = store.reflog(name) if name in store.branches() else []
+        assert entries or any(e.action == "conflict" for e in store.reflog())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -70,11 +71,52 @@ def test_unknown_or_malformed_revisions(store: ckpt.Store, chain: list[ckpt.Snap
 
 
 @no_s3
-def test_branch_wins_over_an_id_prefix(store: ckpt.Store, chain: list[ckpt.Snapshot]) -> None:
+def test_a_branch_named_like_an_id_prefix_is_ambiguous_not_a_winner(
+    store: ckpt.Store, chain: list[ckpt.Snapshot]
+) -> None:
+    """One namespace rule: a name that is both a ref and an id prefix resolves to neither; the error names
+    both and the qualified form picks the ref."""
     a, _b, c = chain
-    store.branch(c.id[:6], at=a.id)
-    assert store.resolve(c.id[:6]).id == a.id
+    store.branch(c.id[:6], at=a.id)  # under 7 hex digits: allowed, but it reads as c's id prefix too
+    with pytest.raises(ckpt.AmbiguousRevisionError, match="both a branch") as err:
+        store.resolve(c.id[:6])
+    assert set(err.value.candidates) == {a.id, c.id}
+    assert f"refs/heads/{c.id[:6]}" in str(err.value.hint)
+    assert store.resolve(f"refs/heads/{c.id[:6]}").id == a.id
     assert store.resolve(c.id[:7]).id == c.id
+
+
+@no_s3
+@pytest.mark.parametrize("name", ["deadbee", "0123456789", "ABCDEF12"])
+def test_names_that_read_as_snapshot_ids_are_refused(store: ckpt.Store, chain: list[ckpt.Snapshot], name: str) -> None:
+    with pytest.raises(ckpt.InvalidNameError, match="reads as a snapshot id"):
+        store.branch(name)
+    with pytest.raises(ckpt.InvalidNameError, match="reads as a snapshot id"):
+        store.tag(name)
+    with pytest.raises(ckpt.InvalidNameError, match="reads as a snapshot id"):
+        store.save({"w": np.ones(2, np.float32)}, name)
+    with pytest.raises(ckpt.InvalidNameError):
+        store.branch("refs/heads/x")
+    store.branch(f"run-{name}")  # a letter outside a-f makes it a name
+
+
+@no_s3
+def test_a_branch_and_a_tag_of_one_name_are_ambiguous(store: ckpt.Store, chain: list[ckpt.Snapshot]) -> None:
+    """Written behind ckpt's back (a ref file of the release's name): resolving is refused, verify reports it."""
+    from ckpt.store._refs import branch_bytes
+
+    a, b, _c = chain
+    store.freeze(a.id, name="tiny-2026-01-01")
+    store.backend.replace("refs/heads/tiny-2026-01-01", branch_bytes(b.id))
+    with pytest.raises(ckpt.AmbiguousRevisionError, match=r"both a branch .* and a tag") as err:
+        store.load("tiny-2026-01-01")
+    assert "refs/tags/tiny-2026-01-01" in str(err.value.hint)
+    assert store.resolve("refs/tags/tiny-2026-01-01").id == a.id
+    assert store.resolve("refs/heads/tiny-2026-01-01").id == b.id
+    report = store.verify()
+    assert any(d.object == "ref" and "share a name" in d.message for d in report.damage)
+    store.repair()
+    assert any(d.object == "ref" for d in store.verify().damage)  # repair does not pick a winner
 
 
 @no_s3

@@ -1,0 +1,116 @@
+"""The stored chunk format: a 16-byte header (magic, format, codec, raw length) before the raw bytes, whose
+BLAKE3 digest is the chunk's address."""
+
+from __future__ import annotations
+
+import struct
+
+import blake3
+
+from ckpt.errors import CorruptChunkError, FormatVersionError
+
+__all__ = [
+    "CHUNK_FORMAT",
+    "CHUNK_HEADER_SIZE",
+    "CHUNK_MAGIC",
+    "CODEC_RAW",
+    "HEADER",
+    "VERIFY_PIECE",
+    "check_stored",
+    "chunk_header",
+    "describe",
+    "hash_chunk",
+    "hasher",
+    "stored_size",
+]
+
+CHUNK_MAGIC = b"ckpt"
+CHUNK_FORMAT = 1
+CODEC_RAW = 0
+CHUNK_HEADER_SIZE = 16
+HEADER = struct.Struct("<4sBBHQ")  # magic, format, codec, reserved, raw length
+_BIG = 1 << 20
+
+#: ``check_chunk`` reads a chunk in pieces of at most this many bytes (one piece for a default 64 MiB chunk
+#: with its header and the byte that proves nothing follows).
+VERIFY_PIECE = (64 << 20) + CHUNK_HEADER_SIZE + 1
+
+
+def chunk_header(raw_length: int, codec: int = CODEC_RAW) -> bytes:
+    """The 16-byte header of a stored chunk: ``b"ckpt"``, format 1, codec, 2 reserved bytes, raw length."""
+    return HEADER.pack(CHUNK_MAGIC, CHUNK_FORMAT, codec, 0, raw_length)
+
+
+def stored_size(raw_length: int) -> int:
+    """The bytes a chunk of ``raw_length`` raw bytes takes in a store (its header included).
+
+    Every byte figure ckpt reports about what a store holds (``verify``, ``gc``, ``stats``, ``sync``) counts
+    stored bytes, so that they add up.
+    """
+    return CHUNK_HEADER_SIZE + raw_length
+
+
+def hash_chunk(data: memoryview | bytes) -> str:
+    """BLAKE3 of a chunk's raw bytes (multi-threaded above 1 MiB; releases the GIL)."""
+    n = data.nbytes if isinstance(data, memoryview) else len(data)
+    h = blake3.blake3(max_threads=blake3.blake3.AUTO) if n >= _BIG else blake3.blake3()
+    h.update(data)
+    return h.hexdigest()
+
+
+def hasher(length: int) -> blake3.blake3:
+    """A BLAKE3 hasher for ``length`` bytes (multi-threaded above 1 MiB)."""
+    return blake3.blake3(max_threads=blake3.blake3.AUTO) if length >= _BIG else blake3.blake3()
+
+
+def check_stored(
+    digest: str,
+    header: bytes,
+    stored: int,
+    expected: int | None,
+    tensor: str | None,
+    snapshot: str | None,
+) -> int:
+    """Check a stored chunk's header and size; returns its raw length.
+
+    Args:
+        digest: the chunk's address.
+        header: its first 16 bytes (fewer if the object is shorter).
+        stored: how many bytes the object holds, or a lower bound past its expected end (a reader asks
+            for one byte more than it expects, to see whether anything follows).
+        expected: the raw length the table implies, or ``None`` to take the header's (then the digest
+            check, not the length, is what proves the bytes).
+    """
+    where = describe(tensor, snapshot)
+
+    def corrupt(what: str) -> CorruptChunkError:
+        return CorruptChunkError(
+            f"chunk {digest[:12]} of {where} is corrupt: {what}", digest=digest, tensor=tensor, snapshot=snapshot
+        )
+
+    if len(header) < CHUNK_HEADER_SIZE:
+        raise corrupt(f"it holds {stored} bytes, less than its {CHUNK_HEADER_SIZE}-byte header")
+    magic, fmt, codec, _reserved, raw_length = HEADER.unpack(header[:CHUNK_HEADER_SIZE])
+    if magic != CHUNK_MAGIC:
+        raise corrupt("its header does not start with the chunk magic")
+    if fmt != CHUNK_FORMAT or codec != CODEC_RAW:
+        raise FormatVersionError(
+            f"chunk {digest[:12]} of {where} uses chunk format {fmt}, codec {codec}, which this ckpt does not "
+            f"know (it reads format {CHUNK_FORMAT}, codec {CODEC_RAW} = raw)"
+        )
+    if expected is not None and raw_length != expected:
+        raise corrupt(f"its header says {raw_length} bytes, its table {expected}")
+    if stored < CHUNK_HEADER_SIZE + raw_length:
+        raise corrupt(f"it holds {stored - CHUNK_HEADER_SIZE} bytes of its {raw_length}")
+    if stored > CHUNK_HEADER_SIZE + raw_length:
+        raise corrupt(f"bytes follow its {raw_length}-byte payload")
+    return int(raw_length)
+
+
+def describe(tensor: str | None, snapshot: str | None) -> str:
+    parts = []
+    if tensor:
+        parts.append(f"tensor {tensor!r}")
+    if snapshot:
+        parts.append(f"snapshot {snapshot[:12]}")
+    return " in ".join(parts) if parts else "the store"
