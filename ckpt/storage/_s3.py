@@ -87,6 +87,20 @@ def _views(data: Buffer) -> list[memoryview]:
     return [v if v.format == "B" and v.ndim == 1 else v.cast("B") for v in views]
 
 
+def storage_failure(message: str, url: str, e: BaseException) -> BackendError:
+    """A ``BackendError`` for a failed request, with what to do when the bucket itself does not exist (ckpt
+    creates the store's prefix, never the bucket: its region and policy are the owner's choice)."""
+    text = str(e).lower()
+    if "bucket does not exist" in text or "nosuchbucket" in text:
+        bucket = url.split("://", 1)[-1].split("/", 1)[0]
+        return BackendError(
+            message,
+            hint=f"the bucket {bucket!r} does not exist: create it first (`aws s3 mb s3://{bucket}`, or your "
+            "provider's console), or check the name and the endpoint (endpoint_url, $AWS_ENDPOINT_URL)",
+        )
+    return BackendError(message)
+
+
 class BuffersReader(io.RawIOBase):
     """A seekable, read-only file over a sequence of buffers, without copying them.
 
@@ -192,7 +206,7 @@ class S3Objects:
         return MissingObjectError(f"object {path} is missing from {self.url}")
 
     def _fail(self, what: str, path: str, e: BaseException) -> BackendError:
-        return BackendError(f"cannot {what} {self.url}/{path}: {type(e).__name__}: {e}")
+        return storage_failure(f"cannot {what} {self.url}/{path}: {type(e).__name__}: {e}", self.url, e)
 
     # -- writes ------------------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ import fsspec.asyn
 from ckpt._extras import install_hint
 from ckpt.errors import BackendError, MissingObjectError
 from ckpt.storage._batch import BatchedVerbs, run_bounded
-from ckpt.storage._s3 import S3Objects
+from ckpt.storage._s3 import S3Objects, storage_failure
 from ckpt.storage.base import Buffer, CasResult, Entry, RangeRead
 
 __all__ = ["FsspecBackend"]
@@ -148,15 +148,7 @@ class FsspecBackend(BatchedVerbs):
         return f"{self.root}/{path}" if path else self.root
 
     def _fail(self, what: str, path: str, e: BaseException) -> BackendError:
-        message = f"cannot {what} {self.url}/{path}: {type(e).__name__}: {e}"
-        if "bucket does not exist" in str(e).lower() or "nosuchbucket" in str(e).lower():
-            bucket = self.root.split("/", 1)[0]
-            return BackendError(  # ckpt creates the store's prefix, never the bucket (its region, its policy)
-                message,
-                hint=f"the bucket {bucket!r} does not exist: create it first (`aws s3 mb s3://{bucket}`, or your "
-                "provider's console), or check the name and the endpoint (endpoint_url, $AWS_ENDPOINT_URL)",
-            )
-        return BackendError(message)
+        return storage_failure(f"cannot {what} {self.url}/{path}: {type(e).__name__}: {e}", self.url, e)
 
     def _run(self, coroutine: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any) -> _T:
         """Run one of ``S3Objects``' coroutines on s3fs's event loop and wait for it."""

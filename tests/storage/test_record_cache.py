@@ -86,10 +86,12 @@ def test_log_after_the_first_call_costs_a_few_requests(
     assert requests.take() <= HISTORY + 6  # the walk, then one listing and one batched read of the rest
     again = store.log("main")
     assert again == first
-    assert requests.take() == 2  # the branch (one GET, no HEAD first), the pruned markers: no record again
+    # the branch (one GET, no HEAD first), the tag of that name (a name both a branch and a tag is refused as
+    # ambiguous), the pruned markers: no record again
+    assert requests.take() == 3
     other, other_requests = _open(url, opts)  # another process, the same cache folder
     assert other.log("main") == first
-    assert other_requests.take() == 2
+    assert other_requests.take() == 3
     cached = sorted(p.name for p in (_cache_dir() / "snapshots").rglob("*.json"))
     assert cached == sorted(f"{s.id}.json" for s in first)
 
@@ -136,7 +138,7 @@ def test_the_cache_never_changes_what_log_shows(history: tuple[str, dict[str, An
     (folder / third.id[:2] / f"{third.id}.json").write_bytes(b"{}")
     fresh, requests = _open(url, opts)
     assert fresh.log("main") == truth
-    assert requests.take() == 2 + 2  # branch, markers, and the two records read again
+    assert requests.take() == 3 + 2  # branch, the tag of that name, markers, and the two records read again
     assert digest_bytes((folder / target.id[:2] / f"{target.id}.json").read_bytes()) == target.id
     assert digest_bytes((folder / third.id[:2] / f"{third.id}.json").read_bytes()) == third.id
 
@@ -254,4 +256,6 @@ def test_a_short_log_of_a_big_store_is_not_read_in_one_batch(
     backend = store_parts(store).backend
     monkeypatch.setattr(backend, "read_many", lambda *a, **k: pytest.fail("read the whole store for a short log"))
     assert [s.step for s in store.log("main", limit=12)] == list(range(HISTORY - 1, HISTORY - 13, -1))
-    assert requests.take() <= 2 + 12 + 1  # refs, markers, the twelve records, one listing
+    assert (
+        requests.take() <= 3 + 12 + 1
+    )  # the branch and the tag of that name, markers, the twelve records, one listing
