@@ -263,24 +263,47 @@ def body_layout(body: Buffer, digest: str = "") -> tuple[Layout, int]:
     return Layout(k, transform), block_log
 
 
+def _frame_size(frame: memoryview, has_checksum: bool, where: str, digest: str) -> int:
+    """The bytes one zstd frame takes (RFC 8878 §3.1.1: its header, its blocks to the last, its checksum),
+    read from the block headers alone, so that bytes after the frame are found before anything is decoded."""
+    pos = zstandard.frame_header_size(frame)
+    end = frame.nbytes
+    while True:
+        if pos + 3 > end:
+            raise corrupt(f"{where} ends inside a zstd block header", digest)
+        head = frame[pos] | frame[pos + 1] << 8 | frame[pos + 2] << 16
+        last, kind, size = head & 1, (head >> 1) & 3, head >> 3
+        if kind == 3:
+            raise corrupt(f"{where} has a reserved zstd block type", digest)
+        pos += 3 + (1 if kind == 1 else size)
+        if pos > end:
+            raise corrupt(f"{where} ends inside a zstd block", digest)
+        if last:
+            return pos + (4 if has_checksum else 0)
+
+
 def _decompress(frame: memoryview, m: int, digest: str, where: str) -> bytes:
-    """One zstd frame that must decode to exactly ``m`` bytes; never allocates more than ``m``."""
+    """One zstd frame that must decode to exactly ``m`` bytes and fill its plane: allocates exactly ``m``.
+
+    The frame must declare its content size, equal to ``m``, before anything is decoded; zstd then decodes into
+    a buffer of ``m`` bytes and fails rather than write past it, so a frame that would expand further (a
+    decompression bomb) costs nothing. Bytes after the frame (a second frame, garbage) are damage.
+    """
     try:
         params = zstandard.get_frame_parameters(frame)
-    except zstandard.ZstdError as e:
-        raise corrupt(f"{where} is not a zstd frame ({e})", digest) from e
-    if params.content_size != m:
-        size = "no content size" if params.content_size in (-1, zstandard.CONTENTSIZE_UNKNOWN) else params.content_size
-        raise corrupt(f"{where} declares {size} bytes, its plane holds {m}", digest)
-    if params.dict_id:
-        raise corrupt(f"{where} needs a zstd dictionary", digest)
-    decoder = zstandard.ZstdDecompressor(max_window_size=_MAX_WINDOW).decompressobj(write_size=m)
-    try:
-        data = decoder.decompress(frame)
+        if params.content_size != m:
+            unknown = params.content_size in (-1, zstandard.CONTENTSIZE_UNKNOWN)
+            size = "no content size" if unknown else f"{params.content_size} bytes"
+            raise corrupt(f"{where} declares {size}, its plane holds {m}", digest)
+        if params.dict_id:
+            raise corrupt(f"{where} needs a zstd dictionary", digest)
+        if _frame_size(frame, params.has_checksum, where, digest) != frame.nbytes:
+            raise corrupt(f"{where} is not exactly one zstd frame", digest)
+        data = zstandard.ZstdDecompressor(max_window_size=_MAX_WINDOW).decompress(frame)
     except zstandard.ZstdError as e:
         raise corrupt(f"{where} does not decode ({e})", digest) from e
-    if not decoder.eof or decoder.unused_data or len(data) != m:
-        raise corrupt(f"{where} is not exactly one zstd frame of {m} bytes", digest)
+    if len(data) != m:
+        raise corrupt(f"{where} decodes to {len(data)} bytes, its plane holds {m}", digest)
     return data
 
 
