@@ -28,7 +28,6 @@ The last line is one JSON object with the headline ratios.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import os
@@ -286,12 +285,15 @@ def real_weights(threads: int, tmp: Path) -> dict[str, Any]:
 
 class DeltaStore:
     """What a store with codecs keeps: chunks by digest (stored once), each coded against the same chunk of the
-    previous save; counts the bytes it would write."""
+    previous save; counts the bytes it would write. ``keep=False`` counts without keeping payloads."""
 
-    def __init__(self, max_depth: int, chunk_size: int = 64 * MiB, threads: int = 2, compress: bool = True) -> None:
+    def __init__(
+        self, max_depth: int, *, chunk_size: int = 64 * MiB, threads: int = 2, compress: bool = True, keep: bool = True
+    ) -> None:
         self.max_depth = max_depth
         self.chunk_size = chunk_size
         self.compress = compress
+        self.keep = keep
         self.objects: dict[str, tuple[int, int, bytes]] = {}  # digest → (depth, codec, payload)
         self.previous: dict[tuple[str, int], tuple[str, bytes, int]] = {}
         self.written = 0
@@ -309,7 +311,7 @@ class DeltaStore:
             if digest in self.objects:
                 depth = self.objects[digest][0]
             elif not self.compress:
-                self.objects[digest] = (0, 0, b"")  # counted only
+                self.objects[digest] = (0, 0, b"")
                 self.written += 16 + len(data)
                 depth = 0
             else:
@@ -319,9 +321,9 @@ class DeltaStore:
                 t0 = time.perf_counter()
                 enc = encode_chunk(data, layout=layout_for(dtype), max_depth=self.max_depth, executor=self.pool, **kw)
                 self.encode_s += time.perf_counter() - t0
-                payload = b"".join(bytes(memoryview(p)) for p in enc.parts)
+                payload = b"".join(bytes(memoryview(p)) for p in enc.parts) if self.keep else b""
                 self.objects[digest] = (enc.depth, enc.codec, payload)
-                self.written += 16 + len(payload)
+                self.written += 16 + enc.stored_length
                 depth = enc.depth
             current[(name, index)] = (digest, data, depth)
         self.previous = current
@@ -336,37 +338,49 @@ class DeltaStore:
 
         return fetch
 
+    def load_cpu_seconds(self) -> float:
+        """CPU seconds to decode the last save whole (every chain), best of two, checked bit for bit."""
+        items = list(self.previous.values())
+        outs = [bytearray(len(data)) for _, data, _ in items]
+
+        def load() -> None:
+            for (digest, _, _), o in zip(items, outs, strict=True):
+                decode_chain(digest, o, self.fetcher(len(o)), max_depth=self.max_depth, executor=self.pool)
+
+        seconds = cpu_seconds(load, 2)
+        assert all(bytes(o) == data for (_, data, _), o in zip(items, outs, strict=True))
+        return seconds
+
     def close(self) -> None:
         self.pool.shutdown()
 
 
-def files_peers(states: list[dict[str, torch.Tensor]], tmp: Path, dtype: str, threads: int) -> dict[str, float]:
-    """Bytes of one safetensors file per save, zstd -3 and ZipNN per file (summed over the saves)."""
-    files = zstd3 = zipnn_b = 0
-    zipnn_exact = True
-    try:
-        import zipnn
+class FilePeers:
+    """One safetensors file per save, and the same file through ``zstd -3`` and ZipNN: bytes summed."""
 
-        z = zipnn.ZipNN(
-            input_format="byte", bytearray_dtype={"BF16": "bfloat16", "F32": "float32"}[dtype], threads=threads
-        )
-    except ImportError:
-        z = None
-    for state in states:
-        path = tmp / "save.safetensors"
-        save_file(state, str(path))
-        blob = path.read_bytes()
-        files += len(blob)
-        zstd3 += len(zstandard.ZstdCompressor(level=3).compress(blob))
-        if z is not None:
-            c = z.compress(blob)
-            zipnn_b += len(c)
-            zipnn_exact &= bytes(z.decompress(c)) == blob
-    out = {"safetensors": files, "zstd-3": zstd3}
-    if z is not None:
-        out["zipnn"] = zipnn_b
-        out["zipnn_exact"] = zipnn_exact
-    return out
+    def __init__(self, tmp: Path, dtype: str, threads: int) -> None:
+        self.path = tmp / "save.safetensors"
+        self.sizes = {"safetensors": 0, "zstd-3": 0}
+        self.zipnn_exact = True
+        try:
+            import zipnn
+
+            self.zipnn: Any = zipnn.ZipNN(
+                input_format="byte", bytearray_dtype={"BF16": "bfloat16", "F32": "float32"}[dtype], threads=threads
+            )
+            self.sizes["zipnn"] = 0
+        except ImportError:
+            self.zipnn = None
+
+    def save(self, state: dict[str, torch.Tensor]) -> None:
+        save_file(state, str(self.path))
+        blob = self.path.read_bytes()
+        self.sizes["safetensors"] += len(blob)
+        self.sizes["zstd-3"] += len(zstandard.ZstdCompressor(level=3).compress(blob))
+        if self.zipnn is not None:
+            c = self.zipnn.compress(blob)
+            self.sizes["zipnn"] += len(c)
+            self.zipnn_exact &= bytes(self.zipnn.decompress(c)) == blob
 
 
 def llama() -> tuple[torch.nn.Module, Callable[[], None]]:
@@ -429,106 +443,94 @@ def snapshot_states(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], di
     return bf16, full
 
 
-def residual_floor(states: list[dict[str, torch.Tensor]]) -> float:
-    """Order-0 entropy of the byte planes of each save's zigzag difference against the previous save, per
-    tensor, in bytes / one raw save, averaged over the saves after the first: the floor of a first-order delta
-    whose planes are coded byte by byte (what ckpt's delta codec approaches)."""
+def residual_floor(prev: dict[str, torch.Tensor], cur: dict[str, torch.Tensor]) -> float:
+    """Order-0 entropy, in bytes, of the byte planes of each tensor's zigzag difference against the previous
+    save: the floor of a first-order delta whose planes are coded byte by byte (what ckpt's delta approaches)."""
     total = 0.0
-    for prev, cur in itertools.pairwise(states):
-        for name, t in cur.items():
-            k = t.element_size()
-            wide = {2: np.uint16, 4: np.uint32, 8: np.uint64}.get(k)
-            a, b = raw_bytes(prev[name]), raw_bytes(t)
-            if wide is None or len(a) != len(b):
-                total += len(b)
-                continue
-            d = np.frombuffer(b, dtype=wide) - np.frombuffer(a, dtype=wide)
-            z = (d << 1) ^ (0 - (d >> (8 * k - 1)))
-            total += plane_entropy(z.tobytes(), k, False)
-    one = sum(t.numel() * t.element_size() for t in states[0].values())
-    return total / one / max(1, len(states) - 1)
-
-
-def training_states(
-    make: Callable[[], tuple[torch.nn.Module, Callable[[], None]]], saves: int
-) -> dict[str, list[dict[str, torch.Tensor]]]:
-    """``saves`` saves of (a) the bf16 model and (b) the fp32 model + Adam state, one optimizer step apart."""
-    model, step = make()
-    runs: dict[str, list[dict[str, torch.Tensor]]] = {"bf16": [], "fp32+adam": []}
-    for _ in range(saves):
-        step()
-        bf16, full = snapshot_states(model)
-        runs["bf16"].append(bf16)
-        runs["fp32+adam"].append(full)
-    return runs
+    for name, t in cur.items():
+        k = t.element_size()
+        wide = {2: np.uint16, 4: np.uint32, 8: np.uint64}.get(k)
+        a, b = raw_bytes(prev[name]), raw_bytes(t)
+        if wide is None or len(a) != len(b):
+            total += len(b)
+            continue
+        d = np.frombuffer(b, dtype=wide) - np.frombuffer(a, dtype=wide)
+        z = (d << 1) ^ (0 - (d >> (8 * k - 1)))
+        total += plane_entropy(z.tobytes(), k, False)
+    return total
 
 
 def training_run(
-    runs: dict[str, list[dict[str, torch.Tensor]]], depths: list[int], tmp: Path, threads: int
+    make: Callable[[], tuple[torch.nn.Module, Callable[[], None]]],
+    saves: int,
+    depths: dict[str, list[int]],
+    tmp: Path,
+    threads: int,
+    chain_saves: int = 0,
 ) -> dict[str, Any]:
+    """``saves`` saves, one optimizer step apart, of (a) the model in bf16 and (b) the fp32 model + Adam state,
+    streamed (two saves in memory): bytes per save for ckpt at each depth limit in ``depths[kind]``, the delta
+    floor, and the files of the peers. With ``chain_saves``, the bf16 run goes on to that many saves for the
+    chain study: the CPU time to load the save at each depth, and bytes per save for each limit."""
+    model, step = make()
+    kinds = ("bf16", "fp32+adam")
+    stores = {kind: {d: DeltaStore(d, threads=threads, keep=False) for d in depths[kind]} for kind in kinds}
+    deepest = max(depths["bf16"])
+    chain_store = DeltaStore(deepest, threads=threads) if chain_saves else None
+    plain = {kind: DeltaStore(0, compress=False) for kind in kinds}
+    peers = {kind: FilePeers(tmp, "BF16" if kind == "bf16" else "F32", threads) for kind in kinds}
+    per_save: dict[str, dict[int, list[int]]] = {kind: {d: [] for d in depths[kind]} for kind in kinds}
+    floor = dict.fromkeys(kinds, 0.0)
+    one = dict.fromkeys(kinds, 0)
+    previous: dict[str, dict[str, torch.Tensor]] = {}
+    load_s: list[float] = []
+    for i in range(max(saves, chain_saves)):
+        step()
+        bf16, full = snapshot_states(model)
+        for kind, state in (("bf16", bf16), ("fp32+adam", full)):
+            if i >= saves and kind != "bf16":
+                continue
+            one[kind] = sum(t.numel() * t.element_size() for t in state.values())
+            for d, store in stores[kind].items():
+                per_save[kind][d].append(store.save(state))
+            if i < saves:
+                plain[kind].save(state)
+                peers[kind].save(state)
+                if kind in previous:
+                    floor[kind] += residual_floor(previous[kind], state)
+            previous[kind] = state
+        if chain_store is not None and i <= deepest:
+            chain_store.save(bf16)
+            load_s.append(chain_store.load_cpu_seconds())
     out: dict[str, Any] = {}
-    for kind, states in runs.items():
-        one = sum(t.numel() * t.element_size() for t in states[0].values())
-        row: dict[str, Any] = {"one_raw_save_bytes": one}
-        for depth in depths:
-            store = DeltaStore(depth, threads=threads)
-            per_save = [store.save(s) for s in states]
-            row[f"ckpt_depth{depth}"] = sum(per_save) / one
-            row[f"ckpt_depth{depth}_per_save"] = [round(b / one, 4) for b in per_save]
-            row[f"ckpt_depth{depth}_encode_gbs"] = store.raw_seen / store.encode_s / 1e9
-            store.close()
-        row["delta_floor_per_save"] = residual_floor(states)
-        plain = DeltaStore(0, compress=False)
-        row["ckpt_raw"] = sum(plain.save(s) for s in states) / one
-        plain.close()
-        peers = files_peers(states, tmp, "BF16" if kind == "bf16" else "F32", threads)
-        for k, v in peers.items():
-            row[k] = v / one if isinstance(v, int) and not isinstance(v, bool) else v
+    for kind in kinds:
+        row: dict[str, Any] = {"one_raw_save_bytes": one[kind]}
+        for d in depths[kind]:
+            row[f"ckpt_depth{d}"] = sum(per_save[kind][d][:saves]) / one[kind]
+            row[f"ckpt_depth{d}_per_save"] = [round(b / one[kind], 4) for b in per_save[kind][d][:saves]]
+            row[f"ckpt_depth{d}_encode_gbs"] = stores[kind][d].raw_seen / stores[kind][d].encode_s / 1e9
+            stores[kind][d].close()
+        row["delta_floor_per_save"] = floor[kind] / one[kind] / max(1, saves - 1)
+        row["ckpt_raw"] = plain[kind].written / one[kind]
+        plain[kind].close()
+        for k, v in peers[kind].sizes.items():
+            row[k] = v / one[kind]
+        if peers[kind].zipnn is not None:
+            row["zipnn_exact"] = peers[kind].zipnn_exact
         out[kind] = row
-    return out
-
-
-# -- 3. chain depth: bytes against decode time ---------------------------------------------------------------
-
-
-def chain_study(states: list[dict[str, torch.Tensor]], depths: list[int], threads: int) -> list[dict[str, float]]:
-    """For each depth limit: stored bytes per save over the run, and the mean time to decode a save (every
-    save is loaded equally often), from the decode time measured at each depth."""
-    deepest = max(depths)
-    store = DeltaStore(deepest, threads=threads)
-    heads = []
-    for state in states[: deepest + 1]:
-        store.save(state)
-        heads.append(dict(store.previous))
-    seconds_at: list[float] = []
-    with ThreadPoolExecutor(threads) as pool:
-        for head in heads:
-            items = list(head.values())
-            outs = [bytearray(len(data)) for _, data, _ in items]
-
-            def load(items: list[tuple[str, bytes, int]] = items, outs: list[bytearray] = outs) -> None:
-                for (digest, _, _), o in zip(items, outs, strict=True):
-                    decode_chain(digest, o, store.fetcher(len(o)), max_depth=deepest, executor=pool)
-
-            seconds_at.append(cpu_seconds(load, 2))
-            assert all(bytes(o) == data for (_, data, _), o in zip(items, outs, strict=True))
-    store.close()
-    raw = sum(t.numel() * t.element_size() for t in states[0].values())
-    rows = []
-    for depth in depths:
-        s = DeltaStore(depth, threads=threads)
-        written = sum(s.save(state) for state in states)
-        s.close()
-        mean_s = sum(seconds_at[: depth + 1]) / (depth + 1)  # saves cycle through depths 0..depth
-        rows.append(
+    if chain_store is not None:
+        chain_store.close()
+        n = len(per_save["bf16"][deepest])
+        out["chain_depth"] = [
             {
-                "max_depth": depth,
-                "bytes_per_save": written / raw / len(states),
-                "mean_decode_cpu_s_per_gb": mean_s / raw * 1e9,
-                "deepest_decode_cpu_s_per_gb": seconds_at[depth] / raw * 1e9,
+                "max_depth": d,
+                "bytes_per_save": sum(per_save["bf16"][d]) / one["bf16"] / n,
+                "mean_load_cpu_s_per_gb": sum(load_s[: d + 1]) / (d + 1) / one["bf16"] * 1e9,
+                "deepest_load_cpu_s_per_gb": load_s[d] / one["bf16"] * 1e9,
             }
-        )
-    return rows
+            for d in depths["bf16"]
+        ]
+    return out
 
 
 # -- 4. chunk size ---------------------------------------------------------------------------------------------
@@ -545,7 +547,7 @@ def chunk_size_study(threads: int) -> list[dict[str, Any]]:
         size = mib * MiB
         row: dict[str, Any] = {"chunk_mib": mib, "objects_per_save": math.ceil(emb.numel() * 4 / size)}
         for compress in (False, True):
-            store = DeltaStore(DEFAULT_MAX_DEPTH, chunk_size=size, threads=threads, compress=compress)
+            store = DeltaStore(DEFAULT_MAX_DEPTH, chunk_size=size, threads=threads, compress=compress, keep=False)
             first = store.save({"emb": emb})
             second = store.save({"emb": changed})
             key = "codecs" if compress else "raw"
@@ -599,14 +601,20 @@ def main() -> None:
                 f"  ckpt decode: {c['decode_gbs']:.2f} GB/s blocks on {args.threads} threads, "
                 f"{c['decode_chunks_gbs']:.2f} chunk pipeline, {c['decode_1thread_gbs']:.2f} on one thread"
             )
-        llama_runs = training_states(llama, max(saves, 17 if not args.quick else saves))
-        for label, runs, run_depths in (
-            ("llama-29M", {k: v[:saves] for k, v in llama_runs.items()}, depths),
-            ("minilm-finetune", training_states(minilm, saves), [DEFAULT_MAX_DEPTH]),
+        study = [0, 1, 2, 4, 8, 16]
+        for label, make, depths, chain_saves in (
+            (
+                "llama-29M",
+                llama,
+                {"bf16": [2] if args.quick else study, "fp32+adam": [DEFAULT_MAX_DEPTH]},
+                0 if args.quick else 17,
+            ),
+            ("minilm-finetune", minilm, {"bf16": [DEFAULT_MAX_DEPTH], "fp32+adam": [DEFAULT_MAX_DEPTH]}, 0),
         ):
-            run = training_run(runs, run_depths, tmp, args.threads)
+            run = training_run(make, saves, depths, tmp, args.threads, chain_saves)
             result[f"training_{label}"] = run
-            for kind, row in run.items():
+            for kind in ("bf16", "fp32+adam"):
+                row = run[kind]
                 print(
                     f"\n== {label} training, {saves} saves of {kind} "
                     f"({row['one_raw_save_bytes'] / 1e6:.0f} MB each): bytes / one raw save =="
@@ -614,11 +622,10 @@ def main() -> None:
                 for key, value in row.items():
                     if key != "one_raw_save_bytes":
                         print(f"  {key:32s} {fmt(value)}")
-        if not args.quick:
-            result["chain_depth"] = chain_study(llama_runs["bf16"], [0, 1, 2, 4, 8, 16], args.threads)
-            print(f"\n== chain depth limit, {len(llama_runs['bf16'])} bf16 saves of the Llama run ==")
-            for r in result["chain_depth"]:
-                print("  " + ", ".join(f"{k} {fmt(v)}" for k, v in r.items()))
+            if "chain_depth" in run:
+                print(f"\n== chain depth limit, {chain_saves} bf16 saves of the {label} run ==")
+                for r in run["chain_depth"]:
+                    print("  " + ", ".join(f"{k} {fmt(v)}" for k, v in r.items()))
         result["chunk_size"] = chunk_size_study(args.threads)
         print("\n== a 200 MB fp32 embedding, one 4 KiB row changed ==")
         for r in result["chunk_size"]:
