@@ -589,13 +589,15 @@ def main() -> None:
                 f"  order-0 entropy of byte planes per chunk: {row['entropy_planes']:.4f}, "
                 f"of rotated planes: {row['entropy_rotated_planes']:.4f}"
             )
-            print(f"  {'coder':24s} {'stored/raw':>10s} {'enc GB/s':>9s} {'dec GB/s':>9s}  bit-exact")
+            print(f"  {'coder':24s} {'stored/raw':>10s} {'enc GB/s':>9s} {'dec GB/s':>9s} {'dec GB/cpu-s':>12s}  exact")
             for coder in ("ckpt", "zstd-3", "zipnn", "lmzip", "pcodec-8", "blosc2-shuffle-zstd1"):
                 r = row[coder]
                 if r is None:
                     print(f"  {coder:24s} not installed")
                     continue
-                print(f"  {coder:24s} {r['ratio']:10.4f} {r['encode_gbs']:9.2f} {r['decode_gbs']:9.2f}  {r['exact']}")
+                per_cpu = f"{r['decode_gb_per_cpu_s']:12.2f}" if "decode_gb_per_cpu_s" in r else f"{'':>12s}"
+                speeds = f"{r['encode_gbs']:9.2f} {r['decode_gbs']:9.2f} {per_cpu}"
+                print(f"  {coder:24s} {r['ratio']:10.4f} {speeds}  {r['exact']}")
             c = row["ckpt"]
             print(
                 f"  ckpt decode: {c['decode_gbs']:.2f} GB/s blocks on {args.threads} threads, "
@@ -609,7 +611,7 @@ def main() -> None:
                 {"bf16": [2] if args.quick else study, "fp32+adam": [DEFAULT_MAX_DEPTH]},
                 0 if args.quick else 17,
             ),
-            ("minilm-finetune", minilm, {"bf16": [DEFAULT_MAX_DEPTH], "fp32+adam": [DEFAULT_MAX_DEPTH]}, 0),
+            ("minilm-finetune", minilm, {"bf16": [DEFAULT_MAX_DEPTH, 16], "fp32+adam": [DEFAULT_MAX_DEPTH, 16]}, 0),
         ):
             run = training_run(make, saves, depths, tmp, args.threads, chain_saves)
             result[f"training_{label}"] = run
@@ -637,8 +639,10 @@ def main() -> None:
         "fp32_ratio": bw["F32"]["ckpt"]["ratio"],
         "bf16_decode_gbs": bw["BF16"]["ckpt"]["decode_gbs"],
         "fp32_decode_gbs": bw["F32"]["ckpt"]["decode_gbs"],
-        "train_bf16_10_saves": llama_run["bf16"].get(f"ckpt_depth{DEFAULT_MAX_DEPTH}", None),
-        "train_fp32_adam_10_saves": llama_run["fp32+adam"].get(f"ckpt_depth{DEFAULT_MAX_DEPTH}", None),
+        "train_bf16_10_saves": llama_run["bf16"].get(f"ckpt_depth{DEFAULT_MAX_DEPTH}"),
+        "train_fp32_adam_10_saves": llama_run["fp32+adam"].get(f"ckpt_depth{DEFAULT_MAX_DEPTH}"),
+        "train_bf16_10_saves_one_keyframe": llama_run["bf16"].get("ckpt_depth16"),
+        "train_fp32_adam_10_saves_one_keyframe": llama_run["fp32+adam"].get("ckpt_depth16"),
     }
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1, default=str))
