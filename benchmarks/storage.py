@@ -608,7 +608,7 @@ def main() -> None:
             (
                 "llama-29M",
                 llama,
-                {"bf16": [2] if args.quick else study, "fp32+adam": [DEFAULT_MAX_DEPTH]},
+                {"bf16": [2] if args.quick else study, "fp32+adam": [DEFAULT_MAX_DEPTH, 16]},
                 0 if args.quick else 17,
             ),
             ("minilm-finetune", minilm, {"bf16": [DEFAULT_MAX_DEPTH, 16], "fp32+adam": [DEFAULT_MAX_DEPTH, 16]}, 0),
