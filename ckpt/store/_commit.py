@@ -60,20 +60,30 @@ class _Checked:
 
 
 def save(
-    parts: StoreParts, state: Any, branch: str, fields: SaveFields, *, progress: Progress | None, force: bool
+    parts: StoreParts,
+    state: Any,
+    branch: str,
+    fields: SaveFields,
+    *,
+    progress: Progress | None,
+    force: bool,
+    compression: bool | None = None,
 ) -> Snapshot:
     """Save ``state`` as a new snapshot and move ``branch`` to it; see ``Store.save``."""
+    if compression is not None and not isinstance(compression, bool):
+        raise RecordError(f"compression must be True, False or None, got {compression!r}"[:120])
+    compress = parts.config.compression if compression is None else compression
     checked = _check(parts, state, branch, fields, force=force)
     stats = WriteStats()
     tensors = checked.tensors
     first = {name: group[0] for group in checked.tied for name in group}  # a tied group is written once
     once = {name: src for name, src in tensors.items() if first.get(name, name) == name}
-    written = write_tensors(parts.objects, once, parts.chunk_size, stats=stats, progress=progress)
+    written = write_tensors(parts.objects, once, parts.chunk_size, stats=stats, progress=progress, compress=compress)
     entries = {name: written[first.get(name, name)] for name in tensors}
     if checked.inherit_from is not None:
         file_entries = inherited_files(parts, checked.inherit_from, stats)
     else:
-        file_entries = write_files(parts.objects, checked.files, parts.chunk_size, stats=stats)
+        file_entries = write_files(parts.objects, checked.files, parts.chunk_size, stats=stats, compress=compress)
     table = TensorTable(
         chunk_size=parts.chunk_size,
         tensors=entries,

@@ -21,6 +21,7 @@ from ckpt.model import (
 )
 from ckpt.storage import Backend
 from ckpt.store import _layout as layout
+from ckpt.store._encoded import ENCODED, decode_payload, encode, max_payload
 from ckpt.store._types import Progress
 
 __all__ = [
@@ -81,11 +82,21 @@ class Objects:
 
     # -- chunks ----------------------------------------------------------------------------------------
 
-    def put_chunk(self, data: memoryview, digest: str | None = None) -> tuple[str, int]:
+    def put_chunk(
+        self, data: memoryview, digest: str | None = None, *, dtype: str | None = None, compress: bool = False
+    ) -> tuple[str, int]:
         """Store one chunk unless it exists. Returns ``(digest, bytes written)`` (0 when deduplicated).
 
         A ``digest`` the caller already knows skips hashing when that chunk exists; when it does not, the
         bytes are hashed anyway, so that nothing is ever written under an address that is not its digest.
+
+        Args:
+            data: the chunk's raw bytes.
+            digest: their BLAKE3 digest, when the caller knows it.
+            dtype: the safetensors dtype of the tensor it belongs to (``None``: a file), which decides how
+                byte-grouped compression cuts it into planes.
+            compress: store it byte-grouped and zstd-coded (codec 1) when that saves at least 3% of its
+                bytes, else raw. The address is the digest of the raw bytes either way.
         """
         if digest is not None:
             known = layout.chunk_path(digest)
@@ -98,15 +109,22 @@ class Objects:
                 self.backend.delete([known])  # never leave bytes under an address that is not their digest
         digest = hash_chunk(data)
         path = layout.chunk_path(digest)
+        if compress and not self.backend.exists(path):  # encode only what is new to the store
+            enc = encode(data, dtype)
+            if enc is not None:
+                if self.backend.put_if_absent(path, [chunk_header(data.nbytes, enc.codec), *enc.parts]):
+                    return digest, CHUNK_HEADER_SIZE + enc.stored_length
+                return digest, 0
         if self.backend.put_if_absent(path, [chunk_header(data.nbytes), data]):
             return digest, stored_size(data.nbytes)
         return digest, 0
 
     # -- reading chunks: one rule for every path ------------------------------------------------------------
     #
-    # A stored chunk is valid when it is a regular file (on a local store) of exactly 16 + n bytes, its header
-    # has the magic, a known format and codec and says n, n is the length the table implies for that piece, and
-    # (when verifying) its n payload bytes hash to its address. ``_check_stored`` is that rule; load, lazy
+    # A stored chunk is valid when it is a regular file (on a local store), its header has the magic, a known
+    # format and codec and says n, n is the length the table implies for that piece, its payload is exactly n
+    # bytes (raw) or at most ``max_payload(n)`` bytes that decode to n bytes (grouped, delta), and (when
+    # verifying) its n raw bytes hash to its address. ``_check_stored`` is that rule; load, lazy
     # reads, files, export, verify, repair and sync all reach it through the readers below, so a chunk one of
     # them accepts, every one of them accepts.
 
@@ -118,8 +136,8 @@ class Objects:
         expected: int | None,
         tensor: str | None,
         snapshot: str | None,
-    ) -> int:
-        """Check a stored chunk's header and size; returns its raw length.
+    ) -> tuple[int, int]:
+        """Check a stored chunk's header and size; returns its codec and raw length.
 
         Args:
             digest: the chunk's address.
@@ -141,18 +159,22 @@ class Objects:
         magic, fmt, codec, _reserved, raw_length = _HEADER.unpack(header[:CHUNK_HEADER_SIZE])
         if magic != CHUNK_MAGIC:
             raise corrupt("its header does not start with the chunk magic")
-        if fmt != CHUNK_FORMAT or codec != CODEC_RAW:
+        if fmt != CHUNK_FORMAT or (codec != CODEC_RAW and codec not in ENCODED):
             raise FormatVersionError(
                 f"chunk {digest[:12]} of {where} uses chunk format {fmt}, codec {codec}, which this ckpt does not "
-                f"know (it reads format {CHUNK_FORMAT}, codec {CODEC_RAW} = raw)"
+                f"know (it reads format {CHUNK_FORMAT}, codecs 0 = raw, 1 = grouped, 2 = delta)"
             )
         if expected is not None and raw_length != expected:
             raise corrupt(f"its header says {raw_length} bytes, its table {expected}")
+        if codec != CODEC_RAW:
+            if stored > CHUNK_HEADER_SIZE + max_payload(raw_length):
+                raise corrupt(f"its codec {codec} payload is longer than any encoding of {raw_length} bytes")
+            return int(codec), int(raw_length)
         if stored < CHUNK_HEADER_SIZE + raw_length:
             raise corrupt(f"it holds {stored - CHUNK_HEADER_SIZE} bytes of its {raw_length}")
         if stored > CHUNK_HEADER_SIZE + raw_length:
             raise corrupt(f"bytes follow its {raw_length}-byte payload")
-        return int(raw_length)
+        return int(codec), int(raw_length)
 
     def _check_digest(self, payload: memoryview | bytes, digest: str, tensor: str | None, snapshot: str | None) -> None:
         if hash_chunk(payload) != digest:
@@ -213,9 +235,61 @@ class Objects:
             raise self._missing(digest, tensor, snapshot, e) from e
         except IntegrityError as e:
             raise self._unreadable(digest, tensor, snapshot, e) from e
-        self._check_stored(digest, bytes(header[: min(n, CHUNK_HEADER_SIZE)]), n, out.nbytes, tensor, snapshot)
-        if verify:
+        head = bytes(header[: min(n, CHUNK_HEADER_SIZE)])
+        codec, _ = self._check_stored(digest, head, n, out.nbytes, tensor, snapshot)
+        if codec != CODEC_RAW:  # the payload landed at the start of ``out``: take it out, decode it in place
+            if n > CHUNK_HEADER_SIZE + out.nbytes:  # longer than its raw bytes (valid, rare): read it whole
+                codec, _, payload = self._stored(digest, out.nbytes, tensor, snapshot)
+            else:
+                payload = bytes(out[: n - CHUNK_HEADER_SIZE])
+            self._decode(digest, codec, payload, out, verify=verify, tensor=tensor, snapshot=snapshot)
+        elif verify:
             self._check_digest(out, digest, tensor, snapshot)
+
+    def _stored(
+        self, digest: str, length: int | None, tensor: str | None, snapshot: str | None
+    ) -> tuple[int, int, bytes]:
+        """Read a stored chunk whole, bounded by what a valid chunk of ``length`` can hold, and check its header
+        and size: ``(codec, raw length, payload)``."""
+        path = layout.chunk_path(digest)
+        try:
+            end = None if length is None else CHUNK_HEADER_SIZE + max_payload(length) + 1
+            data = self.backend.read(path, 0, end)
+        except MissingObjectError as e:
+            raise self._missing(digest, tensor, snapshot, e) from e
+        except IntegrityError as e:
+            raise self._unreadable(digest, tensor, snapshot, e) from e
+        codec, raw_length = self._check_stored(digest, data[:CHUNK_HEADER_SIZE], len(data), length, tensor, snapshot)
+        return codec, raw_length, data[CHUNK_HEADER_SIZE:]
+
+    def _decode(
+        self,
+        digest: str,
+        codec: int,
+        payload: bytes,
+        out: memoryview,
+        *,
+        verify: bool,
+        tensor: str | None,
+        snapshot: str | None,
+    ) -> None:
+        """Decode an encoded payload into ``out`` through its delta chain (each link read as ``_stored``)."""
+
+        def fetch(ref: str) -> tuple[int, int, bytes]:
+            return self._stored(ref, out.nbytes, tensor, snapshot)
+
+        decode_payload(
+            digest,
+            codec,
+            payload,
+            out,
+            fetch,
+            verify=verify,
+            where=_where(tensor, snapshot),
+            tensor=tensor,
+            snapshot=snapshot,
+            newer=self.minor_newer,
+        )
 
     def read_chunk(
         self,
@@ -237,22 +311,22 @@ class Objects:
 
         Memory is bounded by what the object really holds, whatever ``length`` or its header claim.
         """
-        path = layout.chunk_path(digest)
+        codec, raw_length, payload = self._stored(digest, length, tensor, snapshot)
+        if codec == CODEC_RAW:
+            if verify:
+                self._check_digest(payload, digest, tensor, snapshot)
+            return payload
         try:
-            data = (
-                self.backend.read(path)
-                if length is None
-                else self.backend.read(path, 0, CHUNK_HEADER_SIZE + length + 1)
-            )
-        except MissingObjectError as e:
-            raise self._missing(digest, tensor, snapshot, e) from e
-        except IntegrityError as e:
-            raise self._unreadable(digest, tensor, snapshot, e) from e
-        self._check_stored(digest, data[:CHUNK_HEADER_SIZE], len(data), length, tensor, snapshot)
-        payload = data[CHUNK_HEADER_SIZE:]
-        if verify:
-            self._check_digest(payload, digest, tensor, snapshot)
-        return payload
+            out = bytearray(raw_length)
+        except MemoryError:
+            raise CorruptChunkError(
+                f"chunk {digest[:12]} of {_where(tensor, snapshot)} is corrupt: its header claims {raw_length} bytes",
+                digest=digest,
+                tensor=tensor,
+                snapshot=snapshot,
+            ) from None
+        self._decode(digest, codec, payload, memoryview(out), verify=verify, tensor=tensor, snapshot=snapshot)
+        return bytes(out)
 
     def check_chunk(
         self,
@@ -282,6 +356,8 @@ class Objects:
             while pos < limit:
                 want = min(pos + VERIFY_PIECE, limit)
                 data = self.backend.read(path, pos, want)
+                if pos == 0 and len(data) >= CHUNK_HEADER_SIZE and data[5] in ENCODED:
+                    return self._check_encoded(digest, length, data, want, tensor, snapshot, progress)
                 view = memoryview(data)
                 if pos < CHUNK_HEADER_SIZE:
                     header += bytes(view[: CHUNK_HEADER_SIZE - pos])
@@ -307,6 +383,30 @@ class Objects:
             )
         return pos
 
+    def _check_encoded(
+        self,
+        digest: str,
+        length: int,
+        data: bytes,
+        asked: int,
+        tensor: str | None,
+        snapshot: str | None,
+        progress: Progress | None,
+    ) -> int:
+        """``check_chunk`` of an encoded chunk whose first ``asked`` bytes were read into ``data``: decode it
+        (through its chain) into a buffer of its raw length and check the digest. Returns the stored bytes."""
+        if len(data) < asked:  # that was the whole object
+            codec, _ = self._check_stored(digest, data[:CHUNK_HEADER_SIZE], len(data), length, tensor, snapshot)
+            payload = data[CHUNK_HEADER_SIZE:]
+        else:
+            codec, _, payload = self._stored(digest, length, tensor, snapshot)
+        self._decode(
+            digest, codec, payload, memoryview(bytearray(length)), verify=True, tensor=tensor, snapshot=snapshot
+        )
+        if progress:
+            progress(length)
+        return CHUNK_HEADER_SIZE + len(payload)
+
     def map_chunk(
         self,
         digest: str,
@@ -318,8 +418,9 @@ class Objects:
     ) -> mmap.mmap | None:
         """Memory-map a raw chunk of a local store, copy-on-write, checked against ``digest``.
 
-        Returns ``None`` when the backend is not local. The payload starts at ``CHUNK_HEADER_SIZE``. Writes to
-        the map never reach the file (``ACCESS_COPY``, a private mapping), but the file can still reach the map:
+        Returns ``None`` when the backend is not local, or the chunk is encoded (compressed or a delta: its
+        stored bytes are not the tensor's; the caller reads it instead). The payload starts at
+        ``CHUNK_HEADER_SIZE``. Writes to the map never reach the file (``ACCESS_COPY``, a private mapping), but the file can still reach the map:
         on Linux a page of a private mapping that was not written to yet shows later changes to the file, and
         reading a page past the end of a file truncated later kills the process with ``SIGBUS``. A mapped
         tensor is therefore verified only as it was when mapped; ``Store.load`` copies unless asked to map
@@ -361,6 +462,10 @@ class Objects:
             ) from e
         finally:
             os.close(fd)
+        if len(mm) >= CHUNK_HEADER_SIZE and mm[5] in ENCODED:  # its bytes are not the tensor's: read, not map
+            self._check_stored(digest, bytes(mm[:CHUNK_HEADER_SIZE]), len(mm), length, tensor, snapshot)
+            mm.close()
+            return None
         if hasattr(mmap, "MADV_WILLNEED"):
             mm.madvise(mmap.MADV_WILLNEED)
         self._check_stored(digest, bytes(mm[:CHUNK_HEADER_SIZE]), len(mm), length, tensor, snapshot)

@@ -25,7 +25,13 @@ _MAX_CHUNK = 1 << 40
 _SIZE_HINT = "a number of bytes, or with a unit: 4096, 64MiB, 1GB"
 
 
-def create(url: str | os.PathLike[str] | None, *, chunk_size: int | str | None, **storage_options: Any) -> StoreParts:
+def create(
+    url: str | os.PathLike[str] | None,
+    *,
+    chunk_size: int | str | None,
+    compression: bool = True,
+    **storage_options: Any,
+) -> StoreParts:
     """Write a new store's config at ``url``; see ``ckpt.init``.
 
     Raises:
@@ -41,7 +47,9 @@ def create(url: str | os.PathLike[str] | None, *, chunk_size: int | str | None, 
     if not 0 < size <= _MAX_CHUNK:
         raise RecordError(f"chunk_size must be a positive size of at most 1 TiB, got {size}"[:120], hint=_SIZE_HINT)
     backend = open_backend(where, **storage_options)
-    config = StoreConfig(chunk_size=size, created_at=format_time(utcnow()))
+    if not isinstance(compression, bool):
+        raise RecordError(f"compression must be True or False, got {compression!r}"[:120])
+    config = StoreConfig(chunk_size=size, created_at=format_time(utcnow()), compression=compression)
     data = canonical_json(config.model_dump(mode="json"))
     if not backend.put_if_absent(layout.CONFIG, data):
         raise StoreExistsError(f"a ckpt store exists already at {backend.url}")

@@ -68,9 +68,15 @@ def _pool(workers: int | None = None) -> ThreadPoolExecutor:
 
 
 def _put(
-    objects: Objects, piece: memoryview, stats: WriteStats, progress: Progress | None, digest: str | None = None
+    objects: Objects,
+    piece: memoryview,
+    stats: WriteStats,
+    progress: Progress | None,
+    digest: str | None = None,
+    dtype: str | None = None,
+    compress: bool = False,
 ) -> str:
-    digest, written = objects.put_chunk(piece, digest)
+    digest, written = objects.put_chunk(piece, digest, dtype=dtype, compress=compress)
     stats.add(piece.nbytes, written)
     if progress:
         progress(piece.nbytes)
@@ -84,8 +90,12 @@ def write_tensors(
     *,
     stats: WriteStats,
     progress: Progress | None = None,
+    compress: bool = False,
 ) -> dict[str, TensorEntry]:
-    """Chunk, hash and store every tensor; returns the table entries in the same order."""
+    """Chunk, hash and store every tensor; returns the table entries in the same order.
+
+    With ``compress``, each new chunk is stored byte-grouped and zstd-coded when that pays (``put_chunk``).
+    """
     with _pool() as pool:
         futures: dict[str, list[Future[str]]] = {}
         for name, src in tensors.items():
@@ -93,7 +103,7 @@ def write_tensors(
             pieces = _pieces(data, chunk_size)
             known = src.digests if src.digests is not None and len(src.digests) == len(pieces) else None
             futures[name] = [
-                pool.submit(_put, objects, p, stats, progress, known[i] if known else None)
+                pool.submit(_put, objects, p, stats, progress, known[i] if known else None, src.dtype, compress)
                 for i, p in enumerate(pieces)
             ]
         return {
@@ -108,14 +118,15 @@ def write_tensors(
 
 
 def write_files(
-    objects: Objects, files: Mapping[str, bytes], chunk_size: int, *, stats: WriteStats
+    objects: Objects, files: Mapping[str, bytes], chunk_size: int, *, stats: WriteStats, compress: bool = False
 ) -> dict[str, FileEntry]:
-    """Store attached files as chunks."""
+    """Store attached files as chunks (compressed as one-byte elements with ``compress``)."""
     out = {}
     for path, data in files.items():
         view = memoryview(bytes(data))
+        pieces = _pieces(view, chunk_size)
         out[path] = FileEntry(
-            size=view.nbytes, chunks=tuple(_put(objects, p, stats, None) for p in _pieces(view, chunk_size))
+            size=view.nbytes, chunks=tuple(_put(objects, p, stats, None, compress=compress) for p in pieces)
         )
     return out
 
@@ -230,7 +241,10 @@ def read_tensors(
 
     def map_job(name: str, entry: TensorEntry) -> Any:
         mm = objects.map_chunk(entry.chunks[0], entry.nbytes, verify=verify, tensor=name, snapshot=snapshot)
-        assert mm is not None
+        if mm is None:  # an encoded chunk: decoded into new memory
+            tensor, view = allocate(entry, framework or entry.kind, name=name, snapshot=snapshot)
+            job(name, entry.chunks[0], view.cast("B") if view.format != "B" else view)
+            return tensor
         if progress:
             progress(entry.nbytes)
         return from_buffer(mm, CHUNK_HEADER_SIZE, entry, framework or entry.kind)
