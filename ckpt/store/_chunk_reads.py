@@ -18,7 +18,7 @@ import blake3
 from ckpt.errors import CorruptChunkError, FormatVersionError, IntegrityError, MissingObjectError
 from ckpt.storage import Backend
 from ckpt.store import _layout as layout
-from ckpt.store._codecs import CODEC_DELTA
+from ckpt.store._codecs._framing import CODEC_DELTA
 from ckpt.store._encoded import ENCODED, decode_payload, max_payload
 from ckpt.store._types import Progress
 

@@ -9,19 +9,15 @@ snapshot named in every error.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ckpt.errors import CorruptChunkError, FormatVersionError, MissingObjectError
-from ckpt.store._codecs import (
-    CODEC_DELTA,
-    CODEC_GROUPED,
-    CODEC_RAW,
-    DEFAULT_MAX_DEPTH,
-    Encoded,
-    decode_chain,
-    encode_chunk,
-    layout_for,
-)
-from ckpt.store._codecs._grouped import Buffer
+from ckpt.store._codecs._framing import CODEC_DELTA, CODEC_GROUPED, CODEC_RAW, DEFAULT_MAX_DEPTH, layout_for
+
+if TYPE_CHECKING:  # numpy and zstandard load with the first chunk encoded or decoded
+    from ckpt.store._codecs._chunk import Encoded
+
+Buffer = bytes | bytearray | memoryview
 
 __all__ = ["ENCODED", "MIN_ENCODE", "decode_payload", "encode", "max_payload"]
 
@@ -54,6 +50,8 @@ def encode(data: memoryview, dtype: str | None) -> Encoded | None:
     ``None`` when raw is best: the chunk is small, or byte-grouped zstd saves less than 3% (``MIN_SAVING``)."""
     if data.nbytes < MIN_ENCODE:
         return None
+    from ckpt.store._codecs._chunk import encode_chunk
+
     enc = encode_chunk(data, layout=layout_for(dtype))
     return None if enc.codec == CODEC_RAW else enc
 
@@ -88,6 +86,8 @@ def decode_payload(
         MissingObjectError: a delta reference is not in the store.
         FormatVersionError: a variant this ckpt does not know, in a store of a newer format (``newer``).
     """
+    from ckpt.store._codecs._chain import decode_chain
+
     first = (codec, out.nbytes, payload)
 
     def links(d: str) -> tuple[int, int, Buffer]:

@@ -14,17 +14,8 @@ Writers call ``encode_chunk``; readers call ``decode_chain`` (any codec, chains 
 gc, sync and verify follow references with ``delta_reference``.
 """
 
-from ckpt.store._codecs._chain import Fetch, decode_chain, hash_raw
-from ckpt.store._codecs._chunk import (
-    DELTA_GOOD_ENOUGH,
-    MIN_SAVING,
-    Delta,
-    Encoded,
-    decode_into,
-    delta_op_for,
-    delta_reference,
-    encode_chunk,
-)
+from typing import TYPE_CHECKING, Any
+
 from ckpt.store._codecs._framing import (
     CODEC_DELTA,
     CODEC_GROUPED,
@@ -40,7 +31,44 @@ from ckpt.store._codecs._framing import (
     Layout,
     layout_for,
 )
-from ckpt.store._codecs._pool import map_bounded
+
+if TYPE_CHECKING:  # numpy and zstandard load with the first codec used: `ckpt log` needs neither
+    from ckpt.store._codecs._chain import Fetch, decode_chain, hash_raw
+    from ckpt.store._codecs._chunk import (
+        DELTA_GOOD_ENOUGH,
+        MIN_SAVING,
+        Delta,
+        Encoded,
+        decode_into,
+        delta_op_for,
+        delta_reference,
+        encode_chunk,
+    )
+    from ckpt.store._codecs._pool import map_bounded
+
+_LAZY = {
+    "Fetch": "_chain",
+    "decode_chain": "_chain",
+    "hash_raw": "_chain",
+    "DELTA_GOOD_ENOUGH": "_chunk",
+    "MIN_SAVING": "_chunk",
+    "Delta": "_chunk",
+    "Encoded": "_chunk",
+    "decode_into": "_chunk",
+    "delta_op_for": "_chunk",
+    "delta_reference": "_chunk",
+    "encode_chunk": "_chunk",
+    "map_bounded": "_pool",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CODECS",
