@@ -60,6 +60,7 @@ if typing.TYPE_CHECKING:  # imported on first use (PEP 562), so that `import ckp
     from ckpt.store import (
         AnyOf,
         Damage,
+        Footprint,
         GcReport,
         KeepBest,
         KeepEvery,
@@ -103,6 +104,7 @@ _LAZY = {
         (
             "AnyOf",
             "Damage",
+            "Footprint",
             "GcReport",
             "KeepBest",
             "KeepEvery",
@@ -135,6 +137,7 @@ _CLAIMED = frozenset(
         "SaveFields",
         "SnapshotFields",
         "StoreStats",
+        "Footprint",
         "LazyTensors",
         "GcReport",
         "VerifyReport",
@@ -193,6 +196,7 @@ __all__ = [
     "CorruptChunkError",
     "Damage",
     "ExportResult",
+    "Footprint",
     "FormatVersionError",
     "FrozenRefError",
     "GcReport",

@@ -22,22 +22,37 @@ __all__ = ["gc", "init", "repair", "verify"]
 @click.command()
 @click.argument("url", required=False)
 @click.option("--chunk-size", metavar="SIZE", help="Bytes per chunk, e.g. 64MiB (default: $CKPT_CHUNK_SIZE or 64MiB).")
+@click.option(
+    "--compression/--no-compression",
+    default=True,
+    show_default=True,
+    help="Store chunks byte-grouped and zstd-coded where that saves 3% or more (lossless).",
+)
 @json_option
 @click.pass_obj
-def init(state: CliState, url: str | None, chunk_size: str | None, as_json: bool) -> None:
+def init(state: CliState, url: str | None, chunk_size: str | None, compression: bool, as_json: bool) -> None:
     """Create an empty store at URL (default: --store, $CKPT_STORE, else ./.ckpt).
 
     \b
     Examples:
       ckpt init
       ckpt init s3://bucket/models --chunk-size 128MiB
+      ckpt init runs --no-compression
     """
     size = parse_size_option(chunk_size, flag="--chunk-size")
-    store = ckpt.init(url or state.store_url or None, chunk_size=size, **state.store_options)
+    store = ckpt.init(url or state.store_url or None, chunk_size=size, compression=compression, **state.store_options)
     if as_json:
-        emit_json({"url": store.url, "chunk_size": store.chunk_size, "format_version": store.config.format_version})
+        emit_json(
+            {
+                "url": store.url,
+                "chunk_size": store.chunk_size,
+                "compression": store.config.compression,
+                "format_version": store.config.format_version,
+            }
+        )
     else:
-        click.echo(f"initialised an empty ckpt store at {store.url} (chunks of {human_bytes(store.chunk_size)})")
+        how = "compressed" if compression else "raw"
+        click.echo(f"initialised an empty ckpt store at {store.url} (chunks of {human_bytes(store.chunk_size)}, {how})")
 
 
 @click.command()
