@@ -9,6 +9,7 @@ snapshot named in every error.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ckpt.errors import CorruptChunkError, FormatVersionError, MissingObjectError
@@ -19,7 +20,7 @@ if TYPE_CHECKING:  # numpy and zstandard load with the first chunk encoded or de
 
 Buffer = bytes | bytearray | memoryview
 
-__all__ = ["ENCODED", "MIN_ENCODE", "decode_payload", "encode", "max_payload"]
+__all__ = ["ENCODED", "MIN_ENCODE", "Reference", "decode_payload", "delta_depth", "encode", "max_payload"]
 
 #: Codec bytes whose payload must be decoded (everything but raw).
 ENCODED = (CODEC_GROUPED, CODEC_DELTA)
@@ -45,15 +46,47 @@ def max_payload(raw_length: int) -> int:
     return 34 + 4 + 64 * blocks + raw_length
 
 
-def encode(data: memoryview, dtype: str | None) -> Encoded | None:
+def encode(
+    data: memoryview, dtype: str | None, reference: Reference | None = None, max_depth: int = 0
+) -> Encoded | None:
     """The encoding to store for a chunk of a tensor of ``dtype`` (a safetensors name; ``None``: a file), or
-    ``None`` when raw is best: the chunk is small, or byte-grouped zstd saves less than 3% (``MIN_SAVING``)."""
+    ``None`` when raw is best: the chunk is small, or no encoding saves 3% (``MIN_SAVING``).
+
+    With a ``reference`` whose depth is below ``max_depth``, a delta against it is tried first (and kept when
+    it is the smallest); otherwise the chunk is a keyframe (grouped or raw).
+    """
     if data.nbytes < MIN_ENCODE:
         return None
     from ckpt.store._codecs._chunk import encode_chunk
 
-    enc = encode_chunk(data, layout=layout_for(dtype))
+    if reference is not None and reference.depth < max_depth:
+        enc = encode_chunk(
+            data,
+            layout=layout_for(dtype),
+            reference=reference.raw,
+            reference_digest=reference.digest,
+            reference_depth=reference.depth,
+            max_depth=max_depth,
+        )
+    else:
+        enc = encode_chunk(data, layout=layout_for(dtype))
     return None if enc.codec == CODEC_RAW else enc
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A chunk a new chunk may be stored as a delta against: the same byte range of the same tensor in the
+    snapshot's first parent.
+
+    Attributes:
+        digest: its address.
+        raw: its raw bytes (decoded and checked).
+        depth: its own chain depth (0: not a delta).
+    """
+
+    digest: str
+    raw: bytes
+    depth: int
 
 
 #: Reads one stored chunk: ``(codec, raw length from its header, payload)``; see ``ckpt.store._codecs.Fetch``.
@@ -97,7 +130,11 @@ def decode_payload(
     try:
         return decode_chain(digest, out, links, max_depth=DEFAULT_MAX_DEPTH_READ, verify=verify)
     except CorruptChunkError as e:
-        message = e.message.replace(label, f"{label} of {where}", 1) if where else e.message
+        if e.digest and e.digest != digest:  # a link down the chain broke the format: damage of this chunk too
+            of = f" of {where}" if where else ""
+            message = f"{label}{of} is corrupt: its delta reference {e.digest[:12]} is damaged ({e.message})"
+        else:
+            message = e.message.replace(label, f"{label} of {where}", 1) if where else e.message
         raise CorruptChunkError(
             message, digest=digest, tensor=tensor, snapshot=snapshot, hint=e.hint, cli_hint=e.cli_hint
         ) from e
@@ -119,3 +156,17 @@ def decode_payload(
 #: The deepest delta chain a reader follows: the format's bound on what writers build (a store setting of at
 #: most this much), so that a damaged store cannot make a read follow references without end.
 DEFAULT_MAX_DEPTH_READ = max(DEFAULT_MAX_DEPTH, 64)
+
+
+def delta_depth(codec: int, payload: Buffer, digest: str = "") -> tuple[str | None, int]:
+    """A stored chunk's delta reference and chain depth from its codec and the start of its payload (34 bytes
+    suffice): ``(None, 0)`` for a raw or grouped chunk.
+
+    Raises:
+        CorruptChunkError: a delta prefix that is short or says depth 0.
+        FormatVersionError: a codec or operation this ckpt does not know.
+    """
+    from ckpt.store._codecs._chunk import delta_reference
+
+    delta = delta_reference(codec, payload, digest)
+    return (None, 0) if delta is None else (delta.reference, delta.depth)

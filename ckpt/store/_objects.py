@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ckpt.errors import CorruptChunkError, MissingObjectError
+from ckpt.errors import CkptError, CorruptChunkError, MissingObjectError
 from ckpt.model import (
     Snapshot,
     TensorTable,
@@ -26,7 +26,8 @@ from ckpt.store._chunk_reads import (
     hash_chunk,
     stored_size,
 )
-from ckpt.store._encoded import encode
+from ckpt.store._codecs._framing import CODEC_DELTA
+from ckpt.store._encoded import Reference, delta_depth, encode
 
 __all__ = [
     "CHUNK_HEADER_SIZE",
@@ -50,7 +51,14 @@ class Objects(ChunkReads):
     # -- chunks ----------------------------------------------------------------------------------------
 
     def put_chunk(
-        self, data: memoryview, digest: str | None = None, *, dtype: str | None = None, compress: bool = False
+        self,
+        data: memoryview,
+        digest: str | None = None,
+        *,
+        dtype: str | None = None,
+        compress: bool = False,
+        reference: str | None = None,
+        max_depth: int = 0,
     ) -> tuple[str, int]:
         """Store one chunk unless it exists. Returns ``(digest, bytes written)`` (0 when deduplicated).
 
@@ -64,6 +72,10 @@ class Objects(ChunkReads):
                 byte-grouped compression cuts it into planes.
             compress: store it byte-grouped and zstd-coded (codec 1) when that saves at least 3% of its
                 bytes, else raw. The address is the digest of the raw bytes either way.
+            reference: with ``compress``, the chunk at the same byte range of the same tensor in the parent
+                snapshot: the chunk is stored as a delta against it (codec 2) when that is smallest and the
+                chain stays within ``max_depth`` (0: no deltas). A reference that cannot be read is ignored.
+            max_depth: the store's chain limit.
         """
         if digest is not None:
             known = layout.chunk_path(digest)
@@ -77,7 +89,10 @@ class Objects(ChunkReads):
         digest = hash_chunk(data)
         path = layout.chunk_path(digest)
         if compress and not self.backend.exists(path):  # encode only what is new to the store
-            enc = encode(data, dtype)
+            ref = self._reference(reference, data.nbytes, max_depth) if reference not in (None, digest) else None
+            enc = encode(data, dtype, ref, max_depth)
+            if enc is not None and ref is not None and enc.codec == CODEC_DELTA and not self._hold(ref):
+                enc = encode(data, dtype)  # the reference was collected meanwhile: a keyframe
             if enc is not None:
                 if self.backend.put_if_absent(path, [chunk_header(data.nbytes, enc.codec), *enc.parts]):
                     return digest, CHUNK_HEADER_SIZE + enc.stored_length
@@ -85,6 +100,32 @@ class Objects(ChunkReads):
         if self.backend.put_if_absent(path, [chunk_header(data.nbytes), data]):
             return digest, stored_size(data.nbytes)
         return digest, 0
+
+    def _reference(self, digest: str | None, n: int, max_depth: int) -> Reference | None:
+        """The reference a delta of ``n`` bytes may use, decoded and checked, or ``None``: no reference, its
+        chain is at the limit already (the new chunk is a keyframe), or it cannot be read (``verify`` says)."""
+        if digest is None or max_depth < 1:
+            return None
+        try:
+            codec, _, payload = self._stored(digest, n, None, None)
+            _, depth = delta_depth(codec, payload, digest)
+            if depth >= max_depth:
+                return None
+            if codec == CODEC_RAW:
+                self._check_digest(payload, digest, None, None)
+                return Reference(digest, payload, depth)
+            out = bytearray(n)
+            self._decode(digest, codec, payload, memoryview(out), verify=True, tensor=None, snapshot=None)
+            return Reference(digest, bytes(out), depth)
+        except CkptError:
+            return None
+
+    def _hold(self, ref: Reference) -> bool:
+        """Keep a delta's reference from a gc running meanwhile: refresh it as a save refreshes a chunk it
+        reuses. Returns ``False`` when it was gone and its raw bytes had to be written back with another chain
+        depth than the delta would claim (then the new chunk must not be a delta against it)."""
+        path = layout.chunk_path(ref.digest)
+        return not self.backend.put_if_absent(path, [chunk_header(len(ref.raw)), ref.raw]) or ref.depth == 0
 
     def put_stored(self, digest: str, data: bytes) -> int:
         """Store a chunk object as ``read_stored`` gave it, unless the chunk exists; returns the bytes written."""

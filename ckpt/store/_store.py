@@ -451,6 +451,7 @@ def init(
     *,
     chunk_size: int | str | None = None,
     compression: bool = True,
+    delta_depth: int | None = None,
     **storage_options: Any,
 ) -> Store:
     """Create a new, empty store.
@@ -461,6 +462,9 @@ def init(
         chunk_size: bytes per chunk (int or ``"64MiB"``); default ``$CKPT_CHUNK_SIZE`` or 64 MiB.
         compression: store new chunks byte-grouped and zstd-coded where that saves at least 3% (lossless; the
             default). ``False``: every chunk raw, as stores before format 1.3. A save can override it.
+        delta_depth: with compression, store a new chunk as a delta against the same bytes of the same tensor in
+            its snapshot's first parent when that is smaller, in chains of at most this many deltas (a store
+            setting; default 8, 0 for none). A store with deltas is format 2.0, which ckpt before 0.2 refuses.
         storage_options: passed to fsspec (``endpoint_url``, credentials …).
 
     Returns:
@@ -468,13 +472,14 @@ def init(
 
     Raises:
         StoreExistsError: a store exists there already.
-        RecordError: ``chunk_size`` is not a positive size, or ``compression`` is not a bool.
+        RecordError: ``chunk_size`` is not a positive size, ``compression`` is not a bool, or ``delta_depth``
+            is not 0–64 (or is above 0 without compression).
         BackendError: the location cannot be used (a chained URL, a symbolic link inside a local store…).
 
     Example:
         >>> store = ckpt.init("memory://docs-init")  # doctest: +SKIP
     """
-    parts = create(url, chunk_size=chunk_size, compression=compression, **storage_options)
+    parts = create(url, chunk_size=chunk_size, compression=compression, delta_depth=delta_depth, **storage_options)
     return Store(parts.backend, parts.config)
 
 

@@ -75,8 +75,12 @@ def _put(
     digest: str | None = None,
     dtype: str | None = None,
     compress: bool = False,
+    reference: str | None = None,
+    max_depth: int = 0,
 ) -> str:
-    digest, written = objects.put_chunk(piece, digest, dtype=dtype, compress=compress)
+    digest, written = objects.put_chunk(
+        piece, digest, dtype=dtype, compress=compress, reference=reference, max_depth=max_depth
+    )
     stats.add(piece.nbytes, written)
     if progress:
         progress(piece.nbytes)
@@ -91,10 +95,14 @@ def write_tensors(
     stats: WriteStats,
     progress: Progress | None = None,
     compress: bool = False,
+    references: Mapping[str, TensorEntry] | None = None,
+    max_depth: int = 0,
 ) -> dict[str, TensorEntry]:
     """Chunk, hash and store every tensor; returns the table entries in the same order.
 
-    With ``compress``, each new chunk is stored byte-grouped and zstd-coded when that pays (``put_chunk``).
+    With ``compress``, each new chunk is stored byte-grouped and zstd-coded when that pays (``put_chunk``),
+    or, with ``max_depth`` > 0, as a delta against the chunk at the same byte range of the tensor of the same
+    name and dtype in ``references`` (the first parent's table entries), when that is smaller.
     """
     with _pool() as pool:
         futures: dict[str, list[Future[str]]] = {}
@@ -102,8 +110,20 @@ def write_tensors(
             data = src.data.cast("B") if src.data.format != "B" else src.data
             pieces = _pieces(data, chunk_size)
             known = src.digests if src.digests is not None and len(src.digests) == len(pieces) else None
+            refs = _references(references.get(name) if references else None, src.dtype, pieces, chunk_size)
             futures[name] = [
-                pool.submit(_put, objects, p, stats, progress, known[i] if known else None, src.dtype, compress)
+                pool.submit(
+                    _put,
+                    objects,
+                    p,
+                    stats,
+                    progress,
+                    known[i] if known else None,
+                    src.dtype,
+                    compress,
+                    refs[i],
+                    max_depth,
+                )
                 for i, p in enumerate(pieces)
             ]
         return {
@@ -115,6 +135,17 @@ def write_tensors(
             )
             for name, futs in futures.items()
         }
+
+
+def _references(parent: TensorEntry | None, dtype: str, pieces: list[memoryview], chunk_size: int) -> list[str | None]:
+    """For each piece of a tensor, the parent's chunk of the same byte range and length, if it has one."""
+    refs: list[str | None] = [None] * len(pieces)
+    if parent is None or parent.dtype != dtype or parent.shards:
+        return refs
+    for i, piece in enumerate(pieces):
+        if i < len(parent.chunks) and min(chunk_size, parent.nbytes - i * chunk_size) == piece.nbytes:
+            refs[i] = parent.chunks[i]
+    return refs
 
 
 def write_files(

@@ -223,7 +223,7 @@ def test_cli_init_compression_flag_and_show_report_stored_beside_raw(tmp_path: P
     assert json.loads(result.stdout)["compression"] is True
     result = runner.invoke(cli, ["init", off, "--no-compression", "--json"])
     assert json.loads(result.stdout)["compression"] is False
-    assert ckpt.open(off).config.compression is False and ckpt.open(on).config.format_version == "1.3"
+    assert ckpt.open(off).config.compression is False and ckpt.open(on).config.format_version == "2.0"
     ckpt.open(on).save(weights())
     result = runner.invoke(cli, ["--store", on, "show", "main", "--json"])
     storage = json.loads(result.stdout)["storage"]
