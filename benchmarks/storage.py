@@ -582,6 +582,7 @@ def store_run(saves: int, tmp: Path) -> dict[str, Any]:
         }
         one_raw = 0
         times: dict[str, float] = {}
+        snaps: dict[str, str] = {}
         for i in range(saves):
             step()
             bf16, full = snapshot_states(model)
@@ -589,7 +590,7 @@ def store_run(saves: int, tmp: Path) -> dict[str, Any]:
             one_raw = sum(t.numel() * t.element_size() for t in state.values())
             for name, store in stores.items():
                 t0 = time.perf_counter()
-                snap = store.save(state, step=i)
+                snaps[name] = store.save(state, step=i).id
                 times[f"{name}_save_s"] = time.perf_counter() - t0
             path = tmp / f"last-{kind}.safetensors"
             t0 = time.perf_counter()
@@ -598,7 +599,7 @@ def store_run(saves: int, tmp: Path) -> dict[str, Any]:
                 os.fsync(f.fileno())
             times["safetensors_save_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        back = stores["ckpt"].load(snap.id)
+        back = stores["ckpt"].load(snaps["ckpt"])
         times["ckpt_load_s"] = time.perf_counter() - t0
         assert all(torch.equal(back[k], v) for k, v in state.items()), "round trip"
         t0 = time.perf_counter()
