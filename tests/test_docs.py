@@ -524,7 +524,7 @@ def test_format_page_layout_and_encodings_match_the_code() -> None:
     from ckpt.model import canonical_json
     from ckpt.state import flatten
     from ckpt.store import _layout as layout
-    from ckpt.store import _objects as objects
+    from ckpt.store import _chunk_reads as objects
 
     text = (DOCS / "format.md").read_text(encoding="utf-8")
     d = "ab" + "0" * 62
