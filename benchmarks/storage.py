@@ -598,12 +598,16 @@ def store_run(saves: int, tmp: Path) -> dict[str, Any]:
             with open(path, "rb+") as f:
                 os.fsync(f.fileno())
             times["safetensors_save_s"] = time.perf_counter() - t0
+        def touch(tensors: dict[str, torch.Tensor]) -> int:  # every byte in memory, as a training resume needs
+            return sum(int(t.reshape(-1).view(torch.uint8).sum()) for t in tensors.values())
+
         t0 = time.perf_counter()
         back = stores["ckpt"].load(snaps["ckpt"])
+        touch(back)
         times["ckpt_load_s"] = time.perf_counter() - t0
         assert all(torch.equal(back[k], v) for k, v in state.items()), "round trip"
         t0 = time.perf_counter()
-        load_file(str(path))
+        touch(load_file(str(path)))
         times["safetensors_load_s"] = time.perf_counter() - t0
         row: dict[str, Any] = {"one_raw_save_bytes": one_raw}
         for name, store in stores.items():

@@ -11,31 +11,32 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from ckpt import settings
-from ckpt.errors import CkptError
+from ckpt.errors import CkptError, IntegrityError, MissingObjectError
 from ckpt.storage import Backend
 from ckpt.store import _layout as layout
 from ckpt.store._chunk_reads import CHUNK_HEADER_SIZE
 from ckpt.store._codecs._framing import CODEC_DELTA, DELTA_PREFIX
-from ckpt.store._encoded import delta_depth
 
 __all__ = ["reference_closure"]
 
 
 def _reference(backend: Backend, digest: str) -> tuple[str | None, str | None]:
-    """``(reference or None, why it cannot be known or None)`` of one stored chunk (reads 50 bytes)."""
+    """``(reference or None, why it cannot be known or None)`` of one stored chunk (reads 50 bytes).
+
+    Keeping more is always safe, so whatever 32 bytes a chunk marked as a delta names are kept, valid prefix or
+    not. A chunk that is gone, not a regular file or without a chunk header needs nothing: it cannot be decoded
+    as it is, and ``repair`` writes a damaged chunk back whole (a delta as its raw bytes). Only a chunk that
+    cannot be read for another reason (the storage failed) leaves its reference unknown.
+    """
     try:
         head = backend.read(layout.chunk_path(digest), 0, CHUNK_HEADER_SIZE + DELTA_PREFIX)
-    except CkptError as e:
-        return None, e.message
-    if len(head) < CHUNK_HEADER_SIZE or head[:4] != b"ckpt":
-        return None, f"chunk {digest[:12]} has no chunk header: whether it is a delta cannot be known"
-    if head[5] != CODEC_DELTA:
+    except (MissingObjectError, IntegrityError):
         return None, None
-    try:
-        ref, _ = delta_depth(CODEC_DELTA, head[CHUNK_HEADER_SIZE:], digest)
     except CkptError as e:
         return None, e.message
-    return ref, None
+    if len(head) < CHUNK_HEADER_SIZE + 32 or head[:4] != b"ckpt" or head[5] != CODEC_DELTA:
+        return None, None
+    return head[CHUNK_HEADER_SIZE : CHUNK_HEADER_SIZE + 32].hex(), None
 
 
 def reference_closure(
