@@ -51,7 +51,8 @@ def assert_loads(store: ckpt.Store, rev: str, i: int) -> None:
 @pytest.fixture
 def history(store: ckpt.Store) -> list[ckpt.Snapshot]:
     """main: a ← b ← c."""
-    return [store.save(state(i), step=i) for i in range(3)]
+    # whole saves: a pruned save's chunks that later deltas need stay (tests/store/test_codecs_deltas.py)
+    return [store.save(state(i), step=i, compression=False) for i in range(3)]
 
 
 # -- prune refuses what refs hold ------------------------------------------------------------------------
