@@ -598,6 +598,7 @@ def store_run(saves: int, tmp: Path) -> dict[str, Any]:
             with open(path, "rb+") as f:
                 os.fsync(f.fileno())
             times["safetensors_save_s"] = time.perf_counter() - t0
+
         def touch(tensors: dict[str, torch.Tensor]) -> int:  # every byte in memory, as a training resume needs
             return sum(int(t.reshape(-1).view(torch.uint8).sum()) for t in tensors.values())
 

@@ -523,8 +523,8 @@ def test_format_page_layout_and_encodings_match_the_code() -> None:
     import ckpt.state._tree
     from ckpt.model import canonical_json
     from ckpt.state import flatten
-    from ckpt.store import _layout as layout
     from ckpt.store import _chunk_reads as objects
+    from ckpt.store import _layout as layout
 
     text = (DOCS / "format.md").read_text(encoding="utf-8")
     d = "ab" + "0" * 62

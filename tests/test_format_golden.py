@@ -42,9 +42,7 @@ def test_chunk_object_bytes(tmp_path: Path) -> None:
 
 
 def test_store_config_record() -> None:
-    config = StoreConfig(
-        chunk_size=67108864, created_at="2026-11-28T00:00:00.000000Z", compression=True, delta_depth=8
-    )
+    config = StoreConfig(chunk_size=67108864, created_at="2026-11-28T00:00:00.000000Z", compression=True, delta_depth=8)
     assert canonical_json(config.model_dump(mode="json")) == _golden("ckpt.json")
 
 

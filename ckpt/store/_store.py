@@ -108,7 +108,9 @@ class Store(StoreMaintenance):
             force: move the branch even if ``parents`` do not include its head (a non-fast-forward move).
             compression: store new chunks byte-grouped and zstd-coded where that pays (``True``) or raw
                 (``False``); ``None``: the store's setting (``ckpt.init(compression=...)``). Lossless either way,
-                and chunks already stored are kept as they are.
+                and chunks already stored are kept as they are. With compression, in a store whose
+                ``delta_depth`` is above 0 (the default), a new chunk is stored as a delta against the same
+                bytes of the same tensor in the first parent when that is smaller (docs/format.md, "Delta").
             **fields: what the snapshot records (``SaveFields``): ``parents`` (default: the branch's head),
                 ``relation`` (default ``continue``, or ``import`` for a root), ``model`` (default: the first
                 parent's), ``step``, ``epoch``, ``metrics`` (``{"val_loss": 0.41}``), ``message``, ``metadata``
