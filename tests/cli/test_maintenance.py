@@ -17,13 +17,22 @@ from .conftest import Invoke, parse
 def test_init_at_url(invoke: Invoke, tmp_path: Path) -> None:
     target = tmp_path / "models"
     out = invoke("init", str(target), "--chunk-size", "1MiB", store=False).stdout
-    assert out.strip() == f"initialised an empty ckpt store at {target} (chunks of 1.0 MiB)"
+    assert (
+        out.strip()
+        == f"initialised an empty ckpt store at {target} (chunks of 1.0 MiB, compressed, deltas up to 8 deep)"
+    )
     assert ckpt.open(str(target)).chunk_size == 1 << 20
 
 
 def test_init_json_and_default_location(invoke: Invoke, store_path: Path) -> None:
     data = parse(invoke("init", "--json", "--chunk-size", "8KiB"))  # --store given by the fixture
-    assert data == {"url": str(store_path), "chunk_size": 8192, "format_version": data["format_version"]}
+    assert data == {
+        "url": str(store_path),
+        "chunk_size": 8192,
+        "compression": True,
+        "delta_depth": 8,
+        "format_version": "2.0",
+    }
     assert "exists already" in invoke("init", code=1).stderr
 
 
