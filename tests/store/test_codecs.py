@@ -458,11 +458,13 @@ def test_lying_chain_depths_and_loops_are_refused() -> None:
         data[48] = depth
         objects[digest] = bytes(data)
 
-    relink(digests[2], digests[1], 3)  # the link below says 1, not 2
-    with pytest.raises(CorruptChunkError, match="at depth 2, not 1"):
+    relink(digests[2], digests[1], 1)  # the link below says 1 too: depths must fall
+    with pytest.raises(CorruptChunkError, match="at depth 0 or less, not 1"):
         decode_chain(digests[2], bytearray(n), fetcher(objects))
-    relink(digests[2], digests[0], 2)  # a keyframe where a delta of depth 1 should be
-    with pytest.raises(CorruptChunkError, match="at depth 1, a keyframe"):
+    relink(digests[2], digests[1], 3)  # deeper than written, the link below shallower: valid, and decodes
+    decode_chain(digests[2], bytearray(n), fetcher(objects))
+    relink(digests[2], digests[0], 2)  # the wrong reference (a keyframe ends a chain anywhere): wrong bytes
+    with pytest.raises(CorruptChunkError, match="do not match"):
         decode_chain(digests[2], bytearray(n), fetcher(objects))
     relink(digests[1], digests[2], 1)  # a loop: 2 → 1 → 2
     relink(digests[2], digests[1], 2)

@@ -194,3 +194,19 @@ def test_delta_depth_is_checked(tmp_path: Path) -> None:
         ckpt.init(str(tmp_path / "raw"), compression=False, delta_depth=4)
     config = json.loads((Path(ckpt.init(str(tmp_path / "ok")).url) / "ckpt.json").read_bytes())
     assert config["delta_depth"] == 8 and config["format_version"] == "2.0"
+
+
+def test_a_link_stored_again_whole_keeps_its_dependents_readable(tmp_path: Path) -> None:
+    """A repair writes a damaged delta back as its raw bytes: the deltas coded against it still decode."""
+    store = ckpt.init(str(tmp_path / "s"), chunk_size=CHUNK, delta_depth=8)
+    history = training(store, 4)
+    middle = store.table(history[1][0]).tensors["model/w"].chunks[0]
+    assert depth(store, middle) == 1
+    objects = store_parts(store).objects
+    raw = store.backend.read(layout.chunk_path(middle))  # a good copy, as another store's sync would give it
+    whole = objects.read_stored(middle, None)
+    assert whole[5] == 0 and len(whole) > len(raw)
+    objects.replace_stored(middle, whole)
+    for sid, state in history:
+        assert_loads(store, sid, state)
+    assert store.verify().ok

@@ -57,9 +57,9 @@ def decode_chain(
 
     The chain is read from the chunk down to its keyframe (one ``fetch`` per link), then decoded from the
     keyframe up, each residual applied to ``out`` in place: memory beyond ``out`` is the chain's payloads
-    (stored bytes, at most ``max_depth + 1`` of them). Every delta names its depth, which must fall by one at
-    each link and end at a keyframe, so a chain can never loop nor grow past ``max_depth``, whatever a damaged
-    store holds.
+    (stored bytes, at most ``max_depth + 1`` of them). Every delta names its depth, which must fall at each
+    link (by one as written; by more where a link was repaired whole, i.e. stored again as a keyframe) and end at
+    a keyframe, so a chain can never loop nor grow past ``max_depth``, whatever a damaged store holds.
 
     Args:
         digest: the chunk's address.
@@ -90,14 +90,12 @@ def decode_chain(
     n = memoryview(out).nbytes
     links: list[tuple[str, int, Buffer]] = []
     current = digest
-    expected: int | None = None  # the depth the next link must have
+    expected: int | None = None  # the deepest the next link may be (a repaired link may be shallower)
     while True:
         codec, payload = _fetch(fetch, current, digest, n)
         delta = delta_reference(codec, payload, current)
         links.append((current, codec, payload))
-        if delta is None:
-            if expected not in (None, 0):
-                raise corrupt(f"its delta chain expects chunk {current[:12]} at depth {expected}, a keyframe", digest)
+        if delta is None:  # a keyframe ends a chain at any depth (a reference repaired whole is one)
             break
         if expected is None:
             if delta.depth > max_depth:
@@ -106,9 +104,9 @@ def decode_chain(
                     digest=digest,
                     hint="raise the chain limit only for a store you trust",
                 )
-        elif delta.depth != expected:
+        elif delta.depth > expected:
             raise corrupt(
-                f"its delta chain expects chunk {current[:12]} at depth {expected}, not {delta.depth}", digest
+                f"its delta chain expects chunk {current[:12]} at depth {expected} or less, not {delta.depth}", digest
             )
         expected = delta.depth - 1
         current = delta.reference
