@@ -61,6 +61,7 @@ if typing.TYPE_CHECKING:  # imported on first use (PEP 562), so that `import ckp
     from ckpt.store import (
         AnyOf,
         Damage,
+        Footprint,
         GcReport,
         KeepBest,
         KeepEvery,
@@ -104,6 +105,7 @@ _LAZY = {
         (
             "AnyOf",
             "Damage",
+            "Footprint",
             "GcReport",
             "KeepBest",
             "KeepEvery",
@@ -136,6 +138,7 @@ _CLAIMED = frozenset(
         "SaveFields",
         "SnapshotFields",
         "StoreStats",
+        "Footprint",
         "LazyTensors",
         "GcReport",
         "VerifyReport",
@@ -203,6 +206,7 @@ __all__ = [
     "CorruptChunkError",
     "Damage",
     "ExportResult",
+    "Footprint",
     "FormatVersionError",
     "FrozenRefError",
     "GcReport",

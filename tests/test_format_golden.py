@@ -42,7 +42,7 @@ def test_chunk_object_bytes(tmp_path: Path) -> None:
 
 
 def test_store_config_record() -> None:
-    config = StoreConfig(chunk_size=67108864, created_at="2026-11-28T00:00:00.000000Z")
+    config = StoreConfig(chunk_size=67108864, created_at="2026-11-28T00:00:00.000000Z", compression=True, delta_depth=8)
     assert canonical_json(config.model_dump(mode="json")) == _golden("ckpt.json")
 
 
@@ -96,7 +96,7 @@ def test_newer_minor_is_read_and_unknown_fields_ignored(tmp_path: Path) -> None:
     root = tmp_path / "s"
     store = ckpt.init(str(root), chunk_size=4096)
     snap = store.save({"w": np.arange(3, dtype=np.float32)}, model="m")
-    _rewrite_json(root / "ckpt.json", format_version="1.7", future_setting=True)
+    _rewrite_json(root / "ckpt.json", format_version="2.7", future_setting=True)
     _rewrite_json(root / "refs" / "heads" / "main", future="x")
     # a newer writer's records carry extra fields, at the top and nested; their ids are their own digests
     table_path = root / layout.table_path(snap.table)
@@ -122,10 +122,10 @@ def test_newer_minor_is_read_and_unknown_fields_ignored(tmp_path: Path) -> None:
 def test_newer_major_is_refused(tmp_path: Path) -> None:
     root = tmp_path / "s"
     ckpt.init(str(root))
-    _rewrite_json(root / "ckpt.json", format_version="2.0")
+    _rewrite_json(root / "ckpt.json", format_version="3.0")
     with pytest.raises(ckpt.FormatVersionError) as info:
         ckpt.open(str(root))
-    assert "2.0" in str(info.value) and info.value.hint
+    assert "3.0" in str(info.value) and info.value.hint
 
 
 def test_tied_tensors_table_record(tmp_path: Path) -> None:

@@ -19,7 +19,13 @@ from ckpt.model._canonical import (
     validate_record,
     validation_summary,
 )
-from ckpt.model._config import FORMAT_VERSION, READABLE_MAJOR, StoreConfig
+from ckpt.model._config import (
+    FORMAT_VERSION,
+    FORMAT_VERSION_NO_DELTAS,
+    MAX_DELTA_DEPTH,
+    READABLE_MAJOR,
+    StoreConfig,
+)
 from ckpt.model._fields import SaveFields, SnapshotFields, check_fields, clean_files, clean_metrics
 from ckpt.model._refs import (
     BranchRecord,
@@ -48,6 +54,8 @@ from ckpt.model._types import Digest, Timestamp, parse_time
 __all__ = [
     "DTYPE_SIZES",
     "FORMAT_VERSION",
+    "FORMAT_VERSION_NO_DELTAS",
+    "MAX_DELTA_DEPTH",
     "MAX_JSON_DEPTH",
     "READABLE_MAJOR",
     "RECORD_HINT",

@@ -8,12 +8,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ckpt.model._types import Timestamp
 
-__all__ = ["FORMAT_VERSION", "READABLE_MAJOR", "StoreConfig"]
+__all__ = ["FORMAT_VERSION", "FORMAT_VERSION_NO_DELTAS", "MAX_DELTA_DEPTH", "READABLE_MAJOR", "StoreConfig"]
 
-#: The format version this ckpt writes, ``"MAJOR.MINOR"``.
-FORMAT_VERSION = "1.2"
+#: The newest format version this ckpt writes, ``"MAJOR.MINOR"``: a store whose chunks may be deltas
+#: (``delta_depth`` > 0). Its gc must keep the references deltas need, which a 1.x ckpt does not know: so an
+#: older ckpt refuses the whole store rather than collect it.
+FORMAT_VERSION = "2.0"
+#: The format version of a store without deltas: every chunk raw or compressed (codecs 0 and 1).
+FORMAT_VERSION_NO_DELTAS = "1.3"
 #: The newest major format version this ckpt reads.
-READABLE_MAJOR = 1
+READABLE_MAJOR = 2
+#: The deepest delta chain a store may allow (readers refuse deeper chains whatever a store says).
+MAX_DELTA_DEPTH = 64
 
 
 class StoreConfig(BaseModel):
@@ -25,10 +31,17 @@ class StoreConfig(BaseModel):
         hash: the content hash of every id and chunk address; ``"blake3"``.
         chunk_size: the size in bytes tensors are cut into (the last chunk of a tensor may be shorter).
         created_at: when the store was created, ISO 8601 UTC.
+        compression: new chunks are stored byte-grouped and zstd-coded (codec 1) where that saves at least 3%
+            of their bytes (format 1.3); a save can override it. ``False`` in stores made before format 1.3,
+            whose chunks are all raw.
+        delta_depth: with compression, a new chunk may be stored as a delta (codec 2) against the same byte
+            range of the same tensor in the snapshot's first parent, in chains of at most this many deltas
+            (a chunk whose reference is at the limit is stored whole: a keyframe); 0: no deltas (format 2.0
+            when above 0).
 
     Example:
         >>> StoreConfig(chunk_size=1 << 20, created_at="2026-11-28T10:00:00.000000Z").format_version
-        '1.0'
+        '2.0'
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -38,6 +51,8 @@ class StoreConfig(BaseModel):
     hash: Literal["blake3"] = "blake3"
     chunk_size: int = Field(gt=0, le=1 << 62)
     created_at: Timestamp
+    compression: bool = False
+    delta_depth: int = Field(default=0, ge=0, le=MAX_DELTA_DEPTH)
 
     @property
     def major(self) -> int:

@@ -23,7 +23,7 @@ from ckpt.store._model_signing import check_folder_key, sign_folder
 from ckpt.store._parts import StoreParts
 from ckpt.store._reading import LazyTensors, open_snapshot
 from ckpt.store._repair import RepairReport
-from ckpt.store._reports import Damage, StoreStats, VerifyReport
+from ckpt.store._reports import Damage, Footprint, StoreStats, VerifyReport
 from ckpt.store._retention import AnyOf, KeepBest, KeepEvery, KeepLast, RetentionPolicy
 from ckpt.store._shards import chunk_jobs
 from ckpt.store._signatures import ReleaseStatus, require_signed_release
@@ -53,6 +53,7 @@ __all__ = [
     "RetentionPolicy",
     "Store",
     "StoreParts",
+    "Footprint",
     "StoreStats",
     "SyncReport",
     "TrustedKey",

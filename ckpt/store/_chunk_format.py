@@ -1,5 +1,5 @@
-"""The stored chunk format: a 16-byte header (magic, format, codec, raw length) before the raw bytes, whose
-BLAKE3 digest is the chunk's address."""
+"""The stored chunk format: a 16-byte header (magic, format, codec, raw length) before the payload (the raw
+bytes, or their encoding: ``_encoded``), whose raw bytes' BLAKE3 digest is the chunk's address."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import struct
 import blake3
 
 from ckpt.errors import CorruptChunkError, FormatVersionError
+from ckpt.store._encoded import ENCODED, max_payload
 
 __all__ = [
     "CHUNK_FORMAT",
@@ -17,6 +18,7 @@ __all__ = [
     "HEADER",
     "VERIFY_PIECE",
     "check_stored",
+    "check_stored_codec",
     "chunk_header",
     "describe",
     "hash_chunk",
@@ -71,7 +73,22 @@ def check_stored(
     tensor: str | None,
     snapshot: str | None,
 ) -> int:
-    """Check a stored chunk's header and size; returns its raw length.
+    """Check a stored chunk's header and size (``check_stored_codec``); returns its raw length."""
+    return check_stored_codec(digest, header, stored, expected, tensor, snapshot)[1]
+
+
+def check_stored_codec(
+    digest: str,
+    header: bytes,
+    stored: int,
+    expected: int | None,
+    tensor: str | None,
+    snapshot: str | None,
+) -> tuple[int, int]:
+    """Check a stored chunk's header and size; returns its codec and raw length.
+
+    A raw chunk (codec 0) holds exactly ``16 + n`` bytes; an encoded one (codec 1, byte-grouped; codec 2, delta)
+    at most ``16 + max_payload(n)`` (its payload is proven by decoding it, which ``verify`` and every load do).
 
     Args:
         digest: the chunk's address.
@@ -80,6 +97,13 @@ def check_stored(
             for one byte more than it expects, to see whether anything follows).
         expected: the raw length the table implies, or ``None`` to take the header's (then the digest
             check, not the length, is what proves the bytes).
+        tensor: the tensor or file it belongs to, for messages.
+        snapshot: the snapshot being read, for messages.
+
+    Raises:
+        CorruptChunkError: a bad magic, a length other than the table's, a raw payload of the wrong size, an
+            encoded payload longer than any encoding of its length.
+        FormatVersionError: a chunk format or codec this ckpt does not know (a newer ckpt wrote it).
     """
     where = describe(tensor, snapshot)
 
@@ -93,18 +117,22 @@ def check_stored(
     magic, fmt, codec, _reserved, raw_length = HEADER.unpack(header[:CHUNK_HEADER_SIZE])
     if magic != CHUNK_MAGIC:
         raise corrupt("its header does not start with the chunk magic")
-    if fmt != CHUNK_FORMAT or codec != CODEC_RAW:
+    if fmt != CHUNK_FORMAT or (codec != CODEC_RAW and codec not in ENCODED):
         raise FormatVersionError(
             f"chunk {digest[:12]} of {where} uses chunk format {fmt}, codec {codec}, which this ckpt does not "
-            f"know (it reads format {CHUNK_FORMAT}, codec {CODEC_RAW} = raw)"
+            f"know (it reads format {CHUNK_FORMAT}, codecs 0 = raw, 1 = grouped, 2 = delta)"
         )
     if expected is not None and raw_length != expected:
         raise corrupt(f"its header says {raw_length} bytes, its table {expected}")
+    if codec != CODEC_RAW:
+        if stored > CHUNK_HEADER_SIZE + max_payload(raw_length):
+            raise corrupt(f"its codec {codec} payload is longer than any encoding of {raw_length} bytes")
+        return int(codec), int(raw_length)
     if stored < CHUNK_HEADER_SIZE + raw_length:
         raise corrupt(f"it holds {stored - CHUNK_HEADER_SIZE} bytes of its {raw_length}")
     if stored > CHUNK_HEADER_SIZE + raw_length:
         raise corrupt(f"bytes follow its {raw_length}-byte payload")
-    return int(raw_length)
+    return int(codec), int(raw_length)
 
 
 def describe(tensor: str | None, snapshot: str | None) -> str:

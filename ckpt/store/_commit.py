@@ -20,13 +20,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from ckpt._version import __version__
-from ckpt.errors import MissingObjectError, RecordError, RefConflictError
+from ckpt.errors import CkptError, MissingObjectError, RecordError, RefConflictError
 from ckpt.model import (
     RESERVED_FILE_PREFIX,
     FileEntry,
     Relation,
     SaveFields,
     Snapshot,
+    TensorEntry,
     TensorTable,
     canonical_json,
     check_ref_name,
@@ -60,20 +61,41 @@ class _Checked:
 
 
 def save(
-    parts: StoreParts, state: Any, branch: str, fields: SaveFields, *, progress: Progress | None, force: bool
+    parts: StoreParts,
+    state: Any,
+    branch: str,
+    fields: SaveFields,
+    *,
+    progress: Progress | None,
+    force: bool,
+    compression: bool | None = None,
 ) -> Snapshot:
     """Save ``state`` as a new snapshot and move ``branch`` to it; see ``Store.save``."""
+    if compression is not None and not isinstance(compression, bool):
+        raise RecordError(f"compression must be True, False or None, got {compression!r}"[:120])
+    compress = parts.config.compression if compression is None else compression
     checked = _check(parts, state, branch, fields, force=force)
     stats = WriteStats()
     tensors = checked.tensors
     first = {name: group[0] for group in checked.tied for name in group}  # a tied group is written once
     once = {name: src for name, src in tensors.items() if first.get(name, name) == name}
-    written = write_tensors(parts.objects, once, parts.chunk_size, stats=stats, progress=progress)
+    depth = parts.config.delta_depth if compress else 0
+    references = _parent_entries(parts, checked.record.parents) if depth else None
+    written = write_tensors(
+        parts.objects,
+        once,
+        parts.chunk_size,
+        stats=stats,
+        progress=progress,
+        compress=compress,
+        references=references,
+        max_depth=depth,
+    )
     entries = {name: written[first.get(name, name)] for name in tensors}
     if checked.inherit_from is not None:
         file_entries = inherited_files(parts, checked.inherit_from, stats)
     else:
-        file_entries = write_files(parts.objects, checked.files, parts.chunk_size, stats=stats)
+        file_entries = write_files(parts.objects, checked.files, parts.chunk_size, stats=stats, compress=compress)
     table = TensorTable(
         chunk_size=parts.chunk_size,
         tensors=entries,
@@ -86,6 +108,18 @@ def save(
     parts.backend.flush()
     parts.refs.move_branch(branch, checked.head, snap.id, action="commit", message=fields.get("message"))
     return snap
+
+
+def _parent_entries(parts: StoreParts, parents: tuple[str, ...]) -> dict[str, TensorEntry] | None:
+    """The first parent's tensor entries (what a delta is coded against), or ``None`` (no parent, another chunk
+    size, or a table that cannot be read: the save stores keyframes, ``verify`` reports the damage)."""
+    if not parents:
+        return None
+    try:
+        table = parts.objects.get_table(parts.objects.get_snapshot(parents[0]).table)
+    except CkptError:
+        return None
+    return dict(table.tensors) if table.chunk_size == parts.chunk_size else None
 
 
 def _check(parts: StoreParts, state: Any, branch: str, fields: SaveFields, *, force: bool) -> _Checked:

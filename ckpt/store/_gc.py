@@ -37,6 +37,7 @@ from ckpt.errors import CkptError, IntegrityError, RecordError
 from ckpt.model import utcnow
 from ckpt.storage import Backend, Entry
 from ckpt.store import _layout as layout
+from ckpt.store._chains import reference_closure
 from ckpt.store._liveness import Liveness, scan_liveness
 from ckpt.store._parts import StoreParts
 from ckpt.store._reports import Damage, damage_kind
@@ -119,6 +120,7 @@ class GcPlan(BaseModel):
     damage: tuple[Damage, ...]
     revived_snapshots: int = 0
     foreign: tuple[str, ...] = ()
+    deltas: bool = False  # the store may hold deltas (format 2.0): chunks kept keep their references
 
     @property
     def freed_bytes(self) -> int:
@@ -174,6 +176,10 @@ class GcPlan(BaseModel):
             for e in backend.list(layout.CHUNKS)
             if e.path in doomed and e.mtime and e.mtime >= self.planned_at
         }
+        if self.deltas and reused:  # a reused delta needs its chain: spare it too
+            by_digest = {layout.digest_from_path(p): p for p in doomed}
+            refs, _ = reference_closure(backend, [layout.digest_from_path(p) for p in reused], set(by_digest))
+            reused.update({by_digest[d]: doomed[by_digest[d]] for d in refs if d in by_digest})
         backend.delete([p for p in self.chunk_paths if p not in reused])
         backend.delete(list(self.other_paths))
         return self.report(dry_run=False, reused=reused, reused_tables=len(touched))
@@ -224,6 +230,12 @@ def _recheck(parts: StoreParts, plan: GcPlan, *, expire_reflog: timedelta | None
     if state.damage and on_damage != "keep":
         raise _refusal(state.damage)
     live_tables = {table for table, _ in state.live.values()}
+    if plan.deltas and not state.all_chunks:  # a doomed delta that is live again keeps its doomed references
+        doomed = {layout.digest_from_path(p) for p in plan.chunk_paths}
+        refs, problems = reference_closure(parts.backend, live_chunks & doomed, doomed)
+        live_chunks |= refs
+        if problems:
+            state.all_chunks = True  # cannot prove a chain: delete no chunk this time
     records = tuple(
         p for p in plan.snapshot_paths if not (state.all_records or layout.digest_from_path(p) in state.live)
     )
@@ -314,7 +326,19 @@ def plan_gc(
     chunk_paths: list[str] = []
     chunk_sizes: list[int] = []
     kept_chunks = kept_bytes = young_chunks = young_bytes = 0
-    for e in listing(layout.CHUNKS):
+    chunk_entries = listing(layout.CHUNKS)
+    deltas = parts.config.major >= 2
+    if deltas and not state.all_chunks:  # a kept delta keeps its chain (format 2.0)
+        present = {layout.digest_from_path(e.path) for e in chunk_entries}
+        kept = live_chunks | {layout.digest_from_path(e.path) for e in chunk_entries if not old(e)}
+        refs, problems = reference_closure(backend, kept, present)
+        live_chunks |= refs
+        if problems:
+            state.damage += [Damage(kind="corrupt", object="chunk", digest=d, message=m) for d, m in problems]
+            if on_damage != "keep":
+                raise _refusal(state.damage)
+            state.all_chunks = True
+    for e in chunk_entries:
         if state.all_chunks or layout.digest_from_path(e.path) in live_chunks:
             kept_chunks += 1
             kept_bytes += e.size
@@ -351,6 +375,7 @@ def plan_gc(
         young_records=young_records,
         damage=tuple(state.damage),
         foreign=tuple(foreign[:100]),
+        deltas=deltas,
     )
 
 

@@ -16,8 +16,9 @@ from ckpt.store import _releases, _retention
 from ckpt.store._gc import GcReport, OnDamage, collect
 from ckpt.store._open import connect
 from ckpt.store._parts import StoreParts
+from ckpt.store._reading import open_snapshot
 from ckpt.store._repair import RepairReport, repair
-from ckpt.store._reports import StoreStats, VerifyReport, store_stats
+from ckpt.store._reports import Footprint, StoreStats, VerifyReport, footprint, store_stats
 from ckpt.store._sync import SyncReport, sync_parts
 from ckpt.store._types import Progress
 from ckpt.store._verify import verify_store
@@ -317,12 +318,30 @@ class StoreMaintenance:
         target = dst._parts if isinstance(dst, StoreMaintenance) else connect(dst)
         return sync_parts(self._parts, target, revs, progress=progress, progress_total=progress_total)
 
+    def footprint(self, rev: str = "main") -> Footprint:
+        """What one snapshot's chunks take in the store: raw bytes beside stored bytes (``ckpt show``).
+
+        Args:
+            rev: the snapshot.
+
+        Returns:
+            Its distinct chunks, the raw bytes they hold and the bytes their objects take (compressed
+            chunks at their compressed size; shared with every snapshot holding the same chunks).
+
+        Raises:
+            RevisionError: ``rev`` names nothing.
+            MissingObjectError: the snapshot was pruned, or its table is missing.
+        """
+        _, table = open_snapshot(self._parts, rev)
+        return footprint(self._parts.backend, table)
+
     def stats(self) -> StoreStats:
         """Object counts and bytes by kind: chunks, tensor tables, snapshot records, and the total.
 
-        Bytes are counted as stored (a chunk with its 16-byte header), as ``verify`` and ``gc`` count them.
+        Bytes are counted as stored (a chunk with its 16-byte header, compressed or not), as ``verify`` and
+        ``gc`` count them; ``chunk_raw_bytes`` beside them is what the chunks hold decoded.
 
         Returns:
-            The counts (one listing of the store, no object read).
+            The counts (one listing of the store, and each chunk's 16-byte header).
         """
         return store_stats(self._parts.backend)

@@ -1,21 +1,17 @@
-"""Content-addressed objects: chunks (with their 16-byte header), tensor tables and snapshot records."""
+"""Content-addressed objects: chunks (with their 16-byte header), tensor tables and snapshot records.
+
+Reading chunks (the one read rule, decoding) is ``ChunkReads`` (``_chunk_reads``); ``Objects`` adds writing
+chunks (raw, or encoded when compression is on) and the records.
+"""
 
 from __future__ import annotations
 
-import errno
-import mmap
-import os
-import stat
 from collections.abc import Iterator
 
-from ckpt.errors import (
-    BackendError,
-    CkptError,
-    CorruptChunkError,
-    FormatVersionError,
-    IntegrityError,
-    MissingObjectError,
-)
+import os
+import stat
+
+from ckpt.errors import BackendError, CkptError, CorruptChunkError, FormatVersionError
 from ckpt.model import (
     Snapshot,
     TensorTable,
@@ -25,19 +21,19 @@ from ckpt.model import (
 )
 from ckpt.storage import Backend
 from ckpt.store import _layout as layout
-from ckpt.store._chunk_format import (
+from ckpt.store._chunk_reads import (
     CHUNK_HEADER_SIZE,
     CODEC_RAW,
     VERIFY_PIECE,
-    check_stored,
+    ChunkReads,
     chunk_header,
-    describe,
     hash_chunk,
     stored_size,
 )
-from ckpt.store._chunk_format import hasher as new_hasher
+from ckpt.store._codecs._framing import CODEC_DELTA
+from ckpt.store._chunk_format import check_stored
+from ckpt.store._encoded import Reference, delta_depth, encode, max_payload
 from ckpt.store._records import RecordCache, check_record, read_record
-from ckpt.store._types import Progress
 
 __all__ = [
     "CHUNK_HEADER_SIZE",
@@ -50,7 +46,7 @@ __all__ = [
 ]
 
 
-class Objects:
+class Objects(ChunkReads):
     """Read and write the immutable objects of one store.
 
     Args:
@@ -61,24 +57,37 @@ class Objects:
     """
 
     def __init__(self, backend: Backend, *, minor_newer: bool = False, cache: RecordCache | None = None) -> None:
-        self.backend = backend
-        self.minor_newer = minor_newer
+        super().__init__(backend, minor_newer=minor_newer)
         self.cache = cache
 
     # -- chunks ----------------------------------------------------------------------------------------
 
-    def put_chunk(self, data: memoryview, digest: str | None = None) -> tuple[str, int]:
-        """Store one chunk unless it is stored whole already. Returns ``(digest, bytes written)`` (0 when
-        deduplicated).
+    def put_chunk(
+        self,
+        data: memoryview,
+        digest: str | None = None,
+        *,
+        dtype: str | None = None,
+        compress: bool = False,
+        reference: str | None = None,
+        max_depth: int = 0,
+    ) -> tuple[str, int]:
+        """Store one chunk unless it exists. Returns ``(digest, bytes written)`` (0 when deduplicated).
 
-        A ``digest`` the caller already knows skips hashing when that chunk is stored whole; otherwise the
-        bytes are hashed anyway, so that nothing is ever written under an address that is not its digest. A
-        chunk found at the address but damaged (not a regular file, a bad header, the wrong length) is never
-        taken as stored: it is replaced by these bytes, which hash to its address (self-healing). A flipped
-        byte inside a chunk of the right length is not seen here (that takes a full read): ``verify`` finds it.
+        A ``digest`` the caller already knows skips hashing when that chunk exists; when it does not, the
+        bytes are hashed anyway, so that nothing is ever written under an address that is not its digest.
 
-        Raises:
-            CorruptChunkError: a damaged object at the address cannot be replaced (e.g. a folder sits there).
+        Args:
+            data: the chunk's raw bytes.
+            digest: their BLAKE3 digest, when the caller knows it.
+            dtype: the safetensors dtype of the tensor it belongs to (``None``: a file), which decides how
+                byte-grouped compression cuts it into planes.
+            compress: store it byte-grouped and zstd-coded (codec 1) when that saves at least 3% of its
+                bytes, else raw. The address is the digest of the raw bytes either way.
+            reference: with ``compress``, the chunk at the same byte range of the same tensor in the parent
+                snapshot: the chunk is stored as a delta against it (codec 2) when that is smallest and the
+                chain stays within ``max_depth`` (0: no deltas). A reference that cannot be read is ignored.
+            max_depth: the store's chain limit.
         """
         n = data.nbytes
         if digest is not None:
@@ -95,12 +104,21 @@ class Objects:
                     self.backend.delete([known])  # never leave bytes under an address that is not their digest
         digest = hash_chunk(data)
         path = layout.chunk_path(digest)
-        if self.backend.put_if_absent(path, [chunk_header(n), data]):
+        if self.backend.exists(path) and not self.chunk_whole(digest, n):
+            self._heal(path, digest, [chunk_header(n), data])  # damaged: replaced by these proven bytes, raw
             return digest, stored_size(n)
-        if self.chunk_whole(digest, n):
-            return digest, 0
-        self._heal(path, digest, [chunk_header(n), data])
-        return digest, stored_size(n)
+        if compress and not self.backend.exists(path):  # encode only what is new to the store
+            ref = self._reference(reference, data.nbytes, max_depth) if reference not in (None, digest) else None
+            enc = encode(data, dtype, ref, max_depth)
+            if enc is not None and ref is not None and enc.codec == CODEC_DELTA and not self._hold(ref):
+                enc = encode(data, dtype)  # the reference was collected meanwhile: a keyframe
+            if enc is not None:
+                if self.backend.put_if_absent(path, [chunk_header(data.nbytes, enc.codec), *enc.parts]):
+                    return digest, CHUNK_HEADER_SIZE + enc.stored_length
+                return digest, 0
+        if self.backend.put_if_absent(path, [chunk_header(data.nbytes), data]):
+            return digest, stored_size(data.nbytes)
+        return digest, 0
 
     def _heal(self, path: str, digest: str, data: list[bytes | memoryview] | bytes) -> None:
         """Replace a damaged object by its proven bytes (atomic), or refuse when something else sits there."""
@@ -114,11 +132,11 @@ class Objects:
             ) from e
 
     def chunk_whole(self, digest: str, length: int) -> bool:
-        """Whether the chunk is stored whole: a regular object of exactly ``16 + length`` bytes whose header is
-        valid and says ``length`` (cheap: its payload is not read, ``verify`` hashes it). A chunk in a chunk
-        format this ckpt does not know counts as whole (a newer ckpt wrote it)."""
+        """Whether the chunk is stored whole: a regular object whose header is valid and says ``length``, of
+        exactly ``16 + length`` bytes when raw, or no longer than any encoding of ``length`` bytes when encoded
+        (cheap: its payload is not read or decoded; ``verify`` does that). A chunk in a chunk format this ckpt
+        does not know counts as whole (a newer ckpt wrote it)."""
         path = layout.chunk_path(digest)
-        end = CHUNK_HEADER_SIZE + length
         try:
             local = self.backend.local_path(path)
             header = self.backend.read(path, 0, CHUNK_HEADER_SIZE)
@@ -127,7 +145,10 @@ class Objects:
                 if not stat.S_ISREG(st.st_mode):
                     return False
                 stored = st.st_size
-            else:
+            else:  # the bytes around where the object may end say whether it ends there (no listing, no HEAD);
+                # an encoded payload shorter than its bound is proven by decoding it (verify, every load)
+                codec = header[5] if len(header) > 5 else CODEC_RAW
+                end = CHUNK_HEADER_SIZE + (length if codec == CODEC_RAW else max_payload(length))
                 stored = end - 1 + len(self.backend.read(path, end - 1, end + 1))
             check_stored(digest, header, stored, length, None, None)
         except FormatVersionError:
@@ -136,253 +157,41 @@ class Objects:
             return False
         return True
 
-    # -- reading chunks: one rule for every path ------------------------------------------------------------
-    #
-    # A stored chunk is valid when it is a regular file (on a local store) of exactly 16 + n bytes, its header
-    # has the magic, a known format and codec and says n, n is the length the table implies for that piece, and
-    # (when verifying) its n payload bytes hash to its address. ``check_stored`` is that rule; load, lazy
-    # reads, files, export, verify, repair and sync all reach it through the readers below, so a chunk one of
-    # them accepts, every one of them accepts.
-
-    def _check_digest(self, payload: memoryview | bytes, digest: str, tensor: str | None, snapshot: str | None) -> None:
-        if hash_chunk(payload) != digest:
-            raise CorruptChunkError(
-                f"chunk {digest[:12]} of {describe(tensor, snapshot)} is corrupt: its bytes do not match its digest",
-                digest=digest,
-                tensor=tensor,
-                snapshot=snapshot,
-            )
-
-    def _missing(self, digest: str, tensor: str | None, snapshot: str | None, e: Exception) -> MissingObjectError:
-        err = MissingObjectError(
-            f"chunk {digest[:12]} of {describe(tensor, snapshot)} is missing from the store",
-            hint="the snapshot may have been pruned and collected; check the store with `store.verify()`",
-            cli_hint="the snapshot may have been pruned and collected; check the store with `ckpt verify`",
-        )
-        err.__cause__ = e
-        return err
-
-    def _unreadable(
-        self, digest: str, tensor: str | None, snapshot: str | None, e: IntegrityError
-    ) -> CorruptChunkError:
-        """A chunk object the backend refuses to read (a link, not a regular file): corrupt, never followed."""
-        err = CorruptChunkError(
-            f"chunk {digest[:12]} of {describe(tensor, snapshot)} is corrupt: {e.message}",
-            digest=digest,
-            tensor=tensor,
-            snapshot=snapshot,
-            hint=e.hint or "",
-            cli_hint=e.cli_hint or "",
-        )
-        err.__cause__ = e
-        return err
-
-    def read_chunk_into(
-        self,
-        digest: str,
-        out: memoryview,
-        *,
-        verify: bool = True,
-        tensor: str | None = None,
-        snapshot: str | None = None,
-    ) -> None:
-        """Read a chunk's raw bytes into ``out`` (exactly its length) and check them against ``digest``.
-
-        Never writes more than ``out`` holds, and never allocates: memory is the caller's buffer.
-
-        Raises:
-            CorruptChunkError: bad header, wrong length (short, or bytes after its end), or the bytes do not
-                hash to ``digest``.
-            MissingObjectError: the chunk is not in the store.
-        """
-        header = bytearray(CHUNK_HEADER_SIZE)
-        sentinel = bytearray(1)
-        try:
-            n = self.backend.read_into(layout.chunk_path(digest), [memoryview(header), out, memoryview(sentinel)])
-        except MissingObjectError as e:
-            raise self._missing(digest, tensor, snapshot, e) from e
-        except IntegrityError as e:
-            raise self._unreadable(digest, tensor, snapshot, e) from e
-        check_stored(digest, bytes(header[: min(n, CHUNK_HEADER_SIZE)]), n, out.nbytes, tensor, snapshot)
-        if verify:
-            self._check_digest(out, digest, tensor, snapshot)
-
-    def read_chunk(
-        self,
-        digest: str,
-        length: int | None = None,
-        *,
-        verify: bool = True,
-        tensor: str | None = None,
-        snapshot: str | None = None,
-    ) -> bytes:
-        """Read a whole chunk's raw bytes, checked against ``digest``.
-
-        Args:
-            digest: the chunk's address.
-            length: the raw length the table implies (checked); ``None``: the header's.
-            verify: check the bytes against the digest.
-            tensor: the tensor or file it belongs to, for messages.
-            snapshot: the snapshot being read, for messages.
-
-        Memory is bounded by what the object really holds, whatever ``length`` or its header claim.
-        """
-        path = layout.chunk_path(digest)
-        try:
-            data = (
-                self.backend.read(path)
-                if length is None
-                else self.backend.read(path, 0, CHUNK_HEADER_SIZE + length + 1)
-            )
-        except MissingObjectError as e:
-            raise self._missing(digest, tensor, snapshot, e) from e
-        except IntegrityError as e:
-            raise self._unreadable(digest, tensor, snapshot, e) from e
-        check_stored(digest, data[:CHUNK_HEADER_SIZE], len(data), length, tensor, snapshot)
-        payload = data[CHUNK_HEADER_SIZE:]
-        if verify:
-            self._check_digest(payload, digest, tensor, snapshot)
-        return payload
-
-    def check_chunk(
-        self,
-        digest: str,
-        length: int,
-        *,
-        tensor: str | None = None,
-        snapshot: str | None = None,
-        progress: Progress | None = None,
-    ) -> int:
-        """Verify a stored chunk without keeping it.
-
-        On a local store the chunk file is memory-mapped and hashed where it lies (no copy, no fresh memory:
-        BLAKE3's speed; ``map_chunk`` checks it); elsewhere it is read in pieces of at most ``VERIFY_PIECE``
-        bytes. Memory stays bounded whatever its table claims (a table claiming a 3 GiB chunk over a 16-byte
-        object reads 16 bytes). Returns the bytes the object holds (header included).
-
-        Raises:
-            CorruptChunkError: as ``read_chunk_into``.
-            MissingObjectError: the chunk is not in the store.
-        """
-        path = layout.chunk_path(digest)
-        if self.backend.local_path(path) is not None:  # hashed where it lies: no copy, no fresh memory
-            mm = self.map_chunk(digest, length, verify=True, tensor=tensor, snapshot=snapshot)
-            if mm is not None:
-                size = len(mm)
-                mm.close()
-                if progress and length:
-                    progress(length)
-                return size
-        end = CHUNK_HEADER_SIZE + length  # where a valid object ends
-        limit = end + 1  # one byte more is asked for, to see whether anything follows
-        hasher = new_hasher(length)
-        header = b""
-        pos = 0
-        try:
-            while pos < limit:
-                want = min(pos + VERIFY_PIECE, limit)
-                data = self.backend.read(path, pos, want)  # what the object holds, whatever the table claims
-                view = memoryview(data)
-                got = len(data)
-                if pos < CHUNK_HEADER_SIZE:
-                    header += bytes(view[: CHUNK_HEADER_SIZE - pos])
-                first = max(pos, CHUNK_HEADER_SIZE)  # object offset of the first payload byte in this piece
-                payload = view[first - pos : max(first - pos, end - pos)]
-                hasher.update(payload)
-                if progress and payload.nbytes:
-                    progress(payload.nbytes)
-                pos += got
-                if pos < want:
-                    break  # the object ended
-        except MissingObjectError as e:
-            raise self._missing(digest, tensor, snapshot, e) from e
-        except IntegrityError as e:
-            raise self._unreadable(digest, tensor, snapshot, e) from e
-        check_stored(digest, header, pos, length, tensor, snapshot)
-        if hasher.hexdigest() != digest:
-            raise CorruptChunkError(
-                f"chunk {digest[:12]} of {describe(tensor, snapshot)} is corrupt: its bytes do not match its digest",
-                digest=digest,
-                tensor=tensor,
-                snapshot=snapshot,
-            )
-        return pos
-
-    def map_chunk(
-        self,
-        digest: str,
-        length: int,
-        *,
-        verify: bool = True,
-        tensor: str | None = None,
-        snapshot: str | None = None,
-    ) -> mmap.mmap | None:
-        """Memory-map a raw chunk of a local store, copy-on-write, checked against ``digest``.
-
-        Returns ``None`` when the backend is not local. The payload starts at ``CHUNK_HEADER_SIZE``. Writes to
-        the map never reach the file (``ACCESS_COPY``, a private mapping), but the file can still reach the map:
-        on Linux a page of a private mapping that was not written to yet shows later changes to the file, and
-        reading a page past the end of a file truncated later kills the process with ``SIGBUS``. A mapped
-        tensor is therefore verified only as it was when mapped; ``Store.load`` copies unless asked to map
-        (``mmap=True``).
-        """
-        path = self.backend.local_path(layout.chunk_path(digest))
-        if path is None:
+    def _reference(self, digest: str | None, n: int, max_depth: int) -> Reference | None:
+        """The reference a delta of ``n`` bytes may use, decoded and checked, or ``None``: no reference, its
+        chain is at the limit already (the new chunk is a keyframe), or it cannot be read (``verify`` says)."""
+        if digest is None or max_depth < 1:
             return None
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-        except FileNotFoundError as e:
-            raise self._missing(digest, tensor, snapshot, e) from e
-        except OSError as e:
-            raise CorruptChunkError(
-                f"chunk {digest[:12]} of {describe(tensor, snapshot)} cannot be read: "
-                + ("it is a symbolic link" if e.errno == errno.ELOOP else os.strerror(e.errno or 0)),
-                digest=digest,
-                tensor=tensor,
-                snapshot=snapshot,
-            ) from e
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise CorruptChunkError(
-                    f"chunk {digest[:12]} of {describe(tensor, snapshot)} is corrupt: it is not a regular file",
-                    digest=digest,
-                    tensor=tensor,
-                    snapshot=snapshot,
-                )
-            if st.st_size < CHUNK_HEADER_SIZE:
-                check_stored(digest, os.pread(fd, CHUNK_HEADER_SIZE, 0), st.st_size, length, tensor, snapshot)
-            mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
-        except (OSError, ValueError) as e:
-            raise CorruptChunkError(
-                f"chunk {digest[:12]} of {describe(tensor, snapshot)} cannot be mapped",
-                digest=digest,
-                tensor=tensor,
-                snapshot=snapshot,
-            ) from e
-        finally:
-            os.close(fd)
-        if hasattr(mmap, "MADV_WILLNEED"):
-            mm.madvise(mmap.MADV_WILLNEED)
-        check_stored(digest, bytes(mm[:CHUNK_HEADER_SIZE]), len(mm), length, tensor, snapshot)
-        if verify:
-            view = memoryview(mm)[CHUNK_HEADER_SIZE:]
-            try:
-                self._check_digest(view, digest, tensor, snapshot)
-            finally:
-                view.release()
-        return mm
+            codec, _, payload = self._stored(digest, n, None, None)
+            _, depth = delta_depth(codec, payload, digest)
+            if depth >= max_depth:
+                return None
+            if codec == CODEC_RAW:
+                self._check_digest(payload, digest, None, None)
+                return Reference(digest, payload, depth)
+            out = bytearray(n)
+            self._decode(digest, codec, payload, memoryview(out), verify=True, tensor=None, snapshot=None)
+            return Reference(digest, bytes(out), depth)
+        except CkptError:
+            return None
 
-    def replace_chunk(self, digest: str, raw: bytes) -> int:
-        """Write a chunk's good bytes over a damaged or missing copy (repair); returns the bytes written.
+    def _hold(self, ref: Reference) -> bool:
+        """Keep a delta's reference from a gc running meanwhile: refresh it as a save refreshes a chunk it
+        reuses. Returns ``False`` when it was gone and its raw bytes had to be written back with another chain
+        depth than the delta would claim (then the new chunk must not be a delta against it)."""
+        path = layout.chunk_path(ref.digest)
+        return not self.backend.put_if_absent(path, [chunk_header(len(ref.raw)), ref.raw]) or ref.depth == 0
 
-        Raises:
-            CorruptChunkError: ``raw`` does not hash to ``digest`` (nothing is written).
-        """
-        if hash_chunk(raw) != digest:
-            raise CorruptChunkError(f"chunk {digest[:12]}: the bytes offered do not match its digest", digest=digest)
-        self.backend.replace(layout.chunk_path(digest), [chunk_header(len(raw)), raw])
-        return stored_size(len(raw))
+    def put_stored(self, digest: str, data: bytes) -> int:
+        """Store a chunk object as ``read_stored`` gave it, unless the chunk exists; returns the bytes written."""
+        return len(data) if self.backend.put_if_absent(layout.chunk_path(digest), data) else 0
+
+    def replace_stored(self, digest: str, data: bytes) -> int:
+        """Write a chunk object as ``read_stored`` of a good copy gave it over a damaged or missing one (repair);
+        returns the bytes written."""
+        self.backend.replace(layout.chunk_path(digest), data)
+        return len(data)
 
     def has_chunk(self, digest: str) -> bool:
         """Whether the chunk exists."""

@@ -20,19 +20,40 @@ from ckpt.errors import (
     StoreExistsError,
     StoreNotFoundError,
 )
-from ckpt.model import READABLE_MAJOR, StoreConfig, canonical_json, format_time, parse_json, utcnow, validate_record
+from ckpt.model import (
+    FORMAT_VERSION,
+    FORMAT_VERSION_NO_DELTAS,
+    MAX_DELTA_DEPTH,
+    READABLE_MAJOR,
+    StoreConfig,
+    canonical_json,
+    format_time,
+    parse_json,
+    utcnow,
+    validate_record,
+)
 from ckpt.storage import Backend, open_backend
 from ckpt.store import _layout as layout
 from ckpt.store._parts import StoreParts
 
 __all__ = ["connect", "create", "location", "read_config"]
 
+#: The delta chain limit of a new store with compression (benchmarks/storage.py: chain depth against load
+#: time and bytes, docs/benchmarks.md).
+DEFAULT_DELTA_DEPTH = 8
 #: The largest chunk size a store may have.
 _MAX_CHUNK = 1 << 40
 _SIZE_HINT = "a number of bytes, or with a unit: 4096, 64MiB, 1GB"
 
 
-def create(url: str | os.PathLike[str] | None, *, chunk_size: int | str | None, **storage_options: Any) -> StoreParts:
+def create(
+    url: str | os.PathLike[str] | None,
+    *,
+    chunk_size: int | str | None,
+    compression: bool = True,
+    delta_depth: int | None = None,
+    **storage_options: Any,
+) -> StoreParts:
     """Write a new store's config at ``url``; see ``ckpt.init``.
 
     Raises:
@@ -48,9 +69,25 @@ def create(url: str | os.PathLike[str] | None, *, chunk_size: int | str | None, 
     if not 0 < size <= _MAX_CHUNK:
         raise RecordError(f"chunk_size must be a positive size of at most 1 TiB, got {size}"[:120], hint=_SIZE_HINT)
     backend = open_backend(where, **storage_options)
+    if not isinstance(compression, bool):
+        raise RecordError(f"compression must be True or False, got {compression!r}"[:120])
+    depth = (DEFAULT_DELTA_DEPTH if compression else 0) if delta_depth is None else delta_depth
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= MAX_DELTA_DEPTH:
+        raise RecordError(
+            f"delta_depth must be a whole number from 0 to {MAX_DELTA_DEPTH}, got {delta_depth!r}"[:120],
+            hint="0 stores no deltas; the default, 8, bounds a load to 8 decodes per chunk",
+        )
+    if depth and not compression:
+        raise RecordError("delta_depth needs compression: deltas are compressed chunks", hint="pass delta_depth=0")
     if not backend.exists(layout.CONFIG):
         _refuse_occupied(backend)
-    config = StoreConfig(chunk_size=size, created_at=format_time(utcnow()))
+    config = StoreConfig(
+        chunk_size=size,
+        created_at=format_time(utcnow()),
+        compression=compression,
+        delta_depth=depth,
+        format_version=FORMAT_VERSION if depth else FORMAT_VERSION_NO_DELTAS,
+    )
     data = canonical_json(config.model_dump(mode="json"))
     if not backend.put_if_absent(layout.CONFIG, data):
         raise StoreExistsError(f"a ckpt store exists already at {backend.url}")

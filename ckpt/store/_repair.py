@@ -175,7 +175,8 @@ def _fetch(source: StoreParts | None, d: Damage) -> tuple[str, str, bytes]:
     good = source.objects
     try:
         if d.object == "chunk":
-            return "chunk", d.digest, good.read_chunk(d.digest, verify=True, tensor=d.tensors[0] if d.tensors else None)
+            tensor = d.tensors[0] if d.tensors else None
+            return "chunk", d.digest, good.read_stored(d.digest, None, tensor=tensor)  # as stored there, checked
         if d.object in ("table", "snapshot") and d.kind != "invalid":
             return d.object, d.digest, good.raw_record(d.object, d.digest)
         if d.object == "ref" and d.kind == "missing" and d.snapshots:  # the snapshot the ref points at
@@ -216,7 +217,7 @@ def repair(
             if local is None:
                 kind, digest, data = _fetch(source, d)
                 if kind == "chunk":
-                    local = store.objects.replace_chunk(digest, data)
+                    local = store.objects.replace_stored(digest, data)
                 else:
                     store.objects.replace_raw_record(kind, digest, data)
                     local = len(data)

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from ckpt import settings
 from ckpt.errors import CkptError, IntegrityError, MissingObjectError
+from ckpt.model import TensorTable
 from ckpt.storage import Backend
 from ckpt.store import _layout as layout
 from ckpt.store._signatures import ReleaseStatus
 
-__all__ = ["Damage", "StoreStats", "VerifyReport", "damage_kind", "release_damage", "store_stats"]
+__all__ = [
+    "Damage",
+    "Footprint",
+    "StoreStats",
+    "VerifyReport",
+    "damage_kind",
+    "footprint",
+    "release_damage",
+    "store_stats",
+]
 
 
 class Damage(BaseModel):
@@ -100,7 +112,9 @@ class StoreStats(BaseModel):
 
     Attributes:
         chunks: chunk objects.
-        chunk_bytes: their bytes.
+        chunk_bytes: their bytes, as stored (compressed chunks at their compressed size).
+        chunk_raw_bytes: the raw (decoded) bytes they hold, from their headers; ``chunk_bytes /
+            chunk_raw_bytes`` is what compression and deltas save (headers included).
         tables: tensor tables.
         table_bytes: their bytes.
         snapshots: snapshot records.
@@ -112,6 +126,7 @@ class StoreStats(BaseModel):
 
     chunks: int = 0
     chunk_bytes: int = 0
+    chunk_raw_bytes: int = 0
     tables: int = 0
     table_bytes: int = 0
     snapshots: int = 0
@@ -120,12 +135,71 @@ class StoreStats(BaseModel):
 
 
 def store_stats(backend: Backend) -> StoreStats:
-    """Count every object under the store's root (one listing, no reads)."""
+    """Count every object under the store's root: one listing, and the 16-byte header of each chunk (read in
+    parallel) for its raw length. A chunk whose header cannot be read counts 0 raw bytes (``verify`` reports
+    it)."""
     counts = dict.fromkeys(StoreStats.model_fields, 0)
+    chunk_paths: list[str] = []
     for e in backend.list(""):
         counts["total_bytes"] += e.size
         for prefix, key in ((layout.CHUNKS, "chunk"), (layout.TABLES, "table"), (layout.SNAPSHOTS, "snapshot")):
             if e.path.startswith(prefix):
                 counts[key + "s"] += 1
                 counts[key + "_bytes"] += e.size
+                if key == "chunk":
+                    chunk_paths.append(e.path)
+
+    def raw_length(path: str) -> int:
+        try:
+            header = backend.read(path, 0, 16)
+        except CkptError:
+            return 0
+        return int.from_bytes(header[8:16], "little") if len(header) == 16 and header[:4] == b"ckpt" else 0
+
+    with ThreadPoolExecutor(settings.threads(), thread_name_prefix="ckpt-stats") as pool:
+        counts["chunk_raw_bytes"] = sum(pool.map(raw_length, chunk_paths))
     return StoreStats(**counts)
+
+
+class Footprint(BaseModel):
+    """What one snapshot's chunks take in the store (``Store.footprint``).
+
+    Attributes:
+        chunks: its distinct chunks (tensors and attached files).
+        raw_bytes: the raw bytes they hold.
+        stored_bytes: the bytes their objects take, headers included (compressed chunks at their compressed
+            size); shared with every other snapshot that holds the same chunks.
+        missing: chunks not in the store (``verify`` says more).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    chunks: int = 0
+    raw_bytes: int = 0
+    stored_bytes: int = 0
+    missing: int = 0
+
+
+def footprint(backend: Backend, table: TensorTable) -> Footprint:
+    """The footprint of a table's chunks: one listing of each ``chunks/xx/`` folder they fall in."""
+    raw: dict[str, int] = {}
+    for t in table.tensors.values():
+        raw.update(t.pieces(table.chunk_size))
+    for f in table.files.values():
+        raw.update((d, min(table.chunk_size, f.size - i * table.chunk_size)) for i, d in enumerate(f.chunks))
+    folders = sorted({layout.chunk_path(d).rsplit("/", 1)[0] + "/" for d in raw})
+
+    def sizes(folder: str) -> dict[str, int]:
+        return {layout.digest_from_path(e.path): e.size for e in backend.list(folder)}
+
+    stored: dict[str, int] = {}
+    with ThreadPoolExecutor(settings.threads(), thread_name_prefix="ckpt-stats") as pool:
+        for part in pool.map(sizes, folders):
+            stored.update(part)
+    have = [d for d in raw if d in stored]
+    return Footprint(
+        chunks=len(raw),
+        raw_bytes=sum(raw.values()),
+        stored_bytes=sum(stored[d] for d in have),
+        missing=len(raw) - len(have),
+    )

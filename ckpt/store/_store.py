@@ -86,6 +86,7 @@ class Store(StoreMaintenance):
         *,
         progress: Progress | None = None,
         force: bool = False,
+        compression: bool | None = None,
         **fields: Unpack[SaveFields],
     ) -> Snapshot:
         """Save a state tree as a new snapshot and move ``branch`` to it.
@@ -105,6 +106,11 @@ class Store(StoreMaintenance):
             branch: the branch to advance (created if it does not exist).
             progress: called with byte counts as chunks are written.
             force: move the branch even if ``parents`` do not include its head (a non-fast-forward move).
+            compression: store new chunks byte-grouped and zstd-coded where that pays (``True``) or raw
+                (``False``); ``None``: the store's setting (``ckpt.init(compression=...)``). Lossless either way,
+                and chunks already stored are kept as they are. With compression, in a store whose
+                ``delta_depth`` is above 0 (the default), a new chunk is stored as a delta against the same
+                bytes of the same tensor in the first parent when that is smaller (docs/format.md, "Delta").
             **fields: what the snapshot records (``SaveFields``): ``parents`` (default: the branch's head),
                 ``relation`` (default ``continue``, or ``import`` for a root), ``model`` (default: the first
                 parent's), ``step``, ``epoch``, ``metrics`` (``{"val_loss": 0.41}``), ``message``, ``metadata``
@@ -131,7 +137,7 @@ class Store(StoreMaintenance):
             >>> snap = store.save({"model": model.state_dict()}, step=100, metrics={"val_loss": 0.4})  # doctest: +SKIP
         """
         check_fields(fields, SaveFields, "Store.save")
-        return _commit.save(self._parts, state, branch, fields, progress=progress, force=force)
+        return _commit.save(self._parts, state, branch, fields, progress=progress, force=force, compression=compression)
 
     def derive(
         self,
@@ -141,6 +147,7 @@ class Store(StoreMaintenance):
         branch: str,
         relation: Relation = "finetune",
         progress: Progress | None = None,
+        compression: bool | None = None,
         **fields: Unpack[SnapshotFields],
     ) -> Snapshot:
         """Start a new model line from an existing snapshot: a fine-tune, a quantization, a merge …
@@ -155,6 +162,7 @@ class Store(StoreMaintenance):
             branch: a new branch for the new line.
             relation: ``finetune`` (default), ``quantized``, ``merge`` …
             progress: called with byte counts as chunks are written.
+            compression: as for ``save`` (``None``: the store's setting).
             **fields: what the snapshot records (``SnapshotFields``), as for ``save``: ``model`` (the new
                 model's name, e.g. ``tiny-llama-instruct``; default: the parent's), ``step``, ``metrics``,
                 ``message``, ``files`` …
@@ -176,7 +184,7 @@ class Store(StoreMaintenance):
         _commit.check_new_line(self._parts, branch, relation)
         parent = self.resolve(rev)
         line: SaveFields = {**fields, "parents": [parent.id], "relation": relation}
-        return _commit.save(self._parts, state, branch, line, progress=progress, force=False)
+        return _commit.save(self._parts, state, branch, line, progress=progress, force=False, compression=compression)
 
     # -- history -------------------------------------------------------------------------------------
 
@@ -463,7 +471,12 @@ class Store(StoreMaintenance):
 
 
 def init(
-    url: str | os.PathLike[str] | None = None, *, chunk_size: int | str | None = None, **storage_options: Any
+    url: str | os.PathLike[str] | None = None,
+    *,
+    chunk_size: int | str | None = None,
+    compression: bool = True,
+    delta_depth: int | None = None,
+    **storage_options: Any,
 ) -> Store:
     """Create a new, empty store.
 
@@ -471,6 +484,11 @@ def init(
         url: a local path (``str`` or ``pathlib.Path``) or any fsspec URL; default ``$CKPT_STORE`` or
             ``./.ckpt``.
         chunk_size: bytes per chunk (int or ``"64MiB"``); default ``$CKPT_CHUNK_SIZE`` or 64 MiB.
+        compression: store new chunks byte-grouped and zstd-coded where that saves at least 3% (lossless; the
+            default). ``False``: every chunk raw, as stores before format 1.3. A save can override it.
+        delta_depth: with compression, store a new chunk as a delta against the same bytes of the same tensor in
+            its snapshot's first parent when that is smaller, in chains of at most this many deltas (a store
+            setting; default 8, 0 for none). A store with deltas is format 2.0, which ckpt before 0.2 refuses.
         storage_options: passed to fsspec (``endpoint_url``, credentials …).
 
     Returns:
@@ -478,13 +496,14 @@ def init(
 
     Raises:
         StoreExistsError: a store exists there already.
-        RecordError: ``chunk_size`` is not a positive size.
+        RecordError: ``chunk_size`` is not a positive size, ``compression`` is not a bool, or ``delta_depth``
+            is not 0–64 (or is above 0 without compression).
         BackendError: the location cannot be used (a chained URL, a symbolic link inside a local store…).
 
     Example:
         >>> store = ckpt.init("memory://docs-init")  # doctest: +SKIP
     """
-    parts = create(url, chunk_size=chunk_size, **storage_options)
+    parts = create(url, chunk_size=chunk_size, compression=compression, delta_depth=delta_depth, **storage_options)
     return Store(parts.backend, parts.config)
 
 

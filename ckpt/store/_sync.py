@@ -129,11 +129,11 @@ def sync_parts(
             progress_total(sum(needed[d][2] for d in missing))
 
         def copy(digest: str) -> int:
-            name, sid, _ = needed[digest]
-            data = src.objects.read_chunk(digest, tensor=name, snapshot=sid)
-            _, written = dst.objects.put_chunk(memoryview(data), digest)
+            name, sid, length = needed[digest]
+            data = src.objects.read_stored(digest, length, tensor=name, snapshot=sid)  # as stored, checked
+            written = dst.objects.put_stored(digest, data)
             if progress:
-                progress(len(data))
+                progress(length)
             return written
 
         for d, written in zip(missing, pool.map(copy, missing), strict=True):

@@ -89,9 +89,19 @@ def _pool(objects: Objects) -> Iterator[ThreadPoolExecutor]:
 
 
 def _put(
-    objects: Objects, piece: memoryview, stats: WriteStats, progress: Progress | None, digest: str | None = None
+    objects: Objects,
+    piece: memoryview,
+    stats: WriteStats,
+    progress: Progress | None,
+    digest: str | None = None,
+    dtype: str | None = None,
+    compress: bool = False,
+    reference: str | None = None,
+    max_depth: int = 0,
 ) -> str:
-    digest, written = objects.put_chunk(piece, digest)
+    digest, written = objects.put_chunk(
+        piece, digest, dtype=dtype, compress=compress, reference=reference, max_depth=max_depth
+    )
     stats.add(piece.nbytes, written)
     if progress:
         progress(piece.nbytes)
@@ -105,8 +115,16 @@ def write_tensors(
     *,
     stats: WriteStats,
     progress: Progress | None = None,
+    compress: bool = False,
+    references: Mapping[str, TensorEntry] | None = None,
+    max_depth: int = 0,
 ) -> dict[str, TensorEntry]:
-    """Chunk, hash and store every tensor; returns the table entries in the same order."""
+    """Chunk, hash and store every tensor; returns the table entries in the same order.
+
+    With ``compress``, each new chunk is stored byte-grouped and zstd-coded when that pays (``put_chunk``),
+    or, with ``max_depth`` > 0, as a delta against the chunk at the same byte range of the tensor of the same
+    name and dtype in ``references`` (the first parent's table entries), when that is smaller.
+    """
     with _pool(objects) as pool:
         futures: dict[str, list[Future[str]]] = {}
         for name, src in tensors.items():
@@ -117,8 +135,20 @@ def write_tensors(
                 if isinstance(src, ProvenSource) and src.digests is not None and len(src.digests) == len(pieces)
                 else None
             )
+            refs = _references(references.get(name) if references else None, src.dtype, pieces, chunk_size)
             futures[name] = [
-                pool.submit(_put, objects, p, stats, progress, known[i] if known else None)
+                pool.submit(
+                    _put,
+                    objects,
+                    p,
+                    stats,
+                    progress,
+                    known[i] if known else None,
+                    src.dtype,
+                    compress,
+                    refs[i],
+                    max_depth,
+                )
                 for i, p in enumerate(pieces)
             ]
         return {
@@ -132,15 +162,27 @@ def write_tensors(
         }
 
 
+def _references(parent: TensorEntry | None, dtype: str, pieces: list[memoryview], chunk_size: int) -> list[str | None]:
+    """For each piece of a tensor, the parent's chunk of the same byte range and length, if it has one."""
+    refs: list[str | None] = [None] * len(pieces)
+    if parent is None or parent.dtype != dtype or parent.shards:
+        return refs
+    for i, piece in enumerate(pieces):
+        if i < len(parent.chunks) and min(chunk_size, parent.nbytes - i * chunk_size) == piece.nbytes:
+            refs[i] = parent.chunks[i]
+    return refs
+
+
 def write_files(
-    objects: Objects, files: Mapping[str, bytes], chunk_size: int, *, stats: WriteStats
+    objects: Objects, files: Mapping[str, bytes], chunk_size: int, *, stats: WriteStats, compress: bool = False
 ) -> dict[str, FileEntry]:
-    """Store attached files as chunks."""
+    """Store attached files as chunks (compressed as one-byte elements with ``compress``)."""
     out = {}
     for path, data in files.items():
         view = memoryview(bytes(data))
+        pieces = _pieces(view, chunk_size)
         out[path] = FileEntry(
-            size=view.nbytes, chunks=tuple(_put(objects, p, stats, None) for p in _pieces(view, chunk_size))
+            size=view.nbytes, chunks=tuple(_put(objects, p, stats, None, compress=compress) for p in pieces)
         )
     return out
 
@@ -255,7 +297,10 @@ def read_tensors(
 
     def map_job(name: str, entry: TensorEntry) -> Any:
         mm = objects.map_chunk(entry.chunks[0], entry.nbytes, verify=verify, tensor=name, snapshot=snapshot)
-        assert mm is not None
+        if mm is None:  # an encoded chunk: decoded into new memory
+            tensor, view = allocate(entry, framework or entry.kind, name=name, snapshot=snapshot)
+            job(name, entry.chunks[0], view.cast("B") if view.format != "B" else view)
+            return tensor
         if progress:
             progress(entry.nbytes)
         return from_buffer(mm, CHUNK_HEADER_SIZE, entry, framework or entry.kind)

@@ -35,8 +35,9 @@ def store_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def store(store_path: Path) -> ckpt.Store:
-    """A new empty local store with 4 KiB chunks."""
-    return ckpt.init(str(store_path), chunk_size=4096)
+    """A new empty local store with 4 KiB chunks, compressed, without deltas: each save whole, so that pruning
+    one frees its chunks (deltas: tests/store/test_codecs_deltas.py)."""
+    return ckpt.init(str(store_path), chunk_size=4096, delta_depth=0)
 
 
 @pytest.fixture

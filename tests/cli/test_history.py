@@ -182,7 +182,9 @@ def test_show_text(invoke: Invoke, store: ckpt.Store, family: dict[str, ckpt.Sna
 
 def test_show_json(invoke: Invoke, store: ckpt.Store, family: dict[str, ckpt.Snapshot]) -> None:
     data = parse(invoke("show", "instruct", "--json"))
-    assert set(data) == {"snapshot", "parents", "base", "lineage", "history_length", "files", "tensors"}
+    assert set(data) == {"snapshot", "parents", "base", "lineage", "history_length", "files", "tensors", "storage"}
+    storage = data["storage"]  # its chunks as stored beside their raw bytes
+    assert storage["raw_bytes"] == 2 * 4096 + 2048 + 2 and storage["stored_bytes"] > 0 and storage["missing"] == 0
     assert set(data["snapshot"]) == SNAPSHOT_KEYS
     assert data["snapshot"]["id"] == family["i2"].id
     assert data["snapshot"]["refs"] == [{"kind": "branch", "name": "instruct"}]

@@ -103,7 +103,7 @@ def test_a_copying_load_never_changes_when_the_chunk_file_does(tmp_path: Path) -
     With ``mmap=True`` the tensor is a private (copy-on-write) mapping: on Linux it still shows later changes to
     pages it has not written to, the documented price of zero-copy.
     """
-    store = ckpt.init(str(tmp_path / "store"), chunk_size=2 * MiB)
+    store = ckpt.init(str(tmp_path / "store"), chunk_size=2 * MiB, compression=False)  # raw: mappable
     store.save({"w": DATA})
     digest = store.table("main").tensors["w"].chunks[0]
     copied = store.load("main")["w"]

@@ -264,6 +264,8 @@ def show(state: CliState, rev: str | None, list_tensors: bool, as_json: bool) ->
     files: list[dict[str, Any]] = [
         {"path": p, "size": f.size} for p, f in tensor_table.files.items() if not p.startswith(RESERVED_FILE_PREFIX)
     ]
+    foot = None if snap.pruned else store.footprint(snap.id)
+    storage = None if foot is None else foot.model_dump()
     if as_json:
         emit_json(
             {
@@ -274,6 +276,7 @@ def show(state: CliState, rev: str | None, list_tensors: bool, as_json: bool) ->
                 "history_length": depth,
                 "files": files,
                 "tensors": summary,
+                "storage": storage,
             }
         )
         return
@@ -308,6 +311,14 @@ def show(state: CliState, rev: str | None, list_tensors: bool, as_json: bool) ->
     row("metadata", ", ".join(shown(k) for k in snap.metadata) if snap.metadata else None)
     row("ckpt version", snap.ckpt_version)
     row("tensors", f"{summary['count']} ({human_bytes(summary['bytes'])})")
+    if foot is not None and foot.raw_bytes:
+        ratio = foot.stored_bytes / foot.raw_bytes
+        gone = f", {count(foot.missing, 'chunk')} missing" if foot.missing else ""
+        row(
+            "stored",
+            f"{human_bytes(foot.stored_bytes)} for {human_bytes(foot.raw_bytes)} raw ({ratio:.2f}), "
+            f"{count(foot.chunks, 'chunk')}{gone}",
+        )
     width = max(len(k) for k, _ in fields) + 2
     for key, value in fields:
         out.print(Text.assemble((key.ljust(width), "bold"), value))

@@ -26,25 +26,58 @@ __all__ = ["gc", "init", "repair", "verify"]
     metavar="SIZE",
     help="Bytes per chunk, at least 4KiB, e.g. 64MiB (default: $CKPT_CHUNK_SIZE or 64MiB).",
 )
+@click.option(
+    "--compression/--no-compression",
+    default=True,
+    show_default=True,
+    help="Store chunks byte-grouped and zstd-coded where that saves 3% or more (lossless).",
+)
+@click.option(
+    "--delta-depth",
+    type=click.IntRange(0, 64),
+    default=None,
+    metavar="N",
+    help="Store a chunk as a delta against its parent's when smaller, in chains of at most N (default 8 with "
+    "compression; 0: none). A store with deltas is format 2.0.",
+)
 @json_option
 @click.pass_obj
-def init(state: CliState, url: str | None, chunk_size: str | None, as_json: bool) -> None:
+def init(
+    state: CliState, url: str | None, chunk_size: str | None, compression: bool, delta_depth: int | None, as_json: bool
+) -> None:
     """Create an empty store at URL (default: --store, $CKPT_STORE, else ./.ckpt).
 
     \b
     Examples:
       ckpt init
       ckpt init s3://bucket/models --chunk-size 128MiB
+      ckpt init runs --no-compression
     """
     size = parse_size_option(chunk_size, flag="--chunk-size")
     _check_chunk_size(size)
     from ckpt.store import init as init_store
 
-    store = init_store(url or state.store_url or None, chunk_size=size, **state.store_options)
+    store = init_store(
+        url or state.store_url or None,
+        chunk_size=size,
+        compression=compression,
+        delta_depth=delta_depth,
+        **state.store_options,
+    )
     if as_json:
-        emit_json({"url": store.url, "chunk_size": store.chunk_size, "format_version": store.config.format_version})
+        emit_json(
+            {
+                "url": store.url,
+                "chunk_size": store.chunk_size,
+                "compression": store.config.compression,
+                "delta_depth": store.config.delta_depth,
+                "format_version": store.config.format_version,
+            }
+        )
     else:
-        echo(f"initialised an empty ckpt store at {store.url} (chunks of {human_bytes(store.chunk_size)})")
+        depth = store.config.delta_depth
+        how = f"compressed, deltas up to {depth} deep" if depth else ("compressed" if compression else "raw")
+        echo(f"initialised an empty ckpt store at {store.url} (chunks of {human_bytes(store.chunk_size)}, {how})")
 
 
 @click.command()

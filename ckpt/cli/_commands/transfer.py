@@ -350,7 +350,13 @@ def sync(
     try:
         dst_store = open_store(store_location(dst), **dst_options)
     except StoreNotFoundError:
-        dst_store = init_store(store_location(dst), chunk_size=src_store.chunk_size, **dst_options)
+        dst_store = init_store(
+            store_location(dst),
+            chunk_size=src_store.chunk_size,
+            compression=src_store.config.compression,  # the source's settings, so a copy stays a copy
+            delta_depth=src_store.config.delta_depth,
+            **dst_options,
+        )
         created = True
     if created and not as_json:
         echo(f"created a ckpt store at {dst_store.url} (chunks of {human_bytes(dst_store.chunk_size)})")
