@@ -19,6 +19,8 @@ __all__ = [
     "VERIFY_PIECE",
     "check_stored",
     "check_stored_codec",
+    "encoded_length",
+    "encoded_prefix",
     "chunk_header",
     "describe",
     "hash_chunk",
@@ -133,6 +135,35 @@ def check_stored_codec(
     if stored > CHUNK_HEADER_SIZE + raw_length:
         raise corrupt(f"bytes follow its {raw_length}-byte payload")
     return int(codec), int(raw_length)
+
+
+def encoded_prefix(raw_length: int) -> int:
+    """How many payload bytes ``encoded_length`` may need to read: a delta prefix, a grouped body's header and
+    its plane-length table at the smallest block size (docs/format.md, "Grouped body")."""
+    blocks = -(-raw_length // (1 << 16)) if raw_length else 0
+    return 34 + 4 + 4 * 16 * blocks
+
+
+def encoded_length(codec: int, payload_start: bytes, raw_length: int) -> int | None:
+    """The exact payload length of an encoded chunk, from the start of its payload: the delta prefix (codec 2),
+    the grouped body's header and its table of plane lengths. ``None`` when that start is not a valid grouped
+    body (damage, or a newer writer's transform): the caller decodes instead of trusting a length.
+
+    Cheap: reads no plane. A chunk whose object is not exactly this long is damaged (truncated or extended).
+    """
+    offset = 34 if codec == 2 else 0
+    head = payload_start[offset : offset + 4]
+    if len(head) < 4:
+        return None
+    transform, k, block_log, reserved = head
+    if transform not in (0, 1) or reserved or k not in (1, 2, 4, 8, 16) or not 16 <= block_log <= 30:
+        return None
+    blocks = -(-raw_length // (1 << block_log)) if raw_length else 0
+    table = payload_start[offset + 4 : offset + 4 + 4 * blocks * k]
+    if len(table) < 4 * blocks * k:
+        return None
+    planes = sum(struct.unpack(f"<{blocks * k}I", table)) if blocks else 0
+    return offset + 4 + 4 * blocks * k + planes + raw_length % k
 
 
 def describe(tensor: str | None, snapshot: str | None) -> str:

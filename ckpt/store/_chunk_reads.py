@@ -11,11 +11,8 @@ import errno
 import mmap
 import os
 import stat
-import struct
 
-import blake3
-
-from ckpt.errors import CorruptChunkError, FormatVersionError, IntegrityError, MissingObjectError
+from ckpt.errors import CorruptChunkError, IntegrityError, MissingObjectError
 from ckpt.storage import Backend
 from ckpt.store import _layout as layout
 from ckpt.store._chunk_format import (
@@ -43,6 +40,7 @@ __all__ = [
     "stored_size",
     "where_of",
 ]
+
 
 class ChunkReads:
     """Read, check and decode the chunk objects of one store (the reading half of ``Objects``).
@@ -423,5 +421,3 @@ class ChunkReads:
         if codec == CODEC_DELTA:  # decoded: the other store may lack its references
             return chunk_header(raw_length) + bytes(out)
         return chunk_header(raw_length, codec) + payload
-
-

@@ -6,10 +6,9 @@ chunks (raw, or encoded when compression is on) and the records.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import os
 import stat
+from collections.abc import Iterator
 
 from ckpt.errors import BackendError, CkptError, CorruptChunkError, FormatVersionError
 from ckpt.model import (
@@ -21,6 +20,7 @@ from ckpt.model import (
 )
 from ckpt.storage import Backend
 from ckpt.store import _layout as layout
+from ckpt.store._chunk_format import check_stored, encoded_length, encoded_prefix
 from ckpt.store._chunk_reads import (
     CHUNK_HEADER_SIZE,
     CODEC_RAW,
@@ -31,8 +31,7 @@ from ckpt.store._chunk_reads import (
     stored_size,
 )
 from ckpt.store._codecs._framing import CODEC_DELTA
-from ckpt.store._chunk_format import check_stored
-from ckpt.store._encoded import Reference, delta_depth, encode, max_payload
+from ckpt.store._encoded import Reference, delta_depth, encode
 from ckpt.store._records import RecordCache, check_record, read_record
 
 __all__ = [
@@ -104,21 +103,27 @@ class Objects(ChunkReads):
                     self.backend.delete([known])  # never leave bytes under an address that is not their digest
         digest = hash_chunk(data)
         path = layout.chunk_path(digest)
-        if self.backend.exists(path) and not self.chunk_whole(digest, n):
-            self._heal(path, digest, [chunk_header(n), data])  # damaged: replaced by these proven bytes, raw
-            return digest, stored_size(n)
+        enc = None
         if compress and not self.backend.exists(path):  # encode only what is new to the store
-            ref = self._reference(reference, data.nbytes, max_depth) if reference not in (None, digest) else None
+            ref = self._reference(reference, n, max_depth) if reference not in (None, digest) else None
             enc = encode(data, dtype, ref, max_depth)
             if enc is not None and ref is not None and enc.codec == CODEC_DELTA and not self._hold(ref):
                 enc = encode(data, dtype)  # the reference was collected meanwhile: a keyframe
-            if enc is not None:
-                if self.backend.put_if_absent(path, [chunk_header(data.nbytes, enc.codec), *enc.parts]):
-                    return digest, CHUNK_HEADER_SIZE + enc.stored_length
-                return digest, 0
-        if self.backend.put_if_absent(path, [chunk_header(data.nbytes), data]):
-            return digest, stored_size(data.nbytes)
-        return digest, 0
+        if enc is not None:
+            if self.backend.put_if_absent(path, [chunk_header(n, enc.codec), *enc.parts]):
+                return digest, CHUNK_HEADER_SIZE + enc.stored_length
+        elif self.backend.put_if_absent(path, [chunk_header(n), data]):  # refreshes a stored one for gc
+            return digest, stored_size(n)
+        if self.chunk_whole(digest, n):
+            return digest, 0
+        # found at its address but damaged: replaced by these bytes, which hash to it (self-healing), stored
+        # whole (never a delta: its reference is not checked here), encoded when compression is on and it pays
+        enc = encode(data, dtype) if compress else None
+        if enc is not None:
+            self._heal(path, digest, [chunk_header(n, enc.codec), *enc.parts])
+            return digest, CHUNK_HEADER_SIZE + enc.stored_length
+        self._heal(path, digest, [chunk_header(n), data])
+        return digest, stored_size(n)
 
     def _heal(self, path: str, digest: str, data: list[bytes | memoryview] | bytes) -> None:
         """Replace a damaged object by its proven bytes (atomic), or refuse when something else sits there."""
@@ -132,24 +137,31 @@ class Objects(ChunkReads):
             ) from e
 
     def chunk_whole(self, digest: str, length: int) -> bool:
-        """Whether the chunk is stored whole: a regular object whose header is valid and says ``length``, of
-        exactly ``16 + length`` bytes when raw, or no longer than any encoding of ``length`` bytes when encoded
-        (cheap: its payload is not read or decoded; ``verify`` does that). A chunk in a chunk format this ckpt
-        does not know counts as whole (a newer ckpt wrote it)."""
+        """Whether the chunk is stored whole: a regular object whose header is valid and says ``length``, holding
+        exactly ``16 + length`` bytes when raw, or exactly the length its plane table adds up to when encoded
+        (cheap: no plane is read or decoded; ``verify`` does that). A chunk in a chunk format this ckpt does not
+        know counts as whole (a newer ckpt wrote it)."""
         path = layout.chunk_path(digest)
         try:
             local = self.backend.local_path(path)
-            header = self.backend.read(path, 0, CHUNK_HEADER_SIZE)
+            head = self.backend.read(path, 0, CHUNK_HEADER_SIZE + encoded_prefix(length))
+            header = head[:CHUNK_HEADER_SIZE]
+            codec = header[5] if len(header) > 5 else CODEC_RAW
+            end = CHUNK_HEADER_SIZE + length
+            if codec != CODEC_RAW and len(header) == CHUNK_HEADER_SIZE and header[:4] == b"ckpt":
+                size = encoded_length(codec, head[CHUNK_HEADER_SIZE:], length)
+                if size is None:
+                    return False  # not a valid body start: damaged (a newer transform reads as damage here, healed)
+                end = CHUNK_HEADER_SIZE + size
             if local is not None:
                 st = os.lstat(local)
                 if not stat.S_ISREG(st.st_mode):
                     return False
                 stored = st.st_size
-            else:  # the bytes around where the object may end say whether it ends there (no listing, no HEAD);
-                # an encoded payload shorter than its bound is proven by decoding it (verify, every load)
-                codec = header[5] if len(header) > 5 else CODEC_RAW
-                end = CHUNK_HEADER_SIZE + (length if codec == CODEC_RAW else max_payload(length))
+            else:  # the bytes around where the object must end say whether it ends there (no listing, no HEAD)
                 stored = end - 1 + len(self.backend.read(path, end - 1, end + 1))
+            if codec != CODEC_RAW and stored != end:
+                return False
             check_stored(digest, header, stored, length, None, None)
         except FormatVersionError:
             return True
@@ -184,8 +196,15 @@ class Objects(ChunkReads):
         return not self.backend.put_if_absent(path, [chunk_header(len(ref.raw)), ref.raw]) or ref.depth == 0
 
     def put_stored(self, digest: str, data: bytes) -> int:
-        """Store a chunk object as ``read_stored`` gave it, unless the chunk exists; returns the bytes written."""
-        return len(data) if self.backend.put_if_absent(layout.chunk_path(digest), data) else 0
+        """Store a chunk object as ``read_stored`` gave it (checked there), unless it is stored whole already;
+        a damaged copy at the address is replaced (self-healing, as ``put_chunk``). Returns the bytes written."""
+        path = layout.chunk_path(digest)
+        if self.backend.put_if_absent(path, data):
+            return len(data)
+        if self.chunk_whole(digest, int.from_bytes(data[8:CHUNK_HEADER_SIZE], "little")):
+            return 0
+        self._heal(path, digest, data)
+        return len(data)
 
     def replace_stored(self, digest: str, data: bytes) -> int:
         """Write a chunk object as ``read_stored`` of a good copy gave it over a damaged or missing one (repair);

@@ -58,7 +58,8 @@ def test_a_known_digest_is_not_trusted_onto_a_damaged_chunk(local_store: ckpt.St
     raw = store.backend.read(path)
     store.backend.replace(path, raw[:20])
     objects = store_parts(store).objects
-    assert objects.put_chunk(memoryview(W.tobytes())[:4096], digest) == (digest, len(raw))
+    piece = memoryview(W.tobytes())[:4096]
+    assert objects.put_chunk(piece, digest, dtype="F32", compress=store.config.compression) == (digest, len(raw))
     assert store.backend.read(path) == raw
     assert store.verify().ok
 
