@@ -172,7 +172,9 @@ _CLAIMED = frozenset(
 
 
 #: Public submodules, imported on first attribute access (``ckpt.diff``, ``ckpt.lineage`` …).
-_SUBMODULES = frozenset(("dcp", "diff", "integrations", "interop", "lineage", "plot", "storage", "testing", "ui"))
+_SUBMODULES = frozenset(
+    ("dcp", "diff", "integrations", "interop", "lineage", "plot", "settings", "storage", "testing", "ui")
+)
 
 
 def __getattr__(name: str) -> Any:
