@@ -305,7 +305,8 @@ class Store(StoreMaintenance):
             MissingObjectError: the snapshot was pruned, or a chunk is missing.
             CorruptChunkError: a chunk does not match its digest (names the tensor and the snapshot).
             StateMismatchError: no tensor path starts with ``prefix``; ``device`` with numpy, ``into`` or ``mmap``.
-            StateError: torch cannot allocate a tensor on ``device``.
+            StateError: a device torch does not know or this process cannot use (refused before any read), or
+                one that cannot allocate a tensor.
 
         Example:
             >>> state = store.load("main~2")  # doctest: +SKIP
