@@ -103,6 +103,8 @@ def _loader() -> type:
     Keys brought in by a ``<<`` merge may still be overridden, as YAML defines."""
     import yaml
 
+    # the pure-Python SafeLoader on purpose: libyaml's CSafeLoader crashes the process (SIGSEGV) on a front matter
+    # nested 50,000 deep, which this one refuses with a RecursionError
     class UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML has no type hints
         def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
             seen: set[tuple[str, str]] = set()
