@@ -75,7 +75,7 @@ def test_bom_and_crlf_are_read() -> None:
         (b"---\nbase_model: org/a\nlicense: mit\nbase_model: org/b\n---\n", "key 'base_model' twice"),  # which?
         (b"---\n{base_model: org/a, base_model: org/b}\n---\n", "twice"),
         (b"---\nx: {a: 1, a: 2}\n---\n", "key 'a' twice"),
-        (b"---\nx: " + b"[" * 50_000 + b"]" * 50_000 + b"\n---\n", "nested too deeply"),  # libyaml's parser crashes
+        pytest.param(b"---\nx: " + b"[" * 50_000 + b"]" * 50_000 + b"\n---\n", "nested too deeply", id="deep"),
     ],
 )
 def test_bad_cards_are_refused_by_field(data: bytes, match: str, tmp_path, monkeypatch) -> None:
