@@ -181,11 +181,19 @@ def restore_pipeline(
             f"{k!r} (not a module: {type(pipeline.components[k]).__name__})" if k in pipeline.components else repr(k)
             for k in unknown
         ]
+        not_modules = [k for k in unknown if k in pipeline.components]
+        hint = (
+            f"the pipeline holds {', '.join(repr(k) for k in not_modules)} as something other than a module "
+            "(None: built without it), so even strict=False would drop those tensors: build the pipeline with "
+            "that component, or load the rest with store.load(rev, prefix=...) and load_state_dict"
+            if not_modules
+            else "restore into the pipeline the snapshot was saved from, or pass strict=False to load the "
+            "components both have"
+        )
         raise StateMismatchError(
             f"snapshot {rev!r} holds component(s) {', '.join(what)}, which {label} has no module for "
             f"(its modules: {', '.join(sorted(modules)) or 'none'})",
-            hint="restore into the pipeline the snapshot was saved from, or pass strict=False to load the "
-            "components both have",
+            hint=hint,
         )
     missing = sorted(k for k in modules if k not in components and _has_tensors(modules[k]))
     if strict and missing:

@@ -122,7 +122,7 @@ def main(folder: str) -> None:
     out = ckpt.export(store, "styled", os.path.join(folder, "out", "tiny-sd-styled"))
     styled = StableDiffusionPipeline.from_pretrained(str(out.path))
     assert np.array_equal(image(styled), image(pipe))
-    print((out.path / "README.md").read_text())  # base_model: [tiny-sd-lora, tiny-sd-tuned], relation merge
+    print((out.path / "README.md").read_text())  # base_model: [tiny-sd-tuned-lora, tiny-sd-tuned], relation merge
 
     live = StableDiffusionPipeline.from_pretrained(os.path.join(folder, "tiny-sd"))
     ckpt.restore(live, store, "style")  # the LoRA merged straight into a live pipeline

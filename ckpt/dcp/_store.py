@@ -130,7 +130,11 @@ def begin(
             tensor_bytes=0,
         )
         record.record_bytes()
-    except (ValidationError, RecordError) as e:
+    except RecordError as e:
+        raise RecordError(
+            f"cannot record this snapshot: {e.message}", hint=e.hint or "", cli_hint=e.cli_hint or ""
+        ) from e
+    except ValidationError as e:
         raise RecordError(f"cannot record this snapshot: {e}") from e
     file_data = clean_files(files) if files is not None else None
     return Pending(branch=branch, head=head, record=record, files=file_data)

@@ -254,7 +254,7 @@ def _flatten_value(planner: SavePlanner, item: WriteItem) -> tuple[Any, dict[str
         return flatten(value)
     except UnsupportedStateError as e:
         raise UnsupportedStateError(
-            f"cannot store the value {item.index.fqn!r} of this state dict: {e}",
+            f"cannot store the value {item.index.fqn!r} of this state dict: {e.message}",
             hint="ckpt keeps non-tensor state as typed JSON (numbers, strings, None, lists, tuples, dicts) and "
             "never pickles; turn bytes into a tensor (torch.frombuffer(data, dtype=torch.uint8)) or the value "
             "into plain data",

@@ -61,6 +61,14 @@ class FolderWriter:
         self.given = local_path(dest, "the output folder")
         self.real = Path(os.path.realpath(self.given))
         self.planned = {check_relative_path(p, what="file") for p in planned}
+        folders = {"/".join(parts[:i]) for p in self.planned for parts in [p.split("/")] for i in range(1, len(parts))}
+        both = sorted(self.planned & folders)
+        if both:  # checked before anything is written: the OS would refuse midway ("File exists")
+            inside = min(p for p in self.planned if p.startswith(both[0] + "/"))
+            raise RecordError(
+                f"{both[0]!r} would be both a file and the folder of {inside!r}",
+                hint="rename or drop the file (store.files(rev) lists a snapshot's attached files)",
+            )
         room = MAX_PATH_BYTES - 1 - len(os.fsencode(self.real.parent / f".{self.real.name}.ckpt-export-{'0' * 12}/"))
         for p in self.planned:
             if len(p.encode("utf-8")) > room:

@@ -20,6 +20,7 @@ them as the parents), and ``card_for_export`` writes a snapshot's lineage into i
 
 from __future__ import annotations
 
+import functools
 import re
 import reprlib
 from collections.abc import Mapping, Sequence
@@ -95,6 +96,35 @@ def _text(data: bytes, what: str) -> str:
         raise RecordError(f"{what} is not UTF-8 text: {e}", hint="save the model card as UTF-8") from None
 
 
+@functools.cache
+def _loader() -> type:
+    """PyYAML's ``SafeLoader``, refusing a mapping that holds a key twice (``base_model: a`` then ``base_model: b``:
+    YAML forbids it, PyYAML keeps the last silently, stricter parsers refuse it: which base was meant is unknown).
+    Keys brought in by a ``<<`` merge may still be overridden, as YAML defines."""
+    import yaml
+
+    # the pure-Python SafeLoader on purpose: libyaml's CSafeLoader crashes the process (SIGSEGV) on a front matter
+    # nested 50,000 deep, which this one refuses with a RecursionError
+    class UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML has no type hints
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            seen: set[tuple[str, str]] = set()
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = (key_node.tag, key_node.value)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"found the key {key_node.value[:80]!r} twice",
+                        key_node.start_mark,
+                    )
+                seen.add(key)
+            return cast("dict[Any, Any]", super().construct_mapping(node, deep=deep))
+
+    return UniqueKeyLoader
+
+
 def _load(block: str, what: str) -> dict[str, Any]:
     import yaml
 
@@ -103,7 +133,7 @@ def _load(block: str, what: str) -> dict[str, Any]:
             f"{what} has a front matter of more than {MAX_FRONT_MATTER} bytes", hint="shorten the YAML block"
         )
     try:
-        doc = yaml.safe_load(block)
+        doc = yaml.load(block, Loader=_loader())  # a SafeLoader: no tag can build an object
     except yaml.YAMLError as e:
         raise RecordError(
             f"{what} has a front matter that is not valid YAML: {str(e)[:300]}",
@@ -133,8 +163,9 @@ def read_card(data: bytes, *, what: str = CARD_FILE) -> CardLineage:
         The lineage; a card without front matter gives an empty one.
 
     Raises:
-        RecordError: not UTF-8; YAML that ``safe_load`` refuses (including any ``!!python`` tag) or that is not
-            a mapping; a front matter over 1 MiB; ``base_model`` that is not a string or a list of strings;
+        RecordError: not UTF-8; YAML that ``safe_load`` refuses (including any ``!!python`` tag), that gives a
+            key twice in one mapping, or that is not a mapping; a front matter over 1 MiB; ``base_model`` that is
+            not a string or a list of strings;
             ``base_model_relation`` that is none of ``adapter``, ``merge``, ``quantized``, ``finetune``;
             ``library_name`` not a string; ``tags`` not a list of strings (a lone string is taken as one tag).
 

@@ -441,4 +441,4 @@ def merge_settings(cfg: Mapping[str, JsonValue], what: str) -> LoraSettings | Ty
             return lora_settings(cfg)
         return type_settings(cfg)
     except RecordError as e:
-        raise RecordError(f"{what}: {e}", hint=e.hint) from e
+        raise RecordError(f"{what}: {e.message}", hint=e.hint or "", cli_hint=e.cli_hint or "") from e

@@ -239,7 +239,7 @@ def plan_lora(
         try:
             checked = lora_settings(cfg)
         except RecordError as e:
-            raise RecordError(f"{what}: {e}", hint=e.hint) from e
+            raise RecordError(f"{what}: {e.message}", hint=e.hint or "", cli_hint=e.cli_hint or "") from e
         paths = components[component]
         entries = {n: (base.tensors[p].dtype, tuple(base.tensors[p].shape)) for n, p in paths.items()}
         by_path = {p: n for n, p in paths.items()}

@@ -130,6 +130,8 @@ def load(
             f"device={device!r} places torch tensors: it goes without framework='numpy', into= and mmap=",
             hint="load on the CPU for numpy arrays or in-place reads",
         )
+    if kind == "device":
+        _usable_device(device)  # before anything is read
     snap, table = open_snapshot(parts, rev)  # refuses a pruned snapshot
     prefixes = () if prefix is None else ((prefix,) if isinstance(prefix, str) else tuple(prefix))
     selected = list(table.tensors) if prefix is None else select_paths(table, prefix)
@@ -173,6 +175,26 @@ def _device_kind(device: Any) -> str:
     return "device"
 
 
+def _usable_device(device: Any) -> Any:
+    """``torch.device(device)``, once torch can allocate on it.
+
+    Raises:
+        StateError: a name torch does not know (``"gpu"``), or a device this process cannot use (CUDA without a
+            CUDA build or GPU, an index past the last device).
+    """
+    import torch
+
+    try:
+        target = torch.device(device)
+        torch.empty(0, device=target)
+    except (RuntimeError, ValueError, TypeError, AssertionError) as e:  # torch's lazy CUDA init asserts
+        raise StateError(
+            f"cannot place tensors on device={device!r}: {str(e)[:300]}",
+            hint="name a device this process can use: 'cpu', 'meta', 'cuda:0' (torch.cuda.device_count())",
+        ) from None
+    return target
+
+
 def _meta(entries: Mapping[str, TensorEntry]) -> dict[str, Any]:
     import torch
 
@@ -206,14 +228,12 @@ def to_device(
 
     from ckpt.state import torch_dtype
 
-    target = torch.device(device)
+    target = _usable_device(device)
     pinned = target.type == "cuda" and torch.cuda.is_available()
     budget = max(int(staging_bytes), 1)
-    arena = (
-        torch.empty(budget, dtype=torch.uint8, pin_memory=pinned)
-        if any(e.nbytes <= budget for e in entries.values())
-        else None
-    )
+    batched = sum(e.nbytes + (-e.nbytes % 64) for e in entries.values() if e.nbytes <= budget)
+    size = min(budget, batched)  # never more host memory than the batched tensors need
+    arena = torch.empty(size, dtype=torch.uint8, pin_memory=pinned) if size else None
     out: dict[str, Any] = {}
     names = list(entries)
     i = 0
@@ -235,7 +255,7 @@ def to_device(
             continue
         views: dict[str, Any] = {}
         offset = 0
-        while i < len(names) and entries[names[i]].nbytes <= budget - offset:
+        while i < len(names) and entries[names[i]].nbytes <= size - offset:
             e = entries[names[i]]
             views[names[i]] = (
                 arena[offset : offset + e.nbytes].view(torch_dtype(e.dtype)).reshape(e.shape)

@@ -3,7 +3,9 @@
 A record's address is the BLAKE3 digest of its exact bytes, so what an address names never changes: a copy
 kept here is as good as the store's, for every store, forever. Each entry is checked against its address when
 it is read; one that does not hash to it (a disk error, a hand edit, a planted file) is deleted and the record
-is read from the store again, so the cache can make ``log`` fast but can never change what it shows.
+is read from the store again, so the cache can make ``log`` fast but can never change what it shows. An entry
+that is not a plain file (a link, a FIFO, a device) is removed unread. The folders are made ``0o700`` and the
+entries ``0o600``: records of a private store stay this user's.
 
 What the cache cannot say is whether a store *still holds* a record: it answers the readers that follow ids
 the store itself gave (refs, parent links, listings): ``log``, ``show``, ``ls``, revisions, ``snapshots()``.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 
@@ -61,9 +64,8 @@ class RecordCache:
         path = self._path(kind, digest)
         if path is None:
             return None
-        try:
-            data = path.read_bytes()
-        except OSError:
+        data = _read_entry(path)
+        if data is None:
             return None
         if digest_bytes(data) == digest:
             return data
@@ -78,7 +80,9 @@ class RecordCache:
             return
         tmp = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.parent.is_dir():  # records of private stores: this user's alone
+                for folder in (self.root, path.parent.parent, path.parent):
+                    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -90,6 +94,37 @@ class RecordCache:
             if tmp is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
+
+
+def _read_entry(path: Path) -> bytes | None:
+    """An entry's bytes, if it is a regular file (not a link, a FIFO or a device): ``None`` otherwise.
+
+    Opened without following a link and without blocking, so a planted FIFO cannot hang a read and a link to
+    ``/dev/zero`` cannot fill memory; anything that is not a plain file is removed like a bad entry.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None
+    except OSError:  # a link (ELOOP), or unreadable
+        if path.is_symlink():
+            with contextlib.suppress(OSError):
+                path.unlink()
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+        with os.fdopen(fd, "rb") as f:
+            fd = -1
+            return f.read()
+    except OSError:
+        return None
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def record_cache_for(backend: Backend) -> RecordCache | None:

@@ -333,6 +333,6 @@ def write_release_signature(backend: Backend, release: str, record: SignatureRec
         put_signature(backend, release, record)
     except BackendError as e:
         raise BackendError(
-            f"release {release!r} is frozen, but its signature could not be written: {e}",
+            f"release {release!r} is frozen, but its signature could not be written: {e.message}",
             hint=f"add it with store.sign_release({release!r}, signer=KEY) once the store is writable",
         ) from e

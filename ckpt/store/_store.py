@@ -313,7 +313,7 @@ class Store(StoreMaintenance):
             MissingObjectError: the snapshot was pruned, or a chunk is missing.
             CorruptChunkError: a chunk does not match its digest (names the tensor and the snapshot).
             StateMismatchError: no tensor path starts with ``prefix``; ``device`` with numpy, ``into`` or ``mmap``.
-            StateError: torch cannot allocate a tensor on ``device``.
+            StateError: a device torch cannot name or use (refused before any read), or cannot allocate on.
 
         Example:
             >>> state = store.load("main~2")  # doctest: +SKIP

@@ -189,6 +189,18 @@ def test_restore_refuses_a_component_the_pipeline_lacks(folder: Path, scratch: P
     assert all(torch.equal(before[k], v) for k, v in live.unet.state_dict().items())  # nothing half-loaded
 
 
+def test_a_component_the_pipeline_holds_as_none_is_refused_even_non_strict(scratch: Path, tmp_path: Path) -> None:
+    """A pipeline built with ``safety_checker=None`` cannot take the snapshot's safety checker: strict=False would
+    drop those tensors too, so the hint does not offer it (it used to, even when strict=False was passed)."""
+    store = ckpt.init(str(tmp_path / "store"))
+    store.save({"unet": dm.tiny_pipeline(scratch).unet.state_dict(), "safety_checker": {"w": torch.zeros(2)}})
+    live = dm.tiny_pipeline(scratch, seed=7)
+    for strict in (True, False):
+        with pytest.raises(StateMismatchError, match="'safety_checker' \\(not a module: NoneType\\)") as info:
+            ckpt.restore(live, store, "main", strict=strict)
+        assert "pass strict=False" not in str(info.value.hint) and "build the pipeline" in str(info.value.hint)
+
+
 def test_restore_refuses_a_snapshot_missing_a_component(folder: Path, scratch: Path, tmp_path: Path) -> None:
     store = ckpt.init(str(tmp_path / "store"))
     store.save({"unet": dm.tiny_pipeline(scratch).unet.state_dict()})

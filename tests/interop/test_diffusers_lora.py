@@ -392,3 +392,26 @@ def test_a_lora_without_its_base_is_refused(store: ckpt.Store, lora: dm.Lora, tm
     with pytest.raises(RecordError, match="which pipeline"):  # a base that is not in the store
         import_lora(store, source, None, branch="style")
     assert "style" not in store.branches()
+
+
+@pytest.mark.parametrize("rank", ["x", 0])
+def test_a_bad_rank_in_the_metadata_is_refused_with_its_hint_once(
+    store: ckpt.Store, lora: dm.Lora, tmp_path: Path, rank: object
+) -> None:
+    """A config error found inside a component's plan names the component and gives its hint once (it used to
+    carry the inner error's ``hint:`` line inside the message, so the command line printed it twice)."""
+    from click.testing import CliRunner
+
+    from ckpt.cli import cli
+
+    config = lora.unet_config.to_dict() | {"r": rank}
+    folder = tmp_path / "bad-rank"
+    StableDiffusionPipeline.save_lora_weights(
+        str(folder), unet_lora_layers=lora.unet, unet_lora_adapter_metadata=config
+    )
+    with pytest.raises(RecordError, match="positive integer 'r'") as info:
+        import_lora(store, folder, "main", branch="bad")
+    assert "hint" not in info.value.message and str(info.value).count("hint:") == 1
+    assert "bad" not in store.branches()
+    result = CliRunner().invoke(cli, ["--store", str(tmp_path / "store"), "import", str(folder), "--base", "main"])
+    assert result.exit_code == 1 and result.output.count("hint:") == 1, result.output

@@ -192,6 +192,16 @@ def test_what_readers_refuse_is_refused_before_writing(
     no_leftovers(tmp_path)
 
 
+def test_a_file_that_is_also_a_folder_is_refused_before_writing(local_store: ckpt.Store, tmp_path: Path) -> None:
+    """An attached file ``model`` beside ``model/config.json`` cannot both be written: refused naming both, before
+    anything is written (the OS used to refuse midway with "File exists")."""
+    local_store.save({"model": weights(1)}, branch="clash", files={"cfg": b"{}", "cfg/config.json": b"{}"})
+    with pytest.raises(RecordError, match=r"'cfg' would be both a file and the folder of 'cfg/config\.json'"):
+        export(local_store, "clash", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    no_leftovers(tmp_path)
+
+
 @pytest.mark.parametrize(
     "name",
     [

@@ -72,6 +72,10 @@ def test_bom_and_crlf_are_read() -> None:
         (b"---\nlibrary_name: [x]\n---\n", "library_name"),
         (b"---\ntags: {a: b}\n---\n", "tags"),
         (b"---\nbase_model: \xff\n---\n", "UTF-8"),
+        (b"---\nbase_model: org/a\nlicense: mit\nbase_model: org/b\n---\n", "key 'base_model' twice"),  # which?
+        (b"---\n{base_model: org/a, base_model: org/b}\n---\n", "twice"),
+        (b"---\nx: {a: 1, a: 2}\n---\n", "key 'a' twice"),
+        pytest.param(b"---\nx: " + b"[" * 50_000 + b"]" * 50_000 + b"\n---\n", "nested too deeply", id="deep"),
     ],
 )
 def test_bad_cards_are_refused_by_field(data: bytes, match: str, tmp_path, monkeypatch) -> None:
@@ -148,6 +152,11 @@ def test_a_layout_the_line_edit_cannot_follow_is_written_again() -> None:
     card = read_card(out)
     assert (card.base_models, card.metadata["license"]) == (("org/new",), "mit")
     assert out.endswith(b"\n---\nbody\n")
+
+
+def test_a_merge_key_may_be_overridden_as_yaml_defines() -> None:
+    card = read_card(b"---\ndefaults: &d {base_model: org/a, license: mit}\n<<: *d\nbase_model: org/b\n---\n")
+    assert (card.base_models, card.metadata["license"]) == (("org/b",), "mit")
 
 
 def test_an_unknown_relation_is_refused() -> None:

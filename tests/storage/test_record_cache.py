@@ -259,3 +259,45 @@ def test_a_short_log_of_a_big_store_is_not_read_in_one_batch(
     assert (
         requests.take() <= 3 + 12 + 1
     )  # the branch and the tag of that name, markers, the twelve records, one listing
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
+def test_an_entry_that_is_not_a_plain_file_is_removed_unread(
+    history: tuple[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """A FIFO planted where an entry goes would block a plain read forever, and a link to ``/dev/zero`` would fill
+    memory: each is removed without being read, and the record read from the store again."""
+    url, opts = history
+    store, _ = _open(url, opts)
+    truth = store.log("main")
+    folder = _cache_dir() / "snapshots"
+    fifo, link, elsewhere = (folder / s.id[:2] / f"{s.id}.json" for s in truth[1:4])
+    for entry in (fifo, link, elsewhere):
+        entry.unlink()
+    os.mkfifo(fifo)
+    link.symlink_to("/dev/zero")
+    outside = tmp_path / "outside.json"
+    outside.write_bytes(b"kept")
+    elsewhere.symlink_to(outside)  # a link to a plain file outside the cache: not followed, nor its target touched
+    fresh, requests = _open(url, opts)
+    assert fresh.log("main") == truth
+    assert requests.take() == 3 + 3  # the branch, the tag of that name, markers; three records again
+    for entry, snap in zip((fifo, link, elsewhere), truth[1:4], strict=True):
+        assert not entry.is_symlink() and digest_bytes(entry.read_bytes()) == snap.id
+    assert outside.read_bytes() == b"kept"
+
+
+def test_the_cache_folder_is_private(
+    history: tuple[str, dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records of a private bucket (messages, metrics, model names) are this user's alone: the folder ckpt makes
+    is ``0o700``, each entry ``0o600``."""
+    url, opts = history
+    root = tmp_path / "new" / "records"
+    monkeypatch.setenv("CKPT_RECORD_CACHE", str(root))
+    store, _ = _open(url, opts)
+    store.log("main")
+    entries = list(root.rglob("*.json"))
+    assert entries and all(p.stat().st_mode & 0o777 == 0o600 for p in entries)
+    assert root.stat().st_mode & 0o777 == 0o700
+    assert all(p.stat().st_mode & 0o077 == 0 for p in root.rglob("*") if p.is_dir())

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import ckpt
-from ckpt.errors import StateMismatchError
+from ckpt.errors import StateError, StateMismatchError
 from ckpt.store import _layout as layout
 from ckpt.store import store_parts
 from ckpt.store._loading import load as load_into
@@ -130,6 +131,58 @@ def test_a_device_takes_torch_tensors_only(local_store: ckpt.Store) -> None:
     local_store.save(pipeline_state())
     with pytest.raises(StateMismatchError, match="numpy"):
         local_store.load("main", device="meta", framework="numpy")
+
+
+@pytest.mark.parametrize("device", ["banana", "cuda:99", "xla"])
+def test_an_unusable_device_is_refused_before_anything_is_read(local_store: ckpt.Store, device: str) -> None:
+    """A device torch cannot name or this process cannot use gets a CkptError (not torch's RuntimeError or
+    AssertionError), before a chunk is read: here every chunk is gone, and the error is still the device's."""
+    local_store.save(pipeline_state())
+    delete_chunks_except(local_store, "main", "nothing/")
+    with pytest.raises(StateError, match=f"device={device!r}") as info:
+        local_store.load("main", prefix="unet/", device=device)
+    assert "cuda:0" in str(info.value.hint)
+
+
+class _Allocations(TorchDispatchMode):
+    """The sizes of the uint8 buffers torch allocates (real dispatch, nothing replaced)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        if func is torch.ops.aten.empty.memory_format and kwargs.get("dtype") == torch.uint8:
+            self.sizes.append(int(torch.Size(args[0]).numel()))
+        return func(*args, **kwargs)
+
+
+def test_the_staging_buffer_is_no_bigger_than_the_selection(local_store: ckpt.Store) -> None:
+    """The host buffer is ``min(selection, staging_bytes)``, as the docs say: a 1 kB component does not pin
+    256 MiB of host memory on its way to a GPU."""
+    state = pipeline_state()
+    local_store.save(state)
+    table = local_store.table("main")
+    entries = {p: e for p, e in table.tensors.items() if p.startswith("unet/")}
+    with _Allocations() as seen:
+        out = to_device(
+            store_parts(local_store),
+            table_id(local_store),
+            table,
+            entries,
+            "cpu",
+            verify=True,
+            progress=None,
+            staging_bytes=256 << 20,
+        )
+    selection = sum(e.nbytes for e in entries.values())
+    assert seen.sizes and max(seen.sizes) < selection + 64 * len(entries)
+    assert torch.equal(out["unet/conv_in.weight"], state["unet"]["conv_in.weight"])  # type: ignore[index]
+
+
+def table_id(store: ckpt.Store) -> str:
+    return store.resolve("main").id
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
