@@ -204,6 +204,12 @@ def export_diffusers_lora(
     table = store.table(snap.id)
     paths = {f"{c}.{n}": p for c, names in component_paths(table).items() for n, p in names.items()}
     attached = store.files(snap.id)
+    if name in attached:  # the attached bytes would be left out of the folder without a word
+        raise RecordError(
+            f"snapshot {snap.id[:12]} has an attached file named {name!r}, the LoRA file the export writes from "
+            "its tensors; exporting would leave the attached bytes out",
+            hint="read it with store.files(rev), or save the snapshot again with the file under another name",
+        )
     header = attached.get(f"{HEADER_PREFIX}{name}.header")
     infos = None
     if header is not None:

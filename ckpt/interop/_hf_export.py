@@ -120,6 +120,13 @@ def write_folder(
     generated = {o.rel for o in outs} | ({STATE_JSON} if doc is not None else set())
     library = "diffusers" if MODEL_INDEX in attached else "peft" if weights_name.startswith("adapter_") else None
     card = card_for_export(store, snap, attached.get(CARD_FILE), library_name=library)  # lineage for the Hub
+    shadowed = sorted(n for n in attached if n in generated and not n.startswith(RESERVED_FILE_PREFIX))
+    if shadowed:  # the attached bytes would be left out of the folder without a word
+        raise RecordError(
+            f"snapshot {snap.id[:12]} has an attached file named {shadowed[0]!r}, the name of a file the export "
+            "writes from its tensors; exporting would leave the attached bytes out",
+            hint="read it with store.files(rev), or save the snapshot again with the file under another name",
+        )
     for name, data in {**attached, **{k: v for k, v in default_files.items() if k not in attached}}.items():
         stale_index = not recorded and name.endswith(SAFETENSORS_INDEX_SUFFIX)
         if name.startswith(RESERVED_FILE_PREFIX) or name in generated or stale_index:

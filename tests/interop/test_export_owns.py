@@ -262,3 +262,14 @@ def test_a_folder_holding_a_store_or_inside_one_is_refused(local_store: ckpt.Sto
     with pytest.raises(RecordError, match="is a ckpt store"):
         export(local_store, "main", project / ".ckpt", force=True)
     assert inner.verify().ok and sorted(os.listdir(project)) == [".ckpt"]
+
+
+def test_an_attached_file_named_as_the_weights_is_refused_not_dropped(tmp_path: Path) -> None:
+    """The export writes model.safetensors from the tensors; an attached file of that name would be left out
+    without a word, so the export refuses and names it (the bytes stay readable with store.files)."""
+    store = ckpt.init(tmp_path / "s")
+    snap = store.save({"model": {"w": np.ones(4, dtype=np.float32)}}, files={"model.safetensors": b"JUNK"})
+    with pytest.raises(ckpt.RecordError, match=r"model\.safetensors"):
+        ckpt.export(store, snap.id, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert store.files(snap.id)["model.safetensors"] == b"JUNK"
