@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ckpt._version import __version__
 from ckpt.diff import diff as diff_snapshots
 from ckpt.diff import layer_of, tensor_order
-from ckpt.errors import MissingObjectError, RecordError
+from ckpt.errors import CkptError, MissingObjectError, RecordError
 from ckpt.model import RESERVED_FILE_PREFIX, Snapshot, TagRecord
 from ckpt.plot import Scope, metric_group, metric_names, monitored_metric, run_history, series_of, x_axis
 from ckpt.ui._graph import layout
@@ -218,6 +218,16 @@ def _commands(store: Store, snap: Snapshot) -> list[dict[str, str]]:
     return out
 
 
+def _stored_bytes(store: Store, snapshot_id: str) -> int | None:
+    """What the snapshot's chunks take in the store, compressed or not (``Store.footprint``); ``None`` when it
+    cannot be told (a chunk missing: ``ckpt verify`` says which)."""
+    try:
+        footprint = store.footprint(snapshot_id)
+    except CkptError:
+        return None
+    return None if footprint.missing else footprint.stored_bytes
+
+
 def snapshot_view(store: Store, rev: str) -> dict[str, Any]:
     """One snapshot in full: record, refs, parents, base, children, lineage, files, tensors by layer, commands.
 
@@ -261,6 +271,7 @@ def snapshot_view(store: Store, rev: str) -> dict[str, Any]:
             else None,
             "count": len(table.tensors),
             "bytes": table.nbytes,
+            "stored_bytes": _stored_bytes(store, snap.id),
             "by_dtype": [{"dtype": k, **v} for k, v in sorted(by_dtype.items(), key=lambda kv: -kv[1]["bytes"])],
             "layers": list(layers.values()),
         }

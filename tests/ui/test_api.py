@@ -91,6 +91,7 @@ def test_snapshot_page_data(served: str, family: Family, tmp_path: Path) -> None
         assert {layer_of(x["name"]) for x in layer["tensors"]} == {layer["layer"]}
         assert layer["bytes"] == sum(x["bytes"] for x in layer["tensors"])
     assert t["by_dtype"] == [{"dtype": "F32", "count": len(table.tensors), "bytes": table.nbytes}]
+    assert t["stored_bytes"] == store.footprint(s.id).stored_bytes > 0  # stored (compressed or not) beside raw
 
     # the restore command shown works as printed
     restore = next(c["text"] for c in d["commands"] if c["label"] == "restore to files")

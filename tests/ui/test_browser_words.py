@@ -28,7 +28,8 @@ def family(tmp_path_factory: pytest.TempPathFactory) -> Family:
 def test_one_is_singular(served: str, family: Family, page: Watched) -> None:
     _, snaps = family
     p = page.open(served + f"snap/{snaps['a'].id}")
-    assert p.inner_text("#tensor-summary").startswith("1 tensor, ")
+    summary = p.inner_text("#tensor-summary")
+    assert summary.startswith("1 tensor, 32 B (raw), ") and summary.endswith(" stored"), summary
     p = page.open(served + "diff/best..tiny-v1")
     counts = p.inner_text("#diff-counts")
     assert "0 added, 0 removed, 1 changed, 0 unchanged tensors" in counts and "(1 chunk)" in counts, counts

@@ -293,7 +293,8 @@
     parts.push(h("h2", { text: "Tensors" }));
     if (!t.available) parts.push(h("p", { class: "muted", text: t.note }));
     else {
-      parts.push(h("p", { id: "tensor-summary", text: `${plural(t.count, "tensor")}, ${bytes(t.bytes)} (raw)` + (t.note ? " · " + t.note : "") }));
+      const stored = t.stored_bytes === null || t.stored_bytes === undefined ? "" : `, ${bytes(t.stored_bytes)} stored`;
+      parts.push(h("p", { id: "tensor-summary", text: `${plural(t.count, "tensor")}, ${bytes(t.bytes)} (raw)${stored}` + (t.note ? " · " + t.note : "") }));
       parts.push(h("table", { id: "by-dtype" }, h("thead", {}, h("tr", {}, h("th", { text: "dtype" }), h("th", { class: "num", text: "tensors" }), h("th", { class: "num", text: "bytes" }))),
         h("tbody", {}, t.by_dtype.map((x) => h("tr", {}, h("td", { text: x.dtype }), h("td", { class: "num", text: x.count }), h("td", { class: "num", text: bytes(x.bytes) }))))));
       const layers = h("div", { id: "layers" });
