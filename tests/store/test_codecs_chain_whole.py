@@ -1,0 +1,85 @@
+"""A delta is stored whole only when its chain is: dedup (a save of the same bytes) and sync count on a stored
+delta only when every reference down its chain is there whole, so that neither commits a snapshot that cannot
+be decoded; they write the chunk again (whole) instead, as they do for a damaged raw chunk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import ckpt
+from ckpt import CorruptChunkError, MissingObjectError
+from ckpt.store import _layout as layout
+from ckpt.store import store_parts
+from ckpt.store._chunk_reads import CHUNK_HEADER_SIZE
+
+CHUNK = 16 << 10
+
+
+def states(n: int = 8192) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(n, generator=g) * 0.02
+    out = []
+    for _ in range(3):
+        w = w - 1e-4 * torch.randn(n, generator=g) * w.abs()
+        out.append({"w": w.to(torch.bfloat16)})
+    return out
+
+
+def codec(store: ckpt.Store, digest: str) -> int:
+    return store.backend.read(layout.chunk_path(digest), 0, CHUNK_HEADER_SIZE)[5]
+
+
+def damage(store: ckpt.Store, digest: str, how: str) -> None:
+    path = layout.chunk_path(digest)
+    if how == "deleted":
+        store.backend.delete([path])
+    else:
+        data = store.backend.read(path)
+        store.backend.replace(path, data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("how", ["truncated", "deleted"])
+def test_saving_the_same_bytes_again_heals_a_delta_whose_reference_is_damaged(
+    location: tuple[str, dict[str, Any]], how: str
+) -> None:
+    url, opts = location
+    store = ckpt.init(url, chunk_size=CHUNK, delta_depth=8, **opts)
+    parent, child, _ = states()
+    store.save(parent)
+    first = store.save(child)
+    delta = store.table(first.id).tensors["w"].chunks[0]
+    ref = store.table(first.parents[0]).tensors["w"].chunks[0]
+    assert codec(store, delta) == 2
+    assert store_parts(store).objects.chunk_whole(delta, CHUNK)
+    damage(store, ref, how)
+    assert not store_parts(store).objects.chunk_whole(delta, CHUNK)  # its chain is broken
+    with pytest.raises((CorruptChunkError, MissingObjectError)):
+        store.load(first.id)
+    again = store.save(child, force=True)  # what a user does after the error: save the same weights again
+    assert torch.equal(store.load(again.id)["w"], child["w"])  # healed: stored again whole
+    assert torch.equal(store.load(first.id)["w"], child["w"])  # the same address: the first one reads again
+    assert codec(store, delta) != 2
+
+
+def test_sync_does_not_count_on_a_delta_whose_reference_is_damaged_at_the_destination(tmp_path: Path) -> None:
+    parent, child, _ = states()
+    dst = ckpt.init(str(tmp_path / "dst"), chunk_size=CHUNK, delta_depth=8)
+    dst.save(parent)
+    mine = dst.save(child)  # the destination's own saves: a delta against the parent's chunk
+    delta = dst.table(mine.id).tensors["w"].chunks[0]
+    ref = dst.table(mine.parents[0]).tensors["w"].chunks[0]
+    assert codec(dst, delta) == 2
+    damage(dst, ref, "truncated")
+
+    src = ckpt.init(str(tmp_path / "src"), chunk_size=CHUNK, delta_depth=8)
+    src.save(parent, "train")
+    theirs = src.save(child, "train")
+    src.prune(theirs.parents[0])  # the parent's chunks are not sent: only the child's
+    report = src.sync_to(dst, ["train"])
+    assert report.refs == ("refs/heads/train",)
+    assert report.chunks >= 1  # the destination's delta was not counted as present
+    assert torch.equal(dst.load("train")["w"], child["w"])
