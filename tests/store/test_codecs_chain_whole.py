@@ -4,6 +4,7 @@ be decoded; they write the chunk again (whole) instead, as they do for a damaged
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from ckpt import CorruptChunkError, MissingObjectError
 from ckpt.store import _layout as layout
 from ckpt.store import store_parts
 from ckpt.store._chunk_reads import CHUNK_HEADER_SIZE
+from ckpt.store._gc import _recheck, plan_gc
 
 CHUNK = 16 << 10
 
@@ -83,3 +85,29 @@ def test_sync_does_not_count_on_a_delta_whose_reference_is_damaged_at_the_destin
     assert report.refs == ("refs/heads/train",)
     assert report.chunks >= 1  # the destination's delta was not counted as present
     assert torch.equal(dst.load("train")["w"], child["w"])
+
+
+def test_gc_keeps_the_reference_of_a_delta_saved_between_its_plan_and_its_deletion(
+    location: tuple[str, dict[str, Any]],
+) -> None:
+    """A save onto a pruned snapshot (a branch reset to it) while gc runs: its delta names a chunk the plan
+    doomed. On S3 nothing refreshes a chunk a save finds (a conditional PUT that fails changes nothing), so
+    the re-check before deleting must follow the new delta's chain."""
+    url, opts = location
+    store = ckpt.init(url, chunk_size=CHUNK, delta_depth=8, **opts)
+    first, second, third = states()
+    store.save(first)
+    head = store.save(second)  # a delta against the first save's chunk
+    store.save(first)  # the same bytes again: nothing new
+    store.prune(head.id)
+    store.reset("main", head.id)  # onto a pruned snapshot: its chunks are doomed
+    parts = store_parts(store)
+    plan = plan_gc(parts, grace=timedelta(0), expire_reflog=timedelta(0))
+    doomed = store.table(head.id).tensors["w"].chunks[0]
+    assert layout.chunk_path(doomed) in plan.chunk_paths
+    new = store.save(third)  # a delta against the doomed chunk, while gc runs
+    assert codec(store, store.table(new.id).tensors["w"].chunks[0]) == 2
+    collect_plan = _recheck(parts, plan, expire_reflog=timedelta(0), on_damage="refuse")
+    collect_plan.execute(store.backend)
+    assert torch.equal(store.load(new.id)["w"], third["w"])
+    assert store.verify().ok
