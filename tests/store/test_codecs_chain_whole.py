@@ -111,3 +111,21 @@ def test_gc_keeps_the_reference_of_a_delta_saved_between_its_plan_and_its_deleti
     collect_plan.execute(store.backend)
     assert torch.equal(store.load(new.id)["w"], third["w"])
     assert store.verify().ok
+
+
+@pytest.mark.parametrize("how", ["truncated", "deleted"])
+def test_verify_names_the_damaged_reference_once(tmp_path: Path, how: str) -> None:
+    """verify of a delta whose reference is damaged or gone: the dependent is reported (it cannot be read),
+    its message names the reference, and the dependent is not said to be missing itself."""
+    store = ckpt.init(str(tmp_path / "s"), chunk_size=CHUNK, delta_depth=8)
+    parent, child, _ = states()
+    store.save(parent)
+    snap = store.save(child)
+    delta = store.table(snap.id).tensors["w"].chunks[0]
+    ref = store.table(snap.parents[0]).tensors["w"].chunks[0]
+    damage(store, ref, how)
+    found = {d.digest: d.message for d in store.verify().damage if d.object == "chunk"}
+    message = found[delta]
+    assert f"delta reference {ref[:12]}" in message
+    assert message.count(f"chunk {delta[:12]}") == 1
+    assert f"chunk {delta[:12]} of tensor 'w' in snapshot {snap.id[:12]} is missing" not in message
