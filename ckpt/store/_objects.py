@@ -18,7 +18,7 @@ from ckpt.model import (
     digest_bytes,
     parse_record,
 )
-from ckpt.storage import Backend
+from ckpt.storage import Backend, Buffer
 from ckpt.store import _layout as layout
 from ckpt.store._chunk_format import check_stored, encoded_length, encoded_prefix
 from ckpt.store._chunk_reads import (
@@ -125,7 +125,7 @@ class Objects(ChunkReads):
         self._heal(path, digest, [chunk_header(n), data])
         return digest, stored_size(n)
 
-    def _heal(self, path: str, digest: str, data: list[bytes | memoryview] | bytes) -> None:
+    def _heal(self, path: str, digest: str, data: Buffer) -> None:
         """Replace a damaged object by its proven bytes (atomic), or refuse when something else sits there."""
         try:
             self.backend.replace(path, data)
