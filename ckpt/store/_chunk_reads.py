@@ -274,12 +274,14 @@ class ChunkReads:
         digest_hasher = hasher(length)
         header = b""
         pos = 0
+        encoded: tuple[bytes, int] | None = None  # the first piece of an encoded chunk: decoded below
         try:
             while pos < limit:
                 want = min(pos + VERIFY_PIECE, limit)
                 data = self.backend.read(path, pos, want)
                 if pos == 0 and len(data) >= CHUNK_HEADER_SIZE and data[5] in ENCODED:
-                    return self._check_encoded(digest, length, data, want, tensor, snapshot, progress)
+                    encoded = data, want
+                    break
                 view = memoryview(data)
                 if pos < CHUNK_HEADER_SIZE:
                     header += bytes(view[: CHUNK_HEADER_SIZE - pos])
@@ -295,6 +297,8 @@ class ChunkReads:
             raise self._missing(digest, tensor, snapshot, e) from e
         except IntegrityError as e:
             raise self._unreadable(digest, tensor, snapshot, e) from e
+        if encoded is not None:  # outside the ``try``: its errors (a link of its chain) are worded already
+            return self._check_encoded(digest, length, *encoded, tensor, snapshot, progress)
         self._check_stored(digest, header, pos, length, tensor, snapshot)
         if digest_hasher.hexdigest() != digest:
             raise CorruptChunkError(

@@ -20,7 +20,16 @@ if TYPE_CHECKING:  # numpy and zstandard load with the first chunk encoded or de
 
 Buffer = bytes | bytearray | memoryview
 
-__all__ = ["ENCODED", "MIN_ENCODE", "Reference", "decode_payload", "delta_depth", "encode", "max_payload"]
+__all__ = [
+    "DEFAULT_MAX_DEPTH_READ",
+    "ENCODED",
+    "MIN_ENCODE",
+    "Reference",
+    "decode_payload",
+    "delta_depth",
+    "encode",
+    "max_payload",
+]
 
 #: Codec bytes whose payload must be decoded (everything but raw).
 ENCODED = (CODEC_GROUPED, CODEC_DELTA)

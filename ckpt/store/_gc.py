@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ckpt.errors import CkptError, IntegrityError, RecordError
 from ckpt.model import utcnow
@@ -121,6 +121,8 @@ class GcPlan(BaseModel):
     revived_snapshots: int = 0
     foreign: tuple[str, ...] = ()
     deltas: bool = False  # the store may hold deltas (format 2.0): chunks kept keep their references
+    #: chunks whose delta chains the plan followed (and kept): a re-check follows only the others
+    followed: frozenset[str] = Field(default=frozenset(), repr=False)
 
     @property
     def freed_bytes(self) -> int:
@@ -230,9 +232,12 @@ def _recheck(parts: StoreParts, plan: GcPlan, *, expire_reflog: timedelta | None
     if state.damage and on_damage != "keep":
         raise _refusal(state.damage)
     live_tables = {table for table, _ in state.live.values()}
-    if plan.deltas and not state.all_chunks:  # a doomed delta that is live again keeps its doomed references
+    if plan.deltas and not state.all_chunks:
+        # a doomed delta that is live again keeps its doomed references, and so does a chunk a save wrote since
+        # the plan (a delta against a doomed chunk: the reference of a save onto a pruned snapshot)
         doomed = {layout.digest_from_path(p) for p in plan.chunk_paths}
-        refs, problems = reference_closure(parts.backend, live_chunks & doomed, doomed)
+        unfollowed = live_chunks - plan.followed
+        refs, problems = reference_closure(parts.backend, unfollowed, doomed | unfollowed)
         live_chunks |= refs
         if problems:
             state.all_chunks = True  # cannot prove a chain: delete no chunk this time
@@ -328,11 +333,13 @@ def plan_gc(
     kept_chunks = kept_bytes = young_chunks = young_bytes = 0
     chunk_entries = listing(layout.CHUNKS)
     deltas = parts.config.major >= 2
+    followed: frozenset[str] = frozenset()
     if deltas and not state.all_chunks:  # a kept delta keeps its chain (format 2.0)
         present = {layout.digest_from_path(e.path) for e in chunk_entries}
         kept = live_chunks | {layout.digest_from_path(e.path) for e in chunk_entries if not old(e)}
         refs, problems = reference_closure(backend, kept, present)
         live_chunks |= refs
+        followed = frozenset((kept & present) | refs)  # a chunk missing now may be written by then
         if problems:
             state.damage += [Damage(kind="corrupt", object="chunk", digest=d, message=m) for d, m in problems]
             if on_damage != "keep":
@@ -376,6 +383,7 @@ def plan_gc(
         damage=tuple(state.damage),
         foreign=tuple(foreign[:100]),
         deltas=deltas,
+        followed=followed,
     )
 
 

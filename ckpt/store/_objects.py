@@ -18,7 +18,7 @@ from ckpt.model import (
     digest_bytes,
     parse_record,
 )
-from ckpt.storage import Backend
+from ckpt.storage import Backend, Buffer
 from ckpt.store import _layout as layout
 from ckpt.store._chunk_format import check_stored, encoded_length, encoded_prefix
 from ckpt.store._chunk_reads import (
@@ -31,7 +31,7 @@ from ckpt.store._chunk_reads import (
     stored_size,
 )
 from ckpt.store._codecs._framing import CODEC_DELTA
-from ckpt.store._encoded import Reference, delta_depth, encode
+from ckpt.store._encoded import DEFAULT_MAX_DEPTH_READ, Reference, delta_depth, encode
 from ckpt.store._records import RecordCache, check_record, read_record
 
 __all__ = [
@@ -125,7 +125,7 @@ class Objects(ChunkReads):
         self._heal(path, digest, [chunk_header(n), data])
         return digest, stored_size(n)
 
-    def _heal(self, path: str, digest: str, data: list[bytes | memoryview] | bytes) -> None:
+    def _heal(self, path: str, digest: str, data: Buffer) -> None:
         """Replace a damaged object by its proven bytes (atomic), or refuse when something else sits there."""
         try:
             self.backend.replace(path, data)
@@ -139,8 +139,26 @@ class Objects(ChunkReads):
     def chunk_whole(self, digest: str, length: int) -> bool:
         """Whether the chunk is stored whole: a regular object whose header is valid and says ``length``, holding
         exactly ``16 + length`` bytes when raw, or exactly the length its plane table adds up to when encoded
-        (cheap: no plane is read or decoded; ``verify`` does that). A chunk in a chunk format this ckpt does not
-        know counts as whole (a newer ckpt wrote it)."""
+        (cheap: no plane is read or decoded; ``verify`` does that). A delta is whole only when its whole chain
+        is (each reference whole, of the same length, depths falling): a delta whose reference is gone or
+        damaged cannot be decoded, so a save or a sync must write it again rather than count on it. A chunk in
+        a chunk format this ckpt does not know counts as whole (a newer ckpt wrote it)."""
+        depth: int | None = None  # the deepest the next link may be
+        for _ in range(DEFAULT_MAX_DEPTH_READ + 1):
+            link = self._link_whole(digest, length)
+            if link is None:
+                return False
+            ref, link_depth = link
+            if ref is None:
+                return True
+            if depth is not None and link_depth > depth:
+                return False
+            depth, digest = link_depth - 1, ref
+        return False
+
+    def _link_whole(self, digest: str, length: int) -> tuple[str | None, int] | None:
+        """One link of ``chunk_whole``: ``None`` when the object is not whole, else its delta reference and
+        depth (``(None, 0)``: not a delta, or a chunk format this ckpt does not know)."""
         path = layout.chunk_path(digest)
         try:
             local = self.backend.local_path(path)
@@ -151,23 +169,23 @@ class Objects(ChunkReads):
             if codec != CODEC_RAW and len(header) == CHUNK_HEADER_SIZE and header[:4] == b"ckpt":
                 size = encoded_length(codec, head[CHUNK_HEADER_SIZE:], length)
                 if size is None:
-                    return False  # not a valid body start: damaged (a newer transform reads as damage here, healed)
+                    return None  # not a valid body start: damaged (a newer transform reads as damage here, healed)
                 end = CHUNK_HEADER_SIZE + size
             if local is not None:
                 st = os.lstat(local)
                 if not stat.S_ISREG(st.st_mode):
-                    return False
+                    return None
                 stored = st.st_size
             else:  # the bytes around where the object must end say whether it ends there (no listing, no HEAD)
                 stored = end - 1 + len(self.backend.read(path, end - 1, end + 1))
             if codec != CODEC_RAW and stored != end:
-                return False
+                return None
             check_stored(digest, header, stored, length, None, None)
+            return delta_depth(codec, head[CHUNK_HEADER_SIZE:], digest) if codec == CODEC_DELTA else (None, 0)
         except FormatVersionError:
-            return True
+            return None, 0
         except (CkptError, OSError):
-            return False
-        return True
+            return None
 
     def _reference(self, digest: str | None, n: int, max_depth: int) -> Reference | None:
         """The reference a delta of ``n`` bytes may use, decoded and checked, or ``None``: no reference, its
