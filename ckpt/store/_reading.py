@@ -48,8 +48,12 @@ def load(
     """A snapshot's state tree, every tensor read (a tied group once); see ``Store.load``."""
     snap, table = open_snapshot(parts, rev)
     first = {name: group[0] for group in table.tied for name in group}  # a tied group is read once
-    if into:
-        _check_tied_into(table, into, first, snap.short_id)
+    if into:  # names into= gives one memory, of the same stored value, are read once too (never concurrently
+        # into the same memory: a decoding reader writes byte planes one after the other)
+        first.update(_check_tied_into(table, into, first, snap.short_id))
+        for name in first:  # a group head now read in another's place: its members follow it
+            while first.get(first[name], first[name]) != first[name]:
+                first[name] = first[first[name]]
     tensors = read_tensors(
         parts.objects,
         {name: entry for name, entry in table.tensors.items() if first.get(name, name) == name},
@@ -64,15 +68,21 @@ def load(
     return unflatten(table.tree, lambda name: tensors[first.get(name, name)])
 
 
-def _check_tied_into(table: TensorTable, into: Mapping[str, Any], first: Mapping[str, str], short_id: str) -> None:
+def _check_tied_into(
+    table: TensorTable, into: Mapping[str, Any], first: Mapping[str, str], short_id: str
+) -> dict[str, str]:
     """Refuse ``into`` buffers that are one tensor (tied weights) for tensors of different values.
 
     Reading each into the shared memory would keep only the last one read, silently. Two table entries are one
     value when the table records them tied, or when they have the same dtype, shape and chunk digests.
 
+    Returns:
+        name → the name read in its place: entries of one value that ``into`` gives one memory (read once).
+
     Raises:
         StateMismatchError: names both tensors.
     """
+    once: dict[str, str] = {}
     groups: dict[Any, list[str]] = {}
     for name, buffer in into.items():
         key = alias_key(buffer) if name in table.tensors else None
@@ -94,6 +104,9 @@ def _check_tied_into(table: TensorTable, into: Mapping[str, Any], first: Mapping
                     "(tied weights): reading both into it would keep only the last",
                     hint="untie the weights in the model (e.g. tie_word_embeddings=False), or load without into=",
                 )
+            if first.get(b, b) == b:  # not read once already as one tied group
+                once[b] = first.get(a, a)
+    return once
 
 
 def tensors(parts: StoreParts, rev: str, *, verify: bool, framework: Framework | None, mmap: bool) -> LazyTensors:

@@ -37,7 +37,9 @@ __all__ = ["SyncReport", "sync_parts"]
 class SyncReport(BaseModel):
     """What a sync did. Chunk counts are of distinct chunks: a chunk shared by several snapshots counts once.
 
-    Byte figures count chunks as stored (each with its 16-byte header), the figure ``verify`` and ``gc`` report.
+    ``bytes`` counts chunks as written (each with its 16-byte header, compressed or not), the figure ``verify``
+    and ``gc`` report; ``bytes_skipped`` counts the chunks not sent at their raw length plus the header (what
+    the destination holds of them is not read to size them).
 
     Attributes:
         snapshots: snapshot records copied (0: the destination had every snapshot asked for).
@@ -45,7 +47,7 @@ class SyncReport(BaseModel):
         bytes: bytes of the chunks written to the destination.
         chunks_skipped: chunks the copied snapshots need that the destination held already (from earlier
             syncs or saves), so they were not sent.
-        bytes_skipped: bytes of those chunks.
+        bytes_skipped: raw bytes of those chunks, plus 16 bytes of header each.
         refs: refs created or fast-forwarded on the destination (``refs/heads/main`` …).
         conflicts: refs left alone because they diverged, with the reason.
     """

@@ -146,3 +146,17 @@ def test_in_place_restore_of_a_tied_snapshot_keeps_the_tie(store: ckpt.Store) ->
     store.save({"model": copy_}, "main")
     ckpt.restore(tiny_llama(seed=3, tied=True), store, "main", in_place=True)
     assert llama_config(tied=True).tie_word_embeddings
+
+
+def test_equal_values_into_one_memory_are_read_once_even_when_compressed(tmp_path: Path) -> None:
+    """Two names of one stored value that into= gives one memory are read once: two readers decoding the same
+    byte planes into the same memory at once would see each other's half-written bytes (a digest mismatch)."""
+    store = ckpt.init(tmp_path / "s", chunk_size=4096)  # compressed: chunks decode plane by plane
+    w = torch.arange(4096, dtype=torch.float32).reshape(64, 64)
+    store.save({"a": w.clone(), "b": w.clone()}, "main")
+    shared = torch.zeros(64, 64)
+    for _ in range(50):  # the race was timing-dependent: many rounds, any one of which would fail
+        shared.zero_()
+        got = store.load("main", into={"a": shared, "b": shared})
+        assert got["a"] is shared and got["b"] is shared
+        torch.testing.assert_close(shared, w, atol=0, rtol=0)
