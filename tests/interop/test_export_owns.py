@@ -15,7 +15,7 @@ import pytest
 from safetensors.numpy import load_file
 
 import ckpt
-import ckpt.interop._safetensors
+import ckpt.interop._safetensors_header
 from ckpt.errors import CorruptChunkError, RecordError
 from ckpt.interop import export, import_folder
 from ckpt.store import _layout as layout
@@ -183,7 +183,7 @@ def test_what_readers_refuse_is_refused_before_writing(
     assert not (tmp_path / "a").exists()
 
     local_store.save({"model": weights(1, n=40)}, branch="many")
-    monkeypatch.setattr(ckpt.interop._safetensors, "MAX_HEADER_SIZE", 1000)  # the real limit is 100 MB
+    monkeypatch.setattr(ckpt.interop._safetensors_header, "MAX_HEADER_SIZE", 1000)  # the real limit is 100 MB
     with pytest.raises(RecordError, match="over the 1000-byte limit") as e:
         export(local_store, "many", tmp_path / "b")
     assert "shard size" in (e.value.hint or "")
