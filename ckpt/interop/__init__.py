@@ -22,10 +22,10 @@ place in one rename).
 Nothing here imports torch: tensors are read from memory-mapped safetensors files straight into chunks, and
 written from chunks straight into files. Pickle-based weight files are refused (loading one can run code).
 
-The internal modules: ``_safetensors`` (the file codec), ``_folders`` and ``_folder_writer`` (reading the user's
-folders safely, writing a folder the export owns), ``_hf_import``, ``_hf_export``, ``_shards`` (sharding and
-index files), ``_state_doc`` (``state.json`` for training snapshots), ``_peft``, ``_diffusers`` (pipelines),
-``_diffusers_lora`` (LoRA files), ``_model_card`` and ``_export``.
+The internal modules: ``_safetensors`` and ``_safetensors_header`` (the file codec), ``_folders`` and
+``_folder_writer`` (reading the user's folders safely, writing a folder the export owns), ``_hf_import``,
+``_hf_export``, ``_shards`` (sharding and index files), ``_state_doc`` (``state.json`` for training snapshots),
+``_peft``, ``_diffusers`` (pipelines), ``_diffusers_lora`` (LoRA files), ``_model_card`` and ``_export``.
 
 Example:
     >>> snap = ckpt.interop.import_folder(store, "tiny-llama/", model="tiny-llama")  # doctest: +SKIP

@@ -11,10 +11,11 @@ names). Upper layers import from here, never from a ``ckpt.store._module``. Its 
 - ``_shards``, ``_transfer``, ``_commit``, ``_reading``, ``_loading``: tensor bytes in and out; the commit protocol;
   reads (``_loading``: a subset by prefix, onto a device).
 - ``_releases``, ``_retention``, ``_open``: freeze and sign; policies and pruning; create and open.
-- ``_maintenance``, ``_store``: ``Store``, the facade, and ``init`` / ``open`` / ``sync``.
+- ``_maintenance``, ``_store``, ``_entry``: ``Store``, the facade; ``init`` / ``open`` / ``sync``.
 """
 
 from ckpt.store._commit import INHERITS_FILES, inherited_files
+from ckpt.store._entry import init, open, sync
 from ckpt.store._gc import GcPlan, GcReport, OnDamage
 from ckpt.store._keys import ReleaseSigner, TrustedKey, key_is_encrypted, load_private_key, load_trusted_keys
 from ckpt.store._layout import CONFIG as CONFIG_FILE
@@ -27,7 +28,7 @@ from ckpt.store._reports import Damage, Footprint, StoreStats, VerifyReport
 from ckpt.store._retention import AnyOf, KeepBest, KeepEvery, KeepLast, RetentionPolicy
 from ckpt.store._shards import chunk_jobs
 from ckpt.store._signatures import ReleaseStatus, require_signed_release
-from ckpt.store._store import Store, init, open, store_parts, sync
+from ckpt.store._store import Store, store_parts
 from ckpt.store._sync import SyncReport
 from ckpt.store._transfer import ProvenSource, WriteStats, read_tensors, write_files, write_tensors
 from ckpt.store._types import Framework, Progress
