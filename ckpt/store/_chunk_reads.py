@@ -60,30 +60,11 @@ class ChunkReads:
     # A stored chunk is valid when it is a regular file (on a local store), its header has the magic, a known
     # format and codec and says n, n is the length the table implies for that piece, its payload is exactly n
     # bytes (raw) or at most ``max_payload(n)`` bytes that decode to n bytes (grouped, delta), and (when
-    # verifying) its n raw bytes hash to its address. ``_check_stored`` is that rule; load, lazy
+    # verifying) its n raw bytes hash to its address. ``check_stored_codec`` is that rule; load, lazy
     # reads, files, export, verify, repair and sync all reach it through the readers below, so a chunk one of
     # them accepts, every one of them accepts.
 
-    def _check_stored(
-        self,
-        digest: str,
-        header: bytes,
-        stored: int,
-        expected: int | None,
-        tensor: str | None,
-        snapshot: str | None,
-    ) -> tuple[int, int]:
-        """Check a stored chunk's header and size; returns its codec and raw length.
-
-        Args:
-            digest: the chunk's address.
-            header: its first 16 bytes (fewer if the object is shorter).
-            stored: how many bytes the object holds, or a lower bound past its expected end (a reader asks
-                for one byte more than it expects, to see whether anything follows).
-            expected: the raw length the table implies, or ``None`` to take the header's (then the digest
-                check, not the length, is what proves the bytes).
-        """
-        return check_stored_codec(digest, header, stored, expected, tensor, snapshot)
+    _check_stored = staticmethod(check_stored_codec)  # the one rule (``_chunk_format``)
 
     def _check_digest(self, payload: memoryview | bytes, digest: str, tensor: str | None, snapshot: str | None) -> None:
         if hash_chunk(payload) != digest:
