@@ -127,11 +127,48 @@ class LayerFacts:
     alpha: float | None = None
 
 
+class _ModuleValues:
+    """What LoRA and the other types' settings answer alike, per module: recorded facts first (``_layers``),
+    then the config's patterns in order (PEFT takes the first that matches), then the defaults."""
+
+    r: int
+    alpha: float
+    rank_pattern: tuple[tuple[PeftPattern, int], ...]
+    alpha_pattern: tuple[tuple[PeftPattern, float], ...]
+    modules_to_save: tuple[str, ...]
+    layers: Mapping[str, LayerFacts]
+
+    def rank(self, module: str) -> int:
+        """The rank PEFT gives ``module``: recorded, else the first ``rank_pattern`` key that matches, else ``r``."""
+        known = self.layers.get(module)
+        if known is not None and known.r is not None:
+            return known.r
+        return next((v for p, v in self.rank_pattern if p.matches(module)), self.r)
+
+    def alpha_of(self, module: str) -> float:
+        """The alpha PEFT gives ``module``: recorded, else the first matching ``alpha_pattern`` key, else ``alpha``."""
+        known = self.layers.get(module)
+        if known is not None and known.alpha is not None:
+            return known.alpha
+        return next((v for p, v in self.alpha_pattern if p.matches(module)), self.alpha)
+
+    def replaces_module(self, tensor: str) -> bool:
+        """Whether the base tensor ``tensor`` belongs to a ``modules_to_save`` module (PEFT's ``_set_trainable``:
+        the module's name ends with one of the config's names); such a module is replaced by the adapter's copy,
+        untied from any tensor the base shares with it."""
+        return replaces_module(tensor, self.modules_to_save)
+
+    def transposed(self, module: str) -> bool | None:
+        """Whether ``module``'s weight is held transposed (``fan_in_fan_out``), if recorded or read from the model."""
+        known = self.layers.get(module)
+        return None if known is None else known.fan_in_fan_out
+
+
 # -- LoRA --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class LoraSettings:
+class LoraSettings(_ModuleValues):
     """What a LoRA config says about merging, checked.
 
     Attributes:
@@ -160,35 +197,10 @@ class LoraSettings:
     modules_to_save: tuple[str, ...] = ()
     layers: Mapping[str, LayerFacts] = field(default_factory=dict)
 
-    def rank(self, module: str) -> int:
-        """The rank PEFT gives ``module``: recorded, else the first ``rank_pattern`` key that matches, else ``r``."""
-        known = self.layers.get(module)
-        if known is not None and known.r is not None:
-            return known.r
-        return next((v for p, v in self.rank_pattern if p.matches(module)), self.r)
-
-    def alpha_of(self, module: str) -> float:
-        """The alpha PEFT gives ``module``: recorded, else the first matching ``alpha_pattern`` key, else ``alpha``."""
-        known = self.layers.get(module)
-        if known is not None and known.alpha is not None:
-            return known.alpha
-        return next((v for p, v in self.alpha_pattern if p.matches(module)), self.alpha)
-
-    def replaces_module(self, tensor: str) -> bool:
-        """Whether the base tensor ``tensor`` belongs to a ``modules_to_save`` module (PEFT's ``_set_trainable``:
-        the module's name ends with one of the config's names); such a module is replaced by the adapter's copy,
-        untied from any tensor the base shares with it."""
-        return replaces_module(tensor, self.modules_to_save)
-
     def scale(self, module: str, rank: int) -> float:
         """``alpha / rank``, or ``alpha / √rank`` with rsLoRA, with ``alpha`` from ``alpha_of``."""
         alpha = self.alpha_of(module)
         return alpha / math.sqrt(rank) if self.use_rslora else alpha / rank
-
-    def transposed(self, module: str) -> bool | None:
-        """Whether ``module``'s weight is held transposed (``fan_in_fan_out``), if recorded or read from the model."""
-        known = self.layers.get(module)
-        return None if known is None else known.fan_in_fan_out
 
 
 def lora_settings(cfg: Mapping[str, JsonValue]) -> LoraSettings:
@@ -247,7 +259,7 @@ def replaces_module(tensor: str, modules_to_save: Iterable[str]) -> bool:
 
 
 @dataclass(frozen=True)
-class TypeSettings:
+class TypeSettings(_ModuleValues):
     """What an IA³, LoHa, LoKr or AdaLoRA config says about merging, checked.
 
     Attributes:
@@ -274,32 +286,9 @@ class TypeSettings:
     modules_to_save: tuple[str, ...] = ()
     layers: Mapping[str, LayerFacts] = field(default_factory=dict)
 
-    def replaces_module(self, tensor: str) -> bool:
-        """Whether the base tensor ``tensor`` belongs to a ``modules_to_save`` module (see ``LoraSettings``)."""
-        return replaces_module(tensor, self.modules_to_save)
-
-    def rank(self, module: str) -> int:
-        """The rank PEFT gives ``module``: recorded, else the first ``rank_pattern`` key that matches, else ``r``."""
-        known = self.layers.get(module)
-        if known is not None and known.r is not None:
-            return known.r
-        return next((v for p, v in self.rank_pattern if p.matches(module)), self.r)
-
-    def alpha_of(self, module: str) -> float:
-        """The alpha PEFT gives ``module``: recorded, else the first matching ``alpha_pattern`` key, else ``alpha``."""
-        known = self.layers.get(module)
-        if known is not None and known.alpha is not None:
-            return known.alpha
-        return next((v for p, v in self.alpha_pattern if p.matches(module)), self.alpha)
-
     def scale(self, module: str) -> float:
         """``alpha / r`` of ``module`` (LoHa and LoKr), both from ``alpha_of`` and ``rank``."""
         return self.alpha_of(module) / self.rank(module)
-
-    def transposed(self, module: str) -> bool | None:
-        """Whether ``module``'s weight is held transposed (``fan_in_fan_out``), if recorded or read from the model."""
-        known = self.layers.get(module)
-        return None if known is None else known.fan_in_fan_out
 
     def is_feedforward(self, module: str) -> bool:
         """IA³: whether PEFT treats ``module`` as feed-forward (``IA3Model._check_target_module_feedforward``)."""
