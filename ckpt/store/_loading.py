@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ckpt.errors import StateError, StateMismatchError
 from ckpt.model import MAX_JSON_DEPTH, RECORD_HINT, TensorEntry, TensorTable
 from ckpt.state import unflatten
-from ckpt.store._reading import open_snapshot
+from ckpt.store._reading import open_snapshot, read_once
 from ckpt.store._transfer import read_tensors
 
 if TYPE_CHECKING:
@@ -137,11 +137,7 @@ def load(
     selected = list(table.tensors) if prefix is None else select_paths(table, prefix)
     keep = set(selected)
     tree = table.tree if prefix is None else prune_tree(table.tree, keep, prefixes)
-    first: dict[str, str] = {}
-    for group in table.tied:  # a tied group is read once, under its first selected name
-        members = [n for n in group if n in keep]
-        for name in members:
-            first[name] = members[0]
+    first = read_once(table, selected, into, snap.short_id)  # tied groups and shared into= memory read once
     entries = {p: table.tensors[p] for p in selected if first.get(p, p) == p}
     if kind == "meta":
         tensors = _meta(entries)

@@ -7,7 +7,7 @@ and read chunks straight into it, in parallel (``_transfer``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -47,13 +47,7 @@ def load(
 ) -> Any:
     """A snapshot's state tree, every tensor read (a tied group once); see ``Store.load``."""
     snap, table = open_snapshot(parts, rev)
-    first = {name: group[0] for group in table.tied for name in group}  # a tied group is read once
-    if into:  # names into= gives one memory, of the same stored value, are read once too (never concurrently
-        # into the same memory: a decoding reader writes byte planes one after the other)
-        first.update(_check_tied_into(table, into, first, snap.short_id))
-        for name in first:  # a group head now read in another's place: its members follow it
-            while first.get(first[name], first[name]) != first[name]:
-                first[name] = first[first[name]]
+    first = read_once(table, table.tensors, into, snap.short_id)
     tensors = read_tensors(
         parts.objects,
         {name: entry for name, entry in table.tensors.items() if first.get(name, name) == name},
@@ -66,6 +60,34 @@ def load(
         mmap=mmap,
     )
     return unflatten(table.tree, lambda name: tensors[first.get(name, name)])
+
+
+def read_once(
+    table: TensorTable, selected: Iterable[str], into: Mapping[str, Any] | None, short_id: str
+) -> dict[str, str]:
+    """Which of the ``selected`` tensors are read, and which take another's value: name → the name read in its
+    place (a name absent is read itself). A tied group is read once, under its first selected name; names that
+    ``into`` gives one memory, holding the same stored value, are read once too, so that two readers never write
+    the same memory at once (a decoding reader writes byte planes one after the other); ``into`` buffers that
+    are one tensor for different values are refused (``_check_tied_into``). ``Store.load`` with or without a
+    prefix reads through it.
+
+    Raises:
+        StateMismatchError: ``into`` gives one memory to tensors of different values (names both).
+    """
+    keep = set(selected)
+    first: dict[str, str] = {}
+    for group in table.tied:
+        members = [n for n in group if n in keep]
+        for name in members:
+            first[name] = members[0]
+    if into:
+        kept = {name: buffer for name, buffer in into.items() if name in keep}
+        first.update(_check_tied_into(table, kept, first, short_id))
+        for name in first:  # a group head now read in another's place: its members follow it
+            while first.get(first[name], first[name]) != first[name]:
+                first[name] = first[first[name]]
+    return first
 
 
 def _check_tied_into(

@@ -160,3 +160,20 @@ def test_equal_values_into_one_memory_are_read_once_even_when_compressed(tmp_pat
         got = store.load("main", into={"a": shared, "b": shared})
         assert got["a"] is shared and got["b"] is shared
         torch.testing.assert_close(shared, w, atol=0, rtol=0)
+
+
+def test_into_with_a_prefix_reads_through_the_same_rule(tmp_path: Path) -> None:
+    """``load(prefix=, into=)`` takes the path that places a subset: one memory for two different values is
+    refused there too (it kept the last one read), and one memory for one value is read once."""
+    store = ckpt.init(tmp_path / "s", chunk_size=4096)
+    w = torch.arange(4096, dtype=torch.float32).reshape(64, 64)
+    store.save({"m": {"a": w.clone(), "b": w * 2}, "n": {"a": w.clone(), "b": w.clone()}}, "main")
+    shared = torch.zeros(64, 64)
+    with pytest.raises(ckpt.StateMismatchError, match="different values"):
+        store.load("main", prefix="m/", into={"m/a": shared, "m/b": shared})
+    assert torch.equal(shared, torch.zeros(64, 64))  # refused before anything was read
+    for _ in range(50):  # the same value into one memory: read once, never by two readers at once
+        shared.zero_()
+        got = store.load("main", prefix="n/", into={"n/a": shared, "n/b": shared})
+        assert got["n"]["a"] is shared and got["n"]["b"] is shared
+        torch.testing.assert_close(shared, w, atol=0, rtol=0)
