@@ -80,7 +80,9 @@ def save(
     first = {name: group[0] for group in checked.tied for name in group}  # a tied group is written once
     once = {name: src for name, src in tensors.items() if first.get(name, name) == name}
     depth = parts.config.delta_depth if compress else 0
-    references = _parent_entries(parts, checked.record.parents) if depth else None
+    # the first parent's chunks: what a delta is coded against, and, where a chunk is unchanged, the sign that
+    # it is stored already (checked, never encoded nor uploaded again: ``put_chunk``)
+    references = _parent_entries(parts, checked.record.parents)
     written = write_tensors(
         parts.objects,
         once,

@@ -32,6 +32,7 @@ from ckpt.store._chunk_reads import (
 )
 from ckpt.store._codecs._framing import CODEC_DELTA
 from ckpt.store._encoded import DEFAULT_MAX_DEPTH_READ, Reference, delta_depth, encode
+from ckpt.store._io import is_remote
 from ckpt.store._records import RecordCache, check_record, read_record
 
 __all__ = [
@@ -73,6 +74,15 @@ class Objects(ChunkReads):
     ) -> tuple[str, int]:
         """Store one chunk unless it exists. Returns ``(digest, bytes written)`` (0 when deduplicated).
 
+        No existence check (``HEAD``) comes before a write: the conditional write answers it. A chunk that is
+        likely stored already (the caller knows its digest, or it is the parent's chunk at the same place,
+        ``reference``) is checked first the way that costs no upload: on an object store, the reads of
+        ``chunk_whole`` (a missing object is their ``NoSuchKey``); locally, a stat and the refresh of its
+        modification time for gc (``put_if_absent``). Only a chunk found missing or damaged is encoded and
+        written, so an unchanged chunk is never encoded nor uploaded. Any other chunk is hashed, encoded
+        (with ``compress``) and written with one conditional write; when that finds it stored already, it is
+        checked whole (and healed if damaged).
+
         A ``digest`` the caller already knows skips hashing when that chunk exists; when it does not, the
         bytes are hashed anyway, so that nothing is ever written under an address that is not its digest.
 
@@ -83,28 +93,26 @@ class Objects(ChunkReads):
                 byte-grouped compression cuts it into planes.
             compress: store it byte-grouped and zstd-coded (codec 1) when that saves at least 3% of its
                 bytes, else raw. The address is the digest of the raw bytes either way.
-            reference: with ``compress``, the chunk at the same byte range of the same tensor in the parent
-                snapshot: the chunk is stored as a delta against it (codec 2) when that is smallest and the
-                chain stays within ``max_depth`` (0: no deltas). A reference that cannot be read is ignored.
+            reference: the chunk at the same byte range of the same tensor in the parent snapshot. When it is
+                this chunk's digest, the chunk is taken as likely stored (above). Else, with ``compress``, the
+                chunk is stored as a delta against it (codec 2) when that is smallest and the chain stays within
+                ``max_depth`` (0: no deltas). A reference that cannot be read is ignored.
             max_depth: the store's chain limit.
         """
         n = data.nbytes
-        if digest is not None:
-            known = layout.chunk_path(digest)
-            if self.backend.exists(known):
-                if not self.backend.put_if_absent(known, [chunk_header(n), data]):  # refreshes it for gc
-                    if self.chunk_whole(digest, n):
-                        return digest, 0
-                # gc deleted it between the two calls (so these unhashed bytes were just written), or it is
-                # damaged: hashed below before anything is (re)written under the address
-                elif hash_chunk(data) == digest:
-                    return digest, stored_size(n)
-                else:
-                    self.backend.delete([known])  # never leave bytes under an address that is not their digest
+        known = digest
+        if digest is not None:  # known: stored before by this caller, most likely still there
+            found = self._reuse(digest, data, proven=False)
+            if found is not None:
+                return found
         digest = hash_chunk(data)
+        if digest == reference and digest != known:  # the parent's chunk at the same place: most likely stored
+            found = self._reuse(digest, data, proven=True)
+            if found is not None:
+                return found
         path = layout.chunk_path(digest)
         enc = None
-        if compress and not self.backend.exists(path):  # encode only what is new to the store
+        if compress:  # no existence check first: a chunk new to this tensor is most likely new to the store
             ref = self._reference(reference, n, max_depth) if reference not in (None, digest) else None
             enc = encode(data, dtype, ref, max_depth)
             if enc is not None and ref is not None and enc.codec == CODEC_DELTA and not self._hold(ref):
@@ -124,6 +132,29 @@ class Objects(ChunkReads):
             return digest, CHUNK_HEADER_SIZE + enc.stored_length
         self._heal(path, digest, [chunk_header(n), data])
         return digest, stored_size(n)
+
+    def _reuse(self, digest: str, data: memoryview, *, proven: bool) -> tuple[str, int] | None:
+        """Reuse a chunk that is likely stored already: ``(digest, 0)`` when it is stored whole, ``None`` when it
+        must be written (missing or damaged). Never uploads ``data`` to an object store to find out.
+
+        On an object store, ``chunk_whole``'s ranged reads answer it (a missing object is their ``NoSuchKey``);
+        nothing there can refresh an object's modification time for gc (see docs/guides/retention-and-gc.md).
+        Locally (a folder, memory), an ``lstat`` then ``put_if_absent``, which refreshes the object's time so
+        that a gc planned before keeps it; when gc deleted it between the two calls, ``put_if_absent`` has just
+        written ``data``: kept if they are ``proven`` or hash to ``digest``, else deleted at once.
+        """
+        n = data.nbytes
+        path = layout.chunk_path(digest)
+        if is_remote(self.backend):
+            return (digest, 0) if self.chunk_whole(digest, n) else None
+        if not self.backend.exists(path):
+            return None
+        if not self.backend.put_if_absent(path, [chunk_header(n), data]):  # refreshes it for gc
+            return (digest, 0) if self.chunk_whole(digest, n) else None  # damaged: healed by the caller
+        if proven or hash_chunk(data) == digest:
+            return digest, stored_size(n)
+        self.backend.delete([path])  # never leave bytes under an address that is not their digest
+        return None
 
     def _heal(self, path: str, digest: str, data: Buffer) -> None:
         """Replace a damaged object by its proven bytes (atomic), or refuse when something else sits there."""
@@ -210,6 +241,10 @@ class Objects(ChunkReads):
         """Keep a delta's reference from a gc running meanwhile: refresh it as a save refreshes a chunk it
         reuses. Returns ``False`` when it was gone and its raw bytes had to be written back with another chain
         depth than the delta would claim (then the new chunk must not be a delta against it)."""
+        if is_remote(self.backend):
+            # ``_reference`` has just read it whole: on an object store a conditional PUT of its raw bytes would
+            # upload them only to learn the same (it refreshes nothing there)
+            return True
         path = layout.chunk_path(ref.digest)
         return not self.backend.put_if_absent(path, [chunk_header(len(ref.raw)), ref.raw]) or ref.depth == 0
 
@@ -233,6 +268,10 @@ class Objects(ChunkReads):
     def has_chunk(self, digest: str) -> bool:
         """Whether the chunk exists."""
         return self.backend.exists(layout.chunk_path(digest))
+
+    def has_chunks(self, digests: list[str]) -> list[bool]:
+        """Whether each chunk exists, all checked at once (``exists_many``: concurrent requests)."""
+        return self.backend.exists_many([layout.chunk_path(d) for d in digests])
 
     # -- records ---------------------------------------------------------------------------------------
 

@@ -24,10 +24,11 @@ if TYPE_CHECKING:
 __all__ = ["commit"]
 
 
-def _chunk_exists(store: Store, digest: str) -> bool:
-    """Whether the store holds the chunk ``digest`` (one existence check of its object; the store's own write
-    checks it is whole, and heals it from the save's buffer if not)."""
-    return store_parts(store).objects.has_chunk(digest)
+def _chunks_exist(store: Store, digests: list[str]) -> list[bool]:
+    """Whether the store holds each chunk (existence checks of their objects, all at once: on an object store
+    one round trip of concurrent requests; the store's own write checks each is whole, and heals it from the
+    save's buffer if not)."""
+    return store_parts(store).objects.has_chunks(digests)
 
 
 def commit(store: Store, branch: str, model: str | None, job: SaveJob, cache: DigestCache) -> Snapshot:
@@ -41,7 +42,9 @@ def commit(store: Store, branch: str, model: str | None, job: SaveJob, cache: Di
     staged, record = job.staged, job.record
     assert staged is not None
     hits = [t for t in staged.tensors.values() if t.hit is not None]
-    missing = [(t.key, d) for t in hits for d in t.hit or () if not _chunk_exists(store, d)]
+    wanted = [(t.key, d) for t in hits for d in t.hit or ()]
+    found = _chunks_exist(store, [d for _, d in wanted])
+    missing = [w for w, there in zip(wanted, found, strict=True) if not there]
     if missing:
         cache.clear()
         key, digest = missing[0]
