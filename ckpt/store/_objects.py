@@ -10,7 +10,14 @@ import os
 import stat
 from collections.abc import Iterator
 
-from ckpt.errors import BackendError, CkptError, CorruptChunkError, FormatVersionError
+from ckpt.errors import (
+    BackendError,
+    CkptError,
+    CorruptChunkError,
+    FormatVersionError,
+    IntegrityError,
+    MissingObjectError,
+)
 from ckpt.model import (
     Snapshot,
     TensorTable,
@@ -29,9 +36,10 @@ from ckpt.store._chunk_reads import (
     chunk_header,
     hash_chunk,
     stored_size,
+    where_of,
 )
 from ckpt.store._codecs._framing import CODEC_DELTA
-from ckpt.store._encoded import DEFAULT_MAX_DEPTH_READ, Reference, delta_depth, encode
+from ckpt.store._encoded import DEFAULT_MAX_DEPTH_READ, Reference, decode_payload, delta_depth, encode, max_payload
 from ckpt.store._io import is_remote
 from ckpt.store._records import RecordCache, check_record, read_record
 
@@ -248,16 +256,83 @@ class Objects(ChunkReads):
         path = layout.chunk_path(ref.digest)
         return not self.backend.put_if_absent(path, [chunk_header(len(ref.raw)), ref.raw]) or ref.depth == 0
 
-    def put_stored(self, digest: str, data: bytes) -> int:
-        """Store a chunk object as ``read_stored`` gave it (checked there), unless it is stored whole already;
-        a damaged copy at the address is replaced (self-healing, as ``put_chunk``). Returns the bytes written."""
+    def read_object(
+        self, digest: str, length: int, *, tensor: str | None = None, snapshot: str | None = None
+    ) -> tuple[int, bytes]:
+        """A chunk object's stored bytes, header included, read whole (one request, no copy) and checked as every
+        read checks it (header, size, codec; not yet its digest: ``decode_object`` does): ``(codec, object)``.
+
+        Raises:
+            CorruptChunkError, MissingObjectError, FormatVersionError: as ``read_chunk``.
+        """
         path = layout.chunk_path(digest)
+        try:
+            data = self.backend.read(path, 0, CHUNK_HEADER_SIZE + max_payload(length) + 1)
+        except MissingObjectError as e:
+            raise self._missing(digest, tensor, snapshot, e) from e
+        except IntegrityError as e:
+            raise self._unreadable(digest, tensor, snapshot, e) from e
+        codec, _ = self._check_stored(digest, data[:CHUNK_HEADER_SIZE], len(data), length, tensor, snapshot)
+        return codec, data
+
+    def decode_object(
+        self,
+        digest: str,
+        codec: int,
+        data: bytes,
+        out: memoryview,
+        *,
+        known: tuple[str, bytes | bytearray | memoryview] | None = None,
+        tensor: str | None = None,
+        snapshot: str | None = None,
+    ) -> None:
+        """Decode a chunk object (``read_object``) into ``out`` and check the result against ``digest``.
+
+        A delta's chain is read from this store, except a reference in ``known``: ``(its digest, its raw bytes,
+        checked already)``, used as they are (a raw link ends the chain), so that a sync decoding a chain from
+        its keyframe up decodes each link once.
+
+        Raises:
+            CorruptChunkError, MissingObjectError: as ``read_chunk`` (a damaged link is damage of this chunk).
+        """
+        payload = memoryview(data)[CHUNK_HEADER_SIZE:]
+        if codec == CODEC_RAW:
+            self._check_digest(payload, digest, tensor, snapshot)
+            out[:] = payload
+            return
+
+        def fetch(ref: str) -> tuple[int, int, bytes | bytearray | memoryview]:
+            if known is not None and ref == known[0]:
+                return CODEC_RAW, out.nbytes, known[1]
+            return self._stored(ref, out.nbytes, tensor, snapshot)
+
+        decode_payload(
+            digest,
+            codec,
+            payload,
+            out,
+            fetch,
+            verify=True,
+            where=where_of(tensor, snapshot),
+            tensor=tensor,
+            snapshot=snapshot,
+            newer=self.minor_newer,
+        )
+
+    def put_stored(self, digest: str, data: Buffer, raw_length: int | None = None) -> int:
+        """Store a chunk object as ``read_stored`` gave it (checked there), or as pieces written one after the
+        other (header first; ``raw_length``: the length its header says), unless it is stored whole already; a
+        damaged copy at the address is replaced (self-healing, as ``put_chunk``). Returns the bytes written."""
+        path = layout.chunk_path(digest)
+        if raw_length is None:
+            raw_length = int.from_bytes(bytes(memoryview(data)[8:CHUNK_HEADER_SIZE]), "little")  # type: ignore[arg-type]
+        size = sum(memoryview(p).nbytes for p in ([data] if isinstance(data, (bytes, bytearray, memoryview)) else data))
         if self.backend.put_if_absent(path, data):
-            return len(data)
-        if self.chunk_whole(digest, int.from_bytes(data[8:CHUNK_HEADER_SIZE], "little")):
+            return size
+        if self.chunk_whole(digest, raw_length):
             return 0
         self._heal(path, digest, data)
-        return len(data)
+        return size
 
     def replace_stored(self, digest: str, data: bytes) -> int:
         """Write a chunk object as ``read_stored`` of a good copy gave it over a damaged or missing one (repair);

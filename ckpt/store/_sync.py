@@ -29,6 +29,7 @@ from ckpt.store._io import io_workers, is_remote
 from ckpt.store._objects import CHUNK_HEADER_SIZE
 from ckpt.store._parts import StoreParts
 from ckpt.store._signatures import copy_signatures
+from ckpt.store._sync_chunks import Need, copy_chunks
 from ckpt.store._types import Progress
 
 __all__ = ["SyncReport", "sync_parts"]
@@ -106,45 +107,44 @@ def sync_parts(
 
     todo = _closure(src, roots, dst)
     pruned = src.pruned()
-    needed: dict[str, tuple[str, str, int]] = {}  # chunk → (a tensor or file using it, its snapshot, raw length)
+    needed: dict[str, Need] = {}  # chunk → a tensor or file using it, its snapshot, its raw length, its dtype
     for snap in todo:
         if snap.id in pruned:
             continue
         table = src.objects.get_table(snap.table)
         for name, entry in table.tensors.items():
             for d, length in entry.pieces(table.chunk_size):  # a sharded tensor's pieces need not be equal
-                needed.setdefault(d, (name, snap.id, length))
+                needed.setdefault(d, Need(name, snap.id, length, entry.dtype))
         for name, fentry in table.files.items():
             for i, d in enumerate(fentry.chunks):
-                needed.setdefault(d, (name, snap.id, min(table.chunk_size, fentry.size - i * table.chunk_size)))
+                length = min(table.chunk_size, fentry.size - i * table.chunk_size)
+                needed.setdefault(d, Need(name, snap.id, length, None))
 
     copied = skipped = nbytes = skipped_bytes = 0
-    # copies hold a chunk each: as many at once as requests in flight on the remote side, within io_memory()
+    # copies hold up to three chunks each (as stored, decoded, and the link below it): as many at once as
+    # requests in flight on the remote side, within io_memory()
     remote = dst.backend if is_remote(dst.backend) else src.backend
-    largest = max((length for _, _, length in needed.values()), default=0) + CHUNK_HEADER_SIZE
-    pool = ThreadPoolExecutor(io_workers(remote, largest), thread_name_prefix="ckpt-sync")
+    largest = max((n.length for n in needed.values()), default=0) + CHUNK_HEADER_SIZE
+    pool = ThreadPoolExecutor(io_workers(remote, 3 * largest), thread_name_prefix="ckpt-sync")
     try:
         digests = list(needed)
-        present = dict(zip(digests, pool.map(lambda d: dst.objects.chunk_whole(d, needed[d][2]), digests), strict=True))
-        missing = [d for d in digests if not present[d]]
+        present = dict(
+            zip(digests, pool.map(lambda d: dst.objects.chunk_whole(d, needed[d].length), digests), strict=True)
+        )
+        missing = {d: needed[d] for d in digests if not present[d]}
         if progress_total:
-            progress_total(sum(needed[d][2] for d in missing))
-
-        def copy(digest: str) -> int:
-            name, sid, length = needed[digest]
-            data = src.objects.read_stored(digest, length, tensor=name, snapshot=sid)  # as stored, checked
-            written = dst.objects.put_stored(digest, data)
-            if progress:
-                progress(length)
-            return written
-
-        for d, written in zip(missing, pool.map(copy, missing), strict=True):
-            present[d] = not written  # nothing written: another writer stored it meanwhile
-            nbytes += written
+            progress_total(sum(n.length for n in missing.values()))
+        written = copy_chunks(src, dst, missing, pool, progress)
+        for d, n in written.items():
+            nbytes += n
+            if d in missing:
+                present[d] = not n  # nothing written: another writer stored it meanwhile
+            elif n:
+                copied += 1  # a reference no snapshot of this sync names (a pruned parent's chunk)
         for d in digests:
             if present[d]:
                 skipped += 1
-                skipped_bytes += needed[d][2] + CHUNK_HEADER_SIZE
+                skipped_bytes += needed[d].length + CHUNK_HEADER_SIZE
             else:
                 copied += 1
     except BaseException:  # Ctrl-C or a failure: chunks not started are dropped, not copied before leaving
