@@ -94,7 +94,7 @@ class Reference:
     """
 
     digest: str
-    raw: bytes
+    raw: Buffer
     depth: int
 
 

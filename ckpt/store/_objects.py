@@ -241,7 +241,7 @@ class Objects(ChunkReads):
                 return Reference(digest, payload, depth)
             out = bytearray(n)
             self._decode(digest, codec, payload, memoryview(out), verify=True, tensor=None, snapshot=None)
-            return Reference(digest, bytes(out), depth)
+            return Reference(digest, out, depth)  # the decoded buffer itself, not a copy of it
         except CkptError:
             return None
 
