@@ -88,8 +88,8 @@ class Objects(ChunkReads):
         ``chunk_whole`` (a missing object is their ``NoSuchKey``); locally, a stat and the refresh of its
         modification time for gc (``put_if_absent``). Only a chunk found missing or damaged is encoded and
         written, so an unchanged chunk is never encoded nor uploaded. Any other chunk is hashed, encoded
-        (with ``compress``) and written with one conditional write; when that finds it stored already, it is
-        checked whole (and healed if damaged).
+        (with ``compress``; locally only when a stat does not find it) and written with one conditional write;
+        when that finds it stored already, it is checked whole (and healed if damaged).
 
         A ``digest`` the caller already knows skips hashing when that chunk exists; when it does not, the
         bytes are hashed anyway, so that nothing is ever written under an address that is not its digest.
@@ -120,7 +120,9 @@ class Objects(ChunkReads):
                 return found
         path = layout.chunk_path(digest)
         enc = None
-        if compress:  # no existence check first: a chunk new to this tensor is most likely new to the store
+        # on an object store no existence check first (a HEAD per chunk): a chunk that is not the parent's is most
+        # likely new; locally an lstat costs nothing beside encoding, and spares encoding a chunk stored already
+        if compress and (is_remote(self.backend) or not self.backend.exists(path)):
             ref = self._reference(reference, n, max_depth) if reference not in (None, digest) else None
             enc = encode(data, dtype, ref, max_depth)
             if enc is not None and ref is not None and enc.codec == CODEC_DELTA and not self._hold(ref):
