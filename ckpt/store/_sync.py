@@ -22,12 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import BaseModel, ConfigDict
 
-from ckpt.errors import CkptError, RefConflictError
-from ckpt.model import Snapshot, TagRecord
+from ckpt.errors import CkptError, CorruptChunkError, MissingObjectError, RefConflictError
+from ckpt.model import Snapshot, TagRecord, TensorTable, digest_bytes, parse_record
 from ckpt.store import _layout as layout
 from ckpt.store._io import io_workers, is_remote
-from ckpt.store._objects import CHUNK_HEADER_SIZE
-from ckpt.store._parts import StoreParts
+from ckpt.store._objects import CHUNK_HEADER_SIZE, Objects
+from ckpt.store._parts import StoreParts, read_snapshots
 from ckpt.store._signatures import copy_signatures
 from ckpt.store._sync_chunks import Need, copy_chunks
 from ckpt.store._types import Progress
@@ -64,27 +64,126 @@ class SyncReport(BaseModel):
     conflicts: tuple[str, ...]
 
 
-def _closure(src: StoreParts, roots: Sequence[str], dst: StoreParts) -> list[Snapshot]:
-    """Snapshots to copy, ancestors (and adapter bases) before the snapshots that need them."""
+#: A walk that has read this many records one at a time from an object store reads the rest in one batch.
+_BATCH_AFTER = 4
+
+
+def _closure(src: StoreParts, roots: Sequence[str], dst: StoreParts, pruned: set[str]) -> list[Snapshot]:
+    """Snapshots to copy, ancestors (and adapter bases) before the snapshots that need them.
+
+    On an object store a long walk does not go one request at a time: once it has read ``_BATCH_AFTER`` source
+    records that the record cache lacked, it reads every source record in one batched read; once it has found
+    that many snapshots missing from the destination, it lists the destination's records instead of asking
+    for each one.
+    """
     order: list[Snapshot] = []
     seen: set[str] = set()
     stack: list[tuple[str, bool]] = [(r, False) for r in reversed(roots)]
+    read: dict[str, Snapshot] = {}
+    listed: set[str] | None = None
+    misses = absent = 0
+
+    def get(sid: str) -> Snapshot:
+        nonlocal misses
+        found = read.get(sid) or src.objects.cached_snapshot(sid, sid in pruned)
+        if found is None and is_remote(src.backend):
+            misses += 1
+            if misses == _BATCH_AFTER:
+                got = read_snapshots(src.objects, src.objects.snapshot_ids(), pruned)
+                read.update({i: v for i, v in got.items() if isinstance(v, Snapshot)})
+                found = read.get(sid)
+        return found if found is not None else src.get(sid, pruned)
+
+    def present(sid: str) -> bool:
+        nonlocal absent, listed
+        if listed is not None:
+            return sid in listed
+        if dst.objects.has_snapshot(sid):
+            return True
+        absent += 1
+        if absent == _BATCH_AFTER and is_remote(dst.backend):
+            listed = set(dst.objects.snapshot_ids())
+        return False
+
     while stack:
         sid, expanded = stack.pop()
         if expanded:
-            order.append(src.get(sid))
+            order.append(read[sid] if sid in read else get(sid))
             continue
         if sid in seen:
             continue
         seen.add(sid)
-        if dst.objects.has_snapshot(sid):
+        if present(sid):
             continue  # present: its data and its ancestors are present too
-        snap = src.get(sid)
+        snap = read[sid] = get(sid)
         stack.append((sid, True))
         for dep in (*snap.parents, *((snap.base,) if snap.base else ())):
             if dep not in seen:
                 stack.append((dep, False))
     return order
+
+
+def _levels(todo: list[Snapshot]) -> list[list[Snapshot]]:
+    """``todo`` (ancestors first) in generations: each snapshot after every parent and base it needs from
+    ``todo``, so that the records of one generation can be written at once."""
+    level: dict[str, int] = {}
+    out: list[list[Snapshot]] = []
+    for snap in todo:
+        deps = [level[d] for d in (*snap.parents, *((snap.base,) if snap.base else ())) if d in level]
+        n = level[snap.id] = 1 + max(deps, default=-1)
+        if n == len(out):
+            out.append([])
+        out[n].append(snap)
+    return out
+
+
+def _raw_records(objects: Objects, kind: str, digests: list[str]) -> dict[str, bytes]:
+    """``raw_record`` of many ``table`` or ``snapshot`` records: those in the local record cache from it, the
+    others in one batched, concurrent read (``read_many``), each checked against its digest and cached.
+
+    Raises:
+        MissingObjectError, CorruptChunkError: as ``raw_record``, for the first record that fails.
+    """
+    folder = "tables" if kind == "table" else "snapshots"
+    out: dict[str, bytes] = {}
+    for d in dict.fromkeys(digests):
+        kept = objects.cache.get(folder, d) if objects.cache is not None else None
+        if kept is not None:
+            out[d] = kept
+    todo = [d for d in dict.fromkeys(digests) if d not in out]
+    paths = [layout.table_path(d) if kind == "table" else layout.snapshot_path(d) for d in todo]
+    for d, got in zip(todo, objects.backend.read_many(paths, errors="return"), strict=True):
+        if isinstance(got, MissingObjectError):
+            what = "tensor table" if kind == "table" else kind
+            raise MissingObjectError(f"{what} {d[:12]} is missing from the store") from got
+        if isinstance(got, Exception):
+            raise got
+        data = got
+        objects.check_record(kind, d, data)
+        if objects.cache is not None:
+            objects.cache.put(folder, d, data)
+        out[d] = data
+    return out
+
+
+def _put_raw_records(objects: Objects, kind: str, records: dict[str, bytes]) -> None:
+    """``put_raw_record`` of many records at once (``put_many``: concurrent conditional writes); a record
+    found stored is checked intact, and replaced when damaged. Write together only records that need none of
+    the others (a snapshot record needs its parents' records written first).
+
+    Raises:
+        CorruptChunkError: a record does not match its digest (nothing of it is written).
+    """
+    for d, data in records.items():
+        if digest_bytes(data) != d:
+            raise CorruptChunkError(f"{kind} record {d[:12]} does not match its digest", digest=d)
+    paths = {d: layout.table_path(d) if kind == "table" else layout.snapshot_path(d) for d in records}
+    written = objects.backend.put_many([(paths[d], data) for d, data in records.items()])
+    found = [d for d, w in zip(records, written, strict=True) if not w]
+    stored = objects.backend.read_many([paths[d] for d in found], errors="return")
+    for d, got in zip(found, stored, strict=True):
+        if isinstance(got, Exception) or digest_bytes(got) != d:
+            objects.replace_raw_record(kind, d, records[d])  # damaged there: replaced by the proven bytes
 
 
 def sync_parts(
@@ -105,13 +204,19 @@ def sync_parts(
         ref_names = [r for r in revs if r in branches or r in tags]
         roots = [src.resolve(r).id for r in revs]
 
-    todo = _closure(src, roots, dst)
     pruned = src.pruned()
+    todo = _closure(src, roots, dst, pruned)
+    tables = _raw_records(src.objects, "table", [snap.table for snap in todo])  # one batched read
     needed: dict[str, Need] = {}  # chunk → a tensor or file using it, its snapshot, its raw length, its dtype
     for snap in todo:
         if snap.id in pruned:
             continue
-        table = src.objects.get_table(snap.table)
+        table = parse_record(
+            TensorTable,
+            tables[snap.table],
+            what=f"tensor table {snap.table[:12]}",
+            minor_newer=src.objects.minor_newer,
+        )
         for name, entry in table.tensors.items():
             for d, length in entry.pieces(table.chunk_size):  # a sharded tensor's pieces need not be equal
                 needed.setdefault(d, Need(name, snap.id, length, entry.dtype))
@@ -152,13 +257,17 @@ def sync_parts(
         raise
     pool.shutdown()
     dst.backend.flush()
-    # records are copied byte for byte, ancestors first: never re-serialized, so ids and unknown fields survive
+    # records are copied byte for byte, ancestors first: never re-serialized, so ids and unknown fields survive;
+    # tables at once, then snapshot records a generation at a time (each after the parents it names)
+    records = _raw_records(src.objects, "snapshot", [snap.id for snap in todo])
+    _put_raw_records(dst.objects, "table", {snap.table: tables[snap.table] for snap in todo})
     for snap in todo:
-        dst.objects.put_raw_record("table", snap.table, src.objects.raw_record("table", snap.table))
         if snap.id in pruned:
             dst.mark_pruned(snap.id, "pruned in the source store")
+    dst.backend.flush()
+    for generation in _levels(todo):
+        _put_raw_records(dst.objects, "snapshot", {snap.id: records[snap.id] for snap in generation})
         dst.backend.flush()
-        dst.objects.put_raw_record("snapshot", snap.id, src.objects.raw_record("snapshot", snap.id))
 
     refs: list[str] = []
     conflicts: list[str] = []

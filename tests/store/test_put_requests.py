@@ -116,3 +116,29 @@ def test_a_vanished_chunk_of_the_parent_is_written_again(s3_server: dict[str, An
     # the missing one: one PUT; the damaged one: the conditional PUT finds it there, the replacement heals it
     assert seen[("PUT", "chunks")] == 3 and seen[("HEAD", "chunks")] == 0
     assert store.verify().ok
+
+
+def test_a_sync_of_a_long_history_checks_and_reads_records_in_batches(
+    s3_server: dict[str, Any], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not one request per snapshot along the history, on either side: after a few, one listing of the
+    destination's records, and one batched read of the source's."""
+    local = ckpt.init(str(tmp_path / "s"), chunk_size=4096)
+    for i in range(12):
+        local.save({"w": np.full(4, i, dtype=np.float32)}, step=i)
+    remote, requests = _store(s3_server, compression=False)
+    report = local.sync_to(remote)
+    seen = requests.take()
+    assert report.snapshots == 12
+    assert seen[("HEAD", "other")] <= 4  # then one listing answers for the rest
+    assert seen[("PUT", "chunks")] == report.chunks == 12
+    monkeypatch.setenv("CKPT_RECORD_CACHE", "off")  # every record read from the store itself
+    back = ckpt.init(str(tmp_path / "back"), chunk_size=4096)
+    source = ckpt.open(remote.url, skip_instance_cache=True, **s3_server)
+    reads = Requests(source)
+    assert source.sync_to(back).snapshots == 12
+    got = reads.take()
+    # 2 per chunk (its delta link, its object), and with the cache off each record up to 3 times (the walk, a
+    # batch of every record after 4, the copy): 68; before, 100, every record one request after the other
+    assert sum(got.values()) <= 72 and got[("GET", "chunks")] == 24
+    assert back.log() == local.log()
