@@ -282,13 +282,14 @@ class Objects(ChunkReads):
         digest: str,
         codec: int,
         data: bytes,
-        out: memoryview,
+        length: int,
         *,
         known: tuple[str, bytes | bytearray | memoryview] | None = None,
         tensor: str | None = None,
         snapshot: str | None = None,
-    ) -> None:
-        """Decode a chunk object (``read_object``) into ``out`` and check the result against ``digest``.
+    ) -> memoryview:
+        """The raw bytes of a chunk object (``read_object``) of ``length`` raw bytes, checked against ``digest``:
+        a view of ``data`` itself when it is raw (no copy), else decoded into new memory.
 
         A delta's chain is read from this store, except a reference in ``known``: ``(its digest, its raw bytes,
         checked already)``, used as they are (a raw link ends the chain), so that a sync decoding a chain from
@@ -300,13 +301,13 @@ class Objects(ChunkReads):
         payload = memoryview(data)[CHUNK_HEADER_SIZE:]
         if codec == CODEC_RAW:
             self._check_digest(payload, digest, tensor, snapshot)
-            out[:] = payload
-            return
+            return payload
+        out = memoryview(self._buffer(digest, length, tensor, snapshot))
 
         def fetch(ref: str) -> tuple[int, int, bytes | bytearray | memoryview]:
             if known is not None and ref == known[0]:
-                return CODEC_RAW, out.nbytes, known[1]
-            return self._stored(ref, out.nbytes, tensor, snapshot)
+                return CODEC_RAW, length, known[1]
+            return self._stored(ref, length, tensor, snapshot)
 
         decode_payload(
             digest,
@@ -320,6 +321,7 @@ class Objects(ChunkReads):
             snapshot=snapshot,
             newer=self.minor_newer,
         )
+        return out
 
     def put_stored(self, digest: str, data: Buffer, raw_length: int | None = None) -> int:
         """Store a chunk object as ``read_stored`` gave it (checked there), or as pieces written one after the

@@ -111,17 +111,17 @@ def copy_chunks(
         else:
             roots.append(d)
 
-    def send(digest: str, below: tuple[str, bytearray] | None) -> tuple[bytearray, int]:
+    def send(digest: str, below: tuple[str, memoryview] | None) -> tuple[memoryview, int]:
         need = todo[digest]
         codec, data = src.objects.read_object(digest, need.length, tensor=need.name, snapshot=need.snapshot)
-        raw = bytearray(need.length)
-        src.objects.decode_object(
-            digest, codec, data, memoryview(raw), known=below, tensor=need.name, snapshot=need.snapshot
-        )  # checked: damage is never copied
+        # checked before anything is written: damage is never copied (a raw chunk is hashed where it lies)
+        raw = src.objects.decode_object(
+            digest, codec, data, need.length, known=below, tensor=need.name, snapshot=need.snapshot
+        )
         if as_stored(digest):
             written = dst.objects.put_stored(digest, data, need.length)
         else:  # the destination cannot decode it as stored: a keyframe
-            enc = encode(memoryview(raw), need.dtype) if grouped_ok else None
+            enc = encode(raw, need.dtype) if grouped_ok else None
             body: list[bytes | bytearray | memoryview] = (
                 [chunk_header(need.length, enc.codec), *enc.parts] if enc else [chunk_header(need.length), raw]
             )
@@ -132,7 +132,7 @@ def copy_chunks(
 
     def tree(root: str) -> dict[str, int]:
         out: dict[str, int] = {}
-        stack: list[tuple[str, tuple[str, bytearray] | None]] = [(root, None)]
+        stack: list[tuple[str, tuple[str, memoryview] | None]] = [(root, None)]
         while stack:
             digest, below = stack.pop()
             if digest in out:  # a cycle of references: damage, refused when decoded
