@@ -78,6 +78,8 @@ def test_export_is_restore_to_files_and_matches_the_python_export(
     for folder in ("a", "b", "c"):
         same_files(src, tmp_path / folder)
     assert "ckpt restore REV --to DIR" in invoke("export", "--help").stdout
+    said = invoke("export", "main", "--to", str(tmp_path / "d")).stdout.strip()
+    assert said.endswith(f"exported {store.resolve('main').short_id} to {tmp_path / 'd'}: 7 files")
 
 
 def test_import_options_and_json(invoke: Invoke, store: ckpt.Store, tmp_path: Path) -> None:

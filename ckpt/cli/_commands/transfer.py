@@ -154,8 +154,9 @@ def restore(
     for f in files:
         echo(f"wrote {f['path']} ({human_bytes(f['size'])})")
     for path in removed:
-        echo(f"removed {path} (superseded by this restore)")
-    echo(f"restored {snap.short_id} to {to}: {count(len(files), 'file')}")
+        echo(f"removed {path} (superseded by this {click.get_current_context().info_name})")
+    verb = "exported" if click.get_current_context().info_name == "export" else "restored"
+    echo(f"{verb} {snap.short_id} to {to}: {count(len(files), 'file')}")
     if signed is not None:
         echo(f"signed {to} with model-signing: {signed}")
 
