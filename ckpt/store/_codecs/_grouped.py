@@ -127,6 +127,17 @@ def _merge(planes: Sequence[Buffer], out: Bytes, m: int, layout: Layout, mode: M
         else:
             out[:] = views[0]
         return
+    if layout.transform == TRANSFORM_ROTATE and k == 2:  # bf16: the word's one-bit right rotation, on words
+        words2 = out.view(_WIDE[2]) if mode == "set" else np.empty(m, dtype=_WIDE[2])
+        np.copyto(words2, views[1], casting="unsafe")
+        words2 <<= 8
+        words2 |= views[0]
+        low_bit = words2 << 15
+        words2 >>= 1
+        words2 |= low_bit
+        if mode == "xor":
+            np.bitwise_xor(out, words2.view(_U8), out=out)
+        return
     if layout.transform == TRANSFORM_ROTATE:
         exp, low = views[k - 1], views[k - 2]
         hi = exp >> 1
