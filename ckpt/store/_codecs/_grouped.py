@@ -32,7 +32,7 @@ from ckpt.store._codecs._framing import (
     too_new,
 )
 
-__all__ = ["Mode", "body_layout", "decode_body", "encode_body"]
+__all__ = ["BodyPlan", "Mode", "body_layout", "decode_body", "encode_body", "plan_body"]
 
 _U8 = np.uint8
 _HEAD = struct.Struct("<BBBB")  # transform, element size, block log, reserved
@@ -318,33 +318,80 @@ def _decompress(frame: memoryview, m: int, digest: str, where: str) -> bytes:
     return data
 
 
-def decode_body(
-    body: Buffer,
-    out: Buffer,
-    *,
-    mode: Mode = "set",
-    digest: str = "",
-    executor: Executor | None = None,
-) -> None:
-    """Decode a grouped body into ``out`` (exactly the chunk's raw length), or apply it to ``out`` as a delta
-    residual (``mode="xor"`` or ``"add"``; the trailing ``n mod k`` bytes are XORed in both).
+class BodyPlan:
+    """A grouped body whose whole layout was checked (``plan_body``), ready to decode block by block.
 
-    Checks the whole layout before it writes a byte: the plane table fits the body, no plane is longer than its
-    raw length, and the planes and tail fill the body exactly. Allocates at most one block's planes per task
-    beyond ``out`` (each zstd frame's declared size is checked to be its plane's before it is decoded).
+    Blocks are independent: ``decode_block(j, out)`` for every ``j`` in any order (or in parallel), then
+    ``finish(out)`` (the trailing ``n mod k`` bytes), decodes the body into ``out``. A chain of bodies with the
+    same block size can be decoded block-major (``_chain``): block ``j`` of every link while it is in cache.
+
+    Attributes:
+        block_log: log2 of the block size in raw bytes.
+        nblocks: the number of blocks.
+    """
+
+    def __init__(
+        self,
+        view: memoryview,
+        n: int,
+        layout: Layout,
+        block_log: int,
+        mode: Mode,
+        digest: str,
+        starts: Any,
+        lengths: Any,
+        sizes: Any,
+        expected: int,
+    ) -> None:
+        self.view = view
+        self.n = n
+        self.layout = layout
+        self.block_log = block_log
+        self.nblocks = int(sizes.size)
+        self.mode = mode
+        self.digest = digest
+        self._starts = starts
+        self._lengths = lengths
+        self._sizes = sizes
+        self._expected = expected
+
+    def decode_block(self, j: int, target: Bytes) -> None:
+        """Decode block ``j`` into its place in ``target`` (the chunk's whole raw length, as ``uint8``)."""
+        k = self.layout.element_size
+        m = int(self._sizes[j])
+        planes: list[Buffer] = []
+        for i in range(k):
+            start, length = int(self._starts[j, i]), int(self._lengths[j, i])
+            frame = self.view[start : start + length]
+            planes.append(frame if length == m else _decompress(frame, m, self.digest, f"plane {i} of block {j}"))
+        lo = j << self.block_log
+        _merge(planes, target[lo : lo + m * k], m, self.layout, self.mode)
+
+    def finish(self, target: Bytes) -> None:
+        """The trailing ``n mod k`` bytes, stored as they are (XORed in for a delta)."""
+        tail = self.n % self.layout.element_size
+        if tail:
+            n = self.n
+            end = _u8(self.view[self._expected - tail :])
+            if self.mode != "set":
+                np.bitwise_xor(target[n - tail :], end, out=target[n - tail :])
+            else:
+                target[n - tail :] = end
+
+
+def plan_body(body: Buffer, n: int, *, mode: Mode = "set", digest: str = "") -> BodyPlan:
+    """Check a grouped body's whole layout against a raw length of ``n`` bytes, before a byte is written: the
+    plane table fits the body, no plane is longer than its raw length, and the planes and tail fill the body
+    exactly.
 
     Raises:
-        CorruptChunkError: the body breaks the format (bad lengths, a frame that does not decode, bytes left).
+        CorruptChunkError: the body breaks the format.
         FormatVersionError: the body uses a variant this ckpt does not know.
     """
     view = memoryview(body)
     if view.format != "B" or view.ndim != 1:
         view = view.cast("B")
-    target = _u8(out)
-    if not target.flags.writeable:
-        raise ValueError("out must be writable")
     layout, block_log = body_layout(view, digest)
-    n = target.size
     k = layout.element_size
     if mode == "add" and (layout.transform != TRANSFORM_BYTES or k not in _ADD_SIZES):
         raise corrupt(f"its OP_ADD delta has transform {layout.transform} and element size {k}", digest)
@@ -366,22 +413,31 @@ def decode_body(
         what = "bytes follow its last plane" if view.nbytes > expected else "its planes end past the payload"
         raise corrupt(f"{what} ({view.nbytes} bytes, the plane table implies {expected})", digest)
     starts = table_end + np.concatenate(([0], np.cumsum(lengths.reshape(-1))[:-1])).reshape(nblocks, k)
+    return BodyPlan(view, n, layout, block_log, mode, digest, starts, lengths, sizes, expected)
 
-    def task(j: int) -> None:
-        m = int(sizes[j])
-        planes: list[Buffer] = []
-        for i in range(k):
-            start, length = int(starts[j, i]), int(lengths[j, i])
-            frame = view[start : start + length]
-            planes.append(frame if length == m else _decompress(frame, m, digest, f"plane {i} of block {j}"))
-        lo = j * block
-        _merge(planes, target[lo : lo + m * k], m, layout, mode)
 
-    for _ in _map(task, nblocks, executor):
+def decode_body(
+    body: Buffer,
+    out: Buffer,
+    *,
+    mode: Mode = "set",
+    digest: str = "",
+    executor: Executor | None = None,
+) -> None:
+    """Decode a grouped body into ``out`` (exactly the chunk's raw length), or apply it to ``out`` as a delta
+    residual (``mode="xor"`` or ``"add"``; the trailing ``n mod k`` bytes are XORed in both).
+
+    Checks the whole layout before it writes a byte (``plan_body``). Allocates at most one block's planes per
+    task beyond ``out`` (each zstd frame's declared size is checked to be its plane's before it is decoded).
+
+    Raises:
+        CorruptChunkError: the body breaks the format (bad lengths, a frame that does not decode, bytes left).
+        FormatVersionError: the body uses a variant this ckpt does not know.
+    """
+    target = _u8(out)
+    if not target.flags.writeable:
+        raise ValueError("out must be writable")
+    plan = plan_body(body, target.size, mode=mode, digest=digest)
+    for _ in _map(lambda j: plan.decode_block(j, target), plan.nblocks, executor):
         pass
-    if tail:
-        end = _u8(view[expected - tail :])
-        if mode != "set":
-            np.bitwise_xor(target[n - tail :], end, out=target[n - tail :])
-        else:
-            target[n - tail :] = end
+    plan.finish(target)
