@@ -13,6 +13,10 @@ store per chain limit. For each limit, after 10 and after ``--saves`` saves (loa
   seconds and wall seconds; and the newest load / ``safetensors.torch.load_file`` of the same tensors;
 - the newest save / the first save (a delta save reads and decodes its parent's chunk through its chain).
 
+Then, apart from the store (no file, no other tensor, so that a shared machine disturbs it least): the CPU
+seconds per GB to decode one 64 MiB bf16 chunk through a chain of each depth 0–32 (a keyframe, then deltas of
+Adam-like steps), verified, best of ``--repeat``: what a load of the newest save costs per chunk, by depth.
+
 Ratios are taken in the same run (the machine is shared); the last line is one JSON object.
 """
 
@@ -52,6 +56,37 @@ def touch(state: dict[str, torch.Tensor]) -> int:
     return sum(int(t.reshape(-1).view(torch.uint8).sum()) for t in state.values())
 
 
+def chain_decode(depths: list[int], repeat: int) -> dict[int, float]:
+    """CPU seconds per GB to decode a 64 MiB bf16 chunk at the end of a chain of each depth (verified)."""
+    import numpy as np
+
+    from ckpt.store._codecs import decode_chain, encode_chunk, hash_raw, layout_for
+
+    n = 64 << 20
+    gen = torch.Generator().manual_seed(0)
+    weights = torch.randn(n // 2, generator=gen) * 0.02
+    stored: dict[str, tuple[int, int, bytes]] = {}
+    tips: list[str] = []
+    previous: tuple[str, bytes, int] | None = None
+    for _ in range(max(depths) + 1):
+        raw = weights.to(torch.bfloat16).view(torch.uint8).numpy().tobytes()
+        digest = hash_raw(raw)
+        ref = {}
+        if previous is not None:
+            ref = {"reference": previous[1], "reference_digest": previous[0], "reference_depth": previous[2]}
+        enc = encode_chunk(raw, layout=layout_for("BF16"), max_depth=64, **ref)  # type: ignore[arg-type]
+        stored[digest] = (enc.codec, n, b"".join(bytes(memoryview(p)) for p in enc.parts))
+        tips.append(digest)
+        previous = (digest, raw, enc.depth)
+        weights += torch.randn(weights.shape, generator=gen) * 1e-4  # about one bf16 unit in the last place
+    out = np.empty(n, dtype=np.uint8)
+    result = {}
+    for d in depths:
+        _, cpu = timed(lambda: decode_chain(tips[d], out, stored.__getitem__, max_depth=64), repeat)  # noqa: B023
+        result[d] = cpu / n * 1e9
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=("minilm", "llama"), default="minilm")
@@ -59,8 +94,14 @@ def main() -> None:
     ap.add_argument("--depths", default="4,8,16,32")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--decode-only", action="store_true", help="only the chain decode figures")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    decode = chain_decode([0, 1, 2, 4, 8, 9, 16, 19, 32], args.repeat)
+    print("chain decode, CPU s / GB, by depth: " + ", ".join(f"{d}: {v:.2f}" for d, v in decode.items()))
+    if args.decode_only:
+        print(json.dumps({"chain_decode_cpu_s_per_gb": decode}))
+        return
     depths = [int(x) for x in args.depths.split(",")]
     checkpoints = sorted({min(10, args.saves), args.saves})
     model, step = (minilm if args.model == "minilm" else llama)()
@@ -108,7 +149,7 @@ def main() -> None:
                 }
                 rows.append(row)
                 print("  " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-    print(json.dumps(rows))
+    print(json.dumps({"store": rows, "chain_decode_cpu_s_per_gb": decode}))
 
 
 if __name__ == "__main__":
