@@ -101,7 +101,7 @@ class Reference:
     """
 
     digest: str
-    raw: bytes
+    raw: bytes | bytearray
     depth: int
 
 

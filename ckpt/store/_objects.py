@@ -210,7 +210,7 @@ class Objects(ChunkReads):
             self._decode(
                 digest, codec, payload, memoryview(out), verify=True, tensor=None, snapshot=None, executor=executor
             )
-            return Reference(digest, bytes(out), depth)
+            return Reference(digest, out, depth)  # no copy: nothing else holds ``out``
         except CkptError:
             return None
 
