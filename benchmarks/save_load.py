@@ -17,7 +17,9 @@ Builds a Llama-shaped bf16 state dict of about ``--size-gb`` GB and prints:
 ``--compression on`` (the default, as ``ckpt init``) stores chunks byte-grouped and zstd-coded where that pays;
 ``off`` stores every chunk raw (``ckpt init --no-compression``). Memory: the peak resident set of the process
 of one save and of one load beyond what the process held before (RSS sampled every 2 ms) is printed beside
-the state's own bytes: a load holds the state it returns, so its figure beyond the state is the overhead.
+the state's own bytes: a load holds the state it returns, so its figure beyond the state is the overhead. So are
+the CPU seconds (all threads) of one save and one hot load of each side, which a shared machine disturbs far
+less than wall time.
 
 The last line is one JSON object with ``save_ratio``, ``load_ratio``, ``resave_ratio`` and ``bytes_ratio``
 (targets: ≤ 1.3, ≤ 1.3, ≤ 0.3, ≤ 1.15). ``--plot PNG`` also draws those ratios against their targets as a small
@@ -300,10 +302,25 @@ def main() -> None:
 
         # -- memory: one save, one load, beyond what the process held before -------------------------
         ck_prepare()
+        cpu = {}
+        c0 = time.process_time()
         mem_save = peak_memory(ck_save)
+        cpu["ckpt_save"] = time.process_time() - c0
         store = stores[-1]
+        c0 = time.process_time()
         mem_load = peak_memory(lambda: ck_load())
+        cpu["ckpt_load"] = time.process_time() - c0
+        c0 = time.process_time()
         mem_st_load = peak_memory(st_load)
+        cpu["safetensors_load"] = time.process_time() - c0
+        c0 = time.process_time()
+        st_save()
+        cpu["safetensors_save"] = time.process_time() - c0
+        print(
+            f"cpu    (all threads; what a busy machine does not change much): save ckpt {cpu['ckpt_save']:.3f} s, "
+            f"safetensors {cpu['safetensors_save']:.3f} s; load (hot) ckpt {cpu['ckpt_load']:.3f} s, "
+            f"safetensors {cpu['safetensors_load']:.3f} s"
+        )
         print(
             f"memory peak beyond the process before: save {mem_save / 1e6:7.1f} MB, "
             f"load {mem_load / 1e6:7.1f} MB (the loaded state is {nbytes / 1e6:.1f} MB; "
@@ -340,6 +357,8 @@ def main() -> None:
             "resave_ratio": round(t_resave / t_ck_save, 3),
             "bytes_ratio": round(store_bytes / one_save, 3),
             "compression": args.compression,
+            "save_cpu_ratio": round(cpu["ckpt_save"] / cpu["safetensors_save"], 3),
+            "load_cpu_ratio": round(cpu["ckpt_load"] / cpu["safetensors_load"], 3),
             "save_memory_over_state": round(mem_save / nbytes, 3),
             "load_memory_over_state": round(mem_load / nbytes, 3),
             "changed_fraction_of_bytes": round(changed_bytes / nbytes, 3),
