@@ -127,7 +127,7 @@ def write_tensors(
     name and dtype in ``references`` (the first parent's table entries), when that is smaller. Chunks are coded
     on the transfer threads, each chunk's blocks on every core (``block_pool``).
     """
-    with _pool(objects) as pool, _blocks(compress) as blocks:
+    with _blocks(compress) as blocks, _pool(objects) as pool:  # the chunk workers end before their block pool
         futures: dict[str, list[Future[str]]] = {}
         for name, src in tensors.items():
             data = src.data.cast("B") if src.data.format != "B" else src.data
