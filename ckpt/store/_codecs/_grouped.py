@@ -347,9 +347,9 @@ class BodyPlan:
         block_log: int,
         mode: Mode,
         digest: str,
-        starts: Any,
-        lengths: Any,
-        sizes: Any,
+        starts: npt.NDArray[np.int64],
+        lengths: npt.NDArray[np.int64],
+        sizes: npt.NDArray[np.int64],
         expected: int,
     ) -> None:
         self.view = view
