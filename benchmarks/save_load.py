@@ -1,6 +1,6 @@
 """Save/load speed and storage size of ckpt against plain safetensors files, measured in the same run.
 
-    python benchmarks/save_load.py [--size-gb 1] [--repeat 3] [--dir DIR] [--plot PNG]
+    python benchmarks/save_load.py [--size-gb 1] [--repeat 3] [--compression on|off] [--dir DIR] [--plot PNG]
 
 Builds a Llama-shaped bf16 state dict of about ``--size-gb`` GB and prints:
 
@@ -13,6 +13,13 @@ Builds a Llama-shaped bf16 state dict of about ``--size-gb`` GB and prints:
   (zero-copy, still verified) are printed too;
 - re-save of unchanged tensors / first save (content addressing: nothing new is written);
 - store bytes after two saves that differ in 10% of the tensors / bytes of one safetensors file.
+
+``--compression on`` (the default, as ``ckpt init``) stores chunks byte-grouped and zstd-coded where that pays;
+``off`` stores every chunk raw (``ckpt init --no-compression``). Memory: the peak resident set of the process
+of one save and of one load beyond what the process held before (RSS sampled every 2 ms) is printed beside
+the state's own bytes: a load holds the state it returns, so its figure beyond the state is the overhead. So are
+the CPU seconds (all threads) of one save and one hot load of each side, which a shared machine disturbs far
+less than wall time.
 
 The last line is one JSON object with ``save_ratio``, ``load_ratio``, ``resave_ratio`` and ``bytes_ratio``
 (targets: ≤ 1.3, ≤ 1.3, ≤ 0.3, ≤ 1.15). ``--plot PNG`` also draws those ratios against their targets as a small
@@ -29,6 +36,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -119,6 +127,33 @@ def timed(fn: Callable[[], object], repeat: int, before: Callable[[], None] | No
     return statistics.median(times)
 
 
+def rss() -> int:
+    """Resident bytes of this process now (Linux ``/proc/self/statm``)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory(fn: Callable[[], object]) -> int:
+    """The most resident bytes beyond the start that ``fn`` held at any time (sampled every 2 ms)."""
+    gc.collect()
+    start = rss()
+    peak = [start]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.002):
+            peak[0] = max(peak[0], rss())
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        thread.join()
+    return max(peak[0], rss()) - start
+
+
 #: The ratios the benchmark checks, with their targets and the labels of the plot.
 TARGETS = {
     "save_ratio": (1.3, "save\n(cold write)"),
@@ -182,6 +217,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-gb", type=float, default=1.0)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument(
+        "--compression", choices=("on", "off"), default="on", help="Store chunks compressed (default) or raw."
+    )
     ap.add_argument("--dir", default=None, help="Working folder (default: a temporary folder, removed after).")
     ap.add_argument(
         "--plot", default=None, metavar="PNG", help="Also draw the ratios against their targets (matplotlib)."
@@ -207,7 +245,7 @@ def main() -> None:
 
         def fresh_store() -> ckpt.Store:
             path = work / f"store-{next(counter)}"
-            return ckpt.init(str(path))
+            return ckpt.init(str(path), compression=args.compression == "on")
 
         stores: list[ckpt.Store] = []
 
@@ -262,6 +300,33 @@ def main() -> None:
             f"ratio {t_ck_hot / t_st_hot:.3f}   ckpt unverified {t_ck_hot_nv:7.3f} s"
         )
 
+        # -- memory: one save, one load, beyond what the process held before -------------------------
+        ck_prepare()
+        cpu = {}
+        c0 = time.process_time()
+        mem_save = peak_memory(ck_save)
+        cpu["ckpt_save"] = time.process_time() - c0
+        store = stores[-1]
+        c0 = time.process_time()
+        mem_load = peak_memory(lambda: ck_load())
+        cpu["ckpt_load"] = time.process_time() - c0
+        c0 = time.process_time()
+        mem_st_load = peak_memory(st_load)
+        cpu["safetensors_load"] = time.process_time() - c0
+        c0 = time.process_time()
+        st_save()
+        cpu["safetensors_save"] = time.process_time() - c0
+        print(
+            f"cpu    (all threads; what a busy machine does not change much): save ckpt {cpu['ckpt_save']:.3f} s, "
+            f"safetensors {cpu['safetensors_save']:.3f} s; load (hot) ckpt {cpu['ckpt_load']:.3f} s, "
+            f"safetensors {cpu['safetensors_load']:.3f} s"
+        )
+        print(
+            f"memory peak beyond the process before: save {mem_save / 1e6:7.1f} MB, "
+            f"load {mem_load / 1e6:7.1f} MB (the loaded state is {nbytes / 1e6:.1f} MB; "
+            f"safetensors load {mem_st_load / 1e6:.1f} MB)"
+        )
+
         # -- bytes after two saves differing in 10% of tensors ------------------------------------
         bstore = fresh_store()
         bstore.save({"model": sd})
@@ -279,6 +344,8 @@ def main() -> None:
             f"store {store_bytes / 1e9:.3f} GB / "
             f"one safetensors file {one_save / 1e9:.3f} GB   ratio {store_bytes / one_save:.3f}"
         )
+        stored = sum(p.stat().st_size for p in files_under(Path(store.url) / "chunks"))
+        print(f"stored chunks of one save / raw bytes: {stored / nbytes:.3f} (compression {args.compression})")
 
         result = {
             "size_gb": round(nbytes / 1e9, 3),
@@ -289,6 +356,11 @@ def main() -> None:
             "load_ratio_mmap": round(t_ck_cold_mm / t_st_cold, 3),
             "resave_ratio": round(t_resave / t_ck_save, 3),
             "bytes_ratio": round(store_bytes / one_save, 3),
+            "compression": args.compression,
+            "save_cpu_ratio": round(cpu["ckpt_save"] / cpu["safetensors_save"], 3),
+            "load_cpu_ratio": round(cpu["ckpt_load"] / cpu["safetensors_load"], 3),
+            "save_memory_over_state": round(mem_save / nbytes, 3),
+            "load_memory_over_state": round(mem_load / nbytes, 3),
             "changed_fraction_of_bytes": round(changed_bytes / nbytes, 3),
         }
         if args.plot:

@@ -568,7 +568,7 @@ def chunk_size_study(threads: int) -> list[dict[str, Any]]:
 
 def store_run(saves: int, tmp: Path) -> dict[str, Any]:
     """The MiniLM fine-tune through a real ``ckpt.Store`` (local folder, the defaults: compression on, deltas
-    against the previous save, chain limit 8), beside a store with compression off and safetensors files:
+    against the previous save, chain limit 16), beside a store with compression off and safetensors files:
     stored bytes of ``saves`` saves / one raw save (``Store.stats``), and the time of the last save and of a
     load of it against ``safetensors.torch.save_file`` (fsynced) / ``load_file``, as ratios in this run."""
     import ckpt

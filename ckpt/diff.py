@@ -5,7 +5,7 @@ bytes to tell what is added, removed, changed or unchanged: equal chunk digests 
 every changed floating-point tensor whose shape is unchanged, reads both versions and computes the relative
 change ``‖B − A‖ / ‖A‖`` with numpy, block by block (bf16 is decoded as ``uint16 << 16`` viewed as float32; fp8
 has no numpy type, so its norm is skipped and the result says so). It also reports how many bytes B adds to the
-store over A: the bytes of B's chunks that A does not reference.
+store over A: the bytes of B's chunks that A does not reference, raw and as stored (compressed, deltas).
 
 Example:
     >>> import numpy as np, ckpt
@@ -30,7 +30,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from ckpt import settings
-from ckpt.errors import IntegrityError
+from ckpt.errors import CkptError, IntegrityError
 from ckpt.model import DTYPE_SIZES, RESERVED_FILE_PREFIX, TensorEntry, TensorTable
 from ckpt.state import tensor_paths
 
@@ -163,6 +163,9 @@ class SnapshotDiff(BaseModel):
         unchanged: number of identical tensors.
         added_chunks: distinct chunks of B (tensors and files) that A does not reference.
         added_bytes: raw bytes of those chunks: what B adds to a store that already holds A.
+        added_stored_bytes: the bytes those chunks' objects take in the store, headers included (compressed
+            chunks and deltas at their stored size): what B cost on disk over A. ``None`` when B was pruned or
+            one of those chunks is not in the store (``verify`` says more).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -179,6 +182,7 @@ class SnapshotDiff(BaseModel):
     unchanged: int
     added_chunks: int
     added_bytes: int
+    added_stored_bytes: int | None = None
 
 
 def _split(name: str) -> list[str]:
@@ -312,6 +316,20 @@ def _relative_change(la: LazyTensors, lb: LazyTensors, name: str, ea: TensorEntr
     return math.sqrt(num) / math.sqrt(den)
 
 
+def _added_stored(store: Store, sa: Snapshot, sb: Snapshot, count: int) -> int | None:
+    """Stored bytes of B's chunks that A does not reference (``Store.footprint(b, over=a)``), or ``None`` when
+    they cannot all be counted: B was pruned, or a chunk is missing."""
+    if count == 0:
+        return 0
+    if sb.pruned:
+        return None
+    try:
+        foot = store.footprint(sb.id, over=sa.id)
+    except CkptError:
+        return None
+    return None if foot.missing else foot.stored_bytes
+
+
 def tensor_order(table: TensorTable) -> list[str]:
     """The tensor paths of a table in the order of the saved state tree (a table's own mapping is sorted)."""
     order = [p for p in tensor_paths(table.tree) if p in table.tensors]
@@ -434,5 +452,6 @@ def diff(store: Store, a: str, b: str, *, norms: bool = True) -> SnapshotDiff:
         state_changed=ta.tree != tb.tree,
         added_chunks=len(new),
         added_bytes=sum(new.values()),
+        added_stored_bytes=_added_stored(store, sa, sb, len(new)),
         **counts,
     )

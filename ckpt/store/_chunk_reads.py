@@ -11,6 +11,7 @@ import errno
 import mmap
 import os
 import stat
+from concurrent.futures import Executor
 
 from ckpt.errors import CorruptChunkError, IntegrityError, MissingObjectError
 from ckpt.storage import Backend
@@ -107,10 +108,13 @@ class ChunkReads:
         verify: bool = True,
         tensor: str | None = None,
         snapshot: str | None = None,
+        executor: Executor | None = None,
     ) -> None:
         """Read a chunk's raw bytes into ``out`` (exactly its length) and check them against ``digest``.
 
-        Never writes more than ``out`` holds, and never allocates: memory is the caller's buffer.
+        Never writes more than ``out`` holds, and never allocates: memory is the caller's buffer (an encoded
+        chunk: plus its stored payload, and one block's planes per decoding task). ``executor`` decodes an
+        encoded chunk's blocks in parallel (the caller must not be one of its threads).
 
         Raises:
             CorruptChunkError: bad header, wrong length (short, or bytes after its end), or the bytes do not
@@ -132,7 +136,9 @@ class ChunkReads:
                 codec, _, payload = self._stored(digest, out.nbytes, tensor, snapshot)
             else:
                 payload = bytes(out[: n - CHUNK_HEADER_SIZE])
-            self._decode(digest, codec, payload, out, verify=verify, tensor=tensor, snapshot=snapshot)
+            self._decode(
+                digest, codec, payload, out, verify=verify, tensor=tensor, snapshot=snapshot, executor=executor
+            )
         elif verify:
             self._check_digest(out, digest, tensor, snapshot)
 
@@ -174,6 +180,7 @@ class ChunkReads:
         verify: bool,
         tensor: str | None,
         snapshot: str | None,
+        executor: Executor | None = None,
     ) -> None:
         """Decode an encoded payload into ``out`` through its delta chain (each link read as ``_stored``)."""
 
@@ -191,6 +198,7 @@ class ChunkReads:
             tensor=tensor,
             snapshot=snapshot,
             newer=self.minor_newer,
+            executor=executor,
         )
 
     def read_chunk(

@@ -9,6 +9,7 @@ snapshot named in every error.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -56,13 +57,18 @@ def max_payload(raw_length: int) -> int:
 
 
 def encode(
-    data: memoryview, dtype: str | None, reference: Reference | None = None, max_depth: int = 0
+    data: memoryview,
+    dtype: str | None,
+    reference: Reference | None = None,
+    max_depth: int = 0,
+    executor: Executor | None = None,
 ) -> Encoded | None:
     """The encoding to store for a chunk of a tensor of ``dtype`` (a safetensors name; ``None``: a file), or
     ``None`` when raw is best: the chunk is small, or no encoding saves 3% (``MIN_SAVING``).
 
     With a ``reference`` whose depth is below ``max_depth``, a delta against it is tried first (and kept when
-    it is the smallest); otherwise the chunk is a keyframe (grouped or raw).
+    it is the smallest); otherwise the chunk is a keyframe (grouped or raw). ``executor`` codes the chunk's
+    blocks in parallel (the caller must not be one of its threads).
     """
     if data.nbytes < MIN_ENCODE:
         return None
@@ -76,9 +82,10 @@ def encode(
             reference_digest=reference.digest,
             reference_depth=reference.depth,
             max_depth=max_depth,
+            executor=executor,
         )
     else:
-        enc = encode_chunk(data, layout=layout_for(dtype))
+        enc = encode_chunk(data, layout=layout_for(dtype), executor=executor)
     return None if enc.codec == CODEC_RAW else enc
 
 
@@ -114,13 +121,15 @@ def decode_payload(
     tensor: str | None,
     snapshot: str | None,
     newer: bool = False,
+    executor: Executor | None = None,
 ) -> int:
     """Decode an encoded chunk's payload into ``out`` (its raw length), following a delta's chain with
     ``fetch``, and check the bytes against ``digest`` when ``verify``. Returns the chain depth (0: no delta).
 
     A variant this ckpt does not know inside a payload (a grouped transform, a delta operation, a reserved
     byte) is a newer writer's only in a store of a newer format (``newer``); in a store of a format this ckpt
-    reads in full, no writer could have made it, so it is damage.
+    reads in full, no writer could have made it, so it is damage. ``executor`` decodes blocks in parallel (the
+    caller must not be one of its threads).
 
     Raises:
         CorruptChunkError: the payload or a link of its chain is damaged, or the bytes do not hash to
@@ -137,7 +146,7 @@ def decode_payload(
 
     label = f"chunk {digest[:12]}"
     try:
-        return decode_chain(digest, out, links, max_depth=DEFAULT_MAX_DEPTH_READ, verify=verify)
+        return decode_chain(digest, out, links, max_depth=DEFAULT_MAX_DEPTH_READ, verify=verify, executor=executor)
     except CorruptChunkError as e:
         if e.digest and e.digest != digest:  # a link down the chain broke the format: damage of this chunk too
             of = f" of {where}" if where else ""

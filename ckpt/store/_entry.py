@@ -33,7 +33,7 @@ def init(
             default). ``False``: every chunk raw, as stores before format 1.3. A save can override it.
         delta_depth: with compression, store a new chunk as a delta against the same bytes of the same tensor in
             its snapshot's first parent when that is smaller, in chains of at most this many deltas (a store
-            setting; default 8, 0 for none). A store with deltas is format 2.0, which ckpt before 0.2 refuses.
+            setting; default 16, 0 for none). A store with deltas is format 2.0, which ckpt before 0.2 refuses.
         storage_options: passed to fsspec (``endpoint_url``, credentials …).
 
     Returns:

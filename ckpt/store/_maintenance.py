@@ -318,22 +318,33 @@ class StoreMaintenance:
         target = dst._parts if isinstance(dst, StoreMaintenance) else connect(dst)
         return sync_parts(self._parts, target, revs, progress=progress, progress_total=progress_total)
 
-    def footprint(self, rev: str = "main") -> Footprint:
-        """What one snapshot's chunks take in the store: raw bytes beside stored bytes (``ckpt show``).
+    def footprint(self, rev: str = "main", *, over: str | None = None) -> Footprint:
+        """What one snapshot's chunks take in the store: raw bytes beside stored bytes (``ckpt show``), or,
+        ``over`` another snapshot, what its chunks that the other does not reference take (``ckpt diff``).
 
         Args:
             rev: the snapshot.
+            over: count only the chunks that this snapshot (pruned or not) does not reference: what ``rev``
+                adds to a store that holds ``over``.
 
         Returns:
             Its distinct chunks, the raw bytes they hold and the bytes their objects take (compressed
-            chunks at their compressed size; shared with every snapshot holding the same chunks).
+            chunks at their compressed size, a delta at its own size; shared with every snapshot holding the
+            same chunks).
 
         Raises:
-            RevisionError: ``rev`` names nothing.
-            MissingObjectError: the snapshot was pruned, or its table is missing.
+            RevisionError: ``rev`` or ``over`` names nothing.
+            MissingObjectError: ``rev`` was pruned, or a table is missing.
+
+        Example:
+            >>> foot = store.footprint("main", over="main~1")  # doctest: +SKIP
+            >>> foot.stored_bytes / foot.raw_bytes  # what the last save cost, as stored  # doctest: +SKIP
         """
         _, table = open_snapshot(self._parts, rev)
-        return footprint(self._parts.backend, table)
+        exclude: set[str] = set()
+        if over is not None:
+            exclude = self._parts.objects.get_table(self._parts.resolve(over).table).chunk_digests()
+        return footprint(self._parts.backend, table, exclude)
 
     def stats(self) -> StoreStats:
         """Object counts and bytes by kind: chunks, tensor tables, snapshot records, and the total.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator
+from concurrent.futures import Executor
 
 from ckpt.errors import (
     BackendError,
@@ -79,6 +80,7 @@ class Objects(ChunkReads):
         compress: bool = False,
         reference: str | None = None,
         max_depth: int = 0,
+        executor: Executor | None = None,
     ) -> tuple[str, int]:
         """Store one chunk unless it exists. Returns ``(digest, bytes written)`` (0 when deduplicated).
 
@@ -106,6 +108,8 @@ class Objects(ChunkReads):
                 chunk is stored as a delta against it (codec 2) when that is smallest and the chain stays within
                 ``max_depth`` (0: no deltas). A reference that cannot be read is ignored.
             max_depth: the store's chain limit.
+            executor: codes the chunk's blocks (and decodes its reference's) in parallel; the caller must not be
+                one of its threads.
         """
         n = data.nbytes
         known = digest
@@ -123,10 +127,10 @@ class Objects(ChunkReads):
         # on an object store no existence check first (a HEAD per chunk): a chunk that is not the parent's is most
         # likely new; locally an lstat costs nothing beside encoding, and spares encoding a chunk stored already
         if compress and (is_remote(self.backend) or not self.backend.exists(path)):
-            ref = self._reference(reference, n, max_depth) if reference not in (None, digest) else None
-            enc = encode(data, dtype, ref, max_depth)
+            ref = self._reference(reference, n, max_depth, executor) if reference not in (None, digest) else None
+            enc = encode(data, dtype, ref, max_depth, executor)
             if enc is not None and ref is not None and enc.codec == CODEC_DELTA and not self._hold(ref):
-                enc = encode(data, dtype)  # the reference was collected meanwhile: a keyframe
+                enc = encode(data, dtype, executor=executor)  # the reference was collected meanwhile: a keyframe
         if enc is not None:
             if self.backend.put_if_absent(path, [chunk_header(n, enc.codec), *enc.parts]):
                 return digest, CHUNK_HEADER_SIZE + enc.stored_length
@@ -228,7 +232,9 @@ class Objects(ChunkReads):
         except (CkptError, OSError):
             return None
 
-    def _reference(self, digest: str | None, n: int, max_depth: int) -> Reference | None:
+    def _reference(
+        self, digest: str | None, n: int, max_depth: int, executor: Executor | None = None
+    ) -> Reference | None:
         """The reference a delta of ``n`` bytes may use, decoded and checked, or ``None``: no reference, its
         chain is at the limit already (the new chunk is a keyframe), or it cannot be read (``verify`` says)."""
         if digest is None or max_depth < 1:
@@ -242,7 +248,9 @@ class Objects(ChunkReads):
                 self._check_digest(payload, digest, None, None)
                 return Reference(digest, payload, depth)
             out = bytearray(n)
-            self._decode(digest, codec, payload, memoryview(out), verify=True, tensor=None, snapshot=None)
+            self._decode(
+                digest, codec, payload, memoryview(out), verify=True, tensor=None, snapshot=None, executor=executor
+            )
             return Reference(digest, out, depth)  # the decoded buffer itself, not a copy of it
         except CkptError:
             return None

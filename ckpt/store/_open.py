@@ -38,9 +38,10 @@ from ckpt.store._parts import StoreParts
 
 __all__ = ["connect", "create", "location", "read_config"]
 
-#: The delta chain limit of a new store with compression (benchmarks/storage.py: chain depth against load
-#: time and bytes, docs/benchmarks.md).
-DEFAULT_DELTA_DEPTH = 8
+#: The delta chain limit of a new store with compression (benchmarks/delta_depth.py: bytes of 10 and 20 saves
+#: against the time to load the newest, docs/benchmarks.md "Chain depth"): ten saves of a training run hold
+#: one keyframe, and a load decodes at most 16 deltas per chunk.
+DEFAULT_DELTA_DEPTH = 16
 #: The largest chunk size a store may have.
 _MAX_CHUNK = 1 << 40
 _SIZE_HINT = "a number of bytes, or with a unit: 4096, 64MiB, 1GB"
@@ -75,7 +76,7 @@ def create(
     if isinstance(depth, bool) or not isinstance(depth, int) or not 0 <= depth <= MAX_DELTA_DEPTH:
         raise RecordError(
             f"delta_depth must be a whole number from 0 to {MAX_DELTA_DEPTH}, got {delta_depth!r}"[:120],
-            hint="0 stores no deltas; the default, 8, bounds a load to 8 decodes per chunk",
+            hint="0 stores no deltas; the default, 16, bounds a load to 16 decodes per chunk",
         )
     if depth and not compression:
         raise RecordError("delta_depth needs compression: deltas are compressed chunks", hint="pass delta_depth=0")

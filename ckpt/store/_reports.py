@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
@@ -180,13 +180,16 @@ class Footprint(BaseModel):
     missing: int = 0
 
 
-def footprint(backend: Backend, table: TensorTable) -> Footprint:
-    """The footprint of a table's chunks: one listing of each ``chunks/xx/`` folder they fall in."""
+def footprint(backend: Backend, table: TensorTable, exclude: Collection[str] = ()) -> Footprint:
+    """The footprint of a table's chunks, less those in ``exclude``: one listing of each ``chunks/xx/`` folder
+    they fall in."""
     raw: dict[str, int] = {}
     for t in table.tensors.values():
         raw.update(t.pieces(table.chunk_size))
     for f in table.files.values():
         raw.update((d, min(table.chunk_size, f.size - i * table.chunk_size)) for i, d in enumerate(f.chunks))
+    for d in exclude:
+        raw.pop(d, None)
     folders = sorted({layout.chunk_path(d).rsplit("/", 1)[0] + "/" for d in raw})
 
     def sizes(folder: str) -> dict[str, int]:

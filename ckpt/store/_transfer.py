@@ -12,7 +12,7 @@ from __future__ import annotations
 import mmap as _mmap_module
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,9 +98,10 @@ def _put(
     compress: bool = False,
     reference: str | None = None,
     max_depth: int = 0,
+    executor: Executor | None = None,
 ) -> str:
     digest, written = objects.put_chunk(
-        piece, digest, dtype=dtype, compress=compress, reference=reference, max_depth=max_depth
+        piece, digest, dtype=dtype, compress=compress, reference=reference, max_depth=max_depth, executor=executor
     )
     stats.add(piece.nbytes, written)
     if progress:
@@ -123,9 +124,10 @@ def write_tensors(
 
     With ``compress``, each new chunk is stored byte-grouped and zstd-coded when that pays (``put_chunk``),
     or, with ``max_depth`` > 0, as a delta against the chunk at the same byte range of the tensor of the same
-    name and dtype in ``references`` (the first parent's table entries), when that is smaller.
+    name and dtype in ``references`` (the first parent's table entries), when that is smaller. Chunks are coded
+    on the transfer threads, each chunk's blocks on every core (``block_pool``).
     """
-    with _pool(objects) as pool:
+    with _blocks(compress) as blocks, _pool(objects) as pool:  # the chunk workers end before their block pool
         futures: dict[str, list[Future[str]]] = {}
         for name, src in tensors.items():
             data = src.data.cast("B") if src.data.format != "B" else src.data
@@ -148,6 +150,7 @@ def write_tensors(
                     compress,
                     refs[i],
                     max_depth,
+                    blocks,
                 )
                 for i, p in enumerate(pieces)
             ]
@@ -160,6 +163,18 @@ def write_tensors(
             )
             for name, futs in futures.items()
         }
+
+
+@contextmanager
+def _blocks(needed: bool = True) -> Iterator[Executor | None]:
+    """The pool that codes chunks' blocks on every core, or ``None`` when nothing is coded."""
+    if not needed:
+        yield None
+        return
+    from ckpt.store._codecs._pool import block_pool
+
+    with block_pool() as pool:
+        yield pool
 
 
 def _references(parent: TensorEntry | None, dtype: str, pieces: list[memoryview], chunk_size: int) -> list[str | None]:
@@ -287,32 +302,34 @@ def read_tensors(
         for digest, piece in zip(entry.chunks, _pieces(view, chunk_size), strict=True):
             jobs.append((name, digest, piece))
 
-    def job(name: str, digest: str, piece: memoryview) -> None:
-        objects.read_chunk_into(digest, piece, verify=verify, tensor=name, snapshot=snapshot)
-        if progress:
-            progress(piece.nbytes)
+    with _blocks() as blocks:  # an encoded chunk's blocks decode on every core
 
-    if sharded:
-        _run_jobs(objects, sharded, progress)
+        def job(name: str, digest: str, piece: memoryview) -> None:
+            objects.read_chunk_into(digest, piece, verify=verify, tensor=name, snapshot=snapshot, executor=blocks)
+            if progress:
+                progress(piece.nbytes)
 
-    def map_job(name: str, entry: TensorEntry) -> Any:
-        mm = objects.map_chunk(entry.chunks[0], entry.nbytes, verify=verify, tensor=name, snapshot=snapshot)
-        if mm is None:  # an encoded chunk: decoded into new memory
-            tensor, view = allocate(entry, framework or entry.kind, name=name, snapshot=snapshot)
-            job(name, entry.chunks[0], view.cast("B") if view.format != "B" else view)
-            return tensor
-        if progress:
-            progress(entry.nbytes)
-        return from_buffer(mm, CHUNK_HEADER_SIZE, entry, framework or entry.kind)
+        if sharded:
+            _run_jobs(objects, sharded, progress)
 
-    if mapped:
-        with _pool(objects) as pool:
-            futures = {name: pool.submit(map_job, name, entry) for name, entry in mapped}
-            _run_all(objects, jobs, job)
-            for name, f in futures.items():
-                out[name] = f.result()
-        return {name: out[name] for name in entries}
-    _run_all(objects, jobs, job)
+        def map_job(name: str, entry: TensorEntry) -> Any:
+            mm = objects.map_chunk(entry.chunks[0], entry.nbytes, verify=verify, tensor=name, snapshot=snapshot)
+            if mm is None:  # an encoded chunk: decoded into new memory
+                tensor, view = allocate(entry, framework or entry.kind, name=name, snapshot=snapshot)
+                job(name, entry.chunks[0], view.cast("B") if view.format != "B" else view)
+                return tensor
+            if progress:
+                progress(entry.nbytes)
+            return from_buffer(mm, CHUNK_HEADER_SIZE, entry, framework or entry.kind)
+
+        if mapped:
+            with _pool(objects) as pool:
+                futures = {name: pool.submit(map_job, name, entry) for name, entry in mapped}
+                _run_all(objects, jobs, job)
+                for name, f in futures.items():
+                    out[name] = f.result()
+            return {name: out[name] for name in entries}
+        _run_all(objects, jobs, job)
     return out
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 import ckpt
+from ckpt.cli._output import human_bytes
 from ckpt.diff import SnapshotDiff, TensorDiff, chunk_sizes, diff, group_of, layer_of, tensor_order
 from ckpt.state import TensorSource
 
@@ -196,3 +199,42 @@ def test_ckpt_bookkeeping_files_are_not_listed(tmp_path: Path) -> None:
     store.save({"w": [1]}, files={"config.json": b"{}", ".ckpt/safetensors/model.safetensors.header": b"{}"})
     assert diff(store, "main~1", "main").files == ()
     assert diff(store, "main", "main~1").files == ()
+
+
+def test_stored_bytes_beside_raw_with_compression(tmp_path: Path, invoke: Any) -> None:
+    """With compression on, B's new chunks are reported as stored (a delta against A: a fraction of raw), and
+    the figure is the bytes their objects take on disk."""
+    store = ckpt.init(str(tmp_path / "s"), chunk_size=1 << 16)
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal(1 << 16) * 0.02).astype(np.float32)  # 4 chunks of 64 KiB
+    store.save({"w": w})
+    moved = w.copy()
+    moved[::7] += np.float32(1e-6)  # every chunk changes a little: each a small delta against A's
+    store.save({"w": moved})
+    d = diff(store, "main~1", "main")
+    table = store.table("main")
+    new = set(table.chunk_digests()) - set(store.table("main~1").chunk_digests())
+    on_disk = sum((tmp_path / "s" / "chunks" / c[:2] / c).stat().st_size for c in new)
+    assert d.added_chunks == 4 and d.added_bytes == w.nbytes
+    assert d.added_stored_bytes == on_disk
+    assert 0 < d.added_stored_bytes < d.added_bytes / 2
+    assert diff(store, "main", "main").added_stored_bytes == 0
+    raw = ckpt.init(str(tmp_path / "raw"), chunk_size=1 << 16, compression=False)
+    raw.save({"w": w})
+    raw.save({"w": moved})
+    assert diff(raw, "main~1", "main").added_stored_bytes == d.added_bytes + 4 * 16  # raw: headers only
+    out = invoke("--store", str(tmp_path / "s"), "diff", "main~1", "main", "--no-norms").stdout
+    assert f"B adds 256.0 KiB (4 chunks), stored as {human_bytes(on_disk)} ({on_disk / w.nbytes:.2f} of raw)" in out
+    data = json.loads(invoke("--store", str(tmp_path / "s"), "diff", "main~1", "main", "--json").stdout)
+    assert (data["added_bytes"], data["added_stored_bytes"]) == (w.nbytes, on_disk)
+
+
+def test_stored_bytes_unknown_when_b_pruned_or_chunk_missing(tmp_path: Path) -> None:
+    store = ckpt.init(str(tmp_path / "s"), chunk_size=1 << 16)
+    store.save({"w": np.ones(1 << 14, np.float32)})
+    snap = store.save({"w": np.full(1 << 14, 2, np.float32)})
+    chunk = store.table("main").tensors["w"].chunks[0]
+    (tmp_path / "s" / "chunks" / chunk[:2] / chunk).unlink()
+    d = diff(store, "main~1", "main", norms=False)
+    assert d.added_bytes == 1 << 16 and d.added_stored_bytes is None
+    assert snap.id == d.b

@@ -246,10 +246,12 @@ def test_diff_json(invoke: Invoke, family: dict[str, ckpt.Snapshot]) -> None:
         "unchanged",
         "added_chunks",
         "added_bytes",
+        "added_stored_bytes",
     }
     assert (data["a"], data["b"]) == (family["c"].id, family["l"].id)
     assert (data["added"], data["removed"], data["changed"], data["unchanged"]) == (1, 3, 0, 0)
     assert data["added_bytes"] == 512 and data["added_chunks"] == 1
+    assert data["added_stored_bytes"] == 512 + 16  # one raw chunk (too small to compress) and its header
     assert data["tensors"][0] == {
         "name": "lora/layers.1.lora_A",
         "status": "added",

@@ -19,7 +19,7 @@ def test_init_at_url(invoke: Invoke, tmp_path: Path) -> None:
     out = invoke("init", str(target), "--chunk-size", "1MiB", store=False).stdout
     assert (
         out.strip()
-        == f"initialised an empty ckpt store at {target} (chunks of 1.0 MiB, compressed, deltas up to 8 deep)"
+        == f"initialised an empty ckpt store at {target} (chunks of 1.0 MiB, compressed, deltas up to 16 deep)"
     )
     assert ckpt.open(str(target)).chunk_size == 1 << 20
 
@@ -30,7 +30,7 @@ def test_init_json_and_default_location(invoke: Invoke, store_path: Path) -> Non
         "url": str(store_path),
         "chunk_size": 8192,
         "compression": True,
-        "delta_depth": 8,
+        "delta_depth": 16,
         "format_version": "2.0",
     }
     assert "exists already" in invoke("init", code=1).stderr

@@ -509,3 +509,44 @@ def test_map_bounded_keeps_few_chunks_in_flight() -> None:
         assert list(results) == [i * i for i in range(1, 100)]
         with pytest.raises(ValueError):
             next(map_bounded(abs, [1], executor=pool, max_in_flight=0))
+
+
+@pytest.mark.parametrize("dtype", ["BF16", "F32", "I64", None])
+def test_a_chain_decodes_block_major_alike_on_every_core(dtype: str | None) -> None:
+    """A chain whose links share one block size decodes block by block through every link (in parallel on an
+    executor); links of other block sizes decode link by link: the same bytes either way, tail included."""
+    from ckpt.store._codecs import OP_XOR, decode_chain, encode_chunk, hash_raw, layout_for
+
+    rng = np.random.default_rng(3)
+    n = 5 * (1 << 16) + 7  # five 64 KiB blocks and a tail of 7 bytes
+    for key_log, key_raw in ((16, False), (17, False), (16, True)):
+        base = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        stored: dict[str, tuple[int, int, bytes]] = {}
+        if key_raw:
+            stored[hash_raw(base)] = (0, n, base)
+        else:
+            enc = encode_chunk(base, layout=layout_for(dtype), block_log=key_log, min_saving=-1.0)
+            stored[hash_raw(base)] = (enc.codec, n, b"".join(bytes(memoryview(p)) for p in enc.parts))
+        prev, depth = base, 0
+        for step in range(3):
+            cur = bytearray(prev)
+            cur[step::97] = bytes((b + 1) % 256 for b in cur[step::97])
+            op = OP_XOR if step == 1 else None
+            enc = encode_chunk(
+                bytes(cur),
+                layout=layout_for(dtype),
+                reference=prev,
+                reference_digest=hash_raw(prev),
+                reference_depth=depth,
+                op=op,
+                block_log=16,
+                min_saving=-1.0,
+            )
+            assert enc.depth == depth + 1
+            stored[hash_raw(bytes(cur))] = (enc.codec, n, b"".join(bytes(memoryview(p)) for p in enc.parts))
+            prev, depth = bytes(cur), enc.depth
+        alone, parallel = bytearray(n), bytearray(n)
+        assert decode_chain(hash_raw(prev), alone, stored.__getitem__) == 3
+        with ThreadPoolExecutor(4) as pool:
+            assert decode_chain(hash_raw(prev), parallel, stored.__getitem__, executor=pool) == 3
+        assert bytes(alone) == bytes(parallel) == prev

@@ -193,7 +193,7 @@ def test_delta_depth_is_checked(tmp_path: Path) -> None:
     with pytest.raises(ckpt.RecordError):
         ckpt.init(str(tmp_path / "raw"), compression=False, delta_depth=4)
     config = json.loads((Path(ckpt.init(str(tmp_path / "ok")).url) / "ckpt.json").read_bytes())
-    assert config["delta_depth"] == 8 and config["format_version"] == "2.0"
+    assert config["delta_depth"] == 16 and config["format_version"] == "2.0"
 
 
 def test_a_link_stored_again_whole_keeps_its_dependents_readable(tmp_path: Path) -> None:

@@ -363,9 +363,13 @@ def _print_diff(d: SnapshotDiff, a: str, b: str, trees: tuple[Any, Any] | None =
             ("diff ", "bold"), (d.a[:12], "yellow"), f" ({shown(a)}) → ", (d.b[:12], "yellow"), f" ({shown(b)})"
         )
     )
+    stored = ""
+    if d.added_stored_bytes is not None and d.added_bytes:
+        ratio = d.added_stored_bytes / d.added_bytes
+        stored = f", stored as {human_bytes(d.added_stored_bytes)} ({ratio:.2f} of raw),"
     out.print(
         f"tensors: {d.added} added, {d.removed} removed, {d.changed} changed, {d.unchanged} unchanged; "
-        f"B adds {human_bytes(d.added_bytes)} ({count(d.added_chunks, 'chunk')}) to a store holding A"
+        f"B adds {human_bytes(d.added_bytes)} ({count(d.added_chunks, 'chunk')}){stored} to a store holding A"
     )
     if d.state_changed:
         changes = tree_changes(*trees) if trees is not None else []
@@ -424,7 +428,8 @@ def diff(state: CliState, a: str, b: str, no_norms: bool, as_json: bool) -> None
 
     Lists added, removed and changed tensors (dtype and shape changes), the relative change ‖B−A‖/‖A‖ of
     changed floating-point tensors, counts by layer, changed attached files, and how many bytes B adds to a
-    store that holds A. Needs no torch: bf16 is decoded with numpy; fp8 norms are skipped (and say so).
+    store that holds A: raw, and as stored (compressed chunks and deltas at their size on disk). Needs no
+    torch: bf16 is decoded with numpy; fp8 norms are skipped (and say so).
 
     \b
     Examples:

@@ -37,7 +37,7 @@ __all__ = ["gc", "init", "repair", "verify"]
     type=click.IntRange(0, 64),
     default=None,
     metavar="N",
-    help="Store a chunk as a delta against its parent's when smaller, in chains of at most N (default 8 with "
+    help="Store a chunk as a delta against its parent's when smaller, in chains of at most N (default 16 with "
     "compression; 0: none). A store with deltas is format 2.0.",
 )
 @json_option

@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # numpy and zstandard load with the first codec used: `ckpt l
         delta_reference,
         encode_chunk,
     )
-    from ckpt.store._codecs._pool import map_bounded
+    from ckpt.store._codecs._pool import block_pool, map_bounded
 
 _LAZY = {
     "Fetch": "_chain",
@@ -58,6 +58,7 @@ _LAZY = {
     "delta_op_for": "_chunk",
     "delta_reference": "_chunk",
     "encode_chunk": "_chunk",
+    "block_pool": "_pool",
     "map_bounded": "_pool",
 }
 
@@ -88,6 +89,7 @@ __all__ = [
     "Encoded",
     "Fetch",
     "Layout",
+    "block_pool",
     "decode_chain",
     "decode_into",
     "delta_op_for",

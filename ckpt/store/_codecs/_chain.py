@@ -6,11 +6,19 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 
 import blake3
+import numpy as np
 
 from ckpt.errors import CorruptChunkError, MissingObjectError
 from ckpt.store._codecs._chunk import decode_into, delta_reference
-from ckpt.store._codecs._framing import DEFAULT_MAX_DEPTH, corrupt
-from ckpt.store._codecs._grouped import Buffer
+from ckpt.store._codecs._framing import (
+    CODEC_GROUPED,
+    CODEC_RAW,
+    DEFAULT_MAX_DEPTH,
+    DELTA_PREFIX,
+    OP_ADD,
+    corrupt,
+)
+from ckpt.store._codecs._grouped import BodyPlan, Buffer, Mode, plan_body
 
 __all__ = ["Fetch", "decode_chain", "hash_raw"]
 
@@ -117,11 +125,64 @@ def decode_chain(
     return len(links) - 1
 
 
+def _plans(links: list[tuple[str, int, Buffer]], n: int) -> list[BodyPlan | memoryview] | None:
+    """Every link's checked plan, keyframe first (a raw keyframe: its payload), when they all cut the chunk into
+    blocks of one size, so that the chain can be decoded block-major; else ``None``."""
+    plans: list[BodyPlan | memoryview] = []
+    for link, codec, payload in reversed(links):
+        view = memoryview(payload).cast("B") if memoryview(payload).format != "B" else memoryview(payload)
+        if codec == CODEC_RAW:
+            if view.nbytes != n:
+                return None  # decoded link by link, which names the damage
+            plans.append(view)
+        elif codec == CODEC_GROUPED:
+            plans.append(plan_body(view, n, digest=link))
+        else:
+            delta = delta_reference(codec, view, link)
+            assert delta is not None
+            mode: Mode = "add" if delta.op == OP_ADD else "xor"
+            plans.append(plan_body(view[DELTA_PREFIX:], n, mode=mode, digest=link))
+    logs = {p.block_log for p in plans if isinstance(p, BodyPlan)}
+    return plans if len(logs) == 1 else None
+
+
+def _apply_blocks(plans: list[BodyPlan | memoryview], out: Buffer, executor: Executor | None) -> None:
+    """Decode a chain block-major: block ``j`` of every link, keyframe first, while it is in cache; blocks in
+    parallel on ``executor``. Memory beyond ``out``: one block's planes per task."""
+    target = np.frombuffer(memoryview(out).cast("B") if memoryview(out).format != "B" else out, dtype=np.uint8)
+    first = next(p for p in plans if isinstance(p, BodyPlan))
+    block, nblocks = 1 << first.block_log, first.nblocks
+
+    def task(j: int) -> None:
+        lo = j * block
+        for plan in plans:
+            if isinstance(plan, BodyPlan):
+                plan.decode_block(j, target)
+            else:
+                hi = min(lo + block, plan.nbytes)
+                target[lo:hi] = np.frombuffer(plan[lo:hi], dtype=np.uint8)
+
+    if executor is None or nblocks < 2:
+        for j in range(nblocks):
+            task(j)
+    else:
+        for _ in executor.map(task, range(nblocks)):
+            pass
+    for plan in plans:  # the trailing n mod k bytes of each body (a raw keyframe's are in its last block)
+        if isinstance(plan, BodyPlan):
+            plan.finish(target)
+
+
 def _apply(
     links: list[tuple[str, int, Buffer]], out: Buffer, digest: str, executor: Executor | None, *, check: bool
 ) -> None:
     """Decode a chain from its keyframe up into ``out``; with ``check``, raise at the first link whose bytes
     do not hash to its address, naming it."""
+    if not check and len(links) > 1:
+        plans = _plans(links, memoryview(out).nbytes)
+        if plans is not None:
+            _apply_blocks(plans, out, executor)
+            return
     for i, (link, codec, payload) in enumerate(reversed(links)):
         decode_into(codec, payload, out, digest=link, executor=executor)
         if check and hash_raw(out) != link:

@@ -44,8 +44,8 @@ OP_ADD = 1
 OPS = (OP_XOR, OP_ADD)
 #: The deepest chain the format allows (a depth is one byte); stores bound it far lower (a setting).
 MAX_DEPTH_LIMIT = 255
-#: The chain depth a reader accepts unless told otherwise, and writers use by default (benchmarks/storage.py).
-DEFAULT_MAX_DEPTH = 8
+#: The chain depth a reader accepts unless told otherwise, and writers use by default (benchmarks/delta_depth.py).
+DEFAULT_MAX_DEPTH = 16
 
 #: The size of a grouped body's own header: transform, element size, block log, reserved.
 BODY_HEADER = 4

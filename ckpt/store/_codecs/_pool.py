@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TypeVar
 
-__all__ = ["map_bounded"]
+__all__ = ["block_pool", "map_bounded"]
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -40,3 +42,19 @@ def map_bounded(fn: Callable[[_T], _R], items: Iterable[_T], *, executor: Execut
     finally:
         for future in pending:
             future.cancel()
+
+
+@contextmanager
+def block_pool() -> Iterator[ThreadPoolExecutor]:
+    """A pool with one thread per core for the blocks of chunks being coded (zstd and numpy release the GIL).
+
+    Chunk-level workers (a save's or a load's transfer threads) hand it a chunk's blocks and wait for them, so
+    that one big chunk, or a few, still use every core; it never waits on anything itself, so it cannot
+    deadlock on the workers. Threads start with the first block; queued blocks are dropped when the block ends
+    on an error.
+    """
+    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="ckpt-codec")
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
