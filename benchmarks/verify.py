@@ -41,7 +41,9 @@ def main() -> None:
         store = ckpt.init(Path(tmp) / "store")
         rng = np.random.default_rng(0)
         n = max(1, round(args.size_gb * 1e9 / (64 << 20)))
-        store.save({f"t{i}": rng.integers(0, 2**31, 16 << 20, dtype=np.int32) for i in range(n)}, branch="main")
+        store.save(  # full-range int32: incompressible, so every chunk is stored raw
+            {f"t{i}": rng.integers(-(2**31), 2**31, 16 << 20, dtype=np.int32) for i in range(n)}, branch="main"
+        )
         files = sorted((Path(tmp) / "store" / "chunks").glob("*/*"))
         payloads = [f.read_bytes()[16:] for f in files]
         nbytes = sum(len(p) for p in payloads)

@@ -28,6 +28,7 @@ from ckpt.store._chunk_format import (
 from ckpt.store._chunk_format import describe as where_of
 from ckpt.store._codecs._framing import CODEC_DELTA
 from ckpt.store._encoded import ENCODED, decode_payload, max_payload
+from ckpt.store._local_reads import read_raw_into
 from ckpt.store._types import Progress
 
 __all__ = [
@@ -117,6 +118,9 @@ class ChunkReads:
                 hash to ``digest``.
             MissingObjectError: the chunk is not in the store.
         """
+        local = self.backend.local_path(layout.chunk_path(digest))
+        if local is not None and read_raw_into(local, digest, out, verify=verify, tensor=tensor, snapshot=snapshot):
+            return  # a raw chunk on this machine: read in pieces, each hashed as it lands (``_local_reads``)
         header = bytearray(CHUNK_HEADER_SIZE)
         sentinel = bytearray(1)
         try:
