@@ -182,6 +182,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
             "cpu_x_floor": xc and round(xc, 3),
         }
     print(f"# {nbytes / 1e9:.2f} GB, medians of {args.repeat} interleaved runs")
+    for name in cases:
+        print("#", name, " ".join(f"{a:.3f}/{b:.3f}" for a, b in zip(seconds[name], cpu[name])))
     print(json.dumps(out))
 
 
