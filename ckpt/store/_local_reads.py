@@ -72,14 +72,21 @@ def open_chunk(path: str, digest: str, tensor: str | None, snapshot: str | None)
     return fd, st.st_size
 
 
-def _pread_full(fd: int, out: memoryview, offset: int) -> int:
-    """Fill ``out`` from ``offset``; returns the bytes read (fewer only where the file ends)."""
+def _fill(fd: int, views: list[memoryview], offset: int) -> int:
+    """Fill ``views`` one after the other from ``offset`` with ``preadv``; returns the bytes read (fewer only
+    where the file ends)."""
+    views = [v for v in views if v.nbytes]
     total = 0
-    while total < out.nbytes:
-        n = os.preadv(fd, [out[total:]], offset + total)
+    while views:
+        n = os.preadv(fd, views, offset + total)
         if n == 0:
             break
         total += n
+        while views and n >= views[0].nbytes:
+            n -= views[0].nbytes
+            views.pop(0)
+        if views and n:
+            views[0] = views[0][n:]
     return total
 
 
@@ -94,7 +101,7 @@ def read_raw_into(
 ) -> bool:
     """Read a local raw chunk's payload into ``out`` (exactly its length), hashing each piece as it lands.
 
-    Returns ``False``, having read nothing into ``out``, when the chunk is encoded (the caller decodes it).
+    Returns ``False`` when the chunk is encoded (the caller decodes it; what ``out`` holds then is undefined).
 
     Raises:
         CorruptChunkError: a bad header, a size other than ``16 + len(out)`` (short, or bytes after its end, also
@@ -104,28 +111,37 @@ def read_raw_into(
         FormatVersionError: a chunk format or codec this ckpt does not know.
     """
     fd, size = open_chunk(path, digest, tensor, snapshot)
-    h: blake3.blake3 | None = None
+    n = out.nbytes
+    h: blake3.blake3 | None = hasher(n) if verify else None
     try:
-        header = os.pread(fd, CHUNK_HEADER_SIZE, 0)
-        if len(header) >= CHUNK_HEADER_SIZE and header[5] in ENCODED:
-            return False
-        check_stored_codec(digest, header, size, out.nbytes, tensor, snapshot)  # raw: exactly 16 + n bytes
-        n = out.nbytes
-        if n > READ_PIECE and hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a cold read: deeper readahead
-        h = hasher(n) if verify else None
-        step = READ_PIECE if verify else max(n, 1)  # nothing to overlap without hashing: one read
-        pos = 0
-        while pos < n:
-            piece = out[pos : pos + step]
-            got = _pread_full(fd, piece, CHUNK_HEADER_SIZE + pos)
-            if got < piece.nbytes:  # the file shrank after it was measured
-                raise _corrupt(digest, tensor, snapshot, f"is corrupt: it holds {pos + got} bytes of its {n}")
+        if n <= READ_PIECE:  # one piece: header, payload and the byte that proves nothing follows, in one call
+            header, sentinel = bytearray(CHUNK_HEADER_SIZE), bytearray(1)
+            got = _fill(fd, [memoryview(header), out, memoryview(sentinel)], 0)
+            head = bytes(header[: min(got, CHUNK_HEADER_SIZE)])
+            if len(head) == CHUNK_HEADER_SIZE and head[5] in ENCODED:
+                return False
+            check_stored_codec(digest, head, got, n, tensor, snapshot)  # raw: exactly 16 + n bytes
             if h is not None:
-                h.update(piece)  # from the cache, while other workers' reads are in flight
-            pos += got
-        if os.pread(fd, 1, CHUNK_HEADER_SIZE + n):  # the file grew after it was measured
-            raise _corrupt(digest, tensor, snapshot, f"is corrupt: bytes follow its {n}-byte payload")
+                h.update(out)
+        else:
+            head = os.pread(fd, CHUNK_HEADER_SIZE, 0)
+            if len(head) == CHUNK_HEADER_SIZE and head[5] in ENCODED:
+                return False
+            check_stored_codec(digest, head, size, n, tensor, snapshot)  # raw: exactly 16 + n bytes
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a cold read: deeper readahead
+            step = READ_PIECE if verify else n  # nothing to overlap without hashing: one read
+            pos = 0
+            while pos < n:
+                piece = out[pos : pos + step]
+                got = _fill(fd, [piece], CHUNK_HEADER_SIZE + pos)
+                if got < piece.nbytes:  # the file shrank after it was measured
+                    raise _corrupt(digest, tensor, snapshot, f"is corrupt: it holds {pos + got} bytes of its {n}")
+                if h is not None:
+                    h.update(piece)  # from the cache, while other workers' reads are in flight
+                pos += got
+            if os.pread(fd, 1, CHUNK_HEADER_SIZE + n):  # the file grew after it was measured
+                raise _corrupt(digest, tensor, snapshot, f"is corrupt: bytes follow its {n}-byte payload")
     except OSError as e:
         raise _corrupt(digest, tensor, snapshot, f"cannot be read: {os.strerror(e.errno or 0)}") from e
     finally:
