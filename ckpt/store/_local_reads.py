@@ -8,8 +8,9 @@ other chunks' reads are in flight on the other workers: verification costs littl
 bytes are read and copied once. The kernel is told the file is read sequentially (``POSIX_FADV_SEQUENTIAL``), so
 a cold read keeps its readahead deep.
 
-An encoded chunk (compressed, or a delta) is not read here: its stored bytes are not the tensor's, and
-``ChunkReads.read_chunk_into`` decodes it.
+An encoded chunk (compressed, or a delta) is not read here: its stored bytes are not the tensor's.
+``map_stored`` maps it read-only instead, so that ``ChunkReads`` decodes its payload where it lies, without
+copying it into fresh memory first.
 
 Measured by ``benchmarks/load.py`` (hot and cold loads against BLAKE3 and ``dd`` floors).
 """
@@ -17,6 +18,7 @@ Measured by ``benchmarks/load.py`` (hot and cold loads against BLAKE3 and ``dd``
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import stat
 from typing import TYPE_CHECKING
@@ -29,7 +31,7 @@ from ckpt.store._encoded import ENCODED
 if TYPE_CHECKING:
     import blake3
 
-__all__ = ["READ_PIECE", "open_chunk", "read_raw_into"]
+__all__ = ["READ_PIECE", "map_stored", "open_chunk", "read_raw_into"]
 
 #: A local raw chunk is read in pieces of this many bytes, each hashed right after it lands (big enough for
 #: BLAKE3's threads to pay, small enough to stay in the CPU's cache): ``benchmarks/load.py``.
@@ -149,3 +151,22 @@ def read_raw_into(
     if h is not None and h.hexdigest() != digest:
         raise _corrupt(digest, tensor, snapshot, "is corrupt: its bytes do not match its digest")
     return True
+
+
+def map_stored(path: str, digest: str, length: int, tensor: str | None, snapshot: str | None) -> tuple[int, mmap.mmap]:
+    """Map a local chunk object read-only, after checking its header and size: ``(codec, map)``; the payload
+    starts at ``CHUNK_HEADER_SIZE``. For decoding an encoded chunk where it lies (no copy of its payload into
+    fresh memory). The caller closes the map.
+
+    Raises:
+        CorruptChunkError, MissingObjectError, FormatVersionError: as ``read_raw_into``.
+    """
+    fd, size = open_chunk(path, digest, tensor, snapshot)
+    try:
+        head = os.pread(fd, CHUNK_HEADER_SIZE, 0)
+        codec, _ = check_stored_codec(digest, head, size, length, tensor, snapshot)
+        return codec, mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as e:
+        raise _corrupt(digest, tensor, snapshot, "cannot be mapped") from e
+    finally:
+        os.close(fd)
