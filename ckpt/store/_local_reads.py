@@ -3,10 +3,10 @@
 A chunk object on a local disk is opened once (never through a link, only a regular file), its header and size
 checked against the one rule (``check_stored_codec``: a raw chunk holds exactly ``16 + n`` bytes), and its
 payload read with ``preadv`` into the caller's memory in pieces of ``READ_PIECE`` bytes. Each piece is hashed
-(BLAKE3, on all cores, GIL released) right after it lands, while it is still in the CPU's cache and while the
-other chunks' reads are in flight on the other workers: verification costs little more than hashing, and the
-bytes are read and copied once. The kernel is told the file is read sequentially (``POSIX_FADV_SEQUENTIAL``), so
-a cold read keeps its readahead deep.
+(BLAKE3, GIL released, one thread per chunk: the caller's workers read several chunks at once) right after it
+lands, while it is still in the CPU's cache and while the other chunks' reads are in flight: verification costs
+little more than hashing, and the bytes are read and copied once. The kernel is told the file is read
+sequentially (``POSIX_FADV_SEQUENTIAL``), so a cold read keeps its readahead deep.
 
 An encoded chunk (compressed, or a delta) is not read here: its stored bytes are not the tensor's.
 ``map_stored`` maps it read-only instead, so that ``ChunkReads`` decodes its payload where it lies, without
@@ -21,15 +21,13 @@ import errno
 import mmap
 import os
 import stat
-from typing import TYPE_CHECKING
+
+import blake3
 
 from ckpt.errors import CorruptChunkError, MissingObjectError
-from ckpt.store._chunk_format import CHUNK_HEADER_SIZE, check_stored_codec, hasher
+from ckpt.store._chunk_format import CHUNK_HEADER_SIZE, check_stored_codec
 from ckpt.store._chunk_format import describe as where_of
 from ckpt.store._encoded import ENCODED
-
-if TYPE_CHECKING:
-    import blake3
 
 __all__ = ["READ_PIECE", "map_stored", "open_chunk", "read_raw_into"]
 
@@ -114,7 +112,9 @@ def read_raw_into(
     """
     fd, size = open_chunk(path, digest, tensor, snapshot)
     n = out.nbytes
-    h: blake3.blake3 | None = hasher(n) if verify else None
+    # one thread per chunk: the caller reads several chunks at once on its workers, and handing every piece to
+    # BLAKE3's own threads wakes them (and lets them spin) once per piece, which costs more than it gains
+    h: blake3.blake3 | None = blake3.blake3() if verify else None
     try:
         if n <= READ_PIECE:  # one piece: header, payload and the byte that proves nothing follows, in one call
             header, sentinel = bytearray(CHUNK_HEADER_SIZE), bytearray(1)
