@@ -11,6 +11,7 @@ import errno
 import mmap
 import os
 import stat
+from collections.abc import Callable
 
 from ckpt.errors import CorruptChunkError, IntegrityError, MissingObjectError
 from ckpt.storage import Backend
@@ -259,12 +260,12 @@ class ChunkReads:
         tensor: str | None = None,
         snapshot: str | None = None,
         progress: Progress | None = None,
-        buffer: memoryview | None = None,
+        buffer: Callable[[int], memoryview | None] | None = None,
     ) -> int:
         """Verify a stored chunk without keeping it: a local raw chunk is memory-mapped and hashed where it lies,
-        a local encoded one decoded from where it lies into ``buffer`` (memory the caller reuses from chunk to
-        chunk, used when it holds ``length`` bytes; else fresh memory); otherwise it is read in pieces of at
-        most ``VERIFY_PIECE`` bytes (an encoded one is decoded).
+        a local encoded one decoded from where it lies into ``buffer(length)`` (memory the caller reuses from
+        chunk to chunk, asked for only then, used when it holds ``length`` bytes; else fresh memory); otherwise it
+        is read in pieces of at most ``VERIFY_PIECE`` bytes (an encoded one is decoded).
 
         Memory stays bounded whatever its table claims (a table claiming a 3 GiB chunk over a 16-byte object
         reads 16 bytes). Returns the bytes the object holds (header included).
@@ -281,7 +282,8 @@ class ChunkReads:
                 size = len(mm)
                 mm.close()
             else:  # encoded: decoded from where it lies into ``buffer`` (reused) or fresh memory
-                out = buffer[:length] if buffer is not None and buffer.nbytes >= length else None
+                held = buffer(length) if buffer is not None else None
+                out = held[:length] if held is not None and held.nbytes >= length else None
                 if out is None:
                     out = memoryview(self._buffer(digest, length, tensor, snapshot))
                 size = self._decode_local(local, digest, out, verify=True, tensor=tensor, snapshot=snapshot)

@@ -170,7 +170,7 @@ def verify_snapshots(
     total = 0
     scratch = threading.local()  # each worker decodes encoded chunks into one buffer of its own, reused
 
-    def buffer(length: int) -> memoryview | None:
+    def buffer(length: int) -> memoryview | None:  # asked for only by an encoded chunk
         held: memoryview | None = getattr(scratch, "buffer", None)
         if held is None or held.nbytes < length:
             try:
@@ -190,7 +190,7 @@ def verify_snapshots(
                 tensor=sorted(tensors)[0],
                 snapshot=sorted(snaps)[0],
                 progress=progress,
-                buffer=buffer(length) if local and length <= VERIFY_PIECE else None,
+                buffer=buffer if local and length <= VERIFY_PIECE else None,
             )
         except CkptError as e:
             d = Damage(
