@@ -15,7 +15,8 @@ times, interleaved, the median of ``--repeat`` runs:
 - ckpt: ``Store.load`` hot (the chunk files in the page cache; each hot case runs once untimed right before
   it is timed, so that it does not pay for the memory the case before it left behind) verified (the default),
   unverified, ``mmap=True`` (verified, zero-copy) and ``mmap=True`` unverified (what safetensors does); cold
-  (``POSIX_FADV_DONTNEED`` on every file first) verified and ``mmap=True``. Every ckpt load ends with every page of every tensor touched, as the peer's.
+  (``POSIX_FADV_DONTNEED`` on every file first) verified and ``mmap=True``. Every ckpt load ends with every
+  page of every tensor touched, as the peer's.
 
 Each line shows the ratio to its floor and to the peer, and the goal (issue 15): hot verified ≤ 1.3× BLAKE3,
 hot unverified ≤ 2× safetensors, cold ≤ 1.3× dd. ``--compressed`` adds the same hot and cold loads of a store
