@@ -11,6 +11,7 @@ import errno
 import mmap
 import os
 import stat
+from collections.abc import Callable
 from concurrent.futures import Executor
 
 from ckpt.errors import CorruptChunkError, IntegrityError, MissingObjectError
@@ -29,6 +30,7 @@ from ckpt.store._chunk_format import (
 from ckpt.store._chunk_format import describe as where_of
 from ckpt.store._codecs._framing import CODEC_DELTA
 from ckpt.store._encoded import ENCODED, decode_payload, max_payload
+from ckpt.store._local_reads import map_stored, read_raw_into
 from ckpt.store._types import Progress
 
 __all__ = [
@@ -121,6 +123,12 @@ class ChunkReads:
                 hash to ``digest``.
             MissingObjectError: the chunk is not in the store.
         """
+        local = self.backend.local_path(layout.chunk_path(digest))
+        if local is not None:
+            if read_raw_into(local, digest, out, verify=verify, tensor=tensor, snapshot=snapshot):
+                return  # a raw chunk on this machine: read in pieces, each hashed as it lands (``_local_reads``)
+            self._decode_local(local, digest, out, verify=verify, tensor=tensor, snapshot=snapshot, executor=executor)
+            return
         header = bytearray(CHUNK_HEADER_SIZE)
         sentinel = bytearray(1)
         try:
@@ -141,6 +149,38 @@ class ChunkReads:
             )
         elif verify:
             self._check_digest(out, digest, tensor, snapshot)
+
+    def _decode_local(
+        self,
+        path: str,
+        digest: str,
+        out: memoryview,
+        *,
+        verify: bool,
+        tensor: str | None,
+        snapshot: str | None,
+        executor: Executor | None = None,
+    ) -> int:
+        """Decode a local encoded chunk into ``out`` from a read-only map of its file (its payload is never
+        copied into fresh memory); returns the bytes the object holds."""
+        codec, mm = map_stored(path, digest, out.nbytes, tensor, snapshot)
+        payload = memoryview(mm)[CHUNK_HEADER_SIZE:]
+        try:
+            if codec == CODEC_RAW:  # raw after all (it was replaced meanwhile): its payload is the bytes
+                out[:] = payload
+                if verify:
+                    self._check_digest(out, digest, tensor, snapshot)
+            else:
+                self._decode(
+                    digest, codec, payload, out, verify=verify, tensor=tensor, snapshot=snapshot, executor=executor
+                )
+            return len(mm)
+        finally:
+            try:
+                payload.release()
+                mm.close()
+            except BufferError:  # views of it are still held (by an error's traceback): unmapped when they go
+                pass
 
     def _stored(
         self, digest: str, length: int | None, tensor: str | None, snapshot: str | None
@@ -174,7 +214,7 @@ class ChunkReads:
         self,
         digest: str,
         codec: int,
-        payload: bytes,
+        payload: bytes | memoryview,
         out: memoryview,
         *,
         verify: bool,
@@ -238,9 +278,12 @@ class ChunkReads:
         tensor: str | None = None,
         snapshot: str | None = None,
         progress: Progress | None = None,
+        buffer: Callable[[int], memoryview | None] | None = None,
     ) -> int:
-        """Verify a stored chunk without keeping it: a local raw chunk is memory-mapped and hashed where it lies;
-        otherwise it is read in pieces of at most ``VERIFY_PIECE`` bytes (an encoded one is decoded).
+        """Verify a stored chunk without keeping it: a local raw chunk is memory-mapped and hashed where it lies,
+        a local encoded one decoded from where it lies into ``buffer(length)`` (memory the caller reuses from
+        chunk to chunk, asked for only then, used when it holds ``length`` bytes; else fresh memory); otherwise it
+        is read in pieces of at most ``VERIFY_PIECE`` bytes (an encoded one is decoded).
 
         Memory stays bounded whatever its table claims (a table claiming a 3 GiB chunk over a 16-byte object
         reads 16 bytes). Returns the bytes the object holds (header included).
@@ -250,14 +293,21 @@ class ChunkReads:
             MissingObjectError: the chunk is not in the store.
         """
         path = layout.chunk_path(digest)
-        if self.backend.local_path(path) is not None:  # a raw chunk is hashed where it lies: no copy, no new memory
+        local = self.backend.local_path(path)
+        if local is not None:  # a raw chunk is hashed where it lies: no copy, no new memory
             mm = self.map_chunk(digest, length, verify=True, tensor=tensor, snapshot=snapshot)
             if mm is not None:
                 size = len(mm)
                 mm.close()
-                if progress and length:
-                    progress(length)
-                return size
+            else:  # encoded: decoded from where it lies into ``buffer`` (reused) or fresh memory
+                held = buffer(length) if buffer is not None else None
+                out = held[:length] if held is not None and held.nbytes >= length else None
+                if out is None:
+                    out = memoryview(self._buffer(digest, length, tensor, snapshot))
+                size = self._decode_local(local, digest, out, verify=True, tensor=tensor, snapshot=snapshot)
+            if progress and length:
+                progress(length)
+            return size
         end = CHUNK_HEADER_SIZE + length  # where a valid object ends
         limit = end + 1  # one byte more is asked for, to see whether anything follows
         digest_hasher = hasher(length)

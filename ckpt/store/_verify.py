@@ -168,6 +168,16 @@ def verify_snapshots(
 
     lock = threading.Lock()
     total = 0
+    scratch = threading.local()  # each worker decodes encoded chunks into one buffer of its own, reused
+
+    def buffer(length: int) -> memoryview | None:  # asked for only by an encoded chunk
+        held: memoryview | None = getattr(scratch, "buffer", None)
+        if held is None or held.nbytes < length:
+            try:
+                held = scratch.buffer = memoryview(bytearray(length))
+            except (MemoryError, OverflowError):  # a table claiming an absurd length: check_chunk words it
+                return None
+        return held
 
     def check(digest: str, length: int) -> None:
         nonlocal total
@@ -175,7 +185,12 @@ def verify_snapshots(
         held = 0
         try:  # read in bounded pieces: memory never depends on the length a table claims
             held = objects.check_chunk(
-                digest, length, tensor=sorted(tensors)[0], snapshot=sorted(snaps)[0], progress=progress
+                digest,
+                length,
+                tensor=sorted(tensors)[0],
+                snapshot=sorted(snaps)[0],
+                progress=progress,
+                buffer=buffer if local and length <= VERIFY_PIECE else None,
             )
         except CkptError as e:
             d = Damage(
@@ -191,6 +206,7 @@ def verify_snapshots(
         with lock:
             total += held
 
+    local = objects.backend.local_path(layout.CONFIG) is not None
     if progress_total:
         progress_total(sum(length for _, length in users))  # what ``progress`` counts: payload bytes
     # on an object store each check is a request (and holds what it read, up to VERIFY_PIECE bytes): as many in
