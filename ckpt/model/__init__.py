@@ -22,6 +22,7 @@ from ckpt.model._canonical import (
 from ckpt.model._config import (
     FORMAT_VERSION,
     FORMAT_VERSION_NO_DELTAS,
+    FORMAT_VERSION_NO_PACKS,
     MAX_DELTA_DEPTH,
     READABLE_MAJOR,
     StoreConfig,
@@ -55,6 +56,7 @@ __all__ = [
     "DTYPE_SIZES",
     "FORMAT_VERSION",
     "FORMAT_VERSION_NO_DELTAS",
+    "FORMAT_VERSION_NO_PACKS",
     "MAX_DELTA_DEPTH",
     "MAX_JSON_DEPTH",
     "READABLE_MAJOR",

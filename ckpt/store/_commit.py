@@ -90,6 +90,7 @@ def save(
         compress=compress,
         references=references,
         max_depth=depth,
+        pack_size=parts.config.pack_size,
     )
     entries = {name: written[first.get(name, name)] for name in tensors}
     if checked.inherit_from is not None:

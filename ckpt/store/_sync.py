@@ -22,8 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import BaseModel, ConfigDict
 
-from ckpt.errors import CkptError, RefConflictError
-from ckpt.model import Snapshot, TagRecord
+from ckpt.errors import CkptError, FormatVersionError, RefConflictError
+from ckpt.model import Snapshot, TagRecord, TensorTable
 from ckpt.store import _layout as layout
 from ckpt.store._io import io_workers, is_remote
 from ckpt.store._objects import CHUNK_HEADER_SIZE
@@ -108,9 +108,12 @@ def sync_parts(
     pruned = src.pruned()
     needed: dict[str, tuple[str, str, int]] = {}  # chunk → (a tensor or file using it, its snapshot, raw length)
     for snap in todo:
-        if snap.id in pruned:
+        if snap.id in pruned and dst.config.major >= 3:
             continue
         table = src.objects.get_table(snap.table)
+        _refuse_packs(table, snap, dst)
+        if snap.id in pruned:
+            continue
         for name, entry in table.tensors.items():
             for d, length in entry.pieces(table.chunk_size):  # a sharded tensor's pieces need not be equal
                 needed.setdefault(d, (name, snap.id, length))
@@ -218,6 +221,22 @@ def sync_parts(
         refs=tuple(refs),
         conflicts=tuple(conflicts),
     )
+
+
+def _refuse_packs(table: TensorTable, snap: Snapshot, dst: StoreParts) -> None:
+    """Refuse to copy a table with packed tensors (format 3.0) into a store of an older format, whose readers
+    (an older ckpt) would read each packed tensor as its whole pack; before anything is copied.
+
+    Raises:
+        FormatVersionError: names the snapshot and both formats.
+    """
+    if dst.config.major < 3 and any(t.pack is not None for t in table.tensors.values()):
+        raise FormatVersionError(
+            f"snapshot {snap.short_id} packs small tensors into shared chunks (format 3.0); the store at {dst.url} "
+            f"is format {dst.config.format_version}, whose readers do not know packs: nothing was copied",
+            hint="sync into a store created by this ckpt (ckpt init makes format 3.0 stores), or export the "
+            "snapshot (ckpt export) and import it there",
+        )
 
 
 def _lacking(
