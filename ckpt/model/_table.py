@@ -123,9 +123,13 @@ class TensorEntry(BaseModel):
     chunks: tuple[Digest, ...]
     kind: Literal["torch", "numpy"] = "torch"
     shards: tuple[TensorShard, ...] = ()
-    pack: tuple[Annotated[int, Field(ge=0, le=MAX_ELEMENTS)], Annotated[int, Field(gt=0, le=MAX_ELEMENTS)]] | None = (
-        None
-    )
+    pack: (
+        tuple[
+            Annotated[int, Field(strict=True, ge=0, le=MAX_ELEMENTS)],
+            Annotated[int, Field(strict=True, gt=0, le=MAX_ELEMENTS)],
+        ]
+        | None
+    ) = None
 
     @model_serializer(mode="wrap")
     def _without_empty_shards(self, handler: SerializerFunctionWrapHandler) -> Any:
