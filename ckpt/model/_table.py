@@ -286,6 +286,27 @@ class TensorTable(BaseModel):
             raise ValueError(f"state tree: {problem}")
         return self
 
+    def json_value(self) -> dict[str, Any]:
+        """The table as JSON values: exactly ``model_dump(mode="json")``, built without a pydantic call per entry
+        (a table of 30,000 tensors dumps several times faster). ``put_table`` writes its canonical JSON."""
+        tensors: dict[str, Any] = {}
+        for name, t in self.tensors.items():
+            out: dict[str, Any] = {"dtype": t.dtype, "shape": list(t.shape), "chunks": list(t.chunks), "kind": t.kind}
+            if t.shards:
+                out["shards"] = [s.model_dump(mode="json") for s in t.shards]
+            if t.pack is not None:
+                out["pack"] = list(t.pack)
+            tensors[name] = out
+        data: dict[str, Any] = {
+            "chunk_size": self.chunk_size,
+            "tensors": tensors,
+            "tree": self.tree,
+            "files": {path: {"size": f.size, "chunks": list(f.chunks)} for path, f in self.files.items()},
+        }
+        if self.tied:
+            data["tied"] = [list(group) for group in self.tied]
+        return data
+
     def chunk_digests(self) -> set[str]:
         """Every chunk digest the table needs, tensors and files."""
         out: set[str] = set()

@@ -283,3 +283,14 @@ def test_a_pack_whose_stored_length_differs_from_the_table_is_refused(tmp_path: 
 def _lengthen(table: dict[str, Any]) -> None:
     table["tensors"]["a"]["pack"] = [0, 24]
     table["tensors"]["b"]["pack"] = [12, 24]
+
+
+@pytest.mark.parametrize("golden", ["table.json", "table_tied.json", "table_sharded.json", "table_packed.json"])
+def test_table_json_value_is_its_model_dump(golden: str) -> None:
+    """``put_table`` writes ``json_value()``: the same JSON as pydantic's dump, for every kind of entry."""
+    from ckpt.model import TensorTable
+
+    data = (Path(__file__).parent.parent / "golden" / golden).read_bytes().rstrip(b"\n")
+    table = TensorTable.model_validate_json(data)
+    assert table.json_value() == table.model_dump(mode="json")
+    assert canonical_json(table.json_value()) == data
