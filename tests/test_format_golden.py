@@ -62,7 +62,7 @@ def test_store_config_record_with_packs() -> None:
         pack_size=4194304,
     )
     assert canonical_json(config.model_dump(mode="json")) == _golden("ckpt_packed.json")
-    with pytest.raises(ValueError, match="format 3.0"):
+    with pytest.raises(ValueError, match=r"format 3\.0"):
         StoreConfig(chunk_size=1 << 20, created_at="2026-11-28T00:00:00.000000Z", format_version="2.0", pack_size=16)
 
 
@@ -299,7 +299,7 @@ def _packed_store(root: Path) -> tuple[ckpt.Store, Snapshot]:
 def test_packed_table_record(tmp_path: Path) -> None:
     """Format 3.0: ``a`` and ``b`` share one pack (12 bytes), ``c`` does not fit beside them (16-byte packs) and
     starts the next; the I64 ``n`` has a pack of its own; the empty ``e`` has no chunk and no pack."""
-    store, snap = _packed_store(tmp_path / "s")
+    _, snap = _packed_store(tmp_path / "s")
     table_bytes = (tmp_path / "s" / layout.table_path(snap.table)).read_bytes()
     assert table_bytes == _golden("table_packed.json")
     table = TensorTable.model_validate(json.loads(table_bytes))
