@@ -36,6 +36,9 @@ __all__ = [
 #: (benchmarks/many_tensors.py).
 PACK_MAX_TENSOR = 64 * 1024
 
+#: The most bytes of packs a ``PackCache`` holds (the last pack read is held whatever its size).
+CACHE_BYTES = 64 << 20
+
 
 def packable(nbytes: int, pack_size: int) -> bool:
     """Whether a tensor of ``nbytes`` bytes goes into a pack of a store whose pack size is ``pack_size``."""
@@ -111,21 +114,27 @@ def names_text(names: Sequence[str]) -> str:
 class PackCache:
     """The last packs read, for readers that ask for one packed tensor at a time (thread-safe).
 
-    A pack is read once however many threads ask for it at the same time; at most ``limit`` packs are held
-    (the least recently used is dropped). Packs are held as they were read: verified when ``verify``.
+    A pack is read once however many threads ask for it at the same time; the packs held take at most
+    ``limit_bytes`` (at least the last one read; the least recently used is dropped first). Packs are held as
+    they were read: verified when ``verify``.
     """
 
-    def __init__(self, objects: Objects, *, verify: bool, snapshot: str | None, limit: int = 16) -> None:
+    def __init__(self, objects: Objects, *, verify: bool, snapshot: str | None, limit_bytes: int = CACHE_BYTES) -> None:
         self._objects = objects
         self._verify = verify
         self._snapshot = snapshot
-        self._limit = limit
+        self._limit = limit_bytes
+        self._held = 0
         self._lock = threading.Lock()
         self._packs: OrderedDict[tuple[str, int], bytearray] = OrderedDict()
         self._reading: dict[tuple[str, int], threading.Lock] = {}
 
     def tensor_bytes(self, name: str, entry: TensorEntry) -> memoryview:
-        """The bytes of the packed tensor ``name``, read with its pack (once for all the pack's tensors)."""
+        """The bytes of the packed tensor ``name``, read with its pack (once for all the pack's tensors).
+
+        Raises:
+            CorruptChunkError, MissingObjectError: the pack is damaged or missing.
+        """
         assert entry.pack is not None
         key = (entry.chunks[0], entry.pack[1])
         with self._lock:
@@ -134,15 +143,22 @@ class PackCache:
                 self._packs.move_to_end(key)
                 return slice_of(found, entry)
             gate = self._reading.setdefault(key, threading.Lock())
-        with gate:
+        with gate:  # one reader per pack; the others wait for it and take its bytes
             with self._lock:
                 found = self._packs.get(key)
             if found is None:
-                found = read_pack(self._objects, entry, [name], verify=self._verify, snapshot=self._snapshot)
+                try:
+                    found = read_pack(self._objects, entry, [name], verify=self._verify, snapshot=self._snapshot)
+                finally:
+                    if found is None:
+                        with self._lock:
+                            self._reading.pop(key, None)
                 with self._lock:
                     self._packs[key] = found
-                    while len(self._packs) > self._limit:
-                        self._packs.popitem(last=False)
+                    self._held += len(found)
+                    while self._held > self._limit and len(self._packs) > 1:
+                        _, dropped = self._packs.popitem(last=False)
+                        self._held -= len(dropped)
                     self._reading.pop(key, None)
         return slice_of(found, entry)
 
