@@ -1,10 +1,10 @@
 """Small tensors packed into shared chunks (format 3.0): which tensors share a pack, and reading packs once.
 
 A store with a ``pack_size`` writes every tensor of fewer than ``PACK_MAX_TENSOR`` bytes into a *pack*: one
-chunk holding the bytes of several tensors of one dtype, one after the other, in table order (each tensor's
-entry names the pack and its ``(offset, length)``, docs/format.md). One object, one write and one fsync per pack
-instead of per tensor. Packs are cut the same way from the same tensors, so an unchanged state deduplicates
-whole, and one dtype per pack keeps byte-grouped compression's planes aligned.
+chunk holding the bytes of several tensors of one dtype and one top-level key, one after the other, in table
+order (each tensor's entry names the pack and its ``(offset, length)``, docs/format.md). One object, one write
+and one fsync per pack instead of per tensor. Packs are cut the same way from the same tensors, so an unchanged
+state deduplicates whole, and one dtype per pack keeps byte-grouped compression's planes aligned.
 
 Readers read (and verify) a pack once for all its tensors: ``read_pack`` names every tensor of a damaged pack,
 and ``PackCache`` keeps the last packs read for readers that ask one tensor at a time (``LazyTensors``,
@@ -48,19 +48,21 @@ def packable(nbytes: int, pack_size: int) -> bool:
 def plan_packs(tensors: Iterable[tuple[str, str, int]], pack_size: int) -> list[tuple[str, list[tuple[str, int]]]]:
     """The packs a store with ``pack_size`` cuts ``(name, dtype, nbytes)`` tensors into, deterministically.
 
-    Packable tensors (``packable``) are grouped by dtype (in order of each dtype's first tensor), each group
-    in the given order, and cut greedily: a pack takes the next tensor while its bytes stay within
-    ``pack_size``. Offsets are then multiples of the element size.
+    Packable tensors (``packable``) are grouped by the first component of their path (``model``,
+    ``optimizer``, ``unet``, ``text_encoder`` …: parts of a state that change apart, such as a frozen text encoder
+    beside a fine-tuned UNet, never share a pack) and by dtype, groups in order of their first tensor, each group
+    in the given order, and cut greedily: a pack takes the next tensor while its bytes stay within ``pack_size``.
+    Offsets are then multiples of the element size.
 
     Returns:
         ``(dtype, [(name, offset), …])`` per pack, in order.
     """
-    groups: dict[str, list[tuple[str, int]]] = {}
+    groups: dict[tuple[str, str], list[tuple[str, int]]] = {}
     for name, dtype, nbytes in tensors:
         if packable(nbytes, pack_size):
-            groups.setdefault(dtype, []).append((name, nbytes))
+            groups.setdefault((name.partition("/")[0], dtype), []).append((name, nbytes))
     out: list[tuple[str, list[tuple[str, int]]]] = []
-    for dtype, members in groups.items():
+    for (_, dtype), members in groups.items():
         current: list[tuple[str, int]] = []
         used = 0
         for name, nbytes in members:
