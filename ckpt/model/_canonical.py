@@ -64,9 +64,12 @@ def canonical_json(value: Any) -> bytes:
     try:
         text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         data = text.encode("utf-8")
-    except (TypeError, ValueError, RecursionError) as e:  # UnicodeEncodeError is a ValueError
+    except UnicodeEncodeError as e:  # a lone surrogate: named by json_problem
+        raise RecordError(f"cannot encode as canonical JSON: {json_problem(value) or _short(str(e))}") from None
+    except (TypeError, ValueError, RecursionError) as e:
         raise RecordError(f"cannot encode as canonical JSON: {_short(str(e))}") from None
-    problem = json_problem(value)  # what every reader would refuse is never written
+    # what every reader would refuse is never written (every string is valid Unicode: it was encoded above)
+    problem = json_problem(value, strings=False)
     if problem:
         raise RecordError(f"cannot encode as canonical JSON: {problem}")
     return data
@@ -84,8 +87,9 @@ def parse_json(data: bytes, *, what: str, hint: str | None = RECORD_HINT) -> Any
         RecordError: the bytes are not UTF-8 JSON (``NaN``, ``Infinity`` and numbers out of a float's range are
             not), nest deeper than ``MAX_JSON_DEPTH``, or hold a string that is not valid Unicode.
     """
+    data = bytes(data)
     try:
-        value = json.loads(bytes(data).decode("utf-8"), parse_constant=_no_constant, parse_float=_finite_float)
+        value = json.loads(data.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: bad JSON, or a huge int literal
         if isinstance(e, RecursionError):
             problem = "it nests too deeply"
@@ -94,7 +98,8 @@ def parse_json(data: bytes, *, what: str, hint: str | None = RECORD_HINT) -> Any
         else:
             problem = _short(str(e))
         raise RecordError(f"{what} is not valid JSON: {problem}", hint=hint) from None
-    bad = json_problem(value)
+    # strict UTF-8 decoding lets no surrogate through: only a \u escape can make a lone one
+    bad = json_problem(value, strings=b"\\u" in data)
     if bad:
         raise RecordError(f"{what} is invalid: {bad}", hint=hint)
     return value
@@ -111,10 +116,13 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def json_problem(value: Any) -> str | None:
+def json_problem(value: Any, *, strings: bool = True) -> str | None:
     """Why a parsed JSON value cannot be a record, or ``None``: it nests deeper than ``MAX_JSON_DEPTH``, or
     holds a string that is not valid Unicode (JSON's ``\\ud800`` escapes can make lone surrogates, which no
-    file name, message or UTF-8 writer accepts). Walks the value without recursion."""
+    file name, message or UTF-8 writer accepts). Walks the value without recursion; with ``strings=False`` (the
+    caller knows every string is valid Unicode), only its arrays and objects, for their depth."""
+    if not strings:
+        return _depth_problem(value)
     todo: list[tuple[Any, int]] = [(value, 0)]
     while todo:
         node, depth = todo.pop()
@@ -134,6 +142,23 @@ def json_problem(value: Any) -> str | None:
         if depth >= MAX_JSON_DEPTH:
             return f"it nests deeper than {MAX_JSON_DEPTH} levels"
         todo.extend((child, depth + 1) for child in children if isinstance(child, (dict, list, str)))
+    return None
+
+
+def _depth_problem(value: Any) -> str | None:
+    """``json_problem`` for a value whose strings are known to be valid Unicode: its depth alone."""
+    level = [value] if isinstance(value, (dict, list)) else []
+    depth = 0
+    while level:
+        if depth >= MAX_JSON_DEPTH:
+            return f"it nests deeper than {MAX_JSON_DEPTH} levels"
+        depth += 1
+        below: list[Any] = []
+        for node in level:
+            for child in node.values() if isinstance(node, dict) else node:
+                if isinstance(child, (dict, list)):
+                    below.append(child)
+        level = below
     return None
 
 

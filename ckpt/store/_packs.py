@@ -50,7 +50,8 @@ def plan_packs(tensors: Iterable[tuple[str, str, int]], pack_size: int) -> list[
 
     Packable tensors (``packable``) are grouped by the first component of their path (``model``,
     ``optimizer``, ``unet``, ``text_encoder`` …: parts of a state that change apart, such as a frozen text encoder
-    beside a fine-tuned UNet, never share a pack) and by dtype, groups in order of their first tensor, each group
+    beside a fine-tuned UNet, never share a pack; the tensors of a flat state dict, whose paths have no ``/``,
+    are one group) and by dtype, groups in order of their first tensor, each group
     in the given order, and cut greedily: a pack takes the next tensor while its bytes stay within ``pack_size``.
     Offsets are then multiples of the element size.
 
@@ -60,7 +61,8 @@ def plan_packs(tensors: Iterable[tuple[str, str, int]], pack_size: int) -> list[
     groups: dict[tuple[str, str], list[tuple[str, int]]] = {}
     for name, dtype, nbytes in tensors:
         if packable(nbytes, pack_size):
-            groups.setdefault((name.partition("/")[0], dtype), []).append((name, nbytes))
+            top, slash, _ = name.partition("/")
+            groups.setdefault((top if slash else "", dtype), []).append((name, nbytes))  # a flat state: one group
     out: list[tuple[str, list[tuple[str, int]]]] = []
     for (_, dtype), members in groups.items():
         current: list[tuple[str, int]] = []

@@ -294,3 +294,27 @@ def test_table_json_value_is_its_model_dump(golden: str) -> None:
     table = TensorTable.model_validate_json(data)
     assert table.json_value() == table.model_dump(mode="json")
     assert canonical_json(table.json_value()) == data
+
+
+def test_packs_are_cut_by_top_level_key_and_dtype_in_order() -> None:
+    from ckpt.store._packs import plan_packs
+
+    tensors = [
+        ("w1", "F32", 8),
+        ("w2", "F32", 8),  # a flat state dict: one group
+        ("model/a", "F32", 12),
+        ("optimizer/a", "F32", 4),
+        ("model/b", "BF16", 2),
+        ("model/c", "F32", 8),
+        ("model/big", "F32", PACK_MAX_TENSOR),  # not packed
+        ("model/empty", "F32", 0),  # not packed
+        ("model/d", "F32", 4),
+    ]
+    assert plan_packs(tensors, 20) == [
+        ("F32", [("w1", 0), ("w2", 8)]),
+        ("F32", [("model/a", 0), ("model/c", 12)]),  # 20 bytes: d does not fit
+        ("F32", [("model/d", 0)]),
+        ("F32", [("optimizer/a", 0)]),
+        ("BF16", [("model/b", 0)]),
+    ]
+    assert plan_packs(tensors, 0) == []
