@@ -291,6 +291,19 @@ def _why_no_norm(ea: TensorEntry, eb: TensorEntry, sa: Snapshot, sb: Snapshot) -
     return None
 
 
+def _lazy_pair(
+    store: Store, sa: Snapshot, ta: TensorTable, sb: Snapshot, tb: TensorTable
+) -> tuple[LazyTensors, LazyTensors]:
+    """Lazy readers of both snapshots over the tables already read (a table of 30,000 tensors is not parsed
+    twice); neither snapshot is pruned (the callers left those out)."""
+    from ckpt.store import LazyTensors, store_parts
+
+    parts = store_parts(store)
+    return LazyTensors(parts, sa, ta, verify=True, framework=None), LazyTensors(
+        parts, sb, tb, verify=True, framework=None
+    )
+
+
 def _relative_change(la: LazyTensors, lb: LazyTensors, name: str, ea: TensorEntry, eb: TensorEntry) -> float:
     """``‖B − A‖ / ‖A‖``, accumulated in float64 over blocks of elements; ``inf`` when ‖A‖ = 0 < ‖B − A‖.
 
@@ -380,7 +393,7 @@ def diff(store: Store, a: str, b: str, *, norms: bool = True) -> SnapshotDiff:
                 )
             )
 
-    lazy = (store.tensors(sa.id), store.tensors(sb.id)) if relaid or todo else None
+    lazy = _lazy_pair(store, sa, ta, sb, tb) if relaid or todo else None
     if relaid:
         assert lazy is not None
         la, lb = lazy  # one pair for both passes: the packs read stay cached
