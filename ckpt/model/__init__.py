@@ -16,6 +16,7 @@ from ckpt.model._canonical import (
     json_problem,
     parse_json,
     parse_record,
+    paused_gc,
     validate_record,
     validation_summary,
 )
@@ -92,6 +93,7 @@ __all__ = [
     "json_problem",
     "parse_json",
     "parse_record",
+    "paused_gc",
     "parse_time",
     "ref_name_problem",
     "ref_name_readable",

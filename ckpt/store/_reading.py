@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ckpt.errors import StateMismatchError
-from ckpt.model import Snapshot, TensorEntry, TensorTable
+from ckpt.model import Snapshot, TensorEntry, TensorTable, paused_gc
 from ckpt.state import alias_key, tensor_paths, unflatten
 from ckpt.store._io import io_workers
 from ckpt.store._packs import PackCache, read_pack, slice_of
@@ -47,6 +47,20 @@ def load(
     mmap: bool,
 ) -> Any:
     """A snapshot's state tree, every tensor read (a tied group once); see ``Store.load``."""
+    with paused_gc():  # one tensor object each, none freed (_canonical.paused_gc)
+        return _load(parts, rev, verify=verify, framework=framework, into=into, progress=progress, mmap=mmap)
+
+
+def _load(
+    parts: StoreParts,
+    rev: str,
+    *,
+    verify: bool,
+    framework: Framework | None,
+    into: Mapping[str, Any] | None,
+    progress: Progress | None,
+    mmap: bool,
+) -> Any:
     snap, table = open_snapshot(parts, rev)
     first = read_once(table, table.tensors, into, snap.short_id)
     tensors = read_tensors(
