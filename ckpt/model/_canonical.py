@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar, get_args, get_origin
@@ -84,7 +85,13 @@ def paused_gc() -> Iterator[None]:
     """Pause Python's cyclic garbage collector for a block that makes many container objects and frees none
     of them (parsing a tensor table of 30,000 entries, building its records): each generation-0 collection
     would walk every object alive, so the block would cost several times its own work. Reference counting
-    still frees memory; the collector resumes (if it ran before) when the block ends, also on an error."""
+    still frees memory; the collector resumes (if it ran before) when the block ends, also on an error.
+
+    Only on the main thread: the collector is the process's, and a background save (the ``Checkpointer``'s) must
+    not pause it under the training loop running beside it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     was = gc.isenabled()
     gc.disable()
     try:

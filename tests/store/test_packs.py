@@ -318,3 +318,33 @@ def test_packs_are_cut_by_top_level_key_and_dtype_in_order() -> None:
         ("BF16", [("model/b", 0)]),
     ]
     assert plan_packs(tensors, 0) == []
+
+
+def test_paused_gc_pauses_the_collector_on_the_main_thread_only() -> None:
+    import gc
+    import threading
+
+    from ckpt.model import paused_gc
+
+    assert gc.isenabled()
+    with pytest.raises(ValueError), paused_gc():
+        assert not gc.isenabled()
+        raise ValueError
+    assert gc.isenabled()  # resumed after an error too
+    seen: list[bool] = []
+
+    def background() -> None:
+        with paused_gc():
+            seen.append(gc.isenabled())
+
+    thread = threading.Thread(target=background)
+    thread.start()
+    thread.join()
+    assert seen == [True] and gc.isenabled()
+    gc.disable()
+    try:
+        with paused_gc():
+            pass
+        assert not gc.isenabled()  # a collector the caller paused stays paused
+    finally:
+        gc.enable()
