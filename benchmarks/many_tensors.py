@@ -1,6 +1,7 @@
 """Many small tensors (an MoE checkpoint has tens of thousands): every operation must be linear in tensors.
 
-    python benchmarks/many_tensors.py [--tensors 30000] [--elements 64] [--repeat 1] [--dir DIR]
+    python benchmarks/many_tensors.py [--tensors 30000] [--elements 64] [--repeat 1] [--dir DIR] [--pack-size SIZE]
+    python benchmarks/many_tensors.py --tensors 10000 --elements 256   # issue 14: 10,000 tensors of 1 KiB
 
 Builds ``--tensors`` float32 tensors of ``--elements`` elements each (distinct values, so nothing deduplicates)
 and times, each against the same run's ``safetensors.torch`` baseline:
@@ -15,7 +16,10 @@ and times, each against the same run's ``safetensors.torch`` baseline:
 Each line shows ckpt's seconds, the baseline's, their ratio (goal ≤ 2 where comparable) and µs per tensor.
 The same operations run at a tenth of the tensors too, and the last column is the time per tensor at full size
 over the time per tensor at a tenth: about 1 for linear work (10 for quadratic). Page caches are warm on both
-sides. The last line is one JSON object with every figure.
+sides. Then the disk the saved store takes (bytes allocated, as ``du`` counts them, and apparent bytes of its
+files) over the tensors' bytes, beside the safetensors file's. New stores pack small tensors into shared chunks
+(``--pack-size``, default the store default; ``0``: no packs, every tensor a chunk of its own). The last line is
+one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -57,7 +61,15 @@ def timed(fn: Callable[[], Any], repeat: int) -> float:
     return best
 
 
-def run(n: int, elements: int, repeat: int, root: Path) -> dict[str, tuple[float, float]]:
+def disk(path: Path) -> tuple[int, int]:
+    """(bytes allocated, apparent bytes) of every file under ``path``."""
+    files = [p.stat() for p in path.rglob("*") if p.is_file()]
+    return sum(f.st_blocks * 512 for f in files), sum(f.st_size for f in files)
+
+
+def run(
+    n: int, elements: int, repeat: int, root: Path, pack_size: str | None, sizes: dict[str, int] | None = None
+) -> dict[str, tuple[float, float]]:
     """``{operation: (ckpt seconds, safetensors seconds)}`` for ``n`` tensors."""
     sd = tensors(n, elements)
     changed = dict(sd)
@@ -71,7 +83,7 @@ def run(n: int, elements: int, repeat: int, root: Path) -> dict[str, tuple[float
     counter = iter(range(1_000_000))
 
     def fresh_store() -> ckpt.Store:
-        return ckpt.init(str(work / f"store-{next(counter)}"))
+        return ckpt.init(str(work / f"store-{next(counter)}"), pack_size=pack_size)
 
     st_save = timed(lambda: save_file(sd, str(st_file)), repeat)
     save_file(changed, str(st_changed))
@@ -83,6 +95,17 @@ def run(n: int, elements: int, repeat: int, root: Path) -> dict[str, tuple[float
 
     ckpt_save = timed(save, repeat)
     store = fresh_store()
+    if sizes is not None:
+        single = fresh_store()
+        single.save({"model": sd})
+        allocated, apparent = disk(Path(single.url))
+        sizes.update(
+            data=sum(t.numel() * t.element_size() for t in sd.values()),
+            store_allocated=allocated,
+            store_apparent=apparent,
+            safetensors=st_file.stat().st_size,
+            objects=sum(1 for p in (Path(single.url) / "chunks").rglob("*") if p.is_file()),
+        )
     store.save({"model": sd}, branch="a")
     store.save({"model": changed}, branch="b")
     ckpt_load = timed(lambda: store.load("a"), repeat)
@@ -114,11 +137,13 @@ def main() -> None:
     parser.add_argument("--elements", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--dir", type=Path, default=None, help="where to work (default: a temporary folder)")
+    parser.add_argument("--pack-size", default=None, help="the stores' pack size (default: ckpt's; 0: no packs)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="ckpt-many-", dir=args.dir))
+    sizes: dict[str, int] = {}
     try:
-        small = run(max(1, args.tensors // 10), args.elements, args.repeat, root)
-        full = run(args.tensors, args.elements, args.repeat, root)
+        small = run(max(1, args.tensors // 10), args.elements, args.repeat, root, args.pack_size)
+        full = run(args.tensors, args.elements, args.repeat, root, args.pack_size, sizes)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     n = args.tensors
@@ -136,6 +161,13 @@ def main() -> None:
             "ratio": round(ours / base, 2),
             "linearity": round(linearity, 2),
         }
+    data = sizes["data"]
+    print(
+        f"disk: store {sizes['store_allocated'] / data:.2f}× the data allocated ({sizes['store_allocated']} B, "
+        f"{sizes['objects']} chunk objects), {sizes['store_apparent'] / data:.2f}× apparent; safetensors file "
+        f"{sizes['safetensors'] / data:.3f}× ({data} B of tensor data)"
+    )
+    report["disk"] = {**sizes, "ratio_allocated": round(sizes["store_allocated"] / data, 3)}
     print(json.dumps(report))
 
 

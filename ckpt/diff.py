@@ -295,6 +295,19 @@ def _why_no_norm(ea: TensorEntry, eb: TensorEntry, sa: Snapshot, sb: Snapshot) -
     return None
 
 
+def _lazy_pair(
+    store: Store, sa: Snapshot, ta: TensorTable, sb: Snapshot, tb: TensorTable
+) -> tuple[LazyTensors, LazyTensors]:
+    """Lazy readers of both snapshots over the tables already read (a table of 30,000 tensors is not parsed
+    twice); neither snapshot is pruned (the callers left those out)."""
+    from ckpt.store import LazyTensors, store_parts
+
+    parts = store_parts(store)
+    return LazyTensors(parts, sa, ta, verify=True, framework=None), LazyTensors(
+        parts, sb, tb, verify=True, framework=None
+    )
+
+
 def _relative_change(la: LazyTensors, lb: LazyTensors, name: str, ea: TensorEntry, eb: TensorEntry) -> float:
     """``‖B − A‖ / ‖A‖``, accumulated in float64 over blocks of elements; ``inf`` when ‖A‖ = 0 < ‖B − A‖.
 
@@ -373,12 +386,14 @@ def diff(store: Store, a: str, b: str, *, norms: bool = True) -> SnapshotDiff:
             rows.append(TensorDiff(status="added", **base))
             continue
         base.update(dtype_a=ea.dtype, shape_a=ea.shape, bytes_a=ea.nbytes)
-        if (ea.dtype, ea.shape, ea.chunks, ea.shards) == (eb.dtype, eb.shape, eb.chunks, eb.shards):
+        if (ea.dtype, ea.shape, ea.chunks, ea.shards, ea.pack) == (eb.dtype, eb.shape, eb.chunks, eb.shards, eb.pack):
             rows.append(TensorDiff(status="unchanged", relative_change=0.0, **base))
             continue
         note = _why_no_norm(ea, eb, sa, sb) if norms else "not computed (norms=False)"
-        if (ea.shards or eb.shards) and (ea.dtype, ea.shape) == (eb.dtype, eb.shape) and not (sa.pruned or sb.pruned):
-            relaid.append((len(rows), name, ea, eb))  # the chunks of blocks say nothing: compare the bytes
+        # the chunks of blocks, or a pack shared with other tensors, say nothing of one tensor: compare its bytes
+        by_bytes = ea.shards or eb.shards or ea.pack or eb.pack
+        if by_bytes and (ea.dtype, ea.shape) == (eb.dtype, eb.shape) and not (sa.pruned or sb.pruned):
+            relaid.append((len(rows), name, ea, eb))
         elif note is None:
             todo.append((len(rows), name, ea, eb))
         rows.append(TensorDiff(status="changed", note=note, **base))
@@ -396,15 +411,17 @@ def diff(store: Store, a: str, b: str, *, norms: bool = True) -> SnapshotDiff:
                 )
             )
 
+    lazy = _lazy_pair(store, sa, ta, sb, tb) if relaid or todo else None
     if relaid:
-        la, lb = store.tensors(sa.id), store.tensors(sb.id)
+        assert lazy is not None
+        la, lb = lazy  # one pair for both passes: the packs read stay cached
         for i, name, ea, eb in relaid:
             if b"".join(la.byte_pieces(name)) == b"".join(lb.byte_pieces(name)):
                 rows[i] = rows[i].model_copy(update={"status": "unchanged", "relative_change": 0.0, "note": None})
             elif rows[i].note is None:
                 todo.append((i, name, ea, eb))
     if todo:
-        la, lb = store.tensors(sa.id), store.tensors(sb.id)
+        la, lb = lazy if lazy is not None else (store.tensors(sa.id), store.tensors(sb.id))
         pool = ThreadPoolExecutor(settings.threads(), thread_name_prefix="ckpt-diff")
         try:
             futures = [(i, pool.submit(_relative_change, la, lb, n, ea, eb)) for i, n, ea, eb in todo]

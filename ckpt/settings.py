@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_IO_CONCURRENCY",
     "DEFAULT_IO_MEMORY",
+    "DEFAULT_PACK_SIZE",
     "DEFAULT_STORE",
     "chunk_size",
     "debug",
@@ -43,6 +44,9 @@ __all__ = [
 
 DEFAULT_STORE = ".ckpt"
 DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
+#: The pack size of a new store (``ckpt.init(pack_size=)``, ``ckpt init --pack-size``): small tensors are packed
+#: into shared chunks of at most this many bytes (benchmarks/many_tensors.py, docs/benchmarks.md).
+DEFAULT_PACK_SIZE = 4 * 1024 * 1024
 #: Requests a batched storage call keeps in flight: enough to fill a 10 Gbit/s link at S3's ~100 MB/s per
 #: connection, few enough that 16 × 64 MiB chunks stay a bounded amount of memory.
 DEFAULT_IO_CONCURRENCY = 16

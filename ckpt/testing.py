@@ -28,7 +28,8 @@ def memory_store(*, chunk_size: int = 4096) -> Store:
     """A new store on fsspec's in-process memory filesystem, under a unique root.
 
     Args:
-        chunk_size: small by default, so that even tiny tensors span several chunks.
+        chunk_size: small by default, so that tensors over 4 KiB span several chunks (smaller ones share packs
+            of at most ``chunk_size`` bytes, as in any new store).
     """
     return init(f"memory://ckpt-testing-{uuid.uuid4().hex}", chunk_size=chunk_size)
 

@@ -23,7 +23,7 @@ NUMPY = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32,
 def write_store(root: str) -> None:
     import ckpt  # only for writing
 
-    store = ckpt.init(root, chunk_size=1 << 16)  # two chunks for `emb`: each compressed (codec 1)
+    store = ckpt.init(root, chunk_size=1 << 16)  # two chunks for `emb`: each compressed (codec 1); `w` in a pack
     emb = (np.sin(np.arange(32768, dtype=np.float32)) * 0.02).astype(np.float32)
     state = {"model": {"w": np.arange(10, dtype=np.float32), "emb": emb}, "lr": 0.1, "betas": (0.9, 0.999)}
     store.save(state, step=1)
@@ -82,8 +82,13 @@ def grouped(body: bytes, n: int) -> bytes:
 def read_tensor(root: str, entry: dict, chunk_size: int) -> np.ndarray:
     dtype = np.dtype(NUMPY[entry["dtype"]]).newbyteorder("<")
     nbytes = int(np.prod(entry["shape"], dtype=np.int64)) * dtype.itemsize
-    pieces = [read_chunk(root, d, min(chunk_size, nbytes - i * chunk_size)) for i, d in enumerate(entry["chunks"])]
-    return np.frombuffer(b"".join(pieces), dtype=dtype).reshape(entry["shape"])
+    if "pack" in entry:  # format 3.0: a small tensor inside a shared chunk (a pack) of `length` raw bytes
+        offset, length = entry["pack"]
+        raw = read_chunk(root, entry["chunks"][0], length)[offset : offset + nbytes]
+    else:
+        pieces = [read_chunk(root, d, min(chunk_size, nbytes - i * chunk_size)) for i, d in enumerate(entry["chunks"])]
+        raw = b"".join(pieces)
+    return np.frombuffer(raw, dtype=dtype).reshape(entry["shape"])
 
 
 def decode(node, tensors):  # the typed JSON of the state tree
@@ -106,7 +111,7 @@ def decode(node, tensors):  # the typed JSON of the state tree
 def main(root: str) -> None:
     write_store(root)
     config = json.loads(read(root, "ckpt.json"))
-    assert config["format"] == "ckpt" and int(config["format_version"].split(".")[0]) <= 2
+    assert config["format"] == "ckpt" and int(config["format_version"].split(".")[0]) <= 3
 
     snap_id = json.loads(read(root, "refs/heads/main"))["id"]
     snap = json.loads(read_object(root, f"snapshots/{snap_id[:2]}/{snap_id}.json", snap_id))
@@ -116,7 +121,8 @@ def main(root: str) -> None:
 
     print(f"main -> {snap_id[:12]}  step {snap['step']}  relation {snap['relation']}")
     for path, e in table["tensors"].items():
-        print(f"  {path}: {e['dtype']} {e['shape']} in {len(e['chunks'])} chunks")
+        where = f"at byte {e['pack'][0]} of a pack" if "pack" in e else f"in {len(e['chunks'])} chunks"
+        print(f"  {path}: {e['dtype']} {e['shape']} {where}")
     print(f"  lr {state['lr']}, betas {state['betas']}, w {state['model']['w'].tolist()}")
     assert state["model"]["w"].tolist() == list(range(10))
     assert np.array_equal(state["model"]["emb"], (np.sin(np.arange(32768, dtype=np.float32)) * 0.02))

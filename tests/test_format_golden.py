@@ -42,12 +42,32 @@ def test_chunk_object_bytes(tmp_path: Path) -> None:
 
 
 def test_store_config_record() -> None:
-    config = StoreConfig(chunk_size=67108864, created_at="2026-11-28T00:00:00.000000Z", compression=True, delta_depth=8)
+    config = StoreConfig(
+        chunk_size=67108864,
+        created_at="2026-11-28T00:00:00.000000Z",
+        compression=True,
+        delta_depth=8,
+        format_version="2.0",
+    )
     assert canonical_json(config.model_dump(mode="json")) == _golden("ckpt.json")
 
 
+def test_store_config_record_with_packs() -> None:
+    """Format 3.0: ``pack_size`` is written (and the MAJOR is 3) only for a store that packs small tensors."""
+    config = StoreConfig(
+        chunk_size=67108864,
+        created_at="2026-11-28T00:00:00.000000Z",
+        compression=True,
+        delta_depth=8,
+        pack_size=4194304,
+    )
+    assert canonical_json(config.model_dump(mode="json")) == _golden("ckpt_packed.json")
+    with pytest.raises(ValueError, match=r"format 3\.0"):
+        StoreConfig(chunk_size=1 << 20, created_at="2026-11-28T00:00:00.000000Z", format_version="2.0", pack_size=16)
+
+
 def test_tensor_table_record(tmp_path: Path) -> None:
-    store = ckpt.init(str(tmp_path / "s"), chunk_size=4096)
+    store = ckpt.init(str(tmp_path / "s"), chunk_size=4096, pack_size=0)
     state = {
         "w": np.array([1.0, 2.0], dtype=np.float32),
         "step": 3,
@@ -96,7 +116,7 @@ def test_newer_minor_is_read_and_unknown_fields_ignored(tmp_path: Path) -> None:
     root = tmp_path / "s"
     store = ckpt.init(str(root), chunk_size=4096)
     snap = store.save({"w": np.arange(3, dtype=np.float32)}, model="m")
-    _rewrite_json(root / "ckpt.json", format_version="2.7", future_setting=True)
+    _rewrite_json(root / "ckpt.json", format_version="3.7", future_setting=True)
     _rewrite_json(root / "refs" / "heads" / "main", future="x")
     # a newer writer's records carry extra fields, at the top and nested; their ids are their own digests
     table_path = root / layout.table_path(snap.table)
@@ -122,15 +142,15 @@ def test_newer_minor_is_read_and_unknown_fields_ignored(tmp_path: Path) -> None:
 def test_newer_major_is_refused(tmp_path: Path) -> None:
     root = tmp_path / "s"
     ckpt.init(str(root))
-    _rewrite_json(root / "ckpt.json", format_version="3.0")
+    _rewrite_json(root / "ckpt.json", format_version="4.0")
     with pytest.raises(ckpt.FormatVersionError) as info:
         ckpt.open(str(root))
-    assert "3.0" in str(info.value) and info.value.hint
+    assert "4.0" in str(info.value) and info.value.hint
 
 
 def test_tied_tensors_table_record(tmp_path: Path) -> None:
     """Format 1.1: tensors that are one tensor (tied weights) are listed in ``tied``; each path keeps its entry."""
-    store = ckpt.init(str(tmp_path / "s"), chunk_size=4096)
+    store = ckpt.init(str(tmp_path / "s"), chunk_size=4096, pack_size=0)
     w = np.array([1.0, 2.0], dtype=np.float32)
     snap = store.save({"model": {"embed": w, "head": w, "norm": np.array([3.0], dtype=np.float32)}})
     table_bytes = (tmp_path / "s" / layout.table_path(snap.table)).read_bytes()
@@ -261,3 +281,72 @@ def test_sharded_tensor_table_record(tmp_path: Path) -> None:
     assert torch.equal(state["model"]["w"], w) and state["step"] == 7 and list(state["model"]) == ["w", "b"]
     golden = json.loads(_golden("table_sharded.json"))
     assert "shards" not in golden["tensors"]["model/b"]
+
+
+def _packed_store(root: Path) -> tuple[ckpt.Store, Snapshot]:
+    """Format 3.0: four small tensors cut into packs of at most 16 bytes, by dtype in table order."""
+    store = ckpt.init(str(root), chunk_size=4096, compression=False, pack_size=16)
+    state = {
+        "a": np.array([1.0, 2.0], dtype=np.float32),
+        "b": np.array([3.0], dtype=np.float32),
+        "c": np.array([4.0, 5.0], dtype=np.float32),
+        "n": np.array(7, dtype=np.int64),
+        "e": np.zeros((0, 3), dtype=np.float32),
+    }
+    return store, store.save(state)
+
+
+def test_packed_table_record(tmp_path: Path) -> None:
+    """Format 3.0: ``a`` and ``b`` share one pack (12 bytes), ``c`` does not fit beside them (16-byte packs) and
+    starts the next; the I64 ``n`` has a pack of its own; the empty ``e`` has no chunk and no pack."""
+    _, snap = _packed_store(tmp_path / "s")
+    table_bytes = (tmp_path / "s" / layout.table_path(snap.table)).read_bytes()
+    assert table_bytes == _golden("table_packed.json")
+    table = TensorTable.model_validate(json.loads(table_bytes))
+    assert [table.tensors[n].pack for n in "abcne"] == [(0, 12), (8, 12), (0, 8), (0, 8), None]
+    pack = table.tensors["a"].chunks[0]
+    assert table.tensors["b"].chunks == (pack,)
+    raw = (tmp_path / "s" / layout.chunk_path(pack)).read_bytes()
+    assert raw.hex() == _golden("chunk_pack_f32_1_2_3.hex").decode()
+    assert raw[16:] == np.array([1.0, 2.0, 3.0], dtype="<f4").tobytes()
+    assert json.loads((tmp_path / "s" / "ckpt.json").read_bytes())["format_version"] == "3.0"
+
+
+def test_packed_table_written_by_the_spec_alone_is_read(tmp_path: Path) -> None:
+    """A reader decodes a packed table built from docs/format.md by hand: a raw chunk object (16-byte header,
+    then the pack's bytes), a table whose entries name it with ``pack: [offset, length]``, a snapshot record."""
+    root = tmp_path / "s"
+    store = ckpt.init(str(root), chunk_size=4096, compression=False)
+    payload = np.array([1.5, -2.0], dtype="<f4").tobytes() + np.array([9, -1], dtype="<i2").tobytes()
+    digest = digest_bytes(payload)
+    chunk = b"ckpt" + bytes([1, 0, 0, 0]) + len(payload).to_bytes(8, "little") + payload
+    (root / layout.chunk_path(digest)).parent.mkdir(parents=True, exist_ok=True)
+    (root / layout.chunk_path(digest)).write_bytes(chunk)
+    table = {
+        "chunk_size": 4096,
+        "tensors": {
+            "x": {"dtype": "F32", "shape": [2], "chunks": [digest], "kind": "numpy", "pack": [0, 12]},
+            "y": {"dtype": "I16", "shape": [2], "chunks": [digest], "kind": "numpy", "pack": [8, 12]},
+            "z": {"dtype": "F32", "shape": [], "chunks": [digest], "kind": "numpy", "pack": [4, 12]},
+        },
+        "tree": {"$dict": [["x", {"$tensor": "x"}], ["y", {"$tensor": "y"}], ["z", {"$tensor": "z"}]]},
+        "files": {},
+    }
+    table_bytes = canonical_json(table)
+    table_id = digest_bytes(table_bytes)
+    (root / layout.table_path(table_id)).parent.mkdir(parents=True, exist_ok=True)
+    (root / layout.table_path(table_id)).write_bytes(table_bytes)
+    snap = Snapshot(
+        parents=(),
+        created_at="2026-11-28T10:00:00.000000Z",
+        ckpt_version="0.1.0",
+        table=table_id,
+        tensor_count=3,
+        tensor_bytes=16,
+    ).with_id()
+    (root / layout.snapshot_path(snap.id)).parent.mkdir(parents=True, exist_ok=True)
+    (root / layout.snapshot_path(snap.id)).write_bytes(snap.record_bytes())
+    state = store.load(snap.id)
+    assert state["x"].tolist() == [1.5, -2.0] and state["y"].tolist() == [9, -1] and state["z"].tolist() == -2.0
+    assert list(store.tensor_bytes(snap.id, "y")) == [payload[8:12]]
+    assert store.verify(snap.id).ok

@@ -30,9 +30,9 @@ from ckpt import settings
 from ckpt.dcp import _store
 from ckpt.dcp._tree import Leaf, PathItem, dcp_leaves
 from ckpt.errors import StateError
-from ckpt.model import DTYPE_SIZES, Snapshot, TensorTable
+from ckpt.model import DTYPE_SIZES, Snapshot, TensorEntry, TensorTable
 from ckpt.state import torch_dtype, unflatten, writable_view
-from ckpt.store import Store
+from ckpt.store import PackCache, Store
 
 __all__ = ["StorageReader"]
 
@@ -48,6 +48,7 @@ class _Piece:
     dtype: str
     sizes: tuple[int, ...]
     chunks: tuple[str, ...]
+    packed: TensorEntry | None = None  # a small tensor inside a pack (format 3.0): its entry
 
     @property
     def nbytes(self) -> int:
@@ -98,6 +99,7 @@ class StorageReader(_DcpStorageReader):
         self._table: TensorTable | None = None
         self._pieces: dict[tuple[str, tuple[int, ...]], _Piece] = {}
         self._values: dict[str, Leaf] = {}
+        self._packs: PackCache | None = None
 
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
         """Start a new load; a ``checkpoint_id`` passed to ``dcp.load`` names the revision to load."""
@@ -136,8 +138,9 @@ class StorageReader(_DcpStorageReader):
                 ((0,) * len(entry.shape), entry.shape, entry.chunks)
             ]
             chunks_md = []
+            packed = entry if entry.pack is not None else None
             for offsets, sizes, digests in blocks:
-                pieces[(leaf.fqn, offsets)] = _Piece(name, entry.dtype, sizes, digests)
+                pieces[(leaf.fqn, offsets)] = _Piece(name, entry.dtype, sizes, digests, packed)
                 chunks_md.append(ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=torch.Size(sizes)))
             state_md[leaf.fqn] = TensorStorageMetadata(
                 properties=TensorProperties(dtype=torch_dtype(entry.dtype)),
@@ -193,6 +196,7 @@ class StorageReader(_DcpStorageReader):
         """
         snap, table = self.snapshot, self._table
         assert snap is not None and table is not None
+        self._packs = _store.pack_cache(self.store, snap, verify=self.verify)
         jobs: list[Callable[[], int]] = []
         after: list[tuple[ReadItem, torch.Tensor, torch.Tensor | None]] = []
         for req in plan.items:
@@ -240,6 +244,15 @@ class StorageReader(_DcpStorageReader):
 
     def _jobs(self, piece: _Piece, dest: memoryview, lo: int, hi: int, snap: Snapshot) -> list[Callable[[], int]]:
         assert self._table is not None
+        if piece.packed is not None:  # its pack read once for all the pack's tensors this rank reads
+            packs = self._packs
+            assert packs is not None
+
+            def job(entry: TensorEntry = piece.packed) -> int:
+                dest[lo:hi] = packs.tensor_bytes(piece.tensor, entry)[lo:hi]
+                return hi - lo
+
+            return [job]
         return _store.chunk_jobs(
             self.store,
             piece.chunks,

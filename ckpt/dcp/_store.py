@@ -39,6 +39,7 @@ from ckpt.model import (
 from ckpt.state import TensorSource
 from ckpt.store import (
     INHERITS_FILES,
+    PackCache,
     Store,
     WriteStats,
     inherited_files,
@@ -50,7 +51,16 @@ from ckpt.store import read_tensors as store_read_tensors
 from ckpt.store import write_files as store_write_files
 from ckpt.store import write_tensors as store_write_tensors
 
-__all__ = ["Pending", "begin", "chunk_jobs", "commit", "open_snapshot", "read_tensors", "write_tensors"]
+__all__ = [
+    "Pending",
+    "begin",
+    "chunk_jobs",
+    "commit",
+    "open_snapshot",
+    "pack_cache",
+    "read_tensors",
+    "write_tensors",
+]
 
 #: A read job: reads some chunks into place and returns how many bytes it read.
 Job = Callable[[], int]
@@ -217,6 +227,11 @@ def chunk_jobs(
         tensor=tensor,
         snapshot=snapshot,
     )
+
+
+def pack_cache(store: Store, snap: Snapshot, *, verify: bool) -> PackCache:
+    """A cache that reads each pack (format 3.0) of ``snap`` once for the packed tensors read from it."""
+    return PackCache(store_parts(store).objects, verify=verify, snapshot=snap.id)
 
 
 def read_tensors(

@@ -247,8 +247,10 @@ def export_diffusers_lora(
     def owns(rel: str, found: Path) -> bool:
         return rel == name or ("/" not in rel and rel.endswith(".safetensors"))
 
+    lazy = store.tensors(snap.id)  # one table read; a pack (format 3.0) read once for its tensors
+
     def pieces(tensor_path: str) -> Any:
-        for piece in store.tensor_bytes(snap.id, tensor_path):
+        for piece in lazy.byte_pieces(tensor_path):
             if progress:
                 progress(len(piece))
             yield piece

@@ -335,14 +335,14 @@ def fit_to_base(
     for name, path in paths.items():
         entry = table.tensors[path]
         if entry.chunks or entry.shards:
-            owners.setdefault((entry.chunks, entry.shards), []).append(name)
+            owners.setdefault((entry.chunks, entry.shards, entry.pack), []).append(name)
     for target in found.targets:
         if target in found.whole and settings.replaces_module(target):
             continue  # a modules_to_save copy replaces this name alone, whatever else holds the same bytes
         if len(entries[target][1]) < 2:
             continue  # vectors (biases, norms) are often equal by initialisation (zeros, ones); matrices are not
         target_entry = table.tensors[paths[target]]
-        owned = owners.get((target_entry.chunks, target_entry.shards), [])
+        owned = owners.get((target_entry.chunks, target_entry.shards, target_entry.pack), [])
         others = [n for n in owned if n not in tied.get(target, {target})]
         if others:
             raise StateMismatchError(

@@ -8,8 +8,12 @@ those bytes; a chunk's id is the BLAKE3 digest of its raw bytes.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar, get_args, get_origin
 
 import blake3
@@ -27,6 +31,7 @@ __all__ = [
     "json_problem",
     "parse_json",
     "parse_record",
+    "paused_gc",
     "validate_record",
     "validation_summary",
 ]
@@ -64,12 +69,36 @@ def canonical_json(value: Any) -> bytes:
     try:
         text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         data = text.encode("utf-8")
-    except (TypeError, ValueError, RecursionError) as e:  # UnicodeEncodeError is a ValueError
+    except UnicodeEncodeError as e:  # a lone surrogate: named by json_problem
+        raise RecordError(f"cannot encode as canonical JSON: {json_problem(value) or _short(str(e))}") from None
+    except (TypeError, ValueError, RecursionError) as e:
         raise RecordError(f"cannot encode as canonical JSON: {_short(str(e))}") from None
-    problem = json_problem(value)  # what every reader would refuse is never written
+    # what every reader would refuse is never written (every string is valid Unicode: it was encoded above)
+    problem = json_problem(value, strings=False)
     if problem:
         raise RecordError(f"cannot encode as canonical JSON: {problem}")
     return data
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for a block that makes many container objects and frees none
+    of them (parsing a tensor table of 30,000 entries, building its records): each generation-0 collection
+    would walk every object alive, so the block would cost several times its own work. Reference counting
+    still frees memory; the collector resumes (if it ran before) when the block ends, also on an error.
+
+    Only on the main thread: the collector is the process's, and a background save (the ``Checkpointer``'s) must
+    not pause it under the training loop running beside it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def parse_json(data: bytes, *, what: str, hint: str | None = RECORD_HINT) -> Any:
@@ -84,8 +113,9 @@ def parse_json(data: bytes, *, what: str, hint: str | None = RECORD_HINT) -> Any
         RecordError: the bytes are not UTF-8 JSON (``NaN``, ``Infinity`` and numbers out of a float's range are
             not), nest deeper than ``MAX_JSON_DEPTH``, or hold a string that is not valid Unicode.
     """
+    data = bytes(data)
     try:
-        value = json.loads(bytes(data).decode("utf-8"), parse_constant=_no_constant, parse_float=_finite_float)
+        value = json.loads(data.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: bad JSON, or a huge int literal
         if isinstance(e, RecursionError):
             problem = "it nests too deeply"
@@ -94,7 +124,8 @@ def parse_json(data: bytes, *, what: str, hint: str | None = RECORD_HINT) -> Any
         else:
             problem = _short(str(e))
         raise RecordError(f"{what} is not valid JSON: {problem}", hint=hint) from None
-    bad = json_problem(value)
+    # strict UTF-8 decoding lets no surrogate through: only a \u escape can make a lone one
+    bad = json_problem(value, strings=b"\\u" in data)
     if bad:
         raise RecordError(f"{what} is invalid: {bad}", hint=hint)
     return value
@@ -111,10 +142,13 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def json_problem(value: Any) -> str | None:
+def json_problem(value: Any, *, strings: bool = True) -> str | None:
     """Why a parsed JSON value cannot be a record, or ``None``: it nests deeper than ``MAX_JSON_DEPTH``, or
     holds a string that is not valid Unicode (JSON's ``\\ud800`` escapes can make lone surrogates, which no
-    file name, message or UTF-8 writer accepts). Walks the value without recursion."""
+    file name, message or UTF-8 writer accepts). Walks the value without recursion; with ``strings=False`` (the
+    caller knows every string is valid Unicode), only its arrays and objects, for their depth."""
+    if not strings:
+        return _depth_problem(value)
     todo: list[tuple[Any, int]] = [(value, 0)]
     while todo:
         node, depth = todo.pop()
@@ -134,6 +168,23 @@ def json_problem(value: Any) -> str | None:
         if depth >= MAX_JSON_DEPTH:
             return f"it nests deeper than {MAX_JSON_DEPTH} levels"
         todo.extend((child, depth + 1) for child in children if isinstance(child, (dict, list, str)))
+    return None
+
+
+def _depth_problem(value: Any) -> str | None:
+    """``json_problem`` for a value whose strings are known to be valid Unicode: its depth alone."""
+    level = [value] if isinstance(value, (dict, list)) else []
+    depth = 0
+    while level:
+        if depth >= MAX_JSON_DEPTH:
+            return f"it nests deeper than {MAX_JSON_DEPTH} levels"
+        depth += 1
+        below: list[Any] = []
+        for node in level:
+            for child in node.values() if isinstance(node, dict) else node:
+                if isinstance(child, (dict, list)):
+                    below.append(child)
+        level = below
     return None
 
 
@@ -172,9 +223,10 @@ def parse_record(
     Raises:
         RecordError: the bytes are not a valid record; the message says what is wrong.
     """
-    return validate_record(
-        model, parse_json(data, what=what, hint=hint), what=what, minor_newer=minor_newer, extra=extra, hint=hint
-    )
+    with paused_gc():
+        return validate_record(
+            model, parse_json(data, what=what, hint=hint), what=what, minor_newer=minor_newer, extra=extra, hint=hint
+        )
 
 
 def validate_record(

@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from ckpt.model._types import Timestamp
 
-__all__ = ["FORMAT_VERSION", "FORMAT_VERSION_NO_DELTAS", "MAX_DELTA_DEPTH", "READABLE_MAJOR", "StoreConfig"]
+__all__ = [
+    "FORMAT_VERSION",
+    "FORMAT_VERSION_NO_DELTAS",
+    "FORMAT_VERSION_NO_PACKS",
+    "MAX_DELTA_DEPTH",
+    "READABLE_MAJOR",
+    "StoreConfig",
+]
 
-#: The newest format version this ckpt writes, ``"MAJOR.MINOR"``: a store whose chunks may be deltas
-#: (``delta_depth`` > 0). Its gc must keep the references deltas need, which a 1.x ckpt does not know: so an
-#: older ckpt refuses the whole store rather than collect it.
-FORMAT_VERSION = "2.0"
-#: The format version of a store without deltas: every chunk raw or compressed (codecs 0 and 1).
+#: The newest format version this ckpt writes, ``"MAJOR.MINOR"``: a store whose tables may pack small tensors
+#: into shared chunks (``pack_size`` > 0, the ``pack`` field of a tensor entry). A 2.x ckpt would read a packed
+#: tensor as the whole pack: so an older ckpt refuses the whole store rather than misread it.
+FORMAT_VERSION = "3.0"
+#: The format version of a store without packs whose chunks may be deltas (``delta_depth`` > 0). Its gc must
+#: keep the references deltas need, which a 1.x ckpt does not know: so an older ckpt refuses it.
+FORMAT_VERSION_NO_PACKS = "2.0"
+#: The format version of a store without packs or deltas: every chunk raw or compressed (codecs 0 and 1).
 FORMAT_VERSION_NO_DELTAS = "1.3"
 #: The newest major format version this ckpt reads.
-READABLE_MAJOR = 2
+READABLE_MAJOR = 3
 #: The deepest delta chain a store may allow (readers refuse deeper chains whatever a store says).
 MAX_DELTA_DEPTH = 64
 
@@ -38,10 +48,13 @@ class StoreConfig(BaseModel):
             range of the same tensor in the snapshot's first parent, in chains of at most this many deltas
             (a chunk whose reference is at the limit is stored whole: a keyframe); 0: no deltas (format 2.0
             when above 0).
+        pack_size: small tensors (under 64 KiB: the writer's choice, not the format's) are packed, by dtype
+            in table order, into shared chunks (packs) of at most this many bytes (at most ``chunk_size``);
+            0 (not written): no packing, as in every store made before format 3.0 (a store with packs is 3.0).
 
     Example:
         >>> StoreConfig(chunk_size=1 << 20, created_at="2026-11-28T10:00:00.000000Z").format_version
-        '2.0'
+        '3.0'
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -53,6 +66,22 @@ class StoreConfig(BaseModel):
     created_at: Timestamp
     compression: bool = False
     delta_depth: int = Field(default=0, ge=0, le=MAX_DELTA_DEPTH)
+    pack_size: int = Field(default=0, ge=0, le=1 << 62)
+
+    @model_serializer(mode="wrap")
+    def _without_no_packs(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and not self.pack_size:
+            data.pop("pack_size", None)
+        return data
+
+    @model_validator(mode="after")
+    def _packs_known(self) -> StoreConfig:
+        if self.pack_size and self.major < 3:
+            raise ValueError(f"pack_size needs format 3.0 or newer, this store is format {self.format_version}")
+        if self.pack_size > self.chunk_size:
+            raise ValueError(f"pack_size {self.pack_size} is larger than chunk_size {self.chunk_size}")
+        return self
 
     @property
     def major(self) -> int:

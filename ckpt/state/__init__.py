@@ -55,7 +55,9 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'ckpt.state' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # found directly from now on: a load of 30,000 tensors asks 30,000 times
+    return value
 
 
 __all__ = [

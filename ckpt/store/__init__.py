@@ -21,6 +21,7 @@ from ckpt.store._keys import ReleaseSigner, TrustedKey, key_is_encrypted, load_p
 from ckpt.store._layout import CONFIG as CONFIG_FILE
 from ckpt.store._loading import cut_state
 from ckpt.store._model_signing import check_folder_key, sign_folder
+from ckpt.store._packs import PackCache
 from ckpt.store._parts import StoreParts
 from ckpt.store._reading import LazyTensors, open_snapshot
 from ckpt.store._repair import RepairReport
@@ -46,6 +47,7 @@ __all__ = [
     "KeepLast",
     "LazyTensors",
     "OnDamage",
+    "PackCache",
     "Progress",
     "ProvenSource",
     "ReleaseSigner",

@@ -34,6 +34,7 @@ from ckpt.model import (
     clean_files,
     clean_metrics,
     format_time,
+    paused_gc,
     utcnow,
 )
 from ckpt.state import TensorSource, flatten, tied_groups
@@ -71,6 +72,20 @@ def save(
     compression: bool | None = None,
 ) -> Snapshot:
     """Save ``state`` as a new snapshot and move ``branch`` to it; see ``Store.save``."""
+    with paused_gc():  # a state of 30,000 tensors makes some 10^5 objects and frees none (_canonical.paused_gc)
+        return _save(parts, state, branch, fields, progress=progress, force=force, compression=compression)
+
+
+def _save(
+    parts: StoreParts,
+    state: Any,
+    branch: str,
+    fields: SaveFields,
+    *,
+    progress: Progress | None,
+    force: bool,
+    compression: bool | None,
+) -> Snapshot:
     if compression is not None and not isinstance(compression, bool):
         raise RecordError(f"compression must be True, False or None, got {compression!r}"[:120])
     compress = parts.config.compression if compression is None else compression
@@ -92,6 +107,7 @@ def save(
         compress=compress,
         references=references,
         max_depth=depth,
+        pack_size=parts.config.pack_size,
     )
     entries = {name: written[first.get(name, name)] for name in tensors}
     if checked.inherit_from is not None:

@@ -21,6 +21,7 @@ def init(
     chunk_size: int | str | None = None,
     compression: bool = True,
     delta_depth: int | None = None,
+    pack_size: int | str | None = None,
     **storage_options: Any,
 ) -> Store:
     """Create a new, empty store.
@@ -34,6 +35,10 @@ def init(
         delta_depth: with compression, store a new chunk as a delta against the same bytes of the same tensor in
             its snapshot's first parent when that is smaller, in chains of at most this many deltas (a store
             setting; default 16, 0 for none). A store with deltas is format 2.0, which ckpt before 0.2 refuses.
+        pack_size: tensors under 64 KiB are packed, by dtype in table order, into shared chunks of at most this
+            many bytes (int or ``"4MiB"``; default 4 MiB, at most ``chunk_size``): one object and one write per
+            pack instead of per tensor. 0: no packing. A store with packs is format 3.0, which older ckpt
+            refuses.
         storage_options: passed to fsspec (``endpoint_url``, credentials …).
 
     Returns:
@@ -42,13 +47,20 @@ def init(
     Raises:
         StoreExistsError: a store exists there already.
         RecordError: ``chunk_size`` is not a positive size, ``compression`` is not a bool, or ``delta_depth``
-            is not 0–64 (or is above 0 without compression).
+            is not 0–64 (or is above 0 without compression), or ``pack_size`` is not a size up to ``chunk_size``.
         BackendError: the location cannot be used (a chained URL, a symbolic link inside a local store…).
 
     Example:
         >>> store = ckpt.init("memory://docs-init")  # doctest: +SKIP
     """
-    parts = create(url, chunk_size=chunk_size, compression=compression, delta_depth=delta_depth, **storage_options)
+    parts = create(
+        url,
+        chunk_size=chunk_size,
+        compression=compression,
+        delta_depth=delta_depth,
+        pack_size=pack_size,
+        **storage_options,
+    )
     return Store(parts.backend, parts.config)
 
 

@@ -364,7 +364,7 @@ class Objects(ChunkReads):
 
     def put_table(self, table: TensorTable) -> str:
         """Store a tensor table; returns its digest."""
-        data = canonical_json(table.model_dump(mode="json"))
+        data = canonical_json(table.json_value())  # = model_dump(mode="json"), faster for many tensors
         digest = digest_bytes(data)
         self._put_record(layout.table_path(digest), digest, data)
         if self.cache is not None:

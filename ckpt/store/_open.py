@@ -23,6 +23,7 @@ from ckpt.errors import (
 from ckpt.model import (
     FORMAT_VERSION,
     FORMAT_VERSION_NO_DELTAS,
+    FORMAT_VERSION_NO_PACKS,
     MAX_DELTA_DEPTH,
     READABLE_MAJOR,
     StoreConfig,
@@ -53,13 +54,14 @@ def create(
     chunk_size: int | str | None,
     compression: bool = True,
     delta_depth: int | None = None,
+    pack_size: int | str | None = None,
     **storage_options: Any,
 ) -> StoreParts:
     """Write a new store's config at ``url``; see ``ckpt.init``.
 
     Raises:
         StoreExistsError: a store exists there already.
-        RecordError: ``chunk_size`` is not a positive size.
+        RecordError: ``chunk_size`` is not a positive size, or ``pack_size`` not a size.
         BackendError: the location cannot be used.
     """
     where = location(url)
@@ -80,6 +82,7 @@ def create(
         )
     if depth and not compression:
         raise RecordError("delta_depth needs compression: deltas are compressed chunks", hint="pass delta_depth=0")
+    packs = _pack_size(pack_size, size)
     if not backend.exists(layout.CONFIG):
         _refuse_occupied(backend)
     config = StoreConfig(
@@ -87,13 +90,31 @@ def create(
         created_at=format_time(utcnow()),
         compression=compression,
         delta_depth=depth,
-        format_version=FORMAT_VERSION if depth else FORMAT_VERSION_NO_DELTAS,
+        pack_size=packs,
+        format_version=FORMAT_VERSION if packs else FORMAT_VERSION_NO_PACKS if depth else FORMAT_VERSION_NO_DELTAS,
     )
     data = canonical_json(config.model_dump(mode="json"))
     if not backend.put_if_absent(layout.CONFIG, data):
         raise StoreExistsError(f"a ckpt store exists already at {backend.url}")
     backend.flush()
     return StoreParts.of(backend, config)
+
+
+def _pack_size(pack_size: int | str | None, chunk_size: int) -> int:
+    """The pack size of a new store: ``pack_size`` (0: no packing), else ``DEFAULT_PACK_SIZE``, never above
+    ``chunk_size`` (a pack is one chunk)."""
+    if pack_size is None:
+        return min(settings.DEFAULT_PACK_SIZE, chunk_size)
+    try:
+        packs = settings.parse_size(pack_size) if not isinstance(pack_size, bool) else -1
+    except (ValueError, TypeError, OverflowError, RecordError):
+        packs = -1
+    if not 0 <= packs <= chunk_size:
+        raise RecordError(
+            f"pack_size must be a size from 0 to the chunk size ({chunk_size} bytes), got {pack_size!r}"[:160],
+            hint="small tensors are packed into shared chunks of at most this size; 0 packs nothing. " + _SIZE_HINT,
+        )
+    return packs
 
 
 def _refuse_occupied(backend: Backend) -> None:

@@ -12,12 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ckpt.errors import StateMismatchError
-from ckpt.model import Snapshot, TensorEntry, TensorTable
+from ckpt.model import Snapshot, TensorEntry, TensorTable, paused_gc
 from ckpt.state import alias_key, tensor_paths, unflatten
 from ckpt.store._io import io_workers
+from ckpt.store._packs import PackCache, read_pack, slice_of
 from ckpt.store._parts import StoreParts
 from ckpt.store._shards import read_whole
-from ckpt.store._transfer import read_tensors
+from ckpt.store._transfer import allocate, read_tensors
 from ckpt.store._types import Framework, Progress
 
 __all__ = ["LazyTensors", "files", "load", "open_snapshot", "tensor_bytes", "tensors"]
@@ -46,6 +47,20 @@ def load(
     mmap: bool,
 ) -> Any:
     """A snapshot's state tree, every tensor read (a tied group once); see ``Store.load``."""
+    with paused_gc():  # one tensor object each, none freed (_canonical.paused_gc)
+        return _load(parts, rev, verify=verify, framework=framework, into=into, progress=progress, mmap=mmap)
+
+
+def _load(
+    parts: StoreParts,
+    rev: str,
+    *,
+    verify: bool,
+    framework: Framework | None,
+    into: Mapping[str, Any] | None,
+    progress: Progress | None,
+    mmap: bool,
+) -> Any:
     snap, table = open_snapshot(parts, rev)
     first = read_once(table, table.tensors, into, snap.short_id)
     tensors = read_tensors(
@@ -114,11 +129,12 @@ def _check_tied_into(
         a = names[0]
         for b in names[1:]:
             ea, eb = table.tensors[a], table.tensors[b]
-            same = (ea.dtype, tuple(ea.shape), ea.chunks, ea.shards) == (
+            same = (ea.dtype, tuple(ea.shape), ea.chunks, ea.shards, ea.pack) == (
                 eb.dtype,
                 tuple(eb.shape),
                 eb.chunks,
                 eb.shards,
+                eb.pack,
             )
             if first.get(a, a) != first.get(b, b) and not same:
                 raise StateMismatchError(
@@ -144,6 +160,9 @@ def tensor_bytes(parts: StoreParts, rev: str, name: str, *, verify: bool) -> Ite
     cs = table.chunk_size
     if entry.shards:  # blocks of a distributed save: the bytes in tensor order need them all
         yield bytes(read_whole(parts.objects, entry, cs, verify=verify, tensor=name, snapshot=snap.id))
+        return
+    if entry.pack is not None:  # a small tensor inside a pack (format 3.0)
+        yield bytes(slice_of(read_pack(parts.objects, entry, [name], verify=verify, snapshot=snap.id), entry))
         return
     for i, digest in enumerate(entry.chunks):
         yield parts.objects.read_chunk(
@@ -200,6 +219,7 @@ class LazyTensors(Mapping[str, Any]):
         self._verify = verify
         self._framework = framework
         self._mmap = mmap
+        self._packs = PackCache(parts.objects, verify=verify, snapshot=snapshot.id)
         ordered = tensor_paths(table.tree)
         self._order = ordered if len(ordered) == len(table.tensors) else list(table.tensors)
 
@@ -207,6 +227,10 @@ class LazyTensors(Mapping[str, Any]):
         entry = self.table.tensors.get(name)
         if entry is None:
             raise KeyError(name)
+        if entry.pack is not None:  # its pack is read once for the pack's tensors read one after the other
+            tensor, view = allocate(entry, self._framework or entry.kind, name=name, snapshot=self.snapshot.id)
+            (view.cast("B") if view.format != "B" else view)[:] = self._packs.tensor_bytes(name, entry)
+            return tensor
         return read_tensors(
             self._parts.objects,
             {name: entry},
@@ -239,6 +263,9 @@ class LazyTensors(Mapping[str, Any]):
         tensor (``TensorEntry.shards``) hold its blocks, not its bytes in order: read those with
         ``byte_pieces``.
 
+        A packed tensor (``TensorEntry.pack``) has one piece, its own bytes, cut from its pack; the last few packs
+        read are kept, so reading every tensor of a pack one by one reads the pack once.
+
         Returns:
             The chunk's raw bytes (``min(chunk_size, rest of the tensor)`` long).
 
@@ -252,6 +279,8 @@ class LazyTensors(Mapping[str, Any]):
         if entry.shards:
             raise IndexError(f"tensor {name!r} is stored in blocks (sharded): read it with byte_pieces()")
         digest = entry.chunks[index]
+        if entry.pack is not None:  # the tensor's bytes inside its pack, the pack read once for its tensors
+            return bytes(self._packs.tensor_bytes(name, entry))
         cs = self.table.chunk_size
         length = min(cs, entry.nbytes - index * cs)  # the one rule: the length the table implies is checked
         return self._parts.objects.read_chunk(

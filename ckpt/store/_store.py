@@ -109,6 +109,8 @@ class Store(StoreMaintenance):
                 and chunks already stored are kept as they are. With compression, in a store whose
                 ``delta_depth`` is above 0 (the default), a new chunk is stored as a delta against the same
                 bytes of the same tensor in the first parent when that is smaller (docs/format.md, "Delta").
+                In a store with a ``pack_size`` (the default), tensors under 64 KiB are packed into shared chunks
+                (docs/format.md, "Packed tensors").
             **fields: what the snapshot records (``SaveFields``): ``parents`` (default: the branch's head),
                 ``relation`` (default ``continue``, or ``import`` for a root), ``model`` (default: the first
                 parent's), ``step``, ``epoch``, ``metrics`` (``{"val_loss": 0.41}``), ``message``, ``metadata``

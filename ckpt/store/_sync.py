@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import BaseModel, ConfigDict
 
-from ckpt.errors import CkptError, CorruptChunkError, MissingObjectError, RefConflictError
+from ckpt.errors import CkptError, CorruptChunkError, FormatVersionError, MissingObjectError, RefConflictError
 from ckpt.model import Snapshot, TagRecord, TensorTable, digest_bytes, parse_record
 from ckpt.store import _layout as layout
 from ckpt.store._io import io_workers, is_remote
@@ -209,7 +209,7 @@ def sync_parts(
     tables = _raw_records(src.objects, "table", [snap.table for snap in todo])  # one batched read
     needed: dict[str, Need] = {}  # chunk → a tensor or file using it, its snapshot, its raw length, its dtype
     for snap in todo:
-        if snap.id in pruned:
+        if snap.id in pruned and dst.config.major >= 3:
             continue
         table = parse_record(
             TensorTable,
@@ -217,6 +217,9 @@ def sync_parts(
             what=f"tensor table {snap.table[:12]}",
             minor_newer=src.objects.minor_newer,
         )
+        _refuse_packs(table, snap, dst)
+        if snap.id in pruned:
+            continue
         for name, entry in table.tensors.items():
             for d, length in entry.pieces(table.chunk_size):  # a sharded tensor's pieces need not be equal
                 needed.setdefault(d, Need(name, snap.id, length, entry.dtype))
@@ -327,6 +330,22 @@ def sync_parts(
         refs=tuple(refs),
         conflicts=tuple(conflicts),
     )
+
+
+def _refuse_packs(table: TensorTable, snap: Snapshot, dst: StoreParts) -> None:
+    """Refuse to copy a table with packed tensors (format 3.0) into a store of an older format, whose readers
+    (an older ckpt) would read each packed tensor as its whole pack; before anything is copied.
+
+    Raises:
+        FormatVersionError: names the snapshot and both formats.
+    """
+    if dst.config.major < 3 and any(t.pack is not None for t in table.tensors.values()):
+        raise FormatVersionError(
+            f"snapshot {snap.short_id} packs small tensors into shared chunks (format 3.0); the store at {dst.url} "
+            f"is format {dst.config.format_version}, whose readers do not know packs: nothing was copied",
+            hint="sync into a store created by this ckpt (ckpt init makes format 3.0 stores), or export the "
+            "snapshot (ckpt export) and import it there",
+        )
 
 
 def _lacking(

@@ -23,6 +23,7 @@ from ckpt.model import FileEntry, TensorEntry
 from ckpt.state import TensorSource, writable_view
 from ckpt.store._io import io_workers
 from ckpt.store._objects import CHUNK_HEADER_SIZE, Objects
+from ckpt.store._packs import packed_entry, plan_packs, read_pack, slice_of
 from ckpt.store._shards import sharded_jobs
 from ckpt.store._types import Progress
 
@@ -119,17 +120,23 @@ def write_tensors(
     compress: bool = False,
     references: Mapping[str, TensorEntry] | None = None,
     max_depth: int = 0,
+    pack_size: int = 0,
 ) -> dict[str, TensorEntry]:
     """Chunk, hash and store every tensor; returns the table entries in the same order.
 
     With ``compress``, each new chunk is stored byte-grouped and zstd-coded when that pays (``put_chunk``),
     or, with ``max_depth`` > 0, as a delta against the chunk at the same byte range of the tensor of the same
-    name and dtype in ``references`` (the first parent's table entries), when that is smaller. Chunks are coded
-    on the transfer threads, each chunk's blocks on every core (``block_pool``).
+    name and dtype in ``references`` (the first parent's table entries), when that is smaller. With
+    ``pack_size`` > 0 (a format 3.0 store), small tensors share packs (``_packs.plan_packs``): one chunk each.
+    Chunks are coded on the transfer threads, each chunk's blocks on every core (``block_pool``).
     """
+    plan = plan_packs(((n, s.dtype, s.data.nbytes) for n, s in tensors.items()), min(pack_size, chunk_size))
+    packed = {name for _, members in plan for name, _ in members}
     with _blocks(compress) as blocks, _pool(objects) as pool:  # the chunk workers end before their block pool
         futures: dict[str, list[Future[str]]] = {}
         for name, src in tensors.items():
+            if name in packed:
+                continue
             data = src.data.cast("B") if src.data.format != "B" else src.data
             pieces = _pieces(data, chunk_size)
             known = (
@@ -154,7 +161,26 @@ def write_tensors(
                 )
                 for i, p in enumerate(pieces)
             ]
-        return {
+        packs = [
+            (
+                members,
+                pool.submit(
+                    _put_pack,
+                    objects,
+                    tensors,
+                    dtype,
+                    members,
+                    stats,
+                    progress,
+                    compress,
+                    references,
+                    max_depth,
+                    blocks,
+                ),
+            )
+            for dtype, members in plan
+        ]
+        out = {
             name: TensorEntry(
                 dtype=tensors[name].dtype,
                 shape=tensors[name].shape,
@@ -163,6 +189,44 @@ def write_tensors(
             )
             for name, futs in futures.items()
         }
+        for members, future in packs:
+            digest, length = future.result()
+            for name, offset in members:
+                src = tensors[name]
+                out[name] = packed_entry(src.dtype, src.shape, src.kind, digest, offset, length)
+        return {name: out[name] for name in tensors}
+
+
+def _put_pack(
+    objects: Objects,
+    tensors: Mapping[str, TensorSource],
+    dtype: str,
+    members: list[tuple[str, int]],
+    stats: WriteStats,
+    progress: Progress | None,
+    compress: bool,
+    references: Mapping[str, TensorEntry] | None,
+    max_depth: int,
+    blocks: Executor | None = None,
+) -> tuple[str, int]:
+    """Store one pack: the bytes of ``members`` (name, offset) one after the other; ``(digest, length)``.
+
+    Its delta reference is the parent's pack of its first tensor when that tensor was packed at offset 0 of a
+    pack of the same length and dtype (the same cut, most likely the same layout); else it is a keyframe. Known
+    digests of the tensors (``ProvenSource``) do not apply: the pack is hashed.
+    """
+    last, offset = members[-1]
+    length = offset + tensors[last].data.nbytes
+    buffer = bytearray(length)
+    for name, start in members:
+        data = tensors[name].data
+        buffer[start : start + data.nbytes] = data.cast("B") if data.format != "B" else data
+    parent = references.get(members[0][0]) if references else None
+    reference = (
+        parent.chunks[0] if parent is not None and parent.pack == (0, length) and parent.dtype == dtype else None
+    )
+    digest = _put(objects, memoryview(buffer), stats, progress, None, dtype, compress, reference, max_depth, blocks)
+    return digest, length
 
 
 @contextmanager
@@ -180,7 +244,7 @@ def _blocks(needed: bool = True) -> Iterator[Executor | None]:
 def _references(parent: TensorEntry | None, dtype: str, pieces: list[memoryview], chunk_size: int) -> list[str | None]:
     """For each piece of a tensor, the parent's chunk of the same byte range and length, if it has one."""
     refs: list[str | None] = [None] * len(pieces)
-    if parent is None or parent.dtype != dtype or parent.shards:
+    if parent is None or parent.dtype != dtype or parent.shards or parent.pack is not None:
         return refs
     for i, piece in enumerate(pieces):
         if i < len(parent.chunks) and min(chunk_size, parent.nbytes - i * chunk_size) == piece.nbytes:
@@ -282,12 +346,19 @@ def read_tensors(
     jobs: list[tuple[str, str, memoryview]] = []
     sharded: list[Callable[[], int]] = []
     mapped: list[tuple[str, TensorEntry]] = []
+    packed: dict[str, list[tuple[str, TensorEntry, memoryview]]] = {}
     local = mmap and objects.backend.local_path("") is not None
     for name, entry in entries.items():
         view = writable_view(into[name], entry.dtype, entry.shape) if into and name in into else None
         if view is not None:
             tensor = into[name]  # type: ignore[index]
-        elif local and len(entry.chunks) == 1 and not entry.shards and entry.nbytes >= MMAP_MIN_BYTES:
+        elif (
+            local
+            and len(entry.chunks) == 1
+            and not entry.shards
+            and entry.pack is None
+            and entry.nbytes >= MMAP_MIN_BYTES
+        ):
             mapped.append((name, entry))
             continue
         else:
@@ -299,6 +370,9 @@ def read_tensors(
         if entry.shards:  # format 1.2: blocks of a distributed save, each read into its place
             sharded += sharded_jobs(objects, entry, chunk_size, view, verify=verify, tensor=name, snapshot=snapshot)
             continue
+        if entry.pack is not None:  # format 3.0: a small tensor inside a shared chunk, read once per pack
+            packed.setdefault(entry.chunks[0], []).append((name, entry, view))
+            continue
         for digest, piece in zip(entry.chunks, _pieces(view, chunk_size), strict=True):
             jobs.append((name, digest, piece))
 
@@ -309,6 +383,8 @@ def read_tensors(
             if progress:
                 progress(piece.nbytes)
 
+        if packed:
+            sharded += [_pack_job(objects, members, verify, snapshot) for members in packed.values()]
         if sharded:
             _run_jobs(objects, sharded, progress)
 
@@ -331,6 +407,20 @@ def read_tensors(
             return {name: out[name] for name in entries}
         _run_all(objects, jobs, job)
     return out
+
+
+def _pack_job(
+    objects: Objects, members: list[tuple[str, TensorEntry, memoryview]], verify: bool, snapshot: str
+) -> Callable[[], int]:
+    """A job that reads one pack (verified) and copies each of its tensors' bytes into their memory."""
+
+    def job() -> int:
+        pack = read_pack(objects, members[0][1], [name for name, _, _ in members], verify=verify, snapshot=snapshot)
+        for _, entry, view in members:
+            view[:] = slice_of(pack, entry)
+        return sum(entry.nbytes for _, entry, _ in members)
+
+    return job
 
 
 def from_buffer(buffer: Any, offset: int, entry: TensorEntry, framework: str) -> Any:

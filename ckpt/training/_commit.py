@@ -63,6 +63,8 @@ def commit(store: Store, branch: str, model: str | None, job: SaveJob, cache: Di
             info = staged.tensors.get(id(src))
             if info is None:
                 continue
+            if entries[name].pack is not None:
+                continue  # its chunk is a pack shared with other tensors: it says nothing of this tensor's bytes
             digests = entries[name].chunks
             if info.hit is not None and info.hit != digests:
                 cache.clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,28 @@ def test_init_at_url(invoke: Invoke, tmp_path: Path) -> None:
     out = invoke("init", str(target), "--chunk-size", "1MiB", store=False).stdout
     assert (
         out.strip()
-        == f"initialised an empty ckpt store at {target} (chunks of 1.0 MiB, compressed, deltas up to 16 deep)"
+        == f"initialised an empty ckpt store at {target} (chunks of 1.0 MiB, compressed, deltas up to 16 deep, small "
+        "tensors in packs of 1.0 MiB)"
     )
     assert ckpt.open(str(target)).chunk_size == 1 << 20
+
+
+def test_init_pack_size_and_no_pack(invoke: Invoke, tmp_path: Path) -> None:
+    data = parse(invoke("init", str(tmp_path / "a"), "--pack-size", "64KiB", "--json", store=False))
+    assert (data["pack_size"], data["format_version"]) == (65536, "3.0")
+    data = parse(invoke("init", str(tmp_path / "b"), "--no-pack", "--json", store=False))
+    assert (data["pack_size"], data["format_version"]) == (0, "2.0")
+    assert "pack_size" not in json.loads((tmp_path / "b" / "ckpt.json").read_bytes())
+    assert (
+        "not both"
+        in invoke("init", str(tmp_path / "c"), "--no-pack", "--pack-size", "1MiB", store=False, code=2).stderr
+    )
+    assert (
+        "pack_size"
+        in invoke(
+            "init", str(tmp_path / "d"), "--chunk-size", "1MiB", "--pack-size", "2MiB", store=False, code=1
+        ).stderr
+    )
 
 
 def test_init_json_and_default_location(invoke: Invoke, store_path: Path) -> None:
@@ -31,7 +51,8 @@ def test_init_json_and_default_location(invoke: Invoke, store_path: Path) -> Non
         "chunk_size": 8192,
         "compression": True,
         "delta_depth": 16,
-        "format_version": "2.0",
+        "pack_size": 8192,
+        "format_version": "3.0",
     }
     assert "exists already" in invoke("init", code=1).stderr
 

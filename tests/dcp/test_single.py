@@ -268,6 +268,8 @@ def test_a_one_process_tree_offers_dcp_its_own_keys(tmp_path: Path) -> None:
         "nan": float("nan"),
     }
     snap = store.save(state)
+    table = store.table(snap.id)  # small tensors packed (format 3.0): DCP reads each from its pack
+    assert table.tensors["model/w"].pack == (0, 48) and table.tensors["optim/state/0/exp_avg"].pack is not None
     fqns = [leaf.fqn for leaf in dcp_leaves(store.table(snap.id).tree)]
     assert fqns == [
         "model.w",

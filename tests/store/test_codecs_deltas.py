@@ -62,7 +62,7 @@ def assert_loads(store: ckpt.Store, sid: str, state: dict[str, Any]) -> None:
 @pytest.fixture
 def deltas(location: tuple[str, dict[str, Any]]) -> ckpt.Store:
     url, opts = location
-    return ckpt.init(url, chunk_size=CHUNK, delta_depth=3, **opts)
+    return ckpt.init(url, chunk_size=CHUNK, delta_depth=3, pack_size=0, **opts)
 
 
 def test_saves_are_deltas_within_the_chain_limit_and_load_bit_exact(deltas: ckpt.Store) -> None:
@@ -163,7 +163,7 @@ def test_sync_gives_the_destination_what_it_needs_to_decode(tmp_path: Path, s3_s
 
 
 def test_a_store_without_deltas_writes_none(tmp_path: Path) -> None:
-    store = ckpt.init(str(tmp_path / "s"), chunk_size=CHUNK, delta_depth=0)
+    store = ckpt.init(str(tmp_path / "s"), chunk_size=CHUNK, delta_depth=0, pack_size=0)
     assert store.config.format_version == "1.3"
     for sid, _ in training(store, 3):
         assert {header(store, d)[5] for d in store.table(sid).chunk_digests()} <= {0, 1}
@@ -193,7 +193,7 @@ def test_delta_depth_is_checked(tmp_path: Path) -> None:
     with pytest.raises(ckpt.RecordError):
         ckpt.init(str(tmp_path / "raw"), compression=False, delta_depth=4)
     config = json.loads((Path(ckpt.init(str(tmp_path / "ok")).url) / "ckpt.json").read_bytes())
-    assert config["delta_depth"] == 16 and config["format_version"] == "2.0"
+    assert config["delta_depth"] == 16 and config["format_version"] == "3.0" and config["pack_size"] == 4 << 20
 
 
 def test_a_link_stored_again_whole_keeps_its_dependents_readable(tmp_path: Path) -> None:

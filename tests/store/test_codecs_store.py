@@ -116,7 +116,7 @@ def test_a_store_made_without_compression_stays_raw(tmp_path: Path) -> None:
 def test_an_older_raw_store_reads_unchanged_and_stays_raw(tmp_path: Path) -> None:
     """A format 1.2 store (no compression setting, every chunk raw) is read as it is and written raw."""
     root = tmp_path / "old"
-    store = ckpt.init(str(root), chunk_size=CHUNK, compression=False)
+    store = ckpt.init(str(root), chunk_size=CHUNK, compression=False, pack_size=0)
     first = store.save(weights())
     config = json.loads((root / "ckpt.json").read_bytes())
     del config["compression"]
@@ -223,7 +223,7 @@ def test_cli_init_compression_flag_and_show_report_stored_beside_raw(tmp_path: P
     assert json.loads(result.stdout)["compression"] is True
     result = runner.invoke(cli, ["init", off, "--no-compression", "--json"])
     assert json.loads(result.stdout)["compression"] is False
-    assert ckpt.open(off).config.compression is False and ckpt.open(on).config.format_version == "2.0"
+    assert ckpt.open(off).config.compression is False and ckpt.open(on).config.format_version == "3.0"
     ckpt.open(on).save(weights())
     result = runner.invoke(cli, ["--store", on, "show", "main", "--json"])
     storage = json.loads(result.stdout)["storage"]

@@ -189,11 +189,11 @@ def test_lazy_read_of_a_corrupt_tensor_names_it(local_store: ckpt.Store, root: P
 
 
 def test_verify_reports_every_damaged_chunk_in_one_pass(local_store: ckpt.Store, root: Path) -> None:
-    g = torch.Generator().manual_seed(0)
-    shared = torch.randn(100, generator=g)
-    a = local_store.save({"shared": shared, "only_a": torch.randn(100, generator=g)}, step=1)
-    b = local_store.save({"shared": shared, "only_b": torch.randn(100, generator=g)}, step=2)
-    c = local_store.save({"ok": torch.randn(100, generator=g)}, step=3, branch="other")
+    g = torch.Generator().manual_seed(0)  # 68 kB tensors: above the pack threshold, a chunk each
+    shared = torch.randn(17_000, generator=g)
+    a = local_store.save({"shared": shared, "only_a": torch.randn(17_000, generator=g)}, step=1)
+    b = local_store.save({"shared": shared, "only_b": torch.randn(17_000, generator=g)}, step=2)
+    c = local_store.save({"ok": torch.randn(17_000, generator=g)}, step=3, branch="other")
     assert local_store.verify().ok
 
     d_shared = first_chunk(local_store, a, "shared")

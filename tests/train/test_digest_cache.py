@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,7 +101,8 @@ def test_a_changed_tensor_is_saved_with_its_new_bytes(local_store: ckpt.Store, h
 
 
 @pytest.mark.parametrize("kind", ["sgd-foreach", "adam-single", "adam-fused", "adamw"])
-def test_optimizer_steps_are_never_missed(local_store: ckpt.Store, kind: str) -> None:
+def test_optimizer_steps_are_never_missed(tmp_path: Path, kind: str) -> None:
+    local_store = ckpt.init(str(tmp_path / "store"), chunk_size=4096, pack_size=0)  # reuse is per chunk of its own
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.BatchNorm1d(64), torch.nn.Linear(64, 1))
     frozen = model[0]
@@ -257,9 +259,10 @@ def test_numpy_state_is_never_cached_and_always_right(local_store: ckpt.Store) -
     assert local_store.load(second.result().id)["a"][3] == -1
 
 
-def test_many_unchanged_and_changed_tensors_keep_their_own_digests(local_store: ckpt.Store) -> None:
+def test_many_unchanged_and_changed_tensors_keep_their_own_digests(tmp_path: Path) -> None:
     """Dozens of tensors, half frozen, half trained, interleaved: each one's digests stay its own (what a
     save found unchanged is counted exactly, and every snapshot holds the right bytes)."""
+    local_store = ckpt.init(str(tmp_path / "store"), chunk_size=4096, pack_size=0)
     frozen = {f"layer{i}.base": torch.randn(300) for i in range(40)}
     trained = {f"layer{i}.lora": torch.randn(300) for i in range(40)}
     with Checkpointer(local_store, "main") as ckpts:
@@ -274,4 +277,31 @@ def test_many_unchanged_and_changed_tensors_keep_their_own_digests(local_store: 
                 assert torch.equal(got[k], v), (step, k)
             for t in trained.values():
                 t.add_(1)
+    assert local_store.verify().ok
+
+
+def test_packed_tensors_are_hashed_with_their_pack_every_save(local_store: ckpt.Store) -> None:
+    """In a store with packs (format 3.0), small tensors are never reused from the cache: a pack holds other
+    tensors too, so one tensor's bytes prove nothing of it. Frozen and trained small tensors interleaved save and
+    load right at every step, the frozen ones' packs deduplicated."""
+    frozen = {f"layer{i}.base": torch.randn(300) for i in range(40)}
+    trained = {f"layer{i}.lora": torch.randn(300) for i in range(40)}
+    with Checkpointer(local_store, "main") as ckpts:
+        for step in range(3):
+            state = {"frozen": frozen, "trained": trained}
+            handle = ckpts.save(state, step=step)
+            want = {k: {n: v.clone() for n, v in d.items()} for k, d in state.items()}
+            snap = handle.result()
+            assert handle.reused == 0
+            table = local_store.table(snap.id)
+            assert all(e.pack is not None for e in table.tensors.values())
+            got = local_store.load(snap.id)
+            for k, d in want.items():
+                for n, v in d.items():
+                    assert torch.equal(got[k][n], v), (step, k, n)
+            for t in trained.values():
+                t.add_(1)
+    first, last = (local_store.table(s.id).tensors for s in (local_store.log()[-1], local_store.log()[0]))
+    assert first["frozen/layer0.base"].chunks == last["frozen/layer0.base"].chunks
+    assert first["trained/layer0.lora"].chunks != last["trained/layer0.lora"].chunks
     assert local_store.verify().ok

@@ -40,10 +40,24 @@ __all__ = ["gc", "init", "repair", "verify"]
     help="Store a chunk as a delta against its parent's when smaller, in chains of at most N (default 16 with "
     "compression; 0: none). A store with deltas is format 2.0.",
 )
+@click.option(
+    "--pack-size",
+    metavar="SIZE",
+    help="Pack tensors under 64KiB into shared chunks of at most SIZE (default 4MiB, at most the chunk size). "
+    "A store with packs is format 3.0.",
+)
+@click.option("--no-pack", is_flag=True, help="Store every tensor in chunks of its own (no packs; format 2.0 or 1.3).")
 @json_option
 @click.pass_obj
 def init(
-    state: CliState, url: str | None, chunk_size: str | None, compression: bool, delta_depth: int | None, as_json: bool
+    state: CliState,
+    url: str | None,
+    chunk_size: str | None,
+    compression: bool,
+    delta_depth: int | None,
+    pack_size: str | None,
+    no_pack: bool,
+    as_json: bool,
 ) -> None:
     """Create an empty store at URL (default: --store, $CKPT_STORE, else ./.ckpt).
 
@@ -55,6 +69,9 @@ def init(
     """
     size = parse_size_option(chunk_size, flag="--chunk-size")
     _check_chunk_size(size)
+    if no_pack and pack_size is not None:
+        raise click.UsageError("give --pack-size or --no-pack, not both")
+    packs = 0 if no_pack else parse_size_option(pack_size, flag="--pack-size")
     from ckpt.store import init as init_store
 
     store = init_store(
@@ -62,6 +79,7 @@ def init(
         chunk_size=size,
         compression=compression,
         delta_depth=delta_depth,
+        pack_size=packs,
         **state.store_options,
     )
     if as_json:
@@ -71,12 +89,15 @@ def init(
                 "chunk_size": store.chunk_size,
                 "compression": store.config.compression,
                 "delta_depth": store.config.delta_depth,
+                "pack_size": store.config.pack_size,
                 "format_version": store.config.format_version,
             }
         )
     else:
         depth = store.config.delta_depth
         how = f"compressed, deltas up to {depth} deep" if depth else ("compressed" if compression else "raw")
+        if store.config.pack_size:
+            how += f", small tensors in packs of {human_bytes(store.config.pack_size)}"
         echo(f"initialised an empty ckpt store at {store.url} (chunks of {human_bytes(store.chunk_size)}, {how})")
 
 

@@ -356,6 +356,7 @@ def sync(
             chunk_size=src_store.chunk_size,
             compression=src_store.config.compression,  # the source's settings, so a copy stays a copy
             delta_depth=src_store.config.delta_depth,
+            pack_size=src_store.config.pack_size,
             **dst_options,
         )
         created = True
