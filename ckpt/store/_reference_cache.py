@@ -54,6 +54,8 @@ class ReferenceCache:
     def get(self, digest: str, length: int) -> bytes | None:
         """The raw bytes of chunk ``digest`` if kept and ``length`` long, marked as used as a reference: they are
         the first evicted from now on (the chunk that takes their place is kept after them)."""
+        if self.budget() == 0:  # off: not even what was kept before it was turned off
+            return None
         with self._lock:
             raw = self._entries.get(digest)
             if raw is None or len(raw) != length:
