@@ -7,8 +7,10 @@ A Llama-shaped state (fp32 master weights, one real ``torch.optim.Adam`` step on
 saves) is saved in bf16 ``--saves`` times, each time into two stores (compression on, the default chain limit
 of 16): one with the cache at its default, one with it off (``0``: every delta save decodes its parent's chunk
 through its chain), and once with ``safetensors.torch.save_file`` (fsynced), interleaved so that a busy machine
-disturbs all three alike. Per save: CPU seconds (all threads) of each, as ratios to safetensors'; the stores
-must hold the same objects. The last line is one JSON object.
+disturbs all three alike. Per save: CPU seconds (all threads; steadier on a busy machine) and wall seconds of
+each, and the wall ratios to safetensors'; the summary gives CPU seconds per GB of state, the mean over the
+delta saves (all but the first) and the last (its reference at depth ``saves − 2``). The two stores must hold the
+same chunk objects, byte for byte. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -48,10 +50,11 @@ def llama_params(size_mb: float) -> dict[str, torch.Tensor]:
     return {k: torch.randn(shape, generator=gen) * 0.02 for k, shape in params.items()}
 
 
-def cpu(fn: Callable[[], object]) -> float:
-    c0 = time.process_time()
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """(CPU seconds of all threads, wall seconds) of ``fn``."""
+    c0, w0 = time.process_time(), time.perf_counter()
     fn()
-    return time.process_time() - c0
+    return time.process_time() - c0, time.perf_counter() - w0
 
 
 def main() -> None:
@@ -81,28 +84,40 @@ def main() -> None:
                 save_file(state, str(path))  # noqa: B023
                 fsync_path(path)  # noqa: B023
 
-            row = {"save": i, "safetensors_cpu_s": cpu(safetensors_save)}
-            for mode, store in stores.items():
+            row: dict[str, float] = {"save": i}
+            row["safetensors_cpu_s"], row["safetensors_wall_s"] = timed(safetensors_save)
+            for mode in ("on", "off") if i % 2 == 0 else ("off", "on"):  # neither always first
                 if mode == "off":
                     os.environ["CKPT_REFERENCE_CACHE"] = "0"
                 elif default is None:
                     os.environ.pop("CKPT_REFERENCE_CACHE", None)
                 else:
                     os.environ["CKPT_REFERENCE_CACHE"] = default
-                row[f"cache_{mode}_cpu_s"] = cpu(lambda: store.save(state, step=i))  # noqa: B023
-            row["cache_on_over_safetensors"] = row["cache_on_cpu_s"] / row["safetensors_cpu_s"]
-            row["cache_off_over_safetensors"] = row["cache_off_cpu_s"] / row["safetensors_cpu_s"]
+                store = stores[mode]
+                row[f"{mode}_cpu_s"], row[f"{mode}_wall_s"] = timed(lambda: store.save(state, step=i))  # noqa: B023
+            row["on_wall_over_safetensors"] = row["on_wall_s"] / row["safetensors_wall_s"]
+            row["off_wall_over_safetensors"] = row["off_wall_s"] / row["safetensors_wall_s"]
             rows.append(row)
             print("  " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
         chunks = {mode: {p.name: p.read_bytes() for p in (Path(d) / mode).rglob("chunks/*/*")} for mode in stores}
         assert chunks["on"] and chunks["on"] == chunks["off"], "the two stores hold different chunk objects"
     raw = sum(t.numel() * 2 for t in weights)
+    gb, later = raw / 1e9, rows[1:] or rows
+
+    def mean(key: str) -> float:
+        return sum(r[key] for r in later) / len(later)
+
     summary = {
         "state_bytes": raw,
-        "mean_on_over_safetensors": sum(r["cache_on_over_safetensors"] for r in rows[1:]) / max(1, len(rows) - 1),
-        "mean_off_over_safetensors": sum(r["cache_off_over_safetensors"] for r in rows[1:]) / max(1, len(rows) - 1),
-        "last_on_over_safetensors": rows[-1]["cache_on_over_safetensors"],
-        "last_off_over_safetensors": rows[-1]["cache_off_over_safetensors"],
+        "on_cpu_s_per_gb_mean": mean("on_cpu_s") / gb,
+        "off_cpu_s_per_gb_mean": mean("off_cpu_s") / gb,
+        "on_cpu_s_per_gb_last": rows[-1]["on_cpu_s"] / gb,
+        "off_cpu_s_per_gb_last": rows[-1]["off_cpu_s"] / gb,
+        "safetensors_cpu_s_per_gb_mean": mean("safetensors_cpu_s") / gb,
+        "on_wall_over_safetensors_mean": mean("on_wall_over_safetensors"),
+        "off_wall_over_safetensors_mean": mean("off_wall_over_safetensors"),
+        "on_wall_over_safetensors_last": rows[-1]["on_wall_over_safetensors"],
+        "off_wall_over_safetensors_last": rows[-1]["off_wall_over_safetensors"],
         "rows": rows,
     }
     print(json.dumps(summary))
