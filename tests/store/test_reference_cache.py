@@ -24,7 +24,7 @@ from ckpt.store import _layout as layout
 from ckpt.store import _objects
 from ckpt.store._chunk_reads import ChunkReads
 from ckpt.store._objects import hash_chunk
-from ckpt.store._reference_cache import REFERENCES, ReferenceCache
+from ckpt.store._reference_cache import REFERENCES, STALE, ReferenceCache
 
 CHUNK = 16 << 10
 
@@ -150,8 +150,8 @@ def test_bytes_changed_in_the_callers_buffer_never_reach_a_delta(
     monkeypatch.setattr(_objects, "hash_chunk", real)
     buffer.mul_(-3)  # and again after the save
     assert REFERENCES.size > 0
-    for digest, raw in list(REFERENCES._entries.items()):
-        assert hash_chunk(raw) == digest
+    for digest, entry in list(REFERENCES._entries.items()):
+        assert hash_chunk(entry.raw) == digest
     b = store.save(second, step=1)
     assert not decodes  # the second save took its references from the cache
     back = store.load(a.id)["model"]  # each chunk of ``half`` as it was when hashed, before or after a change
@@ -188,6 +188,40 @@ def test_least_recently_used_goes_first_and_a_used_reference_before_it() -> None
     assert cache.get("b", 11) is None  # another length: not that chunk
     cache.put("big", b"x" * 31)  # larger than the budget: not kept
     assert cache.size <= 30 and cache.get("big", 31) is None
+
+
+def test_a_state_larger_than_the_budget_keeps_its_first_chunks_and_they_hit() -> None:
+    """Five 10-byte chunks saved over and over with room for three: plain LRU would never hit (each chunk is
+    evicted just before the next save needs it); here the first three hit at every save and the rest are not
+    even copied."""
+    cache = ReferenceCache(budget=30)
+    previous: list[str | None] = [None] * 5
+    hits = []
+    for save in range(6):
+        hit = 0
+        for place in range(5):
+            ref = previous[place]
+            hit += ref is not None and cache.get(ref, 10) is not None
+            name = f"{save}-{place}"
+            if cache.admits(10):
+                cache.put(name, name.encode().ljust(10))
+            previous[place] = name
+        hits.append(hit)
+        assert cache.size <= 30
+    assert hits == [0, 3, 3, 3, 3, 3]
+
+
+def test_entries_never_used_again_go_stale() -> None:
+    cache = ReferenceCache(budget=30)
+    for name in "abc":
+        assert cache.admits(10)
+        cache.put(name, b"x" * 10)  # then never used again: a branch given up
+    assert not cache.admits(10)  # full of fresh entries
+    for _ in range(STALE * 3):
+        cache.admits(10)  # other chunks offered meanwhile
+    assert cache.admits(10)
+    cache.put("d", b"d" * 10)
+    assert cache.get("d", 10) is not None and cache.get("a", 10) is None
 
 
 def test_a_cached_reference_gone_from_the_store_is_not_used(tmp_path: Path) -> None:
