@@ -27,6 +27,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from ckpt import settings
+from ckpt.store._encoded import MIN_ENCODE
 
 __all__ = ["REFERENCES", "ReferenceCache"]
 
@@ -90,7 +91,7 @@ class ReferenceCache:
         budget = self.budget()
         with self._lock:
             self._clock += length
-            if not 0 < length <= budget:
+            if not MIN_ENCODE <= length <= budget:  # a smaller chunk is stored raw, never a delta: no reference
                 return False
             return self._size - self._used + length <= budget or self._evictable(budget)
 

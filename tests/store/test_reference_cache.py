@@ -23,6 +23,7 @@ import ckpt
 from ckpt.store import _layout as layout
 from ckpt.store import _objects
 from ckpt.store._chunk_reads import ChunkReads
+from ckpt.store._encoded import MIN_ENCODE
 from ckpt.store._objects import hash_chunk
 from ckpt.store._reference_cache import REFERENCES, STALE, ReferenceCache
 
@@ -178,50 +179,56 @@ def test_the_cache_stays_within_its_budget(tmp_path: Path, monkeypatch: pytest.M
     assert REFERENCES.size == 0 and REFERENCES.get(next(iter(chunk_files(tmp_path / "s"))), CHUNK) is None
 
 
-def test_least_recently_used_goes_first_and_a_used_reference_before_it() -> None:
-    cache = ReferenceCache(budget=30)
+K = MIN_ENCODE  # the smallest chunk that can be a delta's reference
+
+
+def test_a_used_reference_goes_first() -> None:
+    cache = ReferenceCache(budget=3 * K)
     for name in "abc":
-        cache.put(name, name.encode() * 10)
-    assert cache.get("a", 10) == b"a" * 10  # used as a reference: first out now
-    cache.put("d", b"d" * 10)
-    assert [k for k in "abcd" if cache.get(k, 10) is not None] == ["b", "c", "d"]
-    assert cache.get("b", 11) is None  # another length: not that chunk
-    cache.put("big", b"x" * 31)  # larger than the budget: not kept
-    assert cache.size <= 30 and cache.get("big", 31) is None
+        assert cache.admits(K)
+        cache.put(name, name.encode() * K)
+    assert cache.get("a", K) == b"a" * K  # used as a reference: first out now
+    assert cache.admits(K)
+    cache.put("d", b"d" * K)
+    assert [k for k in "abcd" if cache.get(k, K) is not None] == ["b", "c", "d"]
+    assert cache.get("b", K + 1) is None  # another length: not that chunk
+    assert not cache.admits(3 * K + 1) and not cache.admits(K - 1)  # larger than the budget; never a delta
+    cache.put("big", b"x" * (3 * K + 1))
+    assert cache.size <= 3 * K and cache.get("big", 3 * K + 1) is None
 
 
 def test_a_state_larger_than_the_budget_keeps_its_first_chunks_and_they_hit() -> None:
-    """Five 10-byte chunks saved over and over with room for three: plain LRU would never hit (each chunk is
-    evicted just before the next save needs it); here the first three hit at every save and the rest are not
-    even copied."""
-    cache = ReferenceCache(budget=30)
+    """Five chunks saved over and over with room for three: plain LRU would never hit (each chunk is evicted
+    just before the next save needs it); here the first three hit at every save and the rest are not even
+    copied."""
+    cache = ReferenceCache(budget=3 * K)
     previous: list[str | None] = [None] * 5
     hits = []
     for save in range(6):
         hit = 0
         for place in range(5):
             ref = previous[place]
-            hit += ref is not None and cache.get(ref, 10) is not None
+            hit += ref is not None and cache.get(ref, K) is not None
             name = f"{save}-{place}"
-            if cache.admits(10):
-                cache.put(name, name.encode().ljust(10))
+            if cache.admits(K):
+                cache.put(name, name.encode().ljust(K))
             previous[place] = name
         hits.append(hit)
-        assert cache.size <= 30
+        assert cache.size <= 3 * K
     assert hits == [0, 3, 3, 3, 3, 3]
 
 
 def test_entries_never_used_again_go_stale() -> None:
-    cache = ReferenceCache(budget=30)
+    cache = ReferenceCache(budget=3 * K)
     for name in "abc":
-        assert cache.admits(10)
-        cache.put(name, b"x" * 10)  # then never used again: a branch given up
-    assert not cache.admits(10)  # full of fresh entries
+        assert cache.admits(K)
+        cache.put(name, b"x" * K)  # then never used again: a branch given up
+    assert not cache.admits(K)  # full of fresh entries
     for _ in range(STALE * 3):
-        cache.admits(10)  # other chunks offered meanwhile
-    assert cache.admits(10)
-    cache.put("d", b"d" * 10)
-    assert cache.get("d", 10) is not None and cache.get("a", 10) is None
+        cache.admits(K)  # other chunks offered meanwhile
+    assert cache.admits(K)
+    cache.put("d", b"d" * K)
+    assert cache.get("d", K) is not None and cache.get("a", K) is None
 
 
 def test_a_cached_reference_gone_from_the_store_is_not_used(tmp_path: Path) -> None:
