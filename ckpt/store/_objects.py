@@ -291,8 +291,8 @@ class Objects(ChunkReads):
         reuses. Returns ``False`` when it was gone and its raw bytes had to be written back with another chain
         depth than the delta would claim (then the new chunk must not be a delta against it)."""
         if is_remote(self.backend):
-            # ``_reference`` has just read it whole: on an object store a conditional PUT of its raw bytes would
-            # upload them only to learn the same (it refreshes nothing there)
+            # ``_reference`` has just read it, or checked its chain whole: on an object store a conditional PUT of
+            # its raw bytes would upload them only to learn the same (it refreshes nothing there)
             return True
         path = layout.chunk_path(ref.digest)
         return not self.backend.put_if_absent(path, [chunk_header(len(ref.raw)), ref.raw]) or ref.depth == 0
