@@ -10,6 +10,7 @@ so tests and programs can change the environment at any moment.
 | ``CKPT_THREADS`` | worker threads for hashing and I/O | ``min(8, 2 × cores)`` |
 | ``CKPT_IO_CONCURRENCY`` | object requests one batched storage call keeps in flight | ``16`` |
 | ``CKPT_IO_MEMORY`` | bytes of chunks a copy between stores (sync, repair) holds at once | ``1GiB`` |
+| ``CKPT_REFERENCE_CACHE`` | bytes of raw chunks kept for the next save's deltas; ``0``: off | ``1GiB`` |
 | ``CKPT_RECORD_CACHE`` | local cache of records read from object stores, or ``off`` | ``~/.cache/ckpt/records`` |
 | ``CKPT_DEBUG`` | ``1``: the CLI prints full tracebacks | off |
 """
@@ -29,6 +30,7 @@ __all__ = [
     "DEFAULT_IO_CONCURRENCY",
     "DEFAULT_IO_MEMORY",
     "DEFAULT_PACK_SIZE",
+    "DEFAULT_REFERENCE_CACHE",
     "DEFAULT_STORE",
     "chunk_size",
     "debug",
@@ -38,6 +40,7 @@ __all__ = [
     "parse_duration",
     "parse_size",
     "record_cache",
+    "reference_cache",
     "store_url",
     "threads",
 ]
@@ -244,6 +247,28 @@ def io_memory() -> int:
         return max(1, parse_size(raw))
     except RecordError as e:
         raise RecordError(f"CKPT_IO_MEMORY: {e.message}", hint=e.hint or "", cli_hint=e.cli_hint or "") from None
+
+
+DEFAULT_REFERENCE_CACHE = 1 << 30
+
+
+def reference_cache() -> int:
+    """Bytes of raw chunks one process keeps in memory as the references of its next save's deltas.
+
+    ``$CKPT_REFERENCE_CACHE`` (a size: ``512MiB``, ``4GiB`` …; ``0`` turns the cache off), else 1 GiB. A save
+    that stores a chunk as a delta needs its parent's chunk raw; kept here, it is not decoded through its chain
+    again (see docs/concepts/storage.md). Set it to at least the bytes of the state a training loop saves.
+
+    Raises:
+        RecordError: the variable is not a size.
+    """
+    raw = os.environ.get("CKPT_REFERENCE_CACHE", "").strip()
+    if not raw:
+        return DEFAULT_REFERENCE_CACHE
+    try:
+        return max(0, parse_size(raw))
+    except RecordError as e:
+        raise RecordError(f"CKPT_REFERENCE_CACHE: {e.message}", hint=e.hint or "", cli_hint=e.cli_hint or "") from None
 
 
 def record_cache() -> Path | None:

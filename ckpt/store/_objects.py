@@ -43,6 +43,7 @@ from ckpt.store._codecs._framing import CODEC_DELTA
 from ckpt.store._encoded import DEFAULT_MAX_DEPTH_READ, Reference, decode_payload, delta_depth, encode, max_payload
 from ckpt.store._io import is_remote
 from ckpt.store._records import RecordCache, check_record, read_record
+from ckpt.store._reference_cache import REFERENCES
 
 __all__ = [
     "CHUNK_HEADER_SIZE",
@@ -116,8 +117,24 @@ class Objects(ChunkReads):
         if digest is not None:  # known: stored before by this caller, most likely still there
             found = self._reuse(digest, data, proven=False)
             if found is not None:
+                REFERENCES.touch(digest)  # still the latest chunk at its place: its kept bytes stay the freshest
                 return found
+        kept: bytes | None = None
+        if compress and max_depth > 0 and REFERENCES.admits(n):
+            kept = bytes(data)  # an immutable copy, hashed below: the next save's reference (never a caller's buffer)
+            data = memoryview(kept)
         digest = hash_chunk(data)
+        found = self._put_new(data, digest, known, dtype, compress, reference, max_depth, executor)
+        if kept is not None:
+            REFERENCES.put(digest, kept)
+        return found
+
+    def _put_new(
+        self, data: memoryview, digest: str, known: str | None, dtype: str | None, compress: bool,
+        reference: str | None, max_depth: int, executor: Executor | None,
+    ) -> tuple[str, int]:  # fmt: skip
+        """``put_chunk`` of a chunk whose bytes hash to ``digest``."""
+        n = data.nbytes
         if digest == reference and digest != known:  # the parent's chunk at the same place: most likely stored
             found = self._reuse(digest, data, proven=True)
             if found is not None:
@@ -188,22 +205,29 @@ class Objects(ChunkReads):
         is (each reference whole, of the same length, depths falling): a delta whose reference is gone or
         damaged cannot be decoded, so a save or a sync must write it again rather than count on it. A chunk in
         a chunk format this ckpt does not know counts as whole (a newer ckpt wrote it)."""
+        return self._whole_depth(digest, length) is not None
+
+    def _whole_depth(self, digest: str, length: int) -> int | None:
+        """``chunk_whole`` that says more: ``None`` when the chunk is not whole, else its chain depth (0: not a
+        delta; -1: a chunk format this ckpt does not know). Reads each link's header only, decodes nothing."""
         depth: int | None = None  # the deepest the next link may be
+        top: int | None = None
         for _ in range(DEFAULT_MAX_DEPTH_READ + 1):
             link = self._link_whole(digest, length)
             if link is None:
-                return False
+                return None
             ref, link_depth = link
+            top = link_depth if top is None else top
             if ref is None:
-                return True
+                return top
             if depth is not None and link_depth > depth:
-                return False
+                return None
             depth, digest = link_depth - 1, ref
-        return False
+        return None
 
     def _link_whole(self, digest: str, length: int) -> tuple[str | None, int] | None:
         """One link of ``chunk_whole``: ``None`` when the object is not whole, else its delta reference and
-        depth (``(None, 0)``: not a delta, or a chunk format this ckpt does not know)."""
+        depth (``(None, 0)``: not a delta; ``(None, -1)``: a chunk format this ckpt does not know)."""
         path = layout.chunk_path(digest)
         try:
             local = self.backend.local_path(path)
@@ -228,7 +252,7 @@ class Objects(ChunkReads):
             check_stored(digest, header, stored, length, None, None)
             return delta_depth(codec, head[CHUNK_HEADER_SIZE:], digest) if codec == CODEC_DELTA else (None, 0)
         except FormatVersionError:
-            return None, 0
+            return None, -1
         except (CkptError, OSError):
             return None
 
@@ -236,9 +260,16 @@ class Objects(ChunkReads):
         self, digest: str | None, n: int, max_depth: int, executor: Executor | None = None
     ) -> Reference | None:
         """The reference a delta of ``n`` bytes may use, decoded and checked, or ``None``: no reference, its
-        chain is at the limit already (the new chunk is a keyframe), or it cannot be read (``verify`` says)."""
+        chain is at the limit already (the new chunk is a keyframe), or it cannot be read (``verify`` says). Bytes
+        this process stored lately (``_reference_cache``) are used as they are when the chain is whole here (its
+        depth read from this store: ``_whole_depth``); else the chain is decoded."""
         if digest is None or max_depth < 1:
             return None
+        kept = REFERENCES.get(digest, n)
+        if kept is not None:
+            depth = self._whole_depth(digest, n)
+            if depth is not None and depth >= 0:
+                return Reference(digest, kept, depth) if depth < max_depth else None
         try:
             codec, _, payload = self._stored(digest, n, None, None)
             _, depth = delta_depth(codec, payload, digest)
@@ -260,8 +291,8 @@ class Objects(ChunkReads):
         reuses. Returns ``False`` when it was gone and its raw bytes had to be written back with another chain
         depth than the delta would claim (then the new chunk must not be a delta against it)."""
         if is_remote(self.backend):
-            # ``_reference`` has just read it whole: on an object store a conditional PUT of its raw bytes would
-            # upload them only to learn the same (it refreshes nothing there)
+            # ``_reference`` has just read it, or checked its chain whole: on an object store a conditional PUT of
+            # its raw bytes would upload them only to learn the same (it refreshes nothing there)
             return True
         path = layout.chunk_path(ref.digest)
         return not self.backend.put_if_absent(path, [chunk_header(len(ref.raw)), ref.raw]) or ref.depth == 0

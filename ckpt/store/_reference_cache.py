@@ -1,0 +1,141 @@
+"""The raw bytes of chunks this process has just stored, kept for the next save's deltas (``CKPT_REFERENCE_CACHE``).
+
+A save that stores a chunk as a delta (codec 2) needs the raw bytes of its reference, the parent's chunk at the
+same place. Read from the store, a reference at chain depth ``d`` costs ``d`` decodes; a training loop that saves
+the same branch again and again from one process wrote those bytes itself at its previous save. This cache keeps
+them, so that a delta save decodes nothing.
+
+Only proven bytes are kept: ``Objects.put_chunk`` copies a chunk into an immutable ``bytes`` first, hashes that
+copy, and hands the copy here under the digest it hashes to; nothing a caller still holds (a reused staging
+buffer) is ever kept. The cache is keyed by digest alone, and so shared by every store of the process: raw bytes
+are the same in every store, whereas a chunk's chain depth is not, so the depth is always read from the store
+(``Objects._reference``).
+
+The budget (``settings.reference_cache()``, read on each call) bounds the bytes kept. A chunk once used as a
+reference goes first (its successor at the same place is the next save's reference), so that a budget that
+holds a whole state keeps exactly the state of the latest save. Then the least recently used, but only once
+stale (not stored again nor used while ``STALE × budget`` bytes of other chunks were offered): a state larger
+than the budget keeps the chunks it saved first, and those hit at every save, where plain LRU would evict each
+chunk just before the next save needs it (no hit at all, and a copy per chunk for nothing). A chunk that does not
+fit is not copied (``admits``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from ckpt import settings
+from ckpt.store._encoded import MIN_ENCODE
+
+__all__ = ["REFERENCES", "ReferenceCache"]
+
+
+#: An entry not stored again nor used while this many budgets of bytes were offered is stale (evictable).
+STALE = 16
+
+
+@dataclass
+class _Entry:
+    raw: bytes
+    used: bool  # handed out as a reference: first to go
+    stamp: int  # the cache's clock when last stored
+
+
+class ReferenceCache:
+    """A thread-safe, byte-bounded map ``digest → raw bytes`` (each proven to hash to its digest by the caller).
+
+    Args:
+        budget: the most bytes kept; ``None``: ``settings.reference_cache()`` at each call (0: off).
+    """
+
+    def __init__(self, budget: int | None = None) -> None:
+        self._budget = budget
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()  # first out first: used, then fresh by stamp
+        self._size = 0
+        self._used = 0  # bytes of used entries
+        self._clock = 0  # bytes offered (``admits``)
+        self._lock = threading.Lock()
+
+    def budget(self) -> int:
+        """The most bytes kept now (0: the cache is off)."""
+        return settings.reference_cache() if self._budget is None else self._budget
+
+    @property
+    def size(self) -> int:
+        """The bytes kept now."""
+        return self._size
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, digest: str, length: int) -> bytes | None:
+        """The raw bytes of chunk ``digest`` if kept and ``length`` long, marked as used as a reference: they are
+        the first evicted from now on (the chunk that takes their place is kept after them)."""
+        if self.budget() == 0:  # off: not even what was kept before it was turned off
+            return None
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is None or len(entry.raw) != length:
+                return None
+            if not entry.used:
+                entry.used = True
+                self._used += length
+            self._entries.move_to_end(digest, last=False)
+            return entry.raw
+
+    def admits(self, length: int) -> bool:
+        """Whether a chunk of ``length`` bytes about to be stored would be kept (else no copy is worth making);
+        counts it as offered (the clock that makes entries stale)."""
+        budget = self.budget()
+        with self._lock:
+            self._clock += length
+            if not MIN_ENCODE <= length <= budget:  # a smaller chunk is stored raw, never a delta: no reference
+                return False
+            return self._size - self._used + length <= budget or self._evictable(budget)
+
+    def put(self, digest: str, raw: bytes) -> None:
+        """Keep ``raw``, the raw bytes of chunk ``digest``: an immutable copy the caller has hashed to ``digest``.
+        Evicts used, then stale entries to make room; when that is not enough (or the budget is smaller than the
+        chunk), ``raw`` is not kept."""
+        budget = self.budget()
+        with self._lock:
+            self._drop(digest)
+            while self._size + len(raw) > budget and self._entries and self._evictable(budget):
+                self._drop(next(iter(self._entries)))
+            if self._size + len(raw) <= budget:
+                self._entries[digest] = _Entry(raw, False, self._clock)
+                self._size += len(raw)
+
+    def touch(self, digest: str) -> None:
+        """Mark a kept chunk as just stored again (the latest at its place: fresh, most recently used)."""
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is not None:
+                if entry.used:
+                    entry.used = False
+                    self._used -= len(entry.raw)
+                entry.stamp = self._clock
+                self._entries.move_to_end(digest)
+
+    def clear(self) -> None:
+        """Forget every entry (the memory is freed once no save holds them)."""
+        with self._lock:
+            self._entries.clear()
+            self._size = self._used = 0
+
+    def _evictable(self, budget: int) -> bool:
+        """Whether the first entry out may go now: used, or stale (under the lock)."""
+        first = next(iter(self._entries.values()), None)
+        return first is not None and (first.used or self._clock - first.stamp > STALE * budget)
+
+    def _drop(self, digest: str) -> None:
+        entry = self._entries.pop(digest, None)
+        if entry is not None:
+            self._size -= len(entry.raw)
+            self._used -= len(entry.raw) if entry.used else 0
+
+
+#: The process's cache, shared by every store it opens.
+REFERENCES = ReferenceCache()
