@@ -143,7 +143,7 @@ def _map(
             end = min(_round_up(CHUNK_HEADER_SIZE + length), chunk_size if i < len(fds) - 1 else 1 << 62)
             if end > first:
                 try:
-                    region.map_file(base + first, fd, first, end - first, populate=verify)
+                    region.map_file(base + first, fd, first, end - first)
                 except (OSError, ValueError) as e:
                     raise CorruptChunkError(
                         f"chunk {digests[i][:12]} of {where_of(tensor, snapshot)} cannot be mapped",

@@ -187,3 +187,27 @@ def test_a_chunk_size_of_no_whole_pages_is_read(tmp_path: Path, monkeypatch: pyt
     back = store.load("main", mmap=True)["model"]
     assert mapped == []
     assert all(as_bytes(back[k]) == as_bytes(v) for k, v in state().items())
+
+
+def test_where_placed_maps_are_not_available_the_tensor_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = store_of(tmp_path)
+    monkeypatch.setattr(_mapped, "available", lambda: False)
+    mapped = counted(monkeypatch)
+    back = store.load("main", mmap=True)["model"]
+    assert mapped == []
+    assert all(as_bytes(back[k]) == as_bytes(v) for k, v in state().items())
+
+
+def test_a_tensor_used_twice_and_a_chunk_repeated_inside_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ckpt.init(str(tmp_path / "store"), chunk_size=CHUNK, compression=False)
+    block = noise(CHUNK, seed=4)
+    repeated = torch.cat([block, block, noise(CHUNK, seed=5), block])  # one chunk file mapped three times
+    store.save({"model": {"a": repeated, "b": repeated.clone()}})
+    mapped = counted(monkeypatch)
+    back = store.load("main", mmap=True)["model"]
+    assert mapped and all(n == 4 for n in mapped)
+    back["a"][:10] = 0  # copy-on-write: neither the other tensor nor the shared chunk changes
+    assert as_bytes(back["b"]) == as_bytes(repeated) and as_bytes(back["a"][CHUNK:]) == as_bytes(repeated[CHUNK:])
+    assert store.verify().ok
