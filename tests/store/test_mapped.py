@@ -211,3 +211,10 @@ def test_a_tensor_used_twice_and_a_chunk_repeated_inside_one(tmp_path: Path, mon
     back["a"][:10] = 0  # copy-on-write: neither the other tensor nor the shared chunk changes
     assert as_bytes(back["b"]) == as_bytes(repeated) and as_bytes(back["a"][CHUNK:]) == as_bytes(repeated[CHUNK:])
     assert store.verify().ok
+
+
+def test_lazy_tensors_map_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = store_of(tmp_path)
+    mapped = counted(monkeypatch)
+    lazy = store.tensors("main", mmap=True)
+    assert as_bytes(lazy["model/head"]) == as_bytes(state()["head"]) and mapped == [5]
