@@ -63,7 +63,8 @@ def map_chunks(
         A writable buffer of ``16 + nbytes`` bytes or more whose bytes from ``CHUNK_HEADER_SIZE`` on are the
         tensor's (the region is unmapped when the last object viewing it goes), or ``None`` when the tensor
         cannot be mapped so (not Linux, a chunk size that is not a multiple of the page size, a remote
-        backend, an encoded chunk, a chunk count that does not fit ``nbytes``): the caller reads it.
+        backend, an encoded chunk, a chunk count that does not fit ``nbytes``, no address space or mappings
+        left, ``ENOMEM``): the caller reads it.
 
     Raises:
         CorruptChunkError: a chunk is not a regular file, a link, has a bad header or length, or (``verify``)
@@ -144,7 +145,10 @@ def _map(
             if end > first:
                 try:
                     region.map_file(base + first, fd, first, end - first)
-                except (OSError, ValueError) as e:
+                except OSError as e:
+                    if e.errno == errno.ENOMEM:  # out of mappings (vm.max_map_count) or address space: read it
+                        region.close()
+                        return None
                     raise CorruptChunkError(
                         f"chunk {digests[i][:12]} of {where_of(tensor, snapshot)} cannot be mapped",
                         digest=digests[i],

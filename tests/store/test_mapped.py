@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import sys
 from pathlib import Path
@@ -218,3 +219,26 @@ def test_lazy_tensors_map_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     mapped = counted(monkeypatch)
     lazy = store.tensors("main", mmap=True)
     assert as_bytes(lazy["model/head"]) == as_bytes(state()["head"]) and mapped == [5]
+
+
+def test_out_of_mappings_the_tensor_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mmap`` failing with ``ENOMEM`` (``vm.max_map_count`` reached) reads the tensor; nothing stays mapped."""
+    store = store_of(tmp_path)
+    store.load("main", mmap=True)  # warm up
+    real = _regions.Region.map_file
+    calls = []
+
+    def refuse_third(self: _regions.Region, *a: Any) -> None:
+        calls.append(a)
+        if len(calls) % 3 == 0:
+            raise OSError(errno.ENOMEM, "Cannot allocate memory")
+        real(self, *a)
+
+    monkeypatch.setattr(_regions.Region, "map_file", refuse_third)
+    gc.collect()
+    before = region_lines()
+    back = store.load("main", mmap=True)["model"]
+    assert all(as_bytes(back[k]) == as_bytes(v) for k, v in state().items())
+    del back
+    gc.collect()
+    assert calls and region_lines() <= before
