@@ -293,8 +293,10 @@ class Store(StoreMaintenance):
                 tensor (tied weights) must receive one value: two different ones are refused
                 (``StateMismatchError``) before any byte is written.
             progress: called with byte counts as chunks arrive.
-            mmap: on a local store, memory-map tensors of 1 MiB or more held in one chunk instead of copying
-                them (zero-copy and copy-on-write, as safetensors does). The trade-off: a mapped tensor is
+            mmap: on a local store, memory-map tensors of 1 MiB or more held in raw chunks instead of copying
+                them (zero-copy and copy-on-write, as safetensors does); a tensor of several chunks is one
+                contiguous mapping of its chunk files placed side by side (Linux, a chunk size of whole pages;
+                else it is read). Every chunk is checked as a copying load checks it. The trade-off: a mapped tensor is
                 verified as it was when mapped, but on Linux a private mapping still shows later changes to
                 pages it has not written, and a chunk file truncated later kills the process with ``SIGBUS``
                 when those pages are read. The default copies, so what ``verify`` checked is what you get.

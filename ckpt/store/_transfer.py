@@ -22,6 +22,7 @@ from ckpt.errors import StateError
 from ckpt.model import FileEntry, TensorEntry
 from ckpt.state import TensorSource, writable_view
 from ckpt.store._io import io_workers
+from ckpt.store._mapped import map_chunks
 from ckpt.store._objects import CHUNK_HEADER_SIZE, Objects
 from ckpt.store._packs import packed_entry, plan_packs, read_pack, slice_of
 from ckpt.store._shards import sharded_jobs
@@ -37,7 +38,7 @@ class ProvenSource(TensorSource):
     the ``digests`` of a plain ``TensorSource`` handed to ``Store.save`` are not trusted, its bytes are hashed."""
 
 
-#: With ``mmap=True``, a local tensor held in one raw chunk at least this big is memory-mapped (zero-copy)
+#: With ``mmap=True``, a local tensor at least this big held in raw chunks is memory-mapped (zero-copy)
 #: instead of read.
 MMAP_MIN_BYTES = 1 << 20
 
@@ -338,9 +339,10 @@ def read_tensors(
         into: name → existing tensor to fill in place when its dtype, shape and layout fit (no new memory,
             no page faults); others are allocated.
         progress: called with byte counts as chunks arrive.
-        mmap: on a local store, map tensors held in one chunk of at least ``MMAP_MIN_BYTES`` (zero-copy,
-            copy-on-write) instead of reading them; see ``Objects.map_chunk`` for what a mapping cannot
-            promise after it was verified.
+        mmap: on a local store, map tensors of at least ``MMAP_MIN_BYTES`` held in raw chunks (zero-copy,
+            copy-on-write) instead of reading them: one chunk with ``Objects.map_chunk``; several side by side
+            in one region (``_mapped.map_chunks``: Linux, a chunk size that is a multiple of the page size),
+            else read; see ``Objects.map_chunk`` for what a mapping cannot promise after it was verified.
     """
     out: dict[str, Any] = {}
     jobs: list[tuple[str, str, memoryview]] = []
@@ -352,13 +354,7 @@ def read_tensors(
         view = writable_view(into[name], entry.dtype, entry.shape) if into and name in into else None
         if view is not None:
             tensor = into[name]  # type: ignore[index]
-        elif (
-            local
-            and len(entry.chunks) == 1
-            and not entry.shards
-            and entry.pack is None
-            and entry.nbytes >= MMAP_MIN_BYTES
-        ):
+        elif local and entry.chunks and not entry.shards and entry.pack is None and entry.nbytes >= MMAP_MIN_BYTES:
             mapped.append((name, entry))
             continue
         else:
@@ -389,10 +385,17 @@ def read_tensors(
             _run_jobs(objects, sharded, progress)
 
         def map_job(name: str, entry: TensorEntry) -> Any:
-            mm = objects.map_chunk(entry.chunks[0], entry.nbytes, verify=verify, tensor=name, snapshot=snapshot)
-            if mm is None:  # an encoded chunk: decoded into new memory
+            if len(entry.chunks) == 1:
+                mm = objects.map_chunk(entry.chunks[0], entry.nbytes, verify=verify, tensor=name, snapshot=snapshot)
+            else:  # many chunks side by side in one region (Linux, a chunk size of whole pages)
+                mm = map_chunks(
+                    objects, entry.chunks, entry.nbytes, chunk_size, verify=verify, tensor=name, snapshot=snapshot
+                )
+            if mm is None:  # an encoded chunk, or a tensor that cannot be mapped: read into new memory
                 tensor, view = allocate(entry, framework or entry.kind, name=name, snapshot=snapshot)
-                job(name, entry.chunks[0], view.cast("B") if view.format != "B" else view)
+                view = view.cast("B") if view.format != "B" else view
+                for digest, piece in zip(entry.chunks, _pieces(view, chunk_size), strict=True):
+                    job(name, digest, piece)
                 return tensor
             if progress:
                 progress(entry.nbytes)
