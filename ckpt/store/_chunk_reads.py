@@ -383,8 +383,9 @@ class ChunkReads:
     ) -> mmap.mmap | None:
         """Memory-map a raw chunk of a local store, copy-on-write, checked against ``digest``.
 
-        Returns ``None`` when the backend is not local, or the chunk is encoded (compressed or a delta: its
-        stored bytes are not the tensor's; the caller reads it instead). The payload starts at
+        Returns ``None`` when the backend is not local, the chunk is encoded (compressed or a delta: its
+        stored bytes are not the tensor's), or ``mmap`` fails with ``ENOMEM`` (``vm.max_map_count`` reached, or no
+        address space left): the caller reads it instead. The payload starts at
         ``CHUNK_HEADER_SIZE``. Writes to the map never reach the file (``ACCESS_COPY``, a private mapping),
         but the file can still reach the map: on Linux a page of a private mapping that was not written to yet
         shows later changes to the file, and reading a page past the end of a file truncated later kills the
@@ -420,6 +421,8 @@ class ChunkReads:
                 self._check_stored(digest, os.pread(fd, CHUNK_HEADER_SIZE, 0), st.st_size, length, tensor, snapshot)
             mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
         except (OSError, ValueError) as e:
+            if isinstance(e, OSError) and e.errno == errno.ENOMEM:  # out of mappings or address space: read it
+                return None
             raise CorruptChunkError(
                 f"chunk {digest[:12]} of {where_of(tensor, snapshot)} cannot be mapped",
                 digest=digest,
