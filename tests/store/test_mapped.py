@@ -16,8 +16,8 @@ import torch
 
 import ckpt
 from ckpt.errors import CorruptChunkError
-from ckpt.store import _layout as layout
 from ckpt.store import _chunk_reads, _mapped, _regions, _transfer
+from ckpt.store import _layout as layout
 
 pytestmark = [
     pytest.mark.torch,
@@ -251,6 +251,7 @@ def test_a_one_chunk_tensor_out_of_mappings_is_read(tmp_path: Path, monkeypatch:
     store = ckpt.init(str(tmp_path / "one"), compression=False, pack_size=0)
     big = {"w": torch.arange(1 << 19, dtype=torch.float32)}  # 2 MiB: one chunk, above the mapping threshold
     store.save({"model": big})
+
     def out_of_mappings(*a: Any, **k: Any) -> Any:
         raise OSError(errno.ENOMEM, "Cannot allocate memory")
 
