@@ -361,3 +361,48 @@ def test_prune_and_gc_between_saves_never_leave_a_delta_without_its_reference(tm
     assert_all_load(store, saved[-1:])
     code = "import ckpt, sys\ns = ckpt.open(sys.argv[1])\ns.load(sys.argv[2])\nassert s.verify().ok\n"
     subprocess.run([sys.executable, "-c", code, str(root), saved[-1][0]], check=True, timeout=120)
+
+
+@pytest.mark.s3
+def test_saves_to_s3_memory_and_a_folder_from_one_process_all_load(
+    tmp_path: Path, s3_server: dict[str, Any], memory_url: str
+) -> None:
+    """The cache is keyed by digest and shared by every store of the process: one state saved to three stores
+    of different chain limits, each save loads exactly from each."""
+    stores = [
+        ckpt.init("s3://ckpt-test/breaker2-refcache", chunk_size=16 << 10, delta_depth=1, **s3_server),
+        ckpt.init(memory_url, chunk_size=16 << 10, delta_depth=4),
+        ckpt.init(str(tmp_path / "s"), chunk_size=16 << 10, delta_depth=16),
+    ]
+    saved: list[list[tuple[str, dict[str, Any]]]] = [[], [], []]
+    for i, s in enumerate(adam_states(6)):
+        for store, out in zip(stores, saved, strict=True):
+            out.append((store.save(s, step=i).id, s))
+    for store, out in zip(stores, saved, strict=True):
+        assert_all_load(store, out)
+
+
+def test_two_threads_saving_two_branches_with_one_cache_all_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CKPT_REFERENCE_CACHE", "48KiB")  # smaller than both states: evictions race with gets
+    store = ckpt.init(str(tmp_path / "s"), chunk_size=16 << 10, delta_depth=4)
+    barrier = threading.Barrier(2)
+    saved: dict[str, list[tuple[str, dict[str, Any]]]] = {"a": [], "b": []}
+    errors: list[BaseException] = []
+
+    def run(branch: str, seed: int) -> None:
+        try:
+            barrier.wait()
+            for i, s in enumerate(adam_states(6, seed=seed)):
+                saved[branch].append((store.save(s, branch, step=i).id, s))
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(b, n)) for n, b in enumerate(saved)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    assert_all_load(store, saved["a"] + saved["b"])
