@@ -396,7 +396,7 @@ def test_two_threads_saving_two_branches_with_one_cache_all_load(
             barrier.wait()
             for i, s in enumerate(adam_states(6, seed=seed)):
                 saved[branch].append((store.save(s, branch, step=i).id, s))
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             errors.append(e)
 
     threads = [threading.Thread(target=run, args=(b, n)) for n, b in enumerate(saved)]
