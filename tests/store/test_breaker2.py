@@ -406,3 +406,19 @@ def test_two_threads_saving_two_branches_with_one_cache_all_load(
         th.join()
     assert not errors, errors
     assert_all_load(store, saved["a"] + saved["b"])
+
+
+@pytest.mark.parametrize("which", [0, 4])
+def test_a_missing_chunk_is_named_and_nothing_stays_mapped(tmp_path: Path, which: int) -> None:
+    from ckpt.errors import MissingObjectError
+
+    root = tmp_path / "s"
+    store = ckpt.init(str(root), chunk_size=2 * PAGE, compression=False, pack_size=0)
+    store.save({"weight": noise(4 * 2 * PAGE + 17)})
+    digest = store.table(store.log()[0].id).tensors["weight"].chunks[which]
+    (root / layout.chunk_path(digest)).unlink()
+    for verify in (True, False):
+        with pytest.raises(MissingObjectError, match="weight"):
+            store.load(mmap=True, verify=verify)
+    gc.collect()
+    assert chunk_maps(root) == 0
