@@ -125,3 +125,24 @@ def test_into_a_channels_last_module_fills_its_weights(tmp_path: Path) -> None:
     store.load(snap.id, into=live.state_dict())
     assert torch.equal(live.bias, saved.bias)
     assert torch.equal(live.weight, saved.weight)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="sync_to(dst, [snapshot id]) copies the snapshot with no ref and no reflog entry in dst: dst's next gc "
+    "past the grace period deletes the copy, chunks and record, with no warning at sync or gc time",
+)
+def test_a_snapshot_synced_by_id_survives_the_destinations_gc(tmp_path: Path) -> None:
+    from ckpt.errors import CkptError
+
+    src = ckpt.init(str(tmp_path / "src"))
+    first = src.save({"w": torch.ones(3)})
+    src.save({"w": torch.zeros(3)})
+    dst = ckpt.init(str(tmp_path / "dst"))
+    try:
+        src.sync_to(dst, [first.id])
+    except CkptError:
+        return  # refusing an id without a ref (as `git push remote <sha>` does) is fine too
+    assert torch.equal(dst.load(first.id)["w"], torch.ones(3))
+    dst.gc(grace=0)
+    assert torch.equal(dst.load(first.id)["w"], torch.ones(3))
