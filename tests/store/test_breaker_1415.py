@@ -32,6 +32,17 @@ def test_into_numpy_buffers_that_overlap_are_refused(tmp_path: Path) -> None:
     assert (memory == 9.0).all()
 
 
+def test_into_a_torch_view_of_a_numpy_array_and_the_array_itself_are_refused(tmp_path: Path) -> None:
+    """One memory seen as a numpy array and as ``torch.from_numpy`` of it: not one tensor to ``alias_key``, but
+    reading two different values into it would keep only one of them."""
+    store = ckpt.init(str(tmp_path / "s"))
+    snap = store.save({"a": torch.ones(4), "b": np.zeros(4, dtype=np.float32)})
+    memory = np.full(4, 9.0, dtype=np.float32)
+    with pytest.raises(StateMismatchError, match="overlap"):
+        store.load(snap.id, into={"a": torch.from_numpy(memory), "b": memory})
+    assert (memory == 9.0).all()
+
+
 def test_into_adjacent_views_of_one_storage_are_filled_in_place(tmp_path: Path) -> None:
     """Slices of one fused buffer (a fused QKV weight) that do not overlap are filled in place, each exactly."""
     store = ckpt.init(str(tmp_path / "s"))
