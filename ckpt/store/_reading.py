@@ -15,7 +15,7 @@ from typing import Any
 
 from ckpt.errors import StateMismatchError
 from ckpt.model import Snapshot, TensorEntry, TensorTable, paused_gc
-from ckpt.state import alias_key, tensor_paths, unflatten, writable_view
+from ckpt.state import alias_key, tensor_paths, to_source, unflatten, writable_view
 from ckpt.store._io import io_workers
 from ckpt.store._packs import PackCache, read_pack, slice_of
 from ckpt.store._parts import StoreParts
@@ -76,7 +76,9 @@ def _load(
         progress=progress,
         mmap=mmap,
     )
-    return unflatten(table.tree, lambda name: tensors[first.get(name, name)])
+    if into:
+        tensors = {**tensors, **fill_tied_into(table, tensors, first, into)}
+    return unflatten(table.tree, lambda name: tensors[name] if name in tensors else tensors[first.get(name, name)])
 
 
 def read_once(
@@ -105,6 +107,31 @@ def read_once(
             while first.get(first[name], first[name]) != first[name]:
                 first[name] = first[first[name]]
     return first
+
+
+def fill_tied_into(
+    table: TensorTable, tensors: Mapping[str, Any], first: Mapping[str, str], into: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Tensors read once in another's place (a tied group) that ``into`` gives memory of their own (a live model
+    whose weights are not tied, loading a save of a tied one): that memory is filled with the value read, and
+    comes back at their place, as every other ``into`` buffer that fits does.
+
+    Returns:
+        name → the ``into`` buffer filled, for each such tensor.
+    """
+    filled: dict[str, Any] = {}
+    for name, head in first.items():
+        if name == head or name not in into:
+            continue
+        entry = table.tensors[name]
+        view = writable_view(into[name], entry.dtype, entry.shape)
+        value = tensors[head]
+        if view is None or alias_key(into[name]) == alias_key(value):
+            continue  # does not fit (new memory, as for any buffer), or is the memory read already
+        source = to_source(value, name).data
+        view.cast("B")[:] = source.cast("B") if source.format != "B" else source
+        filled[name] = into[name]
+    return filled
 
 
 def _check_tied_into(

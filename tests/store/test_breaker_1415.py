@@ -157,3 +157,25 @@ def test_a_snapshot_synced_by_id_survives_the_destinations_gc(tmp_path: Path) ->
     assert torch.equal(dst.load(first.id)["w"], torch.ones(3))
     dst.gc(grace=0)
     assert torch.equal(dst.load(first.id)["w"], torch.ones(3))
+
+
+@pytest.mark.parametrize("numel", [10, 100_000], ids=["packed", "chunked"])
+def test_into_an_untied_live_model_fills_every_member_of_a_saved_tied_group(tmp_path: Path, numel: int) -> None:
+    """Saved from a tied model (embedding = head), loaded into a live model whose head is its own memory
+    (tie_word_embeddings=False): both live buffers must hold the value, not only the group's first."""
+    store = ckpt.init(str(tmp_path / "s"))
+    emb = torch.randn(numel, 4)
+    snap = store.save({"emb": emb, "head": emb, "x": torch.ones(2)})
+    assert store.table(snap.id).tied == (("emb", "head"),)
+    live_emb, live_head = torch.zeros(numel, 4), torch.zeros(numel, 4)
+    out = store.load(snap.id, into={"emb": live_emb, "head": live_head})
+    assert torch.equal(live_emb, emb) and torch.equal(live_head, emb)
+    assert out["emb"] is live_emb and out["head"] is live_head
+    only_head = torch.zeros(numel, 4)
+    out = store.load(snap.id, into={"head": only_head})
+    assert torch.equal(only_head, emb) and out["head"] is only_head and torch.equal(out["emb"], emb)
+    tied = torch.zeros(numel, 4)  # a live model tied as the saved one: one memory, read once
+    out = store.load(snap.id, into={"emb": tied, "head": tied})
+    assert torch.equal(tied, emb) and out["emb"] is tied and out["head"] is tied
+    plain = store.load(snap.id)  # without into=, the tie comes back as one tensor
+    assert plain["emb"] is plain["head"]
