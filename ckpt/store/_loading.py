@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ckpt.errors import StateError, StateMismatchError
 from ckpt.model import MAX_JSON_DEPTH, RECORD_HINT, TensorEntry, TensorTable
 from ckpt.state import unflatten
-from ckpt.store._reading import open_snapshot, read_once
+from ckpt.store._reading import fill_tied_into, open_snapshot, read_once
 from ckpt.store._transfer import read_tensors
 
 if TYPE_CHECKING:
@@ -157,7 +157,9 @@ def load(
         tensors = to_device(
             parts, snap.id, table, entries, device, verify=verify, progress=progress, staging_bytes=staging_bytes
         )
-    return unflatten(tree, lambda name: tensors[first.get(name, name)])
+    if kind == "cpu" and into:
+        tensors = {**tensors, **fill_tied_into(table, tensors, first, into)}
+    return unflatten(tree, lambda name: tensors[name] if name in tensors else tensors[first.get(name, name)])
 
 
 def _device_kind(device: Any) -> str:

@@ -7,13 +7,15 @@ and read chunks straight into it, in parallel (``_transfer``).
 
 from __future__ import annotations
 
+import itertools
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ckpt.errors import StateMismatchError
 from ckpt.model import Snapshot, TensorEntry, TensorTable, paused_gc
-from ckpt.state import alias_key, tensor_paths, unflatten
+from ckpt.state import alias_key, tensor_paths, to_source, unflatten, writable_view
 from ckpt.store._io import io_workers
 from ckpt.store._packs import PackCache, read_pack, slice_of
 from ckpt.store._parts import StoreParts
@@ -74,7 +76,9 @@ def _load(
         progress=progress,
         mmap=mmap,
     )
-    return unflatten(table.tree, lambda name: tensors[first.get(name, name)])
+    if into:
+        tensors = {**tensors, **fill_tied_into(table, tensors, first, into)}
+    return unflatten(table.tree, lambda name: tensors[name] if name in tensors else tensors[first.get(name, name)])
 
 
 def read_once(
@@ -105,6 +109,31 @@ def read_once(
     return first
 
 
+def fill_tied_into(
+    table: TensorTable, tensors: Mapping[str, Any], first: Mapping[str, str], into: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Tensors read once in another's place (a tied group) that ``into`` gives memory of their own (a live model
+    whose weights are not tied, loading a save of a tied one): that memory is filled with the value read, and
+    comes back at their place, as every other ``into`` buffer that fits does.
+
+    Returns:
+        name → the ``into`` buffer filled, for each such tensor.
+    """
+    filled: dict[str, Any] = {}
+    for name, head in first.items():
+        if name == head or name not in into:
+            continue
+        entry = table.tensors[name]
+        view = writable_view(into[name], entry.dtype, entry.shape)
+        value = tensors[head]
+        if view is None or alias_key(into[name]) == alias_key(value):
+            continue  # does not fit (new memory, as for any buffer), or is the memory read already
+        source = to_source(value, name).data
+        view.cast("B")[:] = source.cast("B") if source.format != "B" else source
+        filled[name] = into[name]
+    return filled
+
+
 def _check_tied_into(
     table: TensorTable, into: Mapping[str, Any], first: Mapping[str, str], short_id: str
 ) -> dict[str, str]:
@@ -125,6 +154,7 @@ def _check_tied_into(
         key = alias_key(buffer) if name in table.tensors else None
         if key is not None:
             groups.setdefault(key, []).append(name)
+    _check_overlapping_into(table, into, groups, short_id)
     for names in groups.values():
         a = names[0]
         for b in names[1:]:
@@ -145,6 +175,37 @@ def _check_tied_into(
             if first.get(b, b) == b:  # not read once already as one tied group
                 once[b] = first.get(a, a)
     return once
+
+
+def _check_overlapping_into(
+    table: TensorTable, into: Mapping[str, Any], groups: Mapping[Any, list[str]], short_id: str
+) -> None:
+    """Refuse ``into`` buffers filled in place whose memory overlaps without being one tensor (views such as
+    ``m[0:4]`` and ``m[2:6]``): each would be written with its own value and keep part of the other's, silently.
+
+    Raises:
+        StateMismatchError: names both tensors.
+    """
+    np = sys.modules.get("numpy")
+    if np is None:
+        return
+    spans: list[tuple[int, int, str]] = []  # (start address, end address, name): one per tensor given
+    for names in groups.values():
+        name = names[0]
+        entry = table.tensors[name]
+        view = writable_view(into[name], entry.dtype, entry.shape)
+        if view is None:
+            continue  # not filled in place: it gets new memory
+        start = int(np.asarray(view.cast("B") if view.format != "B" else view).__array_interface__["data"][0])
+        spans.append((start, start + view.nbytes, name))
+    spans.sort()
+    for (_, end, a), (start, _, b) in itertools.pairwise(spans):  # any overlap shows between neighbours
+        if start < end:
+            raise StateMismatchError(
+                f"snapshot {short_id}: into= gives {a!r} and {b!r} memory that overlaps without being one tensor: "
+                "reading both into it would leave each with part of the other's value",
+                hint="give each tensor its own memory (or one tensor for tied weights), or load without into=",
+            )
 
 
 def tensors(parts: StoreParts, rev: str, *, verify: bool, framework: Framework | None, mmap: bool) -> LazyTensors:

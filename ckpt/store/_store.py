@@ -291,7 +291,9 @@ class Store(StoreMaintenance):
                 ``{"model/" + k: v for k, v in model.state_dict().items()}``). Reusing memory avoids the
                 page faults of fresh allocations; tensors that do not fit get new memory. Buffers that are one
                 tensor (tied weights) must receive one value: two different ones are refused
-                (``StateMismatchError``) before any byte is written.
+                (``StateMismatchError``) before any byte is written, and so are buffers whose memory overlaps
+                without being one tensor. Tensors saved tied but given buffers of their own (a live model
+                whose weights are not tied) each have their buffer filled.
             progress: called with byte counts as chunks arrive.
             mmap: on a local store, memory-map tensors of 1 MiB or more held in raw chunks instead of copying
                 them (zero-copy and copy-on-write, as safetensors does); a tensor of several chunks is one
