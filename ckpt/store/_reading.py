@@ -92,7 +92,8 @@ def read_once(
     prefix reads through it.
 
     Raises:
-        StateMismatchError: ``into`` gives one memory to tensors of different values (names both).
+        StateMismatchError: ``into`` gives one memory to tensors of different values (names both), or names none
+            of the ``selected`` tensors (nothing would be filled; a few names of each are given).
     """
     keep = set(selected)
     first: dict[str, str] = {}
@@ -102,6 +103,15 @@ def read_once(
             first[name] = members[0]
     if into:
         kept = {name: buffer for name, buffer in into.items() if name in keep}
+        if keep and not kept:  # nothing would be filled: a key scheme that is not the snapshot's, never silent
+            given = ", ".join(repr(k) for k in list(into)[:3])
+            held = ", ".join(repr(k) for k in list(keep)[:3])
+            raise StateMismatchError(
+                f"snapshot {short_id}: into= names none of its tensors (into= gives {given}…; it holds {held}…), "
+                "so nothing would be loaded in place",
+                hint="key into= by the snapshot's tensor paths: for a state saved as {'model': sd}, "
+                "into={'model/' + k: v for k, v in sd.items()}; or use ckpt.restore(module, store, rev)",
+            )
         first.update(_check_tied_into(table, kept, first, short_id))
         for name in first:  # a group head now read in another's place: its members follow it
             while first.get(first[name], first[name]) != first[name]:

@@ -316,7 +316,8 @@ class Store(StoreMaintenance):
         Raises:
             MissingObjectError: the snapshot was pruned, or a chunk is missing.
             CorruptChunkError: a chunk does not match its digest (names the tensor and the snapshot).
-            StateMismatchError: no tensor path starts with ``prefix``; ``device`` with numpy, ``into`` or ``mmap``.
+            StateMismatchError: no tensor path starts with ``prefix``; ``device`` with numpy, ``into`` or ``mmap``;
+                ``into`` names none of the tensors read (keyed otherwise than the snapshot's paths).
             StateError: a device torch cannot name or use (refused before any read), or cannot allocate on.
 
         Example:

@@ -181,15 +181,17 @@ def test_into_an_untied_live_model_fills_every_member_of_a_saved_tied_group(tmp_
     assert plain["emb"] is plain["head"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="load(into=) ignores into= paths the snapshot does not hold: into=model.state_dict() for a state saved "
-    "as {'model': ...} (paths 'model/...') fills nothing and raises nothing, the module keeps its old weights",
-)
 def test_into_paths_the_snapshot_does_not_hold_are_refused(tmp_path: Path) -> None:
+    """into=model.state_dict() for a state saved as {'model': ...} (paths 'model/...') filled nothing and raised
+    nothing: the module kept its old weights. An into= that names none of the tensors is refused, with and
+    without a prefix."""
     store = ckpt.init(str(tmp_path / "s"))
     saved = torch.nn.Linear(3, 3)
     snap = store.save({"model": saved.state_dict()})
     live = torch.nn.Linear(3, 3)
     with pytest.raises(StateMismatchError, match="weight"):
         store.load(snap.id, into=live.state_dict())  # keys 'weight', 'bias'; the snapshot's 'model/weight' …
+    with pytest.raises(StateMismatchError, match="names none of its tensors"):
+        store.load(snap.id, prefix="model", into=live.state_dict())
+    store.load(snap.id, into={f"model/{k}": v for k, v in live.state_dict().items()})
+    assert torch.equal(live.weight, saved.weight) and torch.equal(live.bias, saved.bias)
