@@ -297,7 +297,8 @@ class StoreMaintenance:
 
         Args:
             dst: the store to copy into (a ``Store``, or its URL or path, opened with ``ckpt.open``).
-            revs: branches, tags or ids to copy; ``None``: every branch and tag.
+            revs: branches and tags to copy, each with its history; ``None``: every branch and tag. An id or
+                ``main~2`` is refused: it would arrive with no ref, and the destination's gc would delete it.
             progress: called with byte counts (raw tensor bytes) as chunks are copied.
             progress_total: called once, before the first chunk is copied, with the bytes ``progress`` will
                 count in all (for a progress bar with a total).
@@ -307,6 +308,7 @@ class StoreMaintenance:
 
         Raises:
             RevisionNotFoundError: a revision matches nothing in this store.
+            RefError: a revision is not a branch or tag (nothing is copied; tag it first).
             CorruptChunkError: a chunk or record of this store does not match its digest (nothing of it is
                 written).
             StoreNotFoundError: ``dst`` is a URL or path with no store.

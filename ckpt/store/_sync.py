@@ -22,7 +22,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import BaseModel, ConfigDict
 
-from ckpt.errors import CkptError, CorruptChunkError, FormatVersionError, MissingObjectError, RefConflictError
+from ckpt.errors import (
+    CkptError,
+    CorruptChunkError,
+    FormatVersionError,
+    MissingObjectError,
+    RefConflictError,
+    RefError,
+)
 from ckpt.model import Snapshot, TagRecord, TensorTable, digest_bytes, parse_record
 from ckpt.store import _layout as layout
 from ckpt.store._io import io_workers, is_remote
@@ -202,7 +209,17 @@ def sync_parts(
         roots = [*branches.values(), *(t.id for t in tags.values())]
     else:
         ref_names = [r for r in revs if r in branches or r in tags]
-        roots = [src.resolve(r).id for r in revs]
+        roots = [src.resolve(r).id for r in revs]  # RevisionNotFoundError first: a typo says so
+        bare = [r for r in revs if r not in branches and r not in tags]
+        if bare:  # it would arrive with no ref, and the destination's gc would delete it (git refuses it too)
+            raise RefError(
+                f"sync copies branches and tags with their history; {bare[0]!r} is not a branch or tag of {src.url}: "
+                "copied alone it would have no ref at the destination, and the destination's gc would delete it",
+                hint=f"name it first (store.tag('NAME', {bare[0]!r})) and sync the tag, or sync a branch that "
+                "contains it",
+                cli_hint=f"name it first (`ckpt tag NAME {bare[0]}`) and sync the tag, or sync a branch that "
+                "contains it",
+            )
 
     pruned = src.pruned()
     todo = _closure(src, roots, dst, pruned)

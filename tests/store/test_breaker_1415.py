@@ -138,11 +138,6 @@ def test_into_a_channels_last_module_fills_its_weights(tmp_path: Path) -> None:
     assert torch.equal(live.weight, saved.weight)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sync_to(dst, [snapshot id]) copies the snapshot with no ref and no reflog entry in dst: dst's next gc "
-    "past the grace period deletes the copy, chunks and record, with no warning at sync or gc time",
-)
 def test_a_snapshot_synced_by_id_survives_the_destinations_gc(tmp_path: Path) -> None:
     from ckpt.errors import CkptError
 
@@ -150,13 +145,14 @@ def test_a_snapshot_synced_by_id_survives_the_destinations_gc(tmp_path: Path) ->
     first = src.save({"w": torch.ones(3)})
     src.save({"w": torch.zeros(3)})
     dst = ckpt.init(str(tmp_path / "dst"))
-    try:
-        src.sync_to(dst, [first.id])
-    except CkptError:
-        return  # refusing an id without a ref (as `git push remote <sha>` does) is fine too
-    assert torch.equal(dst.load(first.id)["w"], torch.ones(3))
+    for rev in (first.id, first.id[:12], "main~1"):
+        with pytest.raises(CkptError, match="not a branch or tag"):  # as `git push remote <sha>` is refused
+            src.sync_to(dst, [rev])
+    assert not list(dst.backend.list("snapshots/")) and not dst.branches()  # nothing copied
+    src.tag("first", first.id)
+    src.sync_to(dst, ["first"])
     dst.gc(grace=0)
-    assert torch.equal(dst.load(first.id)["w"], torch.ones(3))
+    assert torch.equal(dst.load("first")["w"], torch.ones(3))
 
 
 @pytest.mark.parametrize("numel", [10, 100_000], ids=["packed", "chunked"])

@@ -324,7 +324,8 @@ def sync(
     Only chunks DST lacks are sent; an interrupted sync is safe to rerun. A DST with no store yet is created
     (with SRC's chunk size), as `aws s3 sync` creates its prefix. SRC and DST are URLs or folders: a folder
     holding a .ckpt store (`.`, a project folder) means that store. Branches only fast-forward: a branch that
-    diverged on DST is reported, not overwritten, and the exit status is 1. Frozen tags stay frozen. S3
+    diverged on DST is reported, not overwritten, and the exit status is 1. Frozen tags stay frozen. Each REV
+    is a branch or tag (an id would arrive with no ref, and DST's gc would delete it: tag it first). S3
     endpoints and credentials come from --src-option/--dst-option or the usual AWS_* variables
     (AWS_ENDPOINT_URL included).
 
