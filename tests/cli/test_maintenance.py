@@ -32,6 +32,8 @@ def test_init_pack_size_and_no_pack(invoke: Invoke, tmp_path: Path) -> None:
     data = parse(invoke("init", str(tmp_path / "b"), "--no-pack", "--json", store=False))
     assert (data["pack_size"], data["format_version"]) == (0, "2.0")
     assert "pack_size" not in json.loads((tmp_path / "b" / "ckpt.json").read_bytes())
+    data = parse(invoke("init", str(tmp_path / "z"), "--pack-size", "0", "--json", store=False))  # 0 is --no-pack
+    assert (data["pack_size"], data["format_version"]) == (0, "2.0")
     assert (
         "not both"
         in invoke("init", str(tmp_path / "c"), "--no-pack", "--pack-size", "1MiB", store=False, code=2).stderr

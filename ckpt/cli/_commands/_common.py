@@ -42,8 +42,8 @@ def parse_duration(text: str, *, flag: str) -> timedelta:
     raise click.BadParameter(f"not a duration: {text!r} (examples: 0, 90s, 30m, 1h, 7d)", param_hint=flag)
 
 
-def parse_size_option(text: str | None, *, flag: str) -> int | None:
-    """A byte size such as ``64MiB`` or ``5GB``, or ``None``.
+def parse_size_option(text: str | None, *, flag: str, zero: bool = False) -> int | None:
+    """A byte size such as ``64MiB`` or ``5GB``, or ``None``; ``zero``: 0 is allowed (it means "none").
 
     Raises:
         click.BadParameter: not a size, or not positive (a usage error, exit code 2).
@@ -57,8 +57,8 @@ def parse_size_option(text: str | None, *, flag: str) -> int | None:
     except ValueError as e:  # a RecordError: its message, with its examples, on the one error line
         message, examples = getattr(e, "message", str(e)), getattr(e, "cli_hint", None)
         raise click.BadParameter(f"{message} ({examples})" if examples else message, param_hint=flag) from None
-    if size <= 0:
-        raise click.BadParameter(f"must be positive, got {text!r}", param_hint=flag)
+    if size < 0 or (size == 0 and not zero):
+        raise click.BadParameter(f"must be positive{' or 0' if zero else ''}, got {text!r}", param_hint=flag)
     return size
 
 

@@ -44,7 +44,7 @@ __all__ = ["gc", "init", "repair", "verify"]
     "--pack-size",
     metavar="SIZE",
     help="Pack tensors under 64KiB into shared chunks of at most SIZE (default 4MiB, at most the chunk size). "
-    "A store with packs is format 3.0.",
+    "A store with packs is format 3.0; 0 is --no-pack.",
 )
 @click.option("--no-pack", is_flag=True, help="Store every tensor in chunks of its own (no packs; format 2.0 or 1.3).")
 @json_option
@@ -71,7 +71,7 @@ def init(
     _check_chunk_size(size)
     if no_pack and pack_size is not None:
         raise click.UsageError("give --pack-size or --no-pack, not both")
-    packs = 0 if no_pack else parse_size_option(pack_size, flag="--pack-size")
+    packs = 0 if no_pack else parse_size_option(pack_size, flag="--pack-size", zero=True)
     from ckpt.store import init as init_store
 
     store = init_store(
