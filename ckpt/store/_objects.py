@@ -28,7 +28,7 @@ from ckpt.model import (
 )
 from ckpt.storage import Backend, Buffer
 from ckpt.store import _layout as layout
-from ckpt.store._chunk_format import check_stored, encoded_length, encoded_prefix
+from ckpt.store._chunk_format import check_stored, encoded_length, encoded_prefix, hasher
 from ckpt.store._chunk_reads import (
     CHUNK_HEADER_SIZE,
     CODEC_RAW,
@@ -124,16 +124,17 @@ class Objects(ChunkReads):
             kept = bytes(data)  # an immutable copy, hashed below: the next save's reference (never a caller's buffer)
             data = memoryview(kept)
         digest = hash_chunk(data)
-        found = self._put_new(data, digest, known, dtype, compress, reference, max_depth, executor)
+        found = self._put_new(data, digest, known, dtype, compress, reference, max_depth, executor, kept is not None)
         if kept is not None:
             REFERENCES.put(digest, kept)
         return found
 
     def _put_new(
         self, data: memoryview, digest: str, known: str | None, dtype: str | None, compress: bool,
-        reference: str | None, max_depth: int, executor: Executor | None,
+        reference: str | None, max_depth: int, executor: Executor | None, record: bool = False,
     ) -> tuple[str, int]:  # fmt: skip
-        """``put_chunk`` of a chunk whose bytes hash to ``digest``."""
+        """``put_chunk`` of a chunk whose bytes hash to ``digest``; ``record``: remember the digest of the object
+        written (``_wrote``), so that a later save can prove the chain it heads (``_proven_depth``)."""
         n = data.nbytes
         if digest == reference and digest != known:  # the parent's chunk at the same place: most likely stored
             found = self._reuse(digest, data, proven=True)
@@ -149,20 +150,62 @@ class Objects(ChunkReads):
             if enc is not None and ref is not None and enc.codec == CODEC_DELTA and not self._hold(ref):
                 enc = encode(data, dtype, executor=executor)  # the reference was collected meanwhile: a keyframe
         if enc is not None:
-            if self.backend.put_if_absent(path, [chunk_header(n, enc.codec), *enc.parts]):
+            parts: list[bytes | bytearray | memoryview] = [chunk_header(n, enc.codec), *enc.parts]
+            if self.backend.put_if_absent(path, parts):
+                self._wrote(digest, parts, record)
                 return digest, CHUNK_HEADER_SIZE + enc.stored_length
-        elif self.backend.put_if_absent(path, [chunk_header(n), data]):  # refreshes a stored one for gc
-            return digest, stored_size(n)
+        else:
+            parts = [chunk_header(n), data]
+            if self.backend.put_if_absent(path, parts):  # refreshes a stored one for gc
+                self._wrote(digest, parts, record)
+                return digest, stored_size(n)
         if self.chunk_whole(digest, n):
             return digest, 0
         # found at its address but damaged: replaced by these bytes, which hash to it (self-healing), stored
         # whole (never a delta: its reference is not checked here), encoded when compression is on and it pays
         enc = encode(data, dtype) if compress else None
-        if enc is not None:
-            self._heal(path, digest, [chunk_header(n, enc.codec), *enc.parts])
-            return digest, CHUNK_HEADER_SIZE + enc.stored_length
-        self._heal(path, digest, [chunk_header(n), data])
-        return digest, stored_size(n)
+        parts = [chunk_header(n, enc.codec), *enc.parts] if enc is not None else [chunk_header(n), data]
+        self._heal(path, digest, parts)
+        self._wrote(digest, parts, record)
+        return digest, (CHUNK_HEADER_SIZE + enc.stored_length) if enc is not None else stored_size(n)
+
+    def _wrote(self, digest: str, parts: list[bytes | bytearray | memoryview], record: bool) -> None:
+        """Remember the BLAKE3 of the object just written under ``digest`` (``ReferenceCache.wrote``)."""
+        if record:
+            h = hasher(sum(memoryview(p).nbytes for p in parts))
+            for p in parts:
+                h.update(p)
+            REFERENCES.wrote(f"{self.backend.url}\0{digest}", h.digest())
+
+    def _proven_depth(self, digest: str, n: int) -> int | None:
+        """The chain depth of a chunk whose every link is, byte for byte, an object this process wrote to this
+        store (``_wrote``): then the chain decodes to the raw bytes this process kept for it. ``None`` when a
+        link was not written by this process, is not whole, or differs from what was written (damage since, or
+        another writer's object): the caller decodes the chain instead. Reads each link once, decodes nothing."""
+        top: int | None = None
+        for _ in range(DEFAULT_MAX_DEPTH_READ + 1):
+            expected = REFERENCES.written(f"{self.backend.url}\0{digest}")
+            if expected is None:
+                return None
+            try:
+                codec, obj = self.read_object(digest, n)
+            except CkptError:
+                return None
+            h = hasher(len(obj))
+            h.update(obj)
+            if h.digest() != expected:
+                return None
+            if codec != CODEC_DELTA:
+                return 0 if top is None else top
+            try:
+                ref, depth = delta_depth(codec, memoryview(obj)[CHUNK_HEADER_SIZE:], digest)
+            except CkptError:
+                return None
+            top = depth if top is None else top
+            if ref is None:
+                return top
+            digest = ref
+        return None
 
     def _reuse(self, digest: str, data: memoryview, *, proven: bool) -> tuple[str, int] | None:
         """Reuse a chunk that is likely stored already: ``(digest, 0)`` when it is stored whole, ``None`` when it
@@ -261,13 +304,13 @@ class Objects(ChunkReads):
     ) -> Reference | None:
         """The reference a delta of ``n`` bytes may use, decoded and checked, or ``None``: no reference, its
         chain is at the limit already (the new chunk is a keyframe), or it cannot be read (``verify`` says). Bytes
-        this process stored lately (``_reference_cache``) are used as they are when the chain is whole here (its
-        depth read from this store: ``_whole_depth``); else the chain is decoded."""
+        this process stored lately (``_reference_cache``) are used as they are when every link of the chain is,
+        byte for byte, the object this process wrote there (``_proven_depth``); else the chain is decoded."""
         if digest is None or max_depth < 1:
             return None
         kept = REFERENCES.get(digest, n)
         if kept is not None:
-            depth = self._whole_depth(digest, n)
+            depth = self._proven_depth(digest, n)  # every link as this process wrote it: decodes to ``kept``
             if depth is not None and depth >= 0:
                 return Reference(digest, kept, depth) if depth < max_depth else None
         try:

@@ -9,7 +9,10 @@ Only proven bytes are kept: ``Objects.put_chunk`` copies a chunk into an immutab
 copy, and hands the copy here under the digest it hashes to; nothing a caller still holds (a reused staging
 buffer) is ever kept. The cache is keyed by digest alone, and so shared by every store of the process: raw bytes
 are the same in every store, whereas a chunk's chain depth is not, so the depth is always read from the store
-(``Objects._reference``).
+(``Objects._reference``). Kept bytes are used only when the stored chain provably decodes to them: the cache also
+remembers, per store and chunk, the BLAKE3 of each object this process wrote (``wrote``), and every link of the
+chain, read back whole, must hash to it (``Objects._proven_depth``); else the save decodes the chain as without
+the cache (a damaged link then makes the new chunk a keyframe, never a delta on damage).
 
 The budget (``settings.reference_cache()``, read on each call) bounds the bytes kept. A chunk once used as a
 reference goes first (its successor at the same place is the next save's reference), so that a budget that
@@ -36,6 +39,11 @@ __all__ = ["REFERENCES", "ReferenceCache"]
 STALE = 16
 
 
+#: The most stored-object digests ``ReferenceCache.wrote`` remembers (about 150 bytes each): the chunks of
+#: sixteen saves of a 1 TB state in 64 MiB chunks.
+MAX_WRITTEN = 1 << 18
+
+
 @dataclass
 class _Entry:
     raw: bytes
@@ -57,6 +65,7 @@ class ReferenceCache:
         self._used = 0  # bytes of used entries
         self._clock = 0  # bytes offered (``admits``)
         self._lock = threading.Lock()
+        self._written: OrderedDict[str, bytes] = OrderedDict()  # store + chunk digest → BLAKE3 of its object
 
     def budget(self) -> int:
         """The most bytes kept now (0: the cache is off)."""
@@ -119,10 +128,26 @@ class ReferenceCache:
                 entry.stamp = self._clock
                 self._entries.move_to_end(digest)
 
+    def wrote(self, key: str, stored: bytes) -> None:
+        """Remember the BLAKE3 digest of an object this process wrote (``key``: the store and the chunk digest),
+        so that a later save can prove a kept reference's chain by its stored bytes without decoding it. At most
+        ``MAX_WRITTEN`` are remembered (the oldest go first)."""
+        with self._lock:
+            self._written[key] = stored
+            self._written.move_to_end(key)
+            while len(self._written) > MAX_WRITTEN:
+                self._written.popitem(last=False)
+
+    def written(self, key: str) -> bytes | None:
+        """The digest ``wrote`` remembered for ``key``, or ``None``."""
+        with self._lock:
+            return self._written.get(key)
+
     def clear(self) -> None:
         """Forget every entry (the memory is freed once no save holds them)."""
         with self._lock:
             self._entries.clear()
+            self._written.clear()
             self._size = self._used = 0
 
     def _evictable(self, budget: int) -> bool:

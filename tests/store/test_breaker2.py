@@ -249,15 +249,7 @@ def test_mutating_the_state_after_each_save_never_reaches_a_delta(tmp_path: Path
     "budget",
     [
         "0",
-        pytest.param(
-            "1GiB",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="a kept reference is used when its chain's headers are whole (_whole_depth), so a save "
-                "stores a delta against a chunk whose payload is damaged: the new snapshot cannot be loaded, "
-                "whereas with the cache off the reference is decoded, found damaged and the chunk is a keyframe",
-            ),
-        ),
+        "1GiB",
     ],
 )
 def test_a_reference_damaged_on_disk_does_not_make_the_next_save_unloadable(
@@ -428,14 +420,7 @@ def test_a_missing_chunk_is_named_and_nothing_stays_mapped(tmp_path: Path, which
     "budget",
     [
         "0",
-        pytest.param(
-            "1GiB",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="as above, one link deeper: only the headers of a kept reference's chain are checked, so "
-                "a damaged grandparent makes the third save unloadable (cache off: a keyframe, loadable)",
-            ),
-        ),
+        "1GiB",
     ],
 )
 def test_a_damaged_grandparent_does_not_make_the_next_save_unloadable(
