@@ -28,7 +28,7 @@ from ckpt.model import (
 )
 from ckpt.storage import Backend, Buffer
 from ckpt.store import _layout as layout
-from ckpt.store._chunk_format import check_stored, encoded_length, encoded_prefix, hasher
+from ckpt.store._chunk_format import check_stored, encoded_length, encoded_prefix
 from ckpt.store._chunk_reads import (
     CHUNK_HEADER_SIZE,
     CODEC_RAW,
@@ -43,7 +43,7 @@ from ckpt.store._codecs._framing import CODEC_DELTA
 from ckpt.store._encoded import DEFAULT_MAX_DEPTH_READ, Reference, decode_payload, delta_depth, encode, max_payload
 from ckpt.store._io import is_remote
 from ckpt.store._records import RecordCache, check_record, read_record
-from ckpt.store._reference_cache import REFERENCES
+from ckpt.store._reference_cache import REFERENCES, proven_depth, record_written
 
 __all__ = [
     "CHUNK_HEADER_SIZE",
@@ -170,42 +170,14 @@ class Objects(ChunkReads):
         return digest, (CHUNK_HEADER_SIZE + enc.stored_length) if enc is not None else stored_size(n)
 
     def _wrote(self, digest: str, parts: list[bytes | bytearray | memoryview], record: bool) -> None:
-        """Remember the BLAKE3 of the object just written under ``digest`` (``ReferenceCache.wrote``)."""
+        """Remember the BLAKE3 of the object just written under ``digest`` (``_reference_cache.record_written``)."""
         if record:
-            h = hasher(sum(memoryview(p).nbytes for p in parts))
-            for p in parts:
-                h.update(p)
-            REFERENCES.wrote(f"{self.backend.url}\0{digest}", h.digest())
+            record_written(self.backend.url, digest, parts)
 
     def _proven_depth(self, digest: str, n: int) -> int | None:
-        """The chain depth of a chunk whose every link is, byte for byte, an object this process wrote to this
-        store (``_wrote``): then the chain decodes to the raw bytes this process kept for it. ``None`` when a
-        link was not written by this process, is not whole, or differs from what was written (damage since, or
-        another writer's object): the caller decodes the chain instead. Reads each link once, decodes nothing."""
-        top: int | None = None
-        for _ in range(DEFAULT_MAX_DEPTH_READ + 1):
-            expected = REFERENCES.written(f"{self.backend.url}\0{digest}")
-            if expected is None:
-                return None
-            try:
-                codec, obj = self.read_object(digest, n)
-            except CkptError:
-                return None
-            h = hasher(len(obj))
-            h.update(obj)
-            if h.digest() != expected:
-                return None
-            if codec != CODEC_DELTA:
-                return 0 if top is None else top
-            try:
-                ref, depth = delta_depth(codec, memoryview(obj)[CHUNK_HEADER_SIZE:], digest)
-            except CkptError:
-                return None
-            top = depth if top is None else top
-            if ref is None:
-                return top
-            digest = ref
-        return None
+        """``_reference_cache.proven_depth`` in this store: the chain depth when every link is, byte for byte,
+        the object this process wrote here; else ``None`` (the caller decodes the chain)."""
+        return proven_depth(self.read_object, self.backend.url, digest, n)
 
     def _reuse(self, digest: str, data: memoryview, *, proven: bool) -> tuple[str, int] | None:
         """Reuse a chunk that is likely stored already: ``(digest, 0)`` when it is stored whole, ``None`` when it

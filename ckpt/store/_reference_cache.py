@@ -27,12 +27,16 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ckpt import settings
-from ckpt.store._encoded import MIN_ENCODE
+from ckpt.errors import CkptError
+from ckpt.store._chunk_format import CHUNK_HEADER_SIZE, hasher
+from ckpt.store._codecs._framing import CODEC_DELTA
+from ckpt.store._encoded import DEFAULT_MAX_DEPTH_READ, MIN_ENCODE, delta_depth
 
-__all__ = ["REFERENCES", "ReferenceCache"]
+__all__ = ["REFERENCES", "ReferenceCache", "proven_depth", "record_written"]
 
 
 #: An entry not stored again nor used while this many budgets of bytes were offered is stale (evictable).
@@ -164,3 +168,44 @@ class ReferenceCache:
 
 #: The process's cache, shared by every store it opens.
 REFERENCES = ReferenceCache()
+
+
+def record_written(store: str, digest: str, parts: list[bytes | bytearray | memoryview]) -> None:
+    """Remember the BLAKE3 of the object (``parts``, header first) this process just wrote under ``digest`` in
+    the store at URL ``store`` (``ReferenceCache.wrote``)."""
+    h = hasher(sum(memoryview(p).nbytes for p in parts))
+    for p in parts:
+        h.update(p)
+    REFERENCES.wrote(f"{store}\0{digest}", h.digest())
+
+
+def proven_depth(read_object: Callable[[str, int], tuple[int, bytes]], store: str, digest: str, n: int) -> int | None:
+    """The chain depth of a chunk whose every link is, byte for byte, an object this process wrote to the store
+    at URL ``store`` (``record_written``): then the chain decodes to the raw bytes this process kept for it.
+    ``None`` when a link was not written by this process, is not whole, or differs from what was written
+    (damage since, or another writer's object): the caller decodes the chain instead. Reads each link once with
+    ``read_object`` (``Objects.read_object``: header and size checked), decodes nothing."""
+    top: int | None = None
+    for _ in range(DEFAULT_MAX_DEPTH_READ + 1):
+        expected = REFERENCES.written(f"{store}\0{digest}")
+        if expected is None:
+            return None
+        try:
+            codec, obj = read_object(digest, n)
+        except CkptError:
+            return None
+        h = hasher(len(obj))
+        h.update(obj)
+        if h.digest() != expected:
+            return None
+        if codec != CODEC_DELTA:
+            return 0 if top is None else top
+        try:
+            ref, depth = delta_depth(codec, memoryview(obj)[CHUNK_HEADER_SIZE:], digest)
+        except CkptError:
+            return None
+        top = depth if top is None else top
+        if ref is None:
+            return top
+        digest = ref
+    return None

@@ -287,9 +287,13 @@ class Store(StoreMaintenance):
             rev: the revision.
             verify: check every chunk against its digest (on by default; BLAKE3 makes it cheap).
             framework: ``torch`` or ``numpy`` for every tensor; default: what each was saved as.
-            into: tensor path → existing tensor to read into, in place, when dtype and shape fit (e.g.
-                ``{"model/" + k: v for k, v in model.state_dict().items()}``). Reusing memory avoids the
-                page faults of fresh allocations; tensors that do not fit get new memory. Buffers that are one
+            into: tensor path → existing tensor to read into, in place, when dtype, shape and layout fit (e.g.
+                ``{"model/" + k: v for k, v in model.state_dict().items()}``): a contiguous CPU tensor, or a
+                C-contiguous writable numpy array. Reusing memory avoids the page faults of fresh allocations;
+                tensors that do not fit (another dtype or shape, a ``channels_last`` or other strided tensor, a
+                GPU tensor) get new memory, returned in the tree and not copied into the given tensor:
+                ``ckpt.restore(module, store, rev)`` copies into a module whatever its layout. An ``into`` that
+                names none of the tensors read is refused (``StateMismatchError``). Buffers that are one
                 tensor (tied weights) must receive one value: two different ones are refused
                 (``StateMismatchError``) before any byte is written, and so are buffers whose memory overlaps
                 without being one tensor. Tensors saved tied but given buffers of their own (a live model
