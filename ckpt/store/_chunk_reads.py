@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import stat
 from collections.abc import Callable
 from concurrent.futures import Executor
 
@@ -30,7 +29,7 @@ from ckpt.store._chunk_format import (
 from ckpt.store._chunk_format import describe as where_of
 from ckpt.store._codecs._framing import CODEC_DELTA
 from ckpt.store._encoded import ENCODED, decode_payload, max_payload
-from ckpt.store._local_reads import map_stored, read_raw_into
+from ckpt.store._local_reads import map_stored, open_chunk, read_raw_into
 from ckpt.store._types import Progress
 
 __all__ = [
@@ -396,29 +395,10 @@ class ChunkReads:
         path = self.backend.local_path(layout.chunk_path(digest))
         if path is None:
             return None
+        fd, size = open_chunk(path, digest, tensor, snapshot)  # a regular file, never through a link
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-        except FileNotFoundError as e:
-            raise self._missing(digest, tensor, snapshot, e) from e
-        except OSError as e:
-            raise CorruptChunkError(
-                f"chunk {digest[:12]} of {where_of(tensor, snapshot)} cannot be read: "
-                + ("it is a symbolic link" if e.errno == errno.ELOOP else os.strerror(e.errno or 0)),
-                digest=digest,
-                tensor=tensor,
-                snapshot=snapshot,
-            ) from e
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise CorruptChunkError(
-                    f"chunk {digest[:12]} of {where_of(tensor, snapshot)} is corrupt: it is not a regular file",
-                    digest=digest,
-                    tensor=tensor,
-                    snapshot=snapshot,
-                )
-            if st.st_size < CHUNK_HEADER_SIZE:
-                self._check_stored(digest, os.pread(fd, CHUNK_HEADER_SIZE, 0), st.st_size, length, tensor, snapshot)
+            if size < CHUNK_HEADER_SIZE:
+                self._check_stored(digest, os.pread(fd, CHUNK_HEADER_SIZE, 0), size, length, tensor, snapshot)
             mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
         except (OSError, ValueError) as e:
             if isinstance(e, OSError) and e.errno == errno.ENOMEM:  # out of mappings or address space: read it

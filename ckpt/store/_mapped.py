@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ from ckpt.store._chunk_format import CHUNK_HEADER_SIZE
 from ckpt.store._chunk_format import describe as where_of
 from ckpt.store._chunk_reads import ChunkReads
 from ckpt.store._encoded import ENCODED
+from ckpt.store._local_reads import open_chunk
 from ckpt.store._regions import PAGE_SIZE, Region, available
 
 __all__ = ["map_chunks"]
@@ -96,28 +96,9 @@ def map_chunks(
 
 
 def _open(objects: ChunkReads, digest: str, path: str, tensor: str | None, snapshot: str | None) -> int:
-    """An open, read-only descriptor of a chunk file that is a regular file (never through a link)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError as e:
-        raise objects._missing(digest, tensor, snapshot, e) from e
-    except OSError as e:
-        raise CorruptChunkError(
-            f"chunk {digest[:12]} of {where_of(tensor, snapshot)} cannot be read: "
-            + ("it is a symbolic link" if e.errno == errno.ELOOP else os.strerror(e.errno or 0)),
-            digest=digest,
-            tensor=tensor,
-            snapshot=snapshot,
-        ) from e
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise CorruptChunkError(
-            f"chunk {digest[:12]} of {where_of(tensor, snapshot)} is corrupt: it is not a regular file",
-            digest=digest,
-            tensor=tensor,
-            snapshot=snapshot,
-        )
-    return fd
+    """An open, read-only descriptor of a chunk file that is a regular file (never through a link):
+    ``_local_reads.open_chunk``, the one rule every local read opens a chunk by."""
+    return open_chunk(path, digest, tensor, snapshot)[0]
 
 
 def _map(
