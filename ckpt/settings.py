@@ -240,13 +240,7 @@ def io_memory() -> int:
     Raises:
         RecordError: the variable is not a size.
     """
-    raw = os.environ.get("CKPT_IO_MEMORY", "").strip()
-    if not raw:
-        return DEFAULT_IO_MEMORY
-    try:
-        return max(1, parse_size(raw))
-    except RecordError as e:
-        raise RecordError(f"CKPT_IO_MEMORY: {e.message}", hint=e.hint or "", cli_hint=e.cli_hint or "") from None
+    return _size_variable("CKPT_IO_MEMORY", DEFAULT_IO_MEMORY, least=1)
 
 
 DEFAULT_REFERENCE_CACHE = 1 << 30
@@ -257,18 +251,28 @@ def reference_cache() -> int:
 
     ``$CKPT_REFERENCE_CACHE`` (a size: ``512MiB``, ``4GiB`` …; ``0`` turns the cache off), else 1 GiB. A save
     that stores a chunk as a delta needs its parent's chunk raw; kept here, it is not decoded through its chain
-    again (see docs/concepts/storage.md). Set it to at least the bytes of the state a training loop saves.
+    again (docs/environment.md, ``CKPT_REFERENCE_CACHE``). Set it to at least the bytes of the state a training
+    loop saves.
 
     Raises:
         RecordError: the variable is not a size.
     """
-    raw = os.environ.get("CKPT_REFERENCE_CACHE", "").strip()
+    return _size_variable("CKPT_REFERENCE_CACHE", DEFAULT_REFERENCE_CACHE, least=0)
+
+
+def _size_variable(name: str, default: int, *, least: int) -> int:
+    """The size in ``$name`` (at least ``least``), or ``default`` when it is unset or blank.
+
+    Raises:
+        RecordError: the variable is not a size (named in the message).
+    """
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return DEFAULT_REFERENCE_CACHE
+        return default
     try:
-        return max(0, parse_size(raw))
+        return max(least, parse_size(raw))
     except RecordError as e:
-        raise RecordError(f"CKPT_REFERENCE_CACHE: {e.message}", hint=e.hint or "", cli_hint=e.cli_hint or "") from None
+        raise RecordError(f"{name}: {e.message}", hint=e.hint or "", cli_hint=e.cli_hint or "") from None
 
 
 def record_cache() -> Path | None:

@@ -220,10 +220,14 @@ class ChunkReads:
         tensor: str | None,
         snapshot: str | None,
         executor: Executor | None = None,
+        known: tuple[str, bytes | bytearray | memoryview] | None = None,
     ) -> None:
-        """Decode an encoded payload into ``out`` through its delta chain (each link read as ``_stored``)."""
+        """Decode an encoded payload into ``out`` through its delta chain (each link read as ``_stored``, except
+        a reference in ``known``: ``(its digest, its raw bytes, checked already)``, used as a raw link)."""
 
-        def fetch(ref: str) -> tuple[int, int, bytes]:
+        def fetch(ref: str) -> tuple[int, int, bytes | bytearray | memoryview]:
+            if known is not None and ref == known[0]:
+                return CODEC_RAW, out.nbytes, known[1]
             return self._stored(ref, out.nbytes, tensor, snapshot)
 
         decode_payload(

@@ -37,10 +37,9 @@ from ckpt.store._chunk_reads import (
     chunk_header,
     hash_chunk,
     stored_size,
-    where_of,
 )
 from ckpt.store._codecs._framing import CODEC_DELTA
-from ckpt.store._encoded import DEFAULT_MAX_DEPTH_READ, Reference, decode_payload, delta_depth, encode, max_payload
+from ckpt.store._encoded import DEFAULT_MAX_DEPTH_READ, Reference, delta_depth, encode, max_payload
 from ckpt.store._io import is_remote
 from ckpt.store._records import RecordCache, check_record, read_record
 from ckpt.store._reference_cache import REFERENCES, proven_depth, record_written
@@ -357,24 +356,7 @@ class Objects(ChunkReads):
             self._check_digest(payload, digest, tensor, snapshot)
             return payload
         out = memoryview(self._buffer(digest, length, tensor, snapshot))
-
-        def fetch(ref: str) -> tuple[int, int, bytes | bytearray | memoryview]:
-            if known is not None and ref == known[0]:
-                return CODEC_RAW, length, known[1]
-            return self._stored(ref, length, tensor, snapshot)
-
-        decode_payload(
-            digest,
-            codec,
-            payload,
-            out,
-            fetch,
-            verify=True,
-            where=where_of(tensor, snapshot),
-            tensor=tensor,
-            snapshot=snapshot,
-            newer=self.minor_newer,
-        )
+        self._decode(digest, codec, payload, out, verify=True, tensor=tensor, snapshot=snapshot, known=known)
         return out
 
     def put_stored(self, digest: str, data: Buffer, raw_length: int | None = None) -> int:
