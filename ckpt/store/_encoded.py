@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ckpt.errors import CorruptChunkError, FormatVersionError, MissingObjectError
 from ckpt.store._codecs._framing import CODEC_DELTA, CODEC_GROUPED, CODEC_RAW, DEFAULT_MAX_DEPTH, layout_for
@@ -62,13 +62,16 @@ def encode(
     reference: Reference | None = None,
     max_depth: int = 0,
     executor: Executor | None = None,
+    hasher: Any = None,
 ) -> Encoded | None:
     """The encoding to store for a chunk of a tensor of ``dtype`` (a safetensors name; ``None``: a file), or
     ``None`` when raw is best: the chunk is small, or no encoding saves 3% (``MIN_SAVING``).
 
     With a ``reference`` whose depth is below ``max_depth``, a delta against it is tried first (and kept when
     it is the smallest); otherwise the chunk is a keyframe (grouped or raw). ``executor`` codes the chunk's
-    blocks in parallel (the caller must not be one of its threads).
+    blocks in parallel (the caller must not be one of its threads). ``hasher`` (a keyframe only) is fed the
+    bytes encoded, from private copies (``encode_chunk``); it is fed nothing for a chunk under ``MIN_ENCODE``,
+    and when the result is ``None`` (raw) its digest is of what was encoded, not of what ``data`` holds now.
     """
     if data.nbytes < MIN_ENCODE:
         return None
@@ -85,7 +88,7 @@ def encode(
             executor=executor,
         )
     else:
-        enc = encode_chunk(data, layout=layout_for(dtype), executor=executor)
+        enc = encode_chunk(data, layout=layout_for(dtype), executor=executor, hasher=hasher)
     return None if enc.codec == CODEC_RAW else enc
 
 

@@ -10,6 +10,9 @@ import os
 import stat
 from collections.abc import Iterator
 from concurrent.futures import Executor
+from typing import TYPE_CHECKING
+
+import blake3
 
 from ckpt.errors import (
     BackendError,
@@ -39,10 +42,13 @@ from ckpt.store._chunk_reads import (
     stored_size,
 )
 from ckpt.store._codecs._framing import CODEC_DELTA
-from ckpt.store._encoded import DEFAULT_MAX_DEPTH_READ, Reference, delta_depth, encode, max_payload
+from ckpt.store._encoded import DEFAULT_MAX_DEPTH_READ, MIN_ENCODE, Reference, delta_depth, encode, max_payload
 from ckpt.store._io import is_remote
 from ckpt.store._records import RecordCache, check_record, read_record
 from ckpt.store._reference_cache import REFERENCES, proven_depth, record_written
+
+if TYPE_CHECKING:
+    from ckpt.store._codecs._chunk import Encoded
 
 __all__ = [
     "CHUNK_HEADER_SIZE",
@@ -119,31 +125,53 @@ class Objects(ChunkReads):
                 REFERENCES.touch(digest)  # still the latest chunk at its place: its kept bytes stay the freshest
                 return found
         kept: bytes | None = None
-        if compress and max_depth > 0 and REFERENCES.admits(n):
+        # kept only where this save has a reference: the state then changes save after save (a training loop),
+        # and the next save will delta against it; a first save (no parent) copies nothing, and a later save
+        # decodes its keyframes from the store once (a copy of every chunk cost a one-off save 40% of its time)
+        if compress and max_depth > 0 and REFERENCES.admits(n) and reference is not None:
             kept = bytes(data)  # an immutable copy, hashed below: the next save's reference (never a caller's buffer)
             data = memoryview(kept)
+        elif compress and reference is None and n >= MIN_ENCODE:
+            return self._put_keyframe(data, known, dtype, executor)
         digest = hash_chunk(data)
         found = self._put_new(data, digest, known, dtype, compress, reference, max_depth, executor, kept is not None)
         if kept is not None:
             REFERENCES.put(digest, kept)
         return found
 
+    def _put_keyframe(
+        self, data: memoryview, known: str | None, dtype: str | None, executor: Executor | None
+    ) -> tuple[str, int]:
+        """``put_chunk`` of a chunk with no reference, compression on: hashed as it is encoded, each block from
+        a private copy, so that the source is read once and the digest is of exactly the bytes encoded (a
+        caller's buffer changing meanwhile cannot put bytes under another address). A chunk that does not
+        encode is stored raw from a private copy hashed again. Locally, one stored already is found by a stat
+        after its encoding (the price of hashing while encoding; a first save's chunks are new)."""
+        h = blake3.blake3()  # one thread: it hashes each block's copy while it is in cache
+        enc = encode(data, dtype, executor=executor, hasher=h)
+        if enc is None:  # stored raw: from a copy hashed again, never from the caller's buffer after its hash
+            copy = bytes(data)
+            return self._put_new(memoryview(copy), hash_chunk(copy), known, dtype, False, None, 0, executor)
+        return self._put_new(data, h.hexdigest(), known, dtype, True, None, 0, executor, encoded=enc)
+
     def _put_new(
         self, data: memoryview, digest: str, known: str | None, dtype: str | None, compress: bool,
         reference: str | None, max_depth: int, executor: Executor | None, record: bool = False,
+        encoded: Encoded | None = None,
     ) -> tuple[str, int]:  # fmt: skip
         """``put_chunk`` of a chunk whose bytes hash to ``digest``; ``record``: remember the digest of the object
-        written (``_wrote``), so that a later save can prove the chain it heads (``_proven_depth``)."""
+        written (``_wrote``), so that a later save can prove the chain it heads (``_proven_depth``); ``encoded``:
+        its encoding, made already from bytes that hash to ``digest`` (``_put_keyframe``)."""
         n = data.nbytes
         if digest == reference and digest != known:  # the parent's chunk at the same place: most likely stored
             found = self._reuse(digest, data, proven=True)
             if found is not None:
                 return found
         path = layout.chunk_path(digest)
-        enc = None
+        enc = encoded
         # on an object store no existence check first (a HEAD per chunk): a chunk that is not the parent's is most
         # likely new; locally an lstat costs nothing beside encoding, and spares encoding a chunk stored already
-        if compress and (is_remote(self.backend) or not self.backend.exists(path)):
+        if enc is None and compress and (is_remote(self.backend) or not self.backend.exists(path)):
             ref = self._reference(reference, n, max_depth, executor) if reference not in (None, digest) else None
             enc = encode(data, dtype, ref, max_depth, executor)
             if enc is not None and ref is not None and enc.codec == CODEC_DELTA and not self._hold(ref):
@@ -162,7 +190,8 @@ class Objects(ChunkReads):
             return digest, 0
         # found at its address but damaged: replaced by these bytes, which hash to it (self-healing), stored
         # whole (never a delta: its reference is not checked here), encoded when compression is on and it pays
-        enc = encode(data, dtype) if compress else None
+        if encoded is None:
+            enc = encode(data, dtype) if compress else None
         parts = [chunk_header(n, enc.codec), *enc.parts] if enc is not None else [chunk_header(n), data]
         self._heal(path, digest, parts)
         self._wrote(digest, parts, record)
@@ -285,20 +314,27 @@ class Objects(ChunkReads):
             if depth is not None and depth >= 0:
                 return Reference(digest, kept, depth) if depth < max_depth else None
         try:
-            codec, _, payload = self._stored(digest, n, None, None)
+            codec, obj = self.read_object(digest, n)
+            payload = memoryview(obj)[CHUNK_HEADER_SIZE:]
             _, depth = delta_depth(codec, payload, digest)
             if depth >= max_depth:
                 return None
             if codec == CODEC_RAW:
                 self._check_digest(payload, digest, None, None)
-                return Reference(digest, payload, depth)
-            out = bytearray(n)
-            self._decode(
-                digest, codec, payload, memoryview(out), verify=True, tensor=None, snapshot=None, executor=executor
-            )
-            return Reference(digest, out, depth)  # the decoded buffer itself, not a copy of it
+                ref = Reference(digest, payload, depth)
+            else:
+                out = bytearray(n)
+                self._decode(
+                    digest, codec, payload, memoryview(out), verify=True, tensor=None, snapshot=None, executor=executor
+                )
+                ref = Reference(digest, out, depth)  # the decoded buffer itself, not a copy of it
         except CkptError:
             return None
+        if depth == 0 and REFERENCES.budget() > 0:
+            # a keyframe that decodes to its digest: the base of the chain this save starts, proven by its stored
+            # bytes from now on like an object this process wrote (a first save keeps no copies: put_chunk)
+            record_written(self.backend.url, digest, [obj])
+        return ref
 
     def _hold(self, ref: Reference) -> bool:
         """Keep a delta's reference from a gc running meanwhile: refresh it as a save refreshes a chunk it

@@ -30,6 +30,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import blake3
+
 from ckpt import settings
 from ckpt.errors import CkptError
 from ckpt.store._chunk_format import CHUNK_HEADER_SIZE, hasher
@@ -173,7 +175,9 @@ REFERENCES = ReferenceCache()
 def record_written(store: str, digest: str, parts: list[bytes | bytearray | memoryview]) -> None:
     """Remember the BLAKE3 of the object (``parts``, header first) this process just wrote under ``digest`` in
     the store at URL ``store`` (``ReferenceCache.wrote``)."""
-    h = hasher(sum(memoryview(p).nbytes for p in parts))
+    # one thread: the object comes in pieces of a block's planes, which a multi-threaded hasher (spawning its
+    # work per piece, beside the save's own workers) hashed at half the speed and twice the CPU
+    h = blake3.blake3()
     for p in parts:
         h.update(p)
     REFERENCES.wrote(f"{store}\0{digest}", h.digest())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -99,6 +100,7 @@ def encode_chunk(
     min_saving: float = MIN_SAVING,
     block_log: int = DEFAULT_BLOCK_LOG,
     executor: Executor | None = None,
+    hasher: Any = None,
 ) -> Encoded:
     """Encode a chunk as the smallest of raw, grouped and (given a reference) delta.
 
@@ -120,6 +122,10 @@ def encode_chunk(
         min_saving: the fraction of the raw bytes an encoding must save to be kept.
         block_log: log2 of the grouped body's block size in raw bytes.
         executor: encodes blocks in parallel when given (the caller must not be one of its threads).
+        hasher: a keyframe only (no ``reference``): fed every raw byte in order, from the private copy of
+            each block that is encoded (``encode_body``); its digest is then the address of exactly the bytes
+            encoded. Fed nothing when the chunk is empty. A raw result is a view of ``raw`` itself, which may
+            differ from what was hashed if the caller changed it meanwhile.
 
     Returns:
         The chosen encoding; ``parts`` may be views of ``raw`` (a raw chunk), valid while ``raw`` is.
@@ -148,6 +154,8 @@ def encode_chunk(
     if n == 0:
         return raw_choice
     best: Encoded | None = None
+    if hasher is not None and reference is not None:
+        raise ValueError("hasher is for keyframes: a delta's bytes are hashed by its caller")
     if reference is not None:
         if reference_digest is None or not _HEX.fullmatch(reference_digest):
             raise ValueError("a delta needs the reference's digest as 64 lowercase hex characters")
@@ -167,7 +175,7 @@ def encode_chunk(
             prefix = bytes.fromhex(reference_digest) + bytes([depth, op])
             best = Encoded(CODEC_DELTA, (prefix, *body), n, reference_digest, depth, op)
     if best is None or best.stored_length > DELTA_GOOD_ENOUGH * n:
-        body = encode_body(view, layout, level=level, block_log=block_log, executor=executor)
+        body = encode_body(view, layout, level=level, block_log=block_log, executor=executor, hasher=hasher)
         if best is None or _size(body) < best.stored_length:
             best = Encoded(CODEC_GROUPED, tuple(body), n)
     if best.stored_length > (1.0 - min_saving) * n:

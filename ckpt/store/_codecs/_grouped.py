@@ -7,7 +7,9 @@ memory a block needs beyond the output is its planes: one block (1 MiB by defaul
 
 from __future__ import annotations
 
+import os
 import struct
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from typing import Any, Literal, TypeVar
@@ -31,6 +33,7 @@ from ckpt.store._codecs._framing import (
     corrupt,
     too_new,
 )
+from ckpt.store._codecs._pool import map_bounded
 
 __all__ = ["BodyPlan", "Mode", "body_layout", "decode_body", "encode_body", "plan_body"]
 
@@ -59,6 +62,58 @@ _FAST = zstandard.ZstdCompressionParameters(
 # A frame may not need a window larger than this to be decoded (zstd's own default limit, 128 MiB). zstd
 # allocates no more than the frame's declared content size for it, which the reader has checked first.
 _MAX_WINDOW = 1 << 27
+
+
+# Each thread's reusable work arrays: a fresh 1 MiB array per block costs its page faults on first touch,
+# which made cutting a bf16 block into planes 9× slower than the cut itself (benchmarks/cpu_cost.py).
+_SCRATCH = threading.local()
+_SCRATCH_MAX = 1 << 23  # bytes: larger requests (blocks above 4 MiB) get fresh arrays
+
+
+def _scratch(slot: str, count: int, dtype: Any = _U8) -> npt.NDArray[Any]:
+    """This thread's reusable array of ``count`` elements for ``slot``; its contents are garbage, and it is
+    valid until this thread asks for ``slot`` again."""
+    dt = np.dtype(dtype)
+    nbytes = count * dt.itemsize
+    if nbytes > _SCRATCH_MAX:
+        return np.empty(count, dtype=dt)
+    buffers: dict[str, Bytes] | None = getattr(_SCRATCH, "buffers", None)
+    if buffers is None:
+        buffers = _SCRATCH.buffers = {}
+    buf = buffers.get(slot)
+    if buf is None or buf.size < nbytes:
+        buf = buffers[slot] = np.empty(nbytes, dtype=_U8)
+    return buf[:nbytes].view(dt)
+
+
+class _BlockCopies:
+    """Private copies of blocks being encoded and hashed (``encode_body(hasher=)``), recycled: fresh memory per
+    block would cost its page faults."""
+
+    def __init__(self, size: int, keep: int) -> None:
+        self._size = size
+        self._keep = keep
+        self._free: list[Bytes] = []
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> Bytes:
+        if nbytes <= self._size:
+            with self._lock:
+                buf = self._free.pop() if self._free else None
+            return (buf if buf is not None else np.empty(self._size, dtype=_U8))[:nbytes]
+        return np.empty(nbytes, dtype=_U8)
+
+    def give(self, copy: Bytes) -> None:
+        base = copy.base if copy.base is not None else copy
+        if isinstance(base, np.ndarray) and base.size == self._size and base.base is None:
+            with self._lock:
+                if len(self._free) < self._keep:
+                    self._free.append(base)
+
+
+# blocks in flight per chunk with a hasher: enough to keep every core busy while the caller hashes in order
+_IN_FLIGHT = 2 * (os.cpu_count() or 1) + 2
+_BLOCKS = _BlockCopies(1 << DEFAULT_BLOCK_LOG, 4 * _IN_FLIGHT)
 
 
 def _compressor(level: int | None) -> zstandard.ZstdCompressor:
@@ -91,16 +146,17 @@ def _split(block: Bytes, m: int, layout: Layout) -> Sequence[Bytes]:
     """``m`` whole elements → ``k`` planes of ``m`` bytes (plane ``i``: byte ``i`` of each, transformed).
 
     Each plane is one shift of the elements as wide integers, truncated to a byte on the way out (numpy's
-    fastest path; a transposing copy is 3-5× slower).
+    fastest path; a transposing copy is 3-5× slower). The planes are this thread's scratch (``_scratch``):
+    valid until its next split.
     """
     k = layout.element_size
     if k == 1:
         return [block]
-    planes = np.empty((k, m), dtype=_U8)
+    planes = _scratch("planes", k * m).reshape(k, m)
     if k == 2 and layout.transform == TRANSFORM_ROTATE:  # bf16: rotate the 16-bit words, then cut (2.5× faster)
         half = block.view(_WIDE[2])
-        rotated = half << 1
-        carry = half >> 15
+        rotated = np.left_shift(half, 1, out=_scratch("words", m, _WIDE[2]))
+        carry = np.right_shift(half, 15, out=_scratch("carry", m, _WIDE[2]))
         rotated |= carry
         np.copyto(planes[0], rotated, casting="unsafe")
         np.right_shift(rotated, 8, out=carry)
@@ -115,7 +171,7 @@ def _split(block: Bytes, m: int, layout: Layout) -> Sequence[Bytes]:
     if layout.transform == TRANSFORM_ROTATE:
         # the top two bytes hold s eeeeeee | e mmmmmmm; after a one-bit left rotation: eeeeeeee | mmmmmmm s
         hi, lo = planes[k - 1], planes[k - 2]
-        sign = hi >> 7
+        sign = np.right_shift(hi, 7, out=_scratch("sign", m))
         np.right_shift(words, 8 * k - 9, out=hi, casting="unsafe")  # the 8 exponent bits
         lo <<= 1
         lo |= sign
@@ -137,11 +193,11 @@ def _merge(planes: Sequence[Buffer], out: Bytes, m: int, layout: Layout, mode: M
             out[:] = views[0]
         return
     if layout.transform == TRANSFORM_ROTATE and k == 2:  # bf16: the word's one-bit right rotation, on words
-        words2 = out.view(_WIDE[2]) if mode == "set" else np.empty(m, dtype=_WIDE[2])
+        words2 = out.view(_WIDE[2]) if mode == "set" else _scratch("words", m, _WIDE[2])
         np.copyto(words2, views[1], casting="unsafe")
         words2 <<= 8
         words2 |= views[0]
-        low_bit = words2 << 15
+        low_bit = np.left_shift(words2, 15, out=_scratch("carry", m, _WIDE[2]))
         words2 >>= 1
         words2 |= low_bit
         if mode == "xor":
@@ -149,10 +205,10 @@ def _merge(planes: Sequence[Buffer], out: Bytes, m: int, layout: Layout, mode: M
         return
     if layout.transform == TRANSFORM_ROTATE:
         exp, low = views[k - 1], views[k - 2]
-        hi = exp >> 1
-        t = low << 7
+        hi = np.right_shift(exp, 1, out=_scratch("hi", m))
+        t = np.left_shift(low, 7, out=_scratch("t", m))
         hi |= t
-        lo = exp << 7
+        lo = np.left_shift(exp, 7, out=_scratch("lo", m))
         np.right_shift(low, 1, out=t)
         lo |= t
         views[k - 1], views[k - 2] = hi, lo
@@ -165,7 +221,7 @@ def _merge(planes: Sequence[Buffer], out: Bytes, m: int, layout: Layout, mode: M
                 grid[:, i] = plane
         return
     wide = _WIDE[k]
-    words = out.view(wide) if mode == "set" else np.empty(m, dtype=wide)
+    words = out.view(wide) if mode == "set" else _scratch("words", m, wide)
     np.copyto(words, views[k - 1], casting="unsafe")
     for i in range(k - 2, -1, -1):
         words <<= 8
@@ -174,7 +230,7 @@ def _merge(planes: Sequence[Buffer], out: Bytes, m: int, layout: Layout, mode: M
         np.bitwise_xor(out, words.view(_U8), out=out)
     elif mode == "add":
         # zigzag: d = (z >> 1) XOR −(z AND 1), then out += d, all modulo 2**(8k)
-        sign = words & 1
+        sign = np.bitwise_and(words, 1, out=_scratch("carry", m, wide))
         np.negative(sign, out=sign)
         words >>= 1
         words ^= sign
@@ -183,12 +239,14 @@ def _merge(planes: Sequence[Buffer], out: Bytes, m: int, layout: Layout, mode: M
 
 
 def _residual(piece: Bytes, ref: Bytes, k: int, op: int) -> Bytes:
-    """The delta residual of one block: ``piece XOR ref``, or the zigzag-coded difference of k-byte words."""
+    """The delta residual of one block: ``piece XOR ref``, or the zigzag-coded difference of k-byte words
+    (this thread's scratch: valid until its next residual)."""
     if op == OP_XOR:
-        return np.bitwise_xor(piece, ref)
+        return np.bitwise_xor(piece, ref, out=_scratch("residual", piece.size))
     wide = _WIDE[k]
-    d = piece.view(wide) - ref.view(wide)
-    top = d >> (8 * k - 1)
+    m = piece.size // k
+    d = np.subtract(piece.view(wide), ref.view(wide), out=_scratch("residual", m, wide))
+    top = np.right_shift(d, 8 * k - 1, out=_scratch("carry", m, wide))
     np.negative(top, out=top)
     d <<= 1
     d ^= top
@@ -207,6 +265,7 @@ def encode_body(
     level: int | None = None,
     block_log: int = DEFAULT_BLOCK_LOG,
     executor: Executor | None = None,
+    hasher: Any = None,
 ) -> list[Buffer]:
     """Encode ``raw`` (or its residual against ``reference``, for a delta) as a grouped body.
 
@@ -218,6 +277,10 @@ def encode_body(
         level: a zstd level, or ``None`` for ckpt's tuned fast parameters.
         block_log: log2 of the block size in raw bytes (``MIN_BLOCK_LOG``–``MAX_BLOCK_LOG``).
         executor: runs blocks in parallel when given.
+        hasher: a keyframe only (no ``reference``): each block is first copied into private memory, cut into
+            planes from that copy, and the copy fed to ``hasher.update`` in order (then the tail), so that the
+            bytes hashed are exactly the bytes encoded even while the caller's buffer changes, and ``raw`` is
+            read from memory once (the hash reads the copy while it is in cache).
 
     Returns:
         The parts of the body, in order (their concatenation is the body).
@@ -232,30 +295,49 @@ def encode_body(
     k = layout.element_size
     if ref is not None and op == OP_ADD and (layout.transform != TRANSFORM_BYTES or k not in _ADD_SIZES):
         raise ValueError("an OP_ADD delta needs plain planes of 1, 2, 4 or 8 bytes")
+    if hasher is not None and ref is not None:
+        raise ValueError("hasher is for keyframes: a delta's bytes are hashed by its caller")
     block = 1 << block_log
     nblocks = -(-n // block)
 
-    def task(j: int) -> list[Buffer]:
+    def task(j: int) -> tuple[list[Buffer], Bytes | None]:
         start = j * block
         m = min(block, n - start) // k
         piece = data[start : start + m * k]
-        if ref is not None:
+        copy = None
+        if hasher is not None:
+            copy = _BLOCKS.take(piece.size)
+            np.copyto(copy, piece)
+            piece = copy
+        elif ref is not None:
             piece = _residual(piece, ref[start : start + m * k], k, op)
         compressor = _compressor(level)
         out: list[Buffer] = []
-        for plane in _split(piece, m, layout):
+        for plane in _split(piece, m, layout):  # scratch: what is kept is compressed or copied
             packed = compressor.compress(plane.data) if m else b""
-            out.append(packed if len(packed) < m else plane.data)
-        return out
+            out.append(packed if len(packed) < m else plane.tobytes())
+        return out, copy
 
     parts: list[Buffer] = []
     lengths: list[int] = []
-    for planes in _map(task, nblocks, executor):
+    if hasher is not None and executor is not None and nblocks > 1:
+        # bounded: each block in flight holds a private copy until it is hashed here, in order
+        results = map_bounded(task, range(nblocks), executor=executor, max_in_flight=_IN_FLIGHT)
+    else:
+        results = _map(task, nblocks, executor)
+    for planes, copy in results:
         for plane in planes:
             lengths.append(memoryview(plane).nbytes)
             parts.append(plane)
+        if copy is not None:
+            hasher.update(copy)
+            _BLOCKS.give(copy)
     tail_start = n - n % k
-    tail = data[tail_start:] if ref is None else np.bitwise_xor(data[tail_start:], ref[tail_start:])
+    if hasher is not None:
+        tail = data[tail_start:].copy()
+        hasher.update(tail)
+    else:
+        tail = data[tail_start:] if ref is None else np.bitwise_xor(data[tail_start:], ref[tail_start:])
     head = _HEAD.pack(layout.transform, k, block_log, 0)
     return [head, np.asarray(lengths, dtype="<u4").tobytes(), *parts, tail.data]
 
