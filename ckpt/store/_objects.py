@@ -129,6 +129,10 @@ class Objects(ChunkReads):
         # and the next save will delta against it; a first save (no parent) copies nothing, and a later save
         # decodes its keyframes from the store once (a copy of every chunk cost a one-off save 40% of its time)
         if compress and max_depth > 0 and REFERENCES.admits(n) and reference is not None:
+            if not REFERENCES.differs(reference, data):  # maybe unchanged since the parent: then no copy at all
+                digest = hash_chunk(data)
+                if digest == reference:
+                    return self._put_new(data, digest, known, dtype, compress, reference, max_depth, executor)
             kept = bytes(data)  # an immutable copy, hashed below: the next save's reference (never a caller's buffer)
             data = memoryview(kept)
         elif compress and reference is None and n >= MIN_ENCODE:

@@ -100,6 +100,18 @@ class ReferenceCache:
             self._entries.move_to_end(digest, last=False)
             return entry.raw
 
+    def differs(self, digest: str, data: memoryview) -> bool:
+        """Whether ``data`` is certainly not chunk ``digest``: it is kept, and its first bytes differ (a changed
+        chunk is then not hashed twice; without that, an unchanged one is found by its hash alone)."""
+        n = min(data.nbytes, 4096)
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is None:
+                return False
+            if len(entry.raw) != data.nbytes:
+                return True
+            return entry.raw[:n] != data[:n]
+
     def admits(self, length: int) -> bool:
         """Whether a chunk of ``length`` bytes about to be stored would be kept (else no copy is worth making);
         counts it as offered (the clock that makes entries stale)."""

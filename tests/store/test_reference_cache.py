@@ -101,7 +101,7 @@ def test_ten_saves_write_the_same_store_with_the_cache_on_and_off(
                 decoded[mode] += len(decodes) - before
     # a first save keeps no copies (it has no reference: a one-off save pays for nothing): the second save
     # decodes each of its keyframes once, and from then on the cache spares every chain decode
-    firsts = [d for (mode, limit), store in stores.items() if mode == "on" for d in chunks_of(store, ids[mode, limit][0])]
+    firsts = [d for (m, limit), store in stores.items() if m == "on" for d in chunks_of(store, ids[m, limit][0])]
     assert sorted(second) == sorted(firsts)
     assert decoded["on"] == 0 and decoded["off"] > 0
     for limit in (3, 16):
@@ -185,7 +185,8 @@ def test_the_cache_stays_within_its_budget(tmp_path: Path, monkeypatch: pytest.M
     history = list(states(4))
     for step, state in enumerate(history):
         store.save(state, step=step)
-        assert (0 if step == 0 else 1) <= REFERENCES.size <= 40 << 10 and len(REFERENCES) <= 2  # a first save keeps none
+        # a first save keeps none
+        assert (0 if step == 0 else 1) <= REFERENCES.size <= 40 << 10 and len(REFERENCES) <= 2
     assert_loads(store, store.log()[0].id, history[-1])
     monkeypatch.setenv("CKPT_REFERENCE_CACHE", "0")  # off: nothing kept, nothing used
     REFERENCES.clear()
