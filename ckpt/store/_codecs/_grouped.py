@@ -242,7 +242,8 @@ def _residual(piece: Bytes, ref: Bytes, k: int, op: int) -> Bytes:
     """The delta residual of one block: ``piece XOR ref``, or the zigzag-coded difference of k-byte words
     (this thread's scratch: valid until its next residual)."""
     if op == OP_XOR:
-        return np.bitwise_xor(piece, ref, out=_scratch("residual", piece.size))
+        out: Bytes = np.bitwise_xor(piece, ref, out=_scratch("residual", piece.size))
+        return out
     wide = _WIDE[k]
     m = piece.size // k
     d = np.subtract(piece.view(wide), ref.view(wide), out=_scratch("residual", m, wide))
