@@ -165,7 +165,10 @@ def map_stored(path: str, digest: str, length: int, tensor: str | None, snapshot
     try:
         head = os.pread(fd, CHUNK_HEADER_SIZE, 0)
         codec, _ = check_stored_codec(digest, head, size, length, tensor, snapshot)
-        return codec, mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+        mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+        if hasattr(mmap, "MADV_WILLNEED"):  # read ahead the whole object while its first blocks decode (cold)
+            mm.madvise(mmap.MADV_WILLNEED)
+        return codec, mm
     except (OSError, ValueError) as e:
         raise _corrupt(digest, tensor, snapshot, "cannot be mapped") from e
     finally:
