@@ -124,7 +124,7 @@ class Objects(ChunkReads):
             if found is not None:
                 REFERENCES.touch(digest)  # still the latest chunk at its place: its kept bytes stay the freshest
                 return found
-        kept: bytes | None = None
+        kept: bytearray | None = None
         # kept only where this save has a reference: the state then changes save after save (a training loop),
         # and the next save will delta against it; a first save (no parent) copies nothing, and a later save
         # decodes its keyframes from the store once (a copy of every chunk cost a one-off save 40% of its time)
@@ -133,14 +133,24 @@ class Objects(ChunkReads):
                 digest = hash_chunk(data)
                 if digest == reference:
                     return self._put_new(data, digest, known, dtype, compress, reference, max_depth, executor)
-            kept = bytes(data)  # an immutable copy, hashed below: the next save's reference (never a caller's buffer)
+            # a private copy, hashed below: the next save's reference (never a caller's buffer), in the memory of
+            # a reference dropped lately where there is one (fresh memory costs its page faults)
+            kept = REFERENCES.take(n)
+            memoryview(kept)[:] = data
             data = memoryview(kept)
         elif compress and reference is None and n >= MIN_ENCODE:
             return self._put_keyframe(data, known, dtype, executor)
         digest = hash_chunk(data)
-        found = self._put_new(data, digest, known, dtype, compress, reference, max_depth, executor, kept is not None)
-        if kept is not None:
-            REFERENCES.put(digest, kept)
+        try:
+            found = self._put_new(
+                data, digest, known, dtype, compress, reference, max_depth, executor, kept is not None
+            )
+        except BaseException:
+            if kept is not None:
+                REFERENCES.give_back(kept)
+            raise
+        if kept is not None and not REFERENCES.put(digest, kept):
+            REFERENCES.give_back(kept)
         return found
 
     def _put_keyframe(
@@ -177,9 +187,13 @@ class Objects(ChunkReads):
         # likely new; locally an lstat costs nothing beside encoding, and spares encoding a chunk stored already
         if enc is None and compress and (is_remote(self.backend) or not self.backend.exists(path)):
             ref = self._reference(reference, n, max_depth, executor) if reference not in (None, digest) else None
-            enc = encode(data, dtype, ref, max_depth, executor)
-            if enc is not None and ref is not None and enc.codec == CODEC_DELTA and not self._hold(ref):
-                enc = encode(data, dtype, executor=executor)  # the reference was collected meanwhile: a keyframe
+            try:
+                enc = encode(data, dtype, ref, max_depth, executor)
+                if enc is not None and ref is not None and enc.codec == CODEC_DELTA and not self._hold(ref):
+                    enc = encode(data, dtype, executor=executor)  # the reference was collected meanwhile: a keyframe
+            finally:
+                if ref is not None:
+                    REFERENCES.release(ref.raw)  # a kept one (``_reference``) may serve a later copy from now on
         if enc is not None:
             parts: list[bytes | bytearray | memoryview] = [chunk_header(n, enc.codec), *enc.parts]
             if self.backend.put_if_absent(path, parts):
@@ -209,7 +223,19 @@ class Objects(ChunkReads):
     def _proven_depth(self, digest: str, n: int) -> int | None:
         """``_reference_cache.proven_depth`` in this store: the chain depth when every link is, byte for byte,
         the object this process wrote here; else ``None`` (the caller decodes the chain)."""
-        return proven_depth(self.read_object, self.backend.url, digest, n)
+        return proven_depth(self.read_object, self.backend.url, digest, n, self._signature)
+
+    def _signature(self, digest: str) -> tuple[int, ...] | None:
+        """A local chunk file's identity for ``proven_depth`` (device, inode, size, modification and change
+        times), or ``None`` (not a local file, or it cannot be read: proven by its bytes)."""
+        local = self.backend.local_path(layout.chunk_path(digest))
+        if local is None:
+            return None
+        try:
+            st = os.lstat(local)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
     def _reuse(self, digest: str, data: memoryview, *, proven: bool) -> tuple[str, int] | None:
         """Reuse a chunk that is likely stored already: ``(digest, 0)`` when it is stored whole, ``None`` when it
@@ -312,11 +338,14 @@ class Objects(ChunkReads):
         byte for byte, the object this process wrote there (``_proven_depth``); else the chain is decoded."""
         if digest is None or max_depth < 1:
             return None
-        kept = REFERENCES.get(digest, n)
+        kept = REFERENCES.get(digest, n)  # pinned until released (``_put_new``), here when it is not used
         if kept is not None:
             depth = self._proven_depth(digest, n)  # every link as this process wrote it: decodes to ``kept``
+            if depth is not None and 0 <= depth < max_depth:
+                return Reference(digest, kept, depth)
+            REFERENCES.release(kept)
             if depth is not None and depth >= 0:
-                return Reference(digest, kept, depth) if depth < max_depth else None
+                return None
         try:
             codec, obj = self.read_object(digest, n)
             payload = memoryview(obj)[CHUNK_HEADER_SIZE:]

@@ -27,15 +27,14 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import blake3
 
 from ckpt import settings
 from ckpt.errors import CkptError
-from ckpt.store._chunk_format import CHUNK_HEADER_SIZE, hasher
-from ckpt.store._codecs._framing import CODEC_DELTA
+from ckpt.store._chunk_format import CHUNK_HEADER_SIZE
 from ckpt.store._encoded import DEFAULT_MAX_DEPTH_READ, MIN_ENCODE, delta_depth
 
 __all__ = ["REFERENCES", "ReferenceCache", "proven_depth", "record_written"]
@@ -50,11 +49,17 @@ STALE = 16
 MAX_WRITTEN = 1 << 18
 
 
+#: Spare buffers kept for the next copies (``take``), beyond the budget: at most this many bytes.
+MAX_SPARE = 1 << 28
+
+
 @dataclass
 class _Entry:
-    raw: bytes
+    raw: bytes | bytearray
     used: bool  # handed out as a reference: first to go
     stamp: int  # the cache's clock when last stored
+    pins: int = 0  # references handed out by ``get`` and not yet released
+    dropped: bool = False  # out of the cache: its buffer is recycled once unpinned
 
 
 class ReferenceCache:
@@ -72,6 +77,10 @@ class ReferenceCache:
         self._clock = 0  # bytes offered (``admits``)
         self._lock = threading.Lock()
         self._written: OrderedDict[str, bytes] = OrderedDict()  # store + chunk digest → BLAKE3 of its object
+        self._seen: dict[str, tuple[Hashable, _Link]] = {}  # store + chunk digest → file signature, header
+        self._pinned: dict[int, _Entry] = {}  # id of a buffer handed out by ``get`` → its entry
+        self._spare: dict[int, list[bytearray]] = {}  # length → buffers no entry holds any more
+        self._spare_bytes = 0
 
     def budget(self) -> int:
         """The most bytes kept now (0: the cache is off)."""
@@ -85,9 +94,10 @@ class ReferenceCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, digest: str, length: int) -> bytes | None:
+    def get(self, digest: str, length: int) -> bytes | bytearray | None:
         """The raw bytes of chunk ``digest`` if kept and ``length`` long, marked as used as a reference: they are
-        the first evicted from now on (the chunk that takes their place is kept after them)."""
+        the first evicted from now on (the chunk that takes their place is kept after them). The buffer is
+        pinned: never recycled (``take``) before ``release``, even once evicted; the cache never writes it."""
         if self.budget() == 0:  # off: not even what was kept before it was turned off
             return None
         with self._lock:
@@ -98,7 +108,36 @@ class ReferenceCache:
                 entry.used = True
                 self._used += length
             self._entries.move_to_end(digest, last=False)
+            entry.pins += 1
+            self._pinned[id(entry.raw)] = entry
             return entry.raw
+
+    def release(self, raw: bytes | bytearray | memoryview) -> None:
+        """Unpin a buffer ``get`` handed out (its caller is done with it): recycled if its entry was dropped."""
+        with self._lock:
+            entry = self._pinned.get(id(raw))
+            if entry is None or entry.raw is not raw:
+                return
+            entry.pins -= 1
+            if entry.pins == 0:
+                del self._pinned[id(raw)]
+                if entry.dropped:
+                    self._recycle(entry.raw)
+
+    def take(self, length: int) -> bytearray:
+        """A buffer of ``length`` bytes for the next copy of a chunk: a spare one (an entry dropped since, whose
+        memory is already the process's: no page faults) or a new one. Its contents are stale."""
+        with self._lock:
+            spares = self._spare.get(length)
+            if spares:
+                self._spare_bytes -= length
+                return spares.pop()
+        return bytearray(length)
+
+    def give_back(self, buffer: bytearray) -> None:
+        """A buffer from ``take`` that was not kept (``put`` did not keep it, or it was never offered)."""
+        with self._lock:
+            self._recycle(buffer)
 
     def differs(self, digest: str, data: memoryview) -> bool:
         """Whether ``data`` is certainly not chunk ``digest``: it is kept, and its first bytes differ (a changed
@@ -110,7 +149,7 @@ class ReferenceCache:
                 return False
             if len(entry.raw) != data.nbytes:
                 return True
-            return entry.raw[:n] != data[:n]
+            return bytes(entry.raw[:n]) != bytes(data[:n])
 
     def admits(self, length: int) -> bool:
         """Whether a chunk of ``length`` bytes about to be stored would be kept (else no copy is worth making);
@@ -122,10 +161,14 @@ class ReferenceCache:
                 return False
             return self._size - self._used + length <= budget or self._evictable(budget)
 
-    def put(self, digest: str, raw: bytes) -> None:
-        """Keep ``raw``, the raw bytes of chunk ``digest``: an immutable copy the caller has hashed to ``digest``.
-        Evicts used, then stale entries to make room; when that is not enough (or the budget is smaller than the
-        chunk), ``raw`` is not kept."""
+    def put(self, digest: str, raw: bytes | bytearray) -> bool:
+        """Keep ``raw``, the raw bytes of chunk ``digest``: a copy the caller has hashed to ``digest`` and will
+        never write again (the cache owns it from now on). Evicts used, then stale entries to make room (their
+        buffers then serve later copies, ``take``); when that is not enough (or the budget is smaller than the
+        chunk), ``raw`` is not kept. Returns whether it was kept.
+
+        A used entry stays until room is needed: another store or branch saving from the same parent in this
+        process may still use it."""
         budget = self.budget()
         with self._lock:
             self._drop(digest)
@@ -134,6 +177,8 @@ class ReferenceCache:
             if self._size + len(raw) <= budget:
                 self._entries[digest] = _Entry(raw, False, self._clock)
                 self._size += len(raw)
+                return True
+            return False
 
     def touch(self, digest: str) -> None:
         """Mark a kept chunk as just stored again (the latest at its place: fresh, most recently used)."""
@@ -153,6 +198,7 @@ class ReferenceCache:
         with self._lock:
             self._written[key] = stored
             self._written.move_to_end(key)
+            self._seen.pop(key, None)  # a new object there: proven again before it is trusted
             while len(self._written) > MAX_WRITTEN:
                 self._written.popitem(last=False)
 
@@ -161,12 +207,32 @@ class ReferenceCache:
         with self._lock:
             return self._written.get(key)
 
-    def clear(self) -> None:
-        """Forget every entry (the memory is freed once no save holds them)."""
+    def saw(self, key: str, signature: Hashable, link: _Link) -> None:
+        """Remember that the object at ``key`` was read back whole and hashed to what this process wrote, while
+        its file had ``signature`` (``proven_depth``), and what its header says (``link``)."""
         with self._lock:
+            if key in self._written:
+                self._seen[key] = (signature, link)
+                while len(self._seen) > MAX_WRITTEN:
+                    self._seen.pop(next(iter(self._seen)))
+
+    def seen(self, key: str, signature: Hashable) -> _Link | None:
+        """What ``saw`` remembered for ``key`` if its file still has ``signature``, else ``None``."""
+        with self._lock:
+            found = self._seen.get(key)
+            return found[1] if found is not None and found[0] == signature else None
+
+    def clear(self) -> None:
+        """Forget every entry and spare buffer (the memory is freed once no save holds them)."""
+        with self._lock:
+            for entry in self._entries.values():
+                entry.dropped = False  # never recycled: ``clear`` frees
             self._entries.clear()
             self._written.clear()
-            self._size = self._used = 0
+            self._seen.clear()
+            self._pinned.clear()
+            self._spare.clear()
+            self._size = self._used = self._spare_bytes = 0
 
     def _evictable(self, budget: int) -> bool:
         """Whether the first entry out may go now: used, or stale (under the lock)."""
@@ -178,6 +244,16 @@ class ReferenceCache:
         if entry is not None:
             self._size -= len(entry.raw)
             self._used -= len(entry.raw) if entry.used else 0
+            if entry.pins:
+                entry.dropped = True  # recycled by the last ``release``
+            else:
+                self._recycle(entry.raw)
+
+    def _recycle(self, raw: bytes | bytearray) -> None:
+        """Keep a buffer no entry holds as a spare for ``take`` (under the lock; bounded by ``MAX_SPARE``)."""
+        if isinstance(raw, bytearray) and self.budget() > 0 and self._spare_bytes + len(raw) <= MAX_SPARE:
+            self._spare.setdefault(len(raw), []).append(raw)
+            self._spare_bytes += len(raw)
 
 
 #: The process's cache, shared by every store it opens.
@@ -195,33 +271,64 @@ def record_written(store: str, digest: str, parts: list[bytes | bytearray | memo
     REFERENCES.wrote(f"{store}\0{digest}", h.digest())
 
 
-def proven_depth(read_object: Callable[[str, int], tuple[int, bytes]], store: str, digest: str, n: int) -> int | None:
+def proven_depth(
+    read_object: Callable[[str, int], tuple[int, bytes]],
+    store: str,
+    digest: str,
+    n: int,
+    signature: Callable[[str], Hashable | None] | None = None,
+) -> int | None:
     """The chain depth of a chunk whose every link is, byte for byte, an object this process wrote to the store
     at URL ``store`` (``record_written``): then the chain decodes to the raw bytes this process kept for it.
     ``None`` when a link was not written by this process, is not whole, or differs from what was written
     (damage since, or another writer's object): the caller decodes the chain instead. Reads each link once with
-    ``read_object`` (``Objects.read_object``: header and size checked), decodes nothing."""
+    ``read_object`` (``Objects.read_object``: header and size checked), decodes nothing.
+
+    ``signature`` (a local store): a link's file identity (device, inode, size, modification and change times),
+    taken before it is read. A link proven by its bytes once is not read again while its file keeps that
+    signature: any write, replacement or refresh of the file changes it, so only damage that bypasses the file
+    system (bit rot on the medium) goes unseen here, as it does for every read until ``verify``; a keyframe of a
+    training run is then hashed once per process, not once per save.
+    """
     top: int | None = None
     for _ in range(DEFAULT_MAX_DEPTH_READ + 1):
-        expected = REFERENCES.written(f"{store}\0{digest}")
+        key = f"{store}\0{digest}"
+        expected = REFERENCES.written(key)
         if expected is None:
             return None
-        try:
-            codec, obj = read_object(digest, n)
-        except CkptError:
-            return None
-        h = hasher(len(obj))
-        h.update(obj)
-        if h.digest() != expected:
-            return None
-        if codec != CODEC_DELTA:
-            return 0 if top is None else top
-        try:
-            ref, depth = delta_depth(codec, memoryview(obj)[CHUNK_HEADER_SIZE:], digest)
-        except CkptError:
-            return None
-        top = depth if top is None else top
+        sig = signature(digest) if signature is not None else None
+        link = REFERENCES.seen(key, sig) if sig is not None else None
+        if link is None:
+            link = _read_link(read_object, digest, n, expected)
+            if link is None:
+                return None
+            if sig is not None:
+                REFERENCES.saw(key, sig, link)
+        ref, depth = link
         if ref is None:
-            return top
+            return 0 if top is None else top
+        top = depth if top is None else top
         digest = ref
     return None
+
+
+#: What a proven link's header says: ``(its reference, its depth)``, ``(None, 0)`` for a keyframe.
+_Link = tuple[str | None, int]
+
+
+def _read_link(
+    read_object: Callable[[str, int], tuple[int, bytes]], digest: str, n: int, expected: bytes
+) -> _Link | None:
+    """Read one link whole and check it hashes to ``expected``: its reference and depth, or ``None``."""
+    try:
+        codec, obj = read_object(digest, n)
+    except CkptError:
+        return None
+    h = blake3.blake3()  # one thread: several saves' workers prove chains at once
+    h.update(obj)
+    if h.digest() != expected:
+        return None
+    try:
+        return delta_depth(codec, memoryview(obj)[CHUNK_HEADER_SIZE:], digest)  # (None, 0): not a delta
+    except CkptError:
+        return None

@@ -9,6 +9,7 @@ from the store is not used.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -257,3 +258,76 @@ def test_a_cached_reference_gone_from_the_store_is_not_used(tmp_path: Path) -> N
         head = store.backend.read(layout.chunk_path(digest), 0, 16 + 34)
         assert head[5] != 2 or head[16:48].hex() not in gone  # no delta against a chunk that is gone
     assert_loads(store, b.id, second)
+
+
+def test_an_evicted_buffer_serves_the_next_copy_but_never_while_a_save_uses_it() -> None:
+    """Copies go into the memory of evicted entries (no fresh pages), never into a buffer handed out as a
+    reference and not yet released."""
+    cache = ReferenceCache(budget=2 * K)
+    a, b = cache.take(K), cache.take(K)
+    a[:], b[:] = b"a" * K, b"b" * K
+    assert cache.put("a", a) and cache.put("b", b)
+    held = cache.get("a", K)  # a save codes a delta against it
+    assert held is a
+    c = cache.take(K)
+    assert c is not a and c is not b  # nothing evicted yet: a new buffer
+    c[:] = b"c" * K
+    assert cache.put("c", c)  # evicts "a" (used), which is still held: not recycled
+    d = cache.take(K)
+    assert d is not a
+    assert bytes(held) == b"a" * K
+    cache.give_back(d)
+    cache.release(held)  # now it may serve a copy
+    e = cache.take(K)
+    assert e is a or e is d
+    assert cache.take(K + 1) is not a  # another length: a new buffer
+
+
+def test_saves_of_a_training_loop_reuse_their_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the budget is full (here from the fifth save on), each copy of a changed chunk lands in a buffer an
+    evicted entry held, and every save loads exactly."""
+    monkeypatch.setenv("CKPT_REFERENCE_CACHE", "200KiB")
+    store = ckpt.init(str(tmp_path / "s"), chunk_size=CHUNK)
+    fresh: list[int] = []
+    real = REFERENCES.take
+
+    def counted(length: int) -> bytearray:
+        with REFERENCES._lock:
+            spare = bool(REFERENCES._spare.get(length))
+        fresh[-1] += not spare
+        return real(length)
+
+    monkeypatch.setattr(REFERENCES, "take", counted)
+    saved = []
+    for step, state in enumerate(states(6)):
+        fresh.append(0)
+        saved.append((store.save(state, step=step).id, state))
+    assert fresh[0] == 0 and fresh[1] > 0  # a first save copies nothing; the second copies every chunk
+    assert fresh[4:] == [0, 0]
+    for sid, state in saved:
+        assert_loads(store, sid, state)
+    assert store.verify().ok
+
+
+def test_a_link_proven_once_is_read_again_after_its_file_changes(tmp_path: Path) -> None:
+    """The chain proof remembers a link's file identity (inode, size, times): a keyframe changed in place after
+    it was proven (its modification time even set back) is read again, found damaged, and the next save is not
+    a delta on it."""
+    root = tmp_path / "s"
+    store = ckpt.init(str(root), chunk_size=CHUNK)
+    history = list(states(5))
+    ids = [store.save(state, step=step).id for step, state in enumerate(history[:4])]  # keyframes proven twice
+    first = store.table(ids[0]).tensors["model/w"].chunks[0]
+    path = root / layout.chunk_path(first)
+    assert any(key.endswith(first) for key in REFERENCES._seen)  # proven and remembered by its file identity
+    before = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(64)
+        byte = f.read(1)
+        f.seek(64)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    last = store.save(history[4], step=4)
+    assert_loads(store, last.id, history[4])  # not built on the damaged keyframe
+    assert store.verify(last.id).ok  # the last save stands on no damage
+    assert not store.verify(ids[0]).ok  # the damage itself is reported

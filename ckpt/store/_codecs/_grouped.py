@@ -332,7 +332,7 @@ def encode_body(
         compressor = _compressor(level)
         out: list[Buffer] = []
         for plane in _split(piece, m, layout):  # scratch: what is kept is compressed or copied
-            if _incompressible(plane, compressor):
+            if ref is None and _incompressible(plane, compressor):  # a residual's planes are worth coding
                 out.append(plane.tobytes())
                 continue
             packed = compressor.compress(plane.data) if m else b""
