@@ -44,8 +44,9 @@ from ckpt.store._chunk_reads import (
 from ckpt.store._codecs._framing import CODEC_DELTA
 from ckpt.store._encoded import DEFAULT_MAX_DEPTH_READ, MIN_ENCODE, Reference, delta_depth, encode, max_payload
 from ckpt.store._io import is_remote
+from ckpt.store._local_reads import map_stored
 from ckpt.store._records import RecordCache, check_record, read_record
-from ckpt.store._reference_cache import REFERENCES, proven_depth, record_written
+from ckpt.store._reference_cache import REFERENCES, hash_link, proven_depth, record_written
 
 if TYPE_CHECKING:
     from ckpt.store._codecs._chunk import Encoded
@@ -223,19 +224,25 @@ class Objects(ChunkReads):
     def _proven_depth(self, digest: str, n: int) -> int | None:
         """``_reference_cache.proven_depth`` in this store: the chain depth when every link is, byte for byte,
         the object this process wrote here; else ``None`` (the caller decodes the chain)."""
-        return proven_depth(self.read_object, self.backend.url, digest, n, self._signature)
+        return proven_depth(self._read_link, self.backend.url, digest, n)
 
-    def _signature(self, digest: str) -> tuple[int, ...] | None:
-        """A local chunk file's identity for ``proven_depth`` (device, inode, size, modification and change
-        times), or ``None`` (not a local file, or it cannot be read: proven by its bytes)."""
-        local = self.backend.local_path(layout.chunk_path(digest))
-        if local is None:
-            return None
+    def _read_link(self, digest: str, n: int) -> tuple[bytes, tuple[str | None, int]] | None:
+        """``proven_depth``'s read of one link: the BLAKE3 of the stored object, whole, and its reference and
+        depth; ``None`` when it cannot be read. A local object is hashed from a read-only map of its file (its
+        header and size checked first): reading a keyframe into fresh memory at every save cost more in page
+        faults than the hash."""
         try:
-            st = os.lstat(local)
-        except OSError:
+            local = self.backend.local_path(layout.chunk_path(digest))
+            if local is None:
+                codec, obj = self.read_object(digest, n)
+                return hash_link(codec, obj, digest)
+            codec, mm = map_stored(local, digest, n, None, None)
+            try:
+                return hash_link(codec, mm, digest)
+            finally:
+                mm.close()
+        except CkptError:
             return None
-        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
     def _reuse(self, digest: str, data: memoryview, *, proven: bool) -> tuple[str, int] | None:
         """Reuse a chunk that is likely stored already: ``(digest, 0)`` when it is stored whole, ``None`` when it

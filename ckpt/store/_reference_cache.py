@@ -25,9 +25,10 @@ fit is not copied (``admits``).
 
 from __future__ import annotations
 
+import mmap
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import blake3
@@ -37,7 +38,7 @@ from ckpt.errors import CkptError
 from ckpt.store._chunk_format import CHUNK_HEADER_SIZE
 from ckpt.store._encoded import DEFAULT_MAX_DEPTH_READ, MIN_ENCODE, delta_depth
 
-__all__ = ["REFERENCES", "ReferenceCache", "proven_depth", "record_written"]
+__all__ = ["REFERENCES", "ReadLink", "ReferenceCache", "hash_link", "proven_depth", "record_written"]
 
 
 #: An entry not stored again nor used while this many budgets of bytes were offered is stale (evictable).
@@ -77,7 +78,6 @@ class ReferenceCache:
         self._clock = 0  # bytes offered (``admits``)
         self._lock = threading.Lock()
         self._written: OrderedDict[str, bytes] = OrderedDict()  # store + chunk digest → BLAKE3 of its object
-        self._seen: dict[str, tuple[Hashable, _Link]] = {}  # store + chunk digest → file signature, header
         self._pinned: dict[int, _Entry] = {}  # id of a buffer handed out by ``get`` → its entry
         self._spare: dict[int, list[bytearray]] = {}  # length → buffers no entry holds any more
         self._spare_bytes = 0
@@ -198,7 +198,6 @@ class ReferenceCache:
         with self._lock:
             self._written[key] = stored
             self._written.move_to_end(key)
-            self._seen.pop(key, None)  # a new object there: proven again before it is trusted
             while len(self._written) > MAX_WRITTEN:
                 self._written.popitem(last=False)
 
@@ -207,21 +206,6 @@ class ReferenceCache:
         with self._lock:
             return self._written.get(key)
 
-    def saw(self, key: str, signature: Hashable, link: _Link) -> None:
-        """Remember that the object at ``key`` was read back whole and hashed to what this process wrote, while
-        its file had ``signature`` (``proven_depth``), and what its header says (``link``)."""
-        with self._lock:
-            if key in self._written:
-                self._seen[key] = (signature, link)
-                while len(self._seen) > MAX_WRITTEN:
-                    self._seen.pop(next(iter(self._seen)))
-
-    def seen(self, key: str, signature: Hashable) -> _Link | None:
-        """What ``saw`` remembered for ``key`` if its file still has ``signature``, else ``None``."""
-        with self._lock:
-            found = self._seen.get(key)
-            return found[1] if found is not None and found[0] == signature else None
-
     def clear(self) -> None:
         """Forget every entry and spare buffer (the memory is freed once no save holds them)."""
         with self._lock:
@@ -229,7 +213,6 @@ class ReferenceCache:
                 entry.dropped = False  # never recycled: ``clear`` frees
             self._entries.clear()
             self._written.clear()
-            self._seen.clear()
             self._pinned.clear()
             self._spare.clear()
             self._size = self._used = self._spare_bytes = 0
@@ -271,40 +254,27 @@ def record_written(store: str, digest: str, parts: list[bytes | bytearray | memo
     REFERENCES.wrote(f"{store}\0{digest}", h.digest())
 
 
-def proven_depth(
-    read_object: Callable[[str, int], tuple[int, bytes]],
-    store: str,
-    digest: str,
-    n: int,
-    signature: Callable[[str], Hashable | None] | None = None,
-) -> int | None:
+#: One link of a chain, read whole and hashed: ``(the BLAKE3 of the stored object, (its reference, its depth))``,
+#: ``(None, 0)`` for a keyframe; ``None`` when it cannot be read.
+ReadLink = Callable[[str, int], "tuple[bytes, tuple[str | None, int]] | None"]
+
+
+def proven_depth(read_link: ReadLink, store: str, digest: str, n: int) -> int | None:
     """The chain depth of a chunk whose every link is, byte for byte, an object this process wrote to the store
     at URL ``store`` (``record_written``): then the chain decodes to the raw bytes this process kept for it.
     ``None`` when a link was not written by this process, is not whole, or differs from what was written
-    (damage since, or another writer's object): the caller decodes the chain instead. Reads each link once with
-    ``read_object`` (``Objects.read_object``: header and size checked), decodes nothing.
-
-    ``signature`` (a local store): a link's file identity (device, inode, size, modification and change times),
-    taken before it is read. A link proven by its bytes once is not read again while its file keeps that
-    signature: any write, replacement or refresh of the file changes it, so only damage that bypasses the file
-    system (bit rot on the medium) goes unseen here, as it does for every read until ``verify``; a keyframe of a
-    training run is then hashed once per process, not once per save.
-    """
+    (damage since, or another writer's object): the caller decodes the chain instead. ``read_link``
+    (``Objects._read_link``) reads and hashes each link once, whole, at every call (a local one from a map of its
+    file, no copy); nothing is decoded."""
     top: int | None = None
     for _ in range(DEFAULT_MAX_DEPTH_READ + 1):
-        key = f"{store}\0{digest}"
-        expected = REFERENCES.written(key)
+        expected = REFERENCES.written(f"{store}\0{digest}")
         if expected is None:
             return None
-        sig = signature(digest) if signature is not None else None
-        link = REFERENCES.seen(key, sig) if sig is not None else None
-        if link is None:
-            link = _read_link(read_object, digest, n, expected)
-            if link is None:
-                return None
-            if sig is not None:
-                REFERENCES.saw(key, sig, link)
-        ref, depth = link
+        read = read_link(digest, n)
+        if read is None or read[0] != expected:
+            return None
+        ref, depth = read[1]
         if ref is None:
             return 0 if top is None else top
         top = depth if top is None else top
@@ -312,23 +282,14 @@ def proven_depth(
     return None
 
 
-#: What a proven link's header says: ``(its reference, its depth)``, ``(None, 0)`` for a keyframe.
-_Link = tuple[str | None, int]
-
-
-def _read_link(
-    read_object: Callable[[str, int], tuple[int, bytes]], digest: str, n: int, expected: bytes
-) -> _Link | None:
-    """Read one link whole and check it hashes to ``expected``: its reference and depth, or ``None``."""
-    try:
-        codec, obj = read_object(digest, n)
-    except CkptError:
-        return None
-    h = blake3.blake3()  # one thread: several saves' workers prove chains at once
+def hash_link(
+    codec: int, obj: bytes | memoryview | mmap.mmap, digest: str
+) -> tuple[bytes, tuple[str | None, int]] | None:
+    """``ReadLink``'s work on a stored object already read or mapped whole (header first): its BLAKE3 (one
+    thread: several saves' workers prove chains at once) and what its delta prefix says."""
+    h = blake3.blake3()
     h.update(obj)
-    if h.digest() != expected:
-        return None
     try:
-        return delta_depth(codec, memoryview(obj)[CHUNK_HEADER_SIZE:], digest)  # (None, 0): not a delta
+        return h.digest(), delta_depth(codec, memoryview(obj)[CHUNK_HEADER_SIZE:], digest)  # (None, 0): keyframe
     except CkptError:
         return None
