@@ -131,8 +131,12 @@ class Objects(ChunkReads):
         if compress and max_depth > 0 and REFERENCES.admits(n) and reference is not None:
             if not REFERENCES.differs(reference, data):  # maybe unchanged since the parent: then no copy at all
                 digest = hash_chunk(data)
-                if digest == reference:
-                    return self._put_new(data, digest, known, dtype, compress, reference, max_depth, executor)
+                if digest == reference and digest != known:
+                    # stored whole: reused; missing or damaged: written below from a private copy hashed again,
+                    # never from the caller's buffer after its hash (it may have changed since)
+                    found = self._reuse(digest, data, proven=False)
+                    if found is not None:
+                        return found
             kept = bytes(data)  # an immutable copy, hashed below: the next save's reference (never a caller's buffer)
             data = memoryview(kept)
         elif compress and reference is None and n >= MIN_ENCODE:
