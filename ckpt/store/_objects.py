@@ -141,6 +141,11 @@ class Objects(ChunkReads):
             data = memoryview(kept)
         elif compress and reference is None and n >= MIN_ENCODE:
             return self._put_keyframe(data, known, dtype, executor)
+        else:
+            # hashed, then encoded or written: from a private copy, so that bytes a caller thread changes meanwhile
+            # (the cache off or too small, compression off, a chunk too small to encode) never go under the
+            # digest of other bytes
+            data = memoryview(bytes(data))
         digest = hash_chunk(data)
         found = self._put_new(data, digest, known, dtype, compress, reference, max_depth, executor, kept is not None)
         if kept is not None:

@@ -103,3 +103,48 @@ def test_an_unchanged_chunk_rewritten_while_the_caller_changes_it_stores_what_it
         torch.equal(x, y) or torch.equal(x, z)
         for x, y, z in zip(back.split(per), before.split(per), saved.split(per), strict=True)
     )
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["cache-off", "cache-tiny", "compression-off", "small-chunks", "first-save-small-chunks"],
+)
+def test_a_chunk_changed_by_the_caller_right_after_its_hash_is_stored_under_the_digest_of_what_is_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str
+) -> None:
+    """A caller thread changes the tensor right after a changed chunk is hashed, in a save that keeps no copy of
+    it (the reference cache off or too small, compression off, chunks too small to be kept): what is stored
+    under the digest must be the bytes hashed."""
+    chunk = 2048 if "small" in setting else CHUNK
+    if setting == "cache-off":
+        monkeypatch.setenv("CKPT_REFERENCE_CACHE", "0")
+    if setting == "cache-tiny":
+        monkeypatch.setenv("CKPT_REFERENCE_CACHE", "8KiB")
+    root = tmp_path / "s"
+    store = ckpt.init(str(root), chunk_size=chunk, compression=setting != "compression-off", pack_size=0)
+    g = torch.Generator().manual_seed(1)
+    w = (torch.randn(4 * chunk // 4, generator=g) * 0.02).to(torch.bfloat16).float()  # compressible
+    if not setting.startswith("first"):
+        store.save({"model": {"w": w}}, step=0)
+        w.add_(torch.randn(w.shape, generator=g) * 1e-3)
+    before = w.clone()
+    target = blake3.blake3(before[chunk // 4 : 2 * chunk // 4].numpy().tobytes()).hexdigest()
+    real = _objects.hash_chunk
+
+    def hash_then_scribble(data: Any) -> str:
+        digest = real(data)
+        if digest == target:
+            w.mul_(-2)
+        return digest
+
+    monkeypatch.setattr(_objects, "hash_chunk", hash_then_scribble)
+    snap = store.save({"model": {"w": w}}, step=1)
+    monkeypatch.setattr(_objects, "hash_chunk", real)
+    report = store.verify()
+    assert report.ok, report
+    back = store.load(snap.id)["model"]["w"]
+    per = chunk // 4
+    assert all(
+        torch.equal(x, y) or torch.equal(x, z)
+        for x, y, z in zip(back.split(per), before.split(per), w.split(per), strict=True)
+    )
