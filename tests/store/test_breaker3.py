@@ -148,3 +148,116 @@ def test_a_chunk_changed_by_the_caller_right_after_its_hash_is_stored_under_the_
         torch.equal(x, y) or torch.equal(x, z)
         for x, y, z in zip(back.split(per), before.split(per), w.split(per), strict=True)
     )
+
+
+# -- the codec: digest of exactly the bytes encoded, scratch reuse -------------------------------------------------
+
+LAYOUT_DTYPES = ["BOOL", "I8", "F16", "BF16", "F32", "I64", "F64", "C64", "C128", None]
+LENGTHS = [4096, 4097, 4099, 4111, (1 << 20) - 1, 1 << 20, (1 << 20) + 1, (1 << 20) + 15, (3 << 20) + 7]
+
+
+def sample(n: int, seed: int) -> bytes:
+    """Compressible bytes (small floats: grouped planes pay) with a random last block."""
+    rng = np.random.default_rng(seed)
+    body = (rng.standard_normal(n // 4 + 1).astype(np.float32) * 0.01).tobytes()[:n]
+    return body[: max(0, n - 100)] + rng.integers(0, 256, min(n, 100), dtype=np.uint8).tobytes()
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_a_keyframe_hashed_while_encoded_has_the_digest_of_its_bytes(threads: int) -> None:
+    pool = ThreadPoolExecutor(threads) if threads else None
+    try:
+        for i, dtype in enumerate(LAYOUT_DTYPES):
+            for n in LENGTHS if dtype in ("BF16", "C128", None) else LENGTHS[:5]:
+                raw = sample(n, i * 100 + n % 97)
+                h = blake3.blake3()
+                enc = encode_chunk(raw, layout=layout_for(dtype), executor=pool, hasher=h)
+                assert h.hexdigest() == blake3.blake3(raw).hexdigest(), (dtype, n)
+                out = bytearray(n)
+                decode_into(enc.codec, b"".join(bytes(p) for p in enc.parts), out)
+                assert bytes(out) == raw, (dtype, n)
+    finally:
+        if pool:
+            pool.shutdown()
+
+
+def test_blocks_encoded_one_after_another_on_one_thread_keep_their_own_planes() -> None:
+    """Two chunks encoded in turn on one thread (the scratch reused): the first's parts still decode to it."""
+    for dtype in ("BF16", "F32", "F16", "I64", "C128"):
+        a, b = sample(1 << 20, 1), sample(1 << 20, 2)
+        ea = encode_chunk(a, layout=layout_for(dtype))
+        eb = encode_chunk(b, layout=layout_for(dtype))
+        for enc, raw in ((ea, a), (eb, b)):
+            out = bytearray(len(raw))
+            decode_into(enc.codec, b"".join(bytes(p) for p in enc.parts), out)
+            assert bytes(out) == raw, dtype
+
+
+@pytest.mark.parametrize("op", [None, 0, 1])
+def test_deltas_of_every_element_size_and_tail_decode_to_their_bytes(op: int | None) -> None:
+    """XOR and ADD deltas (and the default op) of chunks with tails, blocks of 64 KiB to 8 MiB, two threads."""
+    from ckpt.store._codecs._chunk import OP_ADD, OP_XOR
+
+    assert (OP_XOR, OP_ADD) == (0, 1)
+    ref_digest = "ab" * 32
+    with ThreadPoolExecutor(2) as pool:
+        for i, dtype in enumerate(LAYOUT_DTYPES):
+            lay = layout_for(dtype)
+            if op == OP_ADD and lay.element_size not in (1, 2, 4, 8):
+                continue
+            for n, block_log in ((4099, 16), ((1 << 20) + 7, 20), ((9 << 20) + 3, 23)):
+                if n > (1 << 21) and dtype not in ("BF16", "F32", "C128"):
+                    continue
+                ref = sample(n, i)
+                new = bytearray(ref)
+                arr = np.frombuffer(new, dtype=np.uint8)
+                arr[:: 97] ^= 0x5A  # a sparse change, also in the tail
+                arr[-1] ^= 1
+                enc = encode_chunk(
+                    bytes(new), layout=lay, reference=ref, reference_digest=ref_digest, op=op,
+                    block_log=block_log, executor=pool, min_saving=-1.0,
+                )  # fmt: skip
+                out = bytearray(n)
+                decode_into(enc.codec, b"".join(bytes(p) for p in enc.parts), out, reference=ref, executor=pool)
+                assert bytes(out) == bytes(new), (dtype, n, block_log, enc.codec)
+
+
+# -- saves through the store ------------------------------------------------------------------------------------
+
+TORCH_DTYPES = [torch.bool, torch.int8, torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.int64,
+                torch.float64, torch.complex64, torch.complex128]  # fmt: skip
+
+
+def tensor(dtype: torch.dtype, n: int, g: torch.Generator) -> torch.Tensor:
+    x = torch.randn(n, generator=g) * 0.02
+    if dtype == torch.bool:
+        return x > 0.01
+    if dtype in (torch.int8, torch.uint8, torch.int64):
+        return (x * 1000).to(dtype)
+    if dtype.is_complex:
+        return torch.complex(x, x.flip(0)).to(dtype)
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("chunk_size", [4096 + 5, (1 << 20) + 3])
+def test_three_saves_of_every_dtype_with_odd_chunks_load_exactly(tmp_path: Path, chunk_size: int) -> None:
+    """Keyframes hashed while encoded, then deltas (XOR and ADD) from a new process's cache state: every chunk
+    ends in a tail (the chunk size is no multiple of any element size) and the last chunk is short."""
+    store = ckpt.init(str(tmp_path / "s"), chunk_size=chunk_size, pack_size=0)
+    g = torch.Generator().manual_seed(3)
+    elements = 3 * chunk_size // 16 + 7 if chunk_size < 8192 else 2 * chunk_size // 8 + 3
+    state = {"model": {str(d).split(".")[1]: tensor(d, elements, g) for d in TORCH_DTYPES}}
+    saved = []
+    for step in range(3):
+        saved.append((store.save(state, step=step).id, clone(state)))
+        if step == 1:
+            REFERENCES.clear()  # as a new process continuing the run
+        for k, v in state["model"].items():  # a sparse change, also past each chunk's first 4 KiB
+            flat = v.view(-1)
+            idx = torch.arange(step % 5, flat.numel(), 37)
+            flat[idx] = tensor(v.dtype, idx.numel(), g)
+    report = store.verify()
+    assert report.ok, report
+    assert {p.read_bytes()[5] for p in (tmp_path / "s").rglob("chunks/*/*")} >= {1, 2}  # grouped and deltas
+    for sid, want in saved:
+        assert_equal(store.load(sid), want)
