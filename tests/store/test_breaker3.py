@@ -261,3 +261,63 @@ def test_three_saves_of_every_dtype_with_odd_chunks_load_exactly(tmp_path: Path,
     assert {p.read_bytes()[5] for p in (tmp_path / "s").rglob("chunks/*/*")} >= {1, 2}  # grouped and deltas
     for sid, want in saved:
         assert_equal(store.load(sid), want)
+
+
+# -- damaged references between saves ---------------------------------------------------------------------------
+
+
+def weights(step: int, n: int = 4 * CHUNK // 4) -> torch.Tensor:
+    """A weight a few Adam-sized steps from the last: consecutive saves are deltas of each other."""
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(n, generator=g) * 0.02
+    for _ in range(step):
+        w = w + torch.randn(n, generator=g) * 1e-4
+    return w
+
+
+def damage_file(path: Path, how: str, other: Path) -> None:
+    data = path.read_bytes()
+    path.chmod(0o644)
+    if how == "flip":
+        path.write_bytes(data[:-40] + bytes([data[-40] ^ 0x10]) + data[-39:])
+    elif how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    else:  # another valid chunk's object in its place
+        path.write_bytes(other.read_bytes())
+
+
+def load_or_refuse(store: ckpt.Store, sid: str, want: dict[str, Any]) -> None:
+    try:
+        back = store.load(sid)
+    except CkptError:
+        return
+    assert_equal(back, want)
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate", "other"])
+@pytest.mark.parametrize("when", ["after-first", "after-second"])
+def test_a_keyframe_damaged_between_saves_is_never_built_on(tmp_path: Path, how: str, when: str) -> None:
+    """The keyframes of the first save are damaged after it (the next save decodes them: no copies kept) or
+    after the second (whose deltas were proven against their stored bytes): the saves after that load exactly,
+    each earlier one loads exactly or fails with a CkptError."""
+    root = tmp_path / "s"
+    store = ckpt.init(str(root), chunk_size=CHUNK, pack_size=0)
+    saved: list[tuple[str, dict[str, Any]]] = []
+    for step in range(4):
+        state = {"model": {"w": weights(step), "b": weights(step, 3 * CHUNK // 2).to(torch.bfloat16)}}
+        saved.append((store.save(state, step=step).id, clone(state)))
+        if step == (0 if when == "after-first" else 1):
+            first = saved[0][0]
+            keys = digests(store, first, "model/w") + digests(store, first, "model/b")
+            for i, d in enumerate(keys):
+                damage_file(chunk_file(root, d), how, chunk_file(root, keys[(i + 1) % len(keys)]))
+            broken = step
+    for sid, want in saved[broken + 1 :]:
+        assert_equal(store.load(sid), want)
+    for sid, want in saved[: broken + 1]:
+        load_or_refuse(store, sid, want)
+    report = store.verify()
+    before = {d for sid, _ in saved[: broken + 1] for t in ("model/w", "model/b") for d in digests(store, sid, t)}
+    after = {d for sid, _ in saved[broken + 1 :] for t in ("model/w", "model/b") for d in digests(store, sid, t)}
+    damaged = {d.digest for d in report.damage}
+    assert damaged and damaged <= before - after, report
