@@ -321,3 +321,53 @@ def test_a_keyframe_damaged_between_saves_is_never_built_on(tmp_path: Path, how:
     after = {d for sid, _ in saved[broken + 1 :] for t in ("model/w", "model/b") for d in digests(store, sid, t)}
     damaged = {d.digest for d in report.damage}
     assert damaged and damaged <= before - after, report
+
+
+def test_a_chunk_changed_only_past_its_first_4_kib_is_stored_as_changed(tmp_path: Path) -> None:
+    """From the third save on, the cache keeps the parent's chunks and compares their first 4 KiB: a change
+    further in (and one in the last byte) is still a change."""
+    store = ckpt.init(str(tmp_path / "s"), chunk_size=CHUNK, pack_size=0)
+    w = weights(0)
+    saved = []
+    for step in range(5):
+        saved.append((store.save({"model": {"w": w}}, step=step).id, {"model": {"w": w.clone()}}))
+        w = w.clone()
+        view = w.view(torch.uint8)
+        view[CHUNK + 4096 + step] ^= 1  # the second chunk, just past its first 4 KiB
+        view[-1] ^= 0x40  # the last byte of the last chunk
+    assert len({tuple(digests(store, sid, "model/w")) for sid, _ in saved}) == len(saved)
+    for sid, want in saved:
+        assert_equal(store.load(sid), want)
+    assert store.verify().ok
+
+
+@pytest.mark.parametrize("backend", ["file", pytest.param("s3", marks=pytest.mark.s3)])
+def test_the_same_bytes_twice_in_a_first_save_and_under_another_branch_load_exactly(
+    tmp_path: Path, request: pytest.FixtureRequest, backend: str
+) -> None:
+    """Tied weights, the same bytes under two names and dtypes, a chunk already stored as a delta on another
+    branch: first saves (keyframes hashed while encoded, the existence check after encoding) deduplicate them."""
+    if backend == "s3":
+        opts = request.getfixturevalue("s3_server")
+        store = ckpt.init(f"s3://ckpt-test/brk3-{tmp_path.name[-12:]}", chunk_size=CHUNK, pack_size=0, **opts)
+    else:
+        store = ckpt.init(str(tmp_path / "s"), chunk_size=CHUNK, pack_size=0)
+    w0, w1 = weights(0), weights(1)
+    store.save({"model": {"w": w0}}, step=0)
+    on_main = store.save({"model": {"w": w1}}, step=1)  # deltas against step 0
+    store.branch("other", at=on_main.id)
+    tied = weights(2)
+    state = {
+        "model": {"a": tied, "b": tied, "c": w1.clone(), "d": tied.view(torch.int32)},
+        "opt": {"copy": w1.clone(), "same": w0.clone()},
+    }
+    want = clone(state)
+    snap = store.save(state, "fresh", step=0)  # a new branch: no parent, every chunk a keyframe candidate
+    assert set(digests(store, snap.id, "model/c")) == set(digests(store, on_main.id, "model/w"))
+    assert digests(store, snap.id, "model/a") == digests(store, snap.id, "model/b")
+    assert_equal(store.load(snap.id), want)
+    store.delete_branch("main")
+    store.delete_branch("other")
+    store.gc(grace=0, expire_reflog=0)
+    assert_equal(store.load(snap.id), want)
+    assert store.verify().ok
