@@ -405,3 +405,34 @@ def test_a_tensor_changed_between_the_blocks_of_its_keyframe_is_stored_under_the
     back = store.load(snap.id)["w"].view(torch.uint8)
     old, new = before.view(torch.uint8), w.view(torch.uint8)
     assert bool(((back == old) | (back == new)).all())
+
+
+# -- the Checkpointer ---------------------------------------------------------------------------------------------
+
+
+def test_async_checkpointer_saves_then_a_new_process_continuing_the_run_all_load(tmp_path: Path) -> None:
+    """A model trained in place between async saves (staging buffers and the digest cache reused, frozen
+    embeddings unchanged, an Adam state), the cache emptied as in a new process, then more saves."""
+    root = tmp_path / "s"
+    store = ckpt.init(str(root), chunk_size=CHUNK)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(512, 32), torch.nn.Linear(32, 300), torch.nn.Linear(300, 64))
+    model[0].weight.requires_grad_(False)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    x = torch.randint(0, 512, (16,))
+    saved: list[tuple[Any, dict[str, Any]]] = []
+    for run in range(2):
+        if run:
+            REFERENCES.clear()
+        with ckpt.Checkpointer(store, "main", async_save=True, max_pending=2) as ckpts:
+            for step in range(run * 4, run * 4 + 4):
+                model(x).square().mean().backward()
+                opt.step()
+                opt.zero_grad()
+                state = {"model": model.state_dict()}
+                saved.append((ckpts.save(state, step=step), clone(state)))
+        for handle, _ in saved:
+            handle.result()
+    for handle, want in saved:
+        assert_equal(store.load(handle.result().id), want)
+    assert store.verify().ok
