@@ -436,3 +436,23 @@ def test_async_checkpointer_saves_then_a_new_process_continuing_the_run_all_load
     for handle, want in saved:
         assert_equal(store.load(handle.result().id), want)
     assert store.verify().ok
+
+
+def test_packs_of_small_tensors_of_every_dtype_over_three_saves_load_exactly(tmp_path: Path) -> None:
+    """Small tensors (odd byte counts, every element size) share packs: keyframes hashed while encoded, then
+    deltas; a tensor whose shape changes between saves, one that appears, one that goes."""
+    store = ckpt.init(str(tmp_path / "s"), chunk_size=CHUNK, pack_size=8 << 10)
+    g = torch.Generator().manual_seed(11)
+    state = {f"{str(d).split('.')[1]}{i}": tensor(d, 37 * i + 5, g) for d in TORCH_DTYPES for i in range(1, 9)}
+    saved = []
+    for step in range(3):
+        saved.append((store.save(state, step=step).id, clone(state)))
+        for k, v in list(state.items()):
+            flat = v.view(-1)
+            flat[:: 7] = tensor(v.dtype, flat[::7].numel(), g)
+        state["float322"] = tensor(torch.float32, 100 + step, g)  # its shape changes
+        state[f"new{step}"] = tensor(torch.bfloat16, 999, g)
+        state.pop(f"new{step - 1}", None)
+    for sid, want in saved:
+        assert_equal(store.load(sid), want)
+    assert store.verify().ok
