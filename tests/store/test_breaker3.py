@@ -456,3 +456,34 @@ def test_packs_of_small_tensors_of_every_dtype_over_three_saves_load_exactly(tmp
     for sid, want in saved:
         assert_equal(store.load(sid), want)
     assert store.verify().ok
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("how", ["flip", "other"])
+def test_on_s3_a_keyframe_damaged_between_saves_is_never_built_on(
+    tmp_path: Path, s3_server: dict[str, Any], how: str
+) -> None:
+    import boto3
+
+    prefix = f"brk3-{how}-{tmp_path.name[-10:]}"
+    store = ckpt.init(f"s3://ckpt-test/{prefix}", chunk_size=CHUNK, pack_size=0, **s3_server)
+    client = boto3.client("s3", endpoint_url=s3_server["endpoint_url"], region_name="us-east-1")
+    saved: list[tuple[str, dict[str, Any]]] = []
+    for step in range(4):
+        state = {"model": {"w": weights(step)}}
+        saved.append((store.save(state, step=step).id, clone(state)))
+        if step == 1:
+            keys = digests(store, saved[0][0], "model/w")
+            for i, d in enumerate(keys):
+                key = f"{prefix}/{layout.chunk_path(d)}"
+                data = client.get_object(Bucket="ckpt-test", Key=key)["Body"].read()
+                if how == "flip":
+                    data = data[:-40] + bytes([data[-40] ^ 0x10]) + data[-39:]
+                else:
+                    other = f"{prefix}/{layout.chunk_path(keys[(i + 1) % len(keys)])}"
+                    data = client.get_object(Bucket="ckpt-test", Key=other)["Body"].read()
+                client.put_object(Bucket="ckpt-test", Key=key, Body=data)
+    for sid, want in saved[2:]:
+        assert_equal(store.load(sid), want)
+    for sid, want in saved[:2]:
+        load_or_refuse(store, sid, want)
