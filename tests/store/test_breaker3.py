@@ -211,7 +211,7 @@ def test_deltas_of_every_element_size_and_tail_decode_to_their_bytes(op: int | N
                 ref = sample(n, i)
                 new = bytearray(ref)
                 arr = np.frombuffer(new, dtype=np.uint8)
-                arr[:: 97] ^= 0x5A  # a sparse change, also in the tail
+                arr[::97] ^= 0x5A  # a sparse change, also in the tail
                 arr[-1] ^= 1
                 enc = encode_chunk(
                     bytes(new), layout=lay, reference=ref, reference_digest=ref_digest, op=op,
@@ -252,7 +252,7 @@ def test_three_saves_of_every_dtype_with_odd_chunks_load_exactly(tmp_path: Path,
         saved.append((store.save(state, step=step).id, clone(state)))
         if step == 1:
             REFERENCES.clear()  # as a new process continuing the run
-        for k, v in state["model"].items():  # a sparse change, also past each chunk's first 4 KiB
+        for v in state["model"].values():  # a sparse change, also past each chunk's first 4 KiB
             flat = v.view(-1)
             idx = torch.arange(step % 5, flat.numel(), 37)
             flat[idx] = tensor(v.dtype, idx.numel(), g)
@@ -366,11 +366,12 @@ def test_the_same_bytes_twice_in_a_first_save_and_under_another_branch_load_exac
     assert set(digests(store, snap.id, "model/c")) == set(digests(store, on_main.id, "model/w"))
     assert digests(store, snap.id, "model/a") == digests(store, snap.id, "model/b")
     assert_equal(store.load(snap.id), want)
-    store.delete_branch("main")
-    store.delete_branch("other")
-    store.gc(grace=0, expire_reflog=0)
-    assert_equal(store.load(snap.id), want)
-    assert store.verify().ok
+    if backend == "file":  # (a gc on the moto server takes seconds)
+        store.delete_branch("main")
+        store.delete_branch("other")
+        store.gc(grace=0, expire_reflog=0)
+        assert_equal(store.load(snap.id), want)
+        assert store.verify().ok
 
 
 # -- a caller changing its tensor while a first save encodes it ---------------------------------------------------
@@ -416,16 +417,16 @@ def test_async_checkpointer_saves_then_a_new_process_continuing_the_run_all_load
     root = tmp_path / "s"
     store = ckpt.init(str(root), chunk_size=CHUNK)
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Embedding(512, 32), torch.nn.Linear(32, 300), torch.nn.Linear(300, 64))
+    model = torch.nn.Sequential(torch.nn.Embedding(256, 32), torch.nn.Linear(32, 200), torch.nn.Linear(200, 32))
     model[0].weight.requires_grad_(False)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    x = torch.randint(0, 512, (16,))
+    x = torch.randint(0, 256, (16,))
     saved: list[tuple[Any, dict[str, Any]]] = []
     for run in range(2):
         if run:
             REFERENCES.clear()
         with ckpt.Checkpointer(store, "main", async_save=True, max_pending=2) as ckpts:
-            for step in range(run * 4, run * 4 + 4):
+            for step in range(run * 3, run * 3 + 3):
                 model(x).square().mean().backward()
                 opt.step()
                 opt.zero_grad()
@@ -447,9 +448,9 @@ def test_packs_of_small_tensors_of_every_dtype_over_three_saves_load_exactly(tmp
     saved = []
     for step in range(3):
         saved.append((store.save(state, step=step).id, clone(state)))
-        for k, v in list(state.items()):
+        for v in list(state.values()):
             flat = v.view(-1)
-            flat[:: 7] = tensor(v.dtype, flat[::7].numel(), g)
+            flat[::7] = tensor(v.dtype, flat[::7].numel(), g)
         state["float322"] = tensor(torch.float32, 100 + step, g)  # its shape changes
         state[f"new{step}"] = tensor(torch.bfloat16, 999, g)
         state.pop(f"new{step - 1}", None)
