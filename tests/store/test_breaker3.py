@@ -488,3 +488,30 @@ def test_on_s3_a_keyframe_damaged_between_saves_is_never_built_on(
         assert_equal(store.load(sid), want)
     for sid, want in saved[:2]:
         load_or_refuse(store, sid, want)
+
+
+def test_empty_tiny_and_view_tensors_around_the_encoding_threshold_load_exactly(tmp_path: Path) -> None:
+    """Chunks of 0, 1, 4095, 4096 and 4097 bytes (raw or encoded, compressible or not), views at an offset of
+    a larger storage, a transposed view, a 0-d tensor: a first save, then one with every one changed."""
+    store = ckpt.init(str(tmp_path / "s"), chunk_size=CHUNK, pack_size=0)
+    g = torch.Generator().manual_seed(13)
+    big = tensor(torch.float32, 3 * CHUNK, g)
+    state: dict[str, Any] = {
+        "empty": torch.empty(0, dtype=torch.bfloat16),
+        "one": torch.ones(1, dtype=torch.int8),
+        "scalar": torch.tensor(3.5),
+        "noise4095": torch.randint(0, 256, (4095,), dtype=torch.uint8, generator=g),
+        "noise4096": torch.randint(0, 256, (4096,), dtype=torch.uint8, generator=g),
+        "zeros4096": torch.zeros(4096, dtype=torch.uint8),
+        "small4097": tensor(torch.float16, 4097, g).view(torch.uint8)[:4097],
+        "offset": big[1001 : 1001 + 2 * CHUNK // 4],
+        "transposed": big[: 64 * 96].view(64, 96).t(),
+    }
+    saved = []
+    for step in range(2):
+        saved.append((store.save(state, step=step).id, clone(state)))
+        for v in state.values():
+            v.copy_(tensor(v.dtype, v.numel(), g).view(v.shape))  # in place: views write into their storage
+    for sid, want in saved:
+        assert_equal(store.load(sid), want)
+    assert store.verify().ok
