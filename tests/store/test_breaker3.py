@@ -515,3 +515,43 @@ def test_empty_tiny_and_view_tensors_around_the_encoding_threshold_load_exactly(
     for sid, want in saved:
         assert_equal(store.load(sid), want)
     assert store.verify().ok
+
+
+def test_two_threads_saving_two_branches_from_one_first_save_all_load(tmp_path: Path) -> None:
+    """Both branches' first deltas decode the parent's keyframes (no copies kept) at the same time, then go on
+    from their own kept chunks; a third branch from the same parent comes after both."""
+    import threading
+
+    store = ckpt.init(str(tmp_path / "s"), chunk_size=CHUNK, pack_size=0)
+    parent = store.save({"model": {"w": weights(0)}}, step=0)
+    for name in ("a", "b", "c"):
+        store.branch(name, at=parent.id)
+    barrier = threading.Barrier(2)
+    saved: dict[str, list[tuple[str, dict[str, Any]]]] = {"a": [], "b": [], "c": []}
+    errors: list[BaseException] = []
+
+    def run(name: str, seed: int) -> None:
+        try:
+            g = torch.Generator().manual_seed(seed)
+            w = weights(0)
+            for step in range(1, 4):
+                w = w + torch.randn(w.shape, generator=g) * 1e-4
+                if step == 1 and name != "c":
+                    barrier.wait(timeout=60)
+                state = {"model": {"w": w}}
+                saved[name].append((store.save(state, name, step=step).id, clone(state)))
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(n, i)) for i, n in enumerate("ab")]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    run("c", 9)
+    assert not errors, errors
+    for runs in saved.values():
+        for sid, want in runs:
+            assert_equal(store.load(sid), want)
+    assert store.verify().ok
