@@ -124,31 +124,28 @@ class Objects(ChunkReads):
             if found is not None:
                 REFERENCES.touch(digest)  # still the latest chunk at its place: its kept bytes stay the freshest
                 return found
-        kept: bytes | None = None
         # kept only where this save has a reference: the state then changes save after save (a training loop),
         # and the next save will delta against it; a first save (no parent) copies nothing, and a later save
         # decodes its keyframes from the store once (a copy of every chunk cost a one-off save 40% of its time)
-        if compress and max_depth > 0 and REFERENCES.admits(n) and reference is not None:
-            if not REFERENCES.differs(reference, data):  # maybe unchanged since the parent: then no copy at all
-                digest = hash_chunk(data)
-                if digest == reference and digest != known:
-                    # stored whole: reused; missing or damaged: written below from a private copy hashed again,
-                    # never from the caller's buffer after its hash (it may have changed since)
-                    found = self._reuse(digest, data, proven=False)
-                    if found is not None:
-                        return found
-            kept = bytes(data)  # an immutable copy, hashed below: the next save's reference (never a caller's buffer)
-            data = memoryview(kept)
-        elif compress and reference is None and n >= MIN_ENCODE:
+        keep = compress and max_depth > 0 and REFERENCES.admits(n) and reference is not None
+        if compress and reference is None and n >= MIN_ENCODE:
             return self._put_keyframe(data, known, dtype, executor)
-        else:
-            # hashed, then encoded or written: from a private copy, so that bytes a caller thread changes meanwhile
-            # (the cache off or too small, compression off, a chunk too small to encode) never go under the
-            # digest of other bytes
-            data = memoryview(bytes(data))
+        if compress and reference is not None and not (keep and REFERENCES.differs(reference, data)):
+            # maybe unchanged since the parent (a frozen weight): hashed first, then no copy at all
+            digest = hash_chunk(data)
+            if digest == reference and digest != known:
+                # stored whole: reused; missing or damaged: written below from a private copy hashed again,
+                # never from the caller's buffer after its hash (it may have changed since)
+                found = self._reuse(digest, data, proven=False)
+                if found is not None:
+                    return found
+        # hashed, then encoded or written, from an immutable private copy (never the caller's buffer, which a
+        # thread may change meanwhile: bytes under the digest of other bytes); when kept, the next save's reference
+        kept = bytes(data)
+        data = memoryview(kept)
         digest = hash_chunk(data)
-        found = self._put_new(data, digest, known, dtype, compress, reference, max_depth, executor, kept is not None)
-        if kept is not None:
+        found = self._put_new(data, digest, known, dtype, compress, reference, max_depth, executor, keep)
+        if keep:
             REFERENCES.put(digest, kept)
         return found
 
