@@ -555,3 +555,25 @@ def test_two_threads_saving_two_branches_from_one_first_save_all_load(tmp_path: 
         for sid, want in runs:
             assert_equal(store.load(sid), want)
     assert store.verify().ok
+
+
+@pytest.mark.parametrize("budget", ["64MiB", "0", "20KiB"])
+def test_prune_and_gc_between_saves_and_a_new_process_all_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget: str
+) -> None:
+    """Each save's parent pruned and collected (grace 0) before the next; the cache emptied midway as in a new
+    process; cache budgets large, zero and smaller than the state: the saves kept load exactly."""
+    monkeypatch.setenv("CKPT_REFERENCE_CACHE", budget)
+    store = ckpt.init(str(tmp_path / "s"), chunk_size=CHUNK, pack_size=0, delta_depth=3)
+    saved: list[tuple[str, dict[str, Any]]] = []
+    frozen = weights(9, 2 * CHUNK // 4)
+    for step in range(6):
+        state = {"model": {"w": weights(step), "frozen": frozen}}
+        saved.append((store.save(state, step=step).id, clone(state)))
+        if step == 3:
+            REFERENCES.clear()
+        if step:
+            store.prune(saved[step - 1][0])
+            store.gc(grace=0, expire_reflog=0)
+    assert_equal(store.load(saved[-1][0]), saved[-1][1])
+    assert store.verify().ok
