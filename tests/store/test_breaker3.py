@@ -577,3 +577,33 @@ def test_prune_and_gc_between_saves_and_a_new_process_all_load(
             store.gc(grace=0, expire_reflog=0)
     assert_equal(store.load(saved[-1][0]), saved[-1][1])
     assert store.verify().ok
+
+
+@pytest.mark.s3
+def test_on_s3_an_unchanged_chunk_rewritten_while_the_caller_changes_it_stores_what_its_digest_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_server: dict[str, Any]
+) -> None:
+    import boto3
+
+    prefix = f"brk3-unchanged-{tmp_path.name[-10:]}"
+    store = ckpt.init(f"s3://ckpt-test/{prefix}", chunk_size=CHUNK, pack_size=0, **s3_server)
+    client = boto3.client("s3", endpoint_url=s3_server["endpoint_url"], region_name="us-east-1")
+    w = weights(0)
+    first = store.save({"model": {"w": w}}, step=0)
+    target = digests(store, first.id, "model/w")[1]
+    client.delete_object(Bucket="ckpt-test", Key=f"{prefix}/{layout.chunk_path(target)}")
+    real = _objects.hash_chunk
+
+    def hash_then_scribble(data: Any) -> str:
+        digest = real(data)
+        if digest == target:
+            w.add_(1)
+        return digest
+
+    monkeypatch.setattr(_objects, "hash_chunk", hash_then_scribble)
+    second = store.save({"model": {"w": w}}, step=1)
+    monkeypatch.setattr(_objects, "hash_chunk", real)
+    report = store.verify()
+    assert all(d.digest == target for d in report.damage), report
+    assert target not in digests(store, second.id, "model/w") or report.ok
+    store.load(second.id)
