@@ -607,3 +607,24 @@ def test_on_s3_an_unchanged_chunk_rewritten_while_the_caller_changes_it_stores_w
     assert all(d.digest == target for d in report.damage), report
     assert target not in digests(store, second.id, "model/w") or report.ok
     store.load(second.id)
+
+
+def test_attached_files_of_odd_sizes_come_back_byte_identical(tmp_path: Path) -> None:
+    """Files are chunks of one plane (``dtype=None``): empty, tiny, just under and over 4 KiB, past a block."""
+    store = ckpt.init(str(tmp_path / "s"), chunk_size=(1 << 20) + 7, pack_size=0)
+    rng = np.random.default_rng(4)
+    text = b'{"hidden_size": 64, "layers": [1, 2, 3]}\n' * 60000
+    files = {
+        "empty.txt": b"",
+        "one.bin": b"\x00",
+        "under.json": text[:4095],
+        "at.json": text[:4096],
+        "config.json": text[: (2 << 20) + 3],
+        "noise.bin": rng.integers(0, 256, (1 << 20) + 9, dtype=np.uint8).tobytes(),
+    }
+    first = store.save({"w": torch.ones(3)}, files=files)
+    changed = dict(files, **{"config.json": files["config.json"][:-1] + b"}"})
+    second = store.save({"w": torch.ones(3)}, files=changed)
+    assert store.files(first.id) == files
+    assert store.files(second.id) == changed
+    assert store.verify().ok
