@@ -628,3 +628,15 @@ def test_attached_files_of_odd_sizes_come_back_byte_identical(tmp_path: Path) ->
     assert store.files(first.id) == files
     assert store.files(second.id) == changed
     assert store.verify().ok
+
+
+def test_a_save_without_compression_between_compressed_saves_all_load(tmp_path: Path) -> None:
+    """``save(compression=False)`` midway: raw chunks copied before their hash, then deltas against them."""
+    store = ckpt.init(str(tmp_path / "s"), chunk_size=CHUNK, pack_size=0)
+    saved = []
+    for step in range(5):
+        state = {"model": {"w": weights(step), "h": weights(step).to(torch.bfloat16)}}
+        saved.append((store.save(state, step=step, compression=step not in (1, 2)).id, clone(state)))
+    for sid, want in saved:
+        assert_equal(store.load(sid), want)
+    assert store.verify().ok
