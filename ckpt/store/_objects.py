@@ -125,32 +125,34 @@ class Objects(ChunkReads):
             if found is not None:
                 REFERENCES.touch(digest)  # still the latest chunk at its place: its kept bytes stay the freshest
                 return found
-        kept: bytearray | None = None
         # kept only where this save has a reference: the state then changes save after save (a training loop),
         # and the next save will delta against it; a first save (no parent) copies nothing, and a later save
         # decodes its keyframes from the store once (a copy of every chunk cost a one-off save 40% of its time)
-        if compress and max_depth > 0 and REFERENCES.admits(n) and reference is not None:
-            if not REFERENCES.differs(reference, data):  # maybe unchanged since the parent: then no copy at all
-                digest = hash_chunk(data)
-                if digest == reference:
-                    return self._put_new(data, digest, known, dtype, compress, reference, max_depth, executor)
-            # a private copy, hashed below: the next save's reference (never a caller's buffer), in the memory of
-            # a reference dropped lately where there is one (fresh memory costs its page faults)
-            kept = REFERENCES.take(n)
-            memoryview(kept)[:] = data
-            data = memoryview(kept)
-        elif compress and reference is None and n >= MIN_ENCODE:
+        keep = compress and max_depth > 0 and REFERENCES.admits(n) and reference is not None
+        if compress and reference is None and n >= MIN_ENCODE:
             return self._put_keyframe(data, known, dtype, executor)
+        if compress and reference is not None and not (keep and REFERENCES.differs(reference, data)):
+            # maybe unchanged since the parent (a frozen weight): hashed first, then no copy at all
+            digest = hash_chunk(data)
+            if digest == reference and digest != known:
+                # stored whole: reused; missing or damaged: written below from a private copy hashed again,
+                # never from the caller's buffer after its hash (it may have changed since)
+                found = self._reuse(digest, data, proven=False)
+                if found is not None:
+                    return found
+        # hashed, then encoded or written, from a private copy (never the caller's buffer, which a thread may
+        # change meanwhile: bytes under the digest of other bytes); when kept, the next save's reference. It lands
+        # in the memory of a buffer the cache let go where there is one (fresh memory costs its page faults)
+        kept = REFERENCES.take(n)
+        memoryview(kept)[:] = data
+        data = memoryview(kept)
         digest = hash_chunk(data)
         try:
-            found = self._put_new(
-                data, digest, known, dtype, compress, reference, max_depth, executor, kept is not None
-            )
+            found = self._put_new(data, digest, known, dtype, compress, reference, max_depth, executor, keep)
         except BaseException:
-            if kept is not None:
-                REFERENCES.give_back(kept)
+            REFERENCES.give_back(kept)
             raise
-        if kept is not None and not REFERENCES.put(digest, kept):
+        if not (keep and REFERENCES.put(digest, kept)):
             REFERENCES.give_back(kept)
         return found
 

@@ -50,8 +50,10 @@ STALE = 16
 MAX_WRITTEN = 1 << 18
 
 
-#: Spare buffers kept for the next copies (``take``), beyond the budget: at most this many bytes.
+#: Spare buffers kept for the next copies (``take``), beyond the budget: at most this many bytes, each at least
+#: ``MIN_SPARE`` (a smaller copy costs no page fault worth saving).
 MAX_SPARE = 1 << 28
+MIN_SPARE = 1 << 12
 
 
 @dataclass
@@ -233,8 +235,9 @@ class ReferenceCache:
                 self._recycle(entry.raw)
 
     def _recycle(self, raw: bytes | bytearray) -> None:
-        """Keep a buffer no entry holds as a spare for ``take`` (under the lock; bounded by ``MAX_SPARE``)."""
-        if isinstance(raw, bytearray) and self.budget() > 0 and self._spare_bytes + len(raw) <= MAX_SPARE:
+        """Keep a buffer no entry holds as a spare for ``take`` (under the lock; bounded by ``MAX_SPARE``), the
+        cache on or off: every chunk a save writes is copied first."""
+        if isinstance(raw, bytearray) and len(raw) >= MIN_SPARE and self._spare_bytes + len(raw) <= MAX_SPARE:
             self._spare.setdefault(len(raw), []).append(raw)
             self._spare_bytes += len(raw)
 
