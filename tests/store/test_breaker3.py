@@ -1,4 +1,4 @@
-"""Breaker tests for how a chunk is saved: per-thread codec scratch (``_grouped._scratch``), keyframes hashed while
+"""Breaker tests for how a chunk is saved: per-thread codec scratch (``_work.scratch``), keyframes hashed while
 they are encoded (``Objects._put_keyframe``), a first save that keeps no reference copies and a chunk maybe
 unchanged since its parent hashed before it is copied (``ReferenceCache.differs``). Each asserts what a user
 checks: loaded tensors equal to what was saved, ``verify`` clean, damage refused loudly."""
@@ -383,12 +383,12 @@ def test_a_tensor_changed_between_the_blocks_of_its_keyframe_is_stored_under_the
 ) -> None:
     """A first save copies each 1 MiB block before it cuts and hashes it: the tensor changes after the first
     block's copy (as another thread could): the chunk stored is torn, but decodes to what its digest says."""
-    from ckpt.store._codecs import _grouped
+    from ckpt.store._codecs import _work
 
     store = ckpt.init(str(tmp_path / "s"), chunk_size=(3 << 20) + 5, pack_size=0)
     w = tensor(dtype, (4 << 20) // dtype.itemsize + 3, torch.Generator().manual_seed(5))
     before = w.clone()
-    real = _grouped._BLOCKS.take
+    real = _work.BLOCKS.take
     taken: list[int] = []
 
     def take_then_scribble(nbytes: int) -> Any:
@@ -397,9 +397,9 @@ def test_a_tensor_changed_between_the_blocks_of_its_keyframe_is_stored_under_the
             w.view(torch.uint8).bitwise_xor_(0x21)
         return real(nbytes)
 
-    monkeypatch.setattr(_grouped._BLOCKS, "take", take_then_scribble)
+    monkeypatch.setattr(_work.BLOCKS, "take", take_then_scribble)
     snap = store.save({"w": w})
-    monkeypatch.setattr(_grouped._BLOCKS, "take", real)
+    monkeypatch.setattr(_work.BLOCKS, "take", real)
     assert len(taken) >= 2
     report = store.verify()
     assert report.ok, report

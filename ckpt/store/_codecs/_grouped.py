@@ -7,9 +7,7 @@ memory a block needs beyond the output is its planes: one block (1 MiB by defaul
 
 from __future__ import annotations
 
-import os
 import struct
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from typing import Any, Literal, TypeVar
@@ -34,6 +32,7 @@ from ckpt.store._codecs._framing import (
     too_new,
 )
 from ckpt.store._codecs._pool import map_bounded
+from ckpt.store._codecs._work import BLOCKS, IN_FLIGHT, incompressible, scratch
 
 __all__ = ["BodyPlan", "Mode", "body_layout", "decode_body", "encode_body", "plan_body"]
 
@@ -62,75 +61,6 @@ _FAST = zstandard.ZstdCompressionParameters(
 # A frame may not need a window larger than this to be decoded (zstd's own default limit, 128 MiB). zstd
 # allocates no more than the frame's declared content size for it, which the reader has checked first.
 _MAX_WINDOW = 1 << 27
-
-
-# Each thread's reusable work arrays: a fresh 1 MiB array per block costs its page faults on first touch,
-# which made cutting a bf16 block into planes 9× slower than the cut itself (benchmarks/cpu_cost.py).
-_SCRATCH = threading.local()
-_SCRATCH_MAX = 1 << 23  # bytes: larger requests (blocks above 4 MiB) get fresh arrays
-
-
-def _scratch(slot: str, count: int, dtype: Any = _U8) -> npt.NDArray[Any]:
-    """This thread's reusable array of ``count`` elements for ``slot``; its contents are garbage, and it is
-    valid until this thread asks for ``slot`` again."""
-    dt = np.dtype(dtype)
-    nbytes = count * dt.itemsize
-    if nbytes > _SCRATCH_MAX:
-        return np.empty(count, dtype=dt)
-    buffers: dict[str, Bytes] | None = getattr(_SCRATCH, "buffers", None)
-    if buffers is None:
-        buffers = _SCRATCH.buffers = {}
-    buf = buffers.get(slot)
-    if buf is None or buf.size < nbytes:
-        buf = buffers[slot] = np.empty(nbytes, dtype=_U8)
-    return buf[:nbytes].view(dt)
-
-
-class _BlockCopies:
-    """Private copies of blocks being encoded and hashed (``encode_body(hasher=)``), recycled: fresh memory per
-    block would cost its page faults."""
-
-    def __init__(self, size: int, keep: int) -> None:
-        self._size = size
-        self._keep = keep
-        self._free: list[Bytes] = []
-        self._lock = threading.Lock()
-
-    def take(self, nbytes: int) -> Bytes:
-        if nbytes <= self._size:
-            with self._lock:
-                buf = self._free.pop() if self._free else None
-            return (buf if buf is not None else np.empty(self._size, dtype=_U8))[:nbytes]
-        return np.empty(nbytes, dtype=_U8)
-
-    def give(self, copy: Bytes) -> None:
-        base = copy.base if copy.base is not None else copy
-        if isinstance(base, np.ndarray) and base.size == self._size and base.base is None:
-            with self._lock:
-                if len(self._free) < self._keep:
-                    self._free.append(base)
-
-
-# blocks in flight per chunk with a hasher: enough to keep every core busy while the caller hashes in order
-_IN_FLIGHT = 2 * (os.cpu_count() or 1) + 2
-_BLOCKS = _BlockCopies(1 << DEFAULT_BLOCK_LOG, 4 * _IN_FLIGHT)
-
-
-# A plane of 256 KiB or more is first probed: 4 windows of 16 KiB spread over it, coded as one frame. When that
-# saves under 0.3%, the plane is stored as it is, untried (the low mantissa planes of weights, near-uniform
-# bits, where zstd finds nothing at 1/8 of the plane's cost; benchmarks/storage.py stores no more bytes).
-_PROBE = 1 << 14
-_PROBES = 4
-_PROBE_SAVING = 0.003
-
-
-def _incompressible(plane: Bytes, compressor: zstandard.ZstdCompressor) -> bool:
-    m = plane.size
-    if m < 4 * _PROBES * _PROBE:
-        return False
-    step = m // _PROBES
-    probe = np.concatenate([plane[i * step : i * step + _PROBE] for i in range(_PROBES)])
-    return len(compressor.compress(probe.data)) >= (1.0 - _PROBE_SAVING) * probe.size
 
 
 def _compressor(level: int | None) -> zstandard.ZstdCompressor:
@@ -163,17 +93,17 @@ def _split(block: Bytes, m: int, layout: Layout) -> Sequence[Bytes]:
     """``m`` whole elements → ``k`` planes of ``m`` bytes (plane ``i``: byte ``i`` of each, transformed).
 
     Each plane is one shift of the elements as wide integers, truncated to a byte on the way out (numpy's
-    fastest path; a transposing copy is 3-5× slower). The planes are this thread's scratch (``_scratch``):
+    fastest path; a transposing copy is 3-5× slower). The planes are this thread's scratch (``_work.scratch``):
     valid until its next split.
     """
     k = layout.element_size
     if k == 1:
         return [block]
-    planes = _scratch("planes", k * m).reshape(k, m)
+    planes = scratch("planes", k * m).reshape(k, m)
     if k == 2 and layout.transform == TRANSFORM_ROTATE:  # bf16: rotate the 16-bit words, then cut (2.5× faster)
         half = block.view(_WIDE[2])
-        rotated = np.left_shift(half, 1, out=_scratch("words", m, _WIDE[2]))
-        carry = np.right_shift(half, 15, out=_scratch("carry", m, _WIDE[2]))
+        rotated = np.left_shift(half, 1, out=scratch("words", m, _WIDE[2]))
+        carry = np.right_shift(half, 15, out=scratch("carry", m, _WIDE[2]))
         rotated |= carry
         np.copyto(planes[0], rotated, casting="unsafe")
         np.right_shift(rotated, 8, out=carry)
@@ -188,7 +118,7 @@ def _split(block: Bytes, m: int, layout: Layout) -> Sequence[Bytes]:
     if layout.transform == TRANSFORM_ROTATE:
         # the top two bytes hold s eeeeeee | e mmmmmmm; after a one-bit left rotation: eeeeeeee | mmmmmmm s
         hi, lo = planes[k - 1], planes[k - 2]
-        sign = np.right_shift(hi, 7, out=_scratch("sign", m))
+        sign = np.right_shift(hi, 7, out=scratch("sign", m))
         np.right_shift(words, 8 * k - 9, out=hi, casting="unsafe")  # the 8 exponent bits
         lo <<= 1
         lo |= sign
@@ -210,11 +140,11 @@ def _merge(planes: Sequence[Buffer], out: Bytes, m: int, layout: Layout, mode: M
             out[:] = views[0]
         return
     if layout.transform == TRANSFORM_ROTATE and k == 2:  # bf16: the word's one-bit right rotation, on words
-        words2 = out.view(_WIDE[2]) if mode == "set" else _scratch("words", m, _WIDE[2])
+        words2 = out.view(_WIDE[2]) if mode == "set" else scratch("words", m, _WIDE[2])
         np.copyto(words2, views[1], casting="unsafe")
         words2 <<= 8
         words2 |= views[0]
-        low_bit = np.left_shift(words2, 15, out=_scratch("carry", m, _WIDE[2]))
+        low_bit = np.left_shift(words2, 15, out=scratch("carry", m, _WIDE[2]))
         words2 >>= 1
         words2 |= low_bit
         if mode == "xor":
@@ -222,10 +152,10 @@ def _merge(planes: Sequence[Buffer], out: Bytes, m: int, layout: Layout, mode: M
         return
     if layout.transform == TRANSFORM_ROTATE:
         exp, low = views[k - 1], views[k - 2]
-        hi = np.right_shift(exp, 1, out=_scratch("hi", m))
-        t = np.left_shift(low, 7, out=_scratch("t", m))
+        hi = np.right_shift(exp, 1, out=scratch("hi", m))
+        t = np.left_shift(low, 7, out=scratch("t", m))
         hi |= t
-        lo = np.left_shift(exp, 7, out=_scratch("lo", m))
+        lo = np.left_shift(exp, 7, out=scratch("lo", m))
         np.right_shift(low, 1, out=t)
         lo |= t
         views[k - 1], views[k - 2] = hi, lo
@@ -238,7 +168,7 @@ def _merge(planes: Sequence[Buffer], out: Bytes, m: int, layout: Layout, mode: M
                 grid[:, i] = plane
         return
     wide = _WIDE[k]
-    words = out.view(wide) if mode == "set" else _scratch("words", m, wide)
+    words = out.view(wide) if mode == "set" else scratch("words", m, wide)
     np.copyto(words, views[k - 1], casting="unsafe")
     for i in range(k - 2, -1, -1):
         words <<= 8
@@ -247,7 +177,7 @@ def _merge(planes: Sequence[Buffer], out: Bytes, m: int, layout: Layout, mode: M
         np.bitwise_xor(out, words.view(_U8), out=out)
     elif mode == "add":
         # zigzag: d = (z >> 1) XOR −(z AND 1), then out += d, all modulo 2**(8k)
-        sign = np.bitwise_and(words, 1, out=_scratch("carry", m, wide))
+        sign = np.bitwise_and(words, 1, out=scratch("carry", m, wide))
         np.negative(sign, out=sign)
         words >>= 1
         words ^= sign
@@ -259,12 +189,12 @@ def _residual(piece: Bytes, ref: Bytes, k: int, op: int) -> Bytes:
     """The delta residual of one block: ``piece XOR ref``, or the zigzag-coded difference of k-byte words
     (this thread's scratch: valid until its next residual)."""
     if op == OP_XOR:
-        out: Bytes = np.bitwise_xor(piece, ref, out=_scratch("residual", piece.size))
+        out: Bytes = np.bitwise_xor(piece, ref, out=scratch("residual", piece.size))
         return out
     wide = _WIDE[k]
     m = piece.size // k
-    d = np.subtract(piece.view(wide), ref.view(wide), out=_scratch("residual", m, wide))
-    top = np.right_shift(d, 8 * k - 1, out=_scratch("carry", m, wide))
+    d = np.subtract(piece.view(wide), ref.view(wide), out=scratch("residual", m, wide))
+    top = np.right_shift(d, 8 * k - 1, out=scratch("carry", m, wide))
     np.negative(top, out=top)
     d <<= 1
     d ^= top
@@ -324,7 +254,7 @@ def encode_body(
         piece = data[start : start + m * k]
         copy = None
         if hasher is not None:
-            copy = _BLOCKS.take(piece.size)
+            copy = BLOCKS.take(piece.size)
             np.copyto(copy, piece)
             piece = copy
         elif ref is not None:
@@ -332,7 +262,7 @@ def encode_body(
         compressor = _compressor(level)
         out: list[Buffer] = []
         for plane in _split(piece, m, layout):  # scratch: what is kept is compressed or copied
-            if ref is None and _incompressible(plane, compressor):  # a residual's planes are worth coding
+            if ref is None and incompressible(plane, compressor):  # a residual's planes are worth coding
                 out.append(plane.tobytes())
                 continue
             packed = compressor.compress(plane.data) if m else b""
@@ -343,7 +273,7 @@ def encode_body(
     lengths: list[int] = []
     if hasher is not None and executor is not None and nblocks > 1:
         # bounded: each block in flight holds a private copy until it is hashed here, in order
-        results = map_bounded(task, range(nblocks), executor=executor, max_in_flight=_IN_FLIGHT)
+        results = map_bounded(task, range(nblocks), executor=executor, max_in_flight=IN_FLIGHT)
     else:
         results = _map(task, nblocks, executor)
     for planes, copy in results:
@@ -352,7 +282,7 @@ def encode_body(
             parts.append(plane)
         if copy is not None:
             hasher.update(copy)
-            _BLOCKS.give(copy)
+            BLOCKS.give(copy)
     tail_start = n - n % k
     if hasher is not None:
         tail = data[tail_start:].copy()
