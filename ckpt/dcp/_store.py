@@ -151,13 +151,19 @@ def begin(
 
 
 def write_tensors(store: Store, sources: Mapping[str, TensorSource]) -> tuple[dict[str, TensorEntry], int]:
-    """Store the chunks of tensors (each chunk once; chunks the store holds are skipped), in parallel.
+    """Store the chunks of tensors (each chunk once; chunks the store holds are skipped), in parallel, encoded
+    (byte-grouped zstd) where the store's ``compression`` is on and that pays, as ``Store.save`` does; never as
+    deltas nor in packs (a rank's blocks have no reference in the parent of their own, and a block is never
+    packed).
 
     Returns:
         Table entries by name, and the bytes actually written (new chunks with their headers).
     """
     stats = WriteStats()
-    entries = store_write_tensors(store_parts(store).objects, sources, store.chunk_size, stats=stats)
+    parts = store_parts(store)
+    entries = store_write_tensors(
+        parts.objects, sources, store.chunk_size, stats=stats, compress=parts.config.compression
+    )
     return entries, stats.bytes_written
 
 

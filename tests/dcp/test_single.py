@@ -398,3 +398,22 @@ def test_conflicting_move_is_reported_with_the_snapshot_kept(tmp_path: Path) -> 
         writer.finish(md, [results])
     assert e.value.snapshot is not None and torch.equal(store.load(e.value.snapshot)["w"], torch.ones(2))
     assert [entry.action for entry in store.reflog()] == ["commit", "conflict"]
+
+
+@pytest.mark.parametrize("compression", [True, False])
+def test_a_dcp_save_follows_the_stores_compression(tmp_path: Path, compression: bool) -> None:
+    """A distributed save stores its chunks as ``Store.save`` would: byte-grouped where the store compresses
+    and that pays (bf16 weights: about two thirds of raw), raw where it does not; loads back equal either way."""
+    store = ckpt.init(str(tmp_path / "s"), compression=compression)
+    w = torch.randn(512, 1024, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    dcp.save({"w": w}, storage_writer=ckpt.dcp.StorageWriter(store), no_dist=True)
+    chunks = [p for p in (tmp_path / "s").rglob("chunks/*/*") if p.is_file()]
+    codecs = {p.read_bytes()[5] for p in chunks}
+    assert codecs == ({1} if compression else {0})
+    stored = sum(p.stat().st_size for p in chunks)
+    assert (stored < 0.8 * w.numel() * 2) == compression
+    assert torch.equal(store.load()["w"], w)
+    out = {"w": torch.empty_like(w)}
+    dcp.load(out, storage_reader=ckpt.dcp.StorageReader(store), no_dist=True)
+    assert torch.equal(out["w"], w)
+    assert store.verify().ok
