@@ -150,11 +150,13 @@ def begin(
     return Pending(branch=branch, head=head, record=record, files=file_data)
 
 
-def write_tensors(store: Store, sources: Mapping[str, TensorSource]) -> tuple[dict[str, TensorEntry], int]:
+def write_tensors(
+    store: Store, sources: Mapping[str, TensorSource], *, compress: bool | None = None
+) -> tuple[dict[str, TensorEntry], int]:
     """Store the chunks of tensors (each chunk once; chunks the store holds are skipped), in parallel, encoded
     (byte-grouped zstd) where the store's ``compression`` is on and that pays, as ``Store.save`` does; never as
     deltas nor in packs (a rank's blocks have no reference in the parent of their own, and a block is never
-    packed).
+    packed). ``compress``: ``True`` or ``False`` overrides the store's setting.
 
     Returns:
         Table entries by name, and the bytes actually written (new chunks with their headers).
@@ -162,7 +164,11 @@ def write_tensors(store: Store, sources: Mapping[str, TensorSource]) -> tuple[di
     stats = WriteStats()
     parts = store_parts(store)
     entries = store_write_tensors(
-        parts.objects, sources, store.chunk_size, stats=stats, compress=parts.config.compression
+        parts.objects,
+        sources,
+        store.chunk_size,
+        stats=stats,
+        compress=parts.config.compression if compress is None else compress,
     )
     return entries, stats.bytes_written
 

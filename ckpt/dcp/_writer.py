@@ -66,6 +66,8 @@ class StorageWriter(_DcpStorageWriter):
         files: attached files, relative path → bytes, written by the coordinator; ``None`` keeps the first
             parent's files (as ``Store.save``).
         force: move the branch even if ``parents`` do not include its head.
+        compression: store this save's chunks byte-grouped and zstd-coded where that pays (``True``) or raw
+            (``False``); default ``None``: the store's setting (``ckpt init --compression``), as ``Store.save``.
 
     Attributes:
         snapshot: after a save, on the coordinator: the new snapshot (``None`` on other ranks, whose
@@ -96,8 +98,12 @@ class StorageWriter(_DcpStorageWriter):
         metadata: Mapping[str, JsonValue] | None = None,
         files: Mapping[str, bytes] | None = None,
         force: bool = False,
+        compression: bool | None = None,
     ) -> None:
         super().__init__()
+        if compression is not None and not isinstance(compression, bool):
+            raise RecordError(f"compression must be True, False or None, got {compression!r}"[:120])
+        self.compression = compression
         if not isinstance(store, Store):
             raise TypeError(f"StorageWriter takes a ckpt Store (ckpt.open(url)), not {type(store).__name__}")
         check_ref_name(branch, kind="branch")
@@ -187,9 +193,9 @@ class StorageWriter(_DcpStorageWriter):
                 sources[_key(item)] = torch_source(tensor.detach(), item.index.fqn)
                 tensor_items.append(item)
                 if copied >= STAGING_BYTES:  # write what is staged before copying more
-                    entries.update(_store.write_tensors(self.store, sources)[0])
+                    entries.update(_store.write_tensors(self.store, sources, compress=self.compression)[0])
                     sources, copied = {}, 0
-        entries.update(_store.write_tensors(self.store, sources)[0])
+        entries.update(_store.write_tensors(self.store, sources, compress=self.compression)[0])
 
         results: list[WriteResult] = []
         for item in tensor_items:

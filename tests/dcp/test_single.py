@@ -417,3 +417,13 @@ def test_a_dcp_save_follows_the_stores_compression(tmp_path: Path, compression: 
     dcp.load(out, storage_reader=ckpt.dcp.StorageReader(store), no_dist=True)
     assert torch.equal(out["w"], w)
     assert store.verify().ok
+
+
+def test_a_dcp_save_may_override_the_stores_compression(tmp_path: Path) -> None:
+    store = ckpt.init(str(tmp_path / "s"))  # compresses by default
+    w = torch.randn(512, 1024, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    dcp.save({"w": w}, storage_writer=ckpt.dcp.StorageWriter(store, compression=False), no_dist=True)
+    assert {p.read_bytes()[5] for p in (tmp_path / "s").rglob("chunks/*/*") if p.is_file()} == {0}
+    assert torch.equal(store.load()["w"], w)
+    with pytest.raises(RecordError, match="compression"):
+        ckpt.dcp.StorageWriter(store, compression="yes")  # type: ignore[arg-type]
