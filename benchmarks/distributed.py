@@ -1,12 +1,14 @@
 """Distributed saves: ckpt's DCP writer against DCP's own ``FileSystemWriter``, measured in the same run.
 
     python benchmarks/distributed.py [--size-gb 1] [--repeat 3] [--ranks 2] [--s3-load-gb 1] [--dir DIR]
+                                     [--compression on|off]
 
 Starts ``--ranks`` processes (a gloo process group on CPU). Each holds its shards of a Llama-shaped bf16 model
 of about ``--size-gb`` GB in total, as ``DTensor``s split by rows (FSDP2's layout), and saves them with
 ``torch.distributed.checkpoint.save``:
 
-- **first save**: ``ckpt.dcp.StorageWriter`` into a new local store / ``FileSystemWriter`` into a new folder
+- **first save**: ``ckpt.dcp.StorageWriter`` into a new local store (``--compression on``, the default as for
+  ``ckpt init``: chunks byte-grouped and zstd-coded; ``off``: raw) / ``FileSystemWriter`` into a new folder
   (its defaults: one file per rank, fsync on). Both are durable when ``dcp.save`` returns. Time is from a
   barrier before the save to its return (the slowest rank); bytes are what each leaves on disk;
 - **second save** with a tenth of the tensors changed: ckpt saves into the same store (unchanged chunks are
@@ -114,7 +116,7 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str)
         run = root / f"run{r}"
         if rank == 0:
             run.mkdir(parents=True)
-            ckpt.init(str(run / "store"))
+            ckpt.init(str(run / "store"), compression=args.compression == "on")
         dist.barrier()
         store = ckpt.open(str(run / "store"))
         order = ["dcp", "ckpt"] if r % 2 == 0 else ["ckpt", "dcp"]
@@ -177,6 +179,7 @@ def main() -> None:
     parser.add_argument("--size-gb", type=float, default=1.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--compression", choices=("on", "off"), default="on", help="the store's compression")
     parser.add_argument("--s3-load-gb", type=float, default=1.0, help="GB loaded from S3 (moto); 0 skips it")
     parser.add_argument("--s3-latency-ms", type=float, default=0.0, help="moto's added time per object request")
     parser.add_argument("--dir", default=None, help="where the stores and folders go (default: a temporary one)")
@@ -200,7 +203,7 @@ def main() -> None:
     gb = result["total"] / 1e9
     print(
         f"{args.ranks} ranks, {gb:.3f} GB of bf16 DTensors (rows), ckpt threads per rank: "
-        f"{os.environ.get('CKPT_THREADS', 'default')}, median of {args.repeat}"
+        f"{os.environ.get('CKPT_THREADS', 'default')}, compression {args.compression}, median of {args.repeat}"
     )
     print(f"{'':48} {'DCP FileSystemWriter':>22} {'ckpt StorageWriter':>20} {'ratio':>8}")
     print(f"{'first save, seconds':48} {med['dcp_s']:22.3f} {med['ckpt_s']:20.3f} {med['ckpt_s'] / med['dcp_s']:8.2f}")
@@ -224,6 +227,7 @@ def main() -> None:
     summary = {
         "size_gb": round(gb, 3),
         "ranks": args.ranks,
+        "compression": args.compression,
         "save_ratio": round(med["ckpt_s"] / med["dcp_s"], 3),
         "dcp_save_s": round(med["dcp_s"], 3),
         "ckpt_save_s": round(med["ckpt_s"], 3),
