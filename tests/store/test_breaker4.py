@@ -442,3 +442,67 @@ def test_on_s3_a_failing_upload_mid_save_and_a_link_replaced_between_saves_leave
         assert store.verify(sid).ok, sid
     for sid, want in saved[:4]:
         assert_equal(store.load(sid), want)
+
+
+@pytest.mark.parametrize("budget", ["64MiB", "20KiB"])
+def test_async_checkpointer_with_a_failing_save_and_frozen_weights_all_others_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pool_watch: list[str], budget: str
+) -> None:
+    """Async saves of a model trained in place (a frozen embedding: known digests; staging buffers reused), one
+    save failing on a chunk write in its worker while the next is staged: the failed one raises a CkptError from
+    its handle, every other loads exactly, nothing stays pinned and the store verifies clean."""
+    monkeypatch.setenv("CKPT_REFERENCE_CACHE", budget)
+    root = tmp_path / "s"
+    store = ckpt.init(str(root), chunk_size=CHUNK)
+    real = LocalBackend.put_if_absent
+    fail = {"step": -1, "n": 0}
+    lock = threading.Lock()
+    current = {"step": -1}
+
+    def failing(self: Any, path: str, data: Any) -> bool:
+        if "chunks/" in path and current["step"] == fail["step"]:
+            with lock:
+                fail["n"] += 1
+                if fail["n"] == 3:
+                    raise BackendError(f"cannot write {path}: No space left on device")
+        return real(self, path, data)
+
+    monkeypatch.setattr(LocalBackend, "put_if_absent", failing)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(256, 32), torch.nn.Linear(32, 300), torch.nn.Linear(300, 32))
+    model[0].weight.requires_grad_(False)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    x = torch.randint(0, 256, (16,))
+    handles: list[tuple[Any, dict[str, Any], int]] = []
+    fail["step"] = 3
+    raised: list[int] = []
+    ckpts = ckpt.Checkpointer(store, "main", async_save=True, max_pending=1)
+    for step in range(7):
+        model(x).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+        state = {"model": model.state_dict()}
+        try:
+            ckpts.wait()  # the previous save's writes are done: the failure hits the save of its step
+        except CkptError:
+            raised.append(step)  # the failed save's error, raised at the next call (the Checkpointer's contract)
+        current["step"] = step
+        handles.append((ckpts.save(state, step=step), clone(state), step))
+    try:
+        ckpts.close()
+    except CkptError:
+        raised.append(7)
+    assert raised == [fail["step"] + 1]
+    loaded = 0
+    for handle, want, step in handles:
+        try:
+            snap = handle.result()
+        except CkptError:
+            assert step == fail["step"]
+            continue
+        assert_equal(store.load(snap.id), want)
+        loaded += 1
+    assert loaded >= 6
+    assert_no_pins()
+    assert not pool_watch, pool_watch
+    assert store.verify().ok
