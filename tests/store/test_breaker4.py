@@ -280,7 +280,9 @@ def _head_chunks(store: ckpt.Store, sid: str) -> list[str]:
     return list(store.table(sid).tensors["w"].chunks)
 
 
-@pytest.mark.parametrize("how", ["symlink", "raw", "other-delta", "fifo", "dir", "hardlink-outside"])
+@pytest.mark.parametrize(
+    "how", ["symlink", "raw", "other-delta", "fifo", "dir", "hardlink-outside", "depth0", "op99", "ref-self", "header"]
+)
 def test_a_proven_link_replaced_between_saves_is_never_built_on(tmp_path: Path, how: str) -> None:
     """After three saves (the chain proven from kept bytes), the latest chunk's object is replaced by: a symlink
     to a copy of itself, the same bytes stored raw (a valid object of another encoding), another chunk's object,
@@ -308,6 +310,17 @@ def test_a_proven_link_replaced_between_saves_is_never_built_on(tmp_path: Path, 
         path.write_bytes(data[:5] + b"\x00" + data[6:16] + raw)
     elif how == "other-delta":
         path.write_bytes((root / layout.chunk_path(heads[1])).read_bytes())
+    elif how in ("depth0", "op99", "ref-self"):  # the delta prefix: reference digest (32 bytes), depth, operation
+        body = bytearray(data)
+        if how == "depth0":
+            body[16 + 32] = 0
+        elif how == "op99":
+            body[16 + 33] = 99
+        else:
+            body[16 : 16 + 32] = bytes.fromhex(heads[0])
+        path.write_bytes(bytes(body))
+    elif how == "header":
+        path.write_bytes(b"ckpt\x09" + data[5:])
     elif how == "fifo":
         os.mkfifo(path)
     elif how == "dir":
