@@ -519,3 +519,43 @@ def test_async_checkpointer_with_a_failing_save_and_frozen_weights_all_others_lo
     assert_no_pins()
     assert not pool_watch, pool_watch
     assert store.verify().ok
+
+
+def test_objects_this_process_wrote_rewritten_by_another_process_are_never_trusted(tmp_path: Path) -> None:
+    """This process saves a chain (its kept bytes and the hashes of the objects it wrote stay in memory); another
+    process prunes it, collects it with grace 0 and saves the same states again as keyframes of a new branch
+    (the same digests, other objects); this process then continues from them. Every save loads exactly."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "s"
+    store = ckpt.init(str(root), chunk_size=CHUNK, pack_size=0)
+    ws = list(walk(4 * CHUNK // 4, 11, 6))
+    saved = [(store.save({"w": ws[s]}, step=s).id, {"w": ws[s].clone()}) for s in range(4)]
+    before = _head_chunks(store, saved[3][0])[0]
+    torch.save({"w": ws[3]}, tmp_path / "w3.pt")
+    script = f"""
+import torch, ckpt
+store = ckpt.open({str(root)!r})
+store.reset("main", {saved[0][0]!r})
+for sid in {[sid for sid, _ in saved[1:]]!r}:
+    store.prune(sid)
+store.gc(grace=0, expire_reflog=0)
+w = torch.load({str(tmp_path / "w3.pt")!r})["w"]
+store.save({{"w": w}}, "again", step=3)
+"""
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=120)
+    store = ckpt.open(str(root))
+    again = store.log("again")[0].id
+    assert_equal(store.load(again), {"w": ws[3]})
+    import blake3
+
+    head = _head_chunks(store, again)[0]
+    assert head == before  # the same digest, another object
+    recorded = REFERENCES.written(f"{store.backend.url}\0{head}")
+    assert recorded is not None and recorded != blake3.blake3((root / layout.chunk_path(head)).read_bytes()).digest()
+    store.branch("on", at=again)
+    later = [(store.save({"w": ws[s]}, "on", step=s).id, {"w": ws[s].clone()}) for s in (4, 5)]
+    assert_no_pins()
+    assert_all_load(store, [saved[0], (again, {"w": ws[3]}), *later])
