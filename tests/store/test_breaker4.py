@@ -281,7 +281,7 @@ def _head_chunks(store: ckpt.Store, sid: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "how", ["symlink", "raw", "other-delta", "fifo", "dir", "hardlink-outside", "depth0", "op99", "ref-self", "header"]
+    "how", ["symlink", "raw", "other-delta", "fifo", "dir", "hardlink-outside", "depth0", "op99", "ref-self", "header", "truncate", "empty", "grown"]
 )
 def test_a_proven_link_replaced_between_saves_is_never_built_on(tmp_path: Path, how: str) -> None:
     """After three saves (the chain proven from kept bytes), the latest chunk's object is replaced by: a symlink
@@ -319,6 +319,8 @@ def test_a_proven_link_replaced_between_saves_is_never_built_on(tmp_path: Path, 
         else:
             body[16 : 16 + 32] = bytes.fromhex(heads[0])
         path.write_bytes(bytes(body))
+    elif how in ("truncate", "empty", "grown"):
+        path.write_bytes({"truncate": data[: len(data) // 2], "empty": b"", "grown": data + b"\0" * 64}[how])
     elif how == "header":
         path.write_bytes(b"ckpt\x09" + data[5:])
     elif how == "fifo":
