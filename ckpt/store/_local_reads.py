@@ -17,6 +17,7 @@ Measured by ``benchmarks/load.py`` (hot and cold loads against BLAKE3 and ``dd``
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
@@ -167,7 +168,8 @@ def map_stored(path: str, digest: str, length: int, tensor: str | None, snapshot
         codec, _ = check_stored_codec(digest, head, size, length, tensor, snapshot)
         mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
         if hasattr(mmap, "MADV_WILLNEED"):  # read ahead the whole object while its first blocks decode (cold)
-            mm.madvise(mmap.MADV_WILLNEED)
+            with contextlib.suppress(OSError):  # a hint: a kernel that refuses it reads on demand, no damage
+                mm.madvise(mmap.MADV_WILLNEED)
         return codec, mm
     except (OSError, ValueError) as e:
         raise _corrupt(digest, tensor, snapshot, "cannot be mapped") from e

@@ -574,3 +574,33 @@ def test_objects_this_process_wrote_rewritten_by_another_process_are_never_trust
     later = [(store.save({"w": ws[s]}, "on", step=s).id, {"w": ws[s].clone()}) for s in (4, 5)]
     assert_no_pins()
     assert_all_load(store, [saved[0], (again, {"w": ws[3]}), *later])
+
+
+# -- a memory hint the kernel refuses ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hint", ["willneed-encoded", "willneed-mapped", "hugepage"])
+def test_a_memory_hint_the_kernel_refuses_is_not_damage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hint: str
+) -> None:
+    """``madvise`` is advice: a kernel built without transparent huge pages answers ``MADV_HUGEPAGE`` with EINVAL,
+    and one that does not know an advice refuses it. Here the advice number is one no kernel knows, so the real
+    call fails the way it does there. Loads (copied, mapped, into fresh memory), the chain proof of the next save
+    and ``verify`` go on without the hint; before, a healthy store was reported damaged ("cannot be mapped"),
+    a mapped load crashed with a bare OSError, and a load of a tensor of 4 MiB or more said it could not allocate
+    memory."""
+    import mmap
+
+    if not hasattr(mmap, "MADV_WILLNEED") or not hasattr(mmap, "MADV_HUGEPAGE"):
+        pytest.skip("no madvise here")
+    compression = hint != "willneed-mapped"
+    n = (1 << 20) + 8 if hint == "hugepage" else 1 << 18  # 4 MiB and more: fresh memory asks for huge pages
+    store = ckpt.init(str(tmp_path / "s"), chunk_size=2 << 20 if not compression else CHUNK, compression=compression)
+    ws = list(walk(n, 12, 3))
+    saved = [(store.save({"w": ws[0]}, step=0).id, {"w": ws[0].clone()})]
+    monkeypatch.setattr(mmap, "MADV_HUGEPAGE" if hint == "hugepage" else "MADV_WILLNEED", 0x7FFF)
+    saved += [(store.save({"w": w}, step=s).id, {"w": w.clone()}) for s, w in enumerate(ws[1:], 1)]
+    for sid, want in saved:
+        assert_equal(store.load(sid, mmap=hint == "willneed-mapped"), want)
+    report = store.verify()
+    assert report.ok, report
