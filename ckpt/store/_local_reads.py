@@ -132,7 +132,8 @@ def read_raw_into(
                 return False
             check_stored_codec(digest, head, size, n, tensor, snapshot)  # raw: exactly 16 + n bytes
             if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a cold read: deeper readahead
+                with contextlib.suppress(OSError):  # a hint, as ``madvise`` below: refused, the read goes on
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a cold read: deeper readahead
             step = READ_PIECE if verify else n  # nothing to overlap without hashing: one read
             pos = 0
             while pos < n:

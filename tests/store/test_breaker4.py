@@ -579,7 +579,7 @@ def test_objects_this_process_wrote_rewritten_by_another_process_are_never_trust
 # -- a memory hint the kernel refuses ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("hint", ["willneed-encoded", "willneed-mapped", "hugepage"])
+@pytest.mark.parametrize("hint", ["willneed-encoded", "willneed-mapped", "hugepage", "fadvise-raw"])
 def test_a_memory_hint_the_kernel_refuses_is_not_damage(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hint: str
 ) -> None:
@@ -591,14 +591,18 @@ def test_a_memory_hint_the_kernel_refuses_is_not_damage(
     memory."""
     import mmap
 
-    if not hasattr(mmap, "MADV_WILLNEED") or not hasattr(mmap, "MADV_HUGEPAGE"):
+    if not hasattr(mmap, "MADV_WILLNEED") or not hasattr(mmap, "MADV_HUGEPAGE") or not hasattr(os, "posix_fadvise"):
         pytest.skip("no madvise here")
-    compression = hint != "willneed-mapped"
-    n = (1 << 20) + 8 if hint == "hugepage" else 1 << 18  # 4 MiB and more: fresh memory asks for huge pages
-    store = ckpt.init(str(tmp_path / "s"), chunk_size=2 << 20 if not compression else CHUNK, compression=compression)
-    ws = list(walk(n, 12, 3))
+    compression = hint not in ("willneed-mapped", "fadvise-raw")
+    # 4 MiB and more: fresh memory asks for huge pages, and a raw chunk is read piece by piece (fadvise)
+    n = (1 << 20) + 8 if hint in ("hugepage", "fadvise-raw") else 1 << 18
+    store = ckpt.init(str(tmp_path / "s"), chunk_size=8 << 20 if not compression else CHUNK, compression=compression)
+    ws = list(walk(n, 12, 3 if n < 1 << 20 else 2))
     saved = [(store.save({"w": ws[0]}, step=0).id, {"w": ws[0].clone()})]
-    monkeypatch.setattr(mmap, "MADV_HUGEPAGE" if hint == "hugepage" else "MADV_WILLNEED", 0x7FFF)
+    if hint == "fadvise-raw":  # a raw chunk read (and hashed) piece by piece
+        monkeypatch.setattr(os, "POSIX_FADV_SEQUENTIAL", 0x7FFF)
+    else:
+        monkeypatch.setattr(mmap, "MADV_HUGEPAGE" if hint == "hugepage" else "MADV_WILLNEED", 0x7FFF)
     saved += [(store.save({"w": w}, step=s).id, {"w": w.clone()}) for s, w in enumerate(ws[1:], 1)]
     for sid, want in saved:
         assert_equal(store.load(sid, mmap=hint == "willneed-mapped"), want)
