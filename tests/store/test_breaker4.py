@@ -1,7 +1,8 @@
 """Breaker tests for how chunks are saved: buffers recycled by the reference cache (``ReferenceCache.take``,
 ``give_back``, ``release``), the chain proof that reads every link whole (``proven_depth``, ``Objects._read_link``)
-and keyframes hashed while encoded. Each asserts what a user checks: every snapshot loads equal to what was
-saved, ``verify`` is clean, and no buffer a save still uses is handed out for another copy."""
+and keyframes hashed while encoded; and the memory hints (``madvise``, ``posix_fadvise``) the reads around them give.
+Each asserts what a user checks: every snapshot loads equal to what was saved, ``verify`` is clean, and no buffer
+a save still uses is handed out for another copy."""
 
 from __future__ import annotations
 
