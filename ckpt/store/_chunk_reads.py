@@ -7,6 +7,7 @@ codec) and decoded here, raw or encoded (``_encoded``), whichever path reads it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
@@ -420,7 +421,8 @@ class ChunkReads:
             mm.close()
             return None
         if hasattr(mmap, "MADV_WILLNEED"):
-            mm.madvise(mmap.MADV_WILLNEED)
+            with contextlib.suppress(OSError):  # a hint: a kernel that refuses it reads on demand
+                mm.madvise(mmap.MADV_WILLNEED)
         self._check_stored(digest, bytes(mm[:CHUNK_HEADER_SIZE]), len(mm), length, tensor, snapshot)
         if verify:
             view = memoryview(mm)[CHUNK_HEADER_SIZE:]

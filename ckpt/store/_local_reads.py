@@ -17,6 +17,7 @@ Measured by ``benchmarks/load.py`` (hot and cold loads against BLAKE3 and ``dd``
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
@@ -131,7 +132,8 @@ def read_raw_into(
                 return False
             check_stored_codec(digest, head, size, n, tensor, snapshot)  # raw: exactly 16 + n bytes
             if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a cold read: deeper readahead
+                with contextlib.suppress(OSError):  # a hint, as ``madvise`` below: refused, the read goes on
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # a cold read: deeper readahead
             step = READ_PIECE if verify else n  # nothing to overlap without hashing: one read
             pos = 0
             while pos < n:
@@ -167,7 +169,8 @@ def map_stored(path: str, digest: str, length: int, tensor: str | None, snapshot
         codec, _ = check_stored_codec(digest, head, size, length, tensor, snapshot)
         mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
         if hasattr(mmap, "MADV_WILLNEED"):  # read ahead the whole object while its first blocks decode (cold)
-            mm.madvise(mmap.MADV_WILLNEED)
+            with contextlib.suppress(OSError):  # a hint: a kernel that refuses it reads on demand, no damage
+                mm.madvise(mmap.MADV_WILLNEED)
         return codec, mm
     except (OSError, ValueError) as e:
         raise _corrupt(digest, tensor, snapshot, "cannot be mapped") from e

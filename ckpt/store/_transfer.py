@@ -9,6 +9,7 @@ holds bytes of its own, so memory is the tensors' own.
 
 from __future__ import annotations
 
+import contextlib
 import mmap as _mmap_module
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -295,7 +296,8 @@ def allocate(
             # pages make that one per 2 MiB. An anonymous private mapping: nothing else can change it.
             flags = _mmap_module.MAP_PRIVATE | _mmap_module.MAP_ANONYMOUS
             buffer = _mmap_module.mmap(-1, entry.nbytes, flags=flags)
-            buffer.madvise(_mmap_module.MADV_HUGEPAGE)
+            with contextlib.suppress(OSError):  # a kernel built without transparent huge pages: EINVAL, 4 KiB pages
+                buffer.madvise(_mmap_module.MADV_HUGEPAGE)
             tensor = from_buffer(buffer, 0, entry, framework)
             return tensor, memoryview(buffer)
         if framework == "torch":
