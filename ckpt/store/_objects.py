@@ -134,15 +134,22 @@ class Objects(StoredChunks):
                 found = self._reuse(digest, data, proven=False)
                 if found is not None:
                     return found
-        # hashed, then encoded or written, from a private copy (never the caller's buffer, which a thread may
-        # change meanwhile: bytes under the digest of other bytes); when kept, the next save's reference. It lands
-        # in the memory of a buffer the cache let go where there is one (fresh memory costs its page faults)
-        kept = REFERENCES.take(n)
+        return self._put_copy(data, known, dtype, compress, reference, max_depth, executor, keep=keep)
+
+    def _put_copy(
+        self, data: memoryview, known: str | None, dtype: str | None, compress: bool, reference: str | None,
+        max_depth: int, executor: Executor | None, *, keep: bool,
+    ) -> tuple[str, int]:  # fmt: skip
+        """``_put_new`` of a private copy of ``data``, hashed: never the caller's buffer, which a thread may change
+        meanwhile (bytes under the digest of other bytes). The copy lands in the memory of a buffer the cache let
+        go where there is one (fresh memory costs its page faults); with ``keep`` it is then kept as the next
+        save's reference, else given back."""
+        kept = REFERENCES.take(data.nbytes)
         memoryview(kept)[:] = data
-        data = memoryview(kept)
-        digest = hash_chunk(data)
+        copy = memoryview(kept)
+        digest = hash_chunk(copy)
         try:
-            found = self._put_new(data, digest, known, dtype, compress, reference, max_depth, executor, keep)
+            found = self._put_new(copy, digest, known, dtype, compress, reference, max_depth, executor, keep)
         except BaseException:
             REFERENCES.give_back(kept)
             raise
@@ -156,13 +163,12 @@ class Objects(StoredChunks):
         """``put_chunk`` of a chunk with no reference, compression on: hashed as it is encoded, each block from
         a private copy, so that the source is read once and the digest is of exactly the bytes encoded (a
         caller's buffer changing meanwhile cannot put bytes under another address). A chunk that does not
-        encode is stored raw from a private copy hashed again. Locally, one stored already is found by a stat
-        after its encoding (the price of hashing while encoding; a first save's chunks are new)."""
+        encode is stored raw from a private copy hashed again (``_put_copy``). One stored already is found when
+        its write finds it (the price of hashing while encoding; a first save's chunks are new)."""
         h = blake3.blake3()  # one thread: it hashes each block's copy while it is in cache
         enc = encode(data, dtype, executor=executor, hasher=h)
-        if enc is None:  # stored raw: from a copy hashed again, never from the caller's buffer after its hash
-            copy = bytes(data)
-            return self._put_new(memoryview(copy), hash_chunk(copy), known, dtype, False, None, 0, executor)
+        if enc is None:  # stored raw: never from the caller's buffer after its hash
+            return self._put_copy(data, known, dtype, False, None, 0, executor, keep=False)
         return self._put_new(data, h.hexdigest(), known, dtype, True, None, 0, executor, encoded=enc)
 
     def _put_new(
