@@ -32,6 +32,17 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPat
     monkeypatch.setenv("CKPT_CEILING_DIRECTORIES", str(tmp_path_factory.getbasetemp()))
 
 
+@pytest.fixture
+def empty_reference_cache() -> Iterator[None]:
+    """The process's reference cache (``CKPT_REFERENCE_CACHE``) empty before and after the test, spare buffers
+    included: what one test kept never serves another test's delta."""
+    from ckpt.store._reference_cache import REFERENCES
+
+    REFERENCES.clear()
+    yield
+    REFERENCES.clear()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

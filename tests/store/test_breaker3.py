@@ -5,7 +5,6 @@ checks: loaded tensors equal to what was saved, ``verify`` clean, damage refused
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,17 +22,9 @@ from ckpt.store._codecs import decode_into, layout_for
 from ckpt.store._codecs._chunk import encode_chunk
 from ckpt.store._reference_cache import REFERENCES
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.usefixtures("empty_reference_cache")]
 
 CHUNK = 16 << 10
-
-
-@pytest.fixture(autouse=True)
-def _empty_cache(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv("CKPT_REFERENCE_CACHE", raising=False)
-    REFERENCES.clear()
-    yield
-    REFERENCES.clear()
 
 
 def clone(state: dict[str, Any]) -> dict[str, Any]:

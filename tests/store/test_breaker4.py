@@ -23,17 +23,9 @@ from ckpt.store import _layout as layout
 from ckpt.store import _objects
 from ckpt.store._reference_cache import MAX_SPARE, REFERENCES
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.usefixtures("empty_reference_cache")]
 
 CHUNK = 16 << 10
-
-
-@pytest.fixture(autouse=True)
-def _empty_cache(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv("CKPT_REFERENCE_CACHE", raising=False)
-    REFERENCES.clear()
-    yield
-    REFERENCES.clear()
 
 
 @pytest.fixture

@@ -31,12 +31,7 @@ from ckpt.store._reference_cache import REFERENCES, STALE, ReferenceCache
 CHUNK = 16 << 10
 
 
-@pytest.fixture(autouse=True)
-def empty_cache(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv("CKPT_REFERENCE_CACHE", raising=False)
-    REFERENCES.clear()
-    yield
-    REFERENCES.clear()
+pytestmark = pytest.mark.usefixtures("empty_reference_cache")
 
 
 @pytest.fixture
